@@ -1,0 +1,41 @@
+#include "backend/backend.h"
+
+#include <cassert>
+
+namespace bw {
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept
+    : backend_(other.backend_), data_(other.data_), size_(other.size_) {
+  other.backend_ = nullptr;
+  other.data_ = nullptr;
+  other.size_ = 0;
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
+  if (this != &other) {
+    reset();
+    backend_ = other.backend_;
+    data_ = other.data_;
+    size_ = other.size_;
+    other.backend_ = nullptr;
+    other.data_ = nullptr;
+    other.size_ = 0;
+  }
+  return *this;
+}
+
+DeviceBuffer::~DeviceBuffer() { reset(); }
+
+void DeviceBuffer::reset() {
+  if (backend_ != nullptr && data_ != nullptr) backend_->free(data_, size_);
+  backend_ = nullptr;
+  data_ = nullptr;
+  size_ = 0;
+}
+
+TensorView DeviceBuffer::view(DType dtype, Shape shape) const {
+  assert(dtype_bytes(dtype, static_cast<uint64_t>(shape.numel())).value_or(UINT64_MAX) <= size_);
+  return TensorView(data_, dtype, shape);
+}
+
+}  // namespace bw

@@ -1,0 +1,164 @@
+// The backend interface: device memory and the operations a dense decoder needs.
+//
+// model/ code describes a forward pass only through these calls, so the same architecture
+// file runs on every backend. The CPU backend is the reference the others are tested
+// against. Every op validates shapes and dtypes and returns InvalidArgument on a mismatch
+// (never aborts); data-dependent checks (token ids in range) are done where cheap.
+//
+// Conventions (all tensors contiguous, row-major, outermost dimension first):
+//   T = tokens in the flattened batch, H = hidden size, S = sequences in the batch,
+//   Hq / Hkv = query / key-value heads, D = head_dim.
+//   qkv rows hold [q (Hq*D) | k (Hkv*D) | v (Hkv*D)] for one token: the output of one fused
+//   QKV projection.
+//   A paged KV cache layer is k and v tensors of [num_blocks, block_size, Hkv, D]. Token
+//   slot `s` lives in block s / block_size at offset s % block_size.
+//
+// Thread-safety: a Backend is used by one thread at a time (the engine's step loop);
+// ops issued in order execute in order. Memory ops may be called from the same thread.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "common/status.h"
+#include "tensor/tensor_view.h"
+
+namespace bw {
+
+class Backend;
+
+// Owning handle to memory allocated by a backend. Move-only; frees on destruction.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Backend* backend, void* data, size_t size) : backend_(backend), data_(data), size_(size) {}
+  DeviceBuffer(DeviceBuffer&& other) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer();
+
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+  // A view of the whole buffer (or its prefix) as a tensor; the shape must fit.
+  TensorView view(DType dtype, Shape shape) const;
+
+ private:
+  void reset();
+
+  Backend* backend_ = nullptr;
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Rotary embedding parameters (HF `rope_theta`, `rope_scaling`), applied NeoX-style:
+// dimension i of a head is paired with i + rotary_dim/2 (HF `rotate_half`). GGUF llama
+// weights, whose Q/K rows llama.cpp permuted for adjacent pairs, are un-permuted at load.
+struct RopeScaling {
+  enum class Type { kNone, kLinear, kLlama3 };
+  Type type = Type::kNone;
+  float factor = 1.0f;
+  // Llama 3 only.
+  float low_freq_factor = 1.0f;
+  float high_freq_factor = 4.0f;
+  int64_t original_max_position = 8192;
+};
+
+struct RopeParams {
+  float theta = 10000.0f;
+  int rotary_dim = 0;  // <= head_dim; the leading rotary_dim dims of each head rotate
+  RopeScaling scaling;
+};
+
+struct AttentionParams {
+  int num_heads = 0;     // Hq
+  int num_kv_heads = 0;  // Hkv; Hq % Hkv == 0 (grouped-query attention)
+  int head_dim = 0;      // D
+  float scale = 1.0f;    // usually 1/sqrt(D)
+};
+
+// One layer's paged KV cache: k and v are [num_blocks, block_size, Hkv, D].
+struct KvCacheLayer {
+  TensorView k;
+  TensorView v;
+};
+
+// Per-step batch layout, shared by every layer. All tensors are i32 in backend memory.
+// Sequence s owns query tokens [query_start[s], query_start[s+1]); after this step it
+// has kv_lens[s] tokens in the cache, so its new tokens sit at positions
+// kv_lens[s] - q_len(s) ... kv_lens[s] - 1, and query j of the chunk attends causally to
+// cache positions [0, kv_lens[s] - q_len(s) + j].
+struct AttentionMetadata {
+  TensorView positions;     // [T] rotary position of each token
+  TensorView slot_mapping;  // [T] cache slot written for each token; -1 skips the write
+  TensorView query_start;   // [S + 1] cumulative query lengths, query_start[0] = 0
+  TensorView kv_lens;       // [S]
+  TensorView block_tables;  // [S, max_blocks_per_seq] block ids of each sequence's cache
+  int num_seqs = 0;
+  int max_query_len = 0;    // host-side hints for launch sizing
+  int max_kv_len = 0;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string name() const = 0;
+  // The dtype activations are computed in (f32 on CPU).
+  virtual DType activation_dtype() const = 0;
+  // True when device memory is plain host memory (the loader may then fill it directly).
+  virtual bool is_host_memory() const = 0;
+
+  // --- Memory ---------------------------------------------------------------------------
+  virtual Result<DeviceBuffer> allocate(size_t bytes) = 0;
+  virtual Status copy_to_device(void* device_dst, const void* host_src, size_t bytes) = 0;
+  virtual Status copy_to_host(void* host_dst, const void* device_src, size_t bytes) = 0;
+  // Waits for all issued work; returns a sticky device error if one happened.
+  virtual Status synchronize() = 0;
+
+  // --- Ops --------------------------------------------------------------------------------
+  // out[t, :] = table[ids[t], :]. table [V, H] (f32/f16/bf16), ids [T] i32, out [T, H]
+  // activation dtype. An id outside [0, V) is InvalidArgument. Also gathers rows of
+  // activations (e.g. the last position of each sequence before the LM head).
+  virtual Status embedding(TensorView out, const TensorView& table, const TensorView& ids) = 0;
+
+  // out = x @ w^T (+ bias). x [M, K] activations, w [N, K] (f32/f16/bf16), bias [N] or empty
+  // view, out [M, N]. Accumulates in f32.
+  virtual Status matmul(TensorView out, const TensorView& x, const TensorView& w,
+                        const TensorView& bias) = 0;
+
+  // out = x / sqrt(mean(x^2) + eps) * weight, per row. x, out [T, H]; weight [H].
+  // out may alias x.
+  virtual Status rms_norm(TensorView out, const TensorView& x, const TensorView& weight,
+                          float eps) = 0;
+
+  // Fused residual step: residual += x; out = rms_norm(residual) * weight.
+  // residual, x, out [T, H].
+  virtual Status add_rms_norm(TensorView out, TensorView residual, const TensorView& x,
+                              const TensorView& weight, float eps) = 0;
+
+  // out = a + b, elementwise, same shapes; out may alias a or b.
+  virtual Status add(TensorView out, const TensorView& a, const TensorView& b) = 0;
+
+  // Rotates the q and k parts of qkv [T, (Hq + 2*Hkv) * D] in place at meta.positions, then
+  // writes the rotated k and the v of each token to cache slot meta.slot_mapping[t].
+  virtual Status rope_write_kv(TensorView qkv, const AttentionParams& attn, const RopeParams& rope,
+                               const AttentionMetadata& meta, const KvCacheLayer& cache) = 0;
+
+  // Causal paged attention for a mixed batch of prefill chunks and decode tokens.
+  // q is read from qkv [T, (Hq + 2*Hkv) * D]; keys/values come from the cache (including
+  // this step's, written by rope_write_kv). out [T, Hq * D].
+  virtual Status paged_attention(TensorView out, const TensorView& qkv, const AttentionParams& attn,
+                                 const AttentionMetadata& meta, const KvCacheLayer& cache) = 0;
+
+  // out = silu(gate) * up, where gate_up [T, 2F] holds [gate (F) | up (F)] per row (the
+  // output of one fused gate/up projection); out [T, F].
+  virtual Status silu_mul(TensorView out, const TensorView& gate_up) = 0;
+
+ protected:
+  friend class DeviceBuffer;
+  virtual void free(void* data, size_t bytes) = 0;
+};
+
+}  // namespace bw

@@ -1,0 +1,48 @@
+// Helpers shared by the tests: where the shared test data lives, temp dirs, random data.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace bw::test {
+
+// The shared test data folder: $BW_TESTDATA, else ../shared/testdata beside the source
+// tree. nullopt when it does not exist.
+std::optional<std::filesystem::path> testdata_dir();
+
+// The path of `relative` inside the test data folder, or nullopt when absent.
+std::optional<std::filesystem::path> testdata_file(const std::string& relative);
+
+// A fresh, empty directory under the build tree, removed at destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f);
+
+// Root of the source tree (for committed fixtures).
+std::filesystem::path source_dir();
+
+}  // namespace bw::test
+
+// Skips the current test with a clear message when a shared test data file is missing.
+#define BW_TESTDATA_OR_SKIP(var, relative)                                                 \
+  auto var##_opt = ::bw::test::testdata_file(relative);                                   \
+  if (!var##_opt) GTEST_SKIP() << "shared test data not found: " << (relative)            \
+                               << " (set BW_TESTDATA to the testdata folder)";            \
+  const std::filesystem::path var = *var##_opt
