@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 #include "tensor/tensor_view.h"
@@ -69,6 +70,9 @@ struct RopeParams {
   float theta = 10000.0f;
   int rotary_dim = 0;  // <= head_dim; the leading rotary_dim dims of each head rotate
   RopeScaling scaling;
+  // Optional per-frequency divisors (rotary_dim / 2 of them) applied after `scaling`:
+  // how GGUF llama files carry Llama-3 scaling (the `rope_freqs.weight` tensor).
+  std::vector<float> freq_factors;
 };
 
 struct AttentionParams {

@@ -1,6 +1,7 @@
 #include "support/test_support.h"
 
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <unistd.h>
 
@@ -49,5 +50,12 @@ std::vector<float> random_floats(size_t n, uint32_t seed, float lo, float hi) {
 }
 
 std::filesystem::path source_dir() { return BW_SOURCE_DIR; }
+
+std::string sanitize_test_name(std::string name) {
+  for (char& c : name) {
+    if (!std::isalnum(static_cast<unsigned char>(c))) c = '_';
+  }
+  return name;
+}
 
 }  // namespace bw::test

@@ -38,6 +38,17 @@ std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, floa
 // Root of the source tree (for committed fixtures).
 std::filesystem::path source_dir();
 
+// A gtest-safe name ("tiny-llama-256.q4_k" -> "tiny_llama_256_q4_k").
+std::string sanitize_test_name(std::string name);
+
+// For INSTANTIATE_TEST_SUITE_P over string parameters.
+struct StringParamName {
+  template <typename Info>
+  std::string operator()(const Info& info) const {
+    return sanitize_test_name(info.param);
+  }
+};
+
 }  // namespace bw::test
 
 // Skips the current test with a clear message when a shared test data file is missing.

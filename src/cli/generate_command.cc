@@ -1,0 +1,138 @@
+// `breakwater generate`: load a model, run one prompt, print the generated ids and the
+// prefill / decode speed (or one JSON object with --json).
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "backend/backend_factory.h"
+#include "cli/cli_util.h"
+#include "cli/commands.h"
+#include "common/logging.h"
+#include "common/thread_pool.h"
+#include "model/causal_lm.h"
+#include "model/checkpoint.h"
+#include "runner/generator.h"
+
+namespace bw::cli {
+
+namespace {
+
+struct GenerateArgs {
+  std::string model;
+  std::string prompt_ids;
+  int64_t max_tokens = 16;
+  float temperature = 0.0f;
+  uint64_t seed = 0;
+  bool json = false;
+  std::string device = "cpu";
+  int threads = 0;
+  std::string weight_dtype = "auto";
+  std::string kv_dtype = "f32";
+  int64_t kv_block_size = 16;
+  bool ignore_eos = false;
+  std::string log_level = "warn";
+};
+
+double per_second(double count, double seconds) { return seconds > 0 ? count / seconds : 0.0; }
+
+Result<std::optional<DType>> parse_weight_dtype(const std::string& s) {
+  if (s == "auto") return std::optional<DType>();
+  auto t = dtype_from_name(s);
+  if (!t || !is_float(*t)) return InvalidArgument("--dtype must be auto, f32, f16 or bf16, got '{}'", s);
+  return std::optional<DType>(*t);
+}
+
+Status run_generate(const GenerateArgs& args, int* exit_code) {
+  Logger log = make_stderr_logger("generate", args.log_level);
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, parse_id_list(args.prompt_ids));
+  ASSIGN_OR_RETURN(std::optional<DType> weight_dtype, parse_weight_dtype(args.weight_dtype));
+  auto kv_dtype = dtype_from_name(args.kv_dtype);
+  if (!kv_dtype || !is_float(*kv_dtype)) return InvalidArgument("--kv-dtype must be f32, f16 or bf16");
+  if (args.max_tokens < 0) return InvalidArgument("--max-tokens must be >= 0");
+  if (args.temperature < 0) return InvalidArgument("--temperature must be >= 0");
+
+  const auto load_start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, create_backend(args.device, args.threads));
+  ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::open(args.model));
+  log->info("{}: {}", args.model, checkpoint.config().summary());
+  ThreadPool load_pool(args.threads);
+  WeightLoadOptions load_options;
+  load_options.weight_dtype = weight_dtype;
+  load_options.pool = &load_pool;
+  ASSIGN_OR_RETURN(std::unique_ptr<CausalLM> model, load_causal_lm(checkpoint, *backend, load_options));
+  const double load_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+
+  GenerateOptions options;
+  options.max_tokens = args.max_tokens;
+  options.sampling.temperature = args.temperature;
+  options.sampling.seed = args.seed;
+  options.ignore_eos = args.ignore_eos;
+  options.kv_block_size = args.kv_block_size;
+  options.kv_dtype = *kv_dtype;
+  Generator generator(*model, *backend);
+  ASSIGN_OR_RETURN(GenerateResult r, generator.generate(prompt, options));
+
+  const double prefill_tps = per_second(static_cast<double>(r.prompt_ids.size()), r.prefill_seconds);
+  // The first token comes out of prefill; decode steps produce the rest.
+  const double decode_steps = r.generated_ids.empty() ? 0.0 : static_cast<double>(r.generated_ids.size() - 1);
+  const double decode_tps = per_second(decode_steps, r.decode_seconds);
+  if (args.json) {
+    nlohmann::json j;
+    j["model"] = args.model;
+    j["device"] = backend->name();
+    j["prompt_ids"] = r.prompt_ids;
+    j["generated_ids"] = r.generated_ids;
+    j["finish_reason"] = r.finish_reason;
+    j["timings"] = {{"load_seconds", load_seconds},
+                    {"prefill_seconds", r.prefill_seconds},
+                    {"prefill_tokens_per_second", prefill_tps},
+                    {"decode_seconds", r.decode_seconds},
+                    {"decode_tokens_per_second", decode_tps}};
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::string ids;
+    for (size_t i = 0; i < r.generated_ids.size(); ++i) ids += (i ? " " : "") + std::to_string(r.generated_ids[i]);
+    std::printf("generated ids: %s\n", ids.c_str());
+    std::printf("finish reason: %s\n", r.finish_reason.c_str());
+    std::printf("prefill: %zu tokens in %.3f s (%.1f tokens/s)\n", r.prompt_ids.size(), r.prefill_seconds, prefill_tps);
+    std::printf("decode: %.0f tokens in %.3f s (%.1f tokens/s)\n", decode_steps, r.decode_seconds, decode_tps);
+  }
+  *exit_code = 0;
+  return OkStatus();
+}
+
+}  // namespace
+
+CommandRunner register_generate(CLI::App& app) {
+  auto args = std::make_shared<GenerateArgs>();
+  app.add_option("--model", args->model, "Model: a .gguf file or a Hugging Face folder (config.json + safetensors)")
+      ->required();
+  app.add_option("--prompt-ids", args->prompt_ids, "Prompt token ids, comma-separated (e.g. 1,403,407)")->required();
+  app.add_option("--max-tokens", args->max_tokens, "Tokens to generate")->capture_default_str();
+  app.add_option("--temperature", args->temperature, "Sampling temperature; 0 is greedy")->capture_default_str();
+  app.add_option("--seed", args->seed, "Sampling seed")->capture_default_str();
+  app.add_flag("--json", args->json, "Print one JSON object");
+  app.add_option("--device", args->device, "Device: cpu (cuda comes with the CUDA backend)")->capture_default_str();
+  app.add_option("--threads", args->threads, "CPU threads; 0 = all hardware threads")->capture_default_str();
+  app.add_option("--dtype", args->weight_dtype,
+                 "Weight dtype in memory: auto (the checkpoint's float type; quantised -> f32), f32, f16, bf16")
+      ->capture_default_str();
+  app.add_option("--kv-dtype", args->kv_dtype, "KV cache dtype: f32, f16, bf16")->capture_default_str();
+  app.add_option("--kv-block-size", args->kv_block_size, "Tokens per KV cache block")->capture_default_str();
+  app.add_flag("--ignore-eos", args->ignore_eos, "Keep generating after an end-of-sequence token");
+  app.add_option("--log-level", args->log_level, "trace, debug, info, warn, error, off")->capture_default_str();
+  return [args]() {
+    int exit_code = 1;
+    Status s = run_generate(*args, &exit_code);
+    if (!s.ok()) return report_error(s);
+    return exit_code;
+  };
+}
+
+}  // namespace bw::cli

@@ -1,0 +1,41 @@
+#include "model/arch/arch_registry.h"
+
+#include <utility>
+
+#include <fmt/ranges.h>
+
+namespace bw {
+
+namespace {
+
+constexpr std::pair<const char*, ArchLoader> kArchitectures[] = {
+    {"llama", &load_llama},
+    {"qwen2", &load_qwen2},
+};
+
+}  // namespace
+
+ArchLoader find_arch_loader(const std::string& architecture) {
+  for (const auto& [name, loader] : kArchitectures) {
+    if (architecture == name) return loader;
+  }
+  return nullptr;
+}
+
+std::vector<std::string> supported_architectures() {
+  std::vector<std::string> names;
+  for (const auto& [name, loader] : kArchitectures) names.emplace_back(name);
+  return names;
+}
+
+Result<std::unique_ptr<CausalLM>> load_causal_lm(const Checkpoint& checkpoint, Backend& backend,
+                                                 const WeightLoadOptions& options) {
+  ArchLoader loader = find_arch_loader(checkpoint.config().architecture);
+  if (loader == nullptr) {
+    return Unimplemented("{}: architecture '{}' is not supported (supported: {})", checkpoint.path(),
+                         checkpoint.config().architecture, fmt::join(supported_architectures(), ", "));
+  }
+  return loader(checkpoint, backend, options);
+}
+
+}  // namespace bw

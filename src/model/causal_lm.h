@@ -1,0 +1,43 @@
+// CausalLM: one forward pass of a decoder-only language model over a flattened batch.
+//
+// The runner lays out the batch (token ids, attention metadata, which rows need logits)
+// in backend memory; the model runs every layer through backend ops, reading and
+// writing the paged KV cache, and writes logits for the requested rows. A model owns
+// its weights and scratch activations; it knows nothing about requests.
+// Not thread-safe: one forward at a time.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+
+#include "backend/backend.h"
+#include "model/checkpoint.h"
+#include "model/model_config.h"
+#include "model/weight_loader.h"
+
+namespace bw {
+
+struct ForwardInput {
+  TensorView token_ids;       // [T] i32
+  AttentionMetadata attention;
+  TensorView logits_indices;  // [N] i32: rows of the batch whose logits are computed
+};
+
+class CausalLM {
+ public:
+  virtual ~CausalLM() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  // Bytes of weights held on the backend.
+  virtual uint64_t weight_bytes() const = 0;
+
+  // kv_cache: one entry per layer. logits [N, vocab_size], activation dtype.
+  virtual Status forward(const ForwardInput& input, std::span<const KvCacheLayer> kv_cache, TensorView logits) = 0;
+};
+
+// Loads the checkpoint's architecture (see model/arch_registry.h) onto `backend`.
+Result<std::unique_ptr<CausalLM>> load_causal_lm(const Checkpoint& checkpoint, Backend& backend,
+                                                 const WeightLoadOptions& options);
+
+}  // namespace bw

@@ -1,0 +1,94 @@
+// End-to-end tests of the `breakwater` binary: make-model, then generate from the model.
+#include <gtest/gtest.h>
+
+#include <array>
+#include <cstdio>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "support/test_support.h"
+
+namespace bw {
+namespace {
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr
+};
+
+CommandResult run(const std::string& args) {
+  const std::string cmd = std::string(BW_BREAKWATER_BIN) + " " + args + " 2>&1";
+  CommandResult r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (pipe == nullptr) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+TEST(CliTest, MakeModelThenGenerateJson) {
+  test::TempDir tmp;
+  for (const char* format : {"safetensors", "gguf"}) {
+    const std::string out = tmp.file(std::string("m.") + format);
+    auto made = run(std::string("make-model --preset tiny-qwen2 --dtype f32 --seed 1 --format ") + format +
+                    " --out " + out);
+    ASSERT_EQ(made.exit_code, 0) << made.output;
+    auto gen = run("generate --model " + out + " --prompt-ids 1,2,3,4 --max-tokens 5 --ignore-eos --json");
+    ASSERT_EQ(gen.exit_code, 0) << gen.output;
+    auto j = nlohmann::json::parse(gen.output, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << gen.output;
+    EXPECT_EQ(j["prompt_ids"], nlohmann::json({1, 2, 3, 4}));
+    EXPECT_EQ(j["generated_ids"].size(), 5u);
+    EXPECT_EQ(j["finish_reason"], "length");
+    EXPECT_GT(j["timings"]["prefill_tokens_per_second"].get<double>(), 0.0);
+    EXPECT_GT(j["timings"]["decode_tokens_per_second"].get<double>(), 0.0);
+  }
+}
+
+TEST(CliTest, GenerateIsSeededAndReportsSpeed) {
+  test::TempDir tmp;
+  const std::string out = tmp.file("m");
+  ASSERT_EQ(run("make-model --preset tiny-llama --dtype bf16 --out " + out).exit_code, 0);
+  const std::string args = "generate --model " + out + " --prompt-ids 1,7,9 --max-tokens 8 --ignore-eos";
+  auto a = run(args + " --temperature 1.5 --seed 11 --json");
+  auto b = run(args + " --temperature 1.5 --seed 11 --json");
+  ASSERT_EQ(a.exit_code, 0) << a.output;
+  auto ja = nlohmann::json::parse(a.output), jb = nlohmann::json::parse(b.output);
+  EXPECT_EQ(ja["generated_ids"], jb["generated_ids"]);
+  auto text = run(args);
+  ASSERT_EQ(text.exit_code, 0) << text.output;
+  EXPECT_NE(text.output.find("generated ids:"), std::string::npos);
+  EXPECT_NE(text.output.find("tokens/s"), std::string::npos);
+}
+
+TEST(CliTest, BadInputGivesAClearErrorAndNonZeroExit) {
+  test::TempDir tmp;
+  const std::string out = tmp.file("m");
+  ASSERT_EQ(run("make-model --preset tiny-llama --out " + out).exit_code, 0);
+  auto missing = run("generate --model " + tmp.file("nope") + " --prompt-ids 1");
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.output.find("nope"), std::string::npos) << missing.output;
+  auto bad_ids = run("generate --model " + out + " --prompt-ids 1,x,3");
+  EXPECT_NE(bad_ids.exit_code, 0);
+  EXPECT_NE(bad_ids.output.find("'x'"), std::string::npos) << bad_ids.output;
+  auto out_of_vocab = run("generate --model " + out + " --prompt-ids 1,100000");
+  EXPECT_NE(out_of_vocab.exit_code, 0);
+  EXPECT_NE(out_of_vocab.output.find("outside the vocabulary"), std::string::npos) << out_of_vocab.output;
+  auto preset = run("make-model --preset no-such-model --out " + tmp.file("x"));
+  EXPECT_NE(preset.exit_code, 0);
+  EXPECT_NE(preset.output.find("deepseek-r1-distill-qwen-7b"), std::string::npos) << preset.output;
+  // A truncated model file.
+  ASSERT_EQ(run("make-model --preset tiny-llama --format gguf --out " + tmp.file("t.gguf")).exit_code, 0);
+  std::filesystem::resize_file(tmp.file("t.gguf"), 5000);
+  auto truncated = run("generate --model " + tmp.file("t.gguf") + " --prompt-ids 1");
+  EXPECT_NE(truncated.exit_code, 0);
+  EXPECT_NE(truncated.output.find("t.gguf"), std::string::npos) << truncated.output;
+  EXPECT_EQ(truncated.output.find("Sanitizer"), std::string::npos) << truncated.output;
+}
+
+}  // namespace
+}  // namespace bw

@@ -1,0 +1,162 @@
+// make-model output loads back, and the same random model written as safetensors and as
+// GGUF gives the same logits (which checks llama.cpp's Q/K permutation both ways, the
+// GGUF name map and the rope_freqs form of Llama-3 scaling).
+#include "model/random_model.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "backend/cpu/cpu_backend.h"
+#include "io/gguf.h"
+#include "io/safetensors.h"
+#include "model/causal_lm.h"
+#include "model/checkpoint.h"
+#include "model/presets.h"
+#include "runner/generator.h"
+#include "support/test_support.h"
+
+namespace bw {
+namespace {
+
+std::vector<float> logits_of(const std::string& path, std::span<const int32_t> prompt) {
+  auto ckpt = Checkpoint::open(path);
+  EXPECT_TRUE(ckpt.ok()) << ckpt.status().to_string();
+  if (!ckpt.ok()) return {};
+  CpuBackend backend(2);
+  WeightLoadOptions options;
+  options.weight_dtype = DType::kF32;
+  auto model = load_causal_lm(*ckpt, backend, options);
+  EXPECT_TRUE(model.ok()) << model.status().to_string();
+  if (!model.ok()) return {};
+  Generator gen(**model, backend);
+  auto logits = gen.prompt_logits(prompt);
+  EXPECT_TRUE(logits.ok()) << logits.status().to_string();
+  return logits.ok() ? *logits : std::vector<float>{};
+}
+
+class RandomModelTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(RandomModelTest, SafetensorsAndGgufGiveTheSameLogits) {
+  test::TempDir tmp;
+  auto config = find_model_preset(GetParam());
+  ASSERT_TRUE(config.ok());
+  ThreadPool pool(2);
+  RandomModelOptions st;
+  st.dtype = DType::kF32;
+  st.seed = 7;
+  st.out_path = tmp.file("hf");
+  ASSERT_TRUE(write_random_model(*config, st, pool).ok());
+  RandomModelOptions gg = st;
+  gg.format = RandomModelOptions::Format::kGguf;
+  gg.out_path = tmp.file("model.gguf");
+  auto params = write_random_model(*config, gg, pool);
+  ASSERT_TRUE(params.ok()) << params.status().to_string();
+
+  const std::vector<int32_t> prompt = {1, 5, 9, 200, 33, 400, 7, 7, 100, 63, 64, 65, 300, 2, 10, 11, 12, 13};
+  const auto a = logits_of(st.out_path, prompt);
+  const auto b = logits_of(gg.out_path, prompt);
+  ASSERT_EQ(a.size(), prompt.size() * static_cast<size_t>(config->vocab_size));
+  ASSERT_EQ(a.size(), b.size());
+  double max_diff = 0, max_ref = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    max_diff = std::max(max_diff, std::abs(static_cast<double>(a[i]) - b[i]));
+    max_ref = std::max(max_ref, std::abs(static_cast<double>(a[i])));
+  }
+  EXPECT_LE(max_diff / max_ref, 1e-5);
+  // Not degenerate: the logits vary.
+  EXPECT_GT(max_ref, 0.1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, RandomModelTest, ::testing::Values("tiny-llama", "tiny-qwen2"),
+                         test::StringParamName());
+
+TEST(RandomModelTest, SameSeedSameWeightsAndBf16IsHalfTheSize) {
+  test::TempDir tmp;
+  auto config = find_model_preset("tiny-qwen2");
+  ASSERT_TRUE(config.ok());
+  ThreadPool pool1(1), pool4(4);
+  RandomModelOptions o;
+  o.dtype = DType::kBF16;
+  o.seed = 3;
+  o.out_path = tmp.file("a");
+  ASSERT_TRUE(write_random_model(*config, o, pool1).ok());
+  o.out_path = tmp.file("b");
+  ASSERT_TRUE(write_random_model(*config, o, pool4).ok());
+  auto a = SafetensorsModel::open(tmp.file("a"));
+  auto b = SafetensorsModel::open(tmp.file("b"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  for (const TensorEntry* t : a->tensors()) {
+    const TensorEntry* u = b->find(t->name);
+    ASSERT_NE(u, nullptr);
+    EXPECT_EQ(t->dtype, DType::kBF16);
+    ASSERT_EQ(t->nbytes, u->nbytes);
+    EXPECT_EQ(std::memcmp(t->data, u->data, t->nbytes), 0) << t->name;
+  }
+  // Every expected tensor is there with its shape.
+  for (const auto& s : dense_decoder_tensor_shapes(*config)) {
+    const TensorEntry* t = a->find(s.name);
+    ASSERT_NE(t, nullptr) << s.name;
+    EXPECT_EQ(t->shape, s.shape) << s.name;
+  }
+}
+
+TEST(RandomModelTest, TokenizerFromIsCopiedAndChecked) {
+  BW_TESTDATA_OR_SKIP(vocab, "models/stories260K.gguf");  // 512 tokens, like tiny-llama
+  test::TempDir tmp;
+  auto config = find_model_preset("tiny-llama");
+  ASSERT_TRUE(config.ok());
+  ThreadPool pool(2);
+  RandomModelOptions o;
+  o.format = RandomModelOptions::Format::kGguf;
+  o.out_path = tmp.file("m.gguf");
+  o.tokenizer_from = vocab.string();
+  ASSERT_TRUE(write_random_model(*config, o, pool).ok());
+  auto out = GgufFile::open(o.out_path);
+  auto src = GgufFile::open(vocab.string());
+  ASSERT_TRUE(out.ok() && src.ok());
+  int copied = 0;
+  for (const auto& kv : src->metadata()) {
+    if (!kv.key.starts_with("tokenizer.")) continue;
+    const GgufValue* v = out->find(kv.key);
+    ASSERT_NE(v, nullptr) << kv.key;
+    EXPECT_TRUE(*v == kv.value) << kv.key;
+    ++copied;
+  }
+  EXPECT_GE(copied, 5);
+  // A tokenizer whose size disagrees with the model is refused.
+  auto qwen = find_model_preset("tiny-qwen2");
+  qwen->vocab_size = 1000;
+  o.out_path = tmp.file("bad.gguf");
+  auto bad = write_random_model(*qwen, o, pool);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(CheckpointTest, WrongShapeOrMissingTensorNamesIt) {
+  test::TempDir tmp;
+  auto config = find_model_preset("tiny-llama");
+  ASSERT_TRUE(config.ok());
+  ThreadPool pool(2);
+  RandomModelOptions o;
+  o.dtype = DType::kF32;
+  o.out_path = tmp.file("m");
+  ASSERT_TRUE(write_random_model(*config, o, pool).ok());
+  // Lie about the shape in config.json: the loader must name the tensor.
+  ModelConfig wrong = *config;
+  wrong.intermediate_size = 128;
+  ASSERT_TRUE(write_string_to_file(tmp.file("m/config.json"), model_config_to_hf_json(wrong)).ok());
+  auto ckpt = Checkpoint::open(tmp.file("m"));
+  ASSERT_TRUE(ckpt.ok());
+  CpuBackend backend(1);
+  auto model = load_causal_lm(*ckpt, backend, {});
+  ASSERT_FALSE(model.ok());
+  EXPECT_EQ(model.status().code(), StatusCode::kDataLoss);
+  EXPECT_NE(model.status().message().find("mlp.gate_proj.weight"), std::string::npos) << model.status().message();
+
+  auto none = Checkpoint::open(tmp.file("nothing-here"));
+  EXPECT_EQ(none.status().code(), StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace bw
