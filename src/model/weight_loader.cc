@@ -68,8 +68,11 @@ Result<TensorView> WeightLoader::load_stacked(std::span<const StackPart> parts, 
       return DataLoss("{}: tensor '{}' has shape {}, expected {}", checkpoint_.path(), p.hf_name,
                       e->shape.to_string(), p.expected_shape.to_string());
     }
-    if (p.expected_shape.rank() != parts[0].expected_shape.rank() ||
-        p.expected_shape.cols() != parts[0].expected_shape.cols()) {
+    bool stacks = p.expected_shape.rank() == parts[0].expected_shape.rank();
+    for (int d = 1; stacks && d < p.expected_shape.rank(); ++d) {
+      stacks = p.expected_shape[d] == parts[0].expected_shape[d];
+    }
+    if (!stacks) {
       return Internal("load_stacked: parts {} and {} do not stack", parts[0].hf_name, p.hf_name);
     }
     if (p.unpermute_heads > 0 && (p.expected_shape[0] % (2 * p.unpermute_heads) != 0)) {
