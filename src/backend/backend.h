@@ -100,7 +100,7 @@ struct AttentionMetadata {
   TensorView kv_lens;       // [S]
   TensorView block_tables;  // [S, max_blocks_per_seq] block ids of each sequence's cache
   int num_seqs = 0;
-  int max_query_len = 0;    // host-side hints for launch sizing
+  int max_query_len = 0;  // host-side hints for launch sizing
   int max_kv_len = 0;
 };
 
@@ -129,18 +129,16 @@ class Backend {
 
   // out = x @ w^T (+ bias). x [M, K] activations, w [N, K] (f32/f16/bf16), bias [N] or empty
   // view, out [M, N]. Accumulates in f32.
-  virtual Status matmul(TensorView out, const TensorView& x, const TensorView& w,
-                        const TensorView& bias) = 0;
+  virtual Status matmul(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias) = 0;
 
   // out = x / sqrt(mean(x^2) + eps) * weight, per row. x, out [T, H]; weight [H].
   // out may alias x.
-  virtual Status rms_norm(TensorView out, const TensorView& x, const TensorView& weight,
-                          float eps) = 0;
+  virtual Status rms_norm(TensorView out, const TensorView& x, const TensorView& weight, float eps) = 0;
 
   // Fused residual step: residual += x; out = rms_norm(residual) * weight.
   // residual, x, out [T, H].
-  virtual Status add_rms_norm(TensorView out, TensorView residual, const TensorView& x,
-                              const TensorView& weight, float eps) = 0;
+  virtual Status add_rms_norm(TensorView out, TensorView residual, const TensorView& x, const TensorView& weight,
+                              float eps) = 0;
 
   // out = a + b, elementwise, same shapes; out may alias a or b.
   virtual Status add(TensorView out, const TensorView& a, const TensorView& b) = 0;

@@ -30,8 +30,10 @@ Result<std::vector<int32_t>> parse_id_list(const std::string& text) {
 int report_error(const Status& status) {
   std::fprintf(stderr, "error: %s\n", status.message().c_str());
   switch (status.code()) {
-    case StatusCode::kInvalidArgument: return 2;
-    default: return 1;
+    case StatusCode::kInvalidArgument:
+      return 2;
+    default:
+      return 1;
   }
 }
 

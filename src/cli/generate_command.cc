@@ -65,8 +65,7 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
   load_options.weight_dtype = weight_dtype;
   load_options.pool = &load_pool;
   ASSIGN_OR_RETURN(std::unique_ptr<CausalLM> model, load_causal_lm(checkpoint, *backend, load_options));
-  const double load_seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+  const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
   GenerateOptions options;
   options.max_tokens = args.max_tokens;
@@ -97,7 +96,8 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::string ids;
-    for (size_t i = 0; i < r.generated_ids.size(); ++i) ids += (i ? " " : "") + std::to_string(r.generated_ids[i]);
+    for (size_t i = 0; i < r.generated_ids.size(); ++i)
+      ids += (i ? " " : "") + std::to_string(r.generated_ids[i]);
     std::printf("generated ids: %s\n", ids.c_str());
     std::printf("finish reason: %s\n", r.finish_reason.c_str());
     std::printf("prefill: %zu tokens in %.3f s (%.1f tokens/s)\n", r.prompt_ids.size(), r.prefill_seconds, prefill_tps);

@@ -25,10 +25,12 @@ struct MakeModelArgs {
 
 Status run_make_model(const MakeModelArgs& args) {
   if (args.list) {
-    for (const auto& p : model_presets()) std::printf("%-32s %s\n", p.name.c_str(), p.description.c_str());
+    for (const auto& p : model_presets())
+      std::printf("%-32s %s\n", p.name.c_str(), p.description.c_str());
     return OkStatus();
   }
-  if (args.preset.empty() || args.out.empty()) return InvalidArgument("make-model needs --preset and --out (or --list)");
+  if (args.preset.empty() || args.out.empty())
+    return InvalidArgument("make-model needs --preset and --out (or --list)");
   ASSIGN_OR_RETURN(ModelConfig config, find_model_preset(args.preset));
   RandomModelOptions options;
   if (args.format == "gguf") {

@@ -96,7 +96,7 @@ Status Internal(fmt::format_string<Args...> f, Args&&... args) {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}  // NOLINT(google-explicit-constructor)
+  Result(T value) : value_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
   Result(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
     assert(!status_.ok() && "Result constructed from an OK status without a value");
     if (status_.ok()) status_ = Status(StatusCode::kInternal, "Result built from OK status");
@@ -123,10 +123,10 @@ class [[nodiscard]] Result {
 #define BW_CONCAT_INNER(a, b) a##b
 #define BW_CONCAT(a, b) BW_CONCAT_INNER(a, b)
 
-#define RETURN_IF_ERROR(expr)                  \
-  do {                                         \
-    ::bw::Status bw_status_ = (expr);          \
-    if (!bw_status_.ok()) return bw_status_;   \
+#define RETURN_IF_ERROR(expr)                \
+  do {                                       \
+    ::bw::Status bw_status_ = (expr);        \
+    if (!bw_status_.ok()) return bw_status_; \
   } while (0)
 
 #define BW_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
@@ -134,5 +134,4 @@ class [[nodiscard]] Result {
   if (!tmp.ok()) return tmp.status();            \
   lhs = std::move(tmp).value()
 
-#define ASSIGN_OR_RETURN(lhs, expr) \
-  BW_ASSIGN_OR_RETURN_IMPL(BW_CONCAT(bw_result_, __LINE__), lhs, expr)
+#define ASSIGN_OR_RETURN(lhs, expr) BW_ASSIGN_OR_RETURN_IMPL(BW_CONCAT(bw_result_, __LINE__), lhs, expr)

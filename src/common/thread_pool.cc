@@ -11,7 +11,8 @@ thread_local bool t_inside_pool_task = false;
 ThreadPool::ThreadPool(int num_threads) {
   if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   workers_.reserve(num_threads - 1);
-  for (int i = 0; i + 1 < num_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 0; i + 1 < num_threads; ++i)
+    workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -20,11 +21,11 @@ ThreadPool::~ThreadPool() {
     stopping_ = true;
   }
   work_cv_.notify_all();
-  for (auto& t : workers_) t.join();
+  for (auto& t : workers_)
+    t.join();
 }
 
-void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn,
-                              int64_t min_chunk) {
+void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk) {
   if (n <= 0) return;
   min_chunk = std::max<int64_t>(1, min_chunk);
   const int64_t max_chunks = std::min<int64_t>(num_threads(), (n + min_chunk - 1) / min_chunk);
@@ -74,8 +75,7 @@ void ThreadPool::worker_loop(int /*worker_index*/) {
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
     work_cv_.wait(lock, [&] {
-      return stopping_ || (job_ != nullptr && generation_ != seen_generation &&
-                           next_chunk_ < job_num_chunks_);
+      return stopping_ || (job_ != nullptr && generation_ != seen_generation && next_chunk_ < job_num_chunks_);
     });
     if (stopping_) return;
     seen_generation = generation_;

@@ -29,8 +29,7 @@ class ThreadPool {
 
   // Calls fn(begin, end) over disjoint chunks covering [0, n). `min_chunk` is the
   // smallest chunk worth a thread (to keep tiny loops inline).
-  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn,
-                    int64_t min_chunk = 1);
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn, int64_t min_chunk = 1);
 
  private:
   void worker_loop(int worker_index);

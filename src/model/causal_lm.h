@@ -19,7 +19,7 @@
 namespace bw {
 
 struct ForwardInput {
-  TensorView token_ids;       // [T] i32
+  TensorView token_ids;  // [T] i32
   AttentionMetadata attention;
   TensorView logits_indices;  // [N] i32: rows of the batch whose logits are computed
 };

@@ -96,8 +96,10 @@ Status parse_rope_scaling(const json& scaling, const JsonReader& r, RopeScaling*
     ASSIGN_OR_RETURN(double high, r.number_or(scaling, "high_freq_factor", 4.0));
     ASSIGN_OR_RETURN(double orig, r.number_or(scaling, "original_max_position_embeddings", 8192));
     if (!(high > low) || !(orig > 0)) {
-      return DataLoss("{}: llama3 rope scaling needs high_freq_factor > low_freq_factor and "
-                      "original_max_position_embeddings > 0, got {}", r.source(), scaling.dump());
+      return DataLoss(
+          "{}: llama3 rope scaling needs high_freq_factor > low_freq_factor and "
+          "original_max_position_embeddings > 0, got {}",
+          r.source(), scaling.dump());
     }
     out->low_freq_factor = static_cast<float>(low);
     out->high_freq_factor = static_cast<float>(high);
@@ -117,15 +119,16 @@ DType dtype_from_torch_name(const std::string& s) {
 
 Status ModelConfig::validate() const {
   auto positive = [](int64_t v) { return v > 0; };
-  if (!positive(vocab_size) || !positive(hidden_size) || !positive(intermediate_size) ||
-      !positive(num_layers) || !positive(num_heads) || !positive(num_kv_heads) || !positive(head_dim)) {
+  if (!positive(vocab_size) || !positive(hidden_size) || !positive(intermediate_size) || !positive(num_layers) ||
+      !positive(num_heads) || !positive(num_kv_heads) || !positive(head_dim)) {
     return InvalidArgument("model config: every size must be positive: {}", summary());
   }
   if (num_heads % num_kv_heads != 0) {
     return InvalidArgument("model config: num_heads {} is not a multiple of num_kv_heads {}", num_heads, num_kv_heads);
   }
   if (rope.rotary_dim <= 0 || rope.rotary_dim > head_dim || rope.rotary_dim % 2 != 0) {
-    return InvalidArgument("model config: rotary dim {} must be even and in (0, head_dim {}]", rope.rotary_dim, head_dim);
+    return InvalidArgument("model config: rotary dim {} must be even and in (0, head_dim {}]", rope.rotary_dim,
+                           head_dim);
   }
   if (!rope.freq_factors.empty() && static_cast<int64_t>(rope.freq_factors.size()) != rope.rotary_dim / 2) {
     return InvalidArgument("model config: {} rope frequency factors, expected rotary_dim/2 = {}",
@@ -286,8 +289,8 @@ Result<ModelConfig> model_config_from_gguf(const GgufFile& gguf) {
   } else if (const auto* embd = gguf.find_tensor("token_embd.weight"); embd != nullptr && embd->shape.rank() == 2) {
     c.vocab_size = embd->shape[0];
   } else {
-    return DataLoss("{}: cannot tell the vocabulary size: no '{}vocab_size' key and no 2-D 'token_embd.weight'",
-                    source, p);
+    return DataLoss("{}: cannot tell the vocabulary size: no '{}vocab_size' key and no 2-D 'token_embd.weight'", source,
+                    p);
   }
   c.tie_word_embeddings = gguf.find_tensor("output.weight") == nullptr;
   c.attention_bias = gguf.find_tensor("blk.0.attn_q.bias") != nullptr;
@@ -336,7 +339,9 @@ std::string model_config_to_hf_json(const ModelConfig& c) {
   if (c.bos_token_id) j["bos_token_id"] = *c.bos_token_id;
   if (c.eos_token_ids.size() == 1) j["eos_token_id"] = c.eos_token_ids[0];
   if (c.eos_token_ids.size() > 1) j["eos_token_id"] = c.eos_token_ids;
-  j["torch_dtype"] = c.weight_dtype == DType::kBF16 ? "bfloat16" : c.weight_dtype == DType::kF16 ? "float16" : "float32";
+  j["torch_dtype"] = c.weight_dtype == DType::kBF16  ? "bfloat16"
+                     : c.weight_dtype == DType::kF16 ? "float16"
+                                                     : "float32";
   return j.dump(2) + "\n";
 }
 

@@ -50,7 +50,8 @@ std::vector<ModelPreset> build_presets() {
     ModelConfig c = qwen2(151936, 1536, 8960, 28, 12, 2, false, 10000.0f, 131072);
     c.bos_token_id = 151646;
     c.eos_token_ids = {151643};
-    presets.push_back({"deepseek-r1-distill-qwen-1.5b", "DeepSeek-R1-Distill-Qwen-1.5B shapes (Qwen2, 1.78B params)", c});
+    presets.push_back(
+        {"deepseek-r1-distill-qwen-1.5b", "DeepSeek-R1-Distill-Qwen-1.5B shapes (Qwen2, 1.78B params)", c});
   }
   {
     ModelConfig c = qwen2(152064, 3584, 18944, 28, 28, 4, false, 10000.0f, 131072);
@@ -63,7 +64,8 @@ std::vector<ModelPreset> build_presets() {
     llama3_scaling(c, 8.0f, 8192);
     c.bos_token_id = 128000;
     c.eos_token_ids = {128001};
-    presets.push_back({"deepseek-r1-distill-llama-8b", "DeepSeek-R1-Distill-Llama-8B shapes (Llama 3.1, 8.0B params)", c});
+    presets.push_back(
+        {"deepseek-r1-distill-llama-8b", "DeepSeek-R1-Distill-Llama-8B shapes (Llama 3.1, 8.0B params)", c});
   }
   {
     ModelConfig c = llama(512, 64, 160, 2, 4, 2, false, 10000.0f, 512);

@@ -27,7 +27,8 @@ uint64_t splitmix64(uint64_t& state) {
 float approx_normal(uint64_t& state) {
   const uint64_t bits = splitmix64(state);
   float sum = 0.0f;
-  for (int i = 0; i < 4; ++i) sum += static_cast<float>((bits >> (16 * i)) & 0xffff) * (1.0f / 65536.0f);
+  for (int i = 0; i < 4; ++i)
+    sum += static_cast<float>((bits >> (16 * i)) & 0xffff) * (1.0f / 65536.0f);
   return (sum - 2.0f) * 1.7320508f;  // variance of the sum is 4/12
 }
 
@@ -73,7 +74,8 @@ void fill_tensor(const TensorPlan& p, uint64_t seed, uint64_t index, std::vector
     for (int64_t c = begin; c < end; ++c) {
       uint64_t state = seed * 0x100000001b3ull ^ (index << 40) ^ static_cast<uint64_t>(c);
       splitmix64(state);
-      for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i) out[i] = approx_normal(state) * p.std;
+      for (int64_t i = c * kChunk; i < std::min(n, (c + 1) * kChunk); ++i)
+        out[i] = approx_normal(state) * p.std;
     }
   });
 }
@@ -82,9 +84,15 @@ std::vector<uint8_t> encode(const std::vector<float>& values, DType dtype) {
   std::vector<uint8_t> bytes(*dtype_bytes(dtype, values.size()));
   const int64_t n = static_cast<int64_t>(values.size());
   switch (dtype) {
-    case DType::kF16: convert_f32_to_f16(values.data(), reinterpret_cast<uint16_t*>(bytes.data()), n); break;
-    case DType::kBF16: convert_f32_to_bf16(values.data(), reinterpret_cast<uint16_t*>(bytes.data()), n); break;
-    default: std::memcpy(bytes.data(), values.data(), bytes.size()); break;
+    case DType::kF16:
+      convert_f32_to_f16(values.data(), reinterpret_cast<uint16_t*>(bytes.data()), n);
+      break;
+    case DType::kBF16:
+      convert_f32_to_bf16(values.data(), reinterpret_cast<uint16_t*>(bytes.data()), n);
+      break;
+    default:
+      std::memcpy(bytes.data(), values.data(), bytes.size());
+      break;
   }
   return bytes;
 }
@@ -109,9 +117,12 @@ std::vector<float> permute_for_gguf(const std::vector<float>& hf, int64_t heads,
 
 uint32_t gguf_file_type(DType dtype) {
   switch (dtype) {
-    case DType::kF16: return 1;   // LLAMA_FTYPE_MOSTLY_F16
-    case DType::kBF16: return 32;  // LLAMA_FTYPE_MOSTLY_BF16
-    default: return 0;             // LLAMA_FTYPE_ALL_F32
+    case DType::kF16:
+      return 1;  // LLAMA_FTYPE_MOSTLY_F16
+    case DType::kBF16:
+      return 32;  // LLAMA_FTYPE_MOSTLY_BF16
+    default:
+      return 0;  // LLAMA_FTYPE_ALL_F32
   }
 }
 
@@ -183,16 +194,17 @@ Status write_gguf(const ModelConfig& c, const RandomModelOptions& o, const std::
     const std::vector<float> base = rope_inv_freq(plain);
     const std::vector<float> scaled = rope_inv_freq(c.rope);
     std::vector<float> factors(base.size());
-    for (size_t i = 0; i < base.size(); ++i) factors[i] = base[i] / scaled[i];
+    for (size_t i = 0; i < base.size(); ++i)
+      factors[i] = base[i] / scaled[i];
     storage.push_back(encode(factors, DType::kF32));
-    RETURN_IF_ERROR(writer.add_tensor("rope_freqs.weight", DType::kF32, {static_cast<int64_t>(factors.size())},
-                                      storage.back()));
+    RETURN_IF_ERROR(
+        writer.add_tensor("rope_freqs.weight", DType::kF32, {static_cast<int64_t>(factors.size())}, storage.back()));
   }
   return writer.write(o.out_path);
 }
 
-Status write_safetensors_folder(const ModelConfig& c, const RandomModelOptions& o,
-                                const std::vector<TensorPlan>& plan, ThreadPool& pool) {
+Status write_safetensors_folder(const ModelConfig& c, const RandomModelOptions& o, const std::vector<TensorPlan>& plan,
+                                ThreadPool& pool) {
   std::error_code ec;
   std::filesystem::create_directories(o.out_path, ec);
   if (ec) return Unavailable("{}: cannot create folder: {}", o.out_path, ec.message());
@@ -252,7 +264,8 @@ Result<uint64_t> write_random_model(const ModelConfig& config, const RandomModel
   }
   const std::vector<TensorPlan> plan = plan_tensors(config);
   uint64_t params = 0;
-  for (const auto& p : plan) params += static_cast<uint64_t>(p.shape.numel());
+  for (const auto& p : plan)
+    params += static_cast<uint64_t>(p.shape.numel());
   if (options.format == RandomModelOptions::Format::kGguf) {
     RETURN_IF_ERROR(write_gguf(config, options, plan, pool));
   } else {

@@ -26,10 +26,17 @@ void unpermute_rows(const float* src, float* dst, int64_t heads, int64_t rows, i
 
 void from_f32(const float* src, DType dtype, void* dst, int64_t n) {
   switch (dtype) {
-    case DType::kF32: std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float)); break;
-    case DType::kF16: convert_f32_to_f16(src, static_cast<uint16_t*>(dst), n); break;
-    case DType::kBF16: convert_f32_to_bf16(src, static_cast<uint16_t*>(dst), n); break;
-    default: break;  // callers only ask for float types
+    case DType::kF32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+      break;
+    case DType::kF16:
+      convert_f32_to_f16(src, static_cast<uint16_t*>(dst), n);
+      break;
+    case DType::kBF16:
+      convert_f32_to_bf16(src, static_cast<uint16_t*>(dst), n);
+      break;
+    default:
+      break;  // callers only ask for float types
   }
 }
 
@@ -65,8 +72,8 @@ Result<TensorView> WeightLoader::load_stacked(std::span<const StackPart> parts, 
     ASSIGN_OR_RETURN(const TensorEntry* e, checkpoint_.require(p.hf_name));
     // GGUF stores 1-D tensors and Hugging Face too; compare element-wise shapes exactly.
     if (!(e->shape == p.expected_shape)) {
-      return DataLoss("{}: tensor '{}' has shape {}, expected {}", checkpoint_.path(), p.hf_name,
-                      e->shape.to_string(), p.expected_shape.to_string());
+      return DataLoss("{}: tensor '{}' has shape {}, expected {}", checkpoint_.path(), p.hf_name, e->shape.to_string(),
+                      p.expected_shape.to_string());
     }
     bool stacks = p.expected_shape.rank() == parts[0].expected_shape.rank();
     for (int d = 1; stacks && d < p.expected_shape.rank(); ++d) {
@@ -76,8 +83,8 @@ Result<TensorView> WeightLoader::load_stacked(std::span<const StackPart> parts, 
       return Internal("load_stacked: parts {} and {} do not stack", parts[0].hf_name, p.hf_name);
     }
     if (p.unpermute_heads > 0 && (p.expected_shape[0] % (2 * p.unpermute_heads) != 0)) {
-      return DataLoss("{}: tensor '{}' rows {} do not split into {} heads of even size", checkpoint_.path(),
-                      p.hf_name, p.expected_shape[0], p.unpermute_heads);
+      return DataLoss("{}: tensor '{}' rows {} do not split into {} heads of even size", checkpoint_.path(), p.hf_name,
+                      p.expected_shape[0], p.unpermute_heads);
     }
     entries.push_back(e);
     total_rows += p.expected_shape[0];
@@ -86,7 +93,8 @@ Result<TensorView> WeightLoader::load_stacked(std::span<const StackPart> parts, 
   Shape out_shape = parts[0].expected_shape;
   out_shape[0] = total_rows;
   const auto out_bytes = dtype_bytes(target, static_cast<uint64_t>(out_shape.numel()));
-  if (!out_bytes) return Internal("load_stacked: {} elements of {} do not fill blocks", out_shape.numel(), dtype_name(target));
+  if (!out_bytes)
+    return Internal("load_stacked: {} elements of {} do not fill blocks", out_shape.numel(), dtype_name(target));
 
   ASSIGN_OR_RETURN(DeviceBuffer buffer, backend_.allocate(*out_bytes));
   std::vector<uint8_t> staging;

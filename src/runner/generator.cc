@@ -12,9 +12,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 // One sequence's cache blocks are 0..num_blocks-1 in order.
 struct SequenceCache {
@@ -60,8 +58,7 @@ class StepInputs {
     ASSIGN_OR_RETURN(input_.attention.query_start, upload(backend, query_start, {2}));
     ASSIGN_OR_RETURN(input_.attention.kv_lens, upload(backend, kv_lens, {1}));
     ASSIGN_OR_RETURN(input_.attention.block_tables, upload(backend, cache.block_table, {1, width}));
-    ASSIGN_OR_RETURN(input_.logits_indices,
-                     upload(backend, logits_rows, {static_cast<int64_t>(logits_rows.size())}));
+    ASSIGN_OR_RETURN(input_.logits_indices, upload(backend, logits_rows, {static_cast<int64_t>(logits_rows.size())}));
     input_.attention.num_seqs = 1;
     input_.attention.max_query_len = q_len;
     input_.attention.max_kv_len = kv_len;
@@ -101,8 +98,10 @@ Result<std::vector<float>> run_step(CausalLM& model, Backend& backend, std::span
   } else {
     std::vector<uint16_t> raw(host.size());
     RETURN_IF_ERROR(backend.copy_to_host(raw.data(), logits.data, raw.size() * sizeof(uint16_t)));
-    if (act == DType::kBF16) convert_bf16_to_f32(raw.data(), host.data(), rows * vocab);
-    else convert_f16_to_f32(raw.data(), host.data(), rows * vocab);
+    if (act == DType::kBF16)
+      convert_bf16_to_f32(raw.data(), host.data(), rows * vocab);
+    else
+      convert_f16_to_f32(raw.data(), host.data(), rows * vocab);
   }
   return host;
 }
@@ -152,8 +151,9 @@ Result<GenerateResult> Generator::generate(std::span<const int32_t> prompt, cons
   const int64_t prompt_len = static_cast<int64_t>(prompt.size());
   // Never run past the model's context: the last position is max_position_embeddings - 1.
   const int64_t max_new = std::min(options.max_tokens, config.max_position_embeddings - prompt_len);
-  ASSIGN_OR_RETURN(SequenceCache cache, make_sequence_cache(backend_, config, prompt_len + std::max<int64_t>(max_new, 1),
-                                                            options.kv_block_size, options.kv_dtype));
+  ASSIGN_OR_RETURN(SequenceCache cache,
+                   make_sequence_cache(backend_, config, prompt_len + std::max<int64_t>(max_new, 1),
+                                       options.kv_block_size, options.kv_dtype));
   std::vector<int32_t> stop_ids = options.stop_token_ids;
   if (!options.ignore_eos) stop_ids.insert(stop_ids.end(), config.eos_token_ids.begin(), config.eos_token_ids.end());
 
@@ -167,8 +167,9 @@ Result<GenerateResult> Generator::generate(std::span<const int32_t> prompt, cons
   std::vector<float> logits;
   for (int64_t start = 0; start < prompt_len; start += options.prefill_chunk_tokens) {
     const int64_t n = std::min(options.prefill_chunk_tokens, prompt_len - start);
-    ASSIGN_OR_RETURN(logits, run_step(model_, backend_, prompt.subspan(static_cast<size_t>(start), static_cast<size_t>(n)),
-                                      start, cache, /*all_logits=*/false));
+    ASSIGN_OR_RETURN(
+        logits, run_step(model_, backend_, prompt.subspan(static_cast<size_t>(start), static_cast<size_t>(n)), start,
+                         cache, /*all_logits=*/false));
   }
   int32_t token = sampler.sample(logits);
   result.prefill_seconds = seconds_since(prefill_start);

@@ -89,10 +89,10 @@ uint16_t f32_to_f16(float f) {
   std::memcpy(&bits, &f, sizeof(bits));
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);  // NaN
+  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);   // NaN
   if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
-  if (abs < 0x38800000u) {  // subnormal or zero in f16
-    if (abs < 0x33000000u) return sign;  // below half the smallest subnormal
+  if (abs < 0x38800000u) {                                               // subnormal or zero in f16
+    if (abs < 0x33000000u) return sign;                                  // below half the smallest subnormal
     const uint32_t exp = abs >> 23;
     const uint32_t mant = (abs & 0x7fffffu) | 0x800000u;
     const uint32_t shift = 126 - exp;  // 14..24
@@ -109,16 +109,20 @@ uint16_t f32_to_f16(float f) {
 }
 
 void convert_f16_to_f32(const uint16_t* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+  for (int64_t i = 0; i < n; ++i)
+    dst[i] = f16_to_f32(src[i]);
 }
 void convert_bf16_to_f32(const uint16_t* src, float* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+  for (int64_t i = 0; i < n; ++i)
+    dst[i] = bf16_to_f32(src[i]);
 }
 void convert_f32_to_f16(const float* src, uint16_t* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_f16(src[i]);
+  for (int64_t i = 0; i < n; ++i)
+    dst[i] = f32_to_f16(src[i]);
 }
 void convert_f32_to_bf16(const float* src, uint16_t* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+  for (int64_t i = 0; i < n; ++i)
+    dst[i] = f32_to_bf16(src[i]);
 }
 
 }  // namespace bw

@@ -32,7 +32,7 @@ enum class DType : uint8_t {
   kQ6_K,
 };
 
-std::string_view dtype_name(DType t);  // "f32", "bf16", "q4_k", ...
+std::string_view dtype_name(DType t);                         // "f32", "bf16", "q4_k", ...
 std::optional<DType> dtype_from_name(std::string_view name);  // inverse of dtype_name
 
 bool is_float(DType t);      // f32, f16, bf16

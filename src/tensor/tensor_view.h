@@ -22,7 +22,8 @@ class Shape {
   Shape() = default;
   Shape(std::initializer_list<int64_t> dims) {
     assert(dims.size() <= kMaxRank);
-    for (int64_t d : dims) dims_[rank_++] = d;
+    for (int64_t d : dims)
+      dims_[rank_++] = d;
   }
 
   int rank() const { return rank_; }
@@ -30,7 +31,8 @@ class Shape {
   int64_t& operator[](int i) { return dims_[i]; }
   int64_t numel() const {
     int64_t n = 1;
-    for (int i = 0; i < rank_; ++i) n *= dims_[i];
+    for (int i = 0; i < rank_; ++i)
+      n *= dims_[i];
     return n;
   }
   // The last dimension, and the product of all others.

@@ -24,7 +24,8 @@ CommandResult run(const std::string& args) {
   if (pipe == nullptr) return r;
   std::array<char, 4096> buf{};
   size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0)
+    r.output.append(buf.data(), n);
   const int status = pclose(pipe);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
@@ -34,8 +35,8 @@ TEST(CliTest, MakeModelThenGenerateJson) {
   test::TempDir tmp;
   for (const char* format : {"safetensors", "gguf"}) {
     const std::string out = tmp.file(std::string("m.") + format);
-    auto made = run(std::string("make-model --preset tiny-qwen2 --dtype f32 --seed 1 --format ") + format +
-                    " --out " + out);
+    auto made =
+        run(std::string("make-model --preset tiny-qwen2 --dtype f32 --seed 1 --format ") + format + " --out " + out);
     ASSERT_EQ(made.exit_code, 0) << made.output;
     auto gen = run("generate --model " + out + " --prompt-ids 1,2,3,4 --max-tokens 5 --ignore-eos --json");
     ASSERT_EQ(gen.exit_code, 0) << gen.output;

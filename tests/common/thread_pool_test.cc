@@ -14,9 +14,11 @@ TEST(ThreadPoolTest, CoversEveryIndexExactlyOnce) {
   for (int64_t n : {1, 3, 7, 100, 1001}) {
     std::vector<std::atomic<int>> hits(n);
     pool.parallel_for(n, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) hits[i]++;
+      for (int64_t i = b; i < e; ++i)
+        hits[i]++;
     });
-    for (int64_t i = 0; i < n; ++i) EXPECT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
+    for (int64_t i = 0; i < n; ++i)
+      EXPECT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
   }
 }
 
@@ -37,7 +39,8 @@ TEST(ThreadPoolTest, SingleThreadRunsInline) {
   EXPECT_EQ(pool.num_threads(), 1);
   int64_t sum = 0;
   pool.parallel_for(10, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) sum += i;
+    for (int64_t i = b; i < e; ++i)
+      sum += i;
   });
   EXPECT_EQ(sum, 45);
 }

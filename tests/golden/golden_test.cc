@@ -44,7 +44,8 @@ Reference read_reference(const fs::path& dir) {
   Reference r;
   r.prompt = j["prompt_ids"].get<std::vector<int32_t>>();
   for (const auto& row : j["logits"]) {
-    for (const auto& v : row) r.logits.push_back(v.get<float>());
+    for (const auto& v : row)
+      r.logits.push_back(v.get<float>());
   }
   r.greedy = j["greedy_ids"].get<std::vector<int32_t>>();
   return r;

@@ -27,7 +27,8 @@ std::vector<int32_t> ids_after(const std::string& text, const std::string& marke
   std::vector<int32_t> ids;
   std::stringstream ss(text.substr(open + 1, close - open - 1));
   std::string item;
-  while (std::getline(ss, item, ',')) ids.push_back(std::stoi(item));
+  while (std::getline(ss, item, ','))
+    ids.push_back(std::stoi(item));
   return ids;
 }
 
@@ -97,7 +98,8 @@ TEST_P(ExactGreedyTest, GreedyIdsMatchLlamaCpp) {
   EXPECT_EQ(greedy(l, prompt, static_cast<int64_t>(expected.size())), expected);
 }
 
-INSTANTIATE_TEST_SUITE_P(Files, ExactGreedyTest, ::testing::Values("tiny-llama-256.f32", "stories260K.q8_0"), test::StringParamName());
+INSTANTIATE_TEST_SUITE_P(Files, ExactGreedyTest, ::testing::Values("tiny-llama-256.f32", "stories260K.q8_0"),
+                         test::StringParamName());
 
 // Quantised files: llama.cpp quantises activations too, so exact ids are not expected
 // (README caveat). Teacher-forced, our argmax must still agree wherever llama.cpp's top-2
@@ -138,7 +140,8 @@ TEST_P(TeacherForcedTest, ArgmaxAgreesWhereTheGapIsClear) {
 INSTANTIATE_TEST_SUITE_P(Files, TeacherForcedTest,
                          ::testing::Values("tiny-llama-256.q8_0", "tiny-llama-256.q4_0", "tiny-llama-256.q4_1",
                                            "tiny-llama-256.q5_0", "tiny-llama-256.q5_1", "tiny-llama-256.q4_k",
-                                           "tiny-llama-256.q5_k", "tiny-llama-256.q6_k", "tiny-llama-256.q4_k_m"), test::StringParamName());
+                                           "tiny-llama-256.q5_k", "tiny-llama-256.q6_k", "tiny-llama-256.q4_k_m"),
+                         test::StringParamName());
 
 }  // namespace
 }  // namespace bw

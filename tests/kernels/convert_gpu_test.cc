@@ -17,7 +17,8 @@ TEST(CudaConvertTest, F32ToBf16MatchesCpuBitForBit) {
     auto src = test::random_floats(static_cast<size_t>(n), 42 + static_cast<uint32_t>(n), -1e4f, 1e4f);
     std::vector<uint16_t> dst(static_cast<size_t>(n), 0xffff);
     ASSERT_TRUE(cuda::convert_f32_to_bf16_on_device(0, src.data(), dst.data(), n).ok());
-    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(dst[i], f32_to_bf16(src[i])) << "i=" << i;
+    for (int64_t i = 0; i < n; ++i)
+      ASSERT_EQ(dst[i], f32_to_bf16(src[i])) << "i=" << i;
   }
 }
 

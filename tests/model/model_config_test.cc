@@ -71,12 +71,14 @@ TEST(ModelConfigTest, ClearErrors) {
 
   auto gqa = model_config_from_hf_json(R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10,
     "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4,
-    "num_key_value_heads": 3})", "c.json");
+    "num_key_value_heads": 3})",
+                                       "c.json");
   EXPECT_EQ(gqa.status().code(), StatusCode::kInvalidArgument);
 
   auto scaling = model_config_from_hf_json(R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10,
     "hidden_size": 64, "intermediate_size": 8, "num_hidden_layers": 1, "num_attention_heads": 4,
-    "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})", "c.json");
+    "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})",
+                                           "c.json");
   EXPECT_EQ(scaling.status().code(), StatusCode::kUnimplemented);
   EXPECT_NE(scaling.status().message().find("yarn"), std::string::npos);
 }

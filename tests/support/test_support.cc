@@ -1,9 +1,9 @@
 #include "support/test_support.h"
 
+#include <unistd.h>
 #include <atomic>
 #include <cctype>
 #include <cstdlib>
-#include <unistd.h>
 
 namespace bw::test {
 
@@ -45,7 +45,8 @@ std::vector<float> random_floats(size_t n, uint32_t seed, float lo, float hi) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> dist(lo, hi);
   std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
+  for (auto& x : v)
+    x = dist(rng);
   return v;
 }
 

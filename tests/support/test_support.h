@@ -52,8 +52,8 @@ struct StringParamName {
 }  // namespace bw::test
 
 // Skips the current test with a clear message when a shared test data file is missing.
-#define BW_TESTDATA_OR_SKIP(var, relative)                                                 \
-  auto var##_opt = ::bw::test::testdata_file(relative);                                   \
-  if (!var##_opt) GTEST_SKIP() << "shared test data not found: " << (relative)            \
-                               << " (set BW_TESTDATA to the testdata folder)";            \
+#define BW_TESTDATA_OR_SKIP(var, relative)                                                                       \
+  auto var##_opt = ::bw::test::testdata_file(relative);                                                          \
+  if (!var##_opt)                                                                                                \
+    GTEST_SKIP() << "shared test data not found: " << (relative) << " (set BW_TESTDATA to the testdata folder)"; \
   const std::filesystem::path var = *var##_opt

@@ -11,9 +11,9 @@ Status cuda_error(cudaError_t err, const char* what, const char* file, int line)
   return Unavailable("{} failed at {}:{}: {}", what, file, line, cudaGetErrorString(err));
 }
 
-#define BW_CUDA_RETURN_IF_ERROR(call)                                         \
-  do {                                                                        \
-    cudaError_t bw_err_ = (call);                                             \
+#define BW_CUDA_RETURN_IF_ERROR(call)                                                  \
+  do {                                                                                 \
+    cudaError_t bw_err_ = (call);                                                      \
     if (bw_err_ != cudaSuccess) return cuda_error(bw_err_, #call, __FILE__, __LINE__); \
   } while (0)
 

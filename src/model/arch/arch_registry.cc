@@ -24,7 +24,8 @@ ArchLoader find_arch_loader(const std::string& architecture) {
 
 std::vector<std::string> supported_architectures() {
   std::vector<std::string> names;
-  for (const auto& [name, loader] : kArchitectures) names.emplace_back(name);
+  for (const auto& [name, loader] : kArchitectures)
+    names.emplace_back(name);
   return names;
 }
 

@@ -6,9 +6,7 @@ namespace bw {
 
 namespace {
 
-std::string layer_name(int64_t layer, const char* suffix) {
-  return fmt::format("model.layers.{}.{}", layer, suffix);
-}
+std::string layer_name(int64_t layer, const char* suffix) { return fmt::format("model.layers.{}.{}", layer, suffix); }
 
 }  // namespace
 
@@ -108,8 +106,8 @@ Status DenseDecoder::forward(const ForwardInput& input, std::span<const KvCacheL
   RETURN_IF_ERROR(ensure_workspace(T, N));
   const DType act = backend_.activation_dtype();
   const int64_t H = config_.hidden_size, F = config_.intermediate_size;
-  TensorView residual = residual_.view(act, {T, H});      // the residual stream
-  TensorView hidden = hidden_.view(act, {T, H});          // normed input of a projection
+  TensorView residual = residual_.view(act, {T, H});  // the residual stream
+  TensorView hidden = hidden_.view(act, {T, H});      // normed input of a projection
   TensorView qkv = qkv_.view(act, {T, config_.qkv_size()});
   TensorView attn_out = attn_out_.view(act, {T, config_.num_heads * config_.head_dim});
   TensorView proj_out = proj_out_.view(act, {T, H});

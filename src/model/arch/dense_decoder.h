@@ -25,10 +25,10 @@ struct DenseDecoderLayer {
 };
 
 struct DenseDecoderWeights {
-  TensorView embed;       // [V, H]
+  TensorView embed;  // [V, H]
   std::vector<DenseDecoderLayer> layers;
-  TensorView final_norm;  // [H]
-  TensorView lm_head;     // [V, H]; the embedding itself when tied
+  TensorView final_norm;              // [H]
+  TensorView lm_head;                 // [V, H]; the embedding itself when tied
   std::vector<DeviceBuffer> buffers;  // owns all of the above
   uint64_t bytes = 0;
 };
