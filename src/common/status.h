@@ -129,9 +129,12 @@ class [[nodiscard]] Result {
     if (!bw_status_.ok()) return bw_status_; \
   } while (0)
 
+// `lhs` may be a declaration ("int x"), so it cannot be parenthesised.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define BW_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \
   auto tmp = (expr);                             \
   if (!tmp.ok()) return tmp.status();            \
   lhs = std::move(tmp).value()
 
 #define ASSIGN_OR_RETURN(lhs, expr) BW_ASSIGN_OR_RETURN_IMPL(BW_CONCAT(bw_result_, __LINE__), lhs, expr)
+// NOLINTEND(bugprone-macro-parentheses)
