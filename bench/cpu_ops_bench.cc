@@ -2,11 +2,8 @@
 // a 1.5B model, every weight dtype, weights hot in cache and streamed from DRAM) and of
 // decode attention, next to a measured read-bandwidth peak. Never pass/fail on time.
 //
-// Not wired into CMake yet; build it against a Release build tree, e.g.
-//   cmake -S . -B build-rel -G Ninja -DCMAKE_BUILD_TYPE=Release -DBW_CUDA=OFF && ninja -C build-rel bw_backend
-//   g++ -std=c++20 -O3 -mavx2 -mfma -mf16c -Isrc bench/cpu_ops_bench.cc build-rel/src/libbw_backend.a
-//       build-rel/src/libbw_tensor.a build-rel/src/libbw_common.a -lfmt -lpthread -o cpu_ops_bench
-//   ./cpu_ops_bench [num_threads]
+// Built with the project (Release build recommended):
+//   build/bench/bw_cpu_ops_bench [num_threads]
 // Each number is the best of repeated runs (robust to other processes on the machine).
 #include <algorithm>
 #include <chrono>
