@@ -2,11 +2,9 @@
 
 #include <algorithm>
 #include <bit>
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
-#include <memory>
 
+#include "common/atomic_file.h"
 #include "common/checked_math.h"
 
 namespace bw {
@@ -87,10 +85,6 @@ int array_depth(const GgufArray& array) {
 }
 
 uint64_t pad_to(uint64_t n, uint64_t alignment) { return (n + alignment - 1) / alignment * alignment; }
-
-struct FileCloser {
-  void operator()(std::FILE* f) const { std::fclose(f); }
-};
 
 }  // namespace
 
@@ -225,32 +219,23 @@ Status GgufWriter::write(const std::string& path) const {
   ASSIGN_OR_RETURN(std::vector<uint8_t> header, build_header(align, &offsets));
   if (!tensors_.empty()) header.resize(pad_to(header.size(), align), 0);
 
-  std::unique_ptr<std::FILE, FileCloser> f(std::fopen(path.c_str(), "wb"));
-  if (!f) return Unavailable("{}: cannot open for writing: {}", path, std::strerror(errno));
+  // Every padding piece views this one buffer (several pieces when the gap is larger).
   const std::vector<uint8_t> zeros(static_cast<size_t>(std::min<uint64_t>(align, 1 << 20)), 0);
-  uint64_t written = 0;
-  auto put = [&](const void* p, size_t n) {
-    if (n == 0) return true;
-    if (std::fwrite(p, 1, n, f.get()) != n) return false;
-    written += n;
-    return true;
-  };
-  auto pad = [&]() {
+  std::vector<std::span<const uint8_t>> pieces;
+  pieces.reserve(1 + 2 * tensors_.size());
+  pieces.emplace_back(header);
+  uint64_t written = header.size();
+  for (const auto& t : tensors_) {
+    const auto bytes = t.bytes();
+    pieces.push_back(bytes);
+    written += bytes.size();
     while (written % align != 0) {
       const uint64_t gap = std::min<uint64_t>(align - written % align, zeros.size());
-      if (!put(zeros.data(), static_cast<size_t>(gap))) return false;
+      pieces.emplace_back(zeros.data(), static_cast<size_t>(gap));
+      written += gap;
     }
-    return true;
-  };
-  bool ok = put(header.data(), header.size());
-  for (const auto& t : tensors_) {
-    if (!ok) break;
-    const auto bytes = t.bytes();
-    ok = put(bytes.data(), bytes.size()) && pad();
   }
-  if (!ok) return Unavailable("{}: write failed: {}", path, std::strerror(errno));
-  if (std::fclose(f.release()) != 0) return Unavailable("{}: close failed: {}", path, std::strerror(errno));
-  return OkStatus();
+  return write_file_atomically(path, pieces);
 }
 
 }  // namespace bw

@@ -44,7 +44,7 @@ class GgufWriter {
 
   // The whole file image.
   Result<std::vector<uint8_t>> serialize() const;
-  // Writes the file to `path` (replacing it).
+  // Writes the file to `path` atomically (temporary file + rename, replacing it).
   Status write(const std::string& path) const;
 
  private:

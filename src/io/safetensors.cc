@@ -1,14 +1,6 @@
 #include "io/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <array>
-#include <atomic>
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <optional>
@@ -26,30 +18,8 @@ namespace {
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
-
-struct SafetensorsDType {
-  std::string_view name;
-  DType type;
-};
-
-constexpr std::array<SafetensorsDType, 7> kDTypes = {{
-    {"F32", DType::kF32},
-    {"F16", DType::kF16},
-    {"BF16", DType::kBF16},
-    {"I32", DType::kI32},
-    {"I64", DType::kI64},
-    {"I8", DType::kI8},
-    {"U8", DType::kU8},
-}};
-
-constexpr std::string_view kSupportedDTypes = "F32, F16, BF16, I32, I64, I8, U8";
-
-std::optional<DType> dtype_from_safetensors(std::string_view name) {
-  for (const auto& d : kDTypes) {
-    if (d.name == name) return d.type;
-  }
-  return std::nullopt;
-}
+using safetensors_internal::dtype_from_safetensors;
+using safetensors_internal::kSupportedDTypes;
 
 // --- JSON ---------------------------------------------------------------------------
 
@@ -171,11 +141,6 @@ std::string json_text(const json& v) {
   return s;
 }
 
-// A JSON string literal (quotes and escapes) of UTF-8 text.
-std::string json_quote(std::string_view s) {
-  return json(std::string(s)).dump(-1, ' ', false, json::error_handler_t::replace);
-}
-
 // A non-negative JSON integer, or nullopt (negative, fractional, not a number).
 std::optional<uint64_t> json_u64(const json& v) {
   if (v.is_number_unsigned()) return v.get<uint64_t>();
@@ -193,40 +158,6 @@ std::string dims_text(const std::vector<uint64_t>& dims) {
     s += std::to_string(dims[i]);
   }
   return s + "]";
-}
-
-bool is_valid_utf8(std::string_view s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t len;
-    uint32_t cp;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xe0) == 0xc0) {
-      len = 2;
-      cp = c & 0x1fu;
-    } else if ((c & 0xf0) == 0xe0) {
-      len = 3;
-      cp = c & 0x0fu;
-    } else if ((c & 0xf8) == 0xf0) {
-      len = 4;
-      cp = c & 0x07u;
-    } else {
-      return false;
-    }
-    if (s.size() - i < len) return false;
-    for (size_t k = 1; k < len; ++k) {
-      const auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xc0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3fu);
-    }
-    static constexpr uint32_t kMinForLen[5] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < kMinForLen[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
-    i += len;
-  }
-  return true;
 }
 
 // --- Reading one file ---------------------------------------------------------------
@@ -355,13 +286,6 @@ Result<ParsedEntry> parse_entry(const std::string& file, const std::string& name
 }
 
 }  // namespace
-
-std::string_view safetensors_dtype_name(DType t) {
-  for (const auto& d : kDTypes) {
-    if (d.type == t) return d.name;
-  }
-  return {};
-}
 
 Result<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
   ASSIGN_OR_RETURN(MappedFile mapped, MappedFile::open(path));
@@ -576,264 +500,6 @@ std::vector<const TensorEntry*> SafetensorsModel::tensors() const {
       out.push_back(&t);
   }
   return out;
-}
-
-// --- Writer ---------------------------------------------------------------------------
-
-namespace {
-
-Status validate_for_write(std::span<const TensorToWrite> tensors, const std::map<std::string, std::string>& metadata) {
-  std::set<std::string_view> names;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    const TensorToWrite& t = tensors[i];
-    if (t.name.empty()) return InvalidArgument("tensor {} has an empty name", i);
-    if (!is_valid_utf8(t.name)) return InvalidArgument("tensor {}: name is not UTF-8", i);
-    if (t.name == "__metadata__") {
-      return InvalidArgument("'__metadata__' is reserved, not a tensor name");
-    }
-    if (!names.insert(t.name).second) {
-      return InvalidArgument("tensor '{}' appears twice", t.name);
-    }
-    const std::string_view dtype = safetensors_dtype_name(t.dtype);
-    if (dtype.empty()) {
-      return InvalidArgument("tensor '{}': dtype {} cannot be stored in safetensors", t.name, dtype_name(t.dtype));
-    }
-    uint64_t numel = 1;
-    for (int d = 0; d < t.shape.rank(); ++d) {
-      if (t.shape[d] < 0) {
-        return InvalidArgument("tensor '{}': shape {} has a negative dimension", t.name, t.shape.to_string());
-      }
-      const std::optional<uint64_t> n = checked_mul(numel, static_cast<uint64_t>(t.shape[d]));
-      if (!n || *n > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-        return InvalidArgument("tensor '{}': shape {} is too large", t.name, t.shape.to_string());
-      }
-      numel = *n;
-    }
-    const std::optional<uint64_t> nbytes = dtype_bytes(t.dtype, numel);
-    if (!nbytes || *nbytes != t.data.size()) {
-      return InvalidArgument("tensor '{}': {} bytes of data but shape {} of {} needs {}", t.name, t.data.size(),
-                             t.shape.to_string(), dtype, nbytes.value_or(0));
-    }
-  }
-  for (const auto& [k, v] : metadata) {
-    if (!is_valid_utf8(k) || !is_valid_utf8(v)) {
-      return InvalidArgument("metadata key or value is not UTF-8 (key '{}')", k);
-    }
-  }
-  return OkStatus();
-}
-
-// The header: fields in the reference implementation's order, padded with spaces so the
-// data section starts at a multiple of 8 bytes.
-std::string make_header(std::span<const TensorToWrite* const> tensors,
-                        const std::map<std::string, std::string>& metadata) {
-  std::string h = "{";
-  if (!metadata.empty()) {
-    h += "\"__metadata__\":{";
-    bool first = true;
-    for (const auto& [k, v] : metadata) {
-      if (!first) h += ',';
-      first = false;
-      h += json_quote(k);
-      h += ':';
-      h += json_quote(v);
-    }
-    h += '}';
-  }
-  uint64_t offset = 0;
-  for (const TensorToWrite* t : tensors) {
-    if (h.size() > 1) h += ',';
-    h += json_quote(t->name);
-    h += ":{\"dtype\":\"";
-    h += safetensors_dtype_name(t->dtype);
-    h += "\",\"shape\":[";
-    for (int d = 0; d < t->shape.rank(); ++d) {
-      if (d > 0) h += ',';
-      h += std::to_string(t->shape[d]);
-    }
-    h += "],\"data_offsets\":[";
-    h += std::to_string(offset);
-    h += ',';
-    offset += t->data.size();
-    h += std::to_string(offset);
-    h += "]}";
-  }
-  h += '}';
-  while ((8 + h.size()) % 8 != 0)
-    h += ' ';
-  return h;
-}
-
-Status write_all(int fd, const std::string& path, std::span<const uint8_t> bytes) {
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const size_t chunk = std::min<size_t>(bytes.size() - done, size_t{1} << 30);
-    const ssize_t n = ::write(fd, bytes.data() + done, chunk);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Unavailable("{}: write failed: {}", path, std::strerror(errno));
-    }
-    if (n == 0) return Unavailable("{}: write made no progress", path);
-    done += static_cast<size_t>(n);
-  }
-  return OkStatus();
-}
-
-// Writes the pieces to a temporary file beside `path`, syncs it and renames it to `path`.
-Status write_file_atomically(const std::string& path, std::span<const std::span<const uint8_t>> pieces) {
-  static std::atomic<uint64_t> counter{0};
-  const std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(), counter++);
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return Unavailable("{}: cannot create: {}", tmp, std::strerror(errno));
-  Status status;
-  for (std::span<const uint8_t> piece : pieces) {
-    status = write_all(fd, tmp, piece);
-    if (!status.ok()) break;
-  }
-  if (status.ok() && ::fsync(fd) != 0) status = Unavailable("{}: fsync failed: {}", tmp, std::strerror(errno));
-  if (::close(fd) != 0 && status.ok()) status = Unavailable("{}: close failed: {}", tmp, std::strerror(errno));
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = Unavailable("{}: cannot rename to {}: {}", tmp, path, std::strerror(errno));
-  }
-  if (!status.ok()) ::unlink(tmp.c_str());
-  return status;
-}
-
-std::span<const uint8_t> as_bytes(std::string_view s) { return {reinterpret_cast<const uint8_t*>(s.data()), s.size()}; }
-
-// Writes one file of already validated tensors.
-Status write_file(const std::string& path, std::span<const TensorToWrite* const> tensors,
-                  const std::map<std::string, std::string>& metadata) {
-  const std::string header = make_header(tensors, metadata);
-  std::array<uint8_t, 8> length{};
-  for (size_t i = 0; i < 8; ++i)
-    length[i] = static_cast<uint8_t>(static_cast<uint64_t>(header.size()) >> (8 * i));
-  std::vector<std::span<const uint8_t>> pieces;
-  pieces.reserve(tensors.size() + 2);
-  pieces.emplace_back(length);
-  pieces.push_back(as_bytes(header));
-  for (const TensorToWrite* t : tensors)
-    pieces.push_back(t->data);
-  return write_file_atomically(path, pieces);
-}
-
-void sync_dir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return;
-  (void)::fsync(fd);  // best effort: some file systems cannot sync directories
-  ::close(fd);
-}
-
-// "model-00001-of-00003.safetensors" (at least 5 digits each, as save_pretrained names them).
-bool is_shard_file_name(std::string_view s) {
-  auto digits = [&s]() {
-    size_t n = 0;
-    while (n < s.size() && s[n] >= '0' && s[n] <= '9')
-      ++n;
-    s.remove_prefix(n);
-    return n;
-  };
-  auto take = [&s](std::string_view lit) {
-    if (!s.starts_with(lit)) return false;
-    s.remove_prefix(lit.size());
-    return true;
-  };
-  return take("model-") && digits() >= 5 && take("-of-") && digits() >= 5 && take(".safetensors") && s.empty();
-}
-
-Status remove_if_exists(const fs::path& p) {
-  std::error_code ec;
-  fs::remove(p, ec);
-  if (ec) return Unavailable("{}: cannot remove stale file: {}", p.string(), ec.message());
-  return OkStatus();
-}
-
-// Removes model-*-of-*.safetensors files of an earlier save that `keep` does not hold.
-Status remove_stale_shards(const fs::path& dir, const std::set<std::string>& keep) {
-  std::error_code ec;
-  std::vector<fs::path> stale;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (is_shard_file_name(name) && keep.count(name) == 0) stale.push_back(it->path());
-  }
-  if (ec) return Unavailable("{}: cannot list: {}", dir.string(), ec.message());
-  for (const fs::path& p : stale)
-    RETURN_IF_ERROR(remove_if_exists(p));
-  return OkStatus();
-}
-
-}  // namespace
-
-Status write_safetensors(const std::string& path, std::span<const TensorToWrite> tensors,
-                         const std::map<std::string, std::string>& metadata) {
-  RETURN_IF_ERROR(validate_for_write(tensors, metadata).with_context(path));
-  std::vector<const TensorToWrite*> ptrs;
-  ptrs.reserve(tensors.size());
-  for (const TensorToWrite& t : tensors)
-    ptrs.push_back(&t);
-  return write_file(path, ptrs, metadata);
-}
-
-Status write_safetensors_sharded(const std::string& dir, std::span<const TensorToWrite> tensors,
-                                 uint64_t max_shard_bytes, const std::map<std::string, std::string>& metadata) {
-  RETURN_IF_ERROR(validate_for_write(tensors, metadata).with_context(dir));
-  if (max_shard_bytes == 0) return InvalidArgument("{}: max_shard_bytes must be positive", dir);
-
-  // Greedy in the given order: a shard closes when the next tensor would take it past the
-  // limit; a tensor larger than the limit gets a shard of its own.
-  std::vector<std::vector<const TensorToWrite*>> shards(1);
-  uint64_t shard_bytes = 0;
-  uint64_t total_bytes = 0;
-  for (const TensorToWrite& t : tensors) {
-    const std::optional<uint64_t> grown = checked_add(shard_bytes, t.data.size());
-    if (!shards.back().empty() && (!grown || *grown > max_shard_bytes)) {
-      shards.emplace_back();
-      shard_bytes = 0;
-    }
-    shards.back().push_back(&t);
-    shard_bytes += t.data.size();
-    const std::optional<uint64_t> total = checked_add(total_bytes, t.data.size());
-    if (!total) return InvalidArgument("{}: the tensors hold more than 2^64 bytes", dir);
-    total_bytes = *total;
-  }
-
-  const fs::path root(dir);
-  std::error_code ec;
-  fs::create_directories(root, ec);
-  if (ec) return Unavailable("{}: cannot create directory: {}", dir, ec.message());
-
-  if (shards.size() == 1) {
-    RETURN_IF_ERROR(write_file((root / kSafetensorsSingleName).string(), shards[0], metadata));
-    RETURN_IF_ERROR(remove_if_exists(root / kSafetensorsIndexName));
-    RETURN_IF_ERROR(remove_stale_shards(root, {}));
-    sync_dir(dir);
-    return OkStatus();
-  }
-
-  const size_t n = shards.size();
-  std::set<std::string> names;
-  json weight_map = json::object();
-  for (size_t i = 0; i < n; ++i) {
-    const std::string name = fmt::format("model-{:05d}-of-{:05d}.safetensors", i + 1, n);
-    RETURN_IF_ERROR(write_file((root / name).string(), shards[i], metadata));
-    for (const TensorToWrite* t : shards[i])
-      weight_map[t->name] = name;
-    names.insert(name);
-  }
-  // A stale single file would win over the index when the folder is read.
-  RETURN_IF_ERROR(remove_if_exists(root / kSafetensorsSingleName));
-  json index = json::object();
-  json& index_metadata = index["metadata"] = json::object();
-  for (const auto& [k, v] : metadata)
-    index_metadata[k] = v;
-  index_metadata["total_size"] = total_bytes;
-  index["weight_map"] = std::move(weight_map);
-  const std::string text = index.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
-  const std::array<std::span<const uint8_t>, 1> pieces = {as_bytes(text)};
-  RETURN_IF_ERROR(write_file_atomically((root / kSafetensorsIndexName).string(), pieces));
-  RETURN_IF_ERROR(remove_stale_shards(root, names));
-  sync_dir(dir);
-  return OkStatus();
 }
 
 }  // namespace bw

@@ -1,6 +1,7 @@
-// Safetensors: reader and writer of Hugging Face's safetensors weight format, for single
-// files and for sharded model folders (model-0000K-of-0000N.safetensors plus
-// model.safetensors.index.json, as save_pretrained writes them).
+// Safetensors: reader of Hugging Face's safetensors weight format, for single files and
+// for sharded model folders (model-0000K-of-0000N.safetensors plus
+// model.safetensors.index.json, as save_pretrained writes them). The writer is
+// io/safetensors_writer.h.
 //
 // File layout: a little-endian u64 N, N bytes of UTF-8 JSON (an object mapping each tensor
 // name to {"dtype", "shape", "data_offsets": [begin, end]}, plus an optional "__metadata__"
@@ -20,8 +21,7 @@
 // (writers that pad the header to 8 bytes, as the reference and ours do, align 8).
 //
 // Thread-safety: the objects are immutable after open/parse; const methods may be called
-// from any number of threads. The writers may run concurrently (temporary names are unique
-// per process and call), though not on the same destination.
+// from any number of threads.
 #pragma once
 
 #include <cstddef>
@@ -35,6 +35,7 @@
 
 #include "common/mapped_file.h"
 #include "common/status.h"
+#include "io/safetensors_format.h"
 #include "io/tensor_entry.h"
 #include "tensor/dtype.h"
 #include "tensor/tensor_view.h"
@@ -43,14 +44,6 @@ namespace bw {
 
 // The largest JSON header accepted (the reference implementation's limit as well).
 inline constexpr uint64_t kSafetensorsMaxHeaderBytes = 100ull << 20;
-
-// The file names of a Hugging Face model folder.
-inline constexpr std::string_view kSafetensorsSingleName = "model.safetensors";
-inline constexpr std::string_view kSafetensorsIndexName = "model.safetensors.index.json";
-
-// The safetensors dtype string ("F32", "BF16", ...) of a DType; empty for types the format
-// cannot hold (the GGUF block-quantised types).
-std::string_view safetensors_dtype_name(DType t);
 
 // One .safetensors file.
 class SafetensorsFile {
@@ -116,31 +109,5 @@ class SafetensorsModel {
   std::map<std::string, const TensorEntry*, std::less<>> index_;
   std::map<std::string, std::string> metadata_;
 };
-
-// --- Writer -------------------------------------------------------------------------
-
-struct TensorToWrite {
-  std::string name;
-  DType dtype;
-  Shape shape;
-  std::span<const uint8_t> data;  // numel * dtype size bytes, row-major
-};
-
-// Writes one file: the header (tensors in the given order, padded with spaces to a multiple
-// of 8 bytes) and the tensors laid out in the given order. Writes `path` + a temporary
-// suffix, syncs it and renames it, so `path` is either the old file or the whole new one.
-// InvalidArgument for duplicate/empty/non-UTF-8 names, sizes that do not match the shape,
-// or dtypes safetensors cannot hold; Unavailable for I/O errors.
-Status write_safetensors(const std::string& path, std::span<const TensorToWrite> tensors,
-                         const std::map<std::string, std::string>& metadata = {});
-
-// Writes a model folder like save_pretrained: model.safetensors when all tensor bytes fit
-// in `max_shard_bytes`, else model-00001-of-0000N.safetensors ... (greedy in the given
-// order; a tensor larger than the limit gets a shard of its own) and
-// model.safetensors.index.json with metadata.total_size and the weight_map. `metadata`
-// goes into every shard's "__metadata__" and into the index's "metadata". Creates `dir`;
-// removes a stale model.safetensors / index / shard set that the new files replace.
-Status write_safetensors_sharded(const std::string& dir, std::span<const TensorToWrite> tensors,
-                                 uint64_t max_shard_bytes, const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace bw

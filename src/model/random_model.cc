@@ -6,7 +6,7 @@
 #include "backend/rope.h"
 #include "io/gguf.h"
 #include "io/gguf_writer.h"
-#include "io/safetensors.h"
+#include "io/safetensors_writer.h"
 #include "model/gguf_names.h"
 
 namespace bw {

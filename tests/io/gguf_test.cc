@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -271,6 +272,46 @@ TEST(GgufTest, WriterSetReplacesInPlaceAndValidatesTensors) {
   EXPECT_EQ(w.add_tensor("u", DType::kQ8_0, Shape{16, 16}, std::span(d).first(272)).code(),
             StatusCode::kInvalidArgument);  // rows of 16 are not whole 32-blocks
   EXPECT_EQ(w.num_tensors(), 1u);
+}
+
+// write() goes through a temporary file renamed over the target: a failure leaves nothing,
+// a success leaves only the file, also when an alignment over 1 MiB takes several padding
+// pieces per tensor.
+TEST(GgufTest, WriteIsAtomicAndLeavesNoTemporaries) {
+  namespace fs = std::filesystem;
+  auto names_in = [](const fs::path& dir) {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir))
+      names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  GgufWriter w;
+  w.set("general.name", "atomic");
+  const auto a = f32_bytes(3, 1);
+  const auto b = f32_bytes(5, 2);
+  ASSERT_TRUE(w.add_tensor("a", DType::kF32, Shape{3}, a).ok());
+  ASSERT_TRUE(w.add_tensor("b", DType::kF32, Shape{5}, b).ok());
+  test::TempDir dir;
+
+  const Status missing = w.write(dir.file("no/such/dir/model.gguf"));
+  EXPECT_EQ(missing.code(), StatusCode::kUnavailable) << missing.to_string();
+  EXPECT_TRUE(names_in(dir.path()).empty());
+
+  for (const uint32_t align : {32u, 1u << 21}) {
+    SCOPED_TRACE(align);
+    w.set("general.alignment", align);
+    const std::string path = dir.file("model.gguf");
+    const Status written = w.write(path);  // the second round replaces the first file
+    ASSERT_TRUE(written.ok()) << written.to_string();
+    EXPECT_EQ(names_in(dir.path()), std::vector<std::string>{"model.gguf"});
+    auto serialized = w.serialize();
+    ASSERT_TRUE(serialized.ok());
+    auto on_disk = read_file_to_string(path);
+    ASSERT_TRUE(on_disk.ok());
+    ASSERT_EQ(on_disk->size(), serialized->size());
+    EXPECT_EQ(std::memcmp(on_disk->data(), serialized->data(), serialized->size()), 0);
+  }
 }
 
 TEST(GgufTest, TypedGetters) {

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/safetensors_writer.h"
 #include "support/test_support.h"
 
 namespace bw {
@@ -438,6 +440,40 @@ TEST(SafetensorsWriterTest, RejectsBadTensors) {
   EXPECT_FALSE(fs::exists(path));
   EXPECT_ERROR(write_safetensors_sharded(dir.file("d"), {}, 0), StatusCode::kInvalidArgument, "max_shard_bytes");
   EXPECT_ERROR(write_safetensors(dir.file("no/such/dir/x.safetensors"), {}), StatusCode::kUnavailable, "cannot create");
+}
+
+// Files go through a temporary renamed over the target: a failure leaves nothing, a
+// success leaves only the files the format names.
+TEST(SafetensorsWriterTest, WritesAtomicallyAndLeavesNoTemporaries) {
+  auto names_in = [](const fs::path& dir) {
+    std::vector<std::string> names;
+    for (const auto& e : fs::directory_iterator(dir))
+      names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+  };
+  test::TempDir dir;
+  const std::vector<OwnedTensor> tensors = {
+      pattern_tensor("a", DType::kF32, Shape{8}, 1),
+      pattern_tensor("b", DType::kF32, Shape{8}, 2),
+  };
+  EXPECT_ERROR(write_safetensors(dir.file("no/such/dir/x.safetensors"), to_write(tensors)), StatusCode::kUnavailable,
+               "cannot create");
+  EXPECT_TRUE(names_in(dir.path()).empty());
+
+  const std::string path = dir.file("x.safetensors");
+  ASSERT_TRUE(write_safetensors(path, to_write(tensors)).ok());
+  ASSERT_TRUE(write_safetensors(path, to_write(tensors), {{"k", "v"}}).ok());  // replaces it
+  EXPECT_EQ(names_in(dir.path()), std::vector<std::string>{"x.safetensors"});
+  auto file = SafetensorsFile::open(path);
+  ASSERT_TRUE(file.ok()) << file.status().to_string();
+  EXPECT_EQ(file->metadata().at("k"), "v");
+
+  const std::string out = dir.file("m");
+  ASSERT_TRUE(write_safetensors_sharded(out, to_write(tensors), 32).ok());
+  EXPECT_EQ(names_in(out),
+            (std::vector<std::string>{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+                                      "model.safetensors.index.json"}));
 }
 
 // --- Corrupt files: each with its expected error ----------------------------------------
