@@ -88,6 +88,19 @@ inline void k_scale_min(int j, const uint8_t* s, int* scale, int* min) {
   }
 }
 
+// Scales and mins of the two 32-value sub-blocks (2c, 2c + 1) of 64-value chunk c.
+struct KChunkScales {
+  float d1, m1, d2, m2;
+};
+
+KChunkScales k_chunk_scales(int c, const uint8_t* scales, float d, float dmin) {
+  int sc1, mn1, sc2, mn2;
+  k_scale_min(2 * c, scales, &sc1, &mn1);
+  k_scale_min(2 * c + 1, scales, &sc2, &mn2);
+  return {d * static_cast<float>(sc1), dmin * static_cast<float>(mn1), d * static_cast<float>(sc2),
+          dmin * static_cast<float>(mn2)};
+}
+
 void dequant_block_q4_k(const uint8_t* b, float* y) {
   const float d = load_f16(b);
   const float dmin = load_f16(b + 2);
@@ -95,13 +108,8 @@ void dequant_block_q4_k(const uint8_t* b, float* y) {
   const uint8_t* qs = b + 16;
   // Each 64-value chunk: 32 low nibbles (sub-block 2c) then 32 high nibbles (2c + 1).
   for (int c = 0; c < 4; ++c) {
-    int sc, m;
-    k_scale_min(2 * c, scales, &sc, &m);
-    const float d1 = d * static_cast<float>(sc);
-    const float m1 = dmin * static_cast<float>(m);
-    k_scale_min(2 * c + 1, scales, &sc, &m);
-    const float d2 = d * static_cast<float>(sc);
-    const float m2 = dmin * static_cast<float>(m);
+    const KChunkScales k = k_chunk_scales(c, scales, d, dmin);
+    const float d1 = k.d1, m1 = k.m1, d2 = k.d2, m2 = k.m2;
     const uint8_t* q = qs + 32 * c;
     float* out = y + 64 * c;
     for (int l = 0; l < 32; ++l)
@@ -119,13 +127,8 @@ void dequant_block_q5_k(const uint8_t* b, float* y) {
   const uint8_t* qs = b + 48;
   // As Q4_K; the fifth bit of value l of sub-block s is bit s of qh[l].
   for (int c = 0; c < 4; ++c) {
-    int sc, m;
-    k_scale_min(2 * c, scales, &sc, &m);
-    const float d1 = d * static_cast<float>(sc);
-    const float m1 = dmin * static_cast<float>(m);
-    k_scale_min(2 * c + 1, scales, &sc, &m);
-    const float d2 = d * static_cast<float>(sc);
-    const float m2 = dmin * static_cast<float>(m);
+    const KChunkScales k = k_chunk_scales(c, scales, d, dmin);
+    const float d1 = k.d1, m1 = k.m1, d2 = k.d2, m2 = k.m2;
     const uint8_t* q = qs + 32 * c;
     const int bit_lo = 2 * c;
     const int bit_hi = 2 * c + 1;
