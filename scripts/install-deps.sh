@@ -10,7 +10,7 @@ PACKAGES=(
   build-essential g++ cmake ninja-build pkg-config git ca-certificates
   clang clang-format clang-tidy libclang-rt-14-dev
   # libraries
-  libfmt-dev libspdlog-dev nlohmann-json3-dev libcli11-dev
+  libfmt-dev libspdlog-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # fixture scripts and reference checks
