@@ -17,6 +17,9 @@
 #include "model/causal_lm.h"
 #include "model/checkpoint.h"
 #include "runner/generator.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/detokenizer.h"
+#include "tokenizer/open_tokenizer.h"
 
 namespace bw::cli {
 
@@ -25,6 +28,9 @@ namespace {
 struct GenerateArgs {
   std::string model;
   std::string prompt_ids;
+  std::string prompt;
+  bool chat = false;
+  std::string chat_template_file;
   int64_t max_tokens = 16;
   float temperature = 0.0f;
   uint64_t seed = 0;
@@ -47,9 +53,41 @@ Result<std::optional<DType>> parse_weight_dtype(const std::string& s) {
   return std::optional<DType>(*t);
 }
 
+// The model's tokenizer: from the GGUF itself, else from the model folder. Optional when
+// the prompt is given as ids (the output then has no text).
+Result<std::unique_ptr<Tokenizer>> model_tokenizer(const Checkpoint& checkpoint, const std::string& path) {
+  if (checkpoint.gguf() != nullptr) {
+    auto t = Tokenizer::from_gguf(*checkpoint.gguf());
+    if (!t.ok()) return t.status().with_context(path);
+    return std::move(*t);
+  }
+  return open_tokenizer(path);
+}
+
+// The prompt's token ids: --prompt-ids as given, or --prompt tokenized (through the chat
+// template with --chat).
+Result<std::vector<int32_t>> prompt_tokens(const GenerateArgs& args, const Tokenizer* tokenizer) {
+  if (!args.prompt_ids.empty()) return parse_id_list(args.prompt_ids);
+  if (tokenizer == nullptr) return Internal("no tokenizer");
+  if (!args.chat) return tokenizer->encode(args.prompt, /*add_special=*/true, /*parse_special=*/true);
+  ASSIGN_OR_RETURN(std::string source, find_chat_template(*tokenizer, args.model, args.chat_template_file));
+  ASSIGN_OR_RETURN(ChatTemplate chat_template, ChatTemplate::create(std::move(source)));
+  ChatTemplateOptions options;
+  options.add_generation_prompt = true;
+  const Vocab& vocab = tokenizer->vocab();
+  if (vocab.valid_id(vocab.bos_id)) options.bos_token = tokenizer->token_to_piece(vocab.bos_id);
+  if (vocab.valid_id(vocab.eos_id)) options.eos_token = tokenizer->token_to_piece(vocab.eos_id);
+  const nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", args.prompt}}});
+  ASSIGN_OR_RETURN(std::string rendered, chat_template.render(messages, options));
+  // The template writes the special tokens (BOS, role markers) itself.
+  return tokenizer->encode(rendered, /*add_special=*/false, /*parse_special=*/true);
+}
+
 Status run_generate(const GenerateArgs& args, int* exit_code) {
   Logger log = make_stderr_logger("generate", args.log_level);
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, parse_id_list(args.prompt_ids));
+  if (args.prompt_ids.empty() == args.prompt.empty())
+    return InvalidArgument("give exactly one of --prompt-ids and --prompt");
+  if (args.chat && args.prompt.empty()) return InvalidArgument("--chat needs --prompt TEXT");
   ASSIGN_OR_RETURN(std::optional<DType> weight_dtype, parse_weight_dtype(args.weight_dtype));
   auto kv_dtype = dtype_from_name(args.kv_dtype);
   if (!kv_dtype || !is_float(*kv_dtype)) return InvalidArgument("--kv-dtype must be f32, f16 or bf16");
@@ -60,6 +98,15 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, create_backend(args.device, args.threads));
   ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::open(args.model));
   log->info("{}: {}", args.model, checkpoint.config().summary());
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (auto t = model_tokenizer(checkpoint, args.model); t.ok()) {
+    tokenizer = std::move(*t);
+  } else if (!args.prompt.empty()) {
+    return t.status();
+  } else {
+    log->info("no tokenizer, printing ids only: {}", t.status().message());
+  }
+  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, prompt_tokens(args, tokenizer.get()));
   ThreadPool load_pool(args.threads);
   WeightLoadOptions load_options;
   load_options.weight_dtype = weight_dtype;
@@ -75,7 +122,25 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
   options.kv_block_size = args.kv_block_size;
   options.kv_dtype = *kv_dtype;
   Generator generator(*model, *backend);
-  ASSIGN_OR_RETURN(GenerateResult r, generator.generate(prompt, options));
+  // Text is streamed to the terminal as tokens arrive (never a broken UTF-8 sequence).
+  std::optional<StreamingDetokenizer> detok;
+  if (tokenizer) detok.emplace(*tokenizer, /*skip_special=*/true, /*continuation=*/true);
+  std::string text;
+  auto on_token = [&](int32_t id) {
+    if (!detok) return;
+    const std::string delta = detok->push(id);
+    text += delta;
+    if (!args.json) {
+      std::fwrite(delta.data(), 1, delta.size(), stdout);
+      std::fflush(stdout);
+    }
+  };
+  ASSIGN_OR_RETURN(GenerateResult r, generator.generate(prompt, options, on_token));
+  if (detok) {
+    const std::string rest = detok->flush();
+    text += rest;
+    if (!args.json) std::printf("%s\n", rest.c_str());
+  }
 
   const double prefill_tps = per_second(static_cast<double>(r.prompt_ids.size()), r.prefill_seconds);
   // The first token comes out of prefill; decode steps produce the rest.
@@ -88,6 +153,7 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
     j["prompt_ids"] = r.prompt_ids;
     j["generated_ids"] = r.generated_ids;
     j["finish_reason"] = r.finish_reason;
+    if (tokenizer) j["text"] = text;
     j["timings"] = {{"load_seconds", load_seconds},
                     {"prefill_seconds", r.prefill_seconds},
                     {"prefill_tokens_per_second", prefill_tps},
@@ -113,7 +179,10 @@ CommandRunner register_generate(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   app.add_option("--model", args->model, "Model: a .gguf file or a Hugging Face folder (config.json + safetensors)")
       ->required();
-  app.add_option("--prompt-ids", args->prompt_ids, "Prompt token ids, comma-separated (e.g. 1,403,407)")->required();
+  app.add_option("--prompt-ids", args->prompt_ids, "Prompt token ids, comma-separated (e.g. 1,403,407)");
+  app.add_option("--prompt", args->prompt, "Prompt text (tokenized with the model's tokenizer)");
+  app.add_flag("--chat", args->chat, "Wrap --prompt as a user message in the model's chat template");
+  app.add_option("--chat-template", args->chat_template_file, "A Jinja chat template file to use instead");
   app.add_option("--max-tokens", args->max_tokens, "Tokens to generate")->capture_default_str();
   app.add_option("--temperature", args->temperature, "Sampling temperature; 0 is greedy")->capture_default_str();
   app.add_option("--seed", args->seed, "Sampling seed")->capture_default_str();

@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
     commands.push_back({sub, reg(*sub)});
   };
   add("generate", "Generate tokens from a prompt with a model on this machine", &bw::cli::register_generate);
+  add("tokenize", "Turn text into token ids (or ids into text) with a model's tokenizer", &bw::cli::register_tokenize);
   add("make-model", "Write a random-weight model with the exact shapes of a real one", &bw::cli::register_make_model);
   CLI11_PARSE(app, argc, argv);
   for (const auto& c : commands) {

@@ -91,5 +91,51 @@ TEST(CliTest, BadInputGivesAClearErrorAndNonZeroExit) {
   EXPECT_EQ(truncated.output.find("Sanitizer"), std::string::npos) << truncated.output;
 }
 
+TEST(CliTest, GenerateFromTextMatchesLlamaCpp) {
+  BW_TESTDATA_OR_SKIP(model, "models/stories260K.gguf");
+  auto gen = run("generate --model " + model.string() + " --prompt 'Once upon a time' --max-tokens 64 --json");
+  ASSERT_EQ(gen.exit_code, 0) << gen.output;
+  auto j = nlohmann::json::parse(gen.output, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << gen.output;
+  // testdata/models/stories260K.expected.txt: llama.cpp's greedy text for this prompt.
+  EXPECT_EQ(j["prompt_ids"], nlohmann::json({1, 403, 407, 261, 378}));
+  EXPECT_EQ(j["text"],
+            ", there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, "
+            "red ball. She wanted to play with it, but it was too high.\nLily's mom said");
+}
+
+TEST(CliTest, TokenizeIdsPiecesAndDecode) {
+  BW_TESTDATA_OR_SKIP(vocab, "tokenizer/ggml-vocab-qwen2.gguf");
+  auto ids = run("tokenize --model " + vocab.string() + " --text 'Hello world' --ids");
+  ASSERT_EQ(ids.exit_code, 0) << ids.output;
+  EXPECT_EQ(ids.output, "9707 1879\n");
+  auto pieces = run("tokenize --model " + vocab.string() + " --text '<|im_start|>user'");
+  ASSERT_EQ(pieces.exit_code, 0) << pieces.output;
+  EXPECT_NE(pieces.output.find("151644 -> '<|im_start|>'"), std::string::npos) << pieces.output;
+  auto plain = run("tokenize --model " + vocab.string() + " --text '<|im_start|>' --ids --no-parse-special");
+  EXPECT_EQ(plain.output.find("151644"), std::string::npos) << plain.output;
+  auto decoded = run("tokenize --model " + vocab.string() + " --decode 9707,1879");
+  EXPECT_EQ(decoded.output, "Hello world\n");
+  auto bad = run("tokenize --model " + vocab.string() + " --decode 1,999999999");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("outside the vocabulary"), std::string::npos) << bad.output;
+}
+
+TEST(CliTest, ChatNeedsATemplate) {
+  BW_TESTDATA_OR_SKIP(model, "models/stories260K.gguf");
+  BW_TESTDATA_OR_SKIP(tmpl, "chat-templates/deepseek-ai-DeepSeek-R1-Distill-Qwen-32B.jinja");
+  auto none = run("generate --model " + model.string() + " --prompt hi --chat");
+  EXPECT_NE(none.exit_code, 0);
+  EXPECT_NE(none.output.find("--chat-template"), std::string::npos) << none.output;
+  auto with = run("generate --model " + model.string() + " --prompt hi --chat --max-tokens 4 --json --chat-template " +
+                  tmpl.string());
+  ASSERT_EQ(with.exit_code, 0) << with.output;
+  auto j = nlohmann::json::parse(with.output, nullptr, false);
+  ASSERT_FALSE(j.is_discarded());
+  // BOS, then the template's text around "hi".
+  EXPECT_EQ(j["prompt_ids"][0], 1);
+  EXPECT_GT(j["prompt_ids"].size(), 10u);
+}
+
 }  // namespace
 }  // namespace bw
