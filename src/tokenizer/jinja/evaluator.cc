@@ -215,7 +215,7 @@ Status Evaluator::emit(std::string_view text) {
   if (out_->size() + text.size() > limits_.max_output_bytes) {
     return InvalidArgument("output exceeds {} bytes", limits_.max_output_bytes);
   }
-  RETURN_IF_ERROR(charge(text.size() / 64));
+  RETURN_IF_ERROR(charge(text.size() / 16));
   out_->append(text);
   return OkStatus();
 }
@@ -496,7 +496,7 @@ Result<Value> Evaluator::eval(const Expr& expr) {
         }
         RETURN_IF_ERROR(check_size(s.size()));
       }
-      RETURN_IF_ERROR(charge(s.size() / 64));
+      RETURN_IF_ERROR(charge(s.size() / 16));
       return Value::string(std::move(s));
     }
     case ExprKind::kCompare: {

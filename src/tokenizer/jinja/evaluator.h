@@ -34,7 +34,7 @@ namespace bw::jinja {
 
 struct RenderLimits {
   size_t max_output_bytes = size_t{16} << 20;  // also the largest string a template may build
-  uint64_t max_steps = 20'000'000;             // nodes evaluated + loop iterations + items/bytes processed
+  uint64_t max_steps = 20'000'000;             // 1 per node, loop iteration, item or 16 bytes built
   int max_call_depth = 100;                    // nested macro calls
   int max_eval_depth = 1000;                   // nested expression/statement evaluation
 };

@@ -275,7 +275,7 @@ Result<Value> f_indent(Evaluator& ev, const Value& v, CallArgs& args) {
   }
   if (truthy(a[1])) rv = indention + rv;
   RETURN_IF_ERROR(ev.check_size(rv.size()));
-  RETURN_IF_ERROR(ev.charge(rv.size() / 64));
+  RETURN_IF_ERROR(ev.charge(rv.size() / 16));
   return same_kind(v, std::move(rv));
 }
 
@@ -389,7 +389,7 @@ Result<Value> f_tojson(Evaluator& ev, const Value& v, CallArgs& args) {
   }
   ASSIGN_OR_RETURN(std::string json, dump_json(v, options));
   RETURN_IF_ERROR(ev.check_size(json.size()));
-  RETURN_IF_ERROR(ev.charge(json.size() / 64));
+  RETURN_IF_ERROR(ev.charge(json.size() / 16));
   return str(std::move(json));
 }
 

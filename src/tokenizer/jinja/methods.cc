@@ -338,7 +338,7 @@ Result<Value> str_replace(Evaluator& ev, const Value& self, CallArgs& args) {
     out.append(s, start, std::string::npos);
   }
   RETURN_IF_ERROR(ev.check_size(out.size()));
-  RETURN_IF_ERROR(ev.charge(out.size() / 64));
+  RETURN_IF_ERROR(ev.charge(out.size() / 16));
   return Value::string(std::move(out), self.is_markup());
 }
 
@@ -435,7 +435,7 @@ Result<Value> str_method(Evaluator& ev, const Value& self, std::string_view name
       out += items[i].str();
       RETURN_IF_ERROR(ev.check_size(out.size()));
     }
-    RETURN_IF_ERROR(ev.charge(items.size() + out.size() / 64));
+    RETURN_IF_ERROR(ev.charge(items.size() + out.size() / 16));
     return Value::string(std::move(out));
   }
   if (name == "partition" || name == "rpartition") return partition(self, args, name == "rpartition");
@@ -561,7 +561,7 @@ Result<Value> call_method(Evaluator& ev, const Value& receiver, std::string_view
   RETURN_IF_ERROR(ev.charge(1));
   switch (receiver.kind()) {
     case ValueKind::kString:
-      RETURN_IF_ERROR(ev.charge(receiver.str().size() / 64));
+      RETURN_IF_ERROR(ev.charge(receiver.str().size() / 16));
       return str_method(ev, receiver, name, args);
     case ValueKind::kDict:
       RETURN_IF_ERROR(ev.charge(receiver.dict().size()));

@@ -50,7 +50,7 @@ Result<Value> repeat(Evaluator& ev, const Value& seq, int64_t n) {
     if (!s.empty() && static_cast<uint64_t>(n) > ev.limits().max_output_bytes / s.size()) {
       return InvalidArgument("string repetition result too large");
     }
-    RETURN_IF_ERROR(ev.charge(1 + s.size() * static_cast<uint64_t>(n) / 64));
+    RETURN_IF_ERROR(ev.charge(1 + s.size() * static_cast<uint64_t>(n) / 16));
     std::string out;
     out.reserve(s.size() * static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i)
@@ -80,7 +80,7 @@ Result<Value> add(Evaluator& ev, const Value& a, const Value& b) {
   }
   if (a.is_string() && b.is_string()) {
     RETURN_IF_ERROR(ev.check_size(a.str().size() + b.str().size()));
-    RETURN_IF_ERROR(ev.charge(1 + (a.str().size() + b.str().size()) / 64));
+    RETURN_IF_ERROR(ev.charge(1 + (a.str().size() + b.str().size()) / 16));
     if (a.is_markup() || b.is_markup()) {
       return Value::string(
           (a.is_markup() ? a.str() : html_escape(a.str())) + (b.is_markup() ? b.str() : html_escape(b.str())), true);

@@ -154,7 +154,7 @@ Result<Value> f_join(Evaluator& ev, const Value& v, CallArgs& args) {
     out += to_str(items[i]);
     RETURN_IF_ERROR(ev.check_size(out.size()));
   }
-  RETURN_IF_ERROR(ev.charge(out.size() / 64));
+  RETURN_IF_ERROR(ev.charge(out.size() / 16));
   return str(std::move(out));
 }
 
