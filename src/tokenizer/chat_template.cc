@@ -53,6 +53,33 @@ Result<ChatTemplate> ChatTemplate::create(std::string source) {
 
 Result<std::string> ChatTemplate::render(const nlohmann::json& messages, const ChatTemplateOptions& options) const {
   if (!messages.is_array()) return InvalidArgument("{}: messages must be a JSON array", kName);
+  auto messages_value = jinja::from_json(messages);
+  if (!messages_value.ok()) return messages_value.status().with_context(kName);
+  std::optional<jinja::Value> tools;
+  if (!options.tools.is_null()) {
+    auto v = jinja::from_json(options.tools);
+    if (!v.ok()) return v.status().with_context(kName);
+    tools = std::move(v).value();
+  }
+  return render_values(std::move(messages_value).value(), std::move(tools), options);
+}
+
+Result<std::string> ChatTemplate::render(const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools,
+                                         const ChatTemplateOptions& options) const {
+  if (!messages.is_array()) return InvalidArgument("{}: messages must be a JSON array", kName);
+  auto messages_value = jinja::from_json(messages);
+  if (!messages_value.ok()) return messages_value.status().with_context(kName);
+  std::optional<jinja::Value> tools_value;
+  if (!tools.is_null()) {
+    auto v = jinja::from_json(tools);
+    if (!v.ok()) return v.status().with_context(kName);
+    tools_value = std::move(v).value();
+  }
+  return render_values(std::move(messages_value).value(), std::move(tools_value), options);
+}
+
+Result<std::string> ChatTemplate::render_values(jinja::Value messages, std::optional<jinja::Value> tools,
+                                                const ChatTemplateOptions& options) const {
   if (!options.extra_context.is_null() && !options.extra_context.is_object()) {
     return InvalidArgument("{}: extra_context must be a JSON object", kName);
   }
@@ -60,17 +87,11 @@ Result<std::string> ChatTemplate::render(const nlohmann::json& messages, const C
   jinja::Globals globals;
   globals.emplace_back("raise_exception", raise_exception_function());
   globals.emplace_back("strftime_now", strftime_now_function(options.now));
-  auto messages_value = jinja::from_json(messages);
-  if (!messages_value.ok()) return messages_value.status().with_context(kName);
-  globals.emplace_back("messages", std::move(messages_value).value());
+  globals.emplace_back("messages", std::move(messages));
   globals.emplace_back("add_generation_prompt", jinja::Value::boolean(options.add_generation_prompt));
   globals.emplace_back("bos_token", jinja::Value::string(options.bos_token));
   globals.emplace_back("eos_token", jinja::Value::string(options.eos_token));
-  if (!options.tools.is_null()) {
-    auto tools = jinja::from_json(options.tools);
-    if (!tools.ok()) return tools.status().with_context(kName);
-    globals.emplace_back("tools", std::move(tools).value());
-  }
+  if (tools) globals.emplace_back("tools", std::move(*tools));
   if (options.extra_context.is_object()) {
     for (auto it = options.extra_context.begin(); it != options.extra_context.end(); ++it) {
       auto v = jinja::from_json(it.value());

@@ -45,13 +45,21 @@ class ChatTemplate {
   static Result<ChatTemplate> create(std::string source);
 
   // `messages` is the OpenAI-style array of message objects. Object members are seen in
-  // the json's iteration order (nlohmann::json sorts keys; tojson prints them that way).
+  // the json's iteration order: nlohmann::json sorts keys, so `tojson` prints them sorted.
   Result<std::string> render(const nlohmann::json& messages, const ChatTemplateOptions& options) const;
+
+  // The same for a request parsed with nlohmann::ordered_json, so that objects keep the
+  // request's key order as Python's json module does (what transformers sees, and what
+  // `tojson` of tool schemas prints). `tools` replaces options.tools (null: no tools).
+  Result<std::string> render(const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools,
+                             const ChatTemplateOptions& options) const;
 
   const std::string& source() const { return source_; }
 
  private:
   ChatTemplate(jinja::Template tmpl, std::string source) : template_(std::move(tmpl)), source_(std::move(source)) {}
+  Result<std::string> render_values(jinja::Value messages, std::optional<jinja::Value> tools,
+                                    const ChatTemplateOptions& options) const;
 
   jinja::Template template_;
   std::string source_;

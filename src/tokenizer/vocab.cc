@@ -101,6 +101,8 @@ void Vocab::apply_load_rules() {
       }
     }
   };
+  // Adjacent literals split hex escapes from the letters after them, on purpose.
+  // NOLINTBEGIN(bugprone-suspicious-missing-comma)
   detect(&eot_id, {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>", "<EOT>",
                    "_<EOT>", "[EOT]",
                    "<\xEF\xBD\x9C"
@@ -121,6 +123,7 @@ void Vocab::apply_load_rules() {
                        "fim\xE2\x96\x81"
                        "end\xEF\xBD\x9C>",
                        "<MID>", "\xE2\x96\x81<MID>", "<|code_middle|>"});
+  // NOLINTEND(bugprone-suspicious-missing-comma)
   detect(&fim_pad_id, {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>"});
   detect(&fim_rep_id, {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"});
   detect(&fim_sep_id, {"<|file_sep|>"});

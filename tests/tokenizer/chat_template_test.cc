@@ -252,6 +252,22 @@ TEST(ChatTemplateTest, PassesTheHuggingFaceVariables) {
   EXPECT_EQ(*out, "<s>[user:hi]<gen></s>|True|today");
 }
 
+TEST(ChatTemplateTest, OrderedJsonKeepsKeyOrder) {
+  auto t = ChatTemplate::create("{{ tools|tojson }}|{{ messages[0]|tojson }}");
+  ASSERT_TRUE(t.ok());
+  const auto messages = nlohmann::ordered_json::parse(R"([{"role": "user", "content": "hi"}])");
+  const auto tools = nlohmann::ordered_json::parse(R"([{"type": "function", "function": {"name": "f"}}])");
+  auto out = t->render(messages, tools, {});
+  ASSERT_TRUE(out.ok()) << out.status().message();
+  EXPECT_EQ(*out, R"([{"type": "function", "function": {"name": "f"}}]|{"role": "user", "content": "hi"})");
+  // nlohmann::json sorts keys.
+  ChatTemplateOptions options;
+  options.tools = json::parse(tools.dump());
+  out = t->render(json::parse(messages.dump()), options);
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(*out, R"([{"function": {"name": "f"}, "type": "function"}]|{"content": "hi", "role": "user"})");
+}
+
 TEST(ChatTemplateTest, RaiseExceptionMessage) {
   auto t = ChatTemplate::create(
       "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation roles must alternate user/assistant/"

@@ -181,6 +181,7 @@ Value split_sep(const std::string& s, const std::string& sep, int64_t maxsplit, 
     std::reverse(parts.begin(), parts.end());
   }
   std::vector<Value> out;
+  out.reserve(parts.size());
   for (std::string& p : parts)
     out.push_back(Value::string(std::move(p)));
   return Value::list(std::move(out));
