@@ -17,50 +17,16 @@
 #include "support/test_support.h"
 #include "tokenizer/spm.h"
 #include "tokenizer/unicode.h"
+#include "tokenizer/vocab_vectors.h"
 
 namespace bw {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-// The test strings of a .inp file, split as test-tokenizer-0 splits them.
-std::vector<std::string> read_inputs(const fs::path& path) {
-  const std::string raw = read_file(path);
-  const std::string sep = "\n__ggml_vocab_test__\n";
-  std::vector<std::string> inputs;
-  size_t pos = 0;
-  while (pos < raw.size()) {
-    const size_t next = raw.find(sep, pos);
-    if (next == std::string::npos) {
-      inputs.push_back(raw.substr(pos));
-      break;
-    }
-    inputs.push_back(raw.substr(pos, next - pos));
-    pos = next + sep.size();
-  }
-  return inputs;
-}
-
-// One line of space-separated ids per test string.
-std::vector<std::vector<int32_t>> read_outputs(const fs::path& path) {
-  std::ifstream in(path);
-  std::vector<std::vector<int32_t>> outputs;
-  for (std::string line; std::getline(in, line);) {
-    std::istringstream ss(line);
-    std::vector<int32_t> ids;
-    for (int32_t id; ss >> id;)
-      ids.push_back(id);
-    outputs.push_back(std::move(ids));
-  }
-  return outputs;
-}
+using test::ids_to_string;
+using test::read_inputs;
+using test::read_outputs;
 
 // Tokenizers are loaded once per test binary (the vocabs are large).
 const Tokenizer* load(const std::string& name) {
@@ -84,13 +50,6 @@ const Tokenizer* load(const std::string& name) {
   BW_TESTDATA_OR_SKIP(var##_path, std::string("tokenizer/") + (name)); \
   const Tokenizer* var = load(name);                                   \
   ASSERT_NE(var, nullptr)
-
-std::string ids_to_string(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (int32_t id : ids)
-    s += (s.empty() ? "" : " ") + std::to_string(id);
-  return s;
-}
 
 // --- Reference vectors ---------------------------------------------------------------------
 
