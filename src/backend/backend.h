@@ -118,6 +118,8 @@ class Backend {
   virtual Result<DeviceBuffer> allocate(size_t bytes) = 0;
   virtual Status copy_to_device(void* device_dst, const void* host_src, size_t bytes) = 0;
   virtual Status copy_to_host(void* host_dst, const void* device_src, size_t bytes) = 0;
+  // Within backend memory (KV block copies); the ranges must not overlap.
+  virtual Status copy_on_device(void* device_dst, const void* device_src, size_t bytes) = 0;
   // Waits for all issued work; returns a sticky device error if one happened.
   virtual Status synchronize() = 0;
 

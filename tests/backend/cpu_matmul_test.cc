@@ -83,7 +83,7 @@ TEST(CpuMatmulTest, SweepOfShapesDtypesAndBias) {
 TEST(CpuMatmulTest, LargerShapesCrossTaskAndKBlockBoundaries) {
   CpuBackend backend(3);
   uint32_t seed = 1000;
-  // K > 256 exercises K blocking, N > 64 several w panels, M > 192 several x tiles.
+  // K > 512 exercises K blocking, N > 32 several w tiles, M > 48 several x tiles.
   const MatmulCase cases[] = {{1, 600, 130},   {2, 513, 97}, {3, 300, 33}, {200, 600, 130},
                               {33, 1030, 200}, {6, 256, 16}, {12, 512, 64}};
   for (const auto& c : cases) {

@@ -5,9 +5,17 @@
 // sequence's block table in tiles of kTile positions with the online-softmax (flash)
 // recurrence in f32: scores of a tile, new running max, rescale of the running sum and
 // output accumulator by exp(old max - new max), then accumulate exp(score - max) * v.
-// Tile boundaries depend only on positions, so the result of each (token, head) is the
-// same for any thread count. Metadata (query_start, kv_lens, block ids) is validated in
-// full before any work starts.
+// Metadata (query_start, kv_lens, block ids) is validated in full before any work starts.
+//
+// Batch invariance: there is one code path for decode tokens and prefill chunks alike. A
+// query row at position p attends to positions [0, p] in tiles [0, 32), [32, 64), ...
+// (fixed, starting at 0), and every score, max, rescale and sum runs in an order that
+// depends only on p, head_dim and the values of q, K and V, never on the number of query
+// tokens of its sequence in the call (a 1-token decode step, a chunk, a whole prompt),
+// on the other sequences in the batch, on which cache blocks hold its K/V, or on the
+// number of threads (each (token, head) is computed inside one task). So a token's output
+// is bit-identical whether it was computed in a decode step or recomputed in a prefill.
+// tests/backend/cpu_batch_invariance_test.cc checks this bit for bit.
 #include <algorithm>
 #include <cmath>
 #include <limits>

@@ -46,6 +46,15 @@ Status CpuBackend::copy_to_host(void* host_dst, const void* device_src, size_t b
   return OkStatus();
 }
 
+Status CpuBackend::copy_on_device(void* device_dst, const void* device_src, size_t bytes) {
+  if (bytes == 0) return OkStatus();
+  if (device_dst == nullptr || device_src == nullptr) {
+    return InvalidArgument("cpu: copy_on_device of {} bytes with a null pointer", bytes);
+  }
+  std::memcpy(device_dst, device_src, bytes);
+  return OkStatus();
+}
+
 Status CpuBackend::embedding(TensorView out, const TensorView& table, const TensorView& ids) {
   return cpu::embedding(pool_, out, table, ids);
 }

@@ -34,6 +34,7 @@ class CpuBackend final : public Backend {
   Result<DeviceBuffer> allocate(size_t bytes) override;
   Status copy_to_device(void* device_dst, const void* host_src, size_t bytes) override;
   Status copy_to_host(void* host_dst, const void* device_src, size_t bytes) override;
+  Status copy_on_device(void* device_dst, const void* device_src, size_t bytes) override;
   Status synchronize() override { return OkStatus(); }
 
   Status embedding(TensorView out, const TensorView& table, const TensorView& ids) override;

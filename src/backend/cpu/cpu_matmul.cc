@@ -1,20 +1,32 @@
 // matmul: out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]), w in f32/f16/bf16, f32 accumulation.
 //
-// Two paths, chosen by M:
+// Batch invariance: every output is computed in ONE summation order, whatever M, the other
+// rows of x, the kernel path, the tile shape or the number of threads:
+//   lane l (l = 0..7) = fma chain over k = l, l + 8, l + 16, ... < K8 (K8 = K rounded down
+//                       to a multiple of 8), in increasing k, starting from +0;
+//   s = ((lane0 + lane4) + (lane2 + lane6)) + ((lane1 + lane5) + (lane3 + lane7))  (hsum8);
+//   s = fma chain over the tail k = K8 .. K-1 in order;  out = s + bias[n] (if any).
+// So row r of out is bit-identical whether x has 1 row or many, and whichever rows share
+// the call: the engine's acceptance tests rely on this (a sequence's tokens must not
+// depend on what else is batched with it, nor on how its prompt was chunked). The order is
+// built into two shared functions, accumulate_lanes (the only code that sums products) and
+// finish_dot (the only code that reduces lanes, adds the tail and the bias); both paths
+// below call them, so the equality holds by construction. Portable (non-AVX2) builds run
+// the same order on 8 scalar lanes, so they agree with AVX2 builds bit for bit.
+//
+// Two paths, chosen by M for speed only:
 //  - Dot products (M <= kGemvMaxM: decode and small batches). Tasks are fixed groups of
 //    kGemvRowsPerTask w rows; a task passes over its w rows (converted from f16/bf16 in
 //    registers) once per group of up to 4 x rows, so w streams from memory once and the
-//    later passes hit L2. For M == 1 this is a GEMV reading w exactly once. Each output is
-//    8 lane-wise partial sums over K (lane l takes k = l mod 8, in order) reduced in a
-//    fixed order, plus the K % 8 tail in order: the same for every register tile shape,
-//    so a row's result does not depend on M within this path.
-//  - Packed GEMM (larger M: prefill). Tasks are [kMc x kNc] tiles of out. A task converts
-//    a [kNc, kKc] panel of w to f32 once, transposed into kNr-wide micro-panels held in a
-//    thread-local buffer, and reuses it for all of its x rows with a register-blocked
-//    kMr x kNr FMA micro-kernel. Each output is one running f32 sum over k = 0..K-1 in
-//    order (partial sums pass through `out` between K blocks without changing the order).
-// Tile sizes are constants, so the split and every summation order are independent of
-// the number of threads: results are bit-identical for any pool size.
+//    later passes hit L2. For M == 1 this is a GEMV reading w exactly once.
+//  - Blocked dot products (larger M: prefill). Tasks are [kMc x-rows] x [kNc w-rows] tiles
+//    of out. Per K block of kKc (a multiple of 8, so lane l keeps taking k = l mod 8 in
+//    order), a task converts its [kNc, kKc] block of f16/bf16 w to f32 once into a
+//    thread-local row-major buffer (f32 w is read in place) and runs kMr x kNr register
+//    tiles of accumulate_lanes over it, keeping each output's 8 lanes in a thread-local
+//    [kMc, kNc, 8] buffer between K blocks; after the last block finish_dot writes out.
+// Tile sizes are constants and no output's order depends on them anyway, so results are
+// also bit-identical for any pool size.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -25,67 +37,127 @@ namespace bw::cpu {
 
 namespace {
 
+constexpr int64_t kLanes = 8;
 constexpr int64_t kGemvMaxM = 16;
 constexpr int64_t kGemvRowsPerTask = 32;
-constexpr int64_t kMr = 6;    // micro-kernel rows (of x)
-constexpr int64_t kNr = 16;   // micro-kernel columns (rows of w)
-constexpr int64_t kKc = 256;  // K block: a [kKc, kNr] f32 micro-panel (16 KiB) stays in L1
-constexpr int64_t kNc = 64;   // w rows per task (a multiple of kNr)
-constexpr int64_t kMc = 192;  // x rows per task (a multiple of kMr)
+constexpr int kMr = 3;        // register tile rows (of x) of the blocked path
+constexpr int kNr = 4;        // register tile columns (rows of w)
+constexpr int64_t kKc = 512;  // K block, a multiple of kLanes
+constexpr int64_t kNc = 32;   // w rows per task (a multiple of kNr)
+constexpr int64_t kMc = 48;   // x rows per task (a multiple of kMr)
+static_assert(kKc % kLanes == 0 && kNc % kNr == 0 && kMc % kMr == 0);
+
+// --- The one summation order -------------------------------------------------------------
+
+// 8 f32 lanes: an AVX2 register, or 8 scalars in the portable build (same arithmetic).
+#if BW_CPU_AVX2
+using Lanes = __m256;
+inline Lanes lanes_zero() { return _mm256_setzero_ps(); }
+inline Lanes lanes_load(const float* p) { return _mm256_loadu_ps(p); }
+inline void lanes_store(float* p, Lanes v) { _mm256_storeu_ps(p, v); }
+template <DType kW>
+inline Lanes lanes_load_w(const void* row, int64_t k) {
+  return load8<kW>(row, k);
+}
+inline Lanes lanes_fma(Lanes a, Lanes b, Lanes c) { return _mm256_fmadd_ps(a, b, c); }
+inline float lanes_sum(Lanes v) { return hsum8(v); }
+#else
+struct Lanes {
+  float v[kLanes];
+};
+inline Lanes lanes_zero() { return Lanes{}; }
+inline Lanes lanes_load(const float* p) {
+  Lanes r;
+  std::memcpy(r.v, p, sizeof(r.v));
+  return r;
+}
+inline void lanes_store(float* p, Lanes v) { std::memcpy(p, v.v, sizeof(v.v)); }
+template <DType kW>
+inline Lanes lanes_load_w(const void* row, int64_t k) {
+  Lanes r;
+  for (int64_t l = 0; l < kLanes; ++l)
+    r.v[l] = load1<kW>(row, k + l);
+  return r;
+}
+inline Lanes lanes_fma(Lanes a, Lanes b, Lanes c) {
+  for (int64_t l = 0; l < kLanes; ++l)
+    c.v[l] = std::fma(a.v[l], b.v[l], c.v[l]);
+  return c;
+}
+// hsum8's order.
+inline float lanes_sum(Lanes v) {
+  const float lo0 = v.v[0] + v.v[4], lo1 = v.v[1] + v.v[5], lo2 = v.v[2] + v.v[6], lo3 = v.v[3] + v.v[7];
+  return (lo0 + lo2) + (lo1 + lo3);
+}
+#endif
+
+// The accumulation kernel of both paths. For m < MR, j < NR and lane l:
+//   lanes[(m * lanes_ld + j) * 8 + l] (+)= sum over k = l, l + 8, ... < kc, in order, of
+//   x[m * ldx + k] * w_j[k],   w_j = w + j * w_row_bytes (stored as kW).
+// kResume: start from the saved lanes (a later K block) instead of zero. kc % 8 == 0.
+template <DType kW, int MR, int NR, bool kResume>
+void accumulate_lanes(const float* x, int64_t ldx, const uint8_t* w, int64_t w_row_bytes, int64_t kc, float* lanes,
+                      int64_t lanes_ld) {
+  Lanes acc[MR][NR];
+#pragma GCC unroll 4
+  for (int m = 0; m < MR; ++m) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      if constexpr (kResume) {
+        acc[m][j] = lanes_load(lanes + (m * lanes_ld + j) * kLanes);
+      } else {
+        acc[m][j] = lanes_zero();
+      }
+    }
+  }
+  for (int64_t k = 0; k < kc; k += kLanes) {
+    Lanes xv[MR];
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m)
+      xv[m] = lanes_load(x + m * ldx + k);
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      const Lanes wv = lanes_load_w<kW>(w + j * w_row_bytes, k);
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m)
+        acc[m][j] = lanes_fma(xv[m], wv, acc[m][j]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int m = 0; m < MR; ++m) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j)
+      lanes_store(lanes + (m * lanes_ld + j) * kLanes, acc[m][j]);
+  }
+}
+
+// The reduction of both paths: the lanes of one output summed in hsum8's order, then the
+// K % 8 tail k = k8 .. k_dim - 1 of x_row . w_row in order, then the bias (nullable).
+template <DType kW>
+inline float finish_dot(const float* lanes, const float* x_row, const uint8_t* w_row, int64_t k8, int64_t k_dim,
+                        const float* bias) {
+  float s = lanes_sum(lanes_load(lanes));
+  for (int64_t k = k8; k < k_dim; ++k)
+    s = std::fma(x_row[k], load1<kW>(w_row, k), s);
+  return bias != nullptr ? s + *bias : s;
+}
 
 // --- Dot-product path (GEMV and small M) ---------------------------------------------------
 
-// out[m, n0 + j] = dot(x[m, :], w[n0 + j, :]) + bias for m < MR, j < NR.
+// out[m, n0 + j] = dot(x[m, :], w[n0 + j, :]) + bias for m < MR, j < NR. Kept out of line:
+// inlined into the task loop, its k loop loses registers to the loop around it.
 template <DType kW, int MR, int NR>
-void dot_tile(const float* x, const uint8_t* w, int64_t k_dim, int64_t n0, const float* bias, float* out,
-              int64_t n_dim) {
+[[gnu::noinline]] void dot_tile(const float* x, const uint8_t* w, int64_t k_dim, int64_t n0, const float* bias,
+                                float* out, int64_t n_dim) {
   const int64_t w_row_bytes = k_dim * storage_bytes(kW);
-  const void* w_rows[NR];
-  for (int j = 0; j < NR; ++j)
-    w_rows[j] = w + (n0 + j) * w_row_bytes;
-  int64_t k = 0;
-  float sums[MR][NR];
-#if BW_CPU_AVX2
-  __m256 acc[MR][NR];
-#pragma GCC unroll 4
-  for (int m = 0; m < MR; ++m) {
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j)
-      acc[m][j] = _mm256_setzero_ps();
-  }
-  for (; k + 8 <= k_dim; k += 8) {
-    __m256 xv[MR];
-#pragma GCC unroll 4
-    for (int m = 0; m < MR; ++m)
-      xv[m] = _mm256_loadu_ps(x + m * k_dim + k);
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) {
-      const __m256 wv = load8<kW>(w_rows[j], k);
-#pragma GCC unroll 4
-      for (int m = 0; m < MR; ++m)
-        acc[m][j] = _mm256_fmadd_ps(xv[m], wv, acc[m][j]);
-    }
-  }
-  for (int m = 0; m < MR; ++m) {
-    for (int j = 0; j < NR; ++j)
-      sums[m][j] = hsum8(acc[m][j]);
-  }
-#else
-  for (int m = 0; m < MR; ++m) {
-    for (int j = 0; j < NR; ++j)
-      sums[m][j] = 0.0f;
-  }
-#endif
-  for (; k < k_dim; ++k) {
-    for (int j = 0; j < NR; ++j) {
-      const float wk = load1<kW>(w_rows[j], k);
-      for (int m = 0; m < MR; ++m)
-        sums[m][j] = std::fma(x[m * k_dim + k], wk, sums[m][j]);
-    }
-  }
+  const int64_t k8 = k_dim - k_dim % kLanes;
+  const uint8_t* w0 = w + n0 * w_row_bytes;
+  float lanes[MR * NR * kLanes];
+  accumulate_lanes<kW, MR, NR, false>(x, k_dim, w0, w_row_bytes, k8, lanes, NR);
   for (int m = 0; m < MR; ++m) {
     for (int j = 0; j < NR; ++j) {
-      out[m * n_dim + n0 + j] = bias != nullptr ? sums[m][j] + bias[n0 + j] : sums[m][j];
+      out[m * n_dim + n0 + j] = finish_dot<kW>(lanes + (m * NR + j) * kLanes, x + m * k_dim, w0 + j * w_row_bytes, k8,
+                                               k_dim, bias != nullptr ? bias + n0 + j : nullptr);
     }
   }
 }
@@ -165,157 +237,80 @@ void gemv(ThreadPool& pool, const float* x, int64_t m_dim, const uint8_t* w, int
   });
 }
 
-// --- GEMM path ----------------------------------------------------------------------------
+// --- Blocked path (prefill) ----------------------------------------------------------------
 
-// Converts w[n0 .. n0 + rows, k0 .. k0 + kc) to f32 micro-panels: panel p holds rows
-// n0 + p*kNr + r at packed[p*kc*kNr + k*kNr + r]; rows past `rows` are zero.
-template <DType kW>
-void pack_w(const uint8_t* w, int64_t k_dim, int64_t n0, int64_t rows, int64_t k0, int64_t kc, float* packed) {
-  const int64_t row_bytes = k_dim * storage_bytes(kW);
-  const int64_t num_panels = (rows + kNr - 1) / kNr;
-  for (int64_t p = 0; p < num_panels; ++p) {
-    float* dst = packed + p * kc * kNr;
-    const int64_t panel_rows = std::min(kNr, rows - p * kNr);
-    int64_t k = 0;
-#if BW_CPU_AVX2
-    if (panel_rows == kNr) {
-      // 8 x 8 transposes: rows r0..r0+7, columns k..k+7.
-      for (; k + 8 <= kc; k += 8) {
-        for (int64_t r0 = 0; r0 < kNr; r0 += 8) {
-          __m256 v[8];
-          for (int i = 0; i < 8; ++i)
-            v[i] = load8<kW>(w + (n0 + p * kNr + r0 + i) * row_bytes, k0 + k);
-          const __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
-          const __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
-          const __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
-          const __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
-          const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-          const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-          const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-          const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-          float* d = dst + k * kNr + r0;
-          _mm256_storeu_ps(d + 0 * kNr, _mm256_permute2f128_ps(s0, s4, 0x20));
-          _mm256_storeu_ps(d + 1 * kNr, _mm256_permute2f128_ps(s1, s5, 0x20));
-          _mm256_storeu_ps(d + 2 * kNr, _mm256_permute2f128_ps(s2, s6, 0x20));
-          _mm256_storeu_ps(d + 3 * kNr, _mm256_permute2f128_ps(s3, s7, 0x20));
-          _mm256_storeu_ps(d + 4 * kNr, _mm256_permute2f128_ps(s0, s4, 0x31));
-          _mm256_storeu_ps(d + 5 * kNr, _mm256_permute2f128_ps(s1, s5, 0x31));
-          _mm256_storeu_ps(d + 6 * kNr, _mm256_permute2f128_ps(s2, s6, 0x31));
-          _mm256_storeu_ps(d + 7 * kNr, _mm256_permute2f128_ps(s3, s7, 0x31));
-        }
-      }
-    }
-#endif
-    for (int64_t r = 0; r < kNr; ++r) {
-      if (r >= panel_rows) {
-        for (int64_t kk = k; kk < kc; ++kk)
-          dst[kk * kNr + r] = 0.0f;
-        continue;
-      }
-      const uint8_t* row = w + (n0 + p * kNr + r) * row_bytes;
-      for (int64_t kk = k; kk < kc; ++kk)
-        dst[kk * kNr + r] = load1<kW>(row, k0 + kk);
-    }
+// One K block of a task: accumulate_lanes over every kMr x kNr register tile of the
+// [rows_m, rows_n] task, x rows ldx apart starting at the block's first k, w_block rows
+// w_row_bytes apart (f32), lanes [rows_m, kNc, 8].
+template <bool kResume>
+void block_pass(const float* x, int64_t ldx, int64_t rows_m, const uint8_t* w_block, int64_t w_row_bytes,
+                int64_t rows_n, int64_t kc, float* lanes) {
+  constexpr DType kF = DType::kF32;
+  int64_t n = 0;
+  for (; n + kNr <= rows_n; n += kNr) {
+    const uint8_t* wn = w_block + n * w_row_bytes;
+    int64_t m = 0;
+    for (; m + kMr <= rows_m; m += kMr)
+      accumulate_lanes<kF, kMr, kNr, kResume>(x + m * ldx, ldx, wn, w_row_bytes, kc, lanes + (m * kNc + n) * kLanes,
+                                              kNc);
+    for (; m < rows_m; ++m)
+      accumulate_lanes<kF, 1, kNr, kResume>(x + m * ldx, ldx, wn, w_row_bytes, kc, lanes + (m * kNc + n) * kLanes, kNc);
   }
-}
-
-// c[m, 0 .. cols) (+)= sum over k < kc of x[m, k] * panel[k, :], for m < MR, in k order.
-template <int MR>
-void gemm_kernel(const float* x, int64_t ldx, const float* panel, int64_t kc, float* c, int64_t ldc, int64_t cols,
-                 bool accumulate) {
-  float tile[MR][kNr];
-  for (int m = 0; m < MR; ++m) {
-    for (int64_t j = 0; j < kNr; ++j)
-      tile[m][j] = accumulate && j < cols ? c[m * ldc + j] : 0.0f;
-  }
-#if BW_CPU_AVX2
-  __m256 acc0[MR], acc1[MR];
-#pragma GCC unroll 6
-  for (int m = 0; m < MR; ++m) {
-    acc0[m] = _mm256_loadu_ps(tile[m]);
-    acc1[m] = _mm256_loadu_ps(tile[m] + 8);
-  }
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(panel + k * kNr);
-    const __m256 b1 = _mm256_loadu_ps(panel + k * kNr + 8);
-#pragma GCC unroll 6
-    for (int m = 0; m < MR; ++m) {
-      const __m256 a = _mm256_broadcast_ss(x + m * ldx + k);
-      acc0[m] = _mm256_fmadd_ps(a, b0, acc0[m]);
-      acc1[m] = _mm256_fmadd_ps(a, b1, acc1[m]);
-    }
-  }
-#pragma GCC unroll 6
-  for (int m = 0; m < MR; ++m) {
-    _mm256_storeu_ps(tile[m], acc0[m]);
-    _mm256_storeu_ps(tile[m] + 8, acc1[m]);
-  }
-#else
-  for (int64_t k = 0; k < kc; ++k) {
-    for (int m = 0; m < MR; ++m) {
-      const float a = x[m * ldx + k];
-      for (int64_t j = 0; j < kNr; ++j)
-        tile[m][j] += a * panel[k * kNr + j];
-    }
-  }
-#endif
-  for (int m = 0; m < MR; ++m) {
-    for (int64_t j = 0; j < cols; ++j)
-      c[m * ldc + j] = tile[m][j];
-  }
-}
-
-void gemm_kernel_rows(int64_t rows, const float* x, int64_t ldx, const float* panel, int64_t kc, float* c, int64_t ldc,
-                      int64_t cols, bool accumulate) {
-  switch (rows) {
-    case 1:
-      return gemm_kernel<1>(x, ldx, panel, kc, c, ldc, cols, accumulate);
-    case 2:
-      return gemm_kernel<2>(x, ldx, panel, kc, c, ldc, cols, accumulate);
-    case 3:
-      return gemm_kernel<3>(x, ldx, panel, kc, c, ldc, cols, accumulate);
-    case 4:
-      return gemm_kernel<4>(x, ldx, panel, kc, c, ldc, cols, accumulate);
-    case 5:
-      return gemm_kernel<5>(x, ldx, panel, kc, c, ldc, cols, accumulate);
-    default:
-      return gemm_kernel<6>(x, ldx, panel, kc, c, ldc, cols, accumulate);
+  for (; n < rows_n; ++n) {
+    const uint8_t* wn = w_block + n * w_row_bytes;
+    int64_t m = 0;
+    for (; m + kMr <= rows_m; m += kMr)
+      accumulate_lanes<kF, kMr, 1, kResume>(x + m * ldx, ldx, wn, w_row_bytes, kc, lanes + (m * kNc + n) * kLanes, kNc);
+    for (; m < rows_m; ++m)
+      accumulate_lanes<kF, 1, 1, kResume>(x + m * ldx, ldx, wn, w_row_bytes, kc, lanes + (m * kNc + n) * kLanes, kNc);
   }
 }
 
 template <DType kW>
 void gemm(ThreadPool& pool, const float* x, int64_t m_dim, const uint8_t* w, int64_t k_dim, int64_t n_dim,
           const float* bias, float* out) {
+  const int64_t k8 = k_dim - k_dim % kLanes;
+  const int64_t w_row_bytes = k_dim * storage_bytes(kW);
   const int64_t n_tiles = (n_dim + kNc - 1) / kNc;
   const int64_t m_tiles = (m_dim + kMc - 1) / kMc;
   pool.parallel_for(n_tiles * m_tiles, [&](int64_t task_begin, int64_t task_end) {
-    thread_local std::vector<float> packed;
-    packed.resize(static_cast<size_t>(kNc * kKc));
+    thread_local std::vector<float> w_f32;  // [kNc, kKc]: a K block of w converted to f32
+    thread_local std::vector<float> lanes;  // [kMc, kNc, 8]: each output's lanes between K blocks
+    w_f32.resize(static_cast<size_t>(kNc * kKc));
+    lanes.resize(static_cast<size_t>(kMc * kNc * kLanes));
     for (int64_t task = task_begin; task < task_end; ++task) {
-      // Tasks that share a w panel are adjacent, so a thread often repacks nothing new
-      // from memory (the panel stays in its L2).
+      // Tasks that share w rows are adjacent, so a thread often finds them in its L2.
       const int64_t n0 = (task / m_tiles) * kNc;
       const int64_t m0 = (task % m_tiles) * kMc;
       const int64_t rows_n = std::min(kNc, n_dim - n0);
       const int64_t rows_m = std::min(kMc, m_dim - m0);
-      for (int64_t k0 = 0; k0 < k_dim; k0 += kKc) {
-        const int64_t kc = std::min(kKc, k_dim - k0);
-        pack_w<kW>(w, k_dim, n0, rows_n, k0, kc, packed.data());
-        for (int64_t p = 0; p * kNr < rows_n; ++p) {
-          const float* panel = packed.data() + p * kc * kNr;
-          const int64_t cols = std::min(kNr, rows_n - p * kNr);
-          for (int64_t m = 0; m < rows_m; m += kMr) {
-            gemm_kernel_rows(std::min(kMr, rows_m - m), x + (m0 + m) * k_dim + k0, k_dim, panel, kc,
-                             out + (m0 + m) * n_dim + n0 + p * kNr, n_dim, cols, k0 > 0);
-          }
+      const float* xt = x + m0 * k_dim;
+      if (k8 == 0) std::fill(lanes.begin(), lanes.end(), 0.0f);
+      for (int64_t k0 = 0; k0 < k8; k0 += kKc) {
+        const int64_t kc = std::min(kKc, k8 - k0);
+        const uint8_t* w_block = nullptr;
+        int64_t block_row_bytes = 0;
+        if constexpr (kW == DType::kF32) {
+          w_block = w + n0 * w_row_bytes + k0 * static_cast<int64_t>(sizeof(float));
+          block_row_bytes = w_row_bytes;
+        } else {
+          for (int64_t j = 0; j < rows_n; ++j)
+            to_f32(w + (n0 + j) * w_row_bytes + k0 * storage_bytes(kW), kW, kc, w_f32.data() + j * kKc);
+          w_block = reinterpret_cast<const uint8_t*>(w_f32.data());
+          block_row_bytes = kKc * static_cast<int64_t>(sizeof(float));
+        }
+        if (k0 == 0) {
+          block_pass<false>(xt + k0, k_dim, rows_m, w_block, block_row_bytes, rows_n, kc, lanes.data());
+        } else {
+          block_pass<true>(xt + k0, k_dim, rows_m, w_block, block_row_bytes, rows_n, kc, lanes.data());
         }
       }
-      for (int64_t m = m0; m < m0 + rows_m; ++m) {
-        float* o = out + m * n_dim + n0;
-        if (k_dim == 0) std::fill(o, o + rows_n, 0.0f);
-        if (bias != nullptr) {
-          for (int64_t j = 0; j < rows_n; ++j)
-            o[j] += bias[n0 + j];
+      for (int64_t m = 0; m < rows_m; ++m) {
+        for (int64_t j = 0; j < rows_n; ++j) {
+          const int64_t n = n0 + j;
+          out[(m0 + m) * n_dim + n] =
+              finish_dot<kW>(lanes.data() + (m * kNc + j) * kLanes, xt + m * k_dim, w + n * w_row_bytes, k8, k_dim,
+                             bias != nullptr ? bias + n : nullptr);
         }
       }
     }

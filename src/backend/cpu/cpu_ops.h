@@ -7,6 +7,18 @@
 // each output element inside exactly one task with a fixed summation order. Results are
 // therefore bit-identical for any thread count.
 //
+// Batch invariance: every op computes a token's row from that token's inputs alone, in an
+// order that does not depend on the number of tokens in the call, on the other tokens, or
+// on which kernel path runs: embedding, add, silu_mul and rope_write_kv are elementwise per
+// row; rms_norm and add_rms_norm reduce within the row; matmul sums each output in one
+// fixed lane order on both of its paths (cpu_matmul.cc); paged_attention walks a row's
+// causal window in fixed tiles from position 0 (cpu_attention.cc). So a sequence's
+// outputs are bit-identical whatever else is batched with it, however its prompt is
+// chunked, and whether a token's KV was computed in a decode step or recomputed in a
+// prefill: the continuous-batching engine's exactness tests rely on it, and
+// tests/backend/cpu_batch_invariance_test.cc checks it bit for bit. Keep it so when
+// changing a kernel (new paths must share the summation order).
+//
 // Vector code is compiled when the target has AVX2, FMA and F16C (x86-64-v3, our x86
 // baseline); otherwise a portable scalar path is used (ARM builds).
 // Thread-safety: the functions are reentrant; each op call uses the pool it is given.
