@@ -12,6 +12,8 @@
 #include "backend/backend_factory.h"
 #include "cli/cli_util.h"
 #include "cli/commands.h"
+#include "cli/engine_flags.h"
+#include "cli/prompts_file.h"
 #include "common/logging.h"
 #include "common/thread_pool.h"
 #include "model/causal_lm.h"
@@ -38,9 +40,12 @@ struct GenerateArgs {
   std::string device = "cpu";
   int threads = 0;
   std::string weight_dtype = "auto";
-  std::string kv_dtype = "f32";
-  int64_t kv_block_size = 16;
   bool ignore_eos = false;
+  std::string prompts_file;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  EngineFlags engine;
   std::string log_level = "warn";
 };
 
@@ -85,11 +90,12 @@ Result<std::vector<int32_t>> prompt_tokens(const GenerateArgs& args, const Token
 
 Status run_generate(const GenerateArgs& args, int* exit_code) {
   Logger log = make_stderr_logger("generate", args.log_level);
-  if (args.prompt_ids.empty() == args.prompt.empty())
-    return InvalidArgument("give exactly one of --prompt-ids and --prompt");
+  const int num_sources = !args.prompt_ids.empty() + !args.prompt.empty() + !args.prompts_file.empty();
+  if (num_sources != 1) return InvalidArgument("give exactly one of --prompt-ids, --prompt and --prompts-file");
+  if (args.chat && !args.prompts_file.empty()) return InvalidArgument("--chat works with --prompt only");
   if (args.chat && args.prompt.empty()) return InvalidArgument("--chat needs --prompt TEXT");
   ASSIGN_OR_RETURN(std::optional<DType> weight_dtype, parse_weight_dtype(args.weight_dtype));
-  auto kv_dtype = dtype_from_name(args.kv_dtype);
+  auto kv_dtype = dtype_from_name(args.engine.kv_dtype);
   if (!kv_dtype || !is_float(*kv_dtype)) return InvalidArgument("--kv-dtype must be f32, f16 or bf16");
   if (args.max_tokens < 0) return InvalidArgument("--max-tokens must be >= 0");
   if (args.temperature < 0) return InvalidArgument("--temperature must be >= 0");
@@ -106,7 +112,13 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
   } else {
     log->info("no tokenizer, printing ids only: {}", t.status().message());
   }
-  ASSIGN_OR_RETURN(std::vector<int32_t> prompt, prompt_tokens(args, tokenizer.get()));
+  std::vector<std::vector<int32_t>> prompts;
+  if (!args.prompts_file.empty()) {
+    ASSIGN_OR_RETURN(prompts, read_prompts_file(args.prompts_file, tokenizer.get()));
+  } else {
+    ASSIGN_OR_RETURN(std::vector<int32_t> prompt, prompt_tokens(args, tokenizer.get()));
+    prompts.push_back(std::move(prompt));
+  }
   ThreadPool load_pool(args.threads);
   WeightLoadOptions load_options;
   load_options.weight_dtype = weight_dtype;
@@ -114,12 +126,30 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
   ASSIGN_OR_RETURN(std::unique_ptr<CausalLM> model, load_causal_lm(checkpoint, *backend, load_options));
   const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
+  if (!args.prompts_file.empty()) {
+    ASSIGN_OR_RETURN(EngineConfig config, engine_config_from_flags(args.engine));
+    config.model_name = args.model;
+    ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::create(*model, *backend, tokenizer.get(), config, log));
+    GenerationRequest base;
+    base.stop.max_tokens = static_cast<int32_t>(std::min<int64_t>(args.max_tokens, INT32_MAX));
+    base.stop.ignore_eos = args.ignore_eos;
+    base.sampling.temperature = args.temperature;
+    base.sampling.top_k = args.top_k;
+    base.sampling.top_p = args.top_p;
+    base.sampling.min_p = args.min_p;
+    base.sampling.seed = args.seed;  // every prompt reproducible on its own
+    base.detokenize = tokenizer != nullptr;
+    RETURN_IF_ERROR(run_prompts(*engine, prompts, base, args.json));
+    *exit_code = 0;
+    return OkStatus();
+  }
+  const std::vector<int32_t>& prompt = prompts.front();
   GenerateOptions options;
   options.max_tokens = args.max_tokens;
   options.sampling.temperature = args.temperature;
   options.sampling.seed = args.seed;
   options.ignore_eos = args.ignore_eos;
-  options.kv_block_size = args.kv_block_size;
+  options.kv_block_size = args.engine.kv_block_size;
   options.kv_dtype = *kv_dtype;
   Generator generator(*model, *backend);
   // Text is streamed to the terminal as tokens arrive (never a broken UTF-8 sequence).
@@ -192,8 +222,13 @@ CommandRunner register_generate(CLI::App& app) {
   app.add_option("--dtype", args->weight_dtype,
                  "Weight dtype in memory: auto (the checkpoint's float type; quantised -> f32), f32, f16, bf16")
       ->capture_default_str();
-  app.add_option("--kv-dtype", args->kv_dtype, "KV cache dtype: f32, f16, bf16")->capture_default_str();
-  app.add_option("--kv-block-size", args->kv_block_size, "Tokens per KV cache block")->capture_default_str();
+  app.add_option("--prompts-file", args->prompts_file,
+                 "Run every prompt of this file (one per line: text, or token ids separated by commas or spaces) "
+                 "through one engine concurrently");
+  app.add_option("--top-k", args->top_k, "Sample among the k most likely tokens (0: all)")->capture_default_str();
+  app.add_option("--top-p", args->top_p, "Nucleus sampling threshold")->capture_default_str();
+  app.add_option("--min-p", args->min_p, "Drop tokens below min-p times the top probability")->capture_default_str();
+  add_engine_flags(app, &args->engine);
   app.add_flag("--ignore-eos", args->ignore_eos, "Keep generating after an end-of-sequence token");
   app.add_option("--log-level", args->log_level, "trace, debug, info, warn, error, off")->capture_default_str();
   return [args]() {

@@ -4,7 +4,9 @@
 #include <chrono>
 #include <numeric>
 
+#include "runner/batch_inputs.h"
 #include "runner/kv_cache_storage.h"
+#include "runner/model_runner.h"
 
 namespace bw {
 
@@ -29,80 +31,26 @@ Result<SequenceCache> make_sequence_cache(Backend& backend, const ModelConfig& c
   return SequenceCache{std::move(storage), std::move(table)};
 }
 
-// Host-built batch metadata copied to the backend for one forward pass.
-class StepInputs {
- public:
-  Status build(Backend& backend, std::span<const int32_t> tokens, int64_t start_pos, const SequenceCache& cache,
-               bool all_logits) {
-    const int64_t n = static_cast<int64_t>(tokens.size());
-    std::vector<int32_t> positions(tokens.size()), slots(tokens.size());
-    for (int64_t i = 0; i < n; ++i) {
-      positions[i] = static_cast<int32_t>(start_pos + i);
-      slots[i] = static_cast<int32_t>(start_pos + i);  // identity block table: slot == position
-    }
-    const int32_t q_len = static_cast<int32_t>(n);
-    const int32_t kv_len = static_cast<int32_t>(start_pos + n);
-    std::vector<int32_t> query_start = {0, q_len};
-    std::vector<int32_t> kv_lens = {kv_len};
-    std::vector<int32_t> logits_rows;
-    if (all_logits) {
-      logits_rows.resize(tokens.size());
-      std::iota(logits_rows.begin(), logits_rows.end(), 0);
-    } else {
-      logits_rows.push_back(q_len - 1);
-    }
-    const int64_t width = static_cast<int64_t>(cache.block_table.size());
-    ASSIGN_OR_RETURN(input_.token_ids, upload(backend, tokens, {n}));
-    ASSIGN_OR_RETURN(input_.attention.positions, upload(backend, positions, {n}));
-    ASSIGN_OR_RETURN(input_.attention.slot_mapping, upload(backend, slots, {n}));
-    ASSIGN_OR_RETURN(input_.attention.query_start, upload(backend, query_start, {2}));
-    ASSIGN_OR_RETURN(input_.attention.kv_lens, upload(backend, kv_lens, {1}));
-    ASSIGN_OR_RETURN(input_.attention.block_tables, upload(backend, cache.block_table, {1, width}));
-    ASSIGN_OR_RETURN(input_.logits_indices, upload(backend, logits_rows, {static_cast<int64_t>(logits_rows.size())}));
-    input_.attention.num_seqs = 1;
-    input_.attention.max_query_len = q_len;
-    input_.attention.max_kv_len = kv_len;
-    return OkStatus();
-  }
-  const ForwardInput& input() const { return input_; }
-
- private:
-  Result<TensorView> upload(Backend& backend, std::span<const int32_t> values, Shape shape) {
-    const size_t bytes = std::max<size_t>(values.size() * sizeof(int32_t), sizeof(int32_t));
-    ASSIGN_OR_RETURN(DeviceBuffer buf, backend.allocate(bytes));
-    if (!values.empty()) RETURN_IF_ERROR(backend.copy_to_device(buf.data(), values.data(), values.size_bytes()));
-    TensorView view = buf.view(DType::kI32, shape);
-    buffers_.push_back(std::move(buf));
-    return view;
-  }
-
-  ForwardInput input_;
-  std::vector<DeviceBuffer> buffers_;
-};
-
 // Runs tokens[start..] of one sequence through the model; returns the logits of the last
 // row (or of every row when all_logits), as f32 on the host.
 Result<std::vector<float>> run_step(CausalLM& model, Backend& backend, std::span<const int32_t> tokens,
                                     int64_t start_pos, const SequenceCache& cache, bool all_logits) {
-  StepInputs step;
-  RETURN_IF_ERROR(step.build(backend, tokens, start_pos, cache, all_logits));
+  ScheduledSequence seq;
+  seq.start_pos = static_cast<int32_t>(start_pos);
+  seq.token_ids.assign(tokens.begin(), tokens.end());
+  seq.block_table = cache.block_table;
+  seq.sample = true;
+  BatchInputs inputs;
+  RETURN_IF_ERROR(inputs.build(backend, std::span<const ScheduledSequence>(&seq, 1),
+                               static_cast<int32_t>(cache.storage.block_size()), all_logits));
   const int64_t vocab = model.config().vocab_size;
-  const int64_t rows = all_logits ? static_cast<int64_t>(tokens.size()) : 1;
+  const int64_t rows = inputs.num_logits_rows();
   const DType act = backend.activation_dtype();
   ASSIGN_OR_RETURN(DeviceBuffer logits_buf, backend.allocate(*dtype_bytes(act, static_cast<uint64_t>(rows * vocab))));
   TensorView logits = logits_buf.view(act, {rows, vocab});
-  RETURN_IF_ERROR(model.forward(step.input(), cache.storage.layers(), logits));
-  std::vector<float> host(static_cast<size_t>(rows * vocab));
-  if (act == DType::kF32) {
-    RETURN_IF_ERROR(backend.copy_to_host(host.data(), logits.data, host.size() * sizeof(float)));
-  } else {
-    std::vector<uint16_t> raw(host.size());
-    RETURN_IF_ERROR(backend.copy_to_host(raw.data(), logits.data, raw.size() * sizeof(uint16_t)));
-    if (act == DType::kBF16)
-      convert_bf16_to_f32(raw.data(), host.data(), rows * vocab);
-    else
-      convert_f16_to_f32(raw.data(), host.data(), rows * vocab);
-  }
+  RETURN_IF_ERROR(model.forward(inputs.input(), cache.storage.layers(), logits));
+  std::vector<float> host;
+  RETURN_IF_ERROR(read_logits(backend, logits, &host));
   return host;
 }
 
@@ -148,6 +96,7 @@ Result<GenerateResult> Generator::generate(std::span<const int32_t> prompt, cons
   RETURN_IF_ERROR(check_prompt(prompt, config));
   if (options.max_tokens < 0) return InvalidArgument("max_tokens must be >= 0, got {}", options.max_tokens);
   if (options.prefill_chunk_tokens <= 0) return InvalidArgument("prefill chunk must be positive");
+  RETURN_IF_ERROR(options.sampling.validate(config.vocab_size));
   const int64_t prompt_len = static_cast<int64_t>(prompt.size());
   // Never run past the model's context: the last position is max_position_embeddings - 1.
   const int64_t max_new = std::min(options.max_tokens, config.max_position_embeddings - prompt_len);
@@ -162,7 +111,7 @@ Result<GenerateResult> Generator::generate(std::span<const int32_t> prompt, cons
   result.finish_reason = "length";
   if (max_new == 0) return result;
 
-  Sampler sampler(options.sampling);
+  Sampler sampler(options.sampling, /*default_seed=*/0);
   const auto prefill_start = Clock::now();
   std::vector<float> logits;
   for (int64_t start = 0; start < prompt_len; start += options.prefill_chunk_tokens) {
@@ -171,7 +120,7 @@ Result<GenerateResult> Generator::generate(std::span<const int32_t> prompt, cons
         logits, run_step(model_, backend_, prompt.subspan(static_cast<size_t>(start), static_cast<size_t>(n)), start,
                          cache, /*all_logits=*/false));
   }
-  int32_t token = sampler.sample(logits);
+  int32_t token = sampler.sample(logits, prompt, result.generated_ids).token_id;
   result.prefill_seconds = seconds_since(prefill_start);
 
   const auto decode_start = Clock::now();
@@ -185,7 +134,7 @@ Result<GenerateResult> Generator::generate(std::span<const int32_t> prompt, cons
     if (static_cast<int64_t>(result.generated_ids.size()) >= max_new) break;
     const int64_t pos = prompt_len + static_cast<int64_t>(result.generated_ids.size()) - 1;
     ASSIGN_OR_RETURN(logits, run_step(model_, backend_, std::span<const int32_t>(&token, 1), pos, cache, false));
-    token = sampler.sample(logits);
+    token = sampler.sample(logits, prompt, result.generated_ids).token_id;
   }
   result.decode_seconds = seconds_since(decode_start);
   return result;

@@ -29,4 +29,32 @@ Result<KvCacheStorage> KvCacheStorage::create(Backend& backend, const ModelConfi
   return s;
 }
 
+Result<uint64_t> KvCacheStorage::bytes_per_block(const ModelConfig& config, int64_t block_size, DType dtype) {
+  auto elems = checked_mul(static_cast<uint64_t>(block_size),
+                           static_cast<uint64_t>(2 * config.num_layers * config.num_kv_heads * config.head_dim));
+  auto bytes = elems ? dtype_bytes(dtype, *elems) : std::nullopt;
+  if (!bytes || *bytes == 0) return InvalidArgument("KV cache: a block of {} tokens has no valid size", block_size);
+  return *bytes;
+}
+
+Status KvCacheStorage::copy_blocks(Backend& backend, std::span<const BlockCopy> copies) const {
+  for (const BlockCopy& copy : copies) {
+    if (copy.src_block_id < 0 || copy.src_block_id >= num_blocks_ || copy.dst_block_id < 0 ||
+        copy.dst_block_id >= num_blocks_ || copy.src_block_id == copy.dst_block_id) {
+      return InvalidArgument("KV cache: bad block copy {} -> {} ({} blocks)", copy.src_block_id, copy.dst_block_id,
+                             num_blocks_);
+    }
+    for (const KvCacheLayer& layer : layers_) {
+      for (const TensorView* t : {&layer.k, &layer.v}) {
+        const size_t block_bytes = t->nbytes() / static_cast<size_t>(num_blocks_);
+        auto* base = static_cast<uint8_t*>(t->data);
+        RETURN_IF_ERROR(backend.copy_on_device(base + block_bytes * static_cast<size_t>(copy.dst_block_id),
+                                               base + block_bytes * static_cast<size_t>(copy.src_block_id),
+                                               block_bytes));
+      }
+    }
+  }
+  return OkStatus();
+}
+
 }  // namespace bw

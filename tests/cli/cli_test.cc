@@ -3,6 +3,8 @@
 
 #include <array>
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -135,6 +137,47 @@ TEST(CliTest, ChatNeedsATemplate) {
   // BOS, then the template's text around "hi".
   EXPECT_EQ(j["prompt_ids"][0], 1);
   EXPECT_GT(j["prompt_ids"].size(), 10u);
+}
+
+TEST(CliTest, PromptsFileRunsEveryPromptThroughOneEngine) {
+  BW_TESTDATA_OR_SKIP(model, "models/stories260K.gguf");
+  test::TempDir tmp;
+  const std::string prompts = tmp.file("prompts.txt");
+  {
+    std::ofstream f(prompts);
+    f << "Once upon a time\n1, 403, 407, 261\n\nThe little dog\n";
+  }
+  auto r = run("generate --model " + model.string() + " --prompts-file " + prompts + " --max-tokens 12 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(r.output);
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << line;
+    lines.push_back(j);
+  }
+  ASSERT_EQ(lines.size(), 4u) << r.output;  // three prompts (the empty line is skipped), then stats
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(lines[i]["index"], i);
+    EXPECT_EQ(lines[i]["generated_ids"].size(), 12u);
+    EXPECT_EQ(lines[i]["finish_reason"], "length");
+  }
+  EXPECT_EQ(lines[1]["prompt_ids"], nlohmann::json({1, 403, 407, 261}));
+  // Each prompt gives what it gives alone.
+  auto alone = run("generate --model " + model.string() + " --prompt \"Once upon a time\" --max-tokens 12 --json");
+  ASSERT_EQ(alone.exit_code, 0) << alone.output;
+  auto a = nlohmann::json::parse(alone.output, nullptr, false);
+  EXPECT_EQ(lines[0]["prompt_ids"], a["prompt_ids"]);
+  EXPECT_EQ(lines[0]["generated_ids"], a["generated_ids"]);
+  EXPECT_EQ(lines[0]["text"], a["text"]);
+  const auto& stats = lines[3]["stats"];
+  EXPECT_EQ(stats["requests_finished"], 3);
+  EXPECT_EQ(stats["generated_tokens"], 36);
+  EXPECT_EQ(stats["kv_used_blocks"], 0);
+
+  auto bad = run("generate --model " + model.string() + " --prompts-file " + tmp.file("missing.txt"));
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("missing.txt"), std::string::npos) << bad.output;
 }
 
 }  // namespace

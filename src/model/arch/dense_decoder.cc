@@ -134,6 +134,7 @@ Status DenseDecoder::forward(const ForwardInput& input, std::span<const KvCacheL
     RETURN_IF_ERROR(backend_.silu_mul(mlp_act, gate_up));
     RETURN_IF_ERROR(backend_.matmul(proj_out, mlp_act, w.down, TensorView()));
   }
+  if (N == 0) return OkStatus();  // a step of prefill chunks that sample nothing
   RETURN_IF_ERROR(backend_.add_rms_norm(hidden, residual, proj_out, weights_.final_norm, eps));
   // Only the requested rows reach the (large) LM head.
   RETURN_IF_ERROR(backend_.embedding(last, hidden, input.logits_indices));

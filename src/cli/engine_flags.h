@@ -1,0 +1,38 @@
+// The engine's command-line flags, shared by `generate --prompts-file` and `serve`.
+#pragma once
+
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "engine/engine.h"
+
+namespace bw::cli {
+
+struct EngineFlags {
+  int32_t max_num_seqs = 256;
+  int32_t max_num_batched_tokens = 2048;
+  int32_t max_model_len = 0;
+  int32_t kv_block_size = 16;
+  std::string kv_cache_bytes;  // "4GiB", "512MiB", "1073741824"; empty = auto
+  double kv_memory_fraction = 0.25;
+  std::string kv_dtype = "f32";
+  bool no_prefix_caching = false;
+  bool no_chunked_prefill = false;
+  int64_t batch_window_ms = 0;
+  uint64_t seed = 0;
+};
+
+void add_engine_flags(CLI::App& app, EngineFlags* flags);
+Result<EngineConfig> engine_config_from_flags(const EngineFlags& flags);
+
+// "4GiB" -> 4294967296; plain digits are bytes; K/M/G/T with or without "iB"/"B" are
+// powers of 1024.
+Result<uint64_t> parse_byte_size(const std::string& text);
+
+// The engine's counters as a JSON object (the `stats` line of `generate --json`).
+nlohmann::ordered_json engine_stats_json(const EngineStats& stats);
+
+}  // namespace bw::cli

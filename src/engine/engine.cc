@@ -1,0 +1,489 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <bit>
+#include <fstream>
+#include <sstream>
+
+namespace bw {
+
+namespace {
+
+double seconds_between(SteadyClock::time_point a, SteadyClock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// MemAvailable from /proc/meminfo, or 0 when unknown.
+uint64_t host_available_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string line;
+  while (std::getline(meminfo, line)) {
+    if (line.rfind("MemAvailable:", 0) == 0) {
+      std::istringstream fields(line.substr(13));
+      uint64_t kib = 0;
+      fields >> kib;
+      return kib * 1024;
+    }
+  }
+  return 0;
+}
+
+int histogram_bucket(size_t batch_size, size_t num_buckets) {
+  const size_t bucket = std::bit_width(batch_size > 0 ? batch_size - 1 : 0);  // 1 -> 0, 2 -> 1, 3..4 -> 2 ...
+  return static_cast<int>(std::min(bucket, num_buckets - 1));
+}
+
+}  // namespace
+
+struct Engine::SequenceState {
+  RequestId request_id = 0;
+  RequestId group_id = 0;
+  int32_t index = 0;
+  Sampler sampler;
+  std::unique_ptr<StreamingDetokenizer> detokenizer;
+  StopStringMatcher stops;
+  bool finished = false;
+
+  SequenceState(const SamplingParams& params, uint64_t seed, std::vector<std::string> stop_strings)
+      : sampler(params, seed), stops(std::move(stop_strings)) {}
+};
+
+struct Engine::GroupState {
+  RequestId request_id = 0;
+  EventSink sink;
+  int32_t n = 1;
+  int32_t num_finished = 0;
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+  std::optional<SteadyClock::time_point> deadline;
+  SteadyClock::time_point submitted;
+  std::optional<SteadyClock::time_point> first_scheduled;
+  std::optional<SteadyClock::time_point> first_token;
+  int32_t cached_tokens = 0;
+};
+
+Result<int32_t> resolve_kv_num_blocks(const EngineConfig& config, const ModelConfig& model, int32_t max_model_len) {
+  if (config.kv_num_blocks > 0) return config.kv_num_blocks;
+  ASSIGN_OR_RETURN(uint64_t block_bytes, KvCacheStorage::bytes_per_block(model, config.kv_block_size, config.kv_dtype));
+  if (config.kv_cache_bytes > 0) {
+    const uint64_t blocks = config.kv_cache_bytes / block_bytes;
+    if (blocks == 0) {
+      return InvalidArgument("kv_cache_bytes {} is smaller than one KV block ({} bytes for {} tokens)",
+                             config.kv_cache_bytes, block_bytes, config.kv_block_size);
+    }
+    return static_cast<int32_t>(std::min<uint64_t>(blocks, INT32_MAX));
+  }
+  const uint64_t blocks_per_seq =
+      (static_cast<uint64_t>(max_model_len) + config.kv_block_size - 1) / static_cast<uint64_t>(config.kv_block_size);
+  const uint64_t wanted = blocks_per_seq * static_cast<uint64_t>(config.scheduler.max_num_seqs);
+  const uint64_t available = host_available_bytes();
+  if (!(config.kv_memory_fraction > 0.0 && config.kv_memory_fraction <= 1.0)) {
+    return InvalidArgument("kv_memory_fraction must be in (0, 1], got {}", config.kv_memory_fraction);
+  }
+  const double budget = available > 0 ? static_cast<double>(available) * config.kv_memory_fraction
+                                      : static_cast<double>(uint64_t{1} << 30);
+  const uint64_t cap = static_cast<uint64_t>(budget) / block_bytes;
+  return static_cast<int32_t>(std::clamp<uint64_t>(std::min(wanted, cap), 1, INT32_MAX));
+}
+
+Result<std::unique_ptr<Engine>> Engine::create(CausalLM& model, Backend& backend, const Tokenizer* tokenizer,
+                                               const EngineConfig& config_in, const Logger& logger) {
+  EngineConfig config = config_in;
+  const ModelConfig& mc = model.config();
+  if (config.scheduler.max_model_len == 0) {
+    config.scheduler.max_model_len = static_cast<int32_t>(std::min<int64_t>(mc.max_position_embeddings, INT32_MAX));
+  }
+  if (config.scheduler.max_model_len > mc.max_position_embeddings) {
+    return InvalidArgument("max_model_len {} exceeds the model's context length {}", config.scheduler.max_model_len,
+                           mc.max_position_embeddings);
+  }
+  RETURN_IF_ERROR(config.scheduler.validate());
+  ASSIGN_OR_RETURN(int32_t num_blocks, resolve_kv_num_blocks(config, mc, config.scheduler.max_model_len));
+  config.kv_num_blocks = num_blocks;
+  KvCacheConfig kv{num_blocks, config.kv_block_size, config.enable_prefix_caching};
+  RETURN_IF_ERROR(kv.validate());
+  ModelRunnerConfig runner_config{num_blocks, config.kv_block_size, config.kv_dtype};
+  ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, ModelRunner::create(model, backend, runner_config));
+  auto engine = std::unique_ptr<Engine>(new Engine(mc, tokenizer, config, logger, std::move(runner)));
+  engine->thread_ = std::thread([e = engine.get()] { e->loop(); });
+  return engine;
+}
+
+Engine::Engine(const ModelConfig& model_config, const Tokenizer* tokenizer, const EngineConfig& config, Logger logger,
+               std::unique_ptr<ModelRunner> runner)
+    : tokenizer_(tokenizer),
+      config_(config),
+      kv_config_{config.kv_num_blocks, config.kv_block_size, config.enable_prefix_caching},
+      logger_(std::move(logger)),
+      runner_(std::move(runner)),
+      seed_rng_(config.seed) {
+  const ModelConfig& mc = model_config;
+  model_info_.name = config.model_name;
+  model_info_.vocab_size = mc.vocab_size;
+  model_info_.max_model_len = config.scheduler.max_model_len;
+  model_info_.eos_token_ids.assign(mc.eos_token_ids.begin(), mc.eos_token_ids.end());
+  if (tokenizer_ != nullptr) {
+    for (int32_t id : tokenizer_->vocab().eog_ids) {
+      if (std::find(model_info_.eos_token_ids.begin(), model_info_.eos_token_ids.end(), id) ==
+          model_info_.eos_token_ids.end()) {
+        model_info_.eos_token_ids.push_back(id);
+      }
+    }
+  }
+  scheduler_ = std::make_unique<Scheduler>(config.scheduler, kv_config_, model_info_.eos_token_ids);
+  counters_.kv_block_size = config.kv_block_size;
+  publish_stats();
+}
+
+Engine::~Engine() { shutdown(); }
+
+void Engine::shutdown() {
+  {
+    std::lock_guard lock(inbox_mutex_);
+    stopping_ = true;
+  }
+  inbox_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+Result<RequestId> Engine::submit(GenerationRequest request, EventSink sink) {
+  const int64_t vocab = model_info_.vocab_size;
+  if (request.prompt_ids.empty()) return InvalidArgument("the prompt is empty");
+  for (size_t i = 0; i < request.prompt_ids.size(); ++i) {
+    const int32_t id = request.prompt_ids[i];
+    if (id < 0 || id >= vocab) {
+      return InvalidArgument("prompt token {} at index {} is outside the vocabulary [0, {})", id, i, vocab);
+    }
+  }
+  RETURN_IF_ERROR(request.sampling.validate(vocab));
+  if (request.n < 1 || request.n > config_.scheduler.max_num_seqs) {
+    return InvalidArgument("n must be in [1, {}], got {}", config_.scheduler.max_num_seqs, request.n);
+  }
+  if (request.stop.max_tokens < 1)
+    return InvalidArgument("max_tokens must be at least 1, got {}", request.stop.max_tokens);
+  for (int32_t id : request.stop.stop_token_ids) {
+    if (id < 0 || id >= vocab) return InvalidArgument("stop token id {} is outside the vocabulary [0, {})", id, vocab);
+  }
+  if (!request.stop_strings.empty()) {
+    if (tokenizer_ == nullptr || !request.detokenize) {
+      return InvalidArgument("stop strings need text output: the engine has no tokenizer or detokenize is off");
+    }
+    for (const std::string& s : request.stop_strings) {
+      if (s.empty()) return InvalidArgument("stop strings must not be empty");
+    }
+  }
+  if (request.detokenize && tokenizer_ == nullptr) request.detokenize = false;
+  Request probe;
+  probe.token_ids = request.prompt_ids;
+  probe.num_prompt_tokens = static_cast<int32_t>(request.prompt_ids.size());
+  probe.stop = request.stop;
+  RETURN_IF_ERROR(Scheduler::check_admissible(probe, config_.scheduler, kv_config_));
+  if (!sink) return InvalidArgument("no event sink");
+
+  std::lock_guard lock(inbox_mutex_);
+  if (stopping_) return Unavailable("the engine is shutting down");
+  if (config_.max_pending_requests > 0 && num_pending_requests_.load() >= config_.max_pending_requests) {
+    return ResourceExhausted("the engine's queue is full ({} requests pending)", config_.max_pending_requests);
+  }
+  ++num_pending_requests_;
+  const RequestId id = next_request_id_.fetch_add(request.n);
+  inbox_.push_back(Submission{id, std::move(request), std::move(sink), SteadyClock::now()});
+  inbox_cv_.notify_all();
+  return id;
+}
+
+void Engine::cancel(RequestId request_id) {
+  {
+    std::lock_guard lock(inbox_mutex_);
+    cancels_.push_back(request_id);
+  }
+  inbox_cv_.notify_all();
+}
+
+EngineStats Engine::stats() const {
+  std::lock_guard lock(stats_mutex_);
+  return stats_;
+}
+
+void Engine::loop() {
+  for (;;) {
+    if (!drain_inbox(/*wait_for_work=*/!scheduler_->has_unfinished_requests())) break;
+    expire_deadlines(SteadyClock::now());
+    if (scheduler_->has_unfinished_requests()) step();
+    deliver_events();
+  }
+  // Shutting down: everything still pending ends as aborted.
+  std::vector<Submission> leftover;
+  {
+    std::lock_guard lock(inbox_mutex_);
+    leftover.swap(inbox_);
+  }
+  for (Submission& s : leftover)
+    admit(std::move(s));
+  std::vector<RequestId> group_ids;
+  for (const auto& [id, group] : groups_)
+    group_ids.push_back(id);
+  for (RequestId id : group_ids)
+    finish_group_sequences(id, FinishReason::kAbort);
+  deliver_events();
+}
+
+bool Engine::drain_inbox(bool wait_for_work) {
+  std::vector<Submission> submissions;
+  std::vector<RequestId> cancels;
+  {
+    std::unique_lock lock(inbox_mutex_);
+    if (wait_for_work) {
+      inbox_cv_.wait(lock, [this] { return stopping_ || !inbox_.empty() || !cancels_.empty(); });
+      if (!stopping_ && !inbox_.empty() && config_.batch_window.count() > 0) {
+        // Idle engine, first arrival: let a burst gather into one batch.
+        const size_t full = static_cast<size_t>(config_.scheduler.max_num_seqs);
+        inbox_cv_.wait_for(lock, config_.batch_window, [&] { return stopping_ || inbox_.size() >= full; });
+      }
+    }
+    if (stopping_) return false;
+    submissions.swap(inbox_);
+    cancels.swap(cancels_);
+  }
+  for (Submission& s : submissions)
+    admit(std::move(s));
+  for (RequestId id : cancels) {
+    if (groups_.count(id) != 0) finish_group_sequences(id, FinishReason::kAbort);
+  }
+  return true;
+}
+
+void Engine::admit(Submission submission) {
+  GenerationRequest& req = submission.request;
+  auto group = std::make_unique<GroupState>();
+  group->request_id = submission.request_id;
+  group->sink = std::move(submission.sink);
+  group->n = req.n;
+  group->prompt_tokens = static_cast<int32_t>(req.prompt_ids.size());
+  group->deadline = req.deadline;
+  group->submitted = submission.submitted;
+  for (int32_t c = 0; c < req.n; ++c) {
+    SamplingParams params = req.sampling;
+    if (params.seed) params.seed = *params.seed + static_cast<uint64_t>(c);  // distinct, reproducible choices
+    auto seq = std::make_unique<SequenceState>(params, seed_rng_(), req.stop_strings);
+    seq->request_id = submission.request_id + c;
+    seq->group_id = submission.request_id;
+    seq->index = c;
+    if (req.detokenize) {
+      seq->detokenizer = std::make_unique<StreamingDetokenizer>(*tokenizer_, /*skip_special=*/true,
+                                                                /*continuation=*/true);
+    }
+    sequences_.emplace(seq->request_id, std::move(seq));
+  }
+  Request r;
+  r.request_id = submission.request_id;
+  r.group_id = submission.request_id;
+  r.num_prompt_tokens = static_cast<int32_t>(req.prompt_ids.size());
+  r.token_ids = std::move(req.prompt_ids);
+  r.stop = req.stop;
+  r.sampling = req.sampling;
+  r.priority = req.priority;
+  r.deadline = req.deadline;
+  r.cache_salt = std::move(req.cache_salt);
+  r.num_pending_forks = req.n - 1;
+  counters_.prompt_tokens += r.num_prompt_tokens;
+  groups_.emplace(submission.request_id, std::move(group));
+  scheduler_->add_request(std::move(r));
+}
+
+void Engine::expire_deadlines(SteadyClock::time_point now) {
+  std::vector<RequestId> expired;
+  for (const auto& [id, group] : groups_) {
+    if (group->deadline && *group->deadline <= now) expired.push_back(id);
+  }
+  for (RequestId id : expired)
+    finish_group_sequences(id, FinishReason::kTimeout);
+}
+
+void Engine::step() {
+  const auto start = SteadyClock::now();
+  SchedulerOutput output = scheduler_->schedule();
+  if (output.empty()) return;
+  for (const ScheduledSequence& seq : output.sequences) {
+    auto it = sequences_.find(seq.request_id);
+    if (it == sequences_.end()) continue;
+    GroupState& group = *groups_.at(it->second->group_id);
+    if (!group.first_scheduled) {
+      group.first_scheduled = start;
+      const Request* request = scheduler_->find(seq.request_id);
+      group.cached_tokens = request != nullptr ? std::max(request->num_cached_tokens, 0) : 0;
+    }
+  }
+  Result<RunnerOutput> result = runner_->execute(output);
+  if (!result.ok()) {
+    // A failed step fails the requests in it; the engine keeps serving the others.
+    logger_->error("engine step failed: {}", result.status().to_string());
+    std::vector<RequestId> failed;
+    for (const ScheduledSequence& seq : output.sequences) {
+      auto it = sequences_.find(seq.request_id);
+      if (it != sequences_.end()) failed.push_back(it->second->group_id);
+    }
+    for (RequestId id : failed) {
+      if (groups_.count(id) != 0) finish_group_sequences(id, FinishReason::kError, result.status());
+    }
+    return;
+  }
+  RunnerOutput& logits = *result;
+  std::vector<SampledTokens> sampled;
+  std::unordered_map<RequestId, SampledToken> details;
+  std::vector<float> scratch;
+  for (size_t i = 0; i < logits.request_ids.size(); ++i) {
+    const RequestId id = logits.request_ids[i];
+    const Request* request = scheduler_->find(id);
+    if (request == nullptr) continue;
+    SampledTokens tokens{id, {}};
+    const int32_t num_choices = request->num_pending_forks + 1;
+    for (int32_t c = 0; c < num_choices; ++c) {
+      SequenceState& seq = *sequences_.at(id + c);
+      std::span<float> row = logits.row(i);
+      if (num_choices > 1) {  // the sampler uses its row as scratch; each choice needs the original
+        scratch.assign(row.begin(), row.end());
+        row = scratch;
+      }
+      SampledToken token =
+          seq.sampler.sample(row, request->prompt_ids(), c == 0 ? request->output_ids() : std::span<const int32_t>());
+      tokens.token_ids.push_back(token.token_id);
+      if (seq.sampler.params().logprobs >= 0) details.emplace(id + c, std::move(token));
+    }
+    sampled.push_back(std::move(tokens));
+  }
+  const std::vector<SequenceOutput> outputs = scheduler_->update(output, sampled);
+  for (const SequenceOutput& out : outputs) {
+    auto it = details.find(out.request_id);
+    handle_output(out, it == details.end() ? nullptr : &it->second);
+  }
+  counters_.num_steps += 1;
+  counters_.computed_tokens += output.num_tokens;
+  counters_.batch_size_histogram[static_cast<size_t>(
+      histogram_bucket(output.sequences.size(), counters_.batch_size_histogram.size()))] += 1;
+  counters_.busy_seconds += seconds_between(start, SteadyClock::now());
+}
+
+void Engine::handle_output(const SequenceOutput& output, const SampledToken* sampled) {
+  auto seq_it = sequences_.find(output.request_id);
+  if (seq_it == sequences_.end()) return;
+  SequenceState& seq = *seq_it->second;
+  GroupState& group = *groups_.at(seq.group_id);
+  const auto now = SteadyClock::now();
+  if (!group.first_token) group.first_token = now;
+  group.completion_tokens += 1;
+  counters_.generated_tokens += 1;
+
+  EngineEvent event;
+  event.request_id = group.request_id;
+  event.index = seq.index;
+  event.token_ids.push_back(output.token_id);
+  if (sampled != nullptr) event.logprobs.push_back({sampled->token_id, sampled->logprob, sampled->top});
+  std::optional<FinishReason> reason = output.finish_reason;
+  if (seq.detokenizer) {
+    StopStringMatcher::Output text = seq.stops.feed(seq.detokenizer->push(output.token_id));
+    event.text = std::move(text.text);
+    if (text.stopped) {
+      event.stop_string = std::move(text.matched);
+      if (!reason) scheduler_->finish_request(output.request_id, FinishReason::kStop);
+      reason = FinishReason::kStop;
+    }
+  }
+  if (reason) end_sequence(seq, *reason, &event);
+  if (group.num_finished == group.n) {
+    complete_group(group, &event);  // forgets `seq`
+  }
+  outbox_.push_back(std::move(event));
+}
+
+void Engine::end_sequence(SequenceState& seq, FinishReason reason, EngineEvent* event) {
+  if (seq.finished) return;
+  seq.finished = true;
+  if (seq.detokenizer && event->stop_string.empty()) {
+    // The text still held back: an incomplete character, a partial stop-string match.
+    StopStringMatcher::Output rest = seq.stops.feed(seq.detokenizer->flush());
+    event->text += rest.text;
+    if (rest.stopped) {
+      event->stop_string = std::move(rest.matched);
+      reason = FinishReason::kStop;
+    } else {
+      event->text += seq.stops.flush();
+    }
+  }
+  event->finish_reason = reason;
+  counters_.finished_by_reason[static_cast<size_t>(reason)] += 1;
+  GroupState& group = *groups_.at(seq.group_id);
+  group.num_finished += 1;
+}
+
+void Engine::complete_group(GroupState& group, EngineEvent* last_event) {
+  const auto now = SteadyClock::now();
+  last_event->done = true;
+  last_event->usage = {group.prompt_tokens, group.completion_tokens, group.cached_tokens};
+  last_event->timings.queued_seconds = group.first_scheduled ? seconds_between(group.submitted, *group.first_scheduled)
+                                                             : seconds_between(group.submitted, now);
+  last_event->timings.first_token_seconds =
+      group.first_token ? seconds_between(group.submitted, *group.first_token) : 0.0;
+  last_event->timings.total_seconds = seconds_between(group.submitted, now);
+  for (int32_t c = 0; c < group.n; ++c)
+    sequences_.erase(group.request_id + c);
+  counters_.requests_finished += 1;
+  if (!last_event->error.ok()) counters_.requests_failed += 1;
+  --num_pending_requests_;
+}
+
+void Engine::finish_group_sequences(RequestId group_id, FinishReason reason, const Status& error) {
+  auto group_it = groups_.find(group_id);
+  if (group_it == groups_.end()) return;
+  GroupState& group = *group_it->second;
+  std::vector<EngineEvent> events;
+  for (int32_t c = 0; c < group.n; ++c) {
+    auto it = sequences_.find(group_id + c);
+    if (it == sequences_.end() || it->second->finished) continue;
+    scheduler_->finish_request(group_id + c, reason);
+    EngineEvent event;
+    event.request_id = group_id;
+    event.index = c;
+    end_sequence(*it->second, reason, &event);
+    events.push_back(std::move(event));
+  }
+  if (events.empty()) return;
+  events.back().error = error;
+  complete_group(group, &events.back());
+  for (EngineEvent& event : events)
+    outbox_.push_back(std::move(event));
+}
+
+void Engine::deliver_events() {
+  // Stats first, so a client that received its last event sees the step in stats().
+  publish_stats();
+  for (EngineEvent& event : outbox_) {
+    auto it = groups_.find(event.request_id);
+    if (it == groups_.end()) continue;
+    const bool done = event.done;
+    it->second->sink(std::move(event));
+    if (done) groups_.erase(it);
+  }
+  outbox_.clear();
+}
+
+void Engine::publish_stats() {
+  const SchedulerStats s = scheduler_->stats();
+  EngineStats snapshot = counters_;
+  snapshot.num_running = s.num_running;
+  snapshot.num_waiting = s.num_waiting;
+  snapshot.num_pending_requests = num_pending_requests_.load();
+  snapshot.kv_num_blocks = s.kv.num_blocks;
+  snapshot.kv_used_blocks = s.kv.num_used_blocks;
+  snapshot.kv_free_blocks = s.kv.num_free_blocks;
+  snapshot.kv_cached_blocks = s.kv.num_cached_blocks;
+  snapshot.prefix_queried_tokens = s.kv.num_prefix_queried_tokens;
+  snapshot.prefix_hit_tokens = s.kv.num_prefix_hit_tokens;
+  snapshot.num_preemptions = s.num_preemptions;
+  snapshot.generation_tokens_per_second =
+      snapshot.busy_seconds > 0 ? static_cast<double>(snapshot.generated_tokens) / snapshot.busy_seconds : 0.0;
+  std::lock_guard lock(stats_mutex_);
+  stats_ = std::move(snapshot);
+}
+
+}  // namespace bw

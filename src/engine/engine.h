@@ -1,0 +1,132 @@
+// Engine: the EngineClient that runs a model. One step-loop thread owns the scheduler,
+// the model runner and every request's sampler and detokenizer; each step is
+// schedule() -> runner.execute() -> sample -> scheduler.update() -> events.
+// Other threads only touch the inbox (submissions and cancels, under a mutex) and the
+// stats snapshot; sinks are called on the loop thread.
+//
+// An optional batch window: when the engine is idle and a request arrives, it waits up
+// to that long for more before the first step, so a burst starts as one batch.
+//
+// Ownership: the model, backend, tokenizer and logger are borrowed and must outlive the
+// engine. Destroying the engine (or shutdown()) stops the loop; requests still pending
+// end with finish_reason abort.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/backend.h"
+#include "common/logging.h"
+#include "engine/engine_client.h"
+#include "engine/stop_strings.h"
+#include "model/causal_lm.h"
+#include "runner/model_runner.h"
+#include "sched/scheduler.h"
+#include "tokenizer/detokenizer.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bw {
+
+struct EngineConfig {
+  SchedulerConfig scheduler{.max_model_len = 0};  // max_model_len 0: the model's context length
+  int32_t kv_block_size = 16;
+  // KV pool size: kv_num_blocks when > 0, else kv_cache_bytes when > 0, else enough for
+  // max_num_seqs full-length sequences, capped at kv_memory_fraction of the memory
+  // available now (host memory for the CPU backend).
+  int32_t kv_num_blocks = 0;
+  uint64_t kv_cache_bytes = 0;
+  double kv_memory_fraction = 0.25;
+  DType kv_dtype = DType::kF32;
+  bool enable_prefix_caching = true;
+  std::chrono::milliseconds batch_window{0};
+  int32_t max_pending_requests = 0;  // accepted but not done; 0 = unlimited
+  uint64_t seed = 0;                 // draws the seeds of requests that set none
+  std::string model_name = "model";
+};
+
+class Engine final : public EngineClient {
+ public:
+  // Starts the step loop. `tokenizer` may be null (no text, no stop strings).
+  static Result<std::unique_ptr<Engine>> create(CausalLM& model, Backend& backend, const Tokenizer* tokenizer,
+                                                const EngineConfig& config, const Logger& logger);
+  ~Engine() override;
+
+  Result<RequestId> submit(GenerationRequest request, EventSink sink) override;
+  void cancel(RequestId request_id) override;
+  EngineStats stats() const override;
+  const ModelInfo& model_info() const override { return model_info_; }
+
+  // Stops accepting, ends pending requests (abort) and joins the loop. Idempotent.
+  void shutdown();
+
+  const EngineConfig& config() const { return config_; }
+
+ private:
+  struct Submission {
+    RequestId request_id;
+    GenerationRequest request;
+    EventSink sink;
+    SteadyClock::time_point submitted;
+  };
+  struct SequenceState;
+  struct GroupState;
+
+  Engine(const ModelConfig& model_config, const Tokenizer* tokenizer, const EngineConfig& config, Logger logger,
+         std::unique_ptr<ModelRunner> runner);
+
+  void loop();
+  // Moves the inbox into the scheduler; returns false when the loop must stop.
+  bool drain_inbox(bool wait_for_work);
+  void admit(Submission submission);
+  void expire_deadlines(SteadyClock::time_point now);
+  void step();
+  void handle_output(const SequenceOutput& output, const SampledToken* sampled);
+  void finish_group_sequences(RequestId group_id, FinishReason reason, const Status& error = OkStatus());
+  void end_sequence(SequenceState& seq, FinishReason reason, EngineEvent* event);
+  // The group's last event: done, usage, timings; forgets its sequences.
+  void complete_group(GroupState& group, EngineEvent* last_event);
+  // Publishes the stats, then hands the step's events to their sinks and forgets the
+  // requests that are done.
+  void deliver_events();
+  void publish_stats();
+
+  const Tokenizer* tokenizer_;
+  EngineConfig config_;
+  KvCacheConfig kv_config_;
+  Logger logger_;
+  ModelInfo model_info_;
+  std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<Scheduler> scheduler_;  // loop thread only
+
+  // Inbox (any thread).
+  std::mutex inbox_mutex_;
+  std::condition_variable inbox_cv_;
+  std::vector<Submission> inbox_;
+  std::vector<RequestId> cancels_;
+  bool stopping_ = false;
+  std::atomic<RequestId> next_request_id_{1};
+  std::atomic<int32_t> num_pending_requests_{0};
+
+  // Loop thread only.
+  std::unordered_map<RequestId, std::unique_ptr<SequenceState>> sequences_;
+  std::unordered_map<RequestId, std::unique_ptr<GroupState>> groups_;
+  std::vector<EngineEvent> outbox_;  // this step's events, delivered by deliver_events()
+  std::mt19937_64 seed_rng_;
+  EngineStats counters_;
+
+  mutable std::mutex stats_mutex_;
+  EngineStats stats_;  // the published snapshot
+
+  std::thread thread_;
+};
+
+// The KV pool size an EngineConfig asks for, in blocks.
+Result<int32_t> resolve_kv_num_blocks(const EngineConfig& config, const ModelConfig& model, int32_t max_model_len);
+
+}  // namespace bw

@@ -1,0 +1,48 @@
+#include "runner/model_runner.h"
+
+namespace bw {
+
+Status read_logits(Backend& backend, const TensorView& logits, std::vector<float>* out) {
+  const int64_t n = logits.numel();
+  out->resize(static_cast<size_t>(n));
+  if (n == 0) return OkStatus();
+  if (logits.dtype == DType::kF32) return backend.copy_to_host(out->data(), logits.data, out->size() * sizeof(float));
+  std::vector<uint16_t> raw(static_cast<size_t>(n));
+  RETURN_IF_ERROR(backend.copy_to_host(raw.data(), logits.data, raw.size() * sizeof(uint16_t)));
+  if (logits.dtype == DType::kBF16) {
+    convert_bf16_to_f32(raw.data(), out->data(), n);
+  } else {
+    convert_f16_to_f32(raw.data(), out->data(), n);
+  }
+  return OkStatus();
+}
+
+Result<std::unique_ptr<ModelRunner>> ModelRunner::create(CausalLM& model, Backend& backend,
+                                                         const ModelRunnerConfig& config) {
+  ASSIGN_OR_RETURN(KvCacheStorage storage, KvCacheStorage::create(backend, model.config(), config.kv_num_blocks,
+                                                                  config.kv_block_size, config.kv_dtype));
+  return std::unique_ptr<ModelRunner>(new ModelRunner(model, backend, std::move(storage)));
+}
+
+Result<RunnerOutput> ModelRunner::execute(const SchedulerOutput& output) {
+  RunnerOutput result;
+  result.vocab_size = model_.config().vocab_size;
+  if (!output.block_copies.empty()) RETURN_IF_ERROR(kv_cache_.copy_blocks(backend_, output.block_copies));
+  if (output.empty()) return result;
+  RETURN_IF_ERROR(inputs_.build(backend_, output.sequences, static_cast<int32_t>(kv_cache_.block_size())));
+  for (const ScheduledSequence& seq : output.sequences) {
+    if (seq.sample) result.request_ids.push_back(seq.request_id);
+  }
+  const int64_t rows = inputs_.num_logits_rows();
+  const DType act = backend_.activation_dtype();
+  const uint64_t bytes = *dtype_bytes(act, static_cast<uint64_t>(std::max<int64_t>(rows, 1) * result.vocab_size));
+  if (logits_buffer_.size() < bytes) {
+    ASSIGN_OR_RETURN(logits_buffer_, backend_.allocate(bytes));
+  }
+  TensorView logits = logits_buffer_.view(act, {rows, result.vocab_size});
+  RETURN_IF_ERROR(model_.forward(inputs_.input(), kv_cache_.layers(), logits));
+  RETURN_IF_ERROR(read_logits(backend_, logits, &result.logits));
+  return result;
+}
+
+}  // namespace bw
