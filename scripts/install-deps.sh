@@ -10,12 +10,16 @@ PACKAGES=(
   build-essential g++ cmake ninja-build pkg-config git ca-certificates
   clang clang-format clang-tidy libclang-rt-14-dev
   # libraries
-  libfmt-dev libspdlog-dev nlohmann-json3-dev libcli11-dev libpcre2-dev
+  libfmt-dev libspdlog-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libboost-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # fixture scripts and reference checks
   python3 python3-numpy python3-jinja2
+  # end-to-end tests of the server: curl, and Node.js for the official OpenAI SDK
+  curl
 )
+# Node.js: Debian's nodejs + npm, unless a node is already installed (e.g. from NodeSource).
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then PACKAGES+=(nodejs npm); fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -26,12 +30,18 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages are installed"
-  exit 0
+else
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  echo "install-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-SUDO=""
-if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-echo "install-deps: installing ${missing[*]}"
-$SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# The test clients' npm packages (pinned in tests/e2e/package-lock.json), when not yet there.
+e2e="$(cd "$(dirname "$0")/.." && pwd)/tests/e2e"
+if [ ! -d "$e2e/node_modules/openai" ]; then
+  echo "install-deps: npm ci in tests/e2e"
+  npm ci --prefix "$e2e" --no-audit --no-fund --loglevel=error
+fi
 echo "install-deps: done"

@@ -3,6 +3,8 @@
 #include <charconv>
 #include <cstdio>
 
+#include "tokenizer/open_tokenizer.h"
+
 namespace bw::cli {
 
 Result<std::vector<int32_t>> parse_id_list(const std::string& text) {
@@ -35,6 +37,24 @@ int report_error(const Status& status) {
     default:
       return 1;
   }
+}
+
+Result<std::optional<DType>> parse_weight_dtype(const std::string& s) {
+  if (s == "auto") return std::optional<DType>();
+  auto t = dtype_from_name(s);
+  if (!t || !is_float(*t)) return InvalidArgument("--dtype must be auto, f32, f16 or bf16, got '{}'", s);
+  return std::optional<DType>(*t);
+}
+
+// The model's tokenizer: from the GGUF itself, else from the model folder. Optional when
+// the prompt is given as ids (the output then has no text).
+Result<std::unique_ptr<Tokenizer>> model_tokenizer(const Checkpoint& checkpoint, const std::string& path) {
+  if (checkpoint.gguf() != nullptr) {
+    auto t = Tokenizer::from_gguf(*checkpoint.gguf());
+    if (!t.ok()) return t.status().with_context(path);
+    return std::move(*t);
+  }
+  return open_tokenizer(path);
 }
 
 }  // namespace bw::cli

@@ -13,5 +13,6 @@ using CommandRunner = std::function<int()>;
 CommandRunner register_generate(CLI::App& app);
 CommandRunner register_make_model(CLI::App& app);
 CommandRunner register_tokenize(CLI::App& app);
+CommandRunner register_serve(CLI::App& app);
 
 }  // namespace bw::cli

@@ -23,6 +23,8 @@ void add_engine_flags(CLI::App& app, EngineFlags* f) {
                  "When idle, wait this long for more requests before the first step")
       ->capture_default_str();
   app.add_option("--engine-seed", f->seed, "Seed for requests that give none")->capture_default_str();
+  // Hidden (empty group): a testing aid that slows every engine step.
+  app.add_option("--debug-step-delay-ms", f->debug_step_delay_ms)->group("");
 }
 
 Result<uint64_t> parse_byte_size(const std::string& text) {
@@ -78,6 +80,8 @@ Result<EngineConfig> engine_config_from_flags(const EngineFlags& f) {
   if (f.batch_window_ms < 0) return InvalidArgument("--batch-window-ms must be >= 0");
   config.batch_window = std::chrono::milliseconds(f.batch_window_ms);
   config.seed = f.seed;
+  if (f.debug_step_delay_ms < 0) return InvalidArgument("--debug-step-delay-ms must be >= 0");
+  config.debug_step_delay = std::chrono::milliseconds(f.debug_step_delay_ms);
   return config;
 }
 

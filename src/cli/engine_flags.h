@@ -23,6 +23,7 @@ struct EngineFlags {
   bool no_chunked_prefill = false;
   int64_t batch_window_ms = 0;
   uint64_t seed = 0;
+  int64_t debug_step_delay_ms = 0;
 };
 
 void add_engine_flags(CLI::App& app, EngineFlags* flags);

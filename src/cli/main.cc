@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
     CLI::App* sub = app.add_subcommand(name, help);
     commands.push_back({sub, reg(*sub)});
   };
+  add("serve", "Serve a model over an OpenAI-compatible HTTP API", &bw::cli::register_serve);
   add("generate", "Generate tokens from a prompt with a model on this machine", &bw::cli::register_generate);
   add("tokenize", "Turn text into token ids (or ids into text) with a model's tokenizer", &bw::cli::register_tokenize);
   add("make-model", "Write a random-weight model with the exact shapes of a real one", &bw::cli::register_make_model);

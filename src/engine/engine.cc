@@ -209,7 +209,10 @@ void Engine::loop() {
   for (;;) {
     if (!drain_inbox(/*wait_for_work=*/!scheduler_->has_unfinished_requests())) break;
     expire_deadlines(SteadyClock::now());
-    if (scheduler_->has_unfinished_requests()) step();
+    if (scheduler_->has_unfinished_requests()) {
+      step();
+      if (config_.debug_step_delay.count() > 0) std::this_thread::sleep_for(config_.debug_step_delay);
+    }
     deliver_events();
   }
   // Shutting down: everything still pending ends as aborted.

@@ -47,6 +47,9 @@ struct EngineConfig {
   std::chrono::milliseconds batch_window{0};
   int32_t max_pending_requests = 0;  // accepted but not done; 0 = unlimited
   uint64_t seed = 0;                 // draws the seeds of requests that set none
+  // Testing aid: sleep this long after every step, so tests can act on a request while it
+  // is still generating (drain, disconnect, queue limits). Never set in production.
+  std::chrono::milliseconds debug_step_delay{0};
   std::string model_name = "model";
 };
 

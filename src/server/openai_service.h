@@ -1,0 +1,89 @@
+// OpenAiService: the HTTP routes of `breakwater serve` — /v1/chat/completions,
+// /v1/completions, /v1/models, /health, /metrics — on top of an EngineClient.
+//
+// It parses and validates each body (openai_protocol.h), checks the API key and the model
+// name, renders the chat template, tokenizes, submits to the engine and answers with one
+// JSON body or an SSE stream; reasoning models' <think> text goes to reasoning_content.
+// A client that disconnects cancels its engine requests. Until attach() the service
+// answers 503 (the model is loading); after set_draining(true) too.
+//
+// Thread-safe: handle() runs on HTTP I/O threads, engine events arrive on the engine's
+// step-loop thread; per-request state is shared between them under its own mutex.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/logging.h"
+#include "engine/engine_client.h"
+#include "server/http_server.h"
+#include "server/metrics.h"
+#include "server/openai_protocol.h"
+#include "tokenizer/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bw::server {
+
+struct ServiceConfig {
+  std::string served_model_name = "model";
+  std::vector<std::string> api_keys;  // empty: no authentication
+  std::optional<double> default_timeout_seconds;
+  int32_t default_completion_max_tokens = 16;  // /v1/completions without max_tokens (OpenAI's default)
+  int retry_after_seconds = 1;                 // Retry-After of a 429
+};
+
+// What the service needs of the loaded model. The pointers must outlive the service.
+struct ServedModel {
+  EngineClient* engine = nullptr;
+  const Tokenizer* tokenizer = nullptr;       // required for text prompts and chat
+  std::optional<ChatTemplate> chat_template;  // none: chat requests get a 400
+};
+
+class OpenAiService {
+ public:
+  OpenAiService(ServiceConfig config, Logger logger);
+  ~OpenAiService();
+
+  // The model is loaded: requests are served from now on.
+  void attach(ServedModel model);
+  // Draining: /health and new API requests answer 503; in-flight ones finish.
+  void set_draining(bool draining);
+
+  // The HttpHandler of the server.
+  void handle(const HttpRequest& request, const std::shared_ptr<HttpResponder>& responder);
+  HttpHandler handler() {
+    return [this](const HttpRequest& r, const std::shared_ptr<HttpResponder>& w) { handle(r, w); };
+  }
+
+  // For /metrics: the HTTP connection count comes from the server.
+  void set_connection_counter(std::function<int()> counter) { connection_counter_ = std::move(counter); }
+  ServerMetrics& metrics() { return metrics_; }
+
+ private:
+  struct Generation;
+
+  void handle_generation(Endpoint endpoint, const HttpRequest& request,
+                         const std::shared_ptr<HttpResponder>& responder);
+  void handle_models(const std::shared_ptr<HttpResponder>& responder);
+  void send_error(const std::shared_ptr<HttpResponder>& responder, const std::string& route, const ApiError& error,
+                  HttpHeaders headers = {});
+  void send_json(const std::shared_ptr<HttpResponder>& responder, const std::string& route, int status,
+                 std::string body);
+  bool authorized(const HttpRequest& request) const;
+  // Renders the chat template and tokenizes; sets *opens_reasoning.
+  Result<std::vector<int32_t>> chat_prompt(const ParsedRequest& parsed, bool* opens_reasoning, ApiError* error) const;
+
+  ServiceConfig config_;
+  Logger logger_;
+  ServerMetrics metrics_;
+  std::function<int()> connection_counter_;
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> ready_{false};
+  ServedModel model_;  // set once by attach() before ready_
+  std::atomic<uint64_t> next_id_{1};
+};
+
+}  // namespace bw::server

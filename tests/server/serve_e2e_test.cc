@@ -1,0 +1,347 @@
+// `breakwater serve` end to end: the real binary on the real stories260K model, driven by
+// curl and by the official OpenAI SDK (tests/e2e, installed by scripts/install-deps.sh).
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <array>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "support/test_support.h"
+
+namespace bw {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;
+};
+
+CommandResult shell(const std::string& command) {
+  CommandResult r;
+  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
+  if (pipe == nullptr) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0)
+    r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// A `breakwater serve` child process on an ephemeral port.
+class ServerProcess {
+ public:
+  explicit ServerProcess(std::vector<std::string> args) {
+    int out[2];
+    if (pipe(out) != 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(out[1], STDOUT_FILENO);
+      close(out[0]);
+      close(out[1]);
+      std::vector<std::string> full = {BW_BREAKWATER_BIN, "serve", "--port", "0", "--log-level", "warn"};
+      full.insert(full.end(), args.begin(), args.end());
+      std::vector<char*> argv;
+      for (auto& a : full)
+        argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    close(out[1]);
+    stdout_fd_ = out[0];
+    // "breakwater: listening on http://127.0.0.1:PORT (loading ...)"
+    std::string line;
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+      pollfd p{stdout_fd_, POLLIN, 0};
+      if (poll(&p, 1, 100) <= 0) continue;
+      char c;
+      if (read(stdout_fd_, &c, 1) != 1) break;
+      line += c;
+    }
+    const size_t at = line.find("http://127.0.0.1:");
+    if (at != std::string::npos) port_ = std::stoi(line.substr(at + 17));
+  }
+  ~ServerProcess() {
+    if (pid_ > 0 && !exited_) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (stdout_fd_ >= 0) close(stdout_fd_);
+  }
+
+  int port() const { return port_; }
+  pid_t pid() const { return pid_; }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+  // Polls /health until it says 200.
+  bool wait_ready() const {
+    for (int i = 0; i < 300; ++i) {
+      if (shell("curl -s -o /dev/null -w '%{http_code}' " + url() + "/health").output == "200") return true;
+      std::this_thread::sleep_for(20ms);
+    }
+    return false;
+  }
+
+  // Sends `sig` and waits for the exit status (-1 on timeout).
+  int stop(int sig, std::chrono::seconds timeout = 30s) {
+    kill(pid_, sig);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(10ms);
+    }
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int stdout_fd_ = -1;
+  int port_ = 0;
+  bool exited_ = false;
+};
+
+struct HttpResult {
+  int status = 0;
+  std::string body;
+  std::string headers;
+};
+
+// curl with the status code on a last line of its own; headers in a temp file.
+HttpResult curl(const std::string& args) {
+  const std::string header_file =
+      std::filesystem::temp_directory_path() / ("bw-curl-" + std::to_string(getpid()) + "-" + std::to_string(rand()));
+  CommandResult r = shell("curl -sS -D " + header_file + " -w '\\n%{http_code}' " + args);
+  HttpResult h;
+  const size_t nl = r.output.rfind('\n');
+  if (nl != std::string::npos) {
+    h.status = std::atoi(r.output.c_str() + nl + 1);
+    h.body = r.output.substr(0, nl);
+  }
+  std::ifstream f(header_file);
+  h.headers.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  std::filesystem::remove(header_file);
+  return h;
+}
+
+std::string json_post(const std::string& url, const std::string& body, const std::string& key = "test-key") {
+  std::string quoted;
+  for (char c : body)
+    quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return "-H 'Content-Type: application/json' -H 'Authorization: Bearer " + key + "' -d '" + quoted + "' " + url;
+}
+
+class ServeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto model = test::testdata_file("models/stories260K.gguf");
+    if (!model) GTEST_SKIP() << "shared test data not found: models/stories260K.gguf (set BW_TESTDATA)";
+    model_ = model->string();
+    chat_template_ = (test::source_dir() / "tests/e2e/simple_chat.jinja").string();
+  }
+  std::string model_;
+  std::string chat_template_;
+};
+
+TEST_F(ServeTest, CurlEndpointsAndErrors) {
+  ServerProcess server({"--model", model_, "--served-model-name", "stories", "--api-key", "test-key", "--chat-template",
+                        chat_template_, "--max-body-bytes", "64KiB"});
+  ASSERT_GT(server.port(), 0);
+  ASSERT_TRUE(server.wait_ready());
+  const std::string v1 = server.url() + "/v1";
+
+  HttpResult models = curl("-H 'Authorization: Bearer test-key' " + v1 + "/models");
+  EXPECT_EQ(models.status, 200) << models.body;
+  EXPECT_EQ(nlohmann::json::parse(models.body)["data"][0]["id"], "stories");
+
+  HttpResult chat = curl(
+      json_post(v1 + "/chat/completions",
+                R"({"model":"stories","messages":[{"role":"user","content":"Once upon a time"}],"max_tokens":8})"));
+  ASSERT_EQ(chat.status, 200) << chat.body;
+  auto j = nlohmann::json::parse(chat.body);
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+  EXPECT_EQ(j["usage"]["completion_tokens"], 8);
+
+  // Streaming: role first, content deltas, finish_reason, usage chunk, [DONE].
+  HttpResult stream =
+      curl("-N " + json_post(v1 + "/completions", R"({"prompt":"Once upon a time","max_tokens":6,"stream":true,)"
+                                                  R"("stream_options":{"include_usage":true}})"));
+  ASSERT_EQ(stream.status, 200) << stream.body;
+  EXPECT_NE(stream.headers.find("text/event-stream"), std::string::npos) << stream.headers;
+  std::vector<nlohmann::json> chunks;
+  bool done = false;
+  std::istringstream lines(stream.body);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty()) continue;
+    ASSERT_EQ(line.rfind("data: ", 0), 0u) << line;
+    ASSERT_FALSE(done) << "data after [DONE]";
+    if (line == "data: [DONE]") {
+      done = true;
+      continue;
+    }
+    chunks.push_back(nlohmann::json::parse(line.substr(6)));
+  }
+  ASSERT_TRUE(done);
+  ASSERT_GE(chunks.size(), 3u);
+  EXPECT_EQ(chunks.back()["usage"]["completion_tokens"], 6);
+  EXPECT_EQ(chunks[chunks.size() - 2]["choices"][0]["finish_reason"], "length");
+
+  // Errors, each with an OpenAI error body.
+  auto expect_error = [](const HttpResult& r, int status, const std::string& needle) {
+    EXPECT_EQ(r.status, status) << r.body;
+    auto e = nlohmann::json::parse(r.body, nullptr, false);
+    ASSERT_FALSE(e.is_discarded()) << r.body;
+    ASSERT_TRUE(e.contains("error")) << r.body;
+    EXPECT_NE(e["error"]["message"].get<std::string>().find(needle), std::string::npos) << r.body;
+    EXPECT_TRUE(e["error"].contains("type") && e["error"].contains("param") && e["error"].contains("code"));
+  };
+  expect_error(curl(json_post(v1 + "/completions", "{not json")), 400, "JSON");
+  expect_error(curl(json_post(v1 + "/completions", R"({"prompt":"x","max_tokens":"many"})")), 400, "max_tokens");
+  expect_error(curl(json_post(v1 + "/completions", R"({"prompt":"x","temperature":9})")), 400, "temperature");
+  expect_error(curl(json_post(v1 + "/completions", R"({"prompt":"x"})", "wrong-key")), 401, "API key");
+  expect_error(curl(json_post(v1 + "/completions", R"({"model":"gpt-9","prompt":"x"})")), 404, "gpt-9");
+  expect_error(curl("-H 'Authorization: Bearer test-key' " + server.url() + "/v2/nothing"), 404, "no route");
+  const std::string big(70 * 1024, 'a');
+  expect_error(curl(json_post(v1 + "/completions", R"({"prompt":")" + big + R"("})")), 413, "");
+  std::string long_prompt = "[1";
+  for (int i = 0; i < 200; ++i)
+    long_prompt += ",403";
+  expect_error(curl(json_post(v1 + "/completions", R"({"prompt":)" + long_prompt + "]}")), 400, "context length");
+
+  HttpResult metrics = curl(server.url() + "/metrics");
+  EXPECT_EQ(metrics.status, 200);
+  for (const char* name : {"breakwater:num_requests_waiting", "breakwater:kv_cache_usage_perc",
+                           "breakwater:time_to_first_token_seconds_bucket", "breakwater:prefix_cache_hits_total",
+                           "breakwater:http_requests_total"}) {
+    EXPECT_NE(metrics.body.find(name), std::string::npos) << name;
+  }
+  EXPECT_EQ(server.stop(SIGTERM), 0);
+}
+
+TEST_F(ServeTest, ChatWithoutTemplateIsAClear400) {
+  ServerProcess server({"--model", model_});
+  ASSERT_TRUE(server.wait_ready());
+  HttpResult r =
+      curl(json_post(server.url() + "/v1/chat/completions", R"({"messages":[{"role":"user","content":"hi"}]})"));
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("--chat-template"), std::string::npos) << r.body;
+  EXPECT_EQ(server.stop(SIGINT), 0);
+}
+
+TEST_F(ServeTest, QueueFullGives429WithRetryAfter) {
+  ServerProcess server({"--model", model_, "--max-seqs", "1", "--max-queue", "0", "--debug-step-delay-ms", "10"});
+  ASSERT_TRUE(server.wait_ready());
+  // 24 concurrent requests of 100 tokens (a second each) against room for one.
+  const std::string body = R"({"prompt":"Once upon a time","max_tokens":100,"ignore_eos":true})";
+  std::string cmd = "for i in $(seq 24); do curl -s -o /dev/null -D - -w '%{http_code}\\n' " +
+                    json_post(server.url() + "/v1/completions", body) + " & done; wait";
+  CommandResult r = shell(cmd);
+  size_t ok = 0, limited = 0;
+  std::istringstream lines(r.output);
+  for (std::string line; std::getline(lines, line);) {
+    if (line == "200") ++ok;
+    if (line == "429") ++limited;
+  }
+  EXPECT_GE(ok, 1u) << r.output;
+  EXPECT_GE(limited, 1u) << r.output;
+  EXPECT_EQ(ok + limited, 24u) << r.output;
+  EXPECT_NE(r.output.find("Retry-After"), std::string::npos) << r.output;
+  EXPECT_EQ(server.stop(SIGTERM), 0);
+}
+
+TEST_F(ServeTest, OfficialOpenAiSdk) {
+  const auto sdk = test::source_dir() / "tests/e2e/node_modules/openai";
+  ASSERT_TRUE(std::filesystem::exists(sdk))
+      << "the openai npm package is missing: run scripts/install-deps.sh (npm ci in tests/e2e)";
+  ServerProcess server({"--model", model_, "--served-model-name", "stories", "--api-key", "test-key", "--chat-template",
+                        chat_template_});
+  ASSERT_TRUE(server.wait_ready());
+  const std::string script = (test::source_dir() / "tests/e2e/openai_client_test.mjs").string();
+  CommandResult r = shell("BW_URL=" + server.url() + "/v1 BW_MODEL=stories BW_API_KEY=test-key node " + script);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("all checks passed"), std::string::npos) << r.output;
+  EXPECT_EQ(server.stop(SIGTERM), 0);
+}
+
+TEST_F(ServeTest, SigtermFinishesInFlightStreamsThenExitsZero) {
+  ServerProcess server({"--model", model_, "--shutdown-timeout", "20", "--debug-step-delay-ms", "10"});
+  ASSERT_TRUE(server.wait_ready());
+  // A long stream in the background, then SIGTERM while it runs.
+  const std::string out = std::filesystem::temp_directory_path() / ("bw-drain-" + std::to_string(getpid()));
+  const std::string body = R"({"prompt":"Once upon a time","max_tokens":120,"ignore_eos":true,"stream":true})";
+  shell("(curl -sN " + json_post(server.url() + "/v1/completions", body) + " > " + out + " &)");
+  std::this_thread::sleep_for(300ms);  // the stream needs about 1.2 s
+  EXPECT_EQ(server.stop(SIGTERM), 0);
+  std::this_thread::sleep_for(100ms);
+  std::ifstream f(out);
+  const std::string streamed((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  std::filesystem::remove(out);
+  EXPECT_NE(streamed.find("data: [DONE]"), std::string::npos) << streamed;
+  EXPECT_NE(streamed.find("\"finish_reason\":\"length\""), std::string::npos) << streamed;
+}
+
+// The issue's bounded load test: 2,000 idle keep-alive connections held while 500
+// concurrent streams complete with correct framing; the server's memory stays bounded.
+TEST_F(ServeTest, LoopbackLoad2000IdleConnectionsAnd500Streams) {
+  ServerProcess server({"--model", model_, "--io-threads", "2"});
+  ASSERT_TRUE(server.wait_ready());
+  const std::string script = (test::source_dir() / "tests/e2e/load_test.py").string();
+  CommandResult r = shell("python3 " + script + " --port " + std::to_string(server.port()) + " --pid " +
+                          std::to_string(server.pid()) + " --idle 2000 --streams 500 --max-tokens 16");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  // The summary is the last line.
+  std::string last = r.output.substr(0, r.output.find_last_not_of('\n') + 1);
+  last = last.substr(last.rfind('\n') == std::string::npos ? 0 : last.rfind('\n') + 1);
+  auto summary = nlohmann::json::parse(last, nullptr, false);
+  ASSERT_FALSE(summary.is_discarded()) << r.output;
+  EXPECT_EQ(summary["stream_errors"], 0) << r.output;
+  EXPECT_EQ(summary["idle_errors"], 0) << r.output;
+  const int64_t growth =
+      summary["rss_mib"]["after_streams"].get<int64_t>() - summary["rss_mib"]["start"].get<int64_t>();
+  EXPECT_LT(growth, 512) << "server memory grew by " << growth << " MiB: " << r.output;
+  std::printf("load test: %s\n", summary.dump().c_str());
+  EXPECT_EQ(server.stop(SIGTERM), 0);
+}
+
+TEST_F(ServeTest, ClientDisconnectCancelsTheRequest) {
+  ServerProcess server({"--model", model_, "--served-model-name", "stories", "--debug-step-delay-ms", "10"});
+  ASSERT_TRUE(server.wait_ready());
+  // A non-streamed request of about a second; the client gives up after 0.3 s.
+  const std::string body = R"({"prompt":"Once upon a time","max_tokens":100,"ignore_eos":true})";
+  CommandResult r = shell("curl -s --max-time 0.3 " + json_post(server.url() + "/v1/completions", body));
+  EXPECT_NE(r.exit_code, 0);  // curl timed out
+  std::string metrics;
+  for (int i = 0; i < 100; ++i) {
+    metrics = curl(server.url() + "/metrics").body;
+    if (metrics.find(R"(finished_reason="abort"} 1)") != std::string::npos) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_NE(metrics.find(R"(finished_reason="abort"} 1)"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find(R"(breakwater:num_requests_running{model_name="stories"} 0)"), std::string::npos) << metrics;
+  EXPECT_EQ(server.stop(SIGTERM), 0);
+}
+
+}  // namespace
+}  // namespace bw
