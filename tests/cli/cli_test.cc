@@ -14,24 +14,9 @@
 namespace bw {
 namespace {
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr
-};
+using test::CommandResult;
 
-CommandResult run(const std::string& args) {
-  const std::string cmd = std::string(BW_BREAKWATER_BIN) + " " + args + " 2>&1";
-  CommandResult r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (pipe == nullptr) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0)
-    r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+CommandResult run(const std::string& args) { return test::run_shell(std::string(BW_BREAKWATER_BIN) + " " + args); }
 
 TEST(CliTest, MakeModelThenGenerateJson) {
   test::TempDir tmp;

@@ -26,23 +26,9 @@ namespace {
 
 using namespace std::chrono_literals;
 
-struct CommandResult {
-  int exit_code = -1;
-  std::string output;
-};
+using test::CommandResult;
 
-CommandResult shell(const std::string& command) {
-  CommandResult r;
-  FILE* pipe = popen((command + " 2>&1").c_str(), "r");
-  if (pipe == nullptr) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0)
-    r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+CommandResult shell(const std::string& command) { return test::run_shell(command); }
 
 // A `breakwater serve` child process on an ephemeral port.
 class ServerProcess {

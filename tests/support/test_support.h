@@ -38,6 +38,14 @@ std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, floa
 // Root of the source tree (for committed fixtures).
 std::filesystem::path source_dir();
 
+// Runs `command` in /bin/sh with stderr folded into stdout; the exit code (-1 when the
+// command did not exit normally) and everything it printed.
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;
+};
+CommandResult run_shell(const std::string& command);
+
 // A gtest-safe name ("tiny-llama-256.q4_k" -> "tiny_llama_256_q4_k").
 std::string sanitize_test_name(std::string name);
 
