@@ -118,12 +118,14 @@ struct OpenAiService::Generation {
     if (++num_done == num_prompts) finish();
   }
 
-  // All engine requests are done (mutex held).
+  // All engine requests are done (mutex held). Metrics are recorded before the response
+  // ends: once the client has its answer, nothing here touches the service any more.
   void finish() {
     if (responded) return;
     responded = true;
     if (!error.ok()) {
       const ApiError api = api_error_from_status(error);
+      service->metrics_.record_request(route, stream ? 200 : api.http_status);
       if (stream) {
         responder->write("data: " + error_body(api) + "\n\n");
         responder->write(std::string(kStreamDone));
@@ -131,14 +133,13 @@ struct OpenAiService::Generation {
       } else {
         responder->send(api.http_status, kJsonHeaders, error_body(api));
       }
-      service->metrics_.record_request(route, stream ? 200 : api.http_status);
       return;
     }
+    service->metrics_.record_request(route, 200);
     if (stream) {
       if (include_usage) responder->write(usage_chunk_event(meta, endpoint, usage));
       responder->write(std::string(kStreamDone));
       responder->end();
-      service->metrics_.record_request(route, 200);
       return;
     }
     if (!echo.empty()) {
@@ -148,7 +149,6 @@ struct OpenAiService::Generation {
     std::string body = endpoint == Endpoint::kChatCompletions ? chat_completion_body(meta, choices, usage, token_text)
                                                               : completion_body(meta, choices, usage, token_text);
     responder->send(200, kJsonHeaders, std::move(body));
-    service->metrics_.record_request(route, 200);
   }
 };
 

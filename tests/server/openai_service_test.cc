@@ -28,9 +28,12 @@ class FakeEngine final : public EngineClient {
     info_.vocab_size = 151936;
     info_.max_model_len = 4096;
   }
-  ~FakeEngine() override {
-    for (auto& t : threads_)
-      t.join();
+  ~FakeEngine() override { join(); }
+  // Waits for every scripted request to finish (call before the service goes away).
+  void join() {
+    for (auto& t : threads_) {
+      if (t.joinable()) t.join();
+    }
   }
 
   Result<RequestId> submit(GenerationRequest request, EventSink sink) override {
@@ -203,6 +206,7 @@ TEST_F(OpenAiServiceTest, DeepSeekR1ReasoningGoesToReasoningContent) {
   EXPECT_EQ(prompt.substr(prompt.size() - 8), "<think>\n") << prompt;
   EXPECT_EQ(sent.sampling.temperature, 0.0f);
   EXPECT_EQ(sent.stop.max_tokens, 4096 - static_cast<int32_t>(sent.prompt_ids.size()));
+  engine.join();
 }
 
 TEST_F(OpenAiServiceTest, StreamedReasoningDeltasThenContent) {
@@ -246,6 +250,7 @@ TEST_F(OpenAiServiceTest, StreamedReasoningDeltasThenContent) {
   EXPECT_EQ(content, "The answer is 4.");
   EXPECT_EQ(finishes, std::vector<std::string>{"stop"});
   EXPECT_EQ(usage["completion_tokens"], 4);
+  engine.join();
 }
 
 TEST_F(OpenAiServiceTest, CompletionsFanOutPromptsAndChoices) {
@@ -262,6 +267,7 @@ TEST_F(OpenAiServiceTest, CompletionsFanOutPromptsAndChoices) {
   ASSERT_EQ(engine.submitted().size(), 2u);
   EXPECT_EQ(engine.submitted()[0].n, 2);
   EXPECT_EQ(engine.submitted()[0].stop.max_tokens, 5);
+  engine.join();
 }
 
 TEST_F(OpenAiServiceTest, QueueFullIs429WithRetryAfterAndAuthIsChecked) {
@@ -276,6 +282,7 @@ TEST_F(OpenAiServiceTest, QueueFullIs429WithRetryAfterAndAuthIsChecked) {
   auto unauthorized = post(*service, "/v1/completions", R"({"prompt":"hi"})", {{"authorization", "Bearer nope"}});
   EXPECT_EQ(unauthorized->status(), 401);
   EXPECT_EQ(nlohmann::json::parse(unauthorized->body())["error"]["code"], "invalid_api_key");
+  engine.join();
 }
 
 TEST_F(OpenAiServiceTest, HealthIs503UntilAttachedAndWhileDraining) {
