@@ -7,6 +7,8 @@ find_package(CLI11 REQUIRED)
 find_package(Boost 1.74 REQUIRED)  # header-only: Asio and Beast for the HTTP server
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
+pkg_check_modules(HIREDIS REQUIRED IMPORTED_TARGET hiredis)  # response cache L2, Redis Streams job store
+find_package(SQLite3 REQUIRED)  # embedded job store
 if(BW_BUILD_TESTS)
   find_package(GTest REQUIRED)
   include(GoogleTest)

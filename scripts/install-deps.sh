@@ -11,12 +11,15 @@ PACKAGES=(
   clang clang-format clang-tidy libclang-rt-14-dev
   # libraries
   libfmt-dev libspdlog-dev nlohmann-json3-dev libcli11-dev libpcre2-dev libboost-dev
+  libhiredis-dev libsqlite3-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   # fixture scripts and reference checks
   python3 python3-numpy python3-jinja2
   # end-to-end tests of the server: curl, and Node.js for the official OpenAI SDK
   curl
+  # the response cache and job queue run against a real Redis in tests; Locust load tests
+  redis-server python3-locust
 )
 # Node.js: Debian's nodejs + npm, unless a node is already installed (e.g. from NodeSource).
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then PACKAGES+=(nodejs npm); fi
