@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tokenizer/pre_tokenizer.h"
+#include "tokenizer/text_util.h"
 #include "tokenizer/unicode.h"
 
 namespace bw {
@@ -101,25 +102,6 @@ std::optional<int64_t> token_id(const json& v) {
 Status bad_id(const json& v, std::string_view file, std::string_view path) {
   if (!v.is_number_integer()) return wrong_type(file, path, "a token id (an integer)", v);
   return DataLoss("{}: {} = {} is not a token id (0 to {})", file, path, v.dump(), kMaxVocabSize - 1);
-}
-
-std::string replace_all(std::string_view text, std::string_view from, std::string_view to) {
-  std::string out;
-  out.reserve(text.size());
-  size_t pos = 0;
-  for (size_t hit; (hit = text.find(from, pos)) != std::string_view::npos; pos = hit + from.size()) {
-    out.append(text.substr(pos, hit - pos));
-    out.append(to);
-  }
-  out.append(text.substr(pos));
-  return out;
-}
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
 }
 
 // --- Pre-tokenizer ------------------------------------------------------------------------
