@@ -130,7 +130,8 @@ class Backend {
   virtual Status embedding(TensorView out, const TensorView& table, const TensorView& ids) = 0;
 
   // out = x @ w^T (+ bias). x [M, K] activations, w [N, K] (f32/f16/bf16), bias [N] or empty
-  // view, out [M, N]. Accumulates in f32.
+  // view, out [M, N] in the activation dtype or f32 (the LM head writes f32 logits).
+  // Accumulates in f32.
   virtual Status matmul(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias) = 0;
 
   // out = x / sqrt(mean(x^2) + eps) * weight, per row. x, out [T, H]; weight [H].

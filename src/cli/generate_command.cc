@@ -83,8 +83,10 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
   if (args.temperature < 0) return InvalidArgument("--temperature must be >= 0");
 
   const auto load_start = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, create_backend(args.device, args.threads));
   ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::open(args.model));
+  // The CUDA backend computes in f32 for f32 weights and in bf16 otherwise.
+  ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
+                   create_backend(args.device, args.threads, weight_dtype.value_or(checkpoint.config().weight_dtype)));
   log->info("{}: {}", args.model, checkpoint.config().summary());
   std::unique_ptr<Tokenizer> tokenizer;
   if (auto t = model_tokenizer(checkpoint, args.model); t.ok()) {

@@ -45,7 +45,8 @@ Result<std::vector<float>> run_step(CausalLM& model, Backend& backend, std::span
                                static_cast<int32_t>(cache.storage.block_size()), all_logits));
   const int64_t vocab = model.config().vocab_size;
   const int64_t rows = inputs.num_logits_rows();
-  const DType act = backend.activation_dtype();
+  // Logits are always f32 (the LM head writes f32 even from bf16 activations).
+  const DType act = DType::kF32;
   ASSIGN_OR_RETURN(DeviceBuffer logits_buf, backend.allocate(*dtype_bytes(act, static_cast<uint64_t>(rows * vocab))));
   TensorView logits = logits_buf.view(act, {rows, vocab});
   RETURN_IF_ERROR(model.forward(inputs.input(), cache.storage.layers(), logits));

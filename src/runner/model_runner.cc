@@ -34,7 +34,8 @@ Result<RunnerOutput> ModelRunner::execute(const SchedulerOutput& output) {
     if (seq.sample) result.request_ids.push_back(seq.request_id);
   }
   const int64_t rows = inputs_.num_logits_rows();
-  const DType act = backend_.activation_dtype();
+  // Logits are always f32 (the LM head writes f32 even from bf16 activations).
+  const DType act = DType::kF32;
   const uint64_t bytes = *dtype_bytes(act, static_cast<uint64_t>(std::max<int64_t>(rows, 1) * result.vocab_size));
   if (logits_buffer_.size() < bytes) {
     ASSIGN_OR_RETURN(logits_buffer_, backend_.allocate(bytes));

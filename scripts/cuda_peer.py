@@ -1,0 +1,46 @@
+# Same-run peer numbers: D2D copy bandwidth, bf16 GEMM peak, SDPA prefill attention,
+# transformers generate (random-weight Qwen2 with DeepSeek-R1-Distill-Qwen-1.5B shapes).
+import time, torch
+torch.manual_seed(0)
+dev = "cuda"
+def bench(fn, iters=20):
+    for _ in range(3): fn()
+    torch.cuda.synchronize()
+    s = torch.cuda.Event(enable_timing=True); e = torch.cuda.Event(enable_timing=True)
+    ts = []
+    for _ in range(iters):
+        s.record(); fn(); e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e))
+    ts.sort(); return ts[len(ts)//2] / 1e3
+a = torch.randn(1 << 30, device=dev, dtype=torch.bfloat16)  # 2 GiB
+b = torch.empty_like(a)
+t = bench(lambda: b.copy_(a))
+print(f"d2d copy: {2 * a.numel() * 2 / t / 1e12:.2f} TB/s (read+write)")
+del a, b
+x = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16); y = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+t = bench(lambda: x @ y)
+print(f"bf16 gemm 8192^3: {2 * 8192**3 / t / 1e12:.0f} TFLOP/s")
+x = torch.randn(2048, 3584, device=dev, dtype=torch.bfloat16); w = torch.randn(18944 * 2, 3584, device=dev, dtype=torch.bfloat16)
+t = bench(lambda: x @ w.t())
+print(f"bf16 gemm 2048x37888x3584 (7B gate_up): {2 * 2048 * 37888 * 3584 / t / 1e12:.0f} TFLOP/s")
+import torch.nn.functional as F
+for hq, hkv in [(12, 2), (28, 4)]:
+    q = torch.randn(1, hq, 2048, 128, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(1, hkv, 2048, 128, device=dev, dtype=torch.bfloat16); v = torch.randn_like(k)
+    t = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+    print(f"sdpa causal T=2048 hq={hq} hkv={hkv} d=128: {t * 1e6:.0f} us ({4 * 2048 * 2048 / 2 * hq * 128 / t / 1e12:.0f} TFLOP/s)")
+try:
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    cfg = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                      num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False)
+    with torch.device(dev):
+        model = Qwen2ForCausalLM(cfg).to(torch.bfloat16).eval()
+    ids = torch.randint(0, 151936, (1, 512), device=dev)
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+        torch.cuda.synchronize(); t0 = time.time()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False); torch.cuda.synchronize(); t1 = time.time()
+        model.generate(ids, max_new_tokens=129, min_new_tokens=129, do_sample=False); torch.cuda.synchronize(); t2 = time.time()
+    dec = (t2 - t1) - (t1 - t0)
+    print(f"transformers generate 1.5B shape bf16, prompt 512: prefill {512 / (t1 - t0):.0f} tok/s, decode {128 / dec:.1f} tok/s")
+except Exception as ex:  # noqa
+    print("transformers peer failed:", ex)

@@ -1,0 +1,717 @@
+#include "backend/cuda/cuda_backend.h"
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <tuple>
+#include <utility>
+
+#include "backend/cuda/cuda_kernels.h"
+#include "backend/rope.h"
+
+namespace bw {
+
+namespace {
+
+using cuda::ElemType;
+
+constexpr int64_t kGemvMaxM = 16;
+constexpr size_t kLtWorkspaceBytes = size_t{32} << 20;
+constexpr size_t kMinAllocation = 256;
+
+#define BW_CUDA_TRY(call)                                                                          \
+  do {                                                                                             \
+    const cudaError_t bw_err_ = (call);                                                            \
+    if (bw_err_ != cudaSuccess) return fail(static_cast<int>(bw_err_), #call, __FILE__, __LINE__); \
+  } while (0)
+
+std::string describe(const TensorView& t) { return t.shape.to_string() + " " + std::string(dtype_name(t.dtype)); }
+
+bool is_act(DType t) { return t == DType::kF32 || t == DType::kBF16; }
+
+ElemType elem(DType t) {
+  switch (t) {
+    case DType::kF16:
+      return ElemType::kF16;
+    case DType::kBF16:
+      return ElemType::kBF16;
+    default:
+      return ElemType::kF32;
+  }
+}
+
+cudaDataType_t cuda_type(DType t) {
+  switch (t) {
+    case DType::kF16:
+      return CUDA_R_16F;
+    case DType::kBF16:
+      return CUDA_R_16BF;
+    default:
+      return CUDA_R_32F;
+  }
+}
+
+Status expect_act(std::string_view op, std::string_view name, const TensorView& t, int rank) {
+  if (!is_act(t.dtype)) return InvalidArgument("{}: {} {} must be f32 or bf16", op, name, describe(t));
+  if (t.rank() != rank) return InvalidArgument("{}: {} {} must have rank {}", op, name, describe(t), rank);
+  for (int i = 0; i < rank; ++i) {
+    if (t.dim(i) < 0) return InvalidArgument("{}: {} {} has a negative dimension", op, name, describe(t));
+  }
+  if (t.data == nullptr && t.numel() > 0) return InvalidArgument("{}: {} {} has no data", op, name, describe(t));
+  return OkStatus();
+}
+
+Status expect_storage(std::string_view op, std::string_view name, const TensorView& t, int rank) {
+  if (!is_float(t.dtype)) return InvalidArgument("{}: {} {} must be f32, f16 or bf16", op, name, describe(t));
+  if (t.rank() != rank) return InvalidArgument("{}: {} {} must have rank {}", op, name, describe(t), rank);
+  for (int i = 0; i < rank; ++i) {
+    if (t.dim(i) < 0) return InvalidArgument("{}: {} {} has a negative dimension", op, name, describe(t));
+  }
+  if (t.data == nullptr && t.numel() > 0) return InvalidArgument("{}: {} {} has no data", op, name, describe(t));
+  return OkStatus();
+}
+
+Status expect_i32(std::string_view op, std::string_view name, const TensorView& t, int64_t n) {
+  if (t.dtype != DType::kI32 || t.rank() != 1 || t.dim(0) != n) {
+    return InvalidArgument("{}: {} {} must be [{}] i32", op, name, describe(t), n);
+  }
+  if (t.data == nullptr && n > 0) return InvalidArgument("{}: {} has no data", op, name);
+  return OkStatus();
+}
+
+bool overlaps(const TensorView& a, const TensorView& b) {
+  if (a.data == nullptr || b.data == nullptr) return false;
+  const auto a0 = reinterpret_cast<uintptr_t>(a.data);
+  const auto b0 = reinterpret_cast<uintptr_t>(b.data);
+  const uint64_t an = a.nbytes(), bn = b.nbytes();
+  if (an == 0 || bn == 0) return false;
+  return a0 < b0 + bn && b0 < a0 + an;
+}
+
+// The checks rope_write_kv and paged_attention share.
+struct AttnDims {
+  int64_t num_tokens = 0;
+  int64_t qkv_width = 0;
+  int64_t num_blocks = 0;
+  int64_t block_size = 0;
+};
+
+Status check_attention(std::string_view op, const TensorView& qkv, const AttentionParams& attn,
+                       const KvCacheLayer& cache, AttnDims* d) {
+  if (attn.num_heads <= 0 || attn.num_kv_heads <= 0 || attn.head_dim <= 0) {
+    return InvalidArgument("{}: num_heads {}, num_kv_heads {} and head_dim {} must be positive", op, attn.num_heads,
+                           attn.num_kv_heads, attn.head_dim);
+  }
+  if (attn.num_heads % attn.num_kv_heads != 0) {
+    return InvalidArgument("{}: num_heads {} is not a multiple of num_kv_heads {}", op, attn.num_heads,
+                           attn.num_kv_heads);
+  }
+  if (attn.head_dim > cuda::kAttentionMaxHeadDim) {
+    return InvalidArgument("{}: head_dim {} is larger than the CUDA kernels' {}", op, attn.head_dim,
+                           cuda::kAttentionMaxHeadDim);
+  }
+  RETURN_IF_ERROR(expect_act(op, "qkv", qkv, 2));
+  d->qkv_width = static_cast<int64_t>(attn.num_heads + 2 * attn.num_kv_heads) * attn.head_dim;
+  if (qkv.dim(1) != d->qkv_width) {
+    return InvalidArgument("{}: qkv {} must have (num_heads {} + 2 * num_kv_heads {}) * head_dim {} = {} columns", op,
+                           qkv.shape.to_string(), attn.num_heads, attn.num_kv_heads, attn.head_dim, d->qkv_width);
+  }
+  d->num_tokens = qkv.dim(0);
+  RETURN_IF_ERROR(expect_storage(op, "cache.k", cache.k, 4));
+  RETURN_IF_ERROR(expect_storage(op, "cache.v", cache.v, 4));
+  if (cache.v.dtype != cache.k.dtype || !(cache.v.shape == cache.k.shape)) {
+    return InvalidArgument("{}: cache.k {} and cache.v {} must have the same shape and dtype", op, describe(cache.k),
+                           describe(cache.v));
+  }
+  if (cache.k.dim(2) != attn.num_kv_heads || cache.k.dim(3) != attn.head_dim || cache.k.dim(1) <= 0) {
+    return InvalidArgument("{}: cache.k {} must be [num_blocks, block_size > 0, num_kv_heads {}, head_dim {}]", op,
+                           cache.k.shape.to_string(), attn.num_kv_heads, attn.head_dim);
+  }
+  d->num_blocks = cache.k.dim(0);
+  d->block_size = cache.k.dim(1);
+  if (overlaps(qkv, cache.k) || overlaps(qkv, cache.v)) {
+    return InvalidArgument("{}: qkv {} must not overlap the cache", op, describe(qkv));
+  }
+  return OkStatus();
+}
+
+Status check_norm(std::string_view op, const TensorView& out, const TensorView& x, const TensorView& weight) {
+  RETURN_IF_ERROR(expect_act(op, "x", x, 2));
+  if (out.dtype != x.dtype || !(out.shape == x.shape)) {
+    return InvalidArgument("{}: out {} and x {} must have the same shape and dtype", op, describe(out), describe(x));
+  }
+  if (out.data == nullptr && out.numel() > 0) return InvalidArgument("{}: out has no data", op);
+  RETURN_IF_ERROR(expect_storage(op, "weight", weight, 1));
+  if (weight.dim(0) != x.dim(1)) {
+    return InvalidArgument("{}: weight {} must be [{}] for x {}", op, weight.shape.to_string(), x.dim(1),
+                           x.shape.to_string());
+  }
+  return OkStatus();
+}
+
+const char* kernel_error_text(int code) {
+  switch (code) {
+    case cuda::kBadTokenId:
+      return "embedding: an id is outside the table's rows";
+    case cuda::kBadSlot:
+      return "rope_write_kv: a meta.slot_mapping entry is outside [-1, num_slots)";
+    case cuda::kBadBlockId:
+      return "paged_attention: a block_tables entry is outside the cache's blocks";
+    case cuda::kBadSequence:
+      return "paged_attention: a sequence has kv_lens < its query tokens, or more blocks than block_tables has "
+             "columns, or query_start does not cover the tokens";
+    case cuda::kBadPosition:
+      return "rope_write_kv: a meta.positions entry is negative";
+    default:
+      return "a kernel reported an unknown error";
+  }
+}
+
+}  // namespace
+
+// One cuBLASLt plan (descriptors + the heuristic's algorithm) per problem shape.
+struct CudaBackend::LtCache {
+  struct Plan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+    bool ok = false;
+  };
+  using Key = std::tuple<int64_t, int64_t, int64_t, int, int, bool>;  // M, N, K, x/w dtype, out dtype, bias
+  std::map<Key, Plan> plans;
+  ~LtCache() {
+    for (auto& [key, p] : plans) {
+      if (p.op != nullptr) cublasLtMatmulDescDestroy(p.op);
+      if (p.a != nullptr) cublasLtMatrixLayoutDestroy(p.a);
+      if (p.b != nullptr) cublasLtMatrixLayoutDestroy(p.b);
+      if (p.c != nullptr) cublasLtMatrixLayoutDestroy(p.c);
+    }
+  }
+};
+
+struct CudaBackend::Profile {
+  using Clock = std::chrono::steady_clock;
+  std::map<std::string, std::pair<double, int64_t>> ops;  // name -> seconds, calls
+  double gap_seconds = 0.0;                               // between ops: host work, copies, waiting for the caller
+  Clock::time_point last_end;
+  bool has_last = false;
+
+  void print() const {
+    std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(ops.begin(), ops.end());
+    std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
+    double total = gap_seconds;
+    for (const auto& r : rows)
+      total += r.second.first;
+    std::fprintf(stderr, "cuda profile (synchronized per op): %.3f s in ops and gaps\n", total);
+    std::fprintf(stderr, "  %10.3f ms  %8s  %s\n", gap_seconds * 1e3, "-", "gaps between ops (host, copies)");
+    for (const auto& [name, v] : rows) {
+      std::fprintf(stderr, "  %10.3f ms  %8lld  %-40s %9.1f us/call\n", v.first * 1e3, static_cast<long long>(v.second),
+                   name.c_str(), v.first * 1e6 / static_cast<double>(v.second));
+    }
+  }
+};
+
+// Brackets one op with stream syncs when profiling (a no-op otherwise).
+class ProfiledOp {
+ public:
+  template <typename NameFn>
+  ProfiledOp(CudaBackend* backend, NameFn&& name) {
+    if (backend->profile_ == nullptr) return;
+    backend_ = backend;
+    name_ = name();
+    cudaStreamSynchronize(backend_->stream_);
+    start_ = CudaBackend::Profile::Clock::now();
+    if (backend_->profile_->has_last) {
+      backend_->profile_->gap_seconds += std::chrono::duration<double>(start_ - backend_->profile_->last_end).count();
+    }
+  }
+  ~ProfiledOp() {
+    if (backend_ == nullptr) return;
+    cudaStreamSynchronize(backend_->stream_);
+    const auto end = CudaBackend::Profile::Clock::now();
+    auto& entry = backend_->profile_->ops[name_];
+    entry.first += std::chrono::duration<double>(end - start_).count();
+    entry.second += 1;
+    backend_->profile_->last_end = end;
+    backend_->profile_->has_last = true;
+  }
+  ProfiledOp(const ProfiledOp&) = delete;
+  ProfiledOp& operator=(const ProfiledOp&) = delete;
+
+ private:
+  CudaBackend* backend_ = nullptr;
+  std::string name_;
+  CudaBackend::Profile::Clock::time_point start_;
+};
+
+namespace {
+
+// "1", "2-16", "17-256", ... : row counts grouped for the profile.
+std::string rows_bucket(int64_t m) {
+  if (m <= 1) return "1";
+  int64_t hi = 16;
+  while (hi < m)
+    hi *= 16;
+  return fmt::format("{}-{}", hi == 16 ? 2 : hi / 16 + 1, hi);
+}
+
+}  // namespace
+
+CudaBackend::CudaBackend(const CudaBackendOptions& options) : options_(options) {
+  const char* env = std::getenv("BW_CUDA_PROFILE");
+  if (env != nullptr && std::string(env) == "1") profile_ = std::make_unique<Profile>();
+}
+
+CudaBackend::~CudaBackend() {
+  if (profile_ != nullptr) profile_->print();
+  if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+  lt_cache_.reset();
+  if (lt_ != nullptr) cublasLtDestroy(lt_);
+  if (lt_workspace_ != nullptr) cudaFree(lt_workspace_);
+  if (inv_freq_dev_ != nullptr) cudaFreeAsync(inv_freq_dev_, stream_);
+  if (attn_ws_ != nullptr) cudaFreeAsync(attn_ws_, stream_);
+  if (stream_ != nullptr) {
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
+  if (error_flag_ != nullptr) cudaFreeHost(error_flag_);
+}
+
+Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const CudaBackendOptions& options) {
+  if (options.activation_dtype != DType::kF32 && options.activation_dtype != DType::kBF16) {
+    return InvalidArgument("cuda: activation dtype must be f32 or bf16, got {}", dtype_name(options.activation_dtype));
+  }
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0) {
+    return Unavailable("cuda: no CUDA device is available ({}); use --device cpu",
+                       err != cudaSuccess ? cudaGetErrorString(err) : "0 devices");
+  }
+  if (options.device < 0 || options.device >= count) {
+    return Unavailable("cuda: device {} does not exist ({} device{} visible); use --device cpu or cuda:0",
+                       options.device, count, count == 1 ? "" : "s");
+  }
+  std::unique_ptr<CudaBackend> backend(new CudaBackend(options));
+  RETURN_IF_ERROR(backend->init());
+  return backend;
+}
+
+Status CudaBackend::init() {
+  BW_CUDA_TRY(cudaSetDevice(options_.device));
+  cudaDeviceProp prop{};
+  BW_CUDA_TRY(cudaGetDeviceProperties(&prop, options_.device));
+  device_name_ = prop.name;
+  num_sms_ = prop.multiProcessorCount;
+  cudaStream_t stream = nullptr;
+  BW_CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  stream_ = stream;
+  // Keep freed memory in the pool instead of returning it to the driver at each sync.
+  cudaMemPool_t pool = nullptr;
+  BW_CUDA_TRY(cudaDeviceGetDefaultMemPool(&pool, options_.device));
+  uint64_t threshold = UINT64_MAX;
+  BW_CUDA_TRY(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+  void* flag = nullptr;
+  BW_CUDA_TRY(cudaHostAlloc(&flag, sizeof(int), cudaHostAllocMapped));
+  error_flag_ = static_cast<int*>(flag);
+  *error_flag_ = 0;
+  cublasLtHandle_t lt = nullptr;
+  if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS) return Unavailable("cuda: cublasLtCreate failed");
+  lt_ = lt;
+  lt_cache_ = std::make_unique<LtCache>();
+  BW_CUDA_TRY(cudaMalloc(&lt_workspace_, kLtWorkspaceBytes));
+  lt_workspace_bytes_ = kLtWorkspaceBytes;
+  return OkStatus();
+}
+
+Status CudaBackend::fail(int cuda_error, const char* what, const char* file, int line) {
+  const auto err = static_cast<cudaError_t>(cuda_error);
+  Status s = err == cudaErrorMemoryAllocation
+                 ? ResourceExhausted("cuda: out of device memory in {} at {}:{}", what, file, line)
+                 : Internal("cuda: {} failed at {}:{}: {}", what, file, line, cudaGetErrorString(err));
+  // Allocation failures leave the context usable; anything else poisons it.
+  if (err != cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    if (sticky_.ok()) sticky_ = s;
+  }
+  return s;
+}
+
+Status CudaBackend::check_launch(int cuda_error, const char* op) {
+  if (cuda_error == cudaSuccess) return OkStatus();
+  return fail(cuda_error, op, __FILE__, __LINE__);
+}
+
+Status CudaBackend::take_kernel_error() {
+  const int code = __atomic_load_n(error_flag_, __ATOMIC_ACQUIRE);
+  if (code == cuda::kKernelOk) return OkStatus();
+  *error_flag_ = 0;
+  return InvalidArgument("cuda: {}", kernel_error_text(code));
+}
+
+Status CudaBackend::memory_info(uint64_t* free_bytes, uint64_t* total_bytes) const {
+  size_t f = 0, t = 0;
+  const cudaError_t err = cudaMemGetInfo(&f, &t);
+  if (err != cudaSuccess) return Internal("cuda: cudaMemGetInfo failed: {}", cudaGetErrorString(err));
+  *free_bytes = f;
+  *total_bytes = t;
+  return OkStatus();
+}
+
+// --- Memory --------------------------------------------------------------------------------
+
+Result<DeviceBuffer> CudaBackend::allocate(size_t bytes) {
+  RETURN_IF_ERROR(sticky_);
+  const size_t rounded = std::max(kMinAllocation, (bytes + kMinAllocation - 1) / kMinAllocation * kMinAllocation);
+  if (rounded < bytes) return ResourceExhausted("cuda: cannot allocate {} bytes", bytes);
+  void* data = nullptr;
+  const cudaError_t err = cudaMallocAsync(&data, rounded, stream_);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    uint64_t free_bytes = 0, total_bytes = 0;
+    (void)memory_info(&free_bytes, &total_bytes);
+    return ResourceExhausted("cuda: out of device memory allocating {} bytes ({} of {} bytes free): {}", bytes,
+                             free_bytes, total_bytes, cudaGetErrorString(err));
+  }
+  return DeviceBuffer(this, data, bytes);
+}
+
+void CudaBackend::free(void* data, size_t /*bytes*/) {
+  if (data != nullptr) cudaFreeAsync(data, stream_);
+}
+
+Status CudaBackend::copy_to_device(void* device_dst, const void* host_src, size_t bytes) {
+  RETURN_IF_ERROR(sticky_);
+  if (bytes == 0) return OkStatus();
+  if (device_dst == nullptr || host_src == nullptr) {
+    return InvalidArgument("cuda: copy_to_device of {} bytes with a null pointer", bytes);
+  }
+  BW_CUDA_TRY(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+  return OkStatus();
+}
+
+Status CudaBackend::copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
+  RETURN_IF_ERROR(sticky_);
+  if (bytes == 0) return OkStatus();
+  if (host_dst == nullptr || device_src == nullptr) {
+    return InvalidArgument("cuda: copy_to_host of {} bytes with a null pointer", bytes);
+  }
+  BW_CUDA_TRY(cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, stream_));
+  return synchronize();
+}
+
+Status CudaBackend::copy_on_device(void* device_dst, const void* device_src, size_t bytes) {
+  RETURN_IF_ERROR(sticky_);
+  if (bytes == 0) return OkStatus();
+  if (device_dst == nullptr || device_src == nullptr) {
+    return InvalidArgument("cuda: copy_on_device of {} bytes with a null pointer", bytes);
+  }
+  BW_CUDA_TRY(cudaMemcpyAsync(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  return OkStatus();
+}
+
+Status CudaBackend::synchronize() {
+  RETURN_IF_ERROR(sticky_);
+  BW_CUDA_TRY(cudaStreamSynchronize(stream_));
+  return take_kernel_error();
+}
+
+Status CudaBackend::ensure_scratch(void** buf, size_t* capacity, size_t bytes) {
+  if (*capacity >= bytes) return OkStatus();
+  const size_t want = std::max(bytes, *capacity * 2);
+  if (*buf != nullptr) BW_CUDA_TRY(cudaFreeAsync(*buf, stream_));
+  *buf = nullptr;
+  *capacity = 0;
+  BW_CUDA_TRY(cudaMallocAsync(buf, want, stream_));
+  *capacity = want;
+  return OkStatus();
+}
+
+// --- Ops ---------------------------------------------------------------------------------------
+
+Status CudaBackend::embedding(TensorView out, const TensorView& table, const TensorView& ids) {
+  ProfiledOp prof(this, [&] { return fmt::format("embedding m{}", rows_bucket(ids.numel())); });
+  constexpr std::string_view kOp = "embedding";
+  RETURN_IF_ERROR(sticky_);
+  RETURN_IF_ERROR(expect_storage(kOp, "table", table, 2));
+  if (ids.dtype != DType::kI32 || ids.rank() != 1) {
+    return InvalidArgument("embedding: ids {} must be [T] i32", describe(ids));
+  }
+  RETURN_IF_ERROR(expect_act(kOp, "out", out, 2));
+  const int64_t vocab = table.dim(0), h = table.dim(1), n = ids.dim(0);
+  if (out.dim(0) != n || out.dim(1) != h) {
+    return InvalidArgument("embedding: out {} must be [{}, {}] for ids {} and table {}", out.shape.to_string(), n, h,
+                           ids.shape.to_string(), table.shape.to_string());
+  }
+  if (ids.data == nullptr && n > 0) return InvalidArgument("embedding: ids has no data");
+  if (overlaps(out, table)) return InvalidArgument("embedding: out {} must not overlap table", describe(out));
+  return check_launch(cuda::launch_embedding(out.data, elem(out.dtype), table.data, elem(table.dtype), vocab, h,
+                                             ids.as<const int32_t>(), n, error_flag_, stream_),
+                      "embedding");
+}
+
+Status CudaBackend::matmul_lt(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias,
+                              bool* done) {
+  *done = false;
+  const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
+  // The bias is added by a separate kernel: cuBLASLt's bias epilogue ran 7x slower than
+  // the plain GEMM for the QKV shapes on an H200.
+  const bool has_bias = !bias.empty();
+  if (x.dtype != w.dtype) return OkStatus();
+  const LtCache::Key key{m, n, k, static_cast<int>(x.dtype), static_cast<int>(out.dtype), false};
+  auto it = lt_cache_->plans.find(key);
+  if (it == lt_cache_->plans.end()) {
+    LtCache::Plan p;
+    const cudaDataType_t t = cuda_type(x.dtype);
+    bool ok = cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS;
+    const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
+    ok = ok && cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)) ==
+                   CUBLAS_STATUS_SUCCESS;
+    ok = ok && cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)) ==
+                   CUBLAS_STATUS_SUCCESS;
+    // Column-major view: out^T [N, M] = w [K, N]^T @ x^T [K, M].
+    ok = ok && cublasLtMatrixLayoutCreate(&p.a, t, static_cast<uint64_t>(k), static_cast<uint64_t>(n), k) ==
+                   CUBLAS_STATUS_SUCCESS;
+    ok = ok && cublasLtMatrixLayoutCreate(&p.b, t, static_cast<uint64_t>(k), static_cast<uint64_t>(m), k) ==
+                   CUBLAS_STATUS_SUCCESS;
+    ok = ok && cublasLtMatrixLayoutCreate(&p.c, cuda_type(out.dtype), static_cast<uint64_t>(n),
+                                          static_cast<uint64_t>(m), n) == CUBLAS_STATUS_SUCCESS;
+    if (ok) {
+      cublasLtMatmulPreference_t pref = nullptr;
+      ok = cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS;
+      ok = ok &&
+           cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &lt_workspace_bytes_,
+                                                sizeof(lt_workspace_bytes_)) == CUBLAS_STATUS_SUCCESS;
+      cublasLtMatmulHeuristicResult_t result{};
+      int count = 0;
+      ok = ok &&
+           cublasLtMatmulAlgoGetHeuristic(lt_, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &count) ==
+               CUBLAS_STATUS_SUCCESS &&
+           count > 0;
+      if (pref != nullptr) cublasLtMatmulPreferenceDestroy(pref);
+      if (ok) p.algo = result.algo;
+    }
+    p.ok = ok;
+    it = lt_cache_->plans.emplace(key, p).first;
+  }
+  const LtCache::Plan& p = it->second;
+  if (!p.ok) return OkStatus();  // no cuBLASLt algorithm: the caller falls back to GEMV
+  const float alpha = 1.0f, beta = 0.0f;
+  const cublasStatus_t st = cublasLtMatmul(lt_, p.op, &alpha, w.data, p.a, x.data, p.b, &beta, out.data, p.c, out.data,
+                                           p.c, &p.algo, lt_workspace_, lt_workspace_bytes_, stream_);
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    return fail(static_cast<int>(cudaErrorLaunchFailure), "cublasLtMatmul", __FILE__, __LINE__);
+  }
+  *done = true;
+  RETURN_IF_ERROR(check_launch(static_cast<int>(cudaGetLastError()), "cublasLtMatmul"));
+  if (!has_bias) return OkStatus();
+  return check_launch(cuda::launch_add_bias(out.data, elem(out.dtype), bias.data, elem(bias.dtype), m, n, stream_),
+                      "matmul bias");
+}
+
+Status CudaBackend::matmul(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias) {
+  ProfiledOp prof(this, [&] {
+    const bool gemv = force_gemv_ || x.shape.rows() <= kGemvMaxM;
+    return fmt::format("matmul{} m{} n{} k{}", gemv ? "" : "(lt)", rows_bucket(x.shape.rows()), w.shape.rows(),
+                       w.shape.cols());
+  });
+  constexpr std::string_view kOp = "matmul";
+  RETURN_IF_ERROR(sticky_);
+  RETURN_IF_ERROR(expect_act(kOp, "x", x, 2));
+  RETURN_IF_ERROR(expect_storage(kOp, "w", w, 2));
+  RETURN_IF_ERROR(expect_act(kOp, "out", out, 2));
+  const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
+  if (w.dim(1) != k || out.dim(0) != m || out.dim(1) != n) {
+    return InvalidArgument("matmul: x {}, w {} and out {} do not fit out [M, N] = x [M, K] @ w [N, K]^T", describe(x),
+                           describe(w), describe(out));
+  }
+  if (out.dtype != x.dtype && out.dtype != DType::kF32) {
+    return InvalidArgument("matmul: out {} must be in x's dtype or f32 (x {})", describe(out), describe(x));
+  }
+  if (!bias.empty()) {
+    RETURN_IF_ERROR(expect_storage(kOp, "bias", bias, 1));
+    if (bias.dim(0) != n) return InvalidArgument("matmul: bias {} must be [{}]", describe(bias), n);
+  }
+  if (overlaps(out, x) || overlaps(out, w)) return InvalidArgument("matmul: out must not overlap x or w");
+  if (m == 0 || n == 0) return OkStatus();
+  if (m > kGemvMaxM && k > 0 && !force_gemv_) {
+    bool done = false;
+    RETURN_IF_ERROR(matmul_lt(out, x, w, bias, &done));
+    if (done) return OkStatus();
+  }
+  return check_launch(cuda::launch_gemv(out.data, elem(out.dtype), x.data, elem(x.dtype), w.data, elem(w.dtype),
+                                        bias.empty() ? nullptr : bias.data, elem(bias.dtype), m, n, k, stream_),
+                      "matmul (gemv)");
+}
+
+Status CudaBackend::rms_norm(TensorView out, const TensorView& x, const TensorView& weight, float eps) {
+  ProfiledOp prof(this, [&] { return fmt::format("rms_norm m{}", rows_bucket(x.shape.rows())); });
+  RETURN_IF_ERROR(sticky_);
+  RETURN_IF_ERROR(check_norm("rms_norm", out, x, weight));
+  return check_launch(cuda::launch_rms_norm(out.data, nullptr, x.data, elem(x.dtype), weight.data, elem(weight.dtype),
+                                            x.dim(0), x.dim(1), eps, stream_),
+                      "rms_norm");
+}
+
+Status CudaBackend::add_rms_norm(TensorView out, TensorView residual, const TensorView& x, const TensorView& weight,
+                                 float eps) {
+  ProfiledOp prof(this, [&] { return fmt::format("add_rms_norm m{}", rows_bucket(x.shape.rows())); });
+  RETURN_IF_ERROR(sticky_);
+  RETURN_IF_ERROR(check_norm("add_rms_norm", out, x, weight));
+  if (residual.dtype != x.dtype || !(residual.shape == x.shape) || (residual.data == nullptr && x.numel() > 0)) {
+    return InvalidArgument("add_rms_norm: residual {} must match x {}", describe(residual), describe(x));
+  }
+  if (overlaps(out, residual)) return InvalidArgument("add_rms_norm: out must not overlap residual");
+  return check_launch(cuda::launch_rms_norm(out.data, residual.data, x.data, elem(x.dtype), weight.data,
+                                            elem(weight.dtype), x.dim(0), x.dim(1), eps, stream_),
+                      "add_rms_norm");
+}
+
+Status CudaBackend::add(TensorView out, const TensorView& a, const TensorView& b) {
+  ProfiledOp prof(this, [] { return std::string("add"); });
+  RETURN_IF_ERROR(sticky_);
+  if (!is_act(a.dtype) || a.dtype != b.dtype || a.dtype != out.dtype || !(a.shape == b.shape) ||
+      !(out.shape == a.shape)) {
+    return InvalidArgument("add: out {}, a {} and b {} must have the same shape and an f32 or bf16 dtype",
+                           describe(out), describe(a), describe(b));
+  }
+  if (a.numel() > 0 && (a.data == nullptr || b.data == nullptr || out.data == nullptr)) {
+    return InvalidArgument("add: a tensor has no data");
+  }
+  return check_launch(cuda::launch_add(out.data, a.data, b.data, elem(a.dtype), a.numel(), stream_), "add");
+}
+
+Status CudaBackend::silu_mul(TensorView out, const TensorView& gate_up) {
+  ProfiledOp prof(this, [&] { return fmt::format("silu_mul m{}", rows_bucket(gate_up.shape.rows())); });
+  constexpr std::string_view kOp = "silu_mul";
+  RETURN_IF_ERROR(sticky_);
+  RETURN_IF_ERROR(expect_act(kOp, "gate_up", gate_up, 2));
+  RETURN_IF_ERROR(expect_act(kOp, "out", out, 2));
+  const int64_t rows = gate_up.dim(0), f = out.dim(1);
+  if (gate_up.dim(1) != 2 * f || out.dim(0) != rows || out.dtype != gate_up.dtype) {
+    return InvalidArgument("silu_mul: gate_up {} must be [T, 2F] for out {} = [T, F]", describe(gate_up),
+                           describe(out));
+  }
+  if (overlaps(out, gate_up)) return InvalidArgument("silu_mul: out must not overlap gate_up");
+  return check_launch(cuda::launch_silu_mul(out.data, gate_up.data, elem(out.dtype), rows, f, stream_), "silu_mul");
+}
+
+Status CudaBackend::rope_write_kv(TensorView qkv, const AttentionParams& attn, const RopeParams& rope,
+                                  const AttentionMetadata& meta, const KvCacheLayer& cache) {
+  ProfiledOp prof(this, [&] { return fmt::format("rope_write_kv m{}", rows_bucket(qkv.shape.rows())); });
+  constexpr std::string_view kOp = "rope_write_kv";
+  RETURN_IF_ERROR(sticky_);
+  AttnDims d;
+  RETURN_IF_ERROR(check_attention(kOp, qkv, attn, cache, &d));
+  if (rope.rotary_dim <= 0 || rope.rotary_dim % 2 != 0 || rope.rotary_dim > attn.head_dim) {
+    return InvalidArgument("rope_write_kv: rope.rotary_dim {} must be even and in [2, head_dim {}]", rope.rotary_dim,
+                           attn.head_dim);
+  }
+  if (!(rope.theta > 0.0f) || !std::isfinite(rope.theta)) {
+    return InvalidArgument("rope_write_kv: rope.theta {} must be positive", rope.theta);
+  }
+  if (rope.scaling.type != RopeScaling::Type::kNone && !(rope.scaling.factor > 0.0f)) {
+    return InvalidArgument("rope_write_kv: rope.scaling.factor {} must be positive", rope.scaling.factor);
+  }
+  if (rope.scaling.type == RopeScaling::Type::kLlama3 &&
+      !(rope.scaling.high_freq_factor > rope.scaling.low_freq_factor && rope.scaling.low_freq_factor > 0.0f &&
+        rope.scaling.original_max_position > 0)) {
+    return InvalidArgument("rope_write_kv: llama3 scaling needs high_freq_factor > low_freq_factor > 0");
+  }
+  RETURN_IF_ERROR(expect_i32(kOp, "meta.positions", meta.positions, d.num_tokens));
+  RETURN_IF_ERROR(expect_i32(kOp, "meta.slot_mapping", meta.slot_mapping, d.num_tokens));
+  if (d.num_tokens == 0) return OkStatus();
+
+  std::vector<float> inv_freq = rope_inv_freq(rope);
+  if (inv_freq != inv_freq_host_) {
+    RETURN_IF_ERROR(ensure_scratch(&inv_freq_dev_, &inv_freq_capacity_, inv_freq.size() * sizeof(float)));
+    BW_CUDA_TRY(cudaMemcpyAsync(inv_freq_dev_, inv_freq.data(), inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice,
+                                stream_));
+    // Pageable source: the copy has been staged when cudaMemcpyAsync returns, but keep
+    // the vector anyway (it is the cache key).
+    inv_freq_host_ = std::move(inv_freq);
+  }
+  cuda::RopeKvArgs a;
+  a.qkv = qkv.data;
+  a.act_type = elem(qkv.dtype);
+  a.num_tokens = d.num_tokens;
+  a.num_heads = attn.num_heads;
+  a.num_kv_heads = attn.num_kv_heads;
+  a.head_dim = attn.head_dim;
+  a.rotary_dim = rope.rotary_dim;
+  a.inv_freq = static_cast<const float*>(inv_freq_dev_);
+  a.positions = meta.positions.as<const int32_t>();
+  a.slots = meta.slot_mapping.as<const int32_t>();
+  a.k_cache = cache.k.data;
+  a.v_cache = cache.v.data;
+  a.cache_type = elem(cache.k.dtype);
+  a.num_slots = d.num_blocks * d.block_size;
+  a.error_flag = error_flag_;
+  return check_launch(cuda::launch_rope_write_kv(a, stream_), "rope_write_kv");
+}
+
+Status CudaBackend::paged_attention(TensorView out, const TensorView& qkv, const AttentionParams& attn,
+                                    const AttentionMetadata& meta, const KvCacheLayer& cache) {
+  ProfiledOp prof(this, [&] { return fmt::format("paged_attention m{}", rows_bucket(qkv.shape.rows())); });
+  constexpr std::string_view kOp = "paged_attention";
+  RETURN_IF_ERROR(sticky_);
+  AttnDims d;
+  RETURN_IF_ERROR(check_attention(kOp, qkv, attn, cache, &d));
+  RETURN_IF_ERROR(expect_act(kOp, "out", out, 2));
+  if (out.dtype != qkv.dtype || out.dim(0) != d.num_tokens ||
+      out.dim(1) != static_cast<int64_t>(attn.num_heads) * attn.head_dim) {
+    return InvalidArgument("paged_attention: out {} must be [{}, num_heads {} * head_dim {}] of qkv's dtype",
+                           describe(out), d.num_tokens, attn.num_heads, attn.head_dim);
+  }
+  if (overlaps(out, qkv) || overlaps(out, cache.k) || overlaps(out, cache.v)) {
+    return InvalidArgument("paged_attention: out {} must not overlap qkv or the cache", describe(out));
+  }
+  const int64_t num_seqs = meta.num_seqs;
+  if (num_seqs < 0) return InvalidArgument("paged_attention: meta.num_seqs {} is negative", num_seqs);
+  RETURN_IF_ERROR(expect_i32(kOp, "meta.query_start", meta.query_start, num_seqs + 1));
+  RETURN_IF_ERROR(expect_i32(kOp, "meta.kv_lens", meta.kv_lens, num_seqs));
+  if (meta.block_tables.dtype != DType::kI32 || meta.block_tables.rank() != 2 || meta.block_tables.dim(0) != num_seqs ||
+      (meta.block_tables.data == nullptr && meta.block_tables.numel() > 0)) {
+    return InvalidArgument("paged_attention: meta.block_tables {} must be [num_seqs = {}, W] i32",
+                           describe(meta.block_tables), num_seqs);
+  }
+  if (d.num_tokens == 0) return OkStatus();
+  if (num_seqs == 0) return InvalidArgument("paged_attention: {} tokens but no sequences", d.num_tokens);
+
+  cuda::AttentionArgs a;
+  a.out = out.data;
+  a.qkv = qkv.data;
+  a.act_type = elem(qkv.dtype);
+  a.num_tokens = d.num_tokens;
+  a.num_heads = attn.num_heads;
+  a.num_kv_heads = attn.num_kv_heads;
+  a.head_dim = attn.head_dim;
+  a.scale = attn.scale;
+  a.k_cache = cache.k.data;
+  a.v_cache = cache.v.data;
+  a.cache_type = elem(cache.k.dtype);
+  a.num_blocks = d.num_blocks;
+  a.block_size = static_cast<int>(d.block_size);
+  a.query_start = meta.query_start.as<const int32_t>();
+  a.kv_lens = meta.kv_lens.as<const int32_t>();
+  a.block_tables = meta.block_tables.as<const int32_t>();
+  a.num_seqs = static_cast<int>(num_seqs);
+  a.table_width = static_cast<int>(meta.block_tables.dim(1));
+  a.max_kv_len = meta.max_kv_len;
+  a.error_flag = error_flag_;
+  const int splits = cuda::attention_num_splits(a, num_sms_);
+  const int64_t ws_floats = cuda::attention_workspace_floats(a, splits);
+  if (ws_floats > 0) {
+    RETURN_IF_ERROR(ensure_scratch(&attn_ws_, &attn_ws_capacity_, static_cast<size_t>(ws_floats) * sizeof(float)));
+  }
+  return check_launch(cuda::launch_paged_attention(a, splits, static_cast<float*>(attn_ws_), stream_),
+                      "paged_attention");
+}
+
+}  // namespace bw

@@ -1,0 +1,123 @@
+// CudaBackend: the Backend interface on one NVIDIA GPU.
+//
+// Memory is device memory from the stream-ordered allocator (cudaMallocAsync on the
+// backend's one stream, with a pool that keeps freed memory cached), so a buffer freed
+// while kernels still use it is reused only after they finish. Every op and copy is
+// enqueued on that one stream in call order; copy_to_host and synchronize() wait for it.
+//
+// Activations are f32 or bf16: CudaBackendOptions::activation_dtype says which the model
+// should allocate (f32 for f32 weights, "f32 mode", matching the CPU reference; bf16
+// otherwise), and every op also accepts the other one, dispatching on the tensor dtype.
+// Weights, tables and KV caches may be f32, f16 or bf16. Matmuls run through cuBLASLt
+// (f32 accumulation; the bias added by a small kernel) when x and w share a dtype and
+// M > 16, else through the backend's own GEMV kernel. A matmul may write f32 from bf16
+// activations (the LM head: logits keep f32 precision and need no conversion).
+//
+// Errors: shape and dtype errors are InvalidArgument at the call, before anything is
+// enqueued. Data-dependent errors (a token id outside the table, a bad block id or slot)
+// are detected by the kernels, which skip the element and raise a flag; the next
+// copy_to_host or synchronize() returns it as InvalidArgument. A CUDA error (illegal
+// address, launch failure) is sticky: every later call returns it.
+//
+// Profiling: with BW_CUDA_PROFILE=1 in the environment every op is bracketed by stream
+// syncs and timed (slow; for finding where time goes), and the per-op totals are printed
+// to stderr when the backend is destroyed.
+//
+// Thread-safety: like every Backend, used by one thread at a time.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "common/status.h"
+
+struct CUstream_st;
+struct cublasLtContext;
+
+namespace bw {
+
+struct CudaBackendOptions {
+  int device = 0;
+  DType activation_dtype = DType::kF32;  // f32 or bf16
+};
+
+class CudaBackend final : public Backend {
+ public:
+  // Unavailable when there is no such device (or no driver); InvalidArgument for an
+  // activation dtype other than f32 / bf16.
+  static Result<std::unique_ptr<CudaBackend>> create(const CudaBackendOptions& options);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  std::string name() const override { return "cuda:" + std::to_string(options_.device); }
+  DType activation_dtype() const override { return options_.activation_dtype; }
+  bool is_host_memory() const override { return false; }
+  std::string device_name() const { return device_name_; }
+  // Free and total device memory now (cudaMemGetInfo).
+  Status memory_info(uint64_t* free_bytes, uint64_t* total_bytes) const;
+
+  Result<DeviceBuffer> allocate(size_t bytes) override;
+  Status copy_to_device(void* device_dst, const void* host_src, size_t bytes) override;
+  Status copy_to_host(void* host_dst, const void* device_src, size_t bytes) override;
+  Status copy_on_device(void* device_dst, const void* device_src, size_t bytes) override;
+  Status synchronize() override;
+
+  Status embedding(TensorView out, const TensorView& table, const TensorView& ids) override;
+  Status matmul(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias) override;
+  Status rms_norm(TensorView out, const TensorView& x, const TensorView& weight, float eps) override;
+  Status add_rms_norm(TensorView out, TensorView residual, const TensorView& x, const TensorView& weight,
+                      float eps) override;
+  Status add(TensorView out, const TensorView& a, const TensorView& b) override;
+  Status rope_write_kv(TensorView qkv, const AttentionParams& attn, const RopeParams& rope,
+                       const AttentionMetadata& meta, const KvCacheLayer& cache) override;
+  Status paged_attention(TensorView out, const TensorView& qkv, const AttentionParams& attn,
+                         const AttentionMetadata& meta, const KvCacheLayer& cache) override;
+  Status silu_mul(TensorView out, const TensorView& gate_up) override;
+
+  // Testing aid: forces every matmul through the GEMV kernel (true) or lets M decide.
+  void set_force_gemv(bool force) { force_gemv_ = force; }
+
+ protected:
+  void free(void* data, size_t bytes) override;
+
+ private:
+  struct LtCache;
+  struct Profile;
+  friend class ProfiledOp;
+  explicit CudaBackend(const CudaBackendOptions& options);
+  Status init();
+  // Records a CUDA error as the sticky status and returns it.
+  Status fail(int cuda_error, const char* what, const char* file, int line);
+  Status check_launch(int cuda_error, const char* op);
+  Status take_kernel_error();
+  Status matmul_lt(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias, bool* done);
+  Status ensure_scratch(void** buf, size_t* capacity, size_t bytes);
+
+  CudaBackendOptions options_;
+  std::string device_name_;
+  int num_sms_ = 0;
+  CUstream_st* stream_ = nullptr;
+  cublasLtContext* lt_ = nullptr;
+  std::unique_ptr<LtCache> lt_cache_;
+  void* lt_workspace_ = nullptr;
+  size_t lt_workspace_bytes_ = 0;
+  int* error_flag_ = nullptr;  // pinned, mapped host memory kernels write
+  Status sticky_;
+  bool force_gemv_ = false;
+  // Set when the environment has BW_CUDA_PROFILE=1: every op is bracketed by stream
+  // syncs and timed; the per-op totals go to stderr when the backend is destroyed.
+  std::unique_ptr<Profile> profile_;
+  // rope_write_kv: the inverse frequencies last uploaded.
+  std::vector<float> inv_freq_host_;
+  void* inv_freq_dev_ = nullptr;
+  size_t inv_freq_capacity_ = 0;
+  // paged_attention: split-KV partial results.
+  void* attn_ws_ = nullptr;
+  size_t attn_ws_capacity_ = 0;
+};
+
+}  // namespace bw

@@ -1,0 +1,111 @@
+// Internal to the CUDA backend: the kernel launchers (one .cu per op family) that
+// CudaBackend (cuda_backend.cc) calls after validating shapes and dtypes. Plain C++ so
+// that the host code compiles without nvcc.
+//
+// Every launcher enqueues work on `stream` and returns the launch error (cudaSuccess when
+// the launch was accepted). Data-dependent errors (a token id outside the table, a block
+// id outside the cache) cannot be checked on the host without a sync; kernels skip the
+// bad element and record a code in `error_flag` (see KernelError), which
+// CudaBackend::synchronize() turns into a Status. All arithmetic accumulates in f32.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace bw::cuda {
+
+// Element types of tensors handed to kernels (the f32/f16/bf16 subset of DType).
+enum class ElemType : int { kF32 = 0, kF16 = 1, kBF16 = 2 };
+
+// Codes kernels store in the error flag (the first one wins).
+enum KernelError : int {
+  kKernelOk = 0,
+  kBadTokenId = 1,   // embedding: id outside [0, V)
+  kBadSlot = 2,      // rope_write_kv: slot outside [-1, num_slots)
+  kBadBlockId = 3,   // paged_attention: block id outside [0, num_blocks)
+  kBadSequence = 4,  // paged_attention: kv_len < query length, or the table too narrow
+  kBadPosition = 5,  // rope_write_kv: negative position
+};
+
+// --- cuda_elementwise.cu ---------------------------------------------------------------
+// out[t, :] = table[ids[t], :]
+cudaError_t launch_embedding(void* out, ElemType out_type, const void* table, ElemType table_type, int64_t vocab,
+                             int64_t hidden, const int32_t* ids, int64_t num_tokens, int* error_flag,
+                             cudaStream_t stream);
+// out = a + b (n elements, all of one type)
+cudaError_t launch_add(void* out, const void* a, const void* b, ElemType type, int64_t n, cudaStream_t stream);
+// out[t, :F] = silu(gate_up[t, :F]) * gate_up[t, F:]
+cudaError_t launch_silu_mul(void* out, const void* gate_up, ElemType type, int64_t rows, int64_t f,
+                            cudaStream_t stream);
+// dst[i] = float(src[i])
+cudaError_t launch_to_f32(float* dst, const void* src, ElemType src_type, int64_t n, cudaStream_t stream);
+
+// --- cuda_norm.cu ----------------------------------------------------------------------
+// residual == nullptr: out = rms_norm(x) * weight. Otherwise residual += x first and the
+// norm is taken of the (rounded) new residual. out may alias x.
+cudaError_t launch_rms_norm(void* out, void* residual, const void* x, ElemType act_type, const void* weight,
+                            ElemType weight_type, int64_t rows, int64_t hidden, float eps, cudaStream_t stream);
+
+// --- cuda_rope_kv.cu -------------------------------------------------------------------
+struct RopeKvArgs {
+  void* qkv = nullptr;  // [T, (Hq + 2*Hkv) * D], act_type
+  ElemType act_type = ElemType::kF32;
+  int64_t num_tokens = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int rotary_dim = 0;
+  const float* inv_freq = nullptr;     // [rotary_dim / 2], device
+  const int32_t* positions = nullptr;  // [T]
+  const int32_t* slots = nullptr;      // [T]
+  void* k_cache = nullptr;             // [num_blocks, block_size, Hkv, D], cache_type
+  void* v_cache = nullptr;
+  ElemType cache_type = ElemType::kF32;
+  int64_t num_slots = 0;
+  int* error_flag = nullptr;
+};
+cudaError_t launch_rope_write_kv(const RopeKvArgs& args, cudaStream_t stream);
+
+// --- cuda_attention.cu -----------------------------------------------------------------
+struct AttentionArgs {
+  void* out = nullptr;        // [T, Hq * D], act_type
+  const void* qkv = nullptr;  // [T, (Hq + 2*Hkv) * D], act_type
+  ElemType act_type = ElemType::kF32;
+  int64_t num_tokens = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  float scale = 1.0f;
+  const void* k_cache = nullptr;  // [num_blocks, block_size, Hkv, D], cache_type
+  const void* v_cache = nullptr;
+  ElemType cache_type = ElemType::kF32;
+  int64_t num_blocks = 0;
+  int block_size = 0;
+  const int32_t* query_start = nullptr;   // [S + 1]
+  const int32_t* kv_lens = nullptr;       // [S]
+  const int32_t* block_tables = nullptr;  // [S, table_width]
+  int num_seqs = 0;
+  int table_width = 0;
+  int max_kv_len = 0;  // host hint: sizes the split-KV grid
+  int* error_flag = nullptr;
+};
+// Scratch (f32) the split-KV path needs for `num_splits` partial results; 0 when it runs
+// in one pass.
+int attention_num_splits(const AttentionArgs& args, int num_sms);
+int64_t attention_workspace_floats(const AttentionArgs& args, int num_splits);
+cudaError_t launch_paged_attention(const AttentionArgs& args, int num_splits, float* workspace, cudaStream_t stream);
+// Largest head_dim and query heads per KV head the attention kernel handles.
+constexpr int kAttentionMaxHeadDim = 256;
+
+// --- cuda_gemv.cu (the GEMV / fallback kernel; cuBLASLt is driven from cuda_backend.cc)
+// out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) for any M (loops over M in groups of 16);
+// reads w once per group, so it is bandwidth-bound for M <= 16.
+// out is in act_type, or f32 (logits of bf16 activations).
+cudaError_t launch_gemv(void* out, ElemType out_type, const void* x, ElemType act_type, const void* w, ElemType w_type,
+                        const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, cudaStream_t stream);
+// out[r, :] += bias (rows x n, out in out_type, bias in bias_type).
+cudaError_t launch_add_bias(void* out, ElemType out_type, const void* bias, ElemType bias_type, int64_t rows, int64_t n,
+                            cudaStream_t stream);
+
+}  // namespace bw::cuda
