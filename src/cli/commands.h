@@ -14,5 +14,6 @@ CommandRunner register_generate(CLI::App& app);
 CommandRunner register_make_model(CLI::App& app);
 CommandRunner register_tokenize(CLI::App& app);
 CommandRunner register_serve(CLI::App& app);
+CommandRunner register_bench(CLI::App& app);
 
 }  // namespace bw::cli

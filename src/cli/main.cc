@@ -20,6 +20,8 @@ int main(int argc, char** argv) {
   add("generate", "Generate tokens from a prompt with a model on this machine", &bw::cli::register_generate);
   add("tokenize", "Turn text into token ids (or ids into text) with a model's tokenizer", &bw::cli::register_tokenize);
   add("make-model", "Write a random-weight model with the exact shapes of a real one", &bw::cli::register_make_model);
+  add("bench", "Benchmark a server over HTTP (bench serve) or the engine in-process (bench offline)",
+      &bw::cli::register_bench);
   CLI11_PARSE(app, argc, argv);
   for (const auto& c : commands) {
     if (c.sub->parsed()) return c.run();
