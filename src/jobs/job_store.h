@@ -102,6 +102,8 @@ struct BatchRecord {
   int64_t failed_at = 0;
   int64_t cancelling_at = 0;
   int64_t cancelled_at = 0;
+  // Added for the Batch API's `expired_at` (set with the transition to expired).
+  int64_t expired_at = 0;
   // Request counts, maintained by the store as jobs reach terminal states.
   int64_t total = 0;
   int64_t completed = 0;  // jobs that succeeded
@@ -126,6 +128,8 @@ class JobStore {
 
   // Batches. create_batch stores the batch (state in_progress, total = jobs.size()) and
   // queues its jobs, atomically: either all of it is stored or nothing.
+  // (The stored state is batch.state, in_progress by default; the counts are the store's,
+  // the caller's are ignored. InvalidArgument when the batch or a job id already exists.)
   virtual Status create_batch(const BatchRecord& batch, const std::vector<JobSpec>& jobs) = 0;
   virtual Result<BatchRecord> get_batch(const std::string& id) = 0;  // NotFound
   // Newest first; `after` is a batch id from a previous page ("" = from the newest).
@@ -138,6 +142,8 @@ class JobStore {
   virtual Result<bool> transition_batch(const std::string& id, BatchState from, const BatchRecord& updated) = 0;
   // Cancels every queued job of the batch and asks running ones to stop; the batch moves
   // to cancelling (the finaliser moves it to cancelled once no job runs).
+  // (From validating or in_progress; OK and nothing changes when already cancelling or
+  // cancelled; FailedPrecondition when finalizing or terminal.)
   virtual Status cancel_batch(const std::string& id, int64_t now_ms) = 0;
 
   // Single jobs.
@@ -167,7 +173,8 @@ class JobStore {
 
   // Deletes single jobs (not batch jobs) that finished before `finished_before_ms`, and
   // batches (with their jobs and output files) completed before it. Returns how many
-  // records went.
+  // records went. (A terminal batch's finish time is its latest completed_at, failed_at,
+  // cancelled_at or expired_at; input files are kept.)
   virtual Result<int64_t> purge_finished(int64_t finished_before_ms) = 0;
 };
 
