@@ -2,6 +2,8 @@
 // 503 "loading" until the model is ready), loads the model and starts the engine, then
 // serves until SIGTERM or SIGINT: it stops accepting, lets in-flight requests finish up to
 // --shutdown-timeout, aborts what is left and exits 0.
+#include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <memory>
@@ -9,9 +11,11 @@
 #include <vector>
 
 #include "backend/backend_factory.h"
+#include "cache/response_cache.h"
 #include "cli/cli_util.h"
 #include "cli/commands.h"
 #include "cli/engine_flags.h"
+#include "cli/job_service.h"
 #include "common/logging.h"
 #include "common/mapped_file.h"
 #include "common/thread_pool.h"
@@ -43,6 +47,13 @@ struct ServeArgs {
   std::string weight_dtype = "auto";
   double shutdown_timeout = 30.0;
   std::string log_level = "info";
+  // Response cache (cache/response_cache.h).
+  std::string cache_mode = "deterministic";
+  std::string cache_max_bytes = "256MiB";
+  double cache_ttl = 3600.0;
+  std::string redis_url;  // also the Redis of the job store
+  int redis_timeout_ms = 50;
+  JobFlags jobs;  // async jobs and the Batch API (cli/job_service.h)
   EngineFlags engine;
 };
 
@@ -60,8 +71,10 @@ Result<LoadedModel> load_model(const ServeArgs& args, const Logger& log, server:
   ASSIGN_OR_RETURN(EngineConfig config, engine_config_from_flags(args.engine));
   config.model_name = args.served_model_name;
   config.max_pending_requests = config.scheduler.max_num_seqs + args.max_queue;
-  ASSIGN_OR_RETURN(loaded.backend, create_backend(args.device, args.threads));
   ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::open(args.model));
+  // The CUDA backend computes in f32 for f32 weights and in bf16 otherwise.
+  ASSIGN_OR_RETURN(loaded.backend,
+                   create_backend(args.device, args.threads, weight_dtype.value_or(checkpoint.config().weight_dtype)));
   log->info("{}: {}", args.model, checkpoint.config().summary());
   if (auto t = model_tokenizer(checkpoint, args.model); t.ok()) {
     loaded.tokenizer = std::move(*t);
@@ -93,6 +106,25 @@ Result<LoadedModel> load_model(const ServeArgs& args, const Logger& log, server:
   return loaded;
 }
 
+// The response cache the flags ask for; nullptr for --cache-mode off.
+Result<std::unique_ptr<cache::ResponseCache>> make_response_cache(const ServeArgs& args, const Logger& log) {
+  ASSIGN_OR_RETURN(cache::CacheMode mode, cache::parse_cache_mode(args.cache_mode));
+  if (mode == cache::CacheMode::kOff) return std::unique_ptr<cache::ResponseCache>();
+  if (!(args.cache_ttl > 0)) return InvalidArgument("--cache-ttl must be > 0 seconds");
+  if (args.redis_timeout_ms <= 0) return InvalidArgument("--redis-timeout-ms must be > 0");
+  cache::ResponseCacheConfig config;
+  config.mode = mode;
+  ASSIGN_OR_RETURN(config.l1_max_bytes, parse_byte_size(args.cache_max_bytes));
+  config.ttl = std::chrono::milliseconds(static_cast<int64_t>(std::min(args.cache_ttl, 1e9) * 1000));
+  config.redis_url = args.redis_url;
+  config.redis_timeout = std::chrono::milliseconds(args.redis_timeout_ms);
+  ASSIGN_OR_RETURN(std::unique_ptr<cache::ResponseCache> response_cache, cache::ResponseCache::create(config, log));
+  log->info("response cache: {} requests, {} MiB in process, TTL {} s, {}", cache::cache_mode_name(mode),
+            config.l1_max_bytes >> 20, args.cache_ttl,
+            args.redis_url.empty() ? std::string("no Redis") : "Redis " + args.redis_url);
+  return response_cache;
+}
+
 Status run_serve(ServeArgs args, int* exit_code) {
   // Every thread started from here on inherits the blocked signals; the main thread waits
   // for them with sigwait, so shutdown runs in ordinary code, not in a signal handler.
@@ -109,12 +141,15 @@ Status run_serve(ServeArgs args, int* exit_code) {
   if (args.request_timeout < 0) return InvalidArgument("--request-timeout must be >= 0");
   if (args.served_model_name.empty()) args.served_model_name = args.model;
   ASSIGN_OR_RETURN(uint64_t max_body, parse_byte_size(args.max_body_bytes));
+  ASSIGN_OR_RETURN(std::unique_ptr<cache::ResponseCache> response_cache, make_response_cache(args, log));
 
   server::ServiceConfig service_config;
   service_config.served_model_name = args.served_model_name;
   service_config.api_keys = args.api_keys;
   if (args.request_timeout > 0) service_config.default_timeout_seconds = args.request_timeout;
   server::OpenAiService service(service_config, log);
+  ASSIGN_OR_RETURN(std::unique_ptr<JobService> job_service,
+                   JobService::create(args.jobs, args.redis_url, args.engine.max_num_seqs, &service, log));
 
   server::HttpServerConfig http;
   http.host = args.host;
@@ -138,12 +173,14 @@ Status run_serve(ServeArgs args, int* exit_code) {
   std::fflush(stdout);
 
   server::ServedModel served;
+  served.response_cache = response_cache.get();
   Result<LoadedModel> loaded = load_model(args, log, &served);
   if (!loaded.ok()) {
     http_server->shutdown(std::chrono::milliseconds(0));
     return loaded.status();
   }
   service.attach(std::move(served));
+  if (job_service) job_service->start();
   log->info("serving '{}' on http://{}:{}", args.served_model_name, args.host, http_server->port());
 
   int signal_number = 0;
@@ -152,7 +189,11 @@ Status run_serve(ServeArgs args, int* exit_code) {
             args.shutdown_timeout);
   service.set_draining(true);
   http_server->stop_accepting();
-  http_server->shutdown(std::chrono::milliseconds(static_cast<int64_t>(args.shutdown_timeout * 1000)));
+  const auto grace = std::chrono::milliseconds(static_cast<int64_t>(args.shutdown_timeout * 1000));
+  const auto drain_deadline = std::chrono::steady_clock::now() + grace;
+  if (job_service) job_service->drain(grace);  // running jobs finish (or are handed back)
+  http_server->shutdown(std::max(std::chrono::milliseconds(0), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                                   drain_deadline - std::chrono::steady_clock::now())));
   loaded->engine->shutdown();
   log->info("stopped");
   *exit_code = 0;
@@ -186,6 +227,18 @@ CommandRunner register_serve(CLI::App& app) {
                  "Seconds in-flight requests get to finish after SIGTERM/SIGINT")
       ->capture_default_str();
   app.add_option("--log-level", args->log_level, "trace, debug, info, warn, error, off")->capture_default_str();
+  app.add_option("--cache-mode", args->cache_mode,
+                 "Response cache: off, deterministic (temperature 0 or an explicit seed), all")
+      ->capture_default_str();
+  app.add_option("--cache-max-bytes", args->cache_max_bytes, "Byte budget of the in-process response cache (L1)")
+      ->capture_default_str();
+  app.add_option("--cache-ttl", args->cache_ttl, "Seconds a cached response lives (L1 and L2)")->capture_default_str();
+  app.add_option("--redis-url", args->redis_url,
+                 "Redis shared by the replicas (redis://[[user]:password@]host[:port][/db]): the response cache's L2");
+  app.add_option("--redis-timeout-ms", args->redis_timeout_ms,
+                 "Redis connect and command timeout; a slower Redis reads as a cache miss")
+      ->capture_default_str();
+  add_job_flags(app, &args->jobs);
   add_engine_flags(app, &args->engine);
   return [args]() {
     int exit_code = 1;

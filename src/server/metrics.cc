@@ -47,6 +47,11 @@ void counter(std::string* out, std::string_view name, std::string_view help, std
   sample(out, name, labels, value);
 }
 
+// Response cache latencies: microseconds to a few hundred milliseconds.
+std::vector<double> cache_latency_buckets() {
+  return {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25};
+}
+
 std::vector<double> latency_buckets() {
   return {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0};
 }
@@ -83,7 +88,31 @@ ServerMetrics::ServerMetrics(const std::string& model_name)
     : model_label_(fmt::format("model_name=\"{}\"", escape_label(model_name))),
       ttft_(latency_buckets()),
       tpot_({0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5}),
-      e2e_(latency_buckets()) {}
+      e2e_(latency_buckets()),
+      cache_lookup_l1_(cache_latency_buckets()),
+      cache_lookup_l2_(cache_latency_buckets()),
+      cache_lookup_miss_(cache_latency_buckets()),
+      cache_hit_l1_(cache_latency_buckets()),
+      cache_hit_l2_(cache_latency_buckets()) {}
+
+void ServerMetrics::record_cache_lookup(cache::CacheLevel level, double seconds) {
+  switch (level) {
+    case cache::CacheLevel::kL1:
+      cache_lookup_l1_.observe(seconds);
+      break;
+    case cache::CacheLevel::kL2:
+      cache_lookup_l2_.observe(seconds);
+      break;
+    case cache::CacheLevel::kNone:
+      cache_lookup_miss_.observe(seconds);
+      break;
+  }
+}
+
+void ServerMetrics::record_cache_hit_latency(cache::CacheLevel level, double seconds) {
+  if (level == cache::CacheLevel::kL1) cache_hit_l1_.observe(seconds);
+  if (level == cache::CacheLevel::kL2) cache_hit_l2_.observe(seconds);
+}
 
 void ServerMetrics::record_request(std::string_view route, int http_status) {
   std::lock_guard lock(mutex_);
@@ -97,6 +126,47 @@ void ServerMetrics::record_generation(double ttft_seconds, double tpot_seconds, 
   e2e_.observe(e2e_seconds);
   prompt_tokens_ += prompt_tokens;
   generation_tokens_ += generation_tokens;
+}
+
+// The response cache (cache/response_cache.h): hits by level, misses, L1 size, L2 health.
+void ServerMetrics::render_response_cache(const cache::ResponseCache& cache, std::string* out) const {
+  const cache::ResponseCacheStats s = cache.stats();
+  const std::string& m = model_label_;
+  header(out, "breakwater:response_cache_hits_total", "counter", "Requests answered from the response cache by level.");
+  sample(out, "breakwater:response_cache_hits_total", fmt::format("{},level=\"l1\"", m),
+         static_cast<double>(s.l1_hits));
+  sample(out, "breakwater:response_cache_hits_total", fmt::format("{},level=\"l2\"", m),
+         static_cast<double>(s.l2_hits));
+  counter(out, "breakwater:response_cache_misses_total", "Cacheable requests not found in the response cache.", m,
+          static_cast<double>(s.misses));
+  counter(out, "breakwater:response_cache_stores_total", "Responses stored in the response cache.", m,
+          static_cast<double>(s.stores));
+  gauge(out, "breakwater:response_cache_bytes", "Bytes held by the in-process (L1) response cache.", m,
+        static_cast<double>(s.l1.bytes));
+  gauge(out, "breakwater:response_cache_max_bytes", "Byte budget of the in-process (L1) response cache.", m,
+        static_cast<double>(cache.config().l1_max_bytes));
+  gauge(out, "breakwater:response_cache_entries", "Entries in the in-process (L1) response cache.", m,
+        static_cast<double>(s.l1.entries));
+  counter(out, "breakwater:response_cache_evictions_total", "L1 entries evicted for room.", m,
+          static_cast<double>(s.l1.evictions));
+  counter(out, "breakwater:response_cache_expirations_total", "L1 entries dropped after their TTL.", m,
+          static_cast<double>(s.l1.expirations));
+  counter(out, "breakwater:response_cache_l2_errors_total",
+          "Failed Redis (L2) cache commands: unreachable, timed out, error reply or unreadable value.", m,
+          static_cast<double>(s.l2.errors));
+  counter(out, "breakwater:response_cache_l2_dropped_writes_total", "L2 writes dropped because the queue was full.", m,
+          static_cast<double>(s.l2.dropped_writes));
+  gauge(out, "breakwater:response_cache_l2_enabled", "1 when a Redis (L2) response cache is configured.", m,
+        s.has_l2 ? 1.0 : 0.0);
+  header(out, "breakwater:response_cache_lookup_seconds", "histogram",
+         "Response cache lookup time by outcome (l1, l2 or miss).");
+  cache_lookup_l1_.render("breakwater:response_cache_lookup_seconds", fmt::format("{},level=\"l1\"", m), out);
+  cache_lookup_l2_.render("breakwater:response_cache_lookup_seconds", fmt::format("{},level=\"l2\"", m), out);
+  cache_lookup_miss_.render("breakwater:response_cache_lookup_seconds", fmt::format("{},level=\"miss\"", m), out);
+  header(out, "breakwater:response_cache_hit_latency_seconds", "histogram",
+         "Server-side time of requests answered from the response cache: arrival to response queued, by level.");
+  cache_hit_l1_.render("breakwater:response_cache_hit_latency_seconds", fmt::format("{},level=\"l1\"", m), out);
+  cache_hit_l2_.render("breakwater:response_cache_hit_latency_seconds", fmt::format("{},level=\"l2\"", m), out);
 }
 
 std::string ServerMetrics::render(const EngineStats& stats, int http_connections) const {
@@ -160,6 +230,9 @@ std::string ServerMetrics::render(const EngineStats& stats, int http_connections
   gauge(&out, "vllm:kv_cache_usage_perc", "Alias of breakwater:kv_cache_usage_perc.", m, stats.kv_usage());
   gauge(&out, "vllm:gpu_cache_usage_perc", "Alias of breakwater:kv_cache_usage_perc (older vLLM name).", m,
         stats.kv_usage());
+  if (const cache::ResponseCache* response_cache = response_cache_.load(); response_cache != nullptr) {
+    render_response_cache(*response_cache, &out);
+  }
   return out;
 }
 

@@ -21,6 +21,7 @@
 #include <string_view>
 #include <vector>
 
+#include "cache/response_cache.h"
 #include "engine/engine_client.h"
 
 namespace bw::server {
@@ -52,11 +53,19 @@ class ServerMetrics {
   void record_generation(double ttft_seconds, double tpot_seconds, double e2e_seconds, int64_t prompt_tokens,
                          int64_t generation_tokens);
   void set_draining(bool draining) { draining_ = draining; }
+  // The response cache whose counters /metrics shows (nullptr: none); it must outlive this.
+  void set_response_cache(const cache::ResponseCache* cache) { response_cache_ = cache; }
+  // One cache lookup: where it was answered (kNone: a miss) and how long it took.
+  void record_cache_lookup(cache::CacheLevel level, double seconds);
+  // A request answered from the cache: seconds from its arrival to the response queued.
+  void record_cache_hit_latency(cache::CacheLevel level, double seconds);
 
   // The whole exposition text, engine gauges from `stats`.
   std::string render(const EngineStats& stats, int http_connections) const;
 
  private:
+  void render_response_cache(const cache::ResponseCache& cache, std::string* out) const;
+
   std::string model_label_;  // model_name="..."
   mutable std::mutex mutex_;
   std::map<std::pair<std::string, int>, uint64_t> requests_;  // (route, status) -> count
@@ -66,6 +75,12 @@ class ServerMetrics {
   std::atomic<int64_t> prompt_tokens_{0};
   std::atomic<int64_t> generation_tokens_{0};
   std::atomic<bool> draining_{false};
+  std::atomic<const cache::ResponseCache*> response_cache_{nullptr};
+  Histogram cache_lookup_l1_;  // lookups answered by L1
+  Histogram cache_lookup_l2_;  // by L2
+  Histogram cache_lookup_miss_;
+  Histogram cache_hit_l1_;  // arrival -> response of requests answered by L1
+  Histogram cache_hit_l2_;
 };
 
 }  // namespace bw::server

@@ -1,5 +1,7 @@
 #include "server/openai_service.h"
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <mutex>
 
@@ -51,6 +53,84 @@ struct OpenAiService::Generation {
   std::vector<bool> started;                              // stream: role/echo chunk sent per choice
   Usage usage;
   Status error;
+  // Response cache: the key to store the result under ("" : not stored), and the
+  // X-Cache header of the response (empty without a cache).
+  std::string cache_key;
+  HttpHeaders cache_headers;
+
+  HttpHeaders json_headers() const {
+    HttpHeaders headers = kJsonHeaders;
+    headers.insert(headers.end(), cache_headers.begin(), cache_headers.end());
+    return headers;
+  }
+  HttpHeaders stream_headers() const {
+    HttpHeaders headers = {{"Content-Type", "text/event-stream"}, {"Cache-Control", "no-cache"}};
+    headers.insert(headers.end(), cache_headers.begin(), cache_headers.end());
+    return headers;
+  }
+
+  // A finished, error-free result goes to the response cache when every choice ended by
+  // stop or length (never an aborted, timed-out or failed one). Mutex held; before echo.
+  void store_in_cache() {
+    cache::ResponseCache* cache = service->model_.response_cache;
+    if (cache == nullptr || cache_key.empty() || !error.ok()) return;
+    cache::CachedResponse cached;
+    cached.usage = usage;
+    for (const ChoiceResult& c : choices) {
+      if (c.finish_reason != "stop" && c.finish_reason != "length") return;
+      cached.choices.push_back(
+          cache::CachedChoice{c.text, c.reasoning_content, c.token_ids, c.logprobs, c.finish_reason, c.stop_reason});
+    }
+    cache->store(cache_key, std::move(cached));
+  }
+
+  // Answers from a cached result in the shape this request asked for (HTTP thread).
+  void replay(const cache::CachedResponse& cached) {
+    std::lock_guard lock(mutex);
+    responded = true;
+    usage = cached.usage;
+    for (size_t i = 0; i < choices.size(); ++i) {
+      const cache::CachedChoice& c = cached.choices[i];
+      ChoiceResult& choice = choices[i];
+      choice.text = c.text;
+      choice.reasoning_content = c.reasoning_content;
+      choice.token_ids = c.token_ids;
+      if (want_logprobs) choice.logprobs = c.logprobs;
+      choice.finish_reason = c.finish_reason;
+      choice.stop_reason = c.stop_reason;
+    }
+    service->metrics_.record_request(route, 200);
+    if (stream) {
+      responder->start_stream(200, stream_headers());
+      for (size_t i = 0; i < choices.size(); ++i) {
+        const ChoiceResult& choice = choices[i];
+        StreamDelta delta;
+        delta.index = choice.index;
+        delta.role = endpoint == Endpoint::kChatCompletions;
+        if (!echo.empty()) delta.content = echo[i / static_cast<size_t>(n)];
+        delta.content += choice.text;
+        delta.reasoning_content = choice.reasoning_content;
+        delta.logprobs = choice.logprobs;
+        responder->write(chunk(delta));
+        StreamDelta finish;
+        finish.index = choice.index;
+        finish.finish_reason = choice.finish_reason;
+        finish.stop_reason = choice.stop_reason;
+        responder->write(chunk(finish));
+      }
+      if (include_usage) responder->write(usage_chunk_event(meta, endpoint, usage));
+      responder->write(std::string(kStreamDone));
+      responder->end();
+      return;
+    }
+    if (!echo.empty()) {
+      for (size_t i = 0; i < choices.size(); ++i)
+        choices[i].text = echo[i / static_cast<size_t>(n)] + choices[i].text;
+    }
+    std::string body = endpoint == Endpoint::kChatCompletions ? chat_completion_body(meta, choices, usage, token_text)
+                                                              : completion_body(meta, choices, usage, token_text);
+    responder->send(200, json_headers(), std::move(body));
+  }
 
   std::string chunk(const StreamDelta& delta) const {
     return endpoint == Endpoint::kChatCompletions ? chat_chunk_event(meta, delta, token_text)
@@ -136,6 +216,7 @@ struct OpenAiService::Generation {
       return;
     }
     service->metrics_.record_request(route, 200);
+    store_in_cache();
     if (stream) {
       if (include_usage) responder->write(usage_chunk_event(meta, endpoint, usage));
       responder->write(std::string(kStreamDone));
@@ -148,7 +229,7 @@ struct OpenAiService::Generation {
     }
     std::string body = endpoint == Endpoint::kChatCompletions ? chat_completion_body(meta, choices, usage, token_text)
                                                               : completion_body(meta, choices, usage, token_text);
-    responder->send(200, kJsonHeaders, std::move(body));
+    responder->send(200, json_headers(), std::move(body));
   }
 };
 
@@ -159,6 +240,7 @@ OpenAiService::~OpenAiService() = default;
 
 void OpenAiService::attach(ServedModel model) {
   model_ = std::move(model);
+  metrics_.set_response_cache(model_.response_cache);
   ready_ = true;
 }
 
@@ -203,19 +285,21 @@ void OpenAiService::handle(const HttpRequest& request, const std::shared_ptr<Htt
   if (path == "/metrics") {
     const EngineStats stats = ready_ ? model_.engine->stats() : EngineStats{};
     responder->send(200, {{"Content-Type", "text/plain; version=0.0.4; charset=utf-8"}},
-                    metrics_.render(stats, connection_counter_ ? connection_counter_() : 0));
+                    metrics_.render(stats, connection_counter_ ? connection_counter_() : 0) +
+                        (extra_metrics_ ? extra_metrics_() : std::string()));
     return;
   }
   const bool is_chat = path == "/v1/chat/completions";
   const bool is_completions = path == "/v1/completions";
   const bool is_models = path == "/v1/models";
-  if (!is_chat && !is_completions && !is_models) {
+  const bool is_extra = extra_routes_match_ && extra_routes_match_(path);  // the jobs API
+  if (!is_chat && !is_completions && !is_models && !is_extra) {
     ApiError e{404, fmt::format("no route {} {}", request.method, path), "not_found_error", "", "not_found"};
     send_error(responder, "", e);
     return;
   }
   const std::string method = is_models ? "GET" : "POST";
-  if (request.method != method) {
+  if (!is_extra && request.method != method) {
     ApiError e{405, fmt::format("{} needs {}, got {}", path, method, request.method), "invalid_request_error", "",
                "method_not_allowed"};
     send_error(responder, path, e, {{"Allow", method}});
@@ -229,6 +313,10 @@ void OpenAiService::handle(const HttpRequest& request, const std::shared_ptr<Htt
   }
   if (!ready_ || draining_) {
     send_error(responder, path, not_ready_error(draining_), {{"Retry-After", "5"}});
+    return;
+  }
+  if (is_extra) {
+    extra_routes_(request, responder);
     return;
   }
   if (is_models) {
@@ -276,7 +364,8 @@ Result<std::vector<int32_t>> OpenAiService::chat_prompt(const ParsedRequest& par
 }
 
 void OpenAiService::handle_generation(Endpoint endpoint, const HttpRequest& request,
-                                      const std::shared_ptr<HttpResponder>& responder) {
+                                      const std::shared_ptr<HttpResponder>& responder, int32_t priority_offset) {
+  const auto arrival = std::chrono::steady_clock::now();  // server-side latency of cache hits
   const std::string route = request.path;
   EngineClient& engine = *model_.engine;
   const ModelInfo& info = engine.model_info();
@@ -379,6 +468,54 @@ void OpenAiService::handle_generation(Endpoint endpoint, const HttpRequest& requ
     gen->token_text = [](int32_t id) { return std::to_string(id); };
   }
 
+  // The effective max_tokens of a prompt: the request's, else the room left (chat) or
+  // OpenAI's default for completions.
+  auto max_tokens_for = [&](const std::vector<int32_t>& prompt) {
+    const int32_t room = info.max_model_len - static_cast<int32_t>(prompt.size());
+    return parsed.max_tokens.value_or(
+        endpoint == Endpoint::kChatCompletions ? room : std::min(room, config_.default_completion_max_tokens));
+  };
+
+  // The response cache: look up a cacheable request; replay a hit, else remember the key
+  // to store the result under.
+  if (cache::ResponseCache* response_cache = model_.response_cache; response_cache != nullptr) {
+    gen->cache_headers = {{"X-Cache", "miss"}};
+    std::string cache_control = request.header("cache-control");
+    std::transform(cache_control.begin(), cache_control.end(), cache_control.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    const bool no_store = cache_control.find("no-store") != std::string::npos;
+    const bool no_cache = cache_control.find("no-cache") != std::string::npos;
+    if (!no_store && cache::is_cacheable(response_cache->mode(), parsed.sampling)) {
+      cache::CacheKeyInput key;
+      key.endpoint = endpoint == Endpoint::kChatCompletions ? "chat.completions" : "completions";
+      key.model = config_.served_model_name;
+      key.vocab_size = info.vocab_size;
+      key.eos_token_ids = info.eos_token_ids;
+      key.prompts = prompts;
+      for (const auto& ids : prompts)
+        key.max_tokens.push_back(max_tokens_for(ids));
+      key.sampling = parsed.sampling;
+      key.sampling.logprobs = parsed.logprobs ? parsed.top_logprobs : -1;
+      key.stop_token_ids = parsed.stop_token_ids;
+      key.ignore_eos = parsed.ignore_eos;
+      key.stop_strings = parsed.stop;
+      key.n = parsed.n;
+      key.reasoning = opens_reasoning;
+      gen->cache_key = cache::cache_key(key);
+      if (!no_cache) {
+        const cache::CacheLookup found = response_cache->lookup(gen->cache_key);
+        metrics_.record_cache_lookup(found.level, found.seconds);
+        if (found.value != nullptr && found.value->choices.size() == gen->choices.size()) {
+          gen->cache_headers = {{"X-Cache", "hit"}};
+          gen->replay(*found.value);
+          metrics_.record_cache_hit_latency(
+              found.level, std::chrono::duration<double>(std::chrono::steady_clock::now() - arrival).count());
+          return;
+        }
+      }
+    }
+  }
+
   GenerationRequest base;
   base.sampling = parsed.sampling;
   base.sampling.logprobs = parsed.logprobs ? parsed.top_logprobs : -1;
@@ -386,7 +523,7 @@ void OpenAiService::handle_generation(Endpoint endpoint, const HttpRequest& requ
   base.stop.ignore_eos = parsed.ignore_eos;
   base.stop_strings = parsed.stop;
   base.n = parsed.n;
-  base.priority = parsed.priority;
+  base.priority = parsed.priority + priority_offset;  // background jobs yield to interactive requests
   base.detokenize = model_.tokenizer != nullptr;
   const std::optional<double> timeout =
       parsed.timeout_seconds ? parsed.timeout_seconds : config_.default_timeout_seconds;
@@ -400,9 +537,7 @@ void OpenAiService::handle_generation(Endpoint endpoint, const HttpRequest& requ
     for (size_t p = 0; p < prompts.size(); ++p) {
       GenerationRequest r = base;
       r.prompt_ids = std::move(prompts[p]);
-      const int32_t room = info.max_model_len - static_cast<int32_t>(r.prompt_ids.size());
-      r.stop.max_tokens = parsed.max_tokens.value_or(
-          endpoint == Endpoint::kChatCompletions ? room : std::min(room, config_.default_completion_max_tokens));
+      r.stop.max_tokens = max_tokens_for(r.prompt_ids);
       Result<RequestId> id =
           engine.submit(std::move(r), [gen, p](EngineEvent event) { gen->on_event(p, std::move(event)); });
       if (!id.ok()) {
@@ -419,7 +554,7 @@ void OpenAiService::handle_generation(Endpoint endpoint, const HttpRequest& requ
     }
     // Before any event can write (they wait for this lock).
     if (gen->stream) {
-      responder->start_stream(200, {{"Content-Type", "text/event-stream"}, {"Cache-Control", "no-cache"}});
+      responder->start_stream(200, gen->stream_headers());
     }
   }
   // A client that goes away cancels its requests (within one engine step).
@@ -435,6 +570,45 @@ void OpenAiService::handle_generation(Endpoint endpoint, const HttpRequest& requ
         engine.cancel(id);
     }
   });
+}
+
+void OpenAiService::set_extra_routes(std::function<bool(const std::string& path)> matches, HttpHandler handler) {
+  extra_routes_match_ = std::move(matches);
+  extra_routes_ = std::move(handler);
+}
+
+bool OpenAiService::run_background(const std::string& path, std::string body, int32_t priority_offset,
+                                   const std::shared_ptr<HttpResponder>& responder) {
+  if (!ready_) return false;
+  const bool is_chat = path == "/v1/chat/completions";
+  if (!is_chat && path != "/v1/completions") {
+    send_error(responder, "",
+               ApiError{400, fmt::format("jobs run /v1/chat/completions or /v1/completions, not {}", path),
+                        "invalid_request_error", "url", ""});
+    return true;
+  }
+  HttpRequest request;
+  request.method = "POST";
+  request.path = path;
+  request.target = path;
+  request.body = std::move(body);
+  handle_generation(is_chat ? Endpoint::kChatCompletions : Endpoint::kCompletions, request, responder, priority_offset);
+  return true;
+}
+
+std::optional<ApiError> OpenAiService::validate_body(Endpoint endpoint, std::string_view body) const {
+  ParseLimits limits;
+  if (ready_) limits.vocab_size = model_.engine->model_info().vocab_size;
+  ApiError error;
+  Result<ParsedRequest> parsed = parse_request(endpoint, body, limits, &error);
+  if (!parsed.ok()) return error;
+  if (!parsed->model.empty() && parsed->model != config_.served_model_name) {
+    return ApiError{
+        404,
+        fmt::format("the model '{}' does not exist; this server serves '{}'", parsed->model, config_.served_model_name),
+        "invalid_request_error", "model", "model_not_found"};
+  }
+  return std::nullopt;
 }
 
 }  // namespace bw::server

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "cache/response_cache.h"
 #include "common/logging.h"
 #include "engine/engine_client.h"
 #include "server/http_server.h"
@@ -40,6 +41,11 @@ struct ServedModel {
   EngineClient* engine = nullptr;
   const Tokenizer* tokenizer = nullptr;       // required for text prompts and chat
   std::optional<ChatTemplate> chat_template;  // none: chat requests get a 400
+  // The response cache (cache/response_cache.h); nullptr: none. Must outlive the service.
+  // Cacheable requests (its mode) are looked up after tokenization and replayed on a hit
+  // (header X-Cache: hit); others run and carry X-Cache: miss. `Cache-Control: no-cache`
+  // skips the lookup but stores the fresh result; `no-store` skips both.
+  cache::ResponseCache* response_cache = nullptr;
 };
 
 class OpenAiService {
@@ -58,6 +64,20 @@ class OpenAiService {
     return [this](const HttpRequest& r, const std::shared_ptr<HttpResponder>& w) { handle(r, w); };
   }
 
+  // Extra routes (the jobs API), answered after the API-key and ready checks: paths for
+  // which `matches` is true go to `handler` (any method). Set before serving.
+  void set_extra_routes(std::function<bool(const std::string& path)> matches, HttpHandler handler);
+  // Text appended to /metrics (the job counters). Set before serving.
+  void set_extra_metrics(std::function<std::string()> render) { extra_metrics_ = std::move(render); }
+  // Runs a /v1/chat/completions or /v1/completions body in-process for a background job:
+  // no API key or draining check, engine priority + `priority_offset` (lower runs first);
+  // the answer goes to `responder` (the caller forces stream off). False, with nothing
+  // sent, while the model is loading.
+  bool run_background(const std::string& path, std::string body, int32_t priority_offset,
+                      const std::shared_ptr<HttpResponder>& responder);
+  // The 4xx a body gets at parse time (a bad field, an unknown model), nullopt when valid.
+  std::optional<ApiError> validate_body(Endpoint endpoint, std::string_view body) const;
+
   // For /metrics: the HTTP connection count comes from the server.
   void set_connection_counter(std::function<int()> counter) { connection_counter_ = std::move(counter); }
   ServerMetrics& metrics() { return metrics_; }
@@ -66,7 +86,7 @@ class OpenAiService {
   struct Generation;
 
   void handle_generation(Endpoint endpoint, const HttpRequest& request,
-                         const std::shared_ptr<HttpResponder>& responder);
+                         const std::shared_ptr<HttpResponder>& responder, int32_t priority_offset = 0);
   void handle_models(const std::shared_ptr<HttpResponder>& responder);
   void send_error(const std::shared_ptr<HttpResponder>& responder, const std::string& route, const ApiError& error,
                   HttpHeaders headers = {});
@@ -80,6 +100,9 @@ class OpenAiService {
   Logger logger_;
   ServerMetrics metrics_;
   std::function<int()> connection_counter_;
+  std::function<bool(const std::string&)> extra_routes_match_;
+  HttpHandler extra_routes_;
+  std::function<std::string()> extra_metrics_;
   std::atomic<bool> draining_{false};
   std::atomic<bool> ready_{false};
   ServedModel model_;  // set once by attach() before ready_

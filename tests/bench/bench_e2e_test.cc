@@ -235,11 +235,11 @@ TEST_F(BenchServeTest, LocustHeadlessZeroFailures) {
   }
   const std::string locustfile = (test::source_dir() / "tools/locustfile.py").string();
   const std::string csv = dir_.file("locust");
-  // The jobs user (JobsUser) joins this run once /v1/jobs lands.
+  // Chat streaming, completions and the jobs API (POST /v1/jobs, polled to the end, DELETE).
   const test::CommandResult r = test::run_shell(
       "cd " + dir_.path().string() + " && BW_MODEL=stories OPENAI_API_KEY=bench-key timeout 60 locust -f " +
-      locustfile + " --headless -u 4 -r 4 -t 8s --host " + server_->url() +
-      " --only-summary --exit-code-on-error 1 --csv " + csv + " ChatStreamUser CompletionsUser");
+      locustfile + " --headless -u 6 -r 6 -t 8s --host " + server_->url() +
+      " --only-summary --exit-code-on-error 1 --csv " + csv + " ChatStreamUser CompletionsUser JobsUser");
   EXPECT_EQ(r.exit_code, 0) << r.output;
   std::ifstream f(csv + "_stats.csv");
   std::string header, line, aggregated;
