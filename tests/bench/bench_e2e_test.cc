@@ -1,9 +1,6 @@
 // `breakwater bench serve` and tools/locustfile.py end to end: the real server on the
 // stories260K model, a bounded benchmark run in each load mode, and the report's
 // invariants checked against the server's own /metrics counters.
-#include <poll.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -19,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "support/server_process.h"
 #include "support/test_support.h"
 
 namespace bw {
@@ -27,62 +25,7 @@ namespace {
 using namespace std::chrono_literals;
 using Json = nlohmann::json;
 
-// A `breakwater serve` child process on an ephemeral port (as in tests/server).
-class ServerProcess {
- public:
-  explicit ServerProcess(std::vector<std::string> args) {
-    int out[2];
-    if (pipe(out) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(out[1], STDOUT_FILENO);
-      close(out[0]);
-      close(out[1]);
-      std::vector<std::string> full = {BW_BREAKWATER_BIN, "serve", "--port", "0", "--log-level", "warn"};
-      full.insert(full.end(), args.begin(), args.end());
-      std::vector<char*> argv;
-      for (auto& a : full)
-        argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out[1]);
-    stdout_fd_ = out[0];
-    std::string line;  // "breakwater: listening on http://127.0.0.1:PORT ..."
-    const auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-      pollfd p{stdout_fd_, POLLIN, 0};
-      if (poll(&p, 1, 100) <= 0) continue;
-      char c;
-      if (read(stdout_fd_, &c, 1) != 1) break;
-      line += c;
-    }
-    const size_t at = line.find("http://127.0.0.1:");
-    if (at != std::string::npos) port_ = std::stoi(line.substr(at + 17));
-  }
-  ~ServerProcess() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (stdout_fd_ >= 0) close(stdout_fd_);
-  }
-  int port() const { return port_; }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-  bool wait_ready() const {
-    for (int i = 0; i < 500; ++i) {
-      if (test::run_shell("curl -s -o /dev/null -w '%{http_code}' " + url() + "/health").output == "200") return true;
-      std::this_thread::sleep_for(20ms);
-    }
-    return false;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int stdout_fd_ = -1;
-  int port_ = 0;
-};
+using test::ServerProcess;
 
 // The value of an unlabelled-or-labelled counter line "name{...} value" in /metrics.
 double metric_value(const std::string& url, const std::string& name) {
@@ -107,9 +50,11 @@ class BenchServeTest : public ::testing::Test {
     auto model = test::testdata_file("models/stories260K.gguf");
     if (!model) GTEST_SKIP() << "shared test data not found: models/stories260K.gguf (set BW_TESTDATA)";
     model_ = model->string();
-    server_ = std::make_unique<ServerProcess>(std::vector<std::string>{
-        "--model", model_, "--served-model-name", "stories", "--api-key", "bench-key", "--chat-template",
-        (test::source_dir() / "tests/e2e/simple_chat.jinja").string(), "--data-dir", dir_.file("data")});
+    server_ = std::make_unique<ServerProcess>(
+        BW_BREAKWATER_BIN,
+        std::vector<std::string>{"--model", model_, "--served-model-name", "stories", "--api-key", "bench-key",
+                                 "--chat-template", (test::source_dir() / "tests/e2e/simple_chat.jinja").string(),
+                                 "--data-dir", dir_.file("data")});
     ASSERT_GT(server_->port(), 0);
     ASSERT_TRUE(server_->wait_ready());
   }

@@ -6,10 +6,8 @@
 #include <filesystem>
 #include <memory>
 
-#include <nlohmann/json.hpp>
-
 #include "backend/cpu/cpu_backend.h"
-#include "common/mapped_file.h"
+#include "golden/golden_fixture.h"
 #include "model/causal_lm.h"
 #include "model/checkpoint.h"
 #include "runner/generator.h"
@@ -20,45 +18,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-fs::path fixtures_dir() { return test::source_dir() / "tests" / "golden" / "fixtures"; }
-
-std::vector<std::string> fixture_names() {
-  std::vector<std::string> names;
-  for (const auto& e : fs::directory_iterator(fixtures_dir())) {
-    if (e.is_directory() && fs::exists(e.path() / "reference.json")) names.push_back(e.path().filename().string());
-  }
-  std::sort(names.begin(), names.end());
-  return names;
-}
-
-struct Reference {
-  std::vector<int32_t> prompt;
-  std::vector<float> logits;  // [T, V]
-  std::vector<int32_t> greedy;
-};
-
-Reference read_reference(const fs::path& dir) {
-  auto text = read_file_to_string((dir / "reference.json").string());
-  EXPECT_TRUE(text.ok());
-  auto j = nlohmann::json::parse(*text);
-  Reference r;
-  r.prompt = j["prompt_ids"].get<std::vector<int32_t>>();
-  for (const auto& row : j["logits"]) {
-    for (const auto& v : row)
-      r.logits.push_back(v.get<float>());
-  }
-  r.greedy = j["greedy_ids"].get<std::vector<int32_t>>();
-  return r;
-}
-
-double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
-  double max_diff = 0.0, max_ref = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    max_diff = std::max(max_diff, std::abs(static_cast<double>(a[i]) - b[i]));
-    max_ref = std::max(max_ref, std::abs(static_cast<double>(b[i])));
-  }
-  return max_diff / max_ref;
-}
+using golden::fixture_names;
+using golden::fixtures_dir;
+using golden::read_reference;
+using golden::Reference;
+using golden::relative_error;
 
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
 
@@ -92,7 +56,8 @@ TEST_P(GoldenTest, LogitsAndGreedyTokensMatchTransformers) {
   EXPECT_EQ(result->generated_ids, ref.greedy) << GetParam();
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest, ::testing::ValuesIn(fixture_names()), test::StringParamName());
+INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest, ::testing::ValuesIn(fixture_names(fixtures_dir())),
+                         test::StringParamName());
 
 }  // namespace
 }  // namespace bw

@@ -2,9 +2,6 @@
 // SQLite file or a real redis-server, driven with curl. Crash safety: kill -9 a server while
 // a 200-request batch runs; after the restart (or on the other replica sharing Redis) every
 // request ends exactly once in the output or error file.
-#include <poll.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -21,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "support/redis_server.h"
+#include "support/server_process.h"
 #include "support/test_support.h"
 
 namespace bw {
@@ -29,93 +27,9 @@ namespace {
 using namespace std::chrono_literals;
 using Json = nlohmann::json;
 
-// A `breakwater serve` child process on an ephemeral port.
-class ServerProcess {
- public:
-  explicit ServerProcess(std::vector<std::string> args) {
-    int out[2];
-    if (pipe(out) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(out[1], STDOUT_FILENO);
-      close(out[0]);
-      close(out[1]);
-      std::vector<std::string> full = {BW_BREAKWATER_BIN, "serve", "--port", "0", "--log-level", "warn"};
-      full.insert(full.end(), args.begin(), args.end());
-      std::vector<char*> argv;
-      for (auto& a : full)
-        argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out[1]);
-    stdout_fd_ = out[0];
-    std::string line;
-    const auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-      pollfd p{stdout_fd_, POLLIN, 0};
-      if (poll(&p, 1, 100) <= 0) continue;
-      char c;
-      if (read(stdout_fd_, &c, 1) != 1) break;
-      line += c;
-    }
-    const size_t at = line.find("http://127.0.0.1:");
-    if (at != std::string::npos) port_ = std::stoi(line.substr(at + 17));
-  }
-  ~ServerProcess() { kill9(); }
-  ServerProcess(const ServerProcess&) = delete;
-  ServerProcess& operator=(const ServerProcess&) = delete;
-
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-  int port() const { return port_; }
-
-  bool wait_ready() const {
-    for (int i = 0; i < 500; ++i) {
-      if (test::run_shell("curl -s -o /dev/null -w '%{http_code}' " + url() + "/health").output == "200") return true;
-      std::this_thread::sleep_for(20ms);
-    }
-    return false;
-  }
-  void kill9() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-      pid_ = -1;
-    }
-    if (stdout_fd_ >= 0) close(stdout_fd_);
-    stdout_fd_ = -1;
-  }
-  int terminate() {
-    if (pid_ <= 0) return -1;
-    kill(pid_, SIGTERM);
-    int status = 0;
-    waitpid(pid_, &status, 0);
-    pid_ = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-
- private:
-  pid_t pid_ = -1;
-  int stdout_fd_ = -1;
-  int port_ = 0;
-};
-
-struct HttpResult {
-  int status = 0;
-  std::string body;
-};
-
-HttpResult curl(const std::string& args) {
-  test::CommandResult r = test::run_shell("curl -sS -w '\\n%{http_code}' " + args);
-  HttpResult h;
-  const size_t nl = r.output.rfind('\n');
-  if (nl != std::string::npos) {
-    h.status = std::atoi(r.output.c_str() + nl + 1);
-    h.body = r.output.substr(0, nl);
-  }
-  return h;
-}
+using test::curl;
+using test::HttpResult;
+using test::ServerProcess;
 
 std::string quote(const std::string& s) {
   std::string q = "'";
@@ -295,8 +209,8 @@ TEST_F(JobsE2eTest, SqliteBatchSurvivesKill9) {
   const std::string data = dir_.file("data");
   std::string batch_id;
   {
-    ServerProcess server(
-        args({"--data-dir", data, "--job-lease-seconds", "2", "--max-seqs", "8", "--debug-step-delay-ms", "15"}));
+    ServerProcess server(BW_BREAKWATER_BIN, args({"--data-dir", data, "--job-lease-seconds", "2", "--max-seqs", "8",
+                                                  "--debug-step-delay-ms", "15"}));
     ASSERT_TRUE(server.wait_ready());
     batch_id = submit_batch(server.url(), batch_input(200, 6), dir_);
     ASSERT_FALSE(batch_id.empty());
@@ -304,7 +218,7 @@ TEST_F(JobsE2eTest, SqliteBatchSurvivesKill9) {
     server.kill9();  // mid-run: some done, some running under a lease, most queued
   }
   ASSERT_TRUE(std::filesystem::exists(data + "/jobs.sqlite3"));
-  ServerProcess again(args({"--data-dir", data, "--job-lease-seconds", "2", "--max-seqs", "32"}));
+  ServerProcess again(BW_BREAKWATER_BIN, args({"--data-dir", data, "--job-lease-seconds", "2", "--max-seqs", "32"}));
   ASSERT_TRUE(again.wait_ready());
   Json before = get_batch(again.url(), batch_id);
   EXPECT_EQ(before["status"], "in_progress") << before.dump();
@@ -329,8 +243,8 @@ TEST_F(JobsE2eTest, RedisReplicasShareABatchAndSurviveKill9) {
   const std::vector<std::string> common = {
       "--redis-url", redis.url(),  "--job-lease-seconds", "2", "--max-seqs", "8", "--debug-step-delay-ms",
       "15",          "--data-dir", dir_.file("unused")};
-  ServerProcess a(args(common));
-  ServerProcess b(args(common));
+  ServerProcess a(BW_BREAKWATER_BIN, args(common));
+  ServerProcess b(BW_BREAKWATER_BIN, args(common));
   ASSERT_TRUE(a.wait_ready());
   ASSERT_TRUE(b.wait_ready());
   const std::string batch_id = submit_batch(a.url(), batch_input(200, 6), dir_);
@@ -354,8 +268,8 @@ TEST_F(JobsE2eTest, RedisReplicasShareABatchAndSurviveKill9) {
 }
 
 TEST_F(JobsE2eTest, SingleJobsMatchTheSynchronousAnswerAndCancel) {
-  ServerProcess server(args({"--data-dir", dir_.file("data"), "--job-concurrency", "1", "--job-lease-seconds", "3",
-                             "--debug-step-delay-ms", "5"}));
+  ServerProcess server(BW_BREAKWATER_BIN, args({"--data-dir", dir_.file("data"), "--job-concurrency", "1",
+                                                "--job-lease-seconds", "3", "--debug-step-delay-ms", "5"}));
   ASSERT_TRUE(server.wait_ready());
   const std::string v1 = server.url() + "/v1";
   const Json body = {{"prompt", "Once upon a time"}, {"max_tokens", 12}, {"temperature", 0}};
@@ -407,7 +321,8 @@ TEST_F(JobsE2eTest, SingleJobsMatchTheSynchronousAnswerAndCancel) {
 }
 
 TEST_F(JobsE2eTest, InteractiveRequestsAreServedWhileABatchRuns) {
-  ServerProcess server(args({"--data-dir", dir_.file("data"), "--max-seqs", "8", "--debug-step-delay-ms", "15"}));
+  ServerProcess server(BW_BREAKWATER_BIN,
+                       args({"--data-dir", dir_.file("data"), "--max-seqs", "8", "--debug-step-delay-ms", "15"}));
   ASSERT_TRUE(server.wait_ready());
   const std::string batch_id = submit_batch(server.url(), batch_input(200, 6), dir_);
   ASSERT_TRUE(wait_progress(server.url(), batch_id, 4, 20s));
@@ -435,7 +350,7 @@ TEST_F(JobsE2eTest, InteractiveRequestsAreServedWhileABatchRuns) {
 }
 
 TEST_F(JobsE2eTest, ValidationErrorsAndFileRoutes) {
-  ServerProcess server(args({"--data-dir", dir_.file("data")}));
+  ServerProcess server(BW_BREAKWATER_BIN, args({"--data-dir", dir_.file("data")}));
   ASSERT_TRUE(server.wait_ready());
   const std::string url = server.url();
   const std::string path = dir_.file("bad.jsonl");
@@ -475,7 +390,7 @@ TEST_F(JobsE2eTest, OfficialOpenAiSdkBatchFlow) {
   const auto sdk = test::source_dir() / "tests/e2e/node_modules/openai/index.mjs";
   ASSERT_TRUE(std::filesystem::exists(sdk))
       << "the openai npm package is missing: run scripts/install-deps.sh (npm ci in tests/e2e)";
-  ServerProcess server(args({"--data-dir", dir_.file("data"), "--api-key", "k"}));
+  ServerProcess server(BW_BREAKWATER_BIN, args({"--data-dir", dir_.file("data"), "--api-key", "k"}));
   ASSERT_TRUE(server.wait_ready());
   const std::string input = dir_.file("in.jsonl");
   std::ofstream(input)

@@ -3,10 +3,6 @@
 // request is a hit from L1 and, after a restart, from L2; sampled requests are never
 // cached by default; killing Redis mid-run fails no request. Also prints the server-side
 // latency of L1 and L2 hits (recorded in docs/PERF.md; never pass/fail on time).
-#include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -27,6 +23,7 @@
 
 #include "common/redis_connection.h"
 #include "support/redis_server.h"
+#include "support/server_process.h"
 #include "support/test_support.h"
 
 namespace bw {
@@ -37,84 +34,7 @@ using Json = nlohmann::json;
 
 test::CommandResult shell(const std::string& command) { return test::run_shell(command); }
 
-// A `breakwater serve` child process on an ephemeral port (as in serve_e2e_test.cc).
-class ServerProcess {
- public:
-  explicit ServerProcess(std::vector<std::string> args) {
-    int out[2];
-    if (pipe(out) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(out[1], STDOUT_FILENO);
-      close(out[0]);
-      close(out[1]);
-      std::vector<std::string> full = {BW_BREAKWATER_BIN, "serve", "--port", "0", "--log-level", "error"};
-      full.insert(full.end(), args.begin(), args.end());
-      std::vector<char*> argv;
-      argv.reserve(full.size() + 1);
-      for (auto& a : full)
-        argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out[1]);
-    stdout_fd_ = out[0];
-    std::string line;
-    const auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-      pollfd p{stdout_fd_, POLLIN, 0};
-      if (poll(&p, 1, 100) <= 0) continue;
-      char c;
-      if (read(stdout_fd_, &c, 1) != 1) break;
-      line += c;
-    }
-    const size_t at = line.find("http://127.0.0.1:");
-    if (at != std::string::npos) port_ = std::stoi(line.substr(at + 17));
-  }
-  ~ServerProcess() { stop(); }
-  ServerProcess(const ServerProcess&) = delete;
-  ServerProcess& operator=(const ServerProcess&) = delete;
-
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-  int port() const { return port_; }
-
-  bool wait_ready() const {
-    if (port_ == 0) return false;
-    for (int i = 0; i < 500; ++i) {
-      if (shell("curl -s -o /dev/null -w '%{http_code}' " + url() + "/health").output == "200") return true;
-      std::this_thread::sleep_for(20ms);
-    }
-    return false;
-  }
-
-  // SIGTERM and wait; the exit status (-1 when it did not exit within 30 s).
-  int stop() {
-    if (pid_ <= 0 || exited_) return -1;
-    kill(pid_, SIGTERM);
-    const auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        if (stdout_fd_ >= 0) close(stdout_fd_);
-        stdout_fd_ = -1;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    kill(pid_, SIGKILL);
-    waitpid(pid_, nullptr, 0);
-    exited_ = true;
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int stdout_fd_ = -1;
-  int port_ = 0;
-  bool exited_ = false;
-};
+using test::ServerProcess;
 
 struct HttpResult {
   int status = 0;
@@ -245,7 +165,7 @@ constexpr const char* kGreedy = R"({"prompt":"Once upon a time","max_tokens":12,
 TEST_F(ResponseCacheE2eTest, GreedyHitFromL1StreamedReplayAndFromL2AfterRestart) {
   Json first_content;
   {
-    ServerProcess server(server_args());
+    ServerProcess server(BW_BREAKWATER_BIN, server_args(), "error");
     ASSERT_TRUE(server.wait_ready());
     const std::string url = server.url() + "/v1/completions";
     HttpResult first = post(url, kGreedy);
@@ -291,7 +211,7 @@ TEST_F(ResponseCacheE2eTest, GreedyHitFromL1StreamedReplayAndFromL2AfterRestart)
     EXPECT_EQ(server.stop(), 0);
   }
   // A restarted server (empty L1) on the same Redis: a hit from L2, then from L1.
-  ServerProcess server(server_args());
+  ServerProcess server(BW_BREAKWATER_BIN, server_args(), "error");
   ASSERT_TRUE(server.wait_ready());
   HttpResult from_l2 = post(server.url() + "/v1/completions", kGreedy);
   ASSERT_EQ(from_l2.status, 200) << from_l2.body;
@@ -306,7 +226,7 @@ TEST_F(ResponseCacheE2eTest, GreedyHitFromL1StreamedReplayAndFromL2AfterRestart)
 }
 
 TEST_F(ResponseCacheE2eTest, SampledRequestsAreNotCachedButSeededOnesAre) {
-  ServerProcess server(server_args());
+  ServerProcess server(BW_BREAKWATER_BIN, server_args(), "error");
   ASSERT_TRUE(server.wait_ready());
   const std::string url = server.url() + "/v1/completions";
   const std::string sampled = R"({"prompt":"Once upon a time","max_tokens":8,"temperature":1.0})";
@@ -332,7 +252,7 @@ TEST_F(ResponseCacheE2eTest, SampledRequestsAreNotCachedButSeededOnesAre) {
 }
 
 TEST_F(ResponseCacheE2eTest, CacheControlNoCacheBypassesTheLookup) {
-  ServerProcess server(server_args());
+  ServerProcess server(BW_BREAKWATER_BIN, server_args(), "error");
   ASSERT_TRUE(server.wait_ready());
   const std::string url = server.url() + "/v1/completions";
   EXPECT_EQ(post(url, kGreedy).x_cache(), "miss");
@@ -349,7 +269,7 @@ TEST_F(ResponseCacheE2eTest, CacheControlNoCacheBypassesTheLookup) {
 }
 
 TEST_F(ResponseCacheE2eTest, KillingRedisFailsNoRequest) {
-  ServerProcess server(server_args({"--redis-timeout-ms", "50"}));
+  ServerProcess server(BW_BREAKWATER_BIN, server_args({"--redis-timeout-ms", "50"}), "error");
   ASSERT_TRUE(server.wait_ready());
   const std::string url = server.url() + "/v1/completions";
   ASSERT_EQ(post(url, kGreedy).x_cache(), "miss");
@@ -398,7 +318,7 @@ TEST_F(ResponseCacheE2eTest, KillingRedisFailsNoRequest) {
 
 // Two prompts, n = 2, logprobs and echo: every choice is replayed, in both shapes.
 TEST_F(ResponseCacheE2eTest, ManyChoicesWithLogprobsAndEchoReplay) {
-  ServerProcess server(server_args());
+  ServerProcess server(BW_BREAKWATER_BIN, server_args(), "error");
   ASSERT_TRUE(server.wait_ready());
   const std::string url = server.url() + "/v1/completions";
   const std::string body = R"({"prompt":["Once upon a time","The dog"],"n":2,"max_tokens":5,"temperature":0,)"
@@ -448,7 +368,7 @@ TEST_F(ResponseCacheE2eTest, ManyChoicesWithLogprobsAndEchoReplay) {
 }
 
 TEST_F(ResponseCacheE2eTest, TimedOutResultsAreNotStored) {
-  ServerProcess server(server_args({"--debug-step-delay-ms", "10"}));
+  ServerProcess server(BW_BREAKWATER_BIN, server_args({"--debug-step-delay-ms", "10"}), "error");
   ASSERT_TRUE(server.wait_ready());
   const std::string url = server.url() + "/v1/completions";
   // About 0.5 s of work against a 0.1 s deadline; `timeout` is not part of the key.
@@ -481,7 +401,7 @@ TEST_F(ResponseCacheE2eTest, HitLatency) {
   };
   constexpr int kHits = 100;
   {
-    ServerProcess server(server_args());
+    ServerProcess server(BW_BREAKWATER_BIN, server_args(), "error");
     ASSERT_TRUE(server.wait_ready());
     const std::string url = server.url() + "/v1/completions";
     ASSERT_EQ(post(url, kGreedy).x_cache(), "miss");
@@ -493,9 +413,10 @@ TEST_F(ResponseCacheE2eTest, HitLatency) {
     std::printf("L1 hit: %d requests, mean %.1f us server-side; <=0.5 ms: %.0f, <=1 ms: %.0f\n", kHits, seconds * 1e6,
                 bucket_le(m, "l1", "0.0005"), bucket_le(m, "l1", "0.001"));
     ASSERT_TRUE(wait_for_redis_keys(redis_.port(), 1));
+    server.stop();
   }
   // No L1 (budget 0): every hit comes from Redis.
-  ServerProcess server(server_args({"--cache-max-bytes", "0"}));
+  ServerProcess server(BW_BREAKWATER_BIN, server_args({"--cache-max-bytes", "0"}), "error");
   ASSERT_TRUE(server.wait_ready());
   const std::string url = server.url() + "/v1/completions";
   for (int i = 0; i < kHits; ++i)

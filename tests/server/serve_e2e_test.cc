@@ -1,9 +1,6 @@
 // `breakwater serve` end to end: the real binary on the real stories260K model, driven by
 // curl and by the official OpenAI SDK (tests/e2e, installed by scripts/install-deps.sh).
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -19,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "support/server_process.h"
 #include "support/test_support.h"
 
 namespace bw {
@@ -30,106 +28,10 @@ using test::CommandResult;
 
 CommandResult shell(const std::string& command) { return test::run_shell(command); }
 
-// A `breakwater serve` child process on an ephemeral port.
-class ServerProcess {
- public:
-  explicit ServerProcess(std::vector<std::string> args) {
-    int out[2];
-    if (pipe(out) != 0) return;
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(out[1], STDOUT_FILENO);
-      close(out[0]);
-      close(out[1]);
-      std::vector<std::string> full = {BW_BREAKWATER_BIN, "serve", "--port", "0", "--log-level", "warn"};
-      full.insert(full.end(), args.begin(), args.end());
-      std::vector<char*> argv;
-      for (auto& a : full)
-        argv.push_back(a.data());
-      argv.push_back(nullptr);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(out[1]);
-    stdout_fd_ = out[0];
-    // "breakwater: listening on http://127.0.0.1:PORT (loading ...)"
-    std::string line;
-    const auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (line.find('\n') == std::string::npos && std::chrono::steady_clock::now() < deadline) {
-      pollfd p{stdout_fd_, POLLIN, 0};
-      if (poll(&p, 1, 100) <= 0) continue;
-      char c;
-      if (read(stdout_fd_, &c, 1) != 1) break;
-      line += c;
-    }
-    const size_t at = line.find("http://127.0.0.1:");
-    if (at != std::string::npos) port_ = std::stoi(line.substr(at + 17));
-  }
-  ~ServerProcess() {
-    if (pid_ > 0 && !exited_) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    if (stdout_fd_ >= 0) close(stdout_fd_);
-  }
+using test::curl;
+using test::HttpResult;
 
-  int port() const { return port_; }
-  pid_t pid() const { return pid_; }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-
-  // Polls /health until it says 200.
-  bool wait_ready() const {
-    for (int i = 0; i < 300; ++i) {
-      if (shell("curl -s -o /dev/null -w '%{http_code}' " + url() + "/health").output == "200") return true;
-      std::this_thread::sleep_for(20ms);
-    }
-    return false;
-  }
-
-  // Sends `sig` and waits for the exit status (-1 on timeout).
-  int stop(int sig, std::chrono::seconds timeout = 30s) {
-    kill(pid_, sig);
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        exited_ = true;
-        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    return -1;
-  }
-
- private:
-  pid_t pid_ = -1;
-  int stdout_fd_ = -1;
-  int port_ = 0;
-  bool exited_ = false;
-};
-
-struct HttpResult {
-  int status = 0;
-  std::string body;
-  std::string headers;
-};
-
-// curl with the status code on a last line of its own; headers in a temp file.
-HttpResult curl(const std::string& args) {
-  const std::string header_file =
-      std::filesystem::temp_directory_path() / ("bw-curl-" + std::to_string(getpid()) + "-" + std::to_string(rand()));
-  CommandResult r = shell("curl -sS -D " + header_file + " -w '\\n%{http_code}' " + args);
-  HttpResult h;
-  const size_t nl = r.output.rfind('\n');
-  if (nl != std::string::npos) {
-    h.status = std::atoi(r.output.c_str() + nl + 1);
-    h.body = r.output.substr(0, nl);
-  }
-  std::ifstream f(header_file);
-  h.headers.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
-  std::filesystem::remove(header_file);
-  return h;
-}
+using test::ServerProcess;
 
 std::string json_post(const std::string& url, const std::string& body, const std::string& key = "test-key") {
   std::string quoted;
@@ -151,8 +53,8 @@ class ServeTest : public ::testing::Test {
 };
 
 TEST_F(ServeTest, CurlEndpointsAndErrors) {
-  ServerProcess server({"--model", model_, "--served-model-name", "stories", "--api-key", "test-key", "--chat-template",
-                        chat_template_, "--max-body-bytes", "64KiB"});
+  ServerProcess server(BW_BREAKWATER_BIN, {"--model", model_, "--served-model-name", "stories", "--api-key", "test-key",
+                                           "--chat-template", chat_template_, "--max-body-bytes", "64KiB"});
   ASSERT_GT(server.port(), 0);
   ASSERT_TRUE(server.wait_ready());
   const std::string v1 = server.url() + "/v1";
@@ -227,7 +129,7 @@ TEST_F(ServeTest, CurlEndpointsAndErrors) {
 }
 
 TEST_F(ServeTest, ChatWithoutTemplateIsAClear400) {
-  ServerProcess server({"--model", model_});
+  ServerProcess server(BW_BREAKWATER_BIN, {"--model", model_});
   ASSERT_TRUE(server.wait_ready());
   HttpResult r =
       curl(json_post(server.url() + "/v1/chat/completions", R"({"messages":[{"role":"user","content":"hi"}]})"));
@@ -237,7 +139,8 @@ TEST_F(ServeTest, ChatWithoutTemplateIsAClear400) {
 }
 
 TEST_F(ServeTest, QueueFullGives429WithRetryAfter) {
-  ServerProcess server({"--model", model_, "--max-seqs", "1", "--max-queue", "0", "--debug-step-delay-ms", "10"});
+  ServerProcess server(BW_BREAKWATER_BIN,
+                       {"--model", model_, "--max-seqs", "1", "--max-queue", "0", "--debug-step-delay-ms", "10"});
   ASSERT_TRUE(server.wait_ready());
   // 24 concurrent requests of 100 tokens (a second each) against room for one.
   const std::string body = R"({"prompt":"Once upon a time","max_tokens":100,"ignore_eos":true})";
@@ -261,8 +164,8 @@ TEST_F(ServeTest, OfficialOpenAiSdk) {
   const auto sdk = test::source_dir() / "tests/e2e/node_modules/openai";
   ASSERT_TRUE(std::filesystem::exists(sdk))
       << "the openai npm package is missing: run scripts/install-deps.sh (npm ci in tests/e2e)";
-  ServerProcess server({"--model", model_, "--served-model-name", "stories", "--api-key", "test-key", "--chat-template",
-                        chat_template_});
+  ServerProcess server(BW_BREAKWATER_BIN, {"--model", model_, "--served-model-name", "stories", "--api-key", "test-key",
+                                           "--chat-template", chat_template_});
   ASSERT_TRUE(server.wait_ready());
   const std::string script = (test::source_dir() / "tests/e2e/openai_client_test.mjs").string();
   CommandResult r = shell("BW_URL=" + server.url() + "/v1 BW_MODEL=stories BW_API_KEY=test-key node " + script);
@@ -272,7 +175,8 @@ TEST_F(ServeTest, OfficialOpenAiSdk) {
 }
 
 TEST_F(ServeTest, SigtermFinishesInFlightStreamsThenExitsZero) {
-  ServerProcess server({"--model", model_, "--shutdown-timeout", "20", "--debug-step-delay-ms", "10"});
+  ServerProcess server(BW_BREAKWATER_BIN,
+                       {"--model", model_, "--shutdown-timeout", "20", "--debug-step-delay-ms", "10"});
   ASSERT_TRUE(server.wait_ready());
   // A long stream in the background, then SIGTERM while it runs.
   const std::string out = std::filesystem::temp_directory_path() / ("bw-drain-" + std::to_string(getpid()));
@@ -291,7 +195,7 @@ TEST_F(ServeTest, SigtermFinishesInFlightStreamsThenExitsZero) {
 // The issue's bounded load test: 2,000 idle keep-alive connections held while 500
 // concurrent streams complete with correct framing; the server's memory stays bounded.
 TEST_F(ServeTest, LoopbackLoad2000IdleConnectionsAnd500Streams) {
-  ServerProcess server({"--model", model_, "--io-threads", "2"});
+  ServerProcess server(BW_BREAKWATER_BIN, {"--model", model_, "--io-threads", "2"});
   ASSERT_TRUE(server.wait_ready());
   const std::string script = (test::source_dir() / "tests/e2e/load_test.py").string();
   CommandResult r = shell("python3 " + script + " --port " + std::to_string(server.port()) + " --pid " +
@@ -312,7 +216,8 @@ TEST_F(ServeTest, LoopbackLoad2000IdleConnectionsAnd500Streams) {
 }
 
 TEST_F(ServeTest, ClientDisconnectCancelsTheRequest) {
-  ServerProcess server({"--model", model_, "--served-model-name", "stories", "--debug-step-delay-ms", "10"});
+  ServerProcess server(BW_BREAKWATER_BIN,
+                       {"--model", model_, "--served-model-name", "stories", "--debug-step-delay-ms", "10"});
   ASSERT_TRUE(server.wait_ready());
   // A non-streamed request of about a second; the client gives up after 0.3 s.
   const std::string body = R"({"prompt":"Once upon a time","max_tokens":100,"ignore_eos":true})";
