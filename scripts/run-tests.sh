@@ -2,16 +2,17 @@
 # The test command of the README and of CI (.ci/run). Steps, each must pass:
 #   1. format check (clang-format) of every C++ file;
 #   2. release build (CUDA sources too when nvcc exists) and the `cpu` tests;
-#   3. AddressSanitizer + UndefinedBehaviorSanitizer build and the `cpu` tests again;
+#   3. AddressSanitizer + UndefinedBehaviorSanitizer build (clang) and the `cpu` tests again;
 #   4. clang-tidy over the engine sources;
-#   5. the libFuzzer targets, each for a bounded time (BW_FUZZ_SECONDS, default 60).
+#   5. the libFuzzer targets of the sanitizer build, each for a bounded time
+#      (BW_FUZZ_SECONDS, default 30).
 # Set BW_TEST_STEPS to a subset (e.g. "build asan") to run fewer steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 JOBS=${BW_JOBS:-$(nproc)}
 STEPS=${BW_TEST_STEPS:-"format build asan tidy fuzz"}
-FUZZ_SECONDS=${BW_FUZZ_SECONDS:-60}
+FUZZ_SECONDS=${BW_FUZZ_SECONDS:-30}
 export BW_TESTDATA=${BW_TESTDATA:-$(cd .. && pwd)/shared/testdata}
 export GTEST_COLOR=no
 
@@ -30,10 +31,14 @@ if has_step build; then
   ctest --test-dir build -L cpu -j "$JOBS" --output-on-failure
 fi
 
+# The sanitizer build is made with clang and also holds the libFuzzer targets, so the fuzz
+# step needs no third build of the tree.
+SAN_FLAGS=(-G Ninja -DCMAKE_BUILD_TYPE=Debug -DBW_SANITIZE=ON -DBW_FUZZ=ON -DBW_CUDA=OFF
+  -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g")
+
 if has_step asan; then
-  step "ASan + UBSan build + cpu tests"
-  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DBW_SANITIZE=ON -DBW_CUDA=OFF \
-    -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" >/dev/null
+  step "ASan + UBSan build (clang, with the fuzz targets) + cpu tests"
+  CC=clang CXX=clang++ cmake -S . -B build-asan "${SAN_FLAGS[@]}" -DBW_BUILD_TESTS=ON >/dev/null
   cmake --build build-asan -j "$JOBS"
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --test-dir build-asan -L cpu -j "$JOBS" --output-on-failure
@@ -53,10 +58,13 @@ fi
 
 if has_step fuzz; then
   step "libFuzzer targets (${FUZZ_SECONDS}s each)"
-  CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBW_FUZZ=ON \
-    -DBW_CUDA=OFF >/dev/null
-  cmake --build build-fuzz -j "$JOBS"
-  for fuzzer in build-fuzz/fuzz/bw_*_fuzzer; do
+  fuzz_targets=$(cd fuzz && ls *_fuzzer.cc | sed -e 's/^/bw_/' -e 's/\.cc$//')
+  if ! has_step asan; then  # the fuzz targets alone, without the tests
+    CC=clang CXX=clang++ cmake -S . -B build-asan "${SAN_FLAGS[@]}" -DBW_BUILD_TESTS=OFF >/dev/null
+  fi
+  # shellcheck disable=SC2086
+  cmake --build build-asan -j "$JOBS" --target $fuzz_targets
+  for fuzzer in build-asan/fuzz/bw_*_fuzzer; do
     name=$(basename "$fuzzer" | sed -e 's/^bw_//' -e 's/_fuzzer$//')
     corpus=$(mktemp -d)
     echo "fuzzing $name for ${FUZZ_SECONDS}s"

@@ -14,6 +14,18 @@
 #include "cpu_test_util.h"
 #include "support/test_support.h"
 
+// GCC defines __SANITIZE_ADDRESS__; clang says so through __has_feature.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define BW_TEST_UNDER_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define BW_TEST_UNDER_SANITIZER 1
+#endif
+#endif
+#ifndef BW_TEST_UNDER_SANITIZER
+#define BW_TEST_UNDER_SANITIZER 0
+#endif
+
 namespace bw {
 namespace {
 
@@ -58,7 +70,7 @@ TEST(CpuBackendTest, ImpossibleAllocationIsResourceExhausted) {
   EXPECT_EQ(huge.status().code(), StatusCode::kResourceExhausted);
   auto past_ptrdiff = backend.allocate(size_t{1} << 63);
   EXPECT_EQ(past_ptrdiff.status().code(), StatusCode::kResourceExhausted);
-#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)  // sanitizers abort on these by default
+#if !BW_TEST_UNDER_SANITIZER  // sanitizers abort on these by default
   auto too_big = backend.allocate(size_t{1} << 62);
   EXPECT_EQ(too_big.status().code(), StatusCode::kResourceExhausted);
 #endif
