@@ -85,8 +85,8 @@ class OpenAiService {
  private:
   struct Generation;
 
-  void handle_generation(Endpoint endpoint, const HttpRequest& request,
-                         const std::shared_ptr<HttpResponder>& responder, int32_t priority_offset = 0);
+  void handle_generation(Endpoint endpoint, const HttpRequest& request, const std::shared_ptr<HttpResponder>& responder,
+                         int32_t priority_offset = 0);
   void handle_models(const std::shared_ptr<HttpResponder>& responder);
   void send_error(const std::shared_ptr<HttpResponder>& responder, const std::string& route, const ApiError& error,
                   HttpHeaders headers = {});
