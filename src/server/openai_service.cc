@@ -118,18 +118,8 @@ struct OpenAiService::Generation {
         finish.stop_reason = choice.stop_reason;
         responder->write(chunk(finish));
       }
-      if (include_usage) responder->write(usage_chunk_event(meta, endpoint, usage));
-      responder->write(std::string(kStreamDone));
-      responder->end();
-      return;
     }
-    if (!echo.empty()) {
-      for (size_t i = 0; i < choices.size(); ++i)
-        choices[i].text = echo[i / static_cast<size_t>(n)] + choices[i].text;
-    }
-    std::string body = endpoint == Endpoint::kChatCompletions ? chat_completion_body(meta, choices, usage, token_text)
-                                                              : completion_body(meta, choices, usage, token_text);
-    responder->send(200, json_headers(), std::move(body));
+    send_success();
   }
 
   std::string chunk(const StreamDelta& delta) const {
@@ -217,6 +207,12 @@ struct OpenAiService::Generation {
     }
     service->metrics_.record_request(route, 200);
     store_in_cache();
+    send_success();
+  }
+
+  // The end of a successful response (mutex held): the usage chunk and [DONE] of a stream,
+  // or the whole JSON body (echoed prompts prepended) — for a fresh result and a cache hit.
+  void send_success() {
     if (stream) {
       if (include_usage) responder->write(usage_chunk_event(meta, endpoint, usage));
       responder->write(std::string(kStreamDone));
