@@ -38,4 +38,12 @@ TensorView DeviceBuffer::view(DType dtype, Shape shape) const {
   return TensorView(data_, dtype, shape);
 }
 
+Status Backend::memory_info(uint64_t* /*free_bytes*/, uint64_t* /*total_bytes*/) const {
+  return Unimplemented("{}: device memory information is not available", name());
+}
+
+Result<std::unique_ptr<CapturedGraph>> Backend::capture(const std::function<Status()>& /*body*/) {
+  return Unimplemented("{}: graph capture is not supported", name());
+}
+
 }  // namespace bw

@@ -19,6 +19,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -104,6 +107,41 @@ struct AttentionMetadata {
   int max_kv_len = 0;
 };
 
+// A recorded sequence of backend ops (a CUDA graph) that replays on the same buffers.
+class CapturedGraph {
+ public:
+  virtual ~CapturedGraph() = default;
+  // Enqueues the recorded ops again; they read the buffers' current contents.
+  // FailedPrecondition when backend scratch memory the graph uses has been reallocated since
+  // the capture (capture again).
+  virtual Status replay() = 0;
+};
+
+// Per-row parameters of Backend::sample: SamplingParams (sched/sampling_params.h) without
+// logit_bias and logprobs, which stay on the host path (runner/device_sampling.h builds these).
+struct DeviceSamplingRow {
+  float temperature = 0.0f;         // <= 0, or so small that 1 / temperature overflows: greedy
+  int32_t top_k = 0;                // <= 0: off
+  float top_p = 1.0f;               // (0, 1]
+  float min_p = 0.0f;               // [0, 1]
+  float repetition_penalty = 1.0f;  // > 0; 1 = off
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  uint64_t seed = 0;  // with `step`, selects the random draw
+  uint64_t step = 0;  // the output index of the token being sampled
+};
+
+// A batch for Backend::sample, all in host memory. The penalty history is CSR: row r's
+// distinct token ids are penalty_tokens[penalty_offsets[r], penalty_offsets[r + 1]), each
+// with its count in the output so far (penalty_output_counts; 0 = in the prompt only).
+// The offsets may be empty when no row has any history.
+struct DeviceSamplingBatch {
+  std::span<const DeviceSamplingRow> rows;
+  std::span<const int32_t> penalty_offsets;        // [rows + 1] or empty
+  std::span<const int32_t> penalty_tokens;         // distinct per row, in [0, V)
+  std::span<const int32_t> penalty_output_counts;  // [penalty_tokens.size()], >= 0
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -122,6 +160,19 @@ class Backend {
   virtual Status copy_on_device(void* device_dst, const void* device_src, size_t bytes) = 0;
   // Waits for all issued work; returns a sticky device error if one happened.
   virtual Status synchronize() = 0;
+
+  // Free and total bytes of the device's memory (Unimplemented for host-memory backends,
+  // whose budget is the host's).
+  virtual Status memory_info(uint64_t* free_bytes, uint64_t* total_bytes) const;
+
+  // --- Graphs (optional) ----------------------------------------------------------------
+  // Whether capture() works now (CUDA graphs; off while profiling).
+  virtual bool supports_graphs() const { return false; }
+  // Records the ops `body` issues instead of running them. Inside body nothing may
+  // allocate, copy from or to the host, or synchronize: run the same ops once eagerly first
+  // so that every scratch buffer has its size (such a call fails the capture with
+  // FailedPrecondition). Unimplemented unless supports_graphs().
+  virtual Result<std::unique_ptr<CapturedGraph>> capture(const std::function<Status()>& body);
 
   // --- Ops --------------------------------------------------------------------------------
   // out[t, :] = table[ids[t], :]. table [V, H] (f32/f16/bf16), ids [T] i32, out [T, H]
@@ -160,6 +211,21 @@ class Backend {
   // out = silu(gate) * up, where gate_up [T, 2F] holds [gate (F) | up (F)] per row (the
   // output of one fused gate/up projection); out [T, F].
   virtual Status silu_mul(TensorView out, const TensorView& gate_up) = 0;
+
+  // --- Sampling (optional) ------------------------------------------------------------------
+  // Whether sample() works (the runner otherwise copies logits to the host Sampler).
+  virtual bool supports_device_sampling() const { return false; }
+  // tokens[i] <- the token sampled from row i of logits [rows, V] f32 (backend memory; used
+  // as scratch, modified) under batch.rows[i]: penalties, then greedy argmax (lowest id on
+  // ties) or temperature, min-p, top-k, top-p and one draw that depends only on the row's
+  // logits, seed and step. Blocks until the ids are on the host. InvalidArgument on bad
+  // shapes or parameters.
+  virtual Status sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch) {
+    (void)tokens;
+    (void)logits;
+    (void)batch;
+    return Unimplemented("device sampling is not supported by {}", name());
+  }
 
  protected:
   friend class DeviceBuffer;

@@ -23,9 +23,6 @@
 #include "engine/engine.h"
 #include "model/causal_lm.h"
 #include "model/checkpoint.h"
-#if defined(BW_HAVE_CUDA)
-#include "backend/cuda/cuda_backend.h"
-#endif
 
 namespace bw::cli {
 
@@ -43,6 +40,7 @@ struct BenchOfflineArgs {
   int32_t max_batched_tokens = 2048;
   uint64_t seed = 0;
   bool json = false;
+  bool enforce_eager = false;
 };
 
 struct BatchResult {
@@ -71,18 +69,10 @@ Result<std::vector<int32_t>> parse_batches(const std::string& text) {
   return out;
 }
 
-double device_memory_used_gib(Backend& backend) {
-#if defined(BW_HAVE_CUDA)
-  if (auto* cuda = dynamic_cast<CudaBackend*>(&backend)) {
-    uint64_t free_bytes = 0, total_bytes = 0;
-    if (cuda->memory_info(&free_bytes, &total_bytes).ok()) {
-      return static_cast<double>(total_bytes - free_bytes) / static_cast<double>(uint64_t{1} << 30);
-    }
-  }
-#else
-  (void)backend;
-#endif
-  return 0.0;
+double device_memory_used_gib(const Backend& backend) {
+  uint64_t free_bytes = 0, total_bytes = 0;
+  if (!backend.memory_info(&free_bytes, &total_bytes).ok()) return 0.0;  // host memory
+  return static_cast<double>(total_bytes - free_bytes) / static_cast<double>(uint64_t{1} << 30);
 }
 
 Result<BatchResult> run_batch(CausalLM& model, Backend& backend, const BenchOfflineArgs& args, DType kv_dtype,
@@ -97,6 +87,7 @@ Result<BatchResult> run_batch(CausalLM& model, Backend& backend, const BenchOffl
   config.kv_num_blocks = static_cast<int32_t>(blocks_per_seq * batch + 16);
   config.kv_dtype = kv_dtype;
   config.enable_prefix_caching = false;
+  if (args.enforce_eager) config.max_graph_batch = 0;
   Logger log = make_stderr_logger("bench", "warn");
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::create(model, backend, nullptr, config, log));
 
@@ -222,6 +213,7 @@ void add_bench_offline(CLI::App& bench, CommandRunner* runner) {
   app->add_option("--max-batched-tokens", args->max_batched_tokens, "Tokens per engine step")->capture_default_str();
   app->add_option("--seed", args->seed, "Seed of the random prompts")->capture_default_str();
   app->add_flag("--json", args->json, "One JSON object instead of the table");
+  app->add_flag("--enforce-eager", args->enforce_eager, "No CUDA graphs for decode steps");
   app->callback([runner, args] {
     *runner = [args] {
       Status s = run_bench_offline(*args);

@@ -16,6 +16,12 @@ void add_engine_flags(CLI::App& app, EngineFlags* f) {
   app.add_option("--kv-memory-fraction", f->kv_memory_fraction,
                  "Cap of the automatic KV cache size, as a fraction of available memory")
       ->capture_default_str();
+  app.add_option("--gpu-memory-utilization", f->gpu_memory_utilization,
+                 "GPU backends: fraction of the device's memory for weights, activations and the KV cache (the KV "
+                 "cache takes what the weights and activations leave)")
+      ->capture_default_str();
+  app.add_flag("--enforce-eager", f->enforce_eager,
+               "GPU backends: launch every op of every step from the host (no CUDA graphs for decode steps)");
   app.add_option("--kv-dtype", f->kv_dtype, "KV cache dtype: f32, f16, bf16")->capture_default_str();
   app.add_flag("--no-prefix-caching", f->no_prefix_caching, "Do not reuse KV blocks of earlier prompts");
   app.add_flag("--no-chunked-prefill", f->no_chunked_prefill, "Prefill each prompt in one step");
@@ -77,6 +83,10 @@ Result<EngineConfig> engine_config_from_flags(const EngineFlags& f) {
   if (!(f.kv_memory_fraction > 0.0 && f.kv_memory_fraction <= 1.0))
     return InvalidArgument("--kv-memory-fraction must be in (0, 1]");
   config.kv_memory_fraction = f.kv_memory_fraction;
+  if (!(f.gpu_memory_utilization > 0.0 && f.gpu_memory_utilization <= 1.0))
+    return InvalidArgument("--gpu-memory-utilization must be in (0, 1]");
+  config.gpu_memory_utilization = f.gpu_memory_utilization;
+  if (f.enforce_eager) config.max_graph_batch = 0;
   if (f.batch_window_ms < 0) return InvalidArgument("--batch-window-ms must be >= 0");
   config.batch_window = std::chrono::milliseconds(f.batch_window_ms);
   config.seed = f.seed;

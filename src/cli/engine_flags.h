@@ -18,6 +18,8 @@ struct EngineFlags {
   int32_t kv_block_size = 16;
   std::string kv_cache_bytes;  // "4GiB", "512MiB", "1073741824"; empty = auto
   double kv_memory_fraction = 0.25;
+  double gpu_memory_utilization = 0.90;
+  bool enforce_eager = false;
   std::string kv_dtype = "f32";
   bool no_prefix_caching = false;
   bool no_chunked_prefill = false;

@@ -40,12 +40,13 @@ struct Engine::SequenceState {
   RequestId group_id = 0;
   int32_t index = 0;
   Sampler sampler;
+  uint64_t seed = 0;  // params.seed, else the one drawn for the request (device sampling)
   std::unique_ptr<StreamingDetokenizer> detokenizer;
   StopStringMatcher stops;
   bool finished = false;
 
   SequenceState(const SamplingParams& params, uint64_t seed, std::vector<std::string> stop_strings)
-      : sampler(params, seed), stops(std::move(stop_strings)) {}
+      : sampler(params, seed), seed(params.seed.value_or(seed)), stops(std::move(stop_strings)) {}
 };
 
 struct Engine::GroupState {
@@ -62,7 +63,8 @@ struct Engine::GroupState {
   int32_t cached_tokens = 0;
 };
 
-Result<int32_t> resolve_kv_num_blocks(const EngineConfig& config, const ModelConfig& model, int32_t max_model_len) {
+Result<int32_t> resolve_kv_num_blocks(const EngineConfig& config, const ModelConfig& model, int32_t max_model_len,
+                                      const DeviceMemory* device, uint64_t reserved_bytes) {
   if (config.kv_num_blocks > 0) return config.kv_num_blocks;
   ASSIGN_OR_RETURN(uint64_t block_bytes, KvCacheStorage::bytes_per_block(model, config.kv_block_size, config.kv_dtype));
   if (config.kv_cache_bytes > 0) {
@@ -76,6 +78,25 @@ Result<int32_t> resolve_kv_num_blocks(const EngineConfig& config, const ModelCon
   const uint64_t blocks_per_seq =
       (static_cast<uint64_t>(max_model_len) + config.kv_block_size - 1) / static_cast<uint64_t>(config.kv_block_size);
   const uint64_t wanted = blocks_per_seq * static_cast<uint64_t>(config.scheduler.max_num_seqs);
+  if (device != nullptr) {
+    const double util = config.gpu_memory_utilization;
+    if (!(util > 0.0 && util <= 1.0)) return InvalidArgument("gpu_memory_utilization must be in (0, 1], got {}", util);
+    const double gib = static_cast<double>(uint64_t{1} << 30);
+    const uint64_t in_use = device->total_bytes - std::min(device->free_bytes, device->total_bytes);
+    const double limit = util * static_cast<double>(device->total_bytes);
+    const double budget = limit - static_cast<double>(in_use) - static_cast<double>(reserved_bytes);
+    const double needed = static_cast<double>(blocks_per_seq * block_bytes);
+    if (budget < needed) {
+      return ResourceExhausted(
+          "not enough GPU memory for the KV cache: one {}-token sequence needs {:.2f} GiB, but {:.2f} GiB is left of "
+          "{:.0f}% of {:.1f} GiB ({:.2f} GiB in use by the weights and workspace, {:.2f} GiB kept for buffers); raise "
+          "--gpu-memory-utilization, lower --max-model-len, or use a smaller --kv-dtype",
+          max_model_len, needed / gib, std::max(budget, 0.0) / gib, util * 100.0,
+          static_cast<double>(device->total_bytes) / gib, static_cast<double>(in_use) / gib,
+          static_cast<double>(reserved_bytes) / gib);
+    }
+    return static_cast<int32_t>(std::min<uint64_t>(static_cast<uint64_t>(budget) / block_bytes, INT32_MAX));
+  }
   const uint64_t available = host_available_bytes();
   if (!(config.kv_memory_fraction > 0.0 && config.kv_memory_fraction <= 1.0)) {
     return InvalidArgument("kv_memory_fraction must be in (0, 1], got {}", config.kv_memory_fraction);
@@ -98,11 +119,24 @@ Result<std::unique_ptr<Engine>> Engine::create(CausalLM& model, Backend& backend
                            mc.max_position_embeddings);
   }
   RETURN_IF_ERROR(config.scheduler.validate());
-  ASSIGN_OR_RETURN(int32_t num_blocks, resolve_kv_num_blocks(config, mc, config.scheduler.max_model_len));
+  // The memory plan: weights are loaded; the activation workspace for the largest step
+  // next; the KV pool then takes what the budget leaves.
+  RETURN_IF_ERROR(model.reserve(config.scheduler.max_num_batched_tokens, config.scheduler.max_num_seqs));
+  const int32_t graph_batch = std::min(config.max_graph_batch, config.scheduler.max_num_seqs);
+  DeviceMemory device;
+  const bool on_device = !backend.is_host_memory() && backend.memory_info(&device.free_bytes, &device.total_bytes).ok();
+  // Allocated after the pool: logits rows of the largest eager step and of the graphs, and
+  // room for graph, cuBLAS and sampling buffers.
+  const uint64_t logits_bytes = static_cast<uint64_t>(config.scheduler.max_num_seqs + std::max(graph_batch, 0)) *
+                                static_cast<uint64_t>(mc.vocab_size) * sizeof(float);
+  const uint64_t reserved = logits_bytes + (uint64_t{512} << 20);
+  ASSIGN_OR_RETURN(int32_t num_blocks, resolve_kv_num_blocks(config, mc, config.scheduler.max_model_len,
+                                                             on_device ? &device : nullptr, reserved));
   config.kv_num_blocks = num_blocks;
   KvCacheConfig kv{num_blocks, config.kv_block_size, config.enable_prefix_caching};
   RETURN_IF_ERROR(kv.validate());
-  ModelRunnerConfig runner_config{num_blocks, config.kv_block_size, config.kv_dtype};
+  ModelRunnerConfig runner_config{num_blocks, config.kv_block_size, config.kv_dtype, graph_batch,
+                                  config.scheduler.max_model_len};
   ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, ModelRunner::create(model, backend, runner_config));
   auto engine = std::unique_ptr<Engine>(new Engine(mc, tokenizer, config, logger, std::move(runner)));
   engine->thread_ = std::thread([e = engine.get()] { e->loop(); });
@@ -116,6 +150,7 @@ Engine::Engine(const ModelConfig& model_config, const Tokenizer* tokenizer, cons
       kv_config_{config.kv_num_blocks, config.kv_block_size, config.enable_prefix_caching},
       logger_(std::move(logger)),
       runner_(std::move(runner)),
+      device_batch_(model_config.vocab_size),
       seed_rng_(config.seed) {
   const ModelConfig& mc = model_config;
   model_info_.name = config.model_name;
@@ -317,7 +352,10 @@ void Engine::step() {
       group.cached_tokens = request != nullptr ? std::max(request->num_cached_tokens, 0) : 0;
     }
   }
-  Result<RunnerOutput> result = runner_->execute(output);
+  DeviceSamplingBatch device_batch;
+  const bool device_sampling = prepare_device_sampling(output);
+  if (device_sampling) device_batch = device_batch_.batch();
+  Result<RunnerOutput> result = runner_->execute(output, device_sampling ? &device_batch : nullptr);
   if (!result.ok()) {
     // A failed step fails the requests in it; the engine keeps serving the others.
     logger_->error("engine step failed: {}", result.status().to_string());
@@ -339,6 +377,10 @@ void Engine::step() {
     const RequestId id = logits.request_ids[i];
     const Request* request = scheduler_->find(id);
     if (request == nullptr) continue;
+    if (!logits.sampled.empty()) {  // sampled on the device
+      sampled.push_back(SampledTokens{id, {logits.sampled[i]}});
+      continue;
+    }
     SampledTokens tokens{id, {}};
     const int32_t num_choices = request->num_pending_forks + 1;
     for (int32_t c = 0; c < num_choices; ++c) {
@@ -365,6 +407,22 @@ void Engine::step() {
   counters_.batch_size_histogram[static_cast<size_t>(
       histogram_bucket(output.sequences.size(), counters_.batch_size_histogram.size()))] += 1;
   counters_.busy_seconds += seconds_between(start, SteadyClock::now());
+}
+
+bool Engine::prepare_device_sampling(const SchedulerOutput& output) {
+  if (!runner_->samples_on_device()) return false;
+  device_batch_.clear();
+  for (const ScheduledSequence& seq : output.sequences) {
+    if (!seq.sample) continue;
+    const Request* request = scheduler_->find(seq.request_id);
+    auto it = sequences_.find(seq.request_id);
+    if (request == nullptr || it == sequences_.end() || request->num_pending_forks > 0) return false;
+    const SequenceState& state = *it->second;
+    if (!device_samplable(state.sampler.params())) return false;
+    device_batch_.add_row(state.sampler.params(), state.seed, request->output_ids().size(), request->prompt_ids(),
+                          request->output_ids());
+  }
+  return device_batch_.num_rows() > 0;
 }
 
 void Engine::handle_output(const SequenceOutput& output, const SampledToken* sampled) {

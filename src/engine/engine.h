@@ -26,6 +26,7 @@
 #include "engine/engine_client.h"
 #include "engine/stop_strings.h"
 #include "model/causal_lm.h"
+#include "runner/device_sampling.h"
 #include "runner/model_runner.h"
 #include "sched/scheduler.h"
 #include "tokenizer/detokenizer.h"
@@ -42,6 +43,12 @@ struct EngineConfig {
   int32_t kv_num_blocks = 0;
   uint64_t kv_cache_bytes = 0;
   double kv_memory_fraction = 0.25;
+  // Device backends (CUDA): the automatic KV pool takes what is left of this fraction of the
+  // device's memory once the weights and the activation workspace are in place.
+  double gpu_memory_utilization = 0.90;
+  // Decode-only steps of up to this many sequences replay CUDA graphs (when the backend has
+  // them); 0 runs every step eagerly (--enforce-eager).
+  int32_t max_graph_batch = 256;
   DType kv_dtype = DType::kF32;
   bool enable_prefix_caching = true;
   std::chrono::milliseconds batch_window{0};
@@ -69,6 +76,8 @@ class Engine final : public EngineClient {
   void shutdown();
 
   const EngineConfig& config() const { return config_; }
+  // Tests inspect the runner (e.g. its graph counters) once requests are done.
+  const ModelRunner* runner_for_testing() const { return runner_.get(); }
 
  private:
   struct Submission {
@@ -89,6 +98,9 @@ class Engine final : public EngineClient {
   void admit(Submission submission);
   void expire_deadlines(SteadyClock::time_point now);
   void step();
+  // Fills device_batch_ for this step's sampled rows; false when a row needs the host
+  // Sampler (logprobs, logit bias, n > 1 forks) or the backend cannot sample.
+  bool prepare_device_sampling(const SchedulerOutput& output);
   void handle_output(const SequenceOutput& output, const SampledToken* sampled);
   void finish_group_sequences(RequestId group_id, FinishReason reason, const Status& error = OkStatus());
   void end_sequence(SequenceState& seq, FinishReason reason, EngineEvent* event);
@@ -105,6 +117,7 @@ class Engine final : public EngineClient {
   Logger logger_;
   ModelInfo model_info_;
   std::unique_ptr<ModelRunner> runner_;
+  DeviceSamplingBatchBuilder device_batch_;
   std::unique_ptr<Scheduler> scheduler_;  // loop thread only
 
   // Inbox (any thread).
@@ -129,7 +142,19 @@ class Engine final : public EngineClient {
   std::thread thread_;
 };
 
-// The KV pool size an EngineConfig asks for, in blocks.
-Result<int32_t> resolve_kv_num_blocks(const EngineConfig& config, const ModelConfig& model, int32_t max_model_len);
+// Device memory now, for sizing the KV pool of a device backend.
+struct DeviceMemory {
+  uint64_t free_bytes = 0;
+  uint64_t total_bytes = 0;
+};
+
+// The KV pool size an EngineConfig asks for, in blocks: kv_num_blocks, else kv_cache_bytes,
+// else automatic. Automatic on a device (`device` set; call it once weights and workspace
+// are allocated): gpu_memory_utilization x total minus what is in use minus
+// `reserved_bytes` (buffers allocated later), all of it; ResourceExhausted when that does
+// not hold one max_model_len sequence. Automatic on the host: enough for max_num_seqs
+// full-length sequences, capped at kv_memory_fraction of the available host memory.
+Result<int32_t> resolve_kv_num_blocks(const EngineConfig& config, const ModelConfig& model, int32_t max_model_len,
+                                      const DeviceMemory* device = nullptr, uint64_t reserved_bytes = 0);
 
 }  // namespace bw

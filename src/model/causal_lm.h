@@ -32,6 +32,14 @@ class CausalLM {
   // Bytes of weights held on the backend.
   virtual uint64_t weight_bytes() const = 0;
 
+  // Sizes the scratch activations for batches of up to max_tokens tokens and max_logits
+  // logits rows now (the memory plan: before the KV pool takes what is left). A larger
+  // batch later still works; it reallocates.
+  virtual Status reserve(int64_t max_tokens, int64_t max_logits) = 0;
+  // Changes whenever the scratch activations are reallocated: graphs recorded over the old
+  // ones must be captured again.
+  virtual uint64_t workspace_epoch() const = 0;
+
   // kv_cache: one entry per layer. logits [N, vocab_size], activation dtype.
   virtual Status forward(const ForwardInput& input, std::span<const KvCacheLayer> kv_cache, TensorView logits) = 0;
 };

@@ -21,14 +21,36 @@ Result<std::unique_ptr<ModelRunner>> ModelRunner::create(CausalLM& model, Backen
                                                          const ModelRunnerConfig& config) {
   ASSIGN_OR_RETURN(KvCacheStorage storage, KvCacheStorage::create(backend, model.config(), config.kv_num_blocks,
                                                                   config.kv_block_size, config.kv_dtype));
-  return std::unique_ptr<ModelRunner>(new ModelRunner(model, backend, std::move(storage)));
+  std::unique_ptr<DecodeGraphs> graphs;
+  if (config.max_graph_batch > 0 && backend.supports_graphs()) {
+    graphs = std::make_unique<DecodeGraphs>(model, backend, config.kv_block_size, config.max_graph_batch,
+                                            config.max_model_len);
+  }
+  return std::unique_ptr<ModelRunner>(new ModelRunner(model, backend, std::move(storage), std::move(graphs)));
 }
 
-Result<RunnerOutput> ModelRunner::execute(const SchedulerOutput& output) {
+Status ModelRunner::finish(const TensorView& logits, const DeviceSamplingBatch* sampling, RunnerOutput* result) {
+  if (sampling == nullptr || !backend_.supports_device_sampling())
+    return read_logits(backend_, logits, &result->logits);
+  if (sampling->rows.size() != static_cast<size_t>(logits.dim(0))) {
+    return InvalidArgument("runner: {} sampling rows for {} logits rows", sampling->rows.size(), logits.dim(0));
+  }
+  result->sampled.resize(sampling->rows.size());
+  return backend_.sample(result->sampled, logits, *sampling);
+}
+
+Result<RunnerOutput> ModelRunner::execute(const SchedulerOutput& output, const DeviceSamplingBatch* sampling) {
   RunnerOutput result;
   result.vocab_size = model_.config().vocab_size;
   if (!output.block_copies.empty()) RETURN_IF_ERROR(kv_cache_.copy_blocks(backend_, output.block_copies));
   if (output.empty()) return result;
+  if (graphs_ != nullptr && graphs_->accepts(output.sequences)) {
+    for (const ScheduledSequence& seq : output.sequences)
+      result.request_ids.push_back(seq.request_id);
+    ASSIGN_OR_RETURN(TensorView logits, graphs_->run(output.sequences, kv_cache_.layers()));
+    RETURN_IF_ERROR(finish(logits, sampling, &result));
+    return result;
+  }
   RETURN_IF_ERROR(inputs_.build(backend_, output.sequences, static_cast<int32_t>(kv_cache_.block_size())));
   for (const ScheduledSequence& seq : output.sequences) {
     if (seq.sample) result.request_ids.push_back(seq.request_id);
@@ -42,7 +64,7 @@ Result<RunnerOutput> ModelRunner::execute(const SchedulerOutput& output) {
   }
   TensorView logits = logits_buffer_.view(act, {rows, result.vocab_size});
   RETURN_IF_ERROR(model_.forward(inputs_.input(), kv_cache_.layers(), logits));
-  RETURN_IF_ERROR(read_logits(backend_, logits, &result.logits));
+  RETURN_IF_ERROR(finish(logits, sampling, &result));
   return result;
 }
 

@@ -15,6 +15,7 @@
 #include "backend/backend.h"
 #include "model/causal_lm.h"
 #include "runner/batch_inputs.h"
+#include "runner/decode_graphs.h"
 #include "runner/kv_cache_storage.h"
 #include "sched/scheduler.h"
 
@@ -24,12 +25,17 @@ struct ModelRunnerConfig {
   int32_t kv_num_blocks = 0;
   int32_t kv_block_size = 16;
   DType kv_dtype = DType::kF32;
+  // Decode-only steps of up to this many sequences replay graphs (runner/decode_graphs.h)
+  // when the backend supports them; 0 runs every step eagerly.
+  int32_t max_graph_batch = 0;
+  int32_t max_model_len = 0;  // sizes the graphs' block tables
 };
 
 struct RunnerOutput {
   std::vector<RequestId> request_ids;  // the sequences with `sample` set, in output order
   int64_t vocab_size = 0;
-  std::vector<float> logits;  // [request_ids.size(), vocab_size]
+  std::vector<float> logits;     // [request_ids.size(), vocab_size]; empty when sampled on the device
+  std::vector<int32_t> sampled;  // [request_ids.size()] when sampled on the device
 
   std::span<float> row(size_t i) {
     return std::span<float>(logits).subspan(i * static_cast<size_t>(vocab_size), static_cast<size_t>(vocab_size));
@@ -41,18 +47,27 @@ class ModelRunner {
   static Result<std::unique_ptr<ModelRunner>> create(CausalLM& model, Backend& backend,
                                                      const ModelRunnerConfig& config);
 
-  Result<RunnerOutput> execute(const SchedulerOutput& output);
+  // With `sampling` (one row per sequence with `sample` set, in order) and a backend that
+  // samples on the device, returns the sampled tokens instead of the logits.
+  Result<RunnerOutput> execute(const SchedulerOutput& output, const DeviceSamplingBatch* sampling = nullptr);
+  bool samples_on_device() const { return backend_.supports_device_sampling(); }
 
   const KvCacheStorage& kv_cache() const { return kv_cache_; }
+  // Null when graphs are off.
+  const DecodeGraphs* decode_graphs() const { return graphs_.get(); }
   CausalLM& model() { return model_; }
 
  private:
-  ModelRunner(CausalLM& model, Backend& backend, KvCacheStorage kv_cache)
-      : model_(model), backend_(backend), kv_cache_(std::move(kv_cache)) {}
+  ModelRunner(CausalLM& model, Backend& backend, KvCacheStorage kv_cache, std::unique_ptr<DecodeGraphs> graphs)
+      : model_(model), backend_(backend), kv_cache_(std::move(kv_cache)), graphs_(std::move(graphs)) {}
+
+  // Reads the logits back, or samples them on the device when `sampling` is given.
+  Status finish(const TensorView& logits, const DeviceSamplingBatch* sampling, RunnerOutput* result);
 
   CausalLM& model_;
   Backend& backend_;
   KvCacheStorage kv_cache_;
+  std::unique_ptr<DecodeGraphs> graphs_;
   BatchInputs inputs_;
   DeviceBuffer logits_buffer_;  // [rows, vocab], activation dtype
 };

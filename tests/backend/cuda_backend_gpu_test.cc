@@ -320,6 +320,12 @@ struct Batch {
       m = std::max(m, s.kv_len);
     return m;
   }
+  int max_query_len() const {
+    int m = 0;
+    for (const SeqSpec& s : seqs)
+      m = std::max(m, s.q_len);
+    return m;
+  }
   AttentionMetadata host_meta() {
     AttentionMetadata m;
     m.positions = test::i32_view(positions, {num_tokens});
@@ -349,6 +355,7 @@ class CudaAttentionTest : public CudaTest {
     m.block_tables = upload_i32(b.block_tables, {s, b.table_width});
     m.num_seqs = static_cast<int>(s);
     m.max_kv_len = max_kv_hint;
+    m.max_query_len = b.max_query_len();  // picks the decode / prefill kernels as the runner would
     return m;
   }
 
@@ -411,6 +418,59 @@ TEST_F(CudaAttentionTest, LongContextsSplitAndUnsplitAgree) {
     Batch prefill({{300, 300}, {64, 600}}, 16, seed++);
     check_attention(c, DType::kBF16, DType::kBF16, prefill, prefill.max_kv_len(), seed++);
   }
+}
+
+// Decode-only batches take the decode kernel (head dims 16-128) or, for other head dims,
+// the general one; hints as the runner gives them (the longest sequence) and as graphs do
+// (an upper bound).
+TEST_F(CudaAttentionTest, DecodeBatchesMatchTheCpu) {
+  uint32_t seed = 900;
+  for (AttnCase c : {AttnCase{4, 2, 16}, AttnCase{12, 2, 128}, AttnCase{8, 8, 64}, AttnCase{32, 2, 64},
+                     AttnCase{28, 4, 128}, AttnCase{4, 1, 32}, AttnCase{4, 1, 40}}) {
+    for (int bs : {1, 16}) {
+      Batch b({{1, 37}, {1, 1}, {1, 16}, {1, 17}, {1, 100}, {1, 4 * bs}, {1, 1000}}, bs, seed++);
+      for (DType act : kActs) {
+        for (DType cache_dt : kStorage) {
+          check_attention(c, act, cache_dt, b, b.max_kv_len(), seed++);
+          check_attention(c, act, cache_dt, b, 4096, seed++);
+        }
+      }
+    }
+  }
+  // One sequence, long context: the context splits over many blocks.
+  Batch one({{1, 3001}}, 16, seed++);
+  for (DType act : kActs)
+    check_attention(AttnCase{12, 2, 128}, act, DType::kBF16, one, one.max_kv_len(), seed++);
+}
+
+TEST_F(CudaAttentionTest, DecodeKernelReportsAChunkPassedAsDecode) {
+  AttnCase c{4, 2, 16};
+  Batch b({{1, 5}, {2, 6}}, 4, 3);
+  AttentionParams p{c.hq, c.hkv, c.d, 0.25f};
+  const Shape cs{b.num_blocks, b.block_size, c.hkv, c.d};
+  Stored kc(test::random_floats(static_cast<size_t>(cs.numel()), 1), DType::kF32);
+  KvCacheLayer gc{upload(kc, cs), upload(kc, cs)};
+  TensorView out = poisoned(DType::kF32, {3, 64});
+  Stored qkv(test::random_floats(3 * 128, 2), DType::kF32);
+  AttentionMetadata m = device_meta(b, 6);
+  m.max_query_len = 1;  // a wrong hint: sequence 1 has two query tokens
+  // Three tokens for two sequences: not a decode batch, so the general kernel runs.
+  ASSERT_TRUE(gpu_->paged_attention(out, upload(qkv, {3, 128}), p, m, gc).ok());
+  EXPECT_TRUE(gpu_->synchronize().ok());
+  Batch d({{1, 5}, {1, 6}}, 4, 4);
+  AttentionMetadata dm = device_meta(d, 6);
+  std::vector<int32_t> bad_start{0, 2, 2};  // sequence 0 claims two tokens, sequence 1 none
+  dm.query_start = upload_i32(bad_start, {3});
+  TensorView out2 = poisoned(DType::kF32, {2, 64});
+  ASSERT_TRUE(gpu_->paged_attention(out2, upload(qkv, {2, 128}), p, dm, gc).ok());
+  EXPECT_EQ(gpu_->synchronize().code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(gpu_->synchronize().ok());
+  Batch bad({{1, 5}}, 4, 5);
+  bad.block_tables[1] = 1000;  // the block of positions 4..7
+  TensorView out3 = poisoned(DType::kF32, {1, 64});
+  ASSERT_TRUE(gpu_->paged_attention(out3, upload(qkv, {1, 128}), p, device_meta(bad, 5), gc).ok());
+  EXPECT_EQ(gpu_->synchronize().code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(gpu_->synchronize().ok());
 }
 
 TEST_F(CudaAttentionTest, BadBlockIdsAreReported) {

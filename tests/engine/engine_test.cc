@@ -444,3 +444,41 @@ TEST(EngineTextTest, StopStringsEndTheTextBeforeTheMatch) {
 
 }  // namespace
 }  // namespace bw
+
+namespace bw {
+namespace {
+
+// The device memory plan: the KV pool takes what gpu_memory_utilization leaves after the
+// memory in use and the reserved buffers; too little for one full sequence is a clear error.
+TEST(KvPoolSizeTest, DevicePoolTakesWhatTheUtilisationLeaves) {
+  auto preset = find_model_preset("deepseek-r1-distill-qwen-1.5b");
+  ASSERT_TRUE(preset.ok());
+  EngineConfig config;
+  config.kv_dtype = DType::kBF16;
+  config.kv_block_size = 16;
+  config.gpu_memory_utilization = 0.9;
+  auto block = KvCacheStorage::bytes_per_block(*preset, 16, DType::kBF16);
+  ASSERT_TRUE(block.ok());
+  EXPECT_EQ(*block, uint64_t{28} * 2 * 16 * 2 * 128 * 2);  // layers x (k, v) x tokens x kv heads x dim x bf16
+  constexpr uint64_t kGiB = uint64_t{1} << 30;
+  const DeviceMemory device{.free_bytes = 76 * kGiB, .total_bytes = 80 * kGiB};  // 4 GiB of weights in use
+  auto blocks = resolve_kv_num_blocks(config, *preset, 4096, &device, kGiB);
+  ASSERT_TRUE(blocks.ok()) << blocks.status().to_string();
+  // 0.9 x 80 - 4 - 1 = 67 GiB of blocks.
+  EXPECT_EQ(static_cast<uint64_t>(*blocks), static_cast<uint64_t>(0.9 * 80 * kGiB - 5 * kGiB) / *block);
+
+  config.gpu_memory_utilization = 0.06;  // 4.8 GiB: 0.8 GiB short of holding anything
+  auto none = resolve_kv_num_blocks(config, *preset, 4096, &device, kGiB);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(none.status().message().find("--gpu-memory-utilization"), std::string::npos) << none.status().message();
+
+  config.gpu_memory_utilization = 1.5;
+  EXPECT_EQ(resolve_kv_num_blocks(config, *preset, 4096, &device, kGiB).status().code(), StatusCode::kInvalidArgument);
+  config.gpu_memory_utilization = 0.9;
+  config.kv_num_blocks = 100;  // an explicit size wins
+  EXPECT_EQ(*resolve_kv_num_blocks(config, *preset, 4096, &device, kGiB), 100);
+}
+
+}  // namespace
+}  // namespace bw

@@ -13,6 +13,7 @@
 #include <memory>
 
 #include "backend/backend_factory.h"
+#include "engine/engine.h"
 #include "golden/golden_fixture.h"
 #include "model/causal_lm.h"
 #include "model/checkpoint.h"
@@ -71,6 +72,58 @@ TEST_P(GoldenGpuTest, F32ModeMatchesTransformers) {
   auto result = gen.generate(ref.prompt, g);
   ASSERT_TRUE(result.ok()) << result.status().to_string();
   EXPECT_EQ(result->generated_ids, ref.greedy) << GetParam();
+}
+
+// The full engine: chunked prefill, decode steps replayed from CUDA graphs (batch 5 pads
+// to 8), sampling on the device; every copy of the prompt must produce the reference's
+// greedy tokens.
+TEST_P(GoldenGpuTest, F32EngineWithGraphsAndDeviceSamplingMatchesTransformers) {
+  std::unique_ptr<Backend> backend = cuda_or_skip(DType::kF32);
+  if (backend == nullptr) GTEST_SKIP() << "no CUDA device";
+  ASSERT_TRUE(backend->supports_graphs());
+  ASSERT_TRUE(backend->supports_device_sampling());
+  const fs::path dir = fixtures_dir() / GetParam();
+  const Reference ref = read_reference(dir);
+  auto ckpt = Checkpoint::open(dir.string());
+  ASSERT_TRUE(ckpt.ok()) << ckpt.status().to_string();
+  WeightLoadOptions options;
+  options.weight_dtype = DType::kF32;
+  auto model = load_causal_lm(*ckpt, *backend, options);
+  ASSERT_TRUE(model.ok()) << model.status().to_string();
+  EngineConfig config;
+  config.scheduler.max_model_len = 256;
+  config.scheduler.max_num_seqs = 8;
+  config.scheduler.max_num_batched_tokens = 16;  // prompts arrive in chunks
+  config.kv_block_size = 4;
+  config.kv_num_blocks = 512;
+  config.enable_prefix_caching = false;
+  auto engine = Engine::create(**model, *backend, nullptr, config, make_stderr_logger("golden-gpu", "warn"));
+  ASSERT_TRUE(engine.ok()) << engine.status().to_string();
+  std::vector<std::unique_ptr<EventQueue>> queues;
+  for (int i = 0; i < 5; ++i) {
+    GenerationRequest r;
+    r.prompt_ids = ref.prompt;
+    r.stop.max_tokens = static_cast<int32_t>(ref.greedy.size());
+    r.stop.ignore_eos = true;
+    r.detokenize = false;
+    queues.push_back(std::make_unique<EventQueue>());
+    ASSERT_TRUE((*engine)->submit(std::move(r), queues.back()->sink()).ok());
+  }
+  for (auto& q : queues) {
+    Completion c;
+    for (;;) {
+      auto event = q->pop(std::chrono::seconds(60));
+      ASSERT_TRUE(event.has_value()) << "timed out";
+      ASSERT_TRUE(event->error.ok()) << event->error.to_string();
+      accumulate_event(*event, &c);
+      if (event->done) break;
+    }
+    ASSERT_EQ(c.choices.size(), 1u);
+    EXPECT_EQ(c.choices[0].token_ids, ref.greedy) << GetParam();
+  }
+  const ModelRunner* runner = (*engine)->runner_for_testing();
+  ASSERT_NE(runner->decode_graphs(), nullptr);
+  EXPECT_GT(runner->decode_graphs()->num_replays(), 0) << runner->decode_graphs()->disabled().to_string();
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenGpuTest, ::testing::ValuesIn(fixture_names()), test::StringParamName());

@@ -292,10 +292,17 @@ cudaError_t launch_paged_attention(const AttentionArgs& args, int num_splits, fl
       using C = decltype(ctag);
       attention_kernel<A, C><<<grid, kThreads, 0, stream>>>(args, groups, workspace);
     });
-    if (num_splits > 1) {
-      const dim3 cgrid(static_cast<unsigned>(args.num_tokens), static_cast<unsigned>(args.num_heads));
-      combine_kernel<A><<<cgrid, 128, 0, stream>>>(args, num_splits, workspace);
-    }
+  });
+  if (num_splits > 1) return launch_attention_combine(args, num_splits, workspace, stream);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_attention_combine(const AttentionArgs& args, int num_splits, const float* workspace,
+                                     cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(args.num_tokens), static_cast<unsigned>(args.num_heads));
+  dispatch_act(args.act_type, [&](auto atag) {
+    using A = decltype(atag);
+    combine_kernel<A><<<grid, 128, 0, stream>>>(args, num_splits, workspace);
   });
   return cudaGetLastError();
 }

@@ -196,29 +196,63 @@ struct CudaBackend::LtCache {
   }
 };
 
+// Per-op GPU time from events recorded around each op (the stream is not synchronized, so
+// launches overlap as in a normal run); resolved when the host next waits for the stream.
 struct CudaBackend::Profile {
-  using Clock = std::chrono::steady_clock;
-  std::map<std::string, std::pair<double, int64_t>> ops;  // name -> seconds, calls
-  double gap_seconds = 0.0;                               // between ops: host work, copies, waiting for the caller
-  Clock::time_point last_end;
-  bool has_last = false;
+  struct Pending {
+    std::string name;
+    cudaEvent_t start, end;
+  };
+  std::map<std::string, std::pair<double, int64_t>> ops;  // name -> GPU seconds, calls
+  std::vector<Pending> pending;
+  std::vector<cudaEvent_t> free_events;
+
+  cudaEvent_t take_event() {
+    if (!free_events.empty()) {
+      cudaEvent_t e = free_events.back();
+      free_events.pop_back();
+      return e;
+    }
+    cudaEvent_t e = nullptr;
+    cudaEventCreate(&e);
+    return e;
+  }
+  // Call after the stream is idle.
+  void resolve() {
+    for (const Pending& p : pending) {
+      float ms = 0.0f;
+      if (cudaEventElapsedTime(&ms, p.start, p.end) == cudaSuccess) {
+        auto& entry = ops[p.name];
+        entry.first += ms * 1e-3;
+        entry.second += 1;
+      }
+      free_events.push_back(p.start);
+      free_events.push_back(p.end);
+    }
+    pending.clear();
+    cudaGetLastError();
+  }
+  ~Profile() {
+    for (cudaEvent_t e : free_events)
+      cudaEventDestroy(e);
+  }
 
   void print() const {
     std::vector<std::pair<std::string, std::pair<double, int64_t>>> rows(ops.begin(), ops.end());
     std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.first > b.second.first; });
-    double total = gap_seconds;
+    double total = 0.0;
     for (const auto& r : rows)
       total += r.second.first;
-    std::fprintf(stderr, "cuda profile (synchronized per op): %.3f s in ops and gaps\n", total);
-    std::fprintf(stderr, "  %10.3f ms  %8s  %s\n", gap_seconds * 1e3, "-", "gaps between ops (host, copies)");
+    std::fprintf(stderr, "cuda profile (GPU time per op, from events): %.3f s in ops\n", total);
     for (const auto& [name, v] : rows) {
-      std::fprintf(stderr, "  %10.3f ms  %8lld  %-40s %9.1f us/call\n", v.first * 1e3, static_cast<long long>(v.second),
-                   name.c_str(), v.first * 1e6 / static_cast<double>(v.second));
+      std::fprintf(stderr, "  %10.3f ms  %5.1f%%  %8lld  %-40s %9.1f us/call\n", v.first * 1e3,
+                   total > 0 ? 100.0 * v.first / total : 0.0, static_cast<long long>(v.second), name.c_str(),
+                   v.first * 1e6 / static_cast<double>(v.second));
     }
   }
 };
 
-// Brackets one op with stream syncs when profiling (a no-op otherwise).
+// Brackets one op with events when profiling (a no-op otherwise).
 class ProfiledOp {
  public:
   template <typename NameFn>
@@ -226,21 +260,14 @@ class ProfiledOp {
     if (backend->profile_ == nullptr) return;
     backend_ = backend;
     name_ = name();
-    cudaStreamSynchronize(backend_->stream_);
-    start_ = CudaBackend::Profile::Clock::now();
-    if (backend_->profile_->has_last) {
-      backend_->profile_->gap_seconds += std::chrono::duration<double>(start_ - backend_->profile_->last_end).count();
-    }
+    start_ = backend_->profile_->take_event();
+    cudaEventRecord(start_, backend_->stream_);
   }
   ~ProfiledOp() {
     if (backend_ == nullptr) return;
-    cudaStreamSynchronize(backend_->stream_);
-    const auto end = CudaBackend::Profile::Clock::now();
-    auto& entry = backend_->profile_->ops[name_];
-    entry.first += std::chrono::duration<double>(end - start_).count();
-    entry.second += 1;
-    backend_->profile_->last_end = end;
-    backend_->profile_->has_last = true;
+    cudaEvent_t end = backend_->profile_->take_event();
+    cudaEventRecord(end, backend_->stream_);
+    backend_->profile_->pending.push_back({std::move(name_), start_, end});
   }
   ProfiledOp(const ProfiledOp&) = delete;
   ProfiledOp& operator=(const ProfiledOp&) = delete;
@@ -248,7 +275,7 @@ class ProfiledOp {
  private:
   CudaBackend* backend_ = nullptr;
   std::string name_;
-  CudaBackend::Profile::Clock::time_point start_;
+  cudaEvent_t start_ = nullptr;
 };
 
 namespace {
@@ -270,18 +297,24 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : options_(options) 
 }
 
 CudaBackend::~CudaBackend() {
-  if (profile_ != nullptr) profile_->print();
+  if (profile_ != nullptr) {
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    profile_->resolve();
+    profile_->print();
+  }
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   lt_cache_.reset();
   if (lt_ != nullptr) cublasLtDestroy(lt_);
   if (lt_workspace_ != nullptr) cudaFree(lt_workspace_);
   if (inv_freq_dev_ != nullptr) cudaFreeAsync(inv_freq_dev_, stream_);
   if (attn_ws_ != nullptr) cudaFreeAsync(attn_ws_, stream_);
+  if (sample_dev_ != nullptr) cudaFreeAsync(sample_dev_, stream_);
   if (stream_ != nullptr) {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
   }
   if (error_flag_ != nullptr) cudaFreeHost(error_flag_);
+  if (sample_host_ != nullptr) cudaFreeHost(sample_host_);
 }
 
 Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const CudaBackendOptions& options) {
@@ -368,6 +401,7 @@ Status CudaBackend::memory_info(uint64_t* free_bytes, uint64_t* total_bytes) con
 
 Result<DeviceBuffer> CudaBackend::allocate(size_t bytes) {
   RETURN_IF_ERROR(sticky_);
+  RETURN_IF_ERROR(not_while_capturing("allocate"));
   const size_t rounded = std::max(kMinAllocation, (bytes + kMinAllocation - 1) / kMinAllocation * kMinAllocation);
   if (rounded < bytes) return ResourceExhausted("cuda: cannot allocate {} bytes", bytes);
   void* data = nullptr;
@@ -388,6 +422,7 @@ void CudaBackend::free(void* data, size_t /*bytes*/) {
 
 Status CudaBackend::copy_to_device(void* device_dst, const void* host_src, size_t bytes) {
   RETURN_IF_ERROR(sticky_);
+  RETURN_IF_ERROR(not_while_capturing("copy_to_device"));
   if (bytes == 0) return OkStatus();
   if (device_dst == nullptr || host_src == nullptr) {
     return InvalidArgument("cuda: copy_to_device of {} bytes with a null pointer", bytes);
@@ -398,6 +433,7 @@ Status CudaBackend::copy_to_device(void* device_dst, const void* host_src, size_
 
 Status CudaBackend::copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
   RETURN_IF_ERROR(sticky_);
+  RETURN_IF_ERROR(not_while_capturing("copy_to_host"));
   if (bytes == 0) return OkStatus();
   if (host_dst == nullptr || device_src == nullptr) {
     return InvalidArgument("cuda: copy_to_host of {} bytes with a null pointer", bytes);
@@ -418,12 +454,16 @@ Status CudaBackend::copy_on_device(void* device_dst, const void* device_src, siz
 
 Status CudaBackend::synchronize() {
   RETURN_IF_ERROR(sticky_);
+  RETURN_IF_ERROR(not_while_capturing("synchronize"));
   BW_CUDA_TRY(cudaStreamSynchronize(stream_));
+  if (profile_ != nullptr) profile_->resolve();
   return take_kernel_error();
 }
 
 Status CudaBackend::ensure_scratch(void** buf, size_t* capacity, size_t bytes) {
   if (*capacity >= bytes) return OkStatus();
+  RETURN_IF_ERROR(not_while_capturing("growing a scratch buffer"));
+  ++scratch_epoch_;
   const size_t want = std::max(bytes, *capacity * 2);
   if (*buf != nullptr) BW_CUDA_TRY(cudaFreeAsync(*buf, stream_));
   *buf = nullptr;
@@ -431,6 +471,61 @@ Status CudaBackend::ensure_scratch(void** buf, size_t* capacity, size_t bytes) {
   BW_CUDA_TRY(cudaMallocAsync(buf, want, stream_));
   *capacity = want;
   return OkStatus();
+}
+
+Status CudaBackend::not_while_capturing(const char* what) const {
+  if (!capturing_) return OkStatus();
+  return FailedPrecondition("cuda: {} cannot be recorded in a graph; run the ops once without capture first", what);
+}
+
+// --- Graphs --------------------------------------------------------------------------------
+
+class CudaBackend::Graph final : public CapturedGraph {
+ public:
+  Graph(CudaBackend* backend, cudaGraphExec_t exec, uint64_t epoch) : backend_(backend), exec_(exec), epoch_(epoch) {}
+  ~Graph() override { cudaGraphExecDestroy(exec_); }
+  Graph(const Graph&) = delete;
+  Graph& operator=(const Graph&) = delete;
+
+  Status replay() override {
+    RETURN_IF_ERROR(backend_->sticky_);
+    if (backend_->scratch_epoch_ != epoch_) {
+      return FailedPrecondition("cuda: the graph's scratch memory was reallocated since its capture");
+    }
+    return backend_->check_launch(static_cast<int>(cudaGraphLaunch(exec_, backend_->stream_)), "cudaGraphLaunch");
+  }
+
+ private:
+  CudaBackend* backend_;
+  cudaGraphExec_t exec_;
+  uint64_t epoch_;
+};
+
+Result<std::unique_ptr<CapturedGraph>> CudaBackend::capture(const std::function<Status()>& body) {
+  RETURN_IF_ERROR(sticky_);
+  if (!supports_graphs()) return Unimplemented("cuda: graphs are off while BW_CUDA_PROFILE=1");
+  if (capturing_) return FailedPrecondition("cuda: a graph capture is already in progress");
+  // Thread-local mode: other threads' unrelated CUDA calls (none today) cannot break it.
+  BW_CUDA_TRY(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  capturing_ = true;
+  const Status body_status = body();
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+  if (!body_status.ok() || end != cudaSuccess) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    cudaGetLastError();  // a capture error does not poison the context
+    RETURN_IF_ERROR(body_status);
+    return Internal("cuda: graph capture failed: {}", cudaGetErrorString(end));
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  if (inst != cudaSuccess) {
+    cudaGetLastError();
+    return Internal("cuda: cudaGraphInstantiate failed: {}", cudaGetErrorString(inst));
+  }
+  return std::unique_ptr<CapturedGraph>(new Graph(this, exec, scratch_epoch_));
 }
 
 // --- Ops ---------------------------------------------------------------------------------------
@@ -630,6 +725,7 @@ Status CudaBackend::rope_write_kv(TensorView qkv, const AttentionParams& attn, c
 
   std::vector<float> inv_freq = rope_inv_freq(rope);
   if (inv_freq != inv_freq_host_) {
+    RETURN_IF_ERROR(not_while_capturing("uploading RoPE frequencies"));
     RETURN_IF_ERROR(ensure_scratch(&inv_freq_dev_, &inv_freq_capacity_, inv_freq.size() * sizeof(float)));
     BW_CUDA_TRY(cudaMemcpyAsync(inv_freq_dev_, inv_freq.data(), inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice,
                                 stream_));
@@ -705,12 +801,20 @@ Status CudaBackend::paged_attention(TensorView out, const TensorView& qkv, const
   a.table_width = static_cast<int>(meta.block_tables.dim(1));
   a.max_kv_len = meta.max_kv_len;
   a.error_flag = error_flag_;
-  const int splits = cuda::attention_num_splits(a, num_sms_);
+  if (meta.max_query_len >= cuda::kPrefillAttentionMinQueryLen && cuda::prefill_attention_supported(a)) {
+    return check_launch(cuda::launch_paged_attention_prefill(
+                            a, meta.max_query_len, cuda::prefill_attention_heads_per_cta(a, num_sms_), stream_),
+                        "paged_attention");
+  }
+  const bool decode = meta.max_query_len == 1 && d.num_tokens == num_seqs && cuda::decode_attention_supported(a);
+  const int splits = decode ? cuda::decode_attention_num_splits(a, num_sms_) : cuda::attention_num_splits(a, num_sms_);
   const int64_t ws_floats = cuda::attention_workspace_floats(a, splits);
   if (ws_floats > 0) {
     RETURN_IF_ERROR(ensure_scratch(&attn_ws_, &attn_ws_capacity_, static_cast<size_t>(ws_floats) * sizeof(float)));
   }
-  return check_launch(cuda::launch_paged_attention(a, splits, static_cast<float*>(attn_ws_), stream_),
+  auto* ws = static_cast<float*>(attn_ws_);
+  return check_launch(decode ? cuda::launch_paged_attention_decode(a, splits, ws, stream_)
+                             : cuda::launch_paged_attention(a, splits, ws, stream_),
                       "paged_attention");
 }
 

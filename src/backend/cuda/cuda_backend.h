@@ -19,9 +19,9 @@
 // copy_to_host or synchronize() returns it as InvalidArgument. A CUDA error (illegal
 // address, launch failure) is sticky: every later call returns it.
 //
-// Profiling: with BW_CUDA_PROFILE=1 in the environment every op is bracketed by stream
-// syncs and timed (slow; for finding where time goes), and the per-op totals are printed
-// to stderr when the backend is destroyed.
+// Profiling: with BW_CUDA_PROFILE=1 in the environment every op is bracketed by CUDA
+// events (GPU time per op, launches still asynchronous; graphs are off), and the per-op
+// totals are printed to stderr when the backend is destroyed.
 //
 // Thread-safety: like every Backend, used by one thread at a time.
 #pragma once
@@ -58,7 +58,13 @@ class CudaBackend final : public Backend {
   bool is_host_memory() const override { return false; }
   std::string device_name() const { return device_name_; }
   // Free and total device memory now (cudaMemGetInfo).
-  Status memory_info(uint64_t* free_bytes, uint64_t* total_bytes) const;
+  Status memory_info(uint64_t* free_bytes, uint64_t* total_bytes) const override;
+
+  // CUDA graphs through stream capture (off with BW_CUDA_PROFILE=1, whose syncs cannot be
+  // captured). While capturing, scratch growth, host copies and syncs fail with
+  // FailedPrecondition; scratch reallocated later marks every earlier graph stale.
+  bool supports_graphs() const override { return profile_ == nullptr; }
+  Result<std::unique_ptr<CapturedGraph>> capture(const std::function<Status()>& body) override;
 
   Result<DeviceBuffer> allocate(size_t bytes) override;
   Status copy_to_device(void* device_dst, const void* host_src, size_t bytes) override;
@@ -78,6 +84,12 @@ class CudaBackend final : public Backend {
                          const AttentionMetadata& meta, const KvCacheLayer& cache) override;
   Status silu_mul(TensorView out, const TensorView& gate_up) override;
 
+  // Device sampling (cuda_backend_sample.cc, kernel in cuda_sampling.cu): one upload of
+  // the rows and the penalty history through pinned memory, one kernel, one download of
+  // the ids.
+  bool supports_device_sampling() const override { return true; }
+  Status sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch) override;
+
   // Testing aid: forces every matmul through the GEMV kernel (true) or lets M decide.
   void set_force_gemv(bool force) { force_gemv_ = force; }
 
@@ -87,6 +99,7 @@ class CudaBackend final : public Backend {
  private:
   struct LtCache;
   struct Profile;
+  class Graph;
   friend class ProfiledOp;
   explicit CudaBackend(const CudaBackendOptions& options);
   Status init();
@@ -96,6 +109,7 @@ class CudaBackend final : public Backend {
   Status take_kernel_error();
   Status matmul_lt(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias, bool* done);
   Status ensure_scratch(void** buf, size_t* capacity, size_t bytes);
+  Status not_while_capturing(const char* what) const;
 
   CudaBackendOptions options_;
   std::string device_name_;
@@ -108,6 +122,9 @@ class CudaBackend final : public Backend {
   int* error_flag_ = nullptr;  // pinned, mapped host memory kernels write
   Status sticky_;
   bool force_gemv_ = false;
+  bool capturing_ = false;
+  // Bumped whenever scratch memory a graph may use is reallocated.
+  uint64_t scratch_epoch_ = 0;
   // Set when the environment has BW_CUDA_PROFILE=1: every op is bracketed by stream
   // syncs and timed; the per-op totals go to stderr when the backend is destroyed.
   std::unique_ptr<Profile> profile_;
@@ -118,6 +135,12 @@ class CudaBackend final : public Backend {
   // paged_attention: split-KV partial results.
   void* attn_ws_ = nullptr;
   size_t attn_ws_capacity_ = 0;
+  // sample(): pinned staging (row args, penalty tokens and counts, then the ids read back)
+  // and its device copy, both grown as needed and kept between calls.
+  void* sample_host_ = nullptr;
+  size_t sample_host_capacity_ = 0;
+  void* sample_dev_ = nullptr;
+  size_t sample_dev_capacity_ = 0;
 };
 
 }  // namespace bw

@@ -97,6 +97,34 @@ int64_t attention_workspace_floats(const AttentionArgs& args, int num_splits);
 cudaError_t launch_paged_attention(const AttentionArgs& args, int num_splits, float* workspace, cudaStream_t stream);
 // Largest head_dim and query heads per KV head the attention kernel handles.
 constexpr int kAttentionMaxHeadDim = 256;
+// Merges the num_splits partial results in `workspace` into args.out (split-KV paths).
+cudaError_t launch_attention_combine(const AttentionArgs& args, int num_splits, const float* workspace,
+                                     cudaStream_t stream);
+
+// --- cuda_attention_decode.cu ----------------------------------------------------------
+// Decode batches (every sequence has one query token, meta.max_query_len == 1): same
+// contract, error reporting and split-KV workspace as launch_paged_attention, for head_dim
+// 16/32/64/128 with f32 activations and cache, or bf16 activations and a bf16/f16 cache.
+bool decode_attention_supported(const AttentionArgs& args);
+// Splits that fill the GPU at small batches; max_kv_len must bound every sequence's length.
+int decode_attention_num_splits(const AttentionArgs& args, int num_sms);
+cudaError_t launch_paged_attention_decode(const AttentionArgs& args, int num_splits, float* workspace,
+                                          cudaStream_t stream);
+
+// --- cuda_attention_prefill.cu ---------------------------------------------------------
+// The tensor-core (mma.sync) prefill kernel: same contract and error reporting as
+// launch_paged_attention, for bf16 activations and a bf16 cache with head_dim 64 or 128
+// (and 16-byte aligned tensors). max_query_len (> 0) sizes the grid only. heads_per_cta
+// 1 or 2 (two query heads of one KV head share each K/V tile; 1 when the group is 1);
+// prefill_attention_heads_per_cta picks it (1: pairs measured slower on an H200).
+bool prefill_attention_supported(const AttentionArgs& args);
+int prefill_attention_heads_per_cta(const AttentionArgs& args, int num_sms);
+cudaError_t launch_paged_attention_prefill(const AttentionArgs& args, int max_query_len, int heads_per_cta,
+                                           cudaStream_t stream);
+// Launches of the prefill kernel so far (process-wide; tests check the dispatch with it).
+int64_t prefill_attention_launches();
+// The backend takes the prefill kernel for batches with max_query_len at least this.
+constexpr int kPrefillAttentionMinQueryLen = 16;
 
 // --- cuda_gemv.cu (the GEMV / fallback kernel; cuBLASLt is driven from cuda_backend.cc)
 // out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) for any M (loops over M in groups of 16);
@@ -107,5 +135,28 @@ cudaError_t launch_gemv(void* out, ElemType out_type, const void* x, ElemType ac
 // out[r, :] += bias (rows x n, out in out_type, bias in bias_type).
 cudaError_t launch_add_bias(void* out, ElemType out_type, const void* bias, ElemType bias_type, int64_t rows, int64_t n,
                             cudaStream_t stream);
+
+// --- cuda_sampling.cu --------------------------------------------------------------------
+// One row's sampling parameters as the kernel reads them (Backend::sample's
+// DeviceSamplingRow plus the row's range in the penalty arrays), validated on the host.
+struct SamplingRowArgs {
+  float temperature = 0.0f;  // <= 0 (or 1 / temperature not finite): greedy
+  int32_t top_k = 0;         // <= 0 or >= V: off
+  float top_p = 1.0f;        // (0, 1]
+  float min_p = 0.0f;        // [0, 1]
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  int32_t penalty_begin = 0;  // [penalty_begin, penalty_end) of penalty_tokens / counts
+  int32_t penalty_end = 0;
+  int32_t reserved = 0;
+  uint64_t seed = 0;
+  uint64_t step = 0;
+};
+// out[r] <- the token sampled from row r of logits [rows, vocab] f32 (modified: penalties,
+// then probabilities). One thread block per row; penalty_tokens are distinct per row and
+// in [0, vocab). All pointers are device memory.
+cudaError_t launch_sample(int32_t* out, float* logits, int64_t rows, int64_t vocab, const SamplingRowArgs* row_args,
+                          const int32_t* penalty_tokens, const int32_t* penalty_output_counts, cudaStream_t stream);
 
 }  // namespace bw::cuda

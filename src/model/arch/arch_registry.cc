@@ -36,7 +36,14 @@ Result<std::unique_ptr<CausalLM>> load_causal_lm(const Checkpoint& checkpoint, B
     return Unimplemented("{}: architecture '{}' is not supported (supported: {})", checkpoint.path(),
                          checkpoint.config().architecture, fmt::join(supported_architectures(), ", "));
   }
-  return loader(checkpoint, backend, options);
+  Result<std::unique_ptr<CausalLM>> model = loader(checkpoint, backend, options);
+  if (!model.ok() && model.status().code() == StatusCode::kResourceExhausted) {
+    return ResourceExhausted(
+        "{}: the model's weights do not fit in the memory of {} ({}); use smaller weights (--dtype bf16, a quantised "
+        "GGUF) or a device with more memory",
+        checkpoint.path(), backend.name(), model.status().message());
+  }
+  return model;
 }
 
 }  // namespace bw

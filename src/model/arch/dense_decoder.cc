@@ -75,6 +75,7 @@ DenseDecoder::DenseDecoder(ModelConfig config, DenseDecoderWeights weights, Back
 Status DenseDecoder::ensure_workspace(int64_t num_tokens, int64_t num_logits) {
   const int64_t rows = std::max(num_tokens, num_logits);
   if (rows <= workspace_tokens_) return OkStatus();
+  ++workspace_epoch_;  // even if an allocation below fails, some buffers may have moved
   const DType act = backend_.activation_dtype();
   const int64_t H = config_.hidden_size, F = config_.intermediate_size;
   auto alloc = [&](DeviceBuffer* buf, int64_t cols) -> Status {

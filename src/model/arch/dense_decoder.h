@@ -45,6 +45,8 @@ class DenseDecoder final : public CausalLM {
   const ModelConfig& config() const override { return config_; }
   uint64_t weight_bytes() const override { return weights_.bytes; }
   Status forward(const ForwardInput& input, std::span<const KvCacheLayer> kv_cache, TensorView logits) override;
+  Status reserve(int64_t max_tokens, int64_t max_logits) override { return ensure_workspace(max_tokens, max_logits); }
+  uint64_t workspace_epoch() const override { return workspace_epoch_; }
 
  private:
   Status ensure_workspace(int64_t num_tokens, int64_t num_logits);
@@ -57,6 +59,7 @@ class DenseDecoder final : public CausalLM {
 
   // Scratch activations, sized for workspace_tokens_ rows.
   int64_t workspace_tokens_ = 0;
+  uint64_t workspace_epoch_ = 0;
   DeviceBuffer residual_;  // [T, H]
   DeviceBuffer hidden_;    // [T, H]: normed input of the next projection
   DeviceBuffer qkv_;       // [T, (Hq + 2*Hkv) * D]

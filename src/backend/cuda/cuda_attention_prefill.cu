@@ -1,0 +1,414 @@
+// paged_attention on tensor cores for prefill: a FlashAttention-2-style kernel for bf16
+// activations and a bf16 KV cache (sm_80+: mma.sync m16n8k16, ldmatrix, cp.async).
+//
+// A CTA of 4 warps owns 64 query rows of one sequence and one query head (each warp 16
+// rows). Q is staged in shared memory and kept in registers as A fragments; the CTA walks
+// 64-key tiles of the sequence's cache up to the causal limit of its last row, loading
+// tile n + 1 while it computes tile n: K and V rows are gathered through the block table
+// with 16-byte cp.async (zero-filled past the end), each warp looking up its 16 rows'
+// block once (one lane per row) and shuffling the offsets to the lanes that copy them.
+// Per tile each warp does S = Q K^T (K via ldmatrix), the online-softmax update in
+// registers (exp2 with the scale folded in; masking only on tiles that cross a row's
+// limit), and O += P V with P kept in registers as bf16 A fragments and V read through
+// ldmatrix.trans. Shared-memory rows are XOR-swizzled in 16-byte chunks so ldmatrix is
+// free of bank conflicts. The output is staged through the (then unused) Q tile and
+// written with 16-byte stores. Heaviest query tiles are scheduled first.
+//
+// A second variant (HP = 2) gives each warp the same 16 tokens of two query heads of one
+// KV head, so every K/V fragment feeds two MMAs; it needs 32-key tiles and reads Q from
+// shared memory to fit in registers, and measured slower on an H200, so the dispatch
+// does not pick it (see prefill_attention_heads_per_cta); tests run it directly.
+//
+// Same contract and error reporting as launch_paged_attention (cuda_attention.cu): a bad
+// block id is reported as kBadBlockId and its key reads as zeros; a bad sequence
+// (kv_len < q_len, a table too narrow, a query range outside the tokens) as kBadSequence
+// and its rows are not written. Query tiles past a sequence's length exit; a CTA loops
+// over further tiles when the grid is smaller than the longest sequence needs, so the
+// max_query_len hint only sizes the grid.
+#include <atomic>
+#include <cmath>
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace bw::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kRows = 64;  // query rows per CTA (16 per warp)
+// Keys per tile: 64 with one head per CTA, 32 with two (register budget).
+constexpr int keys_per_tile(int heads_per_cta) { return heads_per_cta == 1 ? 64 : 32; }
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr float kLog2e = 1.4426950408889634f;
+
+std::atomic<int64_t> g_launches{0};
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared; zero-filled (nothing read) when !pred.
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
+  const int n = pred ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// c[16x8] += a[16x16] * b[16x8], bf16 in, f32 accumulate.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// Element offset of 16-byte chunk c of row r in a [rows][D] bf16 tile.
+template <int D>
+__device__ __forceinline__ int swz(int r, int c) {
+  return r * D + ((c ^ (r & 7)) << 3);
+}
+
+template <int D, int HP>
+__global__ void __launch_bounds__(kThreads, 2) prefill_attention_kernel(AttentionArgs a) {
+  static_assert(D % 16 == 0 && D >= 64 && D <= 128, "head_dim must be a multiple of 16 in [64, 128]");
+  constexpr int kN = keys_per_tile(HP);             // keys per tile
+  constexpr int kChunks = D / 8;                    // 16-byte chunks per row
+  constexpr int kRowsPerPass = kThreads / kChunks;  // K/V rows the CTA copies per pass
+  constexpr int kPasses = kN / kRowsPerPass;        // passes per tile
+  constexpr int kWarpRows = 32 / kChunks;           // rows one warp copies per pass
+  constexpr int kLookups = kWarpRows * kPasses;     // rows one warp copies per tile
+  static_assert(kLookups * kWarps == kN, "the warps copy every row of a tile");
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* sq = reinterpret_cast<bf16*>(smem_raw);  // [HP][kRows][D]
+  bf16* sk = sq + HP * kRows * D;                // [2][kN][D]
+  bf16* sv = sk + 2 * kN * D;                    // [2][kN][D]
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t4 = lane % 4;  // mma fragment row group / column pair
+  const int group = a.num_heads / a.num_kv_heads;
+  const int slots_per_group = (group + HP - 1) / HP;
+  const int kv_head = static_cast<int>(blockIdx.x) / slots_per_group;
+  const int h0 = kv_head * group + (static_cast<int>(blockIdx.x) % slots_per_group) * HP;
+  const int nh = min(HP, kv_head * group + group - h0);  // heads of this CTA (the last pair of an odd group: 1)
+  const int64_t qkv_width = static_cast<int64_t>(a.num_heads + 2 * a.num_kv_heads) * D;
+  const int64_t out_width = static_cast<int64_t>(a.num_heads) * D;
+  const bf16* qkv = static_cast<const bf16*>(a.qkv);
+  const bf16* kc = static_cast<const bf16*>(a.k_cache);
+  const bf16* vc = static_cast<const bf16*>(a.v_cache);
+  bf16* out = static_cast<bf16*>(a.out);
+  const int bs = a.block_size;
+  const float scale_log2 = a.scale * kLog2e;
+
+  if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && tid == 0) {
+    // Tokens no sequence covers (the general kernel reports them too).
+    if (a.query_start[0] > 0 || a.query_start[a.num_seqs] < a.num_tokens) report_error(a.error_flag, kBadSequence);
+  }
+
+  for (int s = static_cast<int>(blockIdx.y); s < a.num_seqs; s += static_cast<int>(gridDim.y)) {
+    const int q_begin = a.query_start[s];
+    const int q_end = a.query_start[s + 1];
+    const int q_len = q_end - q_begin;
+    const int kv_len = a.kv_lens[s];
+    if (q_begin < 0 || q_len < 0 || q_end > a.num_tokens || kv_len < q_len ||
+        (static_cast<int64_t>(kv_len) + bs - 1) / bs > a.table_width) {
+      if (blockIdx.x == 0 && blockIdx.z == 0 && tid == 0) report_error(a.error_flag, kBadSequence);
+      continue;
+    }
+    const int ctx = kv_len - q_len;  // cached positions before this chunk
+    const int32_t* table = a.block_tables + static_cast<int64_t>(s) * a.table_width;
+    const int num_q_tiles = (q_len + kRows - 1) / kRows;
+
+    // Heaviest (last) query tiles first: blockIdx.z = 0 takes the last tile.
+    for (int mt = static_cast<int>(gridDim.z) - 1 - static_cast<int>(blockIdx.z); mt < num_q_tiles;
+         mt += static_cast<int>(gridDim.z)) {
+      const int m0 = mt * kRows;
+      const int last_row = min(m0 + kRows - 1, q_len - 1);
+      const int n_keys = ctx + last_row + 1;  // keys the CTA's last row sees
+      const int n_tiles = (n_keys + kN - 1) / kN;
+
+      // Q tiles of the CTA's heads (rows past the sequence, heads past the group zero-filled).
+      for (int i = tid; i < HP * kRows * kChunks; i += kThreads) {
+        const int hi = i / (kRows * kChunks), r = i / kChunks % kRows, c = i % kChunks;
+        const bool ok = m0 + r < q_len && hi < nh;
+        const bf16* src = ok ? qkv + (q_begin + m0 + r) * qkv_width + static_cast<int64_t>(h0 + hi) * D + c * 8 : qkv;
+        cp_async16(smem_addr(sq + hi * kRows * D + swz<D>(r, c)), src, ok);
+      }
+      // K and V rows of tile n into buffer n & 1, gathered through the block table. Each
+      // warp copies kLookups rows: lane l < kLookups looks one up, the others shuffle.
+      auto load_kv = [&](int n) {
+        bf16* dk = sk + (n & 1) * kN * D;
+        bf16* dv = sv + (n & 1) * kN * D;
+        int64_t my_off = -1;
+        if (lane < kLookups) {
+          const int p = n * kN + warp * kWarpRows + lane % kWarpRows + kRowsPerPass * (lane / kWarpRows);
+          if (p < n_keys) {
+            const int32_t block = table[p / bs];
+            if (block < 0 || block >= a.num_blocks) {
+              report_error(a.error_flag, kBadBlockId);
+            } else {
+              my_off = ((static_cast<int64_t>(block) * bs + p % bs) * a.num_kv_heads + kv_head) * D;
+            }
+          }
+        }
+        const int c = tid % kChunks;
+#pragma unroll
+        for (int j = 0; j < kPasses; ++j) {
+          const int r = tid / kChunks + j * kRowsPerPass;
+          const int64_t off = __shfl_sync(0xffffffffu, my_off, j * kWarpRows + lane / kChunks);
+          const bool ok = off >= 0;
+          const int64_t src = ok ? off + c * 8 : 0;
+          cp_async16(smem_addr(dk + swz<D>(r, c)), kc + src, ok);
+          cp_async16(smem_addr(dv + swz<D>(r, c)), vc + src, ok);
+        }
+      };
+      load_kv(0);
+      cp_async_commit();
+
+      // This thread's two rows (g and g + 8 of the warp's 16) and their last visible key.
+      const int row0 = m0 + warp * 16 + g;
+      const int lim0 = min(ctx + row0, n_keys - 1);
+      const int lim1 = min(ctx + row0 + 8, n_keys - 1);
+      const bool warp_active = m0 + warp * 16 < q_len;
+      const int warp_first_lim = min(ctx + m0 + warp * 16, n_keys - 1);
+      const int warp_last_lim = min(ctx + m0 + warp * 16 + 15, n_keys - 1);
+
+      // One head: Q stays in registers. Two: read from shared memory per tile (registers).
+      uint32_t qf[HP == 1 ? D / 16 : 1][4];
+      float o[HP][D / 8][4];
+      float m_r[HP][2], l_r[HP][2];
+#pragma unroll
+      for (int mi = 0; mi < HP; ++mi) {
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j)
+          o[mi][j][0] = o[mi][j][1] = o[mi][j][2] = o[mi][j][3] = 0.0f;
+        m_r[mi][0] = m_r[mi][1] = -INFINITY;
+        l_r[mi][0] = l_r[mi][1] = 0.0f;
+      }
+      const int q_frag_row = warp * 16 + (lane / 8 % 2) * 8 + lane % 8;
+
+      for (int n = 0; n < n_tiles; ++n) {
+        if (n + 1 < n_tiles) {
+          load_kv(n + 1);
+          cp_async_commit();
+          cp_async_wait<1>();
+        } else {
+          cp_async_wait<0>();
+        }
+        __syncthreads();
+        if constexpr (HP == 1) {
+          if (n == 0) {
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk)
+              ldmatrix_x4(qf[kk], smem_addr(sq + swz<D>(q_frag_row, kk * 2 + lane / 16)));
+          }
+        }
+        const int k0 = n * kN;
+        if (warp_active && k0 <= warp_last_lim) {
+          const bf16* tk = sk + (n & 1) * kN * D;
+          const bf16* tv = sv + (n & 1) * kN * D;
+          float sc[HP][kN / 8][4];
+#pragma unroll
+          for (int mi = 0; mi < HP; ++mi) {
+#pragma unroll
+            for (int j = 0; j < kN / 8; ++j)
+              sc[mi][j][0] = sc[mi][j][1] = sc[mi][j][2] = sc[mi][j][3] = 0.0f;
+          }
+          // (Two heads: a rolled loop, or the Q fragments of every step are hoisted and spill.)
+#pragma unroll(HP == 1 ? D / 16 : 1)
+          for (int kk = 0; kk < D / 16; ++kk) {
+            uint32_t qa[HP][4];
+#pragma unroll
+            for (int mi = 0; mi < HP; ++mi) {
+              if constexpr (HP == 1) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                  qa[mi][e] = qf[kk][e];
+              } else {
+                ldmatrix_x4(qa[mi], smem_addr(sq + mi * kRows * D + swz<D>(q_frag_row, kk * 2 + lane / 16)));
+              }
+            }
+#pragma unroll
+            for (int np = 0; np < kN / 16; ++np) {
+              uint32_t b[4];
+              const int r = np * 16 + (lane / 16) * 8 + lane % 8;
+              ldmatrix_x4(b, smem_addr(tk + swz<D>(r, kk * 2 + lane / 8 % 2)));
+#pragma unroll
+              for (int mi = 0; mi < HP; ++mi) {
+                mma_bf16(sc[mi][2 * np], qa[mi], b[0], b[1]);
+                mma_bf16(sc[mi][2 * np + 1], qa[mi], b[2], b[3]);
+              }
+            }
+          }
+          // Scale into the log2 domain, mask keys past each row's limit, online softmax.
+          const bool need_mask = k0 + kN - 1 > warp_first_lim;
+          uint32_t pf[HP][kN / 16][4];  // P as bf16 A fragments: keys 16kk.. are score tiles 2kk, 2kk+1
+#pragma unroll
+          for (int mi = 0; mi < HP; ++mi) {
+            float mx0 = m_r[mi][0], mx1 = m_r[mi][1];
+#pragma unroll
+            for (int j = 0; j < kN / 8; ++j) {
+#pragma unroll
+              for (int e = 0; e < 2; ++e) {
+                const int key = k0 + j * 8 + t4 * 2 + e;
+                float s0 = sc[mi][j][e] * scale_log2;
+                float s1 = sc[mi][j][2 + e] * scale_log2;
+                if (need_mask) {
+                  if (key > lim0) s0 = -INFINITY;
+                  if (key > lim1) s1 = -INFINITY;
+                }
+                sc[mi][j][e] = s0;
+                sc[mi][j][2 + e] = s1;
+                mx0 = fmaxf(mx0, s0);
+                mx1 = fmaxf(mx1, s1);
+              }
+            }
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+            // Every row sees key 0 in tile 0, so the maxima are finite from then on.
+            const float corr0 = exp2f(m_r[mi][0] - mx0);
+            const float corr1 = exp2f(m_r[mi][1] - mx1);
+            m_r[mi][0] = mx0;
+            m_r[mi][1] = mx1;
+            float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+            for (int j = 0; j < kN / 8; ++j) {
+              const float p00 = exp2f(sc[mi][j][0] - mx0), p01 = exp2f(sc[mi][j][1] - mx0);
+              const float p10 = exp2f(sc[mi][j][2] - mx1), p11 = exp2f(sc[mi][j][3] - mx1);
+              sum0 += p00 + p01;
+              sum1 += p10 + p11;
+              pf[mi][j / 2][(j % 2) * 2] = pack_bf16(p00, p01);
+              pf[mi][j / 2][(j % 2) * 2 + 1] = pack_bf16(p10, p11);
+            }
+            l_r[mi][0] = l_r[mi][0] * corr0 + sum0;
+            l_r[mi][1] = l_r[mi][1] * corr1 + sum1;
+#pragma unroll
+            for (int j = 0; j < D / 8; ++j) {
+              o[mi][j][0] *= corr0;
+              o[mi][j][1] *= corr0;
+              o[mi][j][2] *= corr1;
+              o[mi][j][3] *= corr1;
+            }
+          }
+#pragma unroll
+          for (int kk = 0; kk < kN / 16; ++kk) {
+#pragma unroll
+            for (int dp = 0; dp < D / 16; ++dp) {
+              uint32_t b[4];
+              const int r = kk * 16 + (lane / 8 % 2) * 8 + lane % 8;
+              ldmatrix_x4_trans(b, smem_addr(tv + swz<D>(r, dp * 2 + lane / 16)));
+#pragma unroll
+              for (int mi = 0; mi < HP; ++mi) {
+                mma_bf16(o[mi][2 * dp], pf[mi][kk], b[0], b[1]);
+                mma_bf16(o[mi][2 * dp + 1], pf[mi][kk], b[2], b[3]);
+              }
+            }
+          }
+        }
+        __syncthreads();  // the buffer of tile n is refilled in iteration n + 1
+      }
+
+      // Normalise, stage the warp's rows in its own rows of the Q tiles, store.
+      const int wr = warp * 16 + g;
+#pragma unroll
+      for (int mi = 0; mi < HP; ++mi) {
+        float l0 = l_r[mi][0], l1 = l_r[mi][1];
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
+        const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+        bf16* st = sq + mi * kRows * D;
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j) {
+          *reinterpret_cast<uint32_t*>(st + swz<D>(wr, j) + t4 * 2) = pack_bf16(o[mi][j][0] * inv0, o[mi][j][1] * inv0);
+          *reinterpret_cast<uint32_t*>(st + swz<D>(wr + 8, j) + t4 * 2) =
+              pack_bf16(o[mi][j][2] * inv1, o[mi][j][3] * inv1);
+        }
+      }
+      __syncwarp();
+      for (int i = lane; i < HP * 16 * kChunks; i += 32) {
+        const int hi = i / (16 * kChunks), r = i / kChunks % 16, c = i % kChunks;
+        const int q = m0 + warp * 16 + r;
+        if (q < q_len && hi < nh) {
+          *reinterpret_cast<uint4*>(out + (q_begin + q) * out_width + static_cast<int64_t>(h0 + hi) * D + c * 8) =
+              *reinterpret_cast<const uint4*>(sq + hi * kRows * D + swz<D>(warp * 16 + r, c));
+        }
+      }
+      __syncthreads();  // the Q tiles are reloaded for the next query tile
+    }
+  }
+}
+
+template <int D, int HP>
+cudaError_t launch_for(const AttentionArgs& args, int max_query_len, cudaStream_t stream) {
+  constexpr int kSmem = (HP * kRows + 4 * keys_per_tile(HP)) * D * static_cast<int>(sizeof(bf16));
+  const cudaError_t attr =
+      cudaFuncSetAttribute(prefill_attention_kernel<D, HP>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (attr != cudaSuccess) return attr;
+  const int group = args.num_heads / args.num_kv_heads;
+  const int q_tiles = (max_query_len + kRows - 1) / kRows;
+  const int seqs = args.num_seqs < 65535 ? args.num_seqs : 65535;
+  const dim3 grid(static_cast<unsigned>(args.num_kv_heads * ((group + HP - 1) / HP)), static_cast<unsigned>(seqs),
+                  static_cast<unsigned>(q_tiles < 65535 ? q_tiles : 65535));
+  prefill_attention_kernel<D, HP><<<grid, kThreads, kSmem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool prefill_attention_supported(const AttentionArgs& args) {
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  return args.act_type == ElemType::kBF16 && args.cache_type == ElemType::kBF16 &&
+         (args.head_dim == 64 || args.head_dim == 128) && args.num_kv_heads > 0 &&
+         args.num_heads % args.num_kv_heads == 0 && args.num_heads <= 65535 && aligned(args.qkv) && aligned(args.out) &&
+         aligned(args.k_cache) && aligned(args.v_cache);
+}
+
+int prefill_attention_heads_per_cta(const AttentionArgs& /*args*/, int /*num_sms*/) {
+  // Two heads per CTA measured slower on an H200 in every benchmarked shape (T = 2,048
+  // and 512-after-1,536 chunks, 12/2 and 28/4 heads: 1.2x to 2x): the register budget
+  // forces 32-key tiles and halves the CTAs. One head, until a GPU where pairs win.
+  return 1;
+}
+
+cudaError_t launch_paged_attention_prefill(const AttentionArgs& args, int max_query_len, int heads_per_cta,
+                                           cudaStream_t stream) {
+  if (args.num_tokens == 0 || args.num_seqs <= 0 || max_query_len <= 0) return cudaSuccess;
+  g_launches.fetch_add(1, std::memory_order_relaxed);
+  const bool pair = heads_per_cta >= 2 && args.num_heads / args.num_kv_heads >= 2;
+  if (args.head_dim == 64) {
+    return pair ? launch_for<64, 2>(args, max_query_len, stream) : launch_for<64, 1>(args, max_query_len, stream);
+  }
+  return pair ? launch_for<128, 2>(args, max_query_len, stream) : launch_for<128, 1>(args, max_query_len, stream);
+}
+
+int64_t prefill_attention_launches() { return g_launches.load(std::memory_order_relaxed); }
+
+}  // namespace bw::cuda

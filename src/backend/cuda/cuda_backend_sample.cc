@@ -1,0 +1,199 @@
+// CudaBackend::sample: validation, the staging of the rows and the penalty history, the
+// kernel launch (cuda_sampling.cu) and the read-back of the ids.
+//
+// Staging layout (the same in the pinned host buffer and its device copy):
+//   [rows x SamplingRowArgs][penalty tokens, i32][penalty output counts, i32][ids out, i32]
+// The first three parts go up in one copy; the ids come back in one copy.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_kernels.h"
+
+namespace bw {
+
+namespace {
+
+constexpr size_t kAlign = 256;
+
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+Status check_row(size_t r, const DeviceSamplingRow& row) {
+  if (std::isnan(row.temperature) || std::isinf(row.temperature)) {
+    return InvalidArgument("sample: rows[{}].temperature {} must be a finite number", r, row.temperature);
+  }
+  if (!(row.top_p > 0.0f && row.top_p <= 1.0f)) {
+    return InvalidArgument("sample: rows[{}].top_p {} must be in (0, 1]", r, row.top_p);
+  }
+  if (!(row.min_p >= 0.0f && row.min_p <= 1.0f)) {
+    return InvalidArgument("sample: rows[{}].min_p {} must be in [0, 1]", r, row.min_p);
+  }
+  if (!(row.repetition_penalty > 0.0f) || std::isinf(row.repetition_penalty)) {
+    return InvalidArgument("sample: rows[{}].repetition_penalty {} must be positive and finite", r,
+                           row.repetition_penalty);
+  }
+  if (!std::isfinite(row.presence_penalty) || !std::isfinite(row.frequency_penalty)) {
+    return InvalidArgument("sample: rows[{}] presence_penalty {} and frequency_penalty {} must be finite", r,
+                           row.presence_penalty, row.frequency_penalty);
+  }
+  return OkStatus();
+}
+
+Status check_history(const DeviceSamplingBatch& batch, size_t rows, int64_t vocab) {
+  const auto& offsets = batch.penalty_offsets;
+  const size_t num_tokens = batch.penalty_tokens.size();
+  if (batch.penalty_output_counts.size() != num_tokens) {
+    return InvalidArgument("sample: penalty_output_counts has {} entries for {} penalty_tokens",
+                           batch.penalty_output_counts.size(), num_tokens);
+  }
+  if (num_tokens > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    return InvalidArgument("sample: {} penalty_tokens are too many", num_tokens);
+  }
+  if (offsets.empty()) {
+    if (num_tokens != 0) return InvalidArgument("sample: penalty_tokens without penalty_offsets");
+    return OkStatus();
+  }
+  if (offsets.size() != rows + 1) {
+    return InvalidArgument("sample: penalty_offsets has {} entries; it must be empty or have rows + 1 = {}",
+                           offsets.size(), rows + 1);
+  }
+  if (offsets.front() != 0 || static_cast<size_t>(offsets.back()) != num_tokens) {
+    return InvalidArgument("sample: penalty_offsets must run from 0 to {} (the penalty_tokens), got {} to {}",
+                           num_tokens, offsets.front(), offsets.back());
+  }
+  for (size_t r = 0; r < rows; ++r) {
+    if (offsets[r + 1] < offsets[r]) {
+      return InvalidArgument("sample: penalty_offsets decreases at row {} ({} > {})", r, offsets[r], offsets[r + 1]);
+    }
+  }
+  for (size_t j = 0; j < num_tokens; ++j) {
+    if (batch.penalty_tokens[j] < 0 || batch.penalty_tokens[j] >= vocab) {
+      return InvalidArgument("sample: penalty_tokens[{}] = {} is outside [0, {})", j, batch.penalty_tokens[j], vocab);
+    }
+    if (batch.penalty_output_counts[j] < 0) {
+      return InvalidArgument("sample: penalty_output_counts[{}] = {} is negative", j, batch.penalty_output_counts[j]);
+    }
+  }
+  return OkStatus();
+}
+
+}  // namespace
+
+Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch) {
+  RETURN_IF_ERROR(sticky_);
+  RETURN_IF_ERROR(not_while_capturing("sample"));
+  if (logits.dtype != DType::kF32 || logits.rank() != 2 || logits.dim(0) < 0 || logits.dim(1) < 0) {
+    return InvalidArgument("sample: logits {} {} must be [rows, V] f32", logits.shape.to_string(),
+                           dtype_name(logits.dtype));
+  }
+  const int64_t rows = logits.dim(0);
+  const int64_t vocab = logits.dim(1);
+  if (rows == 0) {
+    if (!tokens.empty() || !batch.rows.empty()) {
+      return InvalidArgument("sample: {} tokens and {} rows of parameters for 0 logits rows", tokens.size(),
+                             batch.rows.size());
+    }
+    return OkStatus();
+  }
+  if (vocab <= 0 || vocab > std::numeric_limits<int32_t>::max()) {
+    return InvalidArgument("sample: logits {} must have between 1 and 2^31 - 1 columns", logits.shape.to_string());
+  }
+  if (rows > std::numeric_limits<int32_t>::max()) {
+    return InvalidArgument("sample: logits {} has too many rows", logits.shape.to_string());
+  }
+  if (logits.data == nullptr) return InvalidArgument("sample: logits has no data");
+  const auto num_rows = static_cast<size_t>(rows);
+  if (tokens.size() != num_rows || batch.rows.size() != num_rows) {
+    return InvalidArgument("sample: {} tokens and {} rows of parameters for logits {}: each must be {}", tokens.size(),
+                           batch.rows.size(), logits.shape.to_string(), rows);
+  }
+  for (size_t r = 0; r < num_rows; ++r)
+    RETURN_IF_ERROR(check_row(r, batch.rows[r]));
+  RETURN_IF_ERROR(check_history(batch, num_rows, vocab));
+
+  // Staging: the same layout on both sides.
+  const size_t num_history = batch.penalty_tokens.size();
+  const size_t args_bytes = align_up(num_rows * sizeof(cuda::SamplingRowArgs));
+  const size_t history_bytes = align_up(2 * num_history * sizeof(int32_t));
+  const size_t upload_bytes = args_bytes + history_bytes;
+  const size_t total_bytes = upload_bytes + align_up(num_rows * sizeof(int32_t));
+  if (sample_host_capacity_ < total_bytes) {
+    if (sample_host_ != nullptr) {
+      const cudaError_t err = cudaFreeHost(sample_host_);
+      sample_host_ = nullptr;
+      sample_host_capacity_ = 0;
+      if (err != cudaSuccess) return fail(static_cast<int>(err), "cudaFreeHost", __FILE__, __LINE__);
+    }
+    const size_t want = std::max(total_bytes, size_t{64} << 10);
+    const cudaError_t err = cudaHostAlloc(&sample_host_, want, cudaHostAllocDefault);
+    if (err != cudaSuccess) {
+      sample_host_ = nullptr;
+      cudaGetLastError();
+      return ResourceExhausted("sample: cannot allocate {} bytes of pinned host memory: {}", want,
+                               cudaGetErrorString(err));
+    }
+    sample_host_capacity_ = want;
+  }
+  if (sample_dev_capacity_ < total_bytes) {
+    if (sample_dev_ != nullptr) {
+      const cudaError_t err = cudaFreeAsync(sample_dev_, stream_);
+      sample_dev_ = nullptr;
+      sample_dev_capacity_ = 0;
+      if (err != cudaSuccess) return fail(static_cast<int>(err), "cudaFreeAsync", __FILE__, __LINE__);
+    }
+    const size_t want = std::max(total_bytes, sample_host_capacity_);
+    const cudaError_t err = cudaMallocAsync(&sample_dev_, want, stream_);
+    if (err != cudaSuccess) {
+      sample_dev_ = nullptr;
+      return fail(static_cast<int>(err), "cudaMallocAsync (sample staging)", __FILE__, __LINE__);
+    }
+    sample_dev_capacity_ = want;
+  }
+
+  auto* host = static_cast<char*>(sample_host_);
+  auto* args = reinterpret_cast<cuda::SamplingRowArgs*>(host);
+  for (size_t r = 0; r < num_rows; ++r) {
+    const DeviceSamplingRow& row = batch.rows[r];
+    cuda::SamplingRowArgs& a = args[r];
+    a = cuda::SamplingRowArgs{};
+    a.temperature = row.temperature;
+    a.top_k = row.top_k;
+    a.top_p = row.top_p;
+    a.min_p = row.min_p;
+    a.repetition_penalty = row.repetition_penalty;
+    a.presence_penalty = row.presence_penalty;
+    a.frequency_penalty = row.frequency_penalty;
+    a.penalty_begin = batch.penalty_offsets.empty() ? 0 : batch.penalty_offsets[r];
+    a.penalty_end = batch.penalty_offsets.empty() ? 0 : batch.penalty_offsets[r + 1];
+    a.seed = row.seed;
+    a.step = row.step;
+  }
+  char* history = host + args_bytes;
+  if (num_history > 0) {
+    std::memcpy(history, batch.penalty_tokens.data(), num_history * sizeof(int32_t));
+    std::memcpy(history + num_history * sizeof(int32_t), batch.penalty_output_counts.data(),
+                num_history * sizeof(int32_t));
+  }
+  auto* dev = static_cast<char*>(sample_dev_);
+  const cudaError_t up = cudaMemcpyAsync(dev, host, upload_bytes, cudaMemcpyHostToDevice, stream_);
+  if (up != cudaSuccess) return fail(static_cast<int>(up), "cudaMemcpyAsync (sample upload)", __FILE__, __LINE__);
+  const auto* dev_history = reinterpret_cast<const int32_t*>(dev + args_bytes);
+  auto* dev_out = reinterpret_cast<int32_t*>(dev + upload_bytes);
+  RETURN_IF_ERROR(
+      check_launch(static_cast<int>(cuda::launch_sample(dev_out, static_cast<float*>(logits.data), rows, vocab,
+                                                        reinterpret_cast<const cuda::SamplingRowArgs*>(dev),
+                                                        dev_history, dev_history + num_history, stream_)),
+                   "sample"));
+  const cudaError_t down =
+      cudaMemcpyAsync(host + upload_bytes, dev_out, num_rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_);
+  if (down != cudaSuccess) return fail(static_cast<int>(down), "cudaMemcpyAsync (sample ids)", __FILE__, __LINE__);
+  RETURN_IF_ERROR(synchronize());
+  std::memcpy(tokens.data(), host + upload_bytes, num_rows * sizeof(int32_t));
+  return OkStatus();
+}
+
+}  // namespace bw

@@ -1,0 +1,560 @@
+// Token sampling on the device (Backend::sample): one thread block per logits row.
+//
+// The steps follow the host Sampler (runner/sampler.cc):
+//   1. penalties on the row's distinct history tokens (repetition: divide positive /
+//      multiply negative logits; presence + frequency * count for tokens in the output);
+//   2. one pass for the maximum and the argmax (lowest id on ties); greedy rows stop here,
+//      and so does any row whose maximum is not finite (as the host does);
+//   3. top-k: the k-th largest logit by radix select (8 bits a pass, 256-bin histograms of
+//      counts over order-preserving keys), ties at the boundary kept by lowest id;
+//   4. one pass turning the row into probabilities relative to the top token's,
+//      exp((x - max) / temperature), zero for tokens dropped by min-p or top-k; their total
+//      in 2^-44 fixed point (integer sums: the same total in any order);
+//   5. top-p: the probability threshold by the same radix select, with histograms of mass
+//      instead of counts: the smallest set of best tokens whose mass reaches top_p * total,
+//      ties at the boundary kept by lowest id;
+//   6. one draw by inverse CDF: u, a 53-bit uniform from Philox4x32-10 keyed by the row's
+//      seed and counted by its step, picks the kept token where the cumulative fixed-point
+//      mass (in id order) passes u * the kept total. That is an exact draw from the
+//      renormalised kept distribution (to 2^-44 of the top token's probability), and it
+//      depends only on the row, its seed and its step (not on other rows or scheduling):
+//      every sum is an integer and every other reduction a max with a total order.
+// Histograms use warp-aggregated shared-memory atomics (lanes with the same bin add once).
+//
+// Cost (H200, V = 151,936, one sample() call with upload, kernel and read-back): greedy
+// 38 / 62 / 80 us for 1 / 64 / 256 rows; temperature only ~125 / 155 / 270 us; top-p 0.9
+// ~260-500 / 310-670 / 550-870 us (peaked vs flat N(0, 2) rows). One block per row makes
+// a single row latency-bound: the radix passes (4 each for top-k and top-p) dominate.
+#include <cuda_runtime.h>
+
+#include <cfloat>
+#include <cstdint>
+
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_kernels.h"
+
+namespace bw::cuda {
+
+namespace {
+
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+// Row loops load this many values per thread before using them: one block reads the whole
+// row, so it needs many loads in flight.
+constexpr int kUnroll = 8;
+constexpr int64_t kTile = int64_t{kThreads} * kUnroll;
+constexpr int kBins = 256;
+constexpr int kNoBin = kBins;                     // a lane with nothing to add
+constexpr float kFixedScale = 17592186044416.0f;  // 2^44: probabilities <= 1 in fixed point
+constexpr int kSplitBits = 22;                    // 44-bit fixed point = two 22-bit halves
+// Prefilters that let the radix passes skip most of the row: top-k first counts the logits
+// within max - kTopKGaps[j], top-p first sums the mass at or above 2^(-4 (j + 1)); the
+// tightest bound that provably holds the kept set limits the candidates.
+constexpr int kNumGaps = 7;
+__constant__ float kTopKGaps[kNumGaps] = {0.5f, 1.0f, 2.0f, 4.0f, 8.0f, 16.0f, 32.0f};
+constexpr int kNumFloors = 6;
+__device__ __forceinline__ float mass_floor(int j) {
+  return __uint_as_float(static_cast<uint32_t>(127 - 4 * (j + 1)) << 23);
+}
+
+// Order-preserving unsigned key of a float (larger float, larger key).
+__device__ __forceinline__ uint32_t order_key(float x) {
+  const uint32_t bits = __float_as_uint(x);
+  return (bits & 0x80000000u) != 0 ? ~bits : (bits | 0x80000000u);
+}
+
+__device__ __forceinline__ uint64_t to_fixed(float p) { return static_cast<uint64_t>(p * kFixedScale); }
+
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3").
+__device__ __forceinline__ uint4 philox(uint4 c, uint2 k) {
+#pragma unroll
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t hi0 = __umulhi(0xD2511F53u, c.x);
+    const uint32_t lo0 = 0xD2511F53u * c.x;
+    const uint32_t hi1 = __umulhi(0xCD9E8D57u, c.z);
+    const uint32_t lo1 = 0xCD9E8D57u * c.z;
+    c = make_uint4(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
+    k.x += 0x9E3779B9u;
+    k.y += 0xBB67AE85u;
+  }
+  return c;
+}
+
+// (value, id) pairs: the larger value wins, then the lower id.
+__device__ __forceinline__ bool beats(float v, int64_t i, float best, int64_t best_id) {
+  return v > best || (v == best && i < best_id);
+}
+
+// Calls fn(i, x[i]) for each id i of this thread's share of [0, vocab), in increasing order.
+template <typename Fn>
+__device__ __forceinline__ void for_each(const float* x, int64_t vocab, Fn&& fn) {
+  for (int64_t base = threadIdx.x; base < vocab; base += kTile) {
+    float v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = base + int64_t{u} * kThreads;
+      v[u] = i < vocab ? x[i] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = base + int64_t{u} * kThreads;
+      if (i < vocab) fn(i, v[u]);
+    }
+  }
+}
+
+// As for_each, but every thread makes the same calls fn(i, v, valid), with valid false for
+// ids past the row: for bodies with warp-wide intrinsics.
+template <typename Fn>
+__device__ __forceinline__ void for_each_uniform(const float* x, int64_t vocab, Fn&& fn) {
+  for (int64_t tile = 0; tile < vocab; tile += kTile) {
+    float v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = tile + int64_t{u} * kThreads + threadIdx.x;
+      v[u] = i < vocab ? x[i] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t i = tile + int64_t{u} * kThreads + threadIdx.x;
+      fn(i, v[u], i < vocab);
+    }
+  }
+}
+
+struct Shared {
+  uint64_t segment_mass[kThreads];
+  uint64_t mass[kBins];
+  uint32_t count[kBins];
+  float red_value[kWarps];
+  int64_t red_id[kWarps];
+  uint64_t red_sum[kWarps];
+  uint32_t scan[kWarps];
+  // Results broadcast to the block.
+  float best_value;
+  int64_t best_id;
+  uint64_t total;
+  int bin;
+  uint64_t above;  // count or mass of the bins above `bin`
+  int64_t id_cut;
+};
+
+// The block's best (value, id); every thread gets it.
+__device__ void block_best(Shared& sh, float* value, int64_t* id) {
+  float v = *value;
+  int64_t i = *id;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (beats(ov, oi, v, i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (lane == 0) {
+    sh.red_value[warp] = v;
+    sh.red_id[warp] = i;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float bv = sh.red_value[0];
+    int64_t bi = sh.red_id[0];
+    for (int w = 1; w < kWarps; ++w) {
+      if (beats(sh.red_value[w], sh.red_id[w], bv, bi)) {
+        bv = sh.red_value[w];
+        bi = sh.red_id[w];
+      }
+    }
+    sh.best_value = bv;
+    sh.best_id = bi;
+  }
+  __syncthreads();
+  *value = sh.best_value;
+  *id = sh.best_id;
+  __syncthreads();
+}
+
+__device__ uint64_t block_sum(Shared& sh, uint64_t v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x % 32 == 0) sh.red_sum[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    uint64_t total = 0;
+    for (int w = 0; w < kWarps; ++w)
+      total += sh.red_sum[w];
+    sh.total = total;
+  }
+  __syncthreads();
+  const uint64_t total = sh.total;
+  __syncthreads();
+  return total;
+}
+
+// Adds `amount` (a count, or 44-bit fixed-point mass) to histogram bin `bin` (kNoBin: none),
+// once per group of lanes with the same bin. Called by all 32 lanes of each warp.
+template <bool kMass>
+__device__ __forceinline__ void histogram_add(Shared& sh, int bin, uint64_t amount) {
+  const unsigned group = __match_any_sync(0xffffffffu, bin);
+  const int leader = __ffs(group) - 1;
+  if constexpr (kMass) {
+    const uint32_t lo = __reduce_add_sync(group, static_cast<uint32_t>(amount & ((1u << kSplitBits) - 1)));
+    const uint32_t hi = __reduce_add_sync(group, static_cast<uint32_t>(amount >> kSplitBits));
+    if (bin != kNoBin && static_cast<int>(threadIdx.x % 32) == leader) {
+      atomicAdd(reinterpret_cast<unsigned long long*>(&sh.mass[bin]),
+                static_cast<unsigned long long>((static_cast<uint64_t>(hi) << kSplitBits) + lo));
+    }
+  } else {
+    if (bin != kNoBin && static_cast<int>(threadIdx.x % 32) == leader) atomicAdd(&sh.count[bin], __popc(group));
+  }
+}
+
+// After a histogram: the highest bin b where the amount in bins above b plus bin b
+// reaches `target`, into sh.bin and sh.above (kBins - 1 down to 0; -1 when none does).
+template <bool kMass>
+__device__ void find_bin(Shared& sh, double target) {
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    // Lane l holds bins [8 * (31 - l), 8 * (31 - l) + 8): lane 0 the highest.
+    const int first = 8 * (31 - lane);
+    uint64_t local = 0;
+    for (int j = 0; j < 8; ++j)
+      local += kMass ? sh.mass[first + j] : sh.count[first + j];
+    // Inclusive prefix over lanes (highest bins first).
+    uint64_t inclusive = local;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint64_t other = __shfl_up_sync(0xffffffffu, inclusive, o);
+      if (lane >= o) inclusive += other;
+    }
+    const uint64_t exclusive = inclusive - local;
+    const bool reaches = static_cast<double>(inclusive) >= target;
+    const unsigned reached = __ballot_sync(0xffffffffu, reaches);
+    if (reached == 0) {
+      if (lane == 0) {
+        sh.bin = -1;
+        sh.above = 0;
+      }
+    } else if (lane == __ffs(reached) - 1) {
+      uint64_t above = exclusive;
+      int bin = first;
+      for (int j = 7; j >= 0; --j) {
+        const uint64_t amount = kMass ? sh.mass[first + j] : sh.count[first + j];
+        if (static_cast<double>(above + amount) >= target) {
+          bin = first + j;
+          break;
+        }
+        above += amount;
+      }
+      sh.bin = bin;
+      sh.above = above;
+    }
+  }
+  __syncthreads();
+}
+
+__device__ void clear_histograms(Shared& sh) {
+  for (int b = threadIdx.x; b < kBins; b += kThreads) {
+    sh.mass[b] = 0;
+    sh.count[b] = 0;
+  }
+  __syncthreads();
+}
+
+// The id just past the `need`-th token (in id order) for which pred(i) holds (vocab when
+// there are fewer). One block-wide scan per tile of kThreads ids.
+template <typename Pred>
+__device__ int64_t id_cut(Shared& sh, int64_t vocab, int64_t need, Pred pred) {
+  if (threadIdx.x == 0) sh.id_cut = vocab;
+  __syncthreads();
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  int64_t seen = 0;
+  for (int64_t base = 0; base < vocab; base += kThreads) {
+    const int64_t i = base + threadIdx.x;
+    const bool hit = i < vocab && pred(i);
+    const unsigned ballot = __ballot_sync(0xffffffffu, hit);
+    if (lane == 0) sh.scan[warp] = __popc(ballot);
+    __syncthreads();
+    int64_t before = seen;
+    int64_t tile = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      if (w < warp) before += sh.scan[w];
+      tile += sh.scan[w];
+    }
+    before += __popc(ballot & ((1u << lane) - 1u));
+    if (hit && before == need - 1) sh.id_cut = i + 1;
+    seen += tile;
+    __syncthreads();
+    if (seen >= need) break;
+  }
+  const int64_t cut = sh.id_cut;
+  __syncthreads();
+  return cut;
+}
+
+__global__ void __launch_bounds__(kThreads)
+    sample_kernel(int32_t* out, float* logits, int64_t vocab, const SamplingRowArgs* row_args,
+                  const int32_t* penalty_tokens, const int32_t* penalty_output_counts) {
+  __shared__ Shared sh;
+  const int64_t row = blockIdx.x;
+  float* x = logits + row * vocab;
+  const SamplingRowArgs a = row_args[row];
+
+  // 1. Penalties (the tokens are distinct, so each logit has one writer).
+  const bool use_repetition = a.repetition_penalty != 1.0f;
+  if (use_repetition || a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f) {
+    for (int32_t j = a.penalty_begin + static_cast<int32_t>(threadIdx.x); j < a.penalty_end; j += kThreads) {
+      float& logit = x[penalty_tokens[j]];
+      float v = logit;
+      const int32_t count = penalty_output_counts[j];
+      if (use_repetition) v = v > 0.0f ? __fdiv_rn(v, a.repetition_penalty) : __fmul_rn(v, a.repetition_penalty);
+      if (count > 0) {
+        v = __fsub_rn(v, __fadd_rn(__fmul_rn(a.frequency_penalty, static_cast<float>(count)), a.presence_penalty));
+      }
+      logit = v;
+    }
+    __syncthreads();
+  }
+
+  // 2. The maximum and its lowest id (NaN never wins; 0 when nothing beats -inf).
+  float max_logit = -INFINITY;
+  int64_t max_id = 0;
+  for_each(x, vocab, [&](int64_t i, float v) {
+    if (v > max_logit) {
+      max_logit = v;
+      max_id = i;
+    }
+  });
+  block_best(sh, &max_logit, &max_id);
+  const float inv_temperature = 1.0f / a.temperature;
+  const bool greedy = !(a.temperature > 0.0f) || isinf(inv_temperature);
+  if (greedy || !isfinite(max_logit)) {
+    if (threadIdx.x == 0) out[row] = static_cast<int32_t>(max_id);
+    return;
+  }
+
+  // 3. Top-k over the finite logits: key_k = the k-th largest key, ties below id_cut_k.
+  bool use_top_k = a.top_k > 0 && a.top_k < vocab;
+  uint32_t key_k = 0;
+  int64_t cut_k = vocab;
+  if (use_top_k) {
+    // The tightest max - gap with at least k logits at or above it bounds the k-th largest.
+    uint32_t near[kNumGaps] = {};
+    for_each(x, vocab, [&](int64_t, float v) {
+#pragma unroll
+      for (int j = 0; j < kNumGaps; ++j)
+        near[j] += v >= max_logit - kTopKGaps[j] ? 1u : 0u;
+    });
+    float floor_x = -INFINITY;
+    for (int j = 0; j < kNumGaps; ++j) {
+      if (block_sum(sh, near[j]) >= static_cast<uint64_t>(a.top_k)) {
+        floor_x = max_logit - kTopKGaps[j];
+        break;
+      }
+    }
+    uint32_t prefix = 0;
+    uint32_t mask = 0;
+    uint64_t remaining = static_cast<uint64_t>(a.top_k);
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      clear_histograms(sh);
+      for_each_uniform(x, vocab, [&](int64_t, float v, bool valid) {
+        int bin = kNoBin;
+        if (valid) {
+          const uint32_t key = order_key(v);
+          if (v > -INFINITY && v >= floor_x && (key & mask) == prefix) bin = static_cast<int>((key >> shift) & 0xFFu);
+        }
+        if (__any_sync(0xffffffffu, bin != kNoBin)) histogram_add<false>(sh, bin, 1);
+      });
+      __syncthreads();
+      find_bin<false>(sh, static_cast<double>(remaining));
+      if (sh.bin < 0) {  // k or fewer finite logits: no cut
+        use_top_k = false;
+        break;
+      }
+      prefix |= static_cast<uint32_t>(sh.bin) << shift;
+      mask |= 0xFFu << shift;
+      remaining -= sh.above;
+      const uint64_t tied = sh.count[sh.bin];
+      __syncthreads();
+      if (shift == 0 && tied > remaining) {
+        const uint32_t k = prefix;
+        cut_k = id_cut(sh, vocab, static_cast<int64_t>(remaining),
+                       [&](int64_t i) { return order_key(x[i]) == k && x[i] > -INFINITY; });
+      }
+    }
+    key_k = prefix;
+  }
+
+  // 4. Probabilities relative to the top token's; zero for tokens min-p or top-k drop.
+  const float min_p = a.min_p > 0.0f ? fminf(a.min_p, 1.0f) : 0.0f;
+  uint64_t mass = 0;
+  const bool use_top_p = a.top_p < 1.0f;
+  uint64_t floor_mass[kNumFloors] = {};
+  for_each(x, vocab, [&](int64_t i, float v) {
+    float p = expf((v - max_logit) * inv_temperature);
+    if (!(p >= min_p) || !(p > 0.0f)) p = 0.0f;
+    if (use_top_k) {
+      const uint32_t key = order_key(v);
+      if (!(v > -INFINITY) || key < key_k || (key == key_k && i >= cut_k)) p = 0.0f;
+    }
+    x[i] = p;
+    const uint64_t fixed = to_fixed(p);
+    mass += fixed;
+    if (use_top_p) {
+#pragma unroll
+      for (int j = 0; j < kNumFloors; ++j)
+        floor_mass[j] += p >= mass_floor(j) ? fixed : 0;
+    }
+  });
+  __syncthreads();  // the row is read back by other threads below
+  const uint64_t total = block_sum(sh, mass);
+
+  // 5. Top-p: the threshold probability p_t (as bits); ties at p_t below cut_p.
+  uint32_t bits_p = 0;
+  int64_t cut_p = vocab;
+  if (use_top_p) {
+    const double target = fmax(static_cast<double>(a.top_p) * static_cast<double>(total), 1.0);
+    // The top-p set lies at or above the largest floor whose mass reaches the target.
+    float floor_p = 0.0f;
+    for (int j = 0; j < kNumFloors; ++j) {
+      if (static_cast<double>(block_sum(sh, floor_mass[j])) >= target) {
+        floor_p = mass_floor(j);
+        break;
+      }
+    }
+    uint32_t prefix = 0;
+    uint32_t mask = 0;
+    double remaining = target;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      clear_histograms(sh);
+      for_each_uniform(x, vocab, [&](int64_t, float p, bool valid) {
+        int bin = kNoBin;
+        uint64_t amount = 0;
+        if (valid) {
+          const uint32_t key = __float_as_uint(p);
+          if (p > 0.0f && p >= floor_p && (key & mask) == prefix) {
+            bin = static_cast<int>((key >> shift) & 0xFFu);
+            amount = to_fixed(p);
+          }
+        }
+        if (__any_sync(0xffffffffu, bin != kNoBin)) histogram_add<true>(sh, bin, amount);
+      });
+      __syncthreads();
+      find_bin<true>(sh, remaining);
+      if (sh.bin < 0) {  // rounding: keep everything from here down
+        prefix = 0;
+        break;
+      }
+      prefix |= static_cast<uint32_t>(sh.bin) << shift;
+      mask |= 0xFFu << shift;
+      remaining -= static_cast<double>(sh.above);
+      const uint64_t tied_mass = sh.mass[sh.bin];
+      __syncthreads();
+      if (shift == 0) {
+        // Every tied token has the same fixed-point mass.
+        const uint64_t unit = to_fixed(__uint_as_float(prefix));
+        if (unit > 0) {
+          const uint64_t tied = tied_mass / unit;
+          const double needed = ceil(remaining / static_cast<double>(unit));
+          const uint64_t keep = needed < 1.0 ? 1 : static_cast<uint64_t>(needed);
+          if (keep < tied) {
+            const uint32_t t = prefix;
+            cut_p =
+                id_cut(sh, vocab, static_cast<int64_t>(keep), [&](int64_t i) { return __float_as_uint(x[i]) == t; });
+          }
+        }
+      }
+    }
+    bits_p = prefix;
+  }
+
+  // 6. One draw by inverse CDF over the kept tokens in id order, in fixed point. Thread t
+  // owns the ids [t * segment, (t + 1) * segment): the segments' kept mass gives the one
+  // that holds the target, whose thread then walks it.
+  const auto kept_mass = [&](int64_t i) -> uint64_t {
+    const float p = x[i];
+    const uint32_t bits = __float_as_uint(p);
+    if (!(p > 0.0f) || bits < bits_p || (bits == bits_p && i >= cut_p)) return 0;
+    return to_fixed(p);
+  };
+  const int64_t segment = (vocab + kThreads - 1) / kThreads;
+  const int64_t segment_begin = min(vocab, static_cast<int64_t>(threadIdx.x) * segment);
+  const int64_t segment_end = min(vocab, segment_begin + segment);
+  uint64_t segment_mass = 0;
+#pragma unroll 8
+  for (int64_t i = segment_begin; i < segment_end; ++i)
+    segment_mass += kept_mass(i);
+  sh.segment_mass[threadIdx.x] = segment_mass;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    // Lane l holds segments [l * kPerLane, (l + 1) * kPerLane).
+    constexpr int kPerLane = kThreads / 32;
+    const int lane = static_cast<int>(threadIdx.x);
+    uint64_t local = 0;
+    for (int j = 0; j < kPerLane; ++j)
+      local += sh.segment_mass[lane * kPerLane + j];
+    uint64_t inclusive = local;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const uint64_t other = __shfl_up_sync(0xffffffffu, inclusive, o);
+      if (lane >= o) inclusive += other;
+    }
+    const uint64_t kept_total = __shfl_sync(0xffffffffu, inclusive, 31);  // > 0: the top token is kept
+    const uint4 r =
+        philox(make_uint4(static_cast<uint32_t>(a.step), static_cast<uint32_t>(a.step >> 32), 0x53414D50u, 0x4C452D31u),
+               make_uint2(static_cast<uint32_t>(a.seed), static_cast<uint32_t>(a.seed >> 32)));
+    const double u = static_cast<double>((static_cast<uint64_t>(r.x) << 21) | (r.y >> 11)) * 0x1.0p-53;  // [0, 1)
+    uint64_t target = static_cast<uint64_t>(u * static_cast<double>(kept_total));
+    if (target >= kept_total) target = kept_total - 1;  // (rounding)
+    const unsigned crossed = __ballot_sync(0xffffffffu, inclusive > target);
+    if (lane == 0) sh.bin = -1;
+    __syncwarp();
+    if (crossed != 0 && lane == __ffs(crossed) - 1) {
+      uint64_t before = inclusive - local;
+      for (int j = 0; j < kPerLane; ++j) {
+        const uint64_t m = sh.segment_mass[lane * kPerLane + j];
+        if (before + m > target) {
+          sh.bin = lane * kPerLane + j;
+          sh.above = target - before;  // the target's offset within that segment
+          break;
+        }
+        before += m;
+      }
+    }
+  }
+  __syncthreads();
+  const int chosen = sh.bin;
+  if (chosen < 0) {
+    if (threadIdx.x == 0) out[row] = static_cast<int32_t>(max_id);  // (cannot happen: kept_total > 0)
+  } else if (static_cast<int>(threadIdx.x) == chosen) {
+    const uint64_t target = sh.above;
+    int64_t token = max_id;
+    uint64_t cumulative = 0;
+#pragma unroll 8
+    for (int64_t i = segment_begin; i < segment_end; ++i) {
+      cumulative += kept_mass(i);
+      if (cumulative > target) {
+        token = i;
+        break;
+      }
+    }
+    out[row] = static_cast<int32_t>(token);
+  }
+}
+
+}  // namespace
+
+cudaError_t launch_sample(int32_t* out, float* logits, int64_t rows, int64_t vocab, const SamplingRowArgs* row_args,
+                          const int32_t* penalty_tokens, const int32_t* penalty_output_counts, cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  sample_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(out, logits, vocab, row_args, penalty_tokens,
+                                                                      penalty_output_counts);
+  return cudaGetLastError();
+}
+
+}  // namespace bw::cuda

@@ -1,0 +1,157 @@
+#include "runner/decode_graphs.h"
+
+#include <algorithm>
+#include <bit>
+
+namespace bw {
+
+namespace {
+
+constexpr int32_t kMinWidth = 8;
+
+// Fields of the packed input buffer, in order; all i32.
+struct Offsets {
+  int64_t ids, positions, slots, query_start, kv_lens, logits_rows, tables, total;
+};
+
+Offsets offsets_of(int64_t padded, int64_t width) {
+  Offsets o{};
+  o.ids = 0;
+  o.positions = padded;
+  o.slots = 2 * padded;
+  o.query_start = 3 * padded;
+  o.kv_lens = 4 * padded + 1;
+  o.logits_rows = 5 * padded + 1;
+  o.tables = 6 * padded + 1;
+  o.total = o.tables + padded * width;
+  return o;
+}
+
+int32_t width_for(int64_t blocks) {
+  return static_cast<int32_t>(std::bit_ceil(static_cast<uint64_t>(std::max<int64_t>(blocks, kMinWidth))));
+}
+
+}  // namespace
+
+DecodeGraphs::DecodeGraphs(CausalLM& model, Backend& backend, int32_t block_size, int32_t max_batch,
+                           int32_t max_model_len)
+    : model_(model), backend_(backend), block_size_(std::max(block_size, 1)) {
+  // 1, 2, 4, 8, 16, 24, 32, 48, 64, ... up to the first size that holds max_batch.
+  for (int32_t s : {1, 2, 4, 8, 16, 24, 32}) {
+    sizes_.push_back(s);
+    if (s >= max_batch) break;
+  }
+  while (sizes_.back() < max_batch)
+    sizes_.push_back(sizes_.back() + 16);
+  max_batch_ = max_batch > 0 ? sizes_.back() : 0;
+  const int64_t blocks = (static_cast<int64_t>(std::max(max_model_len, 1)) + block_size_ - 1) / block_size_;
+  max_width_ = width_for(blocks);
+}
+
+int32_t DecodeGraphs::padded_size(int32_t b) const {
+  for (int32_t s : sizes_) {
+    if (s >= b) return s;
+  }
+  return 0;
+}
+
+bool DecodeGraphs::accepts(std::span<const ScheduledSequence> sequences) const {
+  if (!disabled_.ok() || max_batch_ <= 0 || !backend_.supports_graphs()) return false;
+  if (sequences.empty() || sequences.size() > static_cast<size_t>(max_batch_)) return false;
+  for (const ScheduledSequence& seq : sequences) {
+    if (seq.token_ids.size() != 1 || !seq.sample) return false;
+    const int64_t blocks = (static_cast<int64_t>(seq.start_pos) + 1 + block_size_ - 1) / block_size_;
+    if (blocks > max_width_ || static_cast<int64_t>(seq.block_table.size()) < blocks) return false;
+  }
+  return true;
+}
+
+ForwardInput DecodeGraphs::layout(int32_t padded, int32_t width) const {
+  const Offsets o = offsets_of(padded, width);
+  auto* base = static_cast<int32_t*>(inputs_.data());
+  auto view = [&](int64_t offset, Shape shape) { return TensorView(base + offset, DType::kI32, shape); };
+  ForwardInput in;
+  in.token_ids = view(o.ids, {padded});
+  in.attention.positions = view(o.positions, {padded});
+  in.attention.slot_mapping = view(o.slots, {padded});
+  in.attention.query_start = view(o.query_start, {padded + 1});
+  in.attention.kv_lens = view(o.kv_lens, {padded});
+  in.attention.block_tables = view(o.tables, {padded, width});
+  in.logits_indices = view(o.logits_rows, {padded});
+  in.attention.num_seqs = padded;
+  in.attention.max_query_len = 1;
+  // An upper bound for every step this graph replays: it sizes the split-KV grid.
+  in.attention.max_kv_len = width * block_size_;
+  return in;
+}
+
+Result<TensorView> DecodeGraphs::run(std::span<const ScheduledSequence> sequences,
+                                     std::span<const KvCacheLayer> kv_cache) {
+  if (!accepts(sequences)) return FailedPrecondition("decode graphs: this step is not a decode-only batch");
+  const auto b = static_cast<int32_t>(sequences.size());
+  const int32_t padded = padded_size(b);
+  int64_t max_blocks = 1;
+  for (const ScheduledSequence& seq : sequences)
+    max_blocks = std::max<int64_t>(max_blocks, (seq.start_pos + block_size_) / block_size_);
+  const int32_t width = width_for(max_blocks);
+  const int64_t vocab = model_.config().vocab_size;
+
+  if (inputs_.data() == nullptr) {
+    const uint64_t bytes = static_cast<uint64_t>(offsets_of(max_batch_, max_width_).total) * sizeof(int32_t);
+    ASSIGN_OR_RETURN(inputs_, backend_.allocate(bytes));
+    ASSIGN_OR_RETURN(
+        logits_, backend_.allocate(static_cast<uint64_t>(max_batch_) * static_cast<uint64_t>(vocab) * sizeof(float)));
+  }
+
+  // Host copy of the packed inputs; padding rows write nothing and read key 0 of block 0.
+  const Offsets o = offsets_of(padded, width);
+  host_.assign(static_cast<size_t>(o.total), 0);
+  for (int32_t i = 0; i < padded; ++i) {
+    const bool real = i < b;
+    const ScheduledSequence* seq = real ? &sequences[static_cast<size_t>(i)] : nullptr;
+    const int32_t pos = real ? seq->start_pos : 0;
+    host_[static_cast<size_t>(o.ids + i)] = real ? seq->token_ids[0] : 0;
+    host_[static_cast<size_t>(o.positions + i)] = pos;
+    host_[static_cast<size_t>(o.slots + i)] =
+        real ? seq->block_table[static_cast<size_t>(pos / block_size_)] * block_size_ + pos % block_size_ : -1;
+    host_[static_cast<size_t>(o.query_start + i)] = i;
+    host_[static_cast<size_t>(o.kv_lens + i)] = pos + 1;
+    host_[static_cast<size_t>(o.logits_rows + i)] = i;
+    if (real) {
+      const int64_t blocks = (pos + block_size_) / block_size_;
+      std::copy_n(seq->block_table.begin(), blocks, host_.begin() + o.tables + static_cast<int64_t>(i) * width);
+    }
+  }
+  host_[static_cast<size_t>(o.query_start + padded)] = padded;
+  RETURN_IF_ERROR(backend_.copy_to_device(inputs_.data(), host_.data(), host_.size() * sizeof(int32_t)));
+
+  const TensorView all_logits = logits_.view(DType::kF32, {padded, vocab});
+  const TensorView logits = logits_.view(DType::kF32, {b, vocab});
+  const auto key = std::make_pair(padded, width);
+  auto it = graphs_.find(key);
+  if (it != graphs_.end() && it->second.model_epoch == model_.workspace_epoch()) {
+    const Status replayed = it->second.graph->replay();
+    if (replayed.ok()) {
+      ++replays_;
+      return logits;
+    }
+    if (replayed.code() != StatusCode::kFailedPrecondition) return replayed;
+  }
+  if (it != graphs_.end()) graphs_.erase(it);
+
+  // First step of this shape (or its buffers moved): run it, then record it.
+  const ForwardInput input = layout(padded, width);
+  RETURN_IF_ERROR(model_.forward(input, kv_cache, all_logits));
+  const uint64_t epoch = model_.workspace_epoch();
+  Result<std::unique_ptr<CapturedGraph>> graph =
+      backend_.capture([&] { return model_.forward(input, kv_cache, all_logits); });
+  if (!graph.ok()) {
+    disabled_ = graph.status();  // later steps run eagerly; this one already ran
+    return logits;
+  }
+  ++captures_;
+  graphs_[key] = Graph{std::move(*graph), epoch};
+  return logits;
+}
+
+}  // namespace bw

@@ -1,0 +1,75 @@
+// DecodeGraphs: decode-only steps as graph replays (CUDA graphs), so a step costs one
+// input upload and one launch instead of a few hundred kernel launches from the host.
+//
+// A decode-only step (every sequence brings one token and samples) of B sequences is
+// padded to the next captured size P >= B (1, 2, 4, 8, 16, 24, 32, then steps of 16) with
+// rows that write no KV (slot -1) and attend to one key of block 0; its block tables are
+// padded to a power-of-two width W. The inputs of every (P, W) live at fixed addresses in
+// one device buffer, written with one copy per step. The first step of a (P, W) runs the
+// forward eagerly (which sizes every scratch buffer; its logits are this step's) and then
+// records it; later steps upload their inputs and replay. A graph is recorded again when
+// the model's workspace or the backend's scratch memory has moved since.
+//
+// Not thread-safe: driven by the runner.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "backend/backend.h"
+#include "model/causal_lm.h"
+#include "sched/scheduler.h"
+
+namespace bw {
+
+class DecodeGraphs {
+ public:
+  // max_batch: the largest batch replayed (rounded up to a captured size).
+  DecodeGraphs(CausalLM& model, Backend& backend, int32_t block_size, int32_t max_batch, int32_t max_model_len);
+
+  // Whether this step can run here: graphs supported and not disabled, decode only, at
+  // most max_batch sequences, each within max_model_len.
+  bool accepts(std::span<const ScheduledSequence> sequences) const;
+
+  // Runs the step and returns its logits [B, vocab] f32 in backend memory, valid until the
+  // next call.
+  Result<TensorView> run(std::span<const ScheduledSequence> sequences, std::span<const KvCacheLayer> kv_cache);
+
+  // The padded batch size for b sequences (0 when b > max_batch).
+  int32_t padded_size(int32_t b) const;
+  int64_t num_graphs() const { return static_cast<int64_t>(graphs_.size()); }
+  int64_t num_replays() const { return replays_; }
+  int64_t num_captures() const { return captures_; }
+  // Set when a capture failed: the steps run eagerly from then on.
+  const Status& disabled() const { return disabled_; }
+
+ private:
+  struct Graph {
+    std::unique_ptr<CapturedGraph> graph;
+    uint64_t model_epoch = 0;
+  };
+
+  // The batch layout of (P, W) inside inputs_: ids, positions, slots, query starts, KV
+  // lengths, logits rows, block tables.
+  ForwardInput layout(int32_t padded, int32_t width) const;
+
+  CausalLM& model_;
+  Backend& backend_;
+  int32_t block_size_;
+  int32_t max_batch_;
+  int32_t max_width_;  // block-table columns of the longest sequence, rounded to a power of two
+  std::vector<int32_t> sizes_;
+  std::map<std::pair<int32_t, int32_t>, Graph> graphs_;
+  DeviceBuffer inputs_;
+  DeviceBuffer logits_;  // [max_batch, vocab] f32
+  std::vector<int32_t> host_;
+  int64_t replays_ = 0;
+  int64_t captures_ = 0;
+  Status disabled_;
+};
+
+}  // namespace bw

@@ -1,0 +1,59 @@
+// Host side of device sampling (Backend::sample): which requests it can take, and the
+// DeviceSamplingBatch it reads, built from each row's SamplingParams and token history.
+//
+// The penalty history follows Sampler::apply_penalties: the distinct tokens of the output
+// (with their counts) when any penalty is on, plus the prompt's tokens (count 0 unless also
+// in the output) when repetition_penalty != 1; ids outside [0, vocab_size) are ignored. A
+// row with no penalty has no history. Tokens appear in order of first occurrence (prompt,
+// then output), so the batch depends only on its inputs.
+//
+// DeviceSamplingBatchBuilder owns the arrays the batch views; reuse it across steps to keep
+// its memory. Not thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "backend/backend.h"
+#include "sched/sampling_params.h"
+
+namespace bw {
+
+// Whether Backend::sample can take a request with these params: not with logit_bias or
+// logprobs, which stay on the host Sampler.
+bool device_samplable(const SamplingParams& params);
+
+class DeviceSamplingBatchBuilder {
+ public:
+  explicit DeviceSamplingBatchBuilder(int64_t vocab_size) : vocab_size_(vocab_size) {}
+
+  // Starts a new batch (keeps the memory).
+  void clear();
+
+  // Appends one row. `seed` is the row's resolved seed (params.seed, or the one the engine
+  // drew for the request), `step` the output index of the token being sampled (usually
+  // output_ids.size()). params.logit_bias and params.logprobs are not looked at.
+  void add_row(const SamplingParams& params, uint64_t seed, uint64_t step, std::span<const int32_t> prompt_ids,
+               std::span<const int32_t> output_ids);
+
+  size_t num_rows() const { return rows_.size(); }
+
+  // Views of the rows added since clear(); valid until the next add_row or clear.
+  DeviceSamplingBatch batch() const;
+
+ private:
+  struct Slot {
+    int32_t token_id;  // -1: empty
+    int32_t index;     // into tokens_ / counts_
+  };
+
+  int64_t vocab_size_;
+  std::vector<DeviceSamplingRow> rows_;
+  std::vector<int32_t> offsets_{0};  // [rows + 1]
+  std::vector<int32_t> tokens_;
+  std::vector<int32_t> counts_;
+  std::vector<Slot> slots_;  // scratch: distinct tokens of the row being added
+};
+
+}  // namespace bw

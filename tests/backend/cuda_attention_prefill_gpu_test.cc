@@ -1,0 +1,339 @@
+// The tensor-core prefill attention kernel (cuda_attention_prefill.cu) through
+// CudaBackend::paged_attention, against the CPU reference on fresh random inputs: ragged
+// batches mixing prefill chunks of 1..1000 queries with and without prior context and
+// decode rows, block sizes 1 / 16 / 64 with shuffled (non-contiguous) block ids,
+// sequences ending on a block boundary, GQA 12/2, 28/4, 8/8, 32/8, head_dim 64 and 128.
+// Each run asserts that the dispatch really took the prefill kernel (its launch counter)
+// or, for decode-only / f32 / f16-cache batches, that it did not; both kernel variants
+// (one or two query heads per CTA) are also run directly. Outputs are poisoned
+// with NaN first; bf16 tolerance. Skips when no CUDA device is present.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "backend/cpu/cpu_backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_kernels.h"
+#include "cpu_test_util.h"
+#include "support/test_support.h"
+
+namespace bw {
+namespace {
+
+using test::Stored;
+
+struct SeqSpec {
+  int q_len;
+  int kv_len;
+};
+
+// A batch layout as the model runner builds it, with shuffled block ids.
+struct Batch {
+  int block_size = 0;
+  int num_blocks = 0;
+  int table_width = 0;
+  int num_tokens = 0;
+  int max_query_len = 0;
+  std::vector<SeqSpec> seqs;
+  std::vector<int32_t> query_start, kv_lens, block_tables, positions, slot_mapping;
+
+  Batch(std::vector<SeqSpec> specs, int bs, uint32_t seed) : block_size(bs), seqs(std::move(specs)) {
+    for (const SeqSpec& s : seqs) {
+      table_width = std::max(table_width, (s.kv_len + bs - 1) / bs);
+      max_query_len = std::max(max_query_len, s.q_len);
+    }
+    num_blocks = static_cast<int>(seqs.size()) * table_width + 3;
+    std::vector<int32_t> ids(static_cast<size_t>(num_blocks));
+    std::iota(ids.begin(), ids.end(), 0);
+    std::mt19937 rng(seed);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    query_start.push_back(0);
+    size_t next = 0;
+    for (size_t s = 0; s < seqs.size(); ++s) {
+      for (int b = 0; b < table_width; ++b)
+        block_tables.push_back(b < (seqs[s].kv_len + bs - 1) / bs ? ids[next++] : 0);
+      for (int j = 0; j < seqs[s].q_len; ++j) {
+        const int pos = seqs[s].kv_len - seqs[s].q_len + j;
+        positions.push_back(pos);
+        slot_mapping.push_back(block_tables[s * table_width + pos / bs] * bs + pos % bs);
+      }
+      query_start.push_back(query_start.back() + seqs[s].q_len);
+      kv_lens.push_back(seqs[s].kv_len);
+    }
+    num_tokens = query_start.back();
+  }
+  int max_kv_len() const {
+    int m = 0;
+    for (const SeqSpec& s : seqs)
+      m = std::max(m, s.kv_len);
+    return m;
+  }
+  AttentionMetadata host_meta() {
+    AttentionMetadata m;
+    m.positions = test::i32_view(positions, {num_tokens});
+    m.slot_mapping = test::i32_view(slot_mapping, {num_tokens});
+    m.query_start = test::i32_view(query_start, {static_cast<int64_t>(seqs.size()) + 1});
+    m.kv_lens = test::i32_view(kv_lens, {static_cast<int64_t>(seqs.size())});
+    m.block_tables = test::i32_view(block_tables, {static_cast<int64_t>(seqs.size()), table_width});
+    m.num_seqs = static_cast<int>(seqs.size());
+    m.max_query_len = max_query_len;
+    m.max_kv_len = max_kv_len();
+    return m;
+  }
+};
+
+struct AttnCase {
+  int hq, hkv, d;
+};
+
+// |got - want| <= atol + rtol * |want| everywhere, NaN never passes.
+void expect_close(const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol,
+                  const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double tol = atol + rtol * std::abs(want[i]);
+    if (!(std::abs(static_cast<double>(got[i]) - want[i]) <= tol)) {
+      if (++bad <= 5) ADD_FAILURE() << what << " [" << i << "]: got " << got[i] << ", want " << want[i];
+    }
+  }
+  EXPECT_EQ(bad, 0) << what;
+}
+
+class CudaPrefillAttentionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto b = CudaBackend::create({0, DType::kBF16});
+    if (!b.ok()) GTEST_SKIP() << "no CUDA device: " << b.status().to_string();
+    gpu_ = std::move(*b);
+  }
+
+  TensorView upload(const Stored& s, Shape shape) {
+    auto buf = gpu_->allocate(s.bytes.size());
+    EXPECT_TRUE(buf.ok());
+    EXPECT_TRUE(gpu_->copy_to_device(buf->data(), s.bytes.data(), s.bytes.size()).ok());
+    TensorView v = buf->view(s.dtype, shape);
+    buffers_.push_back(std::move(*buf));
+    return v;
+  }
+  TensorView upload_i32(const std::vector<int32_t>& v, Shape shape) {
+    auto buf = gpu_->allocate(v.size() * 4);
+    EXPECT_TRUE(buf.ok());
+    EXPECT_TRUE(gpu_->copy_to_device(buf->data(), v.data(), v.size() * 4).ok());
+    TensorView t = buf->view(DType::kI32, shape);
+    buffers_.push_back(std::move(*buf));
+    return t;
+  }
+  TensorView poisoned(DType dtype, Shape shape) {
+    Stored s(test::poisoned(static_cast<size_t>(shape.numel())), dtype);
+    return upload(s, shape);
+  }
+  std::vector<float> download(const TensorView& t) {
+    Stored s(std::vector<float>(static_cast<size_t>(t.numel())), t.dtype);
+    const Status st = gpu_->copy_to_host(s.bytes.data(), t.data, s.bytes.size());
+    EXPECT_TRUE(st.ok()) << st.to_string();
+    std::vector<float> out(static_cast<size_t>(t.numel()));
+    for (size_t i = 0; i < out.size(); ++i)
+      out[i] = s.read(i);
+    return out;
+  }
+  AttentionMetadata device_meta(Batch& b, int max_query_hint) {
+    AttentionMetadata m;
+    const int64_t s = static_cast<int64_t>(b.seqs.size());
+    m.positions = upload_i32(b.positions, {b.num_tokens});
+    m.slot_mapping = upload_i32(b.slot_mapping, {b.num_tokens});
+    m.query_start = upload_i32(b.query_start, {s + 1});
+    m.kv_lens = upload_i32(b.kv_lens, {s});
+    m.block_tables = upload_i32(b.block_tables, {s, b.table_width});
+    m.num_seqs = static_cast<int>(s);
+    m.max_query_len = max_query_hint;
+    m.max_kv_len = b.max_kv_len();
+    return m;
+  }
+
+  // Random cache and qkv; the GPU's paged_attention against the CPU's on the same rounded
+  // values. expect_prefill: whether the dispatch must take the prefill kernel.
+  // heads_per_cta > 0: the launcher directly with that variant (on the legacy stream,
+  // after the backend's uploads are done), instead of the backend's dispatch.
+  void check(const AttnCase& c, DType act, DType cache_dt, Batch& b, int max_query_hint, bool expect_prefill,
+             uint32_t seed, int heads_per_cta = 0) {
+    AttentionParams p{c.hq, c.hkv, c.d, 1.0f / std::sqrt(static_cast<float>(c.d))};
+    const int64_t width = static_cast<int64_t>(c.hq + 2 * c.hkv) * c.d;
+    const int64_t cache_elems = static_cast<int64_t>(b.num_blocks) * b.block_size * c.hkv * c.d;
+    Stored kc(test::random_floats(static_cast<size_t>(cache_elems), seed, -2, 2), cache_dt);
+    Stored vc(test::random_floats(static_cast<size_t>(cache_elems), seed + 1), cache_dt);
+    const std::vector<float> qkv =
+        Stored(test::random_floats(static_cast<size_t>(b.num_tokens * width), seed + 2, -2, 2), act).values;
+    const Shape cs{b.num_blocks, b.block_size, c.hkv, c.d};
+    KvCacheLayer gc{upload(kc, cs), upload(vc, cs)};
+    TensorView out = poisoned(act, {b.num_tokens, static_cast<int64_t>(c.hq) * c.d});
+    const int64_t launches = cuda::prefill_attention_launches();
+    const TensorView qkv_view = upload(Stored(qkv, act), {b.num_tokens, width});
+    const AttentionMetadata meta = device_meta(b, max_query_hint);
+    if (heads_per_cta > 0) {
+      ASSERT_TRUE(gpu_->synchronize().ok());
+      const cuda::AttentionArgs a = launcher_args(out, qkv_view, p, meta, gc, b);
+      ASSERT_TRUE(cuda::prefill_attention_supported(a));
+      ASSERT_EQ(cuda::launch_paged_attention_prefill(a, max_query_hint, heads_per_cta, nullptr), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    } else {
+      const Status st = gpu_->paged_attention(out, qkv_view, p, meta, gc);
+      ASSERT_TRUE(st.ok()) << st.to_string();
+    }
+    const std::string what = "hq" + std::to_string(c.hq) + " hkv" + std::to_string(c.hkv) + " d" + std::to_string(c.d) +
+                             " act " + test::dtype_str(act) + " cache " + test::dtype_str(cache_dt) + " bs" +
+                             std::to_string(b.block_size) + " tokens " + std::to_string(b.num_tokens) + " hint " +
+                             std::to_string(max_query_hint) + " heads/cta " + std::to_string(heads_per_cta);
+    EXPECT_EQ(cuda::prefill_attention_launches() - launches, expect_prefill ? 1 : 0) << what;
+    std::vector<float> ref(static_cast<size_t>(b.num_tokens * c.hq * c.d)), qc = qkv;
+    Stored kc2 = kc, vc2 = vc;
+    KvCacheLayer cc{kc2.view(cs), vc2.view(cs)};
+    ASSERT_TRUE(cpu_.paged_attention(test::f32_view(ref, {b.num_tokens, static_cast<int64_t>(c.hq) * c.d}),
+                                     test::f32_view(qc, {b.num_tokens, width}), p, b.host_meta(), cc)
+                    .ok());
+    const bool f32 = act == DType::kF32;
+    expect_close(download(out), ref, f32 ? 2e-5 : 1e-2, f32 ? 1e-4 : 0x1p-7, what);
+    EXPECT_TRUE(gpu_->synchronize().ok()) << what;
+  }
+
+  static cuda::AttentionArgs launcher_args(const TensorView& out, const TensorView& qkv, const AttentionParams& p,
+                                           const AttentionMetadata& meta, const KvCacheLayer& cache, const Batch& b) {
+    cuda::AttentionArgs a;
+    a.out = out.data;
+    a.qkv = qkv.data;
+    a.act_type = cuda::ElemType::kBF16;
+    a.num_tokens = b.num_tokens;
+    a.num_heads = p.num_heads;
+    a.num_kv_heads = p.num_kv_heads;
+    a.head_dim = p.head_dim;
+    a.scale = p.scale;
+    a.k_cache = cache.k.data;
+    a.v_cache = cache.v.data;
+    a.cache_type = cuda::ElemType::kBF16;
+    a.num_blocks = b.num_blocks;
+    a.block_size = b.block_size;
+    a.query_start = meta.query_start.as<const int32_t>();
+    a.kv_lens = meta.kv_lens.as<const int32_t>();
+    a.block_tables = meta.block_tables.as<const int32_t>();
+    a.num_seqs = meta.num_seqs;
+    a.table_width = b.table_width;
+    a.max_kv_len = meta.max_kv_len;
+    return a;
+  }
+
+  std::unique_ptr<CudaBackend> gpu_;
+  CpuBackend cpu_{8};
+  std::vector<DeviceBuffer> buffers_;
+};
+
+// Chunks of 1..200 queries, with and without prior context, ending on and off block
+// boundaries (32/128, 64/64 and 16/32 end on one for every block size used).
+std::vector<SeqSpec> ragged_specs() {
+  return {{1, 37},   {15, 15},   {16, 32}, {17, 17},  {63, 64}, {64, 64},
+          {65, 195}, {200, 200}, {1, 1},   {32, 128}, {3, 90},  {200, 333}};
+}
+
+TEST_F(CudaPrefillAttentionTest, RaggedBatchesMatchTheCpu) {
+  uint32_t seed = 11;
+  for (AttnCase c :
+       {AttnCase{12, 2, 128}, AttnCase{28, 4, 128}, AttnCase{8, 8, 64}, AttnCase{32, 8, 64}, AttnCase{8, 8, 128}}) {
+    for (int bs : {1, 16, 64}) {
+      Batch b(ragged_specs(), bs, seed++);
+      check(c, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed++);
+    }
+  }
+}
+
+// Both variants (one query head per CTA; two heads of one KV head per CTA, which leaves
+// the second slot of an odd group empty) whatever the dispatch would pick.
+TEST_F(CudaPrefillAttentionTest, BothVariantsMatchTheCpu) {
+  uint32_t seed = 100;
+  for (AttnCase c :
+       {AttnCase{12, 2, 128}, AttnCase{28, 4, 128}, AttnCase{8, 8, 64}, AttnCase{32, 8, 64}, AttnCase{12, 2, 64}}) {
+    for (int bs : {1, 16, 64}) {
+      Batch b(ragged_specs(), bs, seed++);
+      for (int heads : {1, 2})
+        check(c, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed, heads);
+      ++seed;
+    }
+  }
+}
+
+TEST_F(CudaPrefillAttentionTest, SingleChunksOfEveryEdgeLength) {
+  uint32_t seed = 300;
+  for (int q_len : {16, 17, 63, 64, 65, 128, 129}) {
+    for (int ctx : {0, 1, 64, 100}) {
+      Batch b({{q_len, q_len + ctx}}, 16, seed++);
+      check(AttnCase{12, 2, 128}, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed++);
+    }
+  }
+}
+
+TEST_F(CudaPrefillAttentionTest, LongChunksMatchTheCpu) {
+  uint32_t seed = 700;
+  Batch b({{1000, 1000}, {200, 1200}, {1, 500}}, 16, seed++);
+  check(AttnCase{12, 2, 128}, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed++);
+  Batch b64({{1000, 1536}, {15, 15}}, 64, seed++);
+  check(AttnCase{8, 8, 64}, DType::kBF16, DType::kBF16, b64, b64.max_query_len, true, seed++);
+}
+
+TEST_F(CudaPrefillAttentionTest, UnderstatedQueryHintStillCoversEveryRow) {
+  Batch b({{300, 400}, {20, 20}}, 16, 5);
+  check(AttnCase{28, 4, 128}, DType::kBF16, DType::kBF16, b, 16, true, 6);
+}
+
+TEST_F(CudaPrefillAttentionTest, OtherBatchesKeepTheGeneralKernel) {
+  uint32_t seed = 900;
+  Batch decode({{1, 37}, {1, 300}, {1, 1}}, 16, seed++);
+  check(AttnCase{12, 2, 128}, DType::kBF16, DType::kBF16, decode, decode.max_query_len, false, seed++);
+  Batch prefill({{40, 60}, {1, 5}}, 16, seed++);
+  check(AttnCase{12, 2, 128}, DType::kF32, DType::kBF16, prefill, prefill.max_query_len, false, seed++);
+  check(AttnCase{12, 2, 128}, DType::kBF16, DType::kF16, prefill, prefill.max_query_len, false, seed++);
+  check(AttnCase{4, 1, 40}, DType::kBF16, DType::kBF16, prefill, prefill.max_query_len, false, seed++);
+  check(AttnCase{12, 2, 128}, DType::kBF16, DType::kBF16, prefill, 0, false, seed++);  // no hint
+}
+
+TEST_F(CudaPrefillAttentionTest, BadBlockIdsAndSequencesAreReported) {
+  const AttnCase c{8, 8, 64};
+  AttentionParams p{c.hq, c.hkv, c.d, 0.125f};
+  const int64_t width = static_cast<int64_t>(c.hq + 2 * c.hkv) * c.d;
+  for (int32_t bad_id : {1000, -1}) {
+    Batch b({{40, 50}, {20, 20}}, 4, 3);
+    b.block_tables[5] = bad_id;
+    const Shape cs{b.num_blocks, b.block_size, c.hkv, c.d};
+    Stored kc(test::random_floats(static_cast<size_t>(cs.numel()), 1), DType::kBF16);
+    KvCacheLayer gc{upload(kc, cs), upload(kc, cs)};
+    TensorView out = poisoned(DType::kBF16, {b.num_tokens, c.hq * c.d});
+    Stored qkv(test::random_floats(static_cast<size_t>(b.num_tokens * width), 2), DType::kBF16);
+    const int64_t launches = cuda::prefill_attention_launches();
+    ASSERT_TRUE(gpu_->paged_attention(out, upload(qkv, {b.num_tokens, width}), p, device_meta(b, 40), gc).ok());
+    EXPECT_EQ(cuda::prefill_attention_launches(), launches + 1);
+    const Status st = gpu_->synchronize();
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.to_string();
+    EXPECT_NE(st.to_string().find("block_tables"), std::string::npos) << st.to_string();
+    EXPECT_TRUE(gpu_->synchronize().ok());
+  }
+  // kv_lens below the query count.
+  Batch b({{40, 50}}, 16, 4);
+  b.kv_lens[0] = 30;
+  const Shape cs{b.num_blocks, b.block_size, c.hkv, c.d};
+  Stored kc(test::random_floats(static_cast<size_t>(cs.numel()), 1), DType::kBF16);
+  KvCacheLayer gc{upload(kc, cs), upload(kc, cs)};
+  TensorView out = poisoned(DType::kBF16, {b.num_tokens, c.hq * c.d});
+  Stored qkv(test::random_floats(static_cast<size_t>(b.num_tokens * width), 2), DType::kBF16);
+  ASSERT_TRUE(gpu_->paged_attention(out, upload(qkv, {b.num_tokens, width}), p, device_meta(b, 40), gc).ok());
+  const Status st = gpu_->synchronize();
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.to_string();
+  EXPECT_NE(st.to_string().find("kv_lens"), std::string::npos) << st.to_string();
+  EXPECT_TRUE(gpu_->synchronize().ok());
+}
+
+}  // namespace
+}  // namespace bw

@@ -1,0 +1,287 @@
+// DecodeGraphs on the CPU: a recording backend stands in for CUDA graphs (capture records
+// the ops with their arguments instead of running them; replay runs the list again), so
+// the padding, the fixed input layout, replays and recaptures are checked in CI. The GPU
+// test (tests/golden/golden_gpu_test.cc) runs the same path on real CUDA graphs.
+#include "runner/decode_graphs.h"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <random>
+
+#include "backend/cpu/cpu_backend.h"
+#include "engine/engine.h"
+#include "model/checkpoint.h"
+#include "model/presets.h"
+#include "model/random_model.h"
+#include "runner/kv_cache_storage.h"
+#include "support/test_support.h"
+
+namespace bw {
+namespace {
+
+// Forwards to `inner`; inside capture() it records each op (arguments by value) instead.
+class RecordingBackend final : public Backend {
+ public:
+  explicit RecordingBackend(Backend& inner) : inner_(inner) {}
+
+  std::string name() const override { return "recording(" + inner_.name() + ")"; }
+  DType activation_dtype() const override { return inner_.activation_dtype(); }
+  bool is_host_memory() const override { return inner_.is_host_memory(); }
+
+  Result<DeviceBuffer> allocate(size_t bytes) override {
+    RETURN_IF_ERROR(not_recording("allocate"));
+    return inner_.allocate(bytes);
+  }
+  Status copy_to_device(void* dst, const void* src, size_t bytes) override {
+    RETURN_IF_ERROR(not_recording("copy_to_device"));
+    return inner_.copy_to_device(dst, src, bytes);
+  }
+  Status copy_to_host(void* dst, const void* src, size_t bytes) override {
+    RETURN_IF_ERROR(not_recording("copy_to_host"));
+    return inner_.copy_to_host(dst, src, bytes);
+  }
+  Status copy_on_device(void* dst, const void* src, size_t bytes) override {
+    RETURN_IF_ERROR(not_recording("copy_on_device"));
+    return inner_.copy_on_device(dst, src, bytes);
+  }
+  Status synchronize() override {
+    RETURN_IF_ERROR(not_recording("synchronize"));
+    return inner_.synchronize();
+  }
+
+  Status embedding(TensorView out, const TensorView& table, const TensorView& ids) override {
+    return op([=, this] { return inner_.embedding(out, table, ids); });
+  }
+  Status matmul(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias) override {
+    return op([=, this] { return inner_.matmul(out, x, w, bias); });
+  }
+  Status rms_norm(TensorView out, const TensorView& x, const TensorView& weight, float eps) override {
+    return op([=, this] { return inner_.rms_norm(out, x, weight, eps); });
+  }
+  Status add_rms_norm(TensorView out, TensorView residual, const TensorView& x, const TensorView& weight,
+                      float eps) override {
+    return op([=, this] { return inner_.add_rms_norm(out, residual, x, weight, eps); });
+  }
+  Status add(TensorView out, const TensorView& a, const TensorView& b) override {
+    return op([=, this] { return inner_.add(out, a, b); });
+  }
+  Status rope_write_kv(TensorView qkv, const AttentionParams& attn, const RopeParams& rope,
+                       const AttentionMetadata& meta, const KvCacheLayer& cache) override {
+    return op([=, this] { return inner_.rope_write_kv(qkv, attn, rope, meta, cache); });
+  }
+  Status paged_attention(TensorView out, const TensorView& qkv, const AttentionParams& attn,
+                         const AttentionMetadata& meta, const KvCacheLayer& cache) override {
+    return op([=, this] { return inner_.paged_attention(out, qkv, attn, meta, cache); });
+  }
+  Status silu_mul(TensorView out, const TensorView& gate_up) override {
+    return op([=, this] { return inner_.silu_mul(out, gate_up); });
+  }
+
+  bool supports_graphs() const override { return true; }
+  Result<std::unique_ptr<CapturedGraph>> capture(const std::function<Status()>& body) override {
+    recording_ = true;
+    ops_.clear();
+    const Status status = body();
+    recording_ = false;
+    RETURN_IF_ERROR(status);
+    ++captures;
+    return std::unique_ptr<CapturedGraph>(new Replay(this, std::move(ops_)));
+  }
+
+  int64_t captures = 0;
+  int64_t replays = 0;
+  int64_t recorded_ops = 0;
+
+ protected:
+  void free(void* /*data*/, size_t /*bytes*/) override {}  // buffers belong to inner_
+
+ private:
+  class Replay final : public CapturedGraph {
+   public:
+    Replay(RecordingBackend* owner, std::vector<std::function<Status()>> ops) : owner_(owner), ops_(std::move(ops)) {}
+    Status replay() override {
+      ++owner_->replays;
+      for (const auto& f : ops_)
+        RETURN_IF_ERROR(f());
+      return OkStatus();
+    }
+
+   private:
+    RecordingBackend* owner_;
+    std::vector<std::function<Status()>> ops_;
+  };
+
+  Status not_recording(const char* what) const {
+    if (!recording_) return OkStatus();
+    return FailedPrecondition("recording: {} inside a capture", what);
+  }
+  Status op(std::function<Status()> f) {
+    if (!recording_) return f();
+    ops_.push_back(std::move(f));
+    ++recorded_ops;
+    return OkStatus();
+  }
+
+  Backend& inner_;
+  bool recording_ = false;
+  std::vector<std::function<Status()>> ops_;
+};
+
+class DecodeGraphsTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new test::TempDir();
+    ThreadPool pool(2);
+    auto config = find_model_preset("tiny-llama");
+    ASSERT_TRUE(config.ok());
+    RandomModelOptions options;
+    options.dtype = DType::kF32;
+    options.seed = 11;
+    options.out_path = dir_->file("tiny");
+    ASSERT_TRUE(write_random_model(*config, options, pool).ok());
+    path_ = new std::string(options.out_path);
+  }
+  static void TearDownTestSuite() {
+    delete path_;
+    delete dir_;
+  }
+
+  // Greedy tokens of `prompts` (max_tokens[i] each), all submitted at once.
+  static std::vector<std::vector<int32_t>> generate(Backend& backend, int32_t max_graph_batch,
+                                                    const std::vector<std::vector<int32_t>>& prompts,
+                                                    const std::vector<int32_t>& max_tokens) {
+    auto ckpt = Checkpoint::open(*path_);
+    EXPECT_TRUE(ckpt.ok());
+    WeightLoadOptions load;
+    load.weight_dtype = DType::kF32;
+    auto model = load_causal_lm(*ckpt, backend, load);
+    EXPECT_TRUE(model.ok()) << model.status().to_string();
+    EngineConfig config;
+    config.scheduler.max_model_len = 256;
+    config.scheduler.max_num_seqs = 32;
+    config.max_graph_batch = max_graph_batch;
+    config.kv_num_blocks = 256;
+    auto engine = Engine::create(**model, backend, nullptr, config, make_stderr_logger("graphs-test", "warn"));
+    EXPECT_TRUE(engine.ok()) << engine.status().to_string();
+    std::vector<std::unique_ptr<EventQueue>> queues;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      GenerationRequest r;
+      r.prompt_ids = prompts[i];
+      r.stop.max_tokens = max_tokens[i];
+      r.stop.ignore_eos = true;
+      queues.push_back(std::make_unique<EventQueue>());
+      EXPECT_TRUE((*engine)->submit(std::move(r), queues.back()->sink()).ok());
+    }
+    std::vector<std::vector<int32_t>> out;
+    for (auto& q : queues) {
+      Completion c;
+      for (;;) {
+        auto event = q->pop(std::chrono::seconds(60));
+        EXPECT_TRUE(event.has_value()) << "timed out";
+        if (!event) break;
+        EXPECT_TRUE(event->error.ok()) << event->error.to_string();
+        accumulate_event(*event, &c);
+        if (event->done) break;
+      }
+      out.push_back(c.choices.empty() ? std::vector<int32_t>{} : c.choices[0].token_ids);
+    }
+    return out;
+  }
+
+  static test::TempDir* dir_;
+  static std::string* path_;
+};
+
+test::TempDir* DecodeGraphsTest::dir_ = nullptr;
+std::string* DecodeGraphsTest::path_ = nullptr;
+
+TEST_F(DecodeGraphsTest, ReplayedStepsMatchEagerStepsAcrossPaddedSizes) {
+  std::mt19937 rng(3);
+  std::uniform_int_distribution<int32_t> token(3, 511);
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int32_t> max_tokens;
+  // 13 sequences finishing at different steps: batches of 13, 12, ... 1 pad to 16, 8, 4, 2, 1;
+  // contexts grow past 8 blocks of 16 so the block-table width changes too.
+  for (int i = 0; i < 13; ++i) {
+    std::vector<int32_t> p(static_cast<size_t>(5 + 9 * i));
+    for (auto& id : p)
+      id = token(rng);
+    prompts.push_back(std::move(p));
+    max_tokens.push_back(6 + 11 * i);
+  }
+  CpuBackend eager_cpu(2);
+  const auto eager = generate(eager_cpu, 0, prompts, max_tokens);
+  CpuBackend cpu(2);
+  RecordingBackend recording(cpu);
+  const auto graphed = generate(recording, 32, prompts, max_tokens);
+  ASSERT_EQ(eager.size(), graphed.size());
+  for (size_t i = 0; i < eager.size(); ++i) {
+    ASSERT_EQ(eager[i].size(), static_cast<size_t>(max_tokens[i]));
+    EXPECT_EQ(eager[i], graphed[i]) << "sequence " << i;
+  }
+  EXPECT_GE(recording.captures, 5);  // sizes 16, 8, 4, 2, 1 at least, and wider tables
+  EXPECT_GT(recording.replays, 50);
+  EXPECT_GT(recording.recorded_ops, 0);
+}
+
+TEST_F(DecodeGraphsTest, PaddedSizesAndAcceptance) {
+  CpuBackend cpu(1);
+  RecordingBackend recording(cpu);
+  auto ckpt = Checkpoint::open(*path_);
+  ASSERT_TRUE(ckpt.ok());
+  WeightLoadOptions load;
+  load.weight_dtype = DType::kF32;
+  auto model = load_causal_lm(*ckpt, recording, load);
+  ASSERT_TRUE(model.ok());
+  DecodeGraphs graphs(**model, recording, 16, 40, 256);
+  EXPECT_EQ(graphs.padded_size(1), 1);
+  EXPECT_EQ(graphs.padded_size(3), 4);
+  EXPECT_EQ(graphs.padded_size(17), 24);
+  EXPECT_EQ(graphs.padded_size(33), 48);
+  EXPECT_EQ(graphs.padded_size(48), 48);
+  EXPECT_EQ(graphs.padded_size(49), 0);
+
+  ScheduledSequence decode{.request_id = 1, .start_pos = 20, .token_ids = {5}, .block_table = {0, 1}, .sample = true};
+  std::vector<ScheduledSequence> batch{decode};
+  EXPECT_TRUE(graphs.accepts(batch));
+  ScheduledSequence prefill = decode;
+  prefill.token_ids = {5, 6};
+  batch.push_back(prefill);
+  EXPECT_FALSE(graphs.accepts(batch)) << "a prefill chunk runs eagerly";
+  ScheduledSequence too_long = decode;
+  too_long.start_pos = 300;  // beyond max_model_len 256 (rounded to 16 blocks of 16)
+  too_long.block_table.assign(20, 0);
+  EXPECT_FALSE(graphs.accepts(std::vector<ScheduledSequence>{too_long}));
+  EXPECT_FALSE(graphs.accepts(std::vector<ScheduledSequence>(49, decode)));
+}
+
+TEST_F(DecodeGraphsTest, AMovedWorkspaceIsRecapturedNotReplayed) {
+  CpuBackend cpu(1);
+  RecordingBackend recording(cpu);
+  auto ckpt = Checkpoint::open(*path_);
+  ASSERT_TRUE(ckpt.ok());
+  WeightLoadOptions load;
+  load.weight_dtype = DType::kF32;
+  auto model = load_causal_lm(*ckpt, recording, load);
+  ASSERT_TRUE(model.ok());
+  const ModelConfig& mc = (*model)->config();
+  auto kv = KvCacheStorage::create(recording, mc, 8, 16, DType::kF32);
+  ASSERT_TRUE(kv.ok());
+  DecodeGraphs graphs(**model, recording, 16, 4, 128);
+  ScheduledSequence seq{.request_id = 1, .start_pos = 0, .token_ids = {7}, .block_table = {3}, .sample = true};
+  std::vector<ScheduledSequence> batch{seq};
+  ASSERT_TRUE(graphs.run(batch, kv->layers()).ok());
+  EXPECT_EQ(graphs.num_captures(), 1);
+  batch[0].start_pos = 1;
+  ASSERT_TRUE(graphs.run(batch, kv->layers()).ok());
+  EXPECT_EQ(graphs.num_replays(), 1);
+  ASSERT_TRUE((*model)->reserve(64, 64).ok());  // the workspace moves
+  batch[0].start_pos = 2;
+  ASSERT_TRUE(graphs.run(batch, kv->layers()).ok());
+  EXPECT_EQ(graphs.num_captures(), 2);
+  EXPECT_EQ(graphs.num_replays(), 1);
+}
+
+}  // namespace
+}  // namespace bw

@@ -1,0 +1,168 @@
+// The host side of device sampling: which params it takes, and the batch (rows and the
+// CSR penalty history) the builder makes, checked field by field and against the host
+// Sampler: the penalties a kernel applies from the CSR history give the Sampler's greedy
+// token on random rows and histories.
+#include "runner/device_sampling.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+#include <vector>
+
+#include "runner/sampler.h"
+
+namespace bw {
+namespace {
+
+TEST(DeviceSamplingTest, SamplableWithoutLogitBiasOrLogprobs) {
+  SamplingParams p;
+  p.temperature = 0.7f;
+  p.top_k = 40;
+  p.top_p = 0.9f;
+  p.min_p = 0.05f;
+  p.repetition_penalty = 1.1f;
+  p.presence_penalty = 0.5f;
+  p.frequency_penalty = -0.5f;
+  p.seed = 7;
+  EXPECT_TRUE(device_samplable(p));
+  SamplingParams biased = p;
+  biased.logit_bias = {{3, 1.0f}};
+  EXPECT_FALSE(device_samplable(biased));
+  SamplingParams logprobs = p;
+  logprobs.logprobs = 0;
+  EXPECT_FALSE(device_samplable(logprobs));
+  logprobs.logprobs = 5;
+  EXPECT_FALSE(device_samplable(logprobs));
+}
+
+// The row's history as token -> output count.
+std::map<int32_t, int32_t> history_of(const DeviceSamplingBatch& b, size_t row) {
+  std::map<int32_t, int32_t> h;
+  for (int32_t j = b.penalty_offsets[row]; j < b.penalty_offsets[row + 1]; ++j) {
+    EXPECT_EQ(h.count(b.penalty_tokens[static_cast<size_t>(j)]), 0u) << "duplicate token in row " << row;
+    h[b.penalty_tokens[static_cast<size_t>(j)]] = b.penalty_output_counts[static_cast<size_t>(j)];
+  }
+  return h;
+}
+
+TEST(DeviceSamplingTest, BuildsRowsAndDistinctHistory) {
+  DeviceSamplingBatchBuilder builder(100);
+  SamplingParams none;  // no penalty: no history
+  none.temperature = 0.5f;
+  none.top_k = 7;
+  none.top_p = 0.8f;
+  none.min_p = 0.1f;
+  SamplingParams repetition;
+  repetition.repetition_penalty = 1.3f;
+  SamplingParams presence;
+  presence.presence_penalty = 0.4f;
+  presence.frequency_penalty = 0.2f;
+  const std::vector<int32_t> prompt = {5, 9, 5, 200, -1, 11};
+  const std::vector<int32_t> output = {9, 12, 12, 9, 9, 100};
+  builder.add_row(none, 42, 6, prompt, output);
+  builder.add_row(repetition, 43, 0, prompt, output);
+  builder.add_row(presence, 44, 3, prompt, output);
+  builder.add_row(repetition, 45, 0, {}, {});
+  ASSERT_EQ(builder.num_rows(), 4u);
+  const DeviceSamplingBatch b = builder.batch();
+  ASSERT_EQ(b.rows.size(), 4u);
+  ASSERT_EQ(b.penalty_offsets.size(), 5u);
+  ASSERT_EQ(b.penalty_tokens.size(), b.penalty_output_counts.size());
+  EXPECT_EQ(b.penalty_offsets.front(), 0);
+  EXPECT_EQ(static_cast<size_t>(b.penalty_offsets.back()), b.penalty_tokens.size());
+
+  EXPECT_EQ(b.rows[0].temperature, 0.5f);
+  EXPECT_EQ(b.rows[0].top_k, 7);
+  EXPECT_EQ(b.rows[0].top_p, 0.8f);
+  EXPECT_EQ(b.rows[0].min_p, 0.1f);
+  EXPECT_EQ(b.rows[0].seed, 42u);
+  EXPECT_EQ(b.rows[0].step, 6u);
+  EXPECT_EQ(b.rows[1].repetition_penalty, 1.3f);
+  EXPECT_EQ(b.rows[2].presence_penalty, 0.4f);
+  EXPECT_EQ(b.rows[2].frequency_penalty, 0.2f);
+  EXPECT_EQ(b.rows[2].seed, 44u);
+  EXPECT_EQ(b.rows[2].step, 3u);
+
+  EXPECT_TRUE(history_of(b, 0).empty());
+  // Repetition: prompt (count 0) + output; 200 and -1 are outside the vocabulary.
+  EXPECT_EQ(history_of(b, 1), (std::map<int32_t, int32_t>{{5, 0}, {9, 3}, {11, 0}, {12, 2}}));
+  // Presence/frequency only: the output alone.
+  EXPECT_EQ(history_of(b, 2), (std::map<int32_t, int32_t>{{9, 3}, {12, 2}}));
+  EXPECT_TRUE(history_of(b, 3).empty());
+  // First occurrence order.
+  EXPECT_EQ(b.penalty_tokens[static_cast<size_t>(b.penalty_offsets[1])], 5);
+
+  builder.clear();
+  EXPECT_EQ(builder.num_rows(), 0u);
+  const DeviceSamplingBatch empty = builder.batch();
+  EXPECT_TRUE(empty.rows.empty());
+  ASSERT_EQ(empty.penalty_offsets.size(), 1u);
+  EXPECT_TRUE(empty.penalty_tokens.empty());
+}
+
+// What the kernel does with a row's history (cuda_sampling.cu, step 1).
+void apply_csr_penalties(std::vector<float>& logits, const DeviceSamplingRow& row, const DeviceSamplingBatch& b,
+                         size_t r) {
+  const bool use_repetition = row.repetition_penalty != 1.0f;
+  for (int32_t j = b.penalty_offsets[r]; j < b.penalty_offsets[r + 1]; ++j) {
+    float& v = logits[static_cast<size_t>(b.penalty_tokens[static_cast<size_t>(j)])];
+    const int32_t count = b.penalty_output_counts[static_cast<size_t>(j)];
+    if (use_repetition) v = v > 0.0f ? v / row.repetition_penalty : v * row.repetition_penalty;
+    if (count > 0) v -= row.frequency_penalty * static_cast<float>(count) + row.presence_penalty;
+  }
+}
+
+TEST(DeviceSamplingTest, CsrPenaltiesMatchTheHostSampler) {
+  constexpr int64_t kVocab = 300;
+  std::mt19937 rng(1234);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  std::uniform_int_distribution<int32_t> token(-5, kVocab + 5);  // a few out of range
+  int changed = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    SamplingParams p;  // greedy
+    switch (trial % 4) {
+      case 0:
+        p.repetition_penalty = 1.5f;
+        break;
+      case 1:
+        p.presence_penalty = 1.5f;
+        break;
+      case 2:
+        p.frequency_penalty = 0.7f;
+        break;
+      default:
+        p.repetition_penalty = 0.8f;
+        p.presence_penalty = -0.5f;
+        p.frequency_penalty = 1.1f;
+        break;
+    }
+    std::vector<float> logits(kVocab);
+    for (float& x : logits)
+      x = normal(rng);
+    std::vector<int32_t> prompt(static_cast<size_t>(trial % 40));
+    std::vector<int32_t> output(static_cast<size_t>(trial % 23));
+    // Histories that favour the current top tokens, so penalties change the argmax.
+    const int32_t top = argmax(logits);
+    for (int32_t& t : prompt)
+      t = rng() % 3 == 0 ? top : token(rng);
+    for (int32_t& t : output)
+      t = rng() % 3 == 0 ? top : token(rng);
+
+    DeviceSamplingBatchBuilder builder(kVocab);
+    builder.add_row(p, 1, output.size(), prompt, output);
+    const DeviceSamplingBatch b = builder.batch();
+    std::vector<float> device_row = logits;
+    apply_csr_penalties(device_row, b.rows[0], b, 0);
+
+    Sampler sampler(p, 1);
+    std::vector<float> host_row = logits;
+    const int32_t want = sampler.sample(host_row, prompt, output).token_id;
+    EXPECT_EQ(argmax(device_row), want) << "trial " << trial;
+    if (want != top) ++changed;
+  }
+  EXPECT_GT(changed, 50);  // the penalties mattered
+}
+
+}  // namespace
+}  // namespace bw
