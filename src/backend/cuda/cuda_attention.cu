@@ -233,28 +233,43 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a, in
   }
 }
 
+// One block per (token, head): the split weights are computed once into shared memory,
+// then each thread sums its head dims over the splits with independent loads.
+constexpr int kMaxSplits = 64;
+
 template <typename A>
 __global__ void combine_kernel(AttentionArgs a, int num_splits, const float* ws) {
+  __shared__ float weight[kMaxSplits];
+  __shared__ float total;
   const int64_t t = blockIdx.x;
   const int h = static_cast<int>(blockIdx.y);
   const int D = a.head_dim;
   const int64_t part0 = (t * a.num_heads + h) * num_splits;
   const float* ml = ws + part0 * 2;
   const float* pacc = ws + a.num_tokens * a.num_heads * num_splits * 2 + part0 * D;
-  float M = kNegInf;
-  for (int s = 0; s < num_splits; ++s)
-    M = fmaxf(M, ml[2 * s]);
-  A* out = static_cast<A*>(a.out) + (t * a.num_heads + h) * D;
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float L = 0.0f, O = 0.0f;
-    if (M != kNegInf) {
-      for (int s = 0; s < num_splits; ++s) {
-        const float ms = ml[2 * s];
-        const float f = ms == kNegInf ? 0.0f : __expf(ms - M);
-        L += ml[2 * s + 1] * f;
-        O += pacc[static_cast<int64_t>(s) * D + d] * f;
-      }
+  if (threadIdx.x < 32) {
+    float M = kNegInf;
+    for (int s = static_cast<int>(threadIdx.x); s < num_splits; s += 32)
+      M = fmaxf(M, ml[2 * s]);
+    M = warp_max(M);
+    float L = 0.0f;
+    for (int s = static_cast<int>(threadIdx.x); s < num_splits; s += 32) {
+      const float ms = ml[2 * s];
+      const float f = (ms == kNegInf || M == kNegInf) ? 0.0f : __expf(ms - M);
+      weight[s] = f;
+      L += ml[2 * s + 1] * f;
     }
+    L = warp_sum(L);
+    if (threadIdx.x == 0) total = L;
+  }
+  __syncthreads();
+  const float L = total;
+  A* out = static_cast<A*>(a.out) + (t * a.num_heads + h) * D;
+  for (int d = static_cast<int>(threadIdx.x); d < D; d += static_cast<int>(blockDim.x)) {
+    float O = 0.0f;
+#pragma unroll 8
+    for (int s = 0; s < num_splits; ++s)
+      O = fmaf(pacc[static_cast<int64_t>(s) * D + d], weight[s], O);
     out[d] = from_float<A>(L > 0.0f ? O / L : 0.0f);
   }
 }

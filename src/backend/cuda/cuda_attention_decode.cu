@@ -73,11 +73,19 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(AttentionArgs a, int h
   // This lane's slice of each query head, pre-scaled.
   float q[kMaxG][E];
   const A* qp = static_cast<const A*>(a.qkv) + (n_keys > 0 ? t : 0) * qkv_width + static_cast<int64_t>(h0) * D;
+  static_assert(sizeof(A) == sizeof(C), "q rows are read in the cache's 16-byte slices");
 #pragma unroll
   for (int g = 0; g < kMaxG; ++g) {
+    if (g < ng) {
+      load16<A, E>(qp + g * D + part * E, q[g]);
 #pragma unroll
-    for (int e = 0; e < E; ++e)
-      q[g][e] = g < ng ? to_float(qp[g * D + part * E + e]) * a.scale : 0.0f;
+      for (int e = 0; e < E; ++e)
+        q[g][e] *= a.scale;
+    } else {
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        q[g][e] = 0.0f;
+    }
   }
 
   float m[kMaxG], l[kMaxG], acc[kMaxG][E];
@@ -243,9 +251,10 @@ bool decode_attention_supported(const AttentionArgs& args) {
   // bf16 or f16 cache.
   const bool types = (args.act_type == ElemType::kF32 && args.cache_type == ElemType::kF32) ||
                      (args.act_type == ElemType::kBF16 && args.cache_type != ElemType::kF32);
-  // f32 rows of 128 would need 32 lanes of 4: fine; 16-byte loads need aligned caches.
-  const bool aligned =
-      reinterpret_cast<uintptr_t>(args.k_cache) % 16 == 0 && reinterpret_cast<uintptr_t>(args.v_cache) % 16 == 0;
+  // 16-byte loads need aligned caches and qkv.
+  const bool aligned = reinterpret_cast<uintptr_t>(args.k_cache) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(args.v_cache) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(args.qkv) % 16 == 0;
   return dims && types && aligned && args.num_heads % args.num_kv_heads == 0;
 }
 

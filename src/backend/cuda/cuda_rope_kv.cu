@@ -2,14 +2,15 @@
 // leading rotary_dim dims of every head) and writes the rotated k and the v to the
 // token's paged KV cache slot. Angles as the CPU backend: angle = float(pos) * inv_freq
 // (one f32 rounding), then cosf / sinf, and x1*c - x2*s without fused multiply-adds.
-// One block per token.
+// One block per token; a thread takes one rotary pair index i (its cos/sin computed once)
+// for a share of the heads, so a decode step's single block does few dependent steps.
 #include "backend/cuda/cuda_common.cuh"
 
 namespace bw::cuda {
 
 namespace {
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;
 
 template <typename A, typename C>
 __global__ void rope_write_kv_kernel(RopeKvArgs a) {
@@ -27,16 +28,19 @@ __global__ void rope_write_kv_kernel(RopeKvArgs a) {
   const bool write = slot >= 0 && slot < a.num_slots;
   if (threadIdx.x == 0 && (slot < -1 || slot >= a.num_slots)) report_error(a.error_flag, kBadSlot);
 
-  // Rotate the q and k heads: one (head, i) pair per thread iteration.
+  // Rotate the q and k heads: thread (i, lane group) rotates pair i of heads g, g + groups, ...
   const int rot_heads = a.num_heads + a.num_kv_heads;
-  for (int p = threadIdx.x; p < rot_heads * half; p += kThreads) {
-    const int h = p / half, i = p - h * half;
-    A* head = row + static_cast<int64_t>(h) * D;
+  const int groups = half >= kThreads ? 1 : kThreads / half;
+  for (int p = threadIdx.x; p < groups * half; p += kThreads) {
+    const int i = p % half, g = p / half;
     const float angle = __fmul_rn(static_cast<float>(pos), a.inv_freq[i]);
     const float c = cosf(angle), s = sinf(angle);
-    const float x1 = to_float(head[i]), x2 = to_float(head[i + half]);
-    head[i] = from_float<A>(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
-    head[i + half] = from_float<A>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
+    for (int h = g; h < rot_heads; h += groups) {
+      A* head = row + static_cast<int64_t>(h) * D;
+      const float x1 = to_float(head[i]), x2 = to_float(head[i + half]);
+      head[i] = from_float<A>(__fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)));
+      head[i + half] = from_float<A>(__fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s)));
+    }
   }
   if (!write) return;
   __syncthreads();  // k is rotated by other threads

@@ -1,0 +1,168 @@
+// What each op of a batch-1 decode step costs inside a CUDA graph: every op is captured 50
+// times back to back into one graph through CudaBackend::capture, the graph is replayed,
+// and the wall time per op is reported (launch gaps between graph nodes included, as in a
+// real decode step). Shapes of DeepSeek-R1-Distill-Qwen-1.5B and -7B, bf16, 512 tokens of
+// context. Never pass/fail on time.
+//
+//   build/bench/bw_cuda_decode_ops_bench
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/cuda_backend.h"
+
+namespace {
+
+using bw::CudaBackend;
+using bw::DeviceBuffer;
+using bw::DType;
+using bw::Status;
+using bw::TensorView;
+
+constexpr int kOpsPerGraph = 50;
+constexpr int kReplays = 20;
+constexpr int kContext = 512;
+constexpr int kBlock = 16;
+
+void check(const Status& st, const char* what) {
+  if (!st.ok()) {
+    std::fprintf(stderr, "%s: %s\n", what, st.to_string().c_str());
+    std::exit(1);
+  }
+}
+
+struct Shape {
+  const char* name;
+  int64_t hidden, ffn, hq, hkv, d;
+};
+
+class Bench {
+ public:
+  explicit Bench(CudaBackend& gpu) : gpu_(gpu) {}
+
+  // A device tensor of small random values in `dtype` (bf16 or i32 ids).
+  TensorView tensor(DType dtype, bw::Shape shape, float lo = -0.5f, float hi = 0.5f) {
+    const auto n = static_cast<size_t>(shape.numel());
+    std::vector<uint16_t> h(n);
+    std::mt19937 rng(static_cast<uint32_t>(keep_.size() + 1));
+    std::uniform_real_distribution<float> dist(lo, hi);
+    for (auto& x : h) {
+      const float f = dist(rng);
+      uint32_t u = 0;
+      std::memcpy(&u, &f, 4);
+      x = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    auto buf = gpu_.allocate(n * 2);
+    check(buf.status(), "allocate");
+    check(gpu_.copy_to_device(buf->data(), h.data(), n * 2), "upload");
+    TensorView v(buf->data(), dtype, shape);
+    keep_.push_back(std::move(*buf));
+    return v;
+  }
+  TensorView ints(const std::vector<int32_t>& v, bw::Shape shape) {
+    auto buf = gpu_.allocate(v.size() * 4);
+    check(buf.status(), "allocate");
+    check(gpu_.copy_to_device(buf->data(), v.data(), v.size() * 4), "upload");
+    TensorView t(buf->data(), DType::kI32, shape);
+    keep_.push_back(std::move(*buf));
+    return t;
+  }
+
+  // Microseconds per call of `op` inside a graph of kOpsPerGraph calls.
+  template <typename Op>
+  double per_op_us(Op&& op) {
+    check(op(), "eager warm-up");
+    check(gpu_.synchronize(), "sync");
+    auto graph = gpu_.capture([&]() -> Status {
+      for (int i = 0; i < kOpsPerGraph; ++i)
+        RETURN_IF_ERROR(op());
+      return bw::OkStatus();
+    });
+    check(graph.status(), "capture");
+    check((*graph)->replay(), "replay");
+    check(gpu_.synchronize(), "sync");
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int r = 0; r < kReplays; ++r)
+      check((*graph)->replay(), "replay");
+    check(gpu_.synchronize(), "sync");
+    const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    return us / (kReplays * kOpsPerGraph);
+  }
+
+ private:
+  CudaBackend& gpu_;
+  std::vector<DeviceBuffer> keep_;
+};
+
+void run(CudaBackend& gpu, const Shape& s) {
+  Bench b(gpu);
+  const int64_t qkv_w = (s.hq + 2 * s.hkv) * s.d;
+  TensorView x = b.tensor(DType::kBF16, {1, s.hidden});
+  TensorView out = b.tensor(DType::kBF16, {1, s.hidden});
+  TensorView residual = b.tensor(DType::kBF16, {1, s.hidden});
+  TensorView norm_w = b.tensor(DType::kBF16, {s.hidden}, 0.9f, 1.1f);
+  TensorView gate_up = b.tensor(DType::kBF16, {1, 2 * s.ffn});
+  TensorView act = b.tensor(DType::kBF16, {1, s.ffn});
+  TensorView qkv = b.tensor(DType::kBF16, {1, qkv_w});
+  TensorView attn_out = b.tensor(DType::kBF16, {1, s.hq * s.d});
+  const int blocks = (kContext + kBlock - 1) / kBlock + 1;
+  const bw::Shape cs{blocks, kBlock, s.hkv, s.d};
+  bw::KvCacheLayer cache{b.tensor(DType::kBF16, cs), b.tensor(DType::kBF16, cs)};
+  std::vector<int32_t> table(64, 0);
+  std::iota(table.begin(), table.begin() + blocks, 0);
+  bw::AttentionMetadata meta;
+  meta.positions = b.ints({kContext - 1}, {1});
+  meta.slot_mapping = b.ints({kContext - 1}, {1});
+  meta.query_start = b.ints({0, 1}, {2});
+  meta.kv_lens = b.ints({kContext}, {1});
+  meta.block_tables = b.ints(table, {1, 64});
+  meta.num_seqs = 1;
+  meta.max_query_len = 1;
+  meta.max_kv_len = 64 * kBlock;  // the bound a graph of width 64 passes
+  const bw::AttentionParams p{static_cast<int>(s.hq), static_cast<int>(s.hkv), static_cast<int>(s.d),
+                              1.0f / std::sqrt(static_cast<float>(s.d))};
+  bw::RopeParams rope;
+  rope.theta = 10000.0f;
+  rope.rotary_dim = static_cast<int>(s.d);
+
+  std::printf("%s (batch 1, context %d), us per op inside a graph:\n", s.name, kContext);
+  std::printf("  %-28s %7.2f\n", "add (floor: 1 x hidden)", b.per_op_us([&] { return gpu.add(out, x, residual); }));
+  std::printf("  %-28s %7.2f\n", "rms_norm", b.per_op_us([&] { return gpu.rms_norm(out, x, norm_w, 1e-6f); }));
+  std::printf("  %-28s %7.2f\n", "add_rms_norm",
+              b.per_op_us([&] { return gpu.add_rms_norm(out, residual, x, norm_w, 1e-6f); }));
+  std::printf("  %-28s %7.2f\n", "rope_write_kv",
+              b.per_op_us([&] { return gpu.rope_write_kv(qkv, p, rope, meta, cache); }));
+  std::printf("  %-28s %7.2f\n", "paged_attention (decode)",
+              b.per_op_us([&] { return gpu.paged_attention(attn_out, qkv, p, meta, cache); }));
+  std::printf("  %-28s %7.2f\n", "silu_mul", b.per_op_us([&] { return gpu.silu_mul(act, gate_up); }));
+  struct Mm {
+    const char* name;
+    int64_t n, k;
+  };
+  for (const Mm& m : {Mm{"matmul qkv", qkv_w, s.hidden}, Mm{"matmul o", s.hidden, s.hq * s.d},
+                      Mm{"matmul gate_up", 2 * s.ffn, s.hidden}, Mm{"matmul down", s.hidden, s.ffn}}) {
+    TensorView w = b.tensor(DType::kBF16, {m.n, m.k});
+    TensorView xin = b.tensor(DType::kBF16, {1, m.k});
+    TensorView y = b.tensor(DType::kBF16, {1, m.n});
+    const double us = b.per_op_us([&] { return gpu.matmul(y, xin, w, TensorView()); });
+    std::printf("  %-28s %7.2f  (%.0f GB/s; L2 may hold the weights)\n", m.name, us,
+                static_cast<double>(m.n * m.k * 2) / (us * 1e-6) / 1e9);
+  }
+}
+
+}  // namespace
+
+int main() {
+  auto gpu = CudaBackend::create({.device = 0, .activation_dtype = DType::kBF16});
+  check(gpu.status(), "cuda");
+  std::printf("device: %s\n", (*gpu)->device_name().c_str());
+  run(**gpu, Shape{"1.5B", 1536, 8960, 12, 2, 128});
+  run(**gpu, Shape{"7B", 3584, 18944, 28, 4, 128});
+  return 0;
+}
