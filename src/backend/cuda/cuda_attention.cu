@@ -54,6 +54,7 @@ __device__ __forceinline__ int find_sequence(const int32_t* qs, int num_seqs, in
 
 template <typename A, typename C>
 __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a, int head_groups, float* ws) {
+  pdl_wait();
   __shared__ float sq[kMaxG][kAttentionMaxHeadDim];
   __shared__ float s_acc[kWarps][kMaxG][kAttentionMaxHeadDim];
   __shared__ float s_m[kWarps][kMaxG];
@@ -239,6 +240,8 @@ constexpr int kMaxSplits = 64;
 
 template <typename A>
 __global__ void combine_kernel(AttentionArgs a, int num_splits, const float* ws) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ float weight[kMaxSplits];
   __shared__ float total;
   const int64_t t = blockIdx.x;
@@ -305,7 +308,7 @@ cudaError_t launch_paged_attention(const AttentionArgs& args, int num_splits, fl
     using A = decltype(atag);
     dispatch_elem(args.cache_type, [&](auto ctag) {
       using C = decltype(ctag);
-      attention_kernel<A, C><<<grid, kThreads, 0, stream>>>(args, groups, workspace);
+      launch_kernel(attention_kernel<A, C>, grid, kThreads, 0, stream, args, groups, workspace);
     });
   });
   if (num_splits > 1) return launch_attention_combine(args, num_splits, workspace, stream);
@@ -317,7 +320,7 @@ cudaError_t launch_attention_combine(const AttentionArgs& args, int num_splits, 
   const dim3 grid(static_cast<unsigned>(args.num_tokens), static_cast<unsigned>(args.num_heads));
   dispatch_act(args.act_type, [&](auto atag) {
     using A = decltype(atag);
-    combine_kernel<A><<<grid, 128, 0, stream>>>(args, num_splits, workspace);
+    launch_kernel(combine_kernel<A>, grid, 128, 0, stream, args, num_splits, workspace);
   });
   return cudaGetLastError();
 }

@@ -35,6 +35,8 @@ __device__ __forceinline__ void load16(const T* p, float* out) {
 
 template <typename A, typename C, int D>
 __global__ void __launch_bounds__(kThreads) decode_kernel(AttentionArgs a, int head_groups, float* ws) {
+  pdl_wait();
+  pdl_launch_dependents();
   constexpr int E = 16 / static_cast<int>(sizeof(C));  // elements per lane of one row
   constexpr int kLanesPerKey = D / E;
   static_assert(D % E == 0 && kLanesPerKey <= 32 && 32 % kLanesPerKey == 0);
@@ -278,11 +280,11 @@ cudaError_t launch_paged_attention_decode(const AttentionArgs& args, int num_spl
   dispatch_head_dim(args.head_dim, [&](auto dtag) {
     constexpr int D = decltype(dtag)::value;
     if (args.act_type == ElemType::kF32) {
-      decode_kernel<float, float, D><<<grid, kThreads, 0, stream>>>(args, groups, workspace);
+      launch_kernel(decode_kernel<float, float, D>, grid, kThreads, 0, stream, args, groups, workspace);
     } else if (args.cache_type == ElemType::kF16) {
-      decode_kernel<__nv_bfloat16, __half, D><<<grid, kThreads, 0, stream>>>(args, groups, workspace);
+      launch_kernel(decode_kernel<__nv_bfloat16, __half, D>, grid, kThreads, 0, stream, args, groups, workspace);
     } else {
-      decode_kernel<__nv_bfloat16, __nv_bfloat16, D><<<grid, kThreads, 0, stream>>>(args, groups, workspace);
+      launch_kernel(decode_kernel<__nv_bfloat16, __nv_bfloat16, D>, grid, kThreads, 0, stream, args, groups, workspace);
     }
     launched = true;
   });

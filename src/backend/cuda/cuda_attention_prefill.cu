@@ -93,6 +93,7 @@ __device__ __forceinline__ int swz(int r, int c) {
 
 template <int D, int HP>
 __global__ void __launch_bounds__(kThreads, 2) prefill_attention_kernel(AttentionArgs a) {
+  pdl_wait();
   static_assert(D % 16 == 0 && D >= 64 && D <= 128, "head_dim must be a multiple of 16 in [64, 128]");
   constexpr int kN = keys_per_tile(HP);             // keys per tile
   constexpr int kChunks = D / 8;                    // 16-byte chunks per row
@@ -377,7 +378,7 @@ cudaError_t launch_for(const AttentionArgs& args, int max_query_len, cudaStream_
   const int seqs = args.num_seqs < 65535 ? args.num_seqs : 65535;
   const dim3 grid(static_cast<unsigned>(args.num_kv_heads * ((group + HP - 1) / HP)), static_cast<unsigned>(seqs),
                   static_cast<unsigned>(q_tiles < 65535 ? q_tiles : 65535));
-  prefill_attention_kernel<D, HP><<<grid, kThreads, kSmem, stream>>>(args);
+  launch_kernel(prefill_attention_kernel<D, HP>, grid, kThreads, kSmem, stream, args);
   return cudaGetLastError();
 }
 

@@ -1,4 +1,7 @@
 // Row gathers and elementwise kernels: embedding, add, silu_mul, to_f32.
+#include <cstdlib>
+#include <string_view>
+
 #include "backend/cuda/cuda_common.cuh"
 
 namespace bw::cuda {
@@ -8,6 +11,8 @@ namespace {
 template <typename A>
 __global__ void embedding_kernel(A* out, const void* table, ElemType table_type, int64_t vocab, int64_t hidden,
                                  const int32_t* ids, int* error_flag) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   const int32_t id = ids[t];
   A* o = out + t * hidden;
@@ -24,6 +29,8 @@ __global__ void embedding_kernel(A* out, const void* table, ElemType table_type,
 
 template <typename A>
 __global__ void add_kernel(A* out, const A* a, const A* b, int64_t n) {
+  pdl_wait();
+  pdl_launch_dependents();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = from_float<A>(to_float(a[i]) + to_float(b[i]));
@@ -31,6 +38,8 @@ __global__ void add_kernel(A* out, const A* a, const A* b, int64_t n) {
 
 template <typename A>
 __global__ void silu_mul_kernel(A* out, const A* gate_up, int64_t rows, int64_t f) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t n = rows * f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -43,6 +52,7 @@ __global__ void silu_mul_kernel(A* out, const A* gate_up, int64_t rows, int64_t 
 
 template <typename A>
 __global__ void add_bias_kernel(A* out, const void* bias, ElemType bias_type, int64_t rows, int64_t n) {
+  pdl_wait();
   const int64_t total = rows * n;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -50,6 +60,7 @@ __global__ void add_bias_kernel(A* out, const void* bias, ElemType bias_type, in
 }
 
 __global__ void to_f32_kernel(float* dst, const void* src, ElemType t, int64_t n) {
+  pdl_wait();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     dst[i] = load_any(src, i, t);
@@ -62,6 +73,21 @@ unsigned grid_for(int64_t n, int threads) {
 
 }  // namespace
 
+bool pdl_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("BW_CUDA_PDL");
+    if (env != nullptr && std::string_view(env) == "0") return false;
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major >= 9;
+  }();
+  return enabled;
+}
+
 cudaError_t launch_embedding(void* out, ElemType out_type, const void* table, ElemType table_type, int64_t vocab,
                              int64_t hidden, const int32_t* ids, int64_t num_tokens, int* error_flag,
                              cudaStream_t stream) {
@@ -69,8 +95,8 @@ cudaError_t launch_embedding(void* out, ElemType out_type, const void* table, El
   const int threads = hidden >= 512 ? 256 : 64;
   dispatch_act(out_type, [&](auto tag) {
     using A = decltype(tag);
-    embedding_kernel<A><<<static_cast<unsigned>(num_tokens), threads, 0, stream>>>(
-        static_cast<A*>(out), table, table_type, vocab, hidden, ids, error_flag);
+    launch_kernel(embedding_kernel<A>, static_cast<unsigned>(num_tokens), threads, 0, stream, static_cast<A*>(out),
+                  table, table_type, vocab, hidden, ids, error_flag);
   });
   return cudaGetLastError();
 }
@@ -79,8 +105,8 @@ cudaError_t launch_add(void* out, const void* a, const void* b, ElemType type, i
   if (n == 0) return cudaSuccess;
   dispatch_act(type, [&](auto tag) {
     using A = decltype(tag);
-    add_kernel<A><<<grid_for(n, 256), 256, 0, stream>>>(static_cast<A*>(out), static_cast<const A*>(a),
-                                                        static_cast<const A*>(b), n);
+    launch_kernel(add_kernel<A>, grid_for(n, 256), 256, 0, stream, static_cast<A*>(out), static_cast<const A*>(a),
+                  static_cast<const A*>(b), n);
   });
   return cudaGetLastError();
 }
@@ -90,8 +116,8 @@ cudaError_t launch_silu_mul(void* out, const void* gate_up, ElemType type, int64
   if (rows == 0 || f == 0) return cudaSuccess;
   dispatch_act(type, [&](auto tag) {
     using A = decltype(tag);
-    silu_mul_kernel<A>
-        <<<grid_for(rows * f, 256), 256, 0, stream>>>(static_cast<A*>(out), static_cast<const A*>(gate_up), rows, f);
+    launch_kernel(silu_mul_kernel<A>, grid_for(rows * f, 256), 256, 0, stream, static_cast<A*>(out),
+                  static_cast<const A*>(gate_up), rows, f);
   });
   return cudaGetLastError();
 }
@@ -101,14 +127,15 @@ cudaError_t launch_add_bias(void* out, ElemType out_type, const void* bias, Elem
   if (rows == 0 || n == 0) return cudaSuccess;
   dispatch_act(out_type, [&](auto tag) {
     using A = decltype(tag);
-    add_bias_kernel<A><<<grid_for(rows * n, 256), 256, 0, stream>>>(static_cast<A*>(out), bias, bias_type, rows, n);
+    launch_kernel(add_bias_kernel<A>, grid_for(rows * n, 256), 256, 0, stream, static_cast<A*>(out), bias, bias_type,
+                  rows, n);
   });
   return cudaGetLastError();
 }
 
 cudaError_t launch_to_f32(float* dst, const void* src, ElemType src_type, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  to_f32_kernel<<<grid_for(n, 256), 256, 0, stream>>>(dst, src, src_type, n);
+  launch_kernel(to_f32_kernel, grid_for(n, 256), 256, 0, stream, dst, src, src_type, n);
   return cudaGetLastError();
 }
 

@@ -96,6 +96,14 @@ template <typename A, typename W, typename O, int MT, int R, int U>
 __global__ void __launch_bounds__(kThreads, min_ctas<MT>())
     gemv_kernel(O* __restrict__ out, const A* __restrict__ x, const W* __restrict__ w, const void* bias,
                 ElemType bias_type, int64_t m, int64_t n, int64_t k, int split, bool vec) {
+  {  // this CTA's rows of w, before waiting for x (weights are never written by a kernel)
+    const int64_t first = static_cast<int64_t>(blockIdx.x) * (kWarps / split * R);
+    if (blockIdx.y == 0 && first < n) {
+      const int64_t rows = n - first < kWarps / split * R ? n - first : kWarps / split * R;
+      pdl_prefetch_l2(w + first * k, rows * k * static_cast<int64_t>(sizeof(W)));
+    }
+  }
+  pdl_wait();
   __shared__ float partial[kWarps][R][MT];
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
@@ -219,6 +227,14 @@ template <typename O, bool kM16, int U>
 __global__ void __launch_bounds__(kThreads, 3)
     gemv_mma_kernel(O* __restrict__ out, const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
                     const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, int split) {
+  {  // this CTA's rows of w, before waiting for x (weights are never written by a kernel)
+    const int64_t first = static_cast<int64_t>(blockIdx.x) * (kWarps / split * 8);
+    if (blockIdx.y == 0 && first < n) {
+      const int64_t rows = n - first < kWarps / split * 8 ? n - first : kWarps / split * 8;
+      pdl_prefetch_l2(w + first * k, rows * k * static_cast<int64_t>(sizeof(__nv_bfloat16)));
+    }
+  }
+  pdl_wait();
   __shared__ float partial[kWarps][32][4];
   const int warp = static_cast<int>(threadIdx.x) / 32;
   const int lane = static_cast<int>(threadIdx.x) % 32;
@@ -333,9 +349,11 @@ void launch_typed(O* out, const A* x, const W* w, const void* bias, ElemType bia
       const int rows_per_cta = kWarps / split * 8;
       const dim3 grid(static_cast<unsigned>((n + rows_per_cta - 1) / rows_per_cta), passes);
       if (m > 8) {
-        gemv_mma_kernel<O, true, U><<<grid, kThreads, 0, stream>>>(out, x, w, bias, bias_type, m, n, k, split);
+        launch_kernel(gemv_mma_kernel<O, true, U>, grid, kThreads, 0, stream, out, x, w, bias, bias_type, m, n, k,
+                      split);
       } else {
-        gemv_mma_kernel<O, false, U><<<grid, kThreads, 0, stream>>>(out, x, w, bias, bias_type, m, n, k, split);
+        launch_kernel(gemv_mma_kernel<O, false, U>, grid, kThreads, 0, stream, out, x, w, bias, bias_type, m, n, k,
+                      split);
       }
       return;
     }
@@ -349,7 +367,8 @@ void launch_typed(O* out, const A* x, const W* w, const void* bias, ElemType bia
     const int split = choose_split((n + R - 1) / R, vec ? k / E : k / 8, U);
     const int rows_per_cta = kWarps / split * R;
     const dim3 grid(static_cast<unsigned>((n + rows_per_cta - 1) / rows_per_cta), passes);
-    gemv_kernel<A, W, O, MT, R, U><<<grid, kThreads, 0, stream>>>(out, x, w, bias, bias_type, m, n, k, split, vec);
+    launch_kernel(gemv_kernel<A, W, O, MT, R, U>, grid, kThreads, 0, stream, out, x, w, bias, bias_type, m, n, k, split,
+                  vec);
   };
   using std::integral_constant;
   using I1 = integral_constant<int, 1>;

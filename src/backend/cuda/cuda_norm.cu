@@ -14,6 +14,8 @@ constexpr int kThreads = 256;
 template <typename A>
 __global__ void rms_norm_kernel(A* out, A* residual, const A* x, const void* weight, ElemType weight_type,
                                 int64_t hidden, float eps) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t row = blockIdx.x;
   const A* xr = x + row * hidden;
   A* rr = residual != nullptr ? residual + row * hidden : nullptr;
@@ -51,6 +53,8 @@ constexpr int kMaxChunks = 4;
 template <typename A>
 __global__ void __launch_bounds__(kVecThreads) rms_norm_vec_kernel(A* out, A* residual, const A* x, const void* weight,
                                                                    ElemType weight_type, int64_t hidden, float eps) {
+  pdl_wait();
+  pdl_launch_dependents();
   constexpr int E = 16 / static_cast<int>(sizeof(A));
   const int64_t row = blockIdx.x;
   const int64_t chunks = hidden / E;
@@ -116,12 +120,12 @@ cudaError_t launch_rms_norm(void* out, void* residual, const void* x, ElemType a
     const auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; };
     if (hidden % E == 0 && hidden / E <= int64_t{kVecThreads} * kMaxChunks && aligned(out) && aligned(residual) &&
         aligned(x)) {
-      rms_norm_vec_kernel<A><<<static_cast<unsigned>(rows), kVecThreads, 0, stream>>>(
-          static_cast<A*>(out), static_cast<A*>(residual), static_cast<const A*>(x), weight, weight_type, hidden, eps);
+      launch_kernel(rms_norm_vec_kernel<A>, static_cast<unsigned>(rows), kVecThreads, 0, stream, static_cast<A*>(out),
+                    static_cast<A*>(residual), static_cast<const A*>(x), weight, weight_type, hidden, eps);
       return;
     }
-    rms_norm_kernel<A><<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(
-        static_cast<A*>(out), static_cast<A*>(residual), static_cast<const A*>(x), weight, weight_type, hidden, eps);
+    launch_kernel(rms_norm_kernel<A>, static_cast<unsigned>(rows), kThreads, 0, stream, static_cast<A*>(out),
+                  static_cast<A*>(residual), static_cast<const A*>(x), weight, weight_type, hidden, eps);
   });
   return cudaGetLastError();
 }

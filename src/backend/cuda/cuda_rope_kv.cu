@@ -14,6 +14,8 @@ constexpr int kThreads = 256;
 
 template <typename A, typename C>
 __global__ void rope_write_kv_kernel(RopeKvArgs a) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t t = blockIdx.x;
   const int32_t pos = a.positions[t];
   const int32_t slot = a.slots[t];
@@ -63,7 +65,7 @@ cudaError_t launch_rope_write_kv(const RopeKvArgs& args, cudaStream_t stream) {
     using A = decltype(atag);
     dispatch_elem(args.cache_type, [&](auto ctag) {
       using C = decltype(ctag);
-      rope_write_kv_kernel<A, C><<<static_cast<unsigned>(args.num_tokens), kThreads, 0, stream>>>(args);
+      launch_kernel(rope_write_kv_kernel<A, C>, static_cast<unsigned>(args.num_tokens), kThreads, 0, stream, args);
     });
   });
   return cudaGetLastError();

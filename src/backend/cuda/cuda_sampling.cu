@@ -300,6 +300,7 @@ __device__ int64_t id_cut(Shared& sh, int64_t vocab, int64_t need, Pred pred) {
 __global__ void __launch_bounds__(kThreads)
     sample_kernel(int32_t* out, float* logits, int64_t vocab, const SamplingRowArgs* row_args,
                   const int32_t* penalty_tokens, const int32_t* penalty_output_counts) {
+  pdl_wait();
   __shared__ Shared sh;
   const int64_t row = blockIdx.x;
   float* x = logits + row * vocab;
@@ -552,8 +553,8 @@ __global__ void __launch_bounds__(kThreads)
 cudaError_t launch_sample(int32_t* out, float* logits, int64_t rows, int64_t vocab, const SamplingRowArgs* row_args,
                           const int32_t* penalty_tokens, const int32_t* penalty_output_counts, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
-  sample_kernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(out, logits, vocab, row_args, penalty_tokens,
-                                                                      penalty_output_counts);
+  launch_kernel(sample_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, out, logits, vocab, row_args,
+                penalty_tokens, penalty_output_counts);
   return cudaGetLastError();
 }
 
