@@ -17,6 +17,29 @@ float rounded(float v) {
 
 }  // namespace
 
+Status check_rope_params(std::string_view op, const RopeParams& p, int64_t head_dim) {
+  if (p.rotary_dim == 0) {
+    return InvalidArgument("{}: rope.rotary_dim is 0; set it to head_dim ({}) to rotate whole heads", op, head_dim);
+  }
+  if (p.rotary_dim < 0 || p.rotary_dim % 2 != 0 || p.rotary_dim > head_dim) {
+    return InvalidArgument("{}: rope.rotary_dim {} must be even and in [2, head_dim {}]", op, p.rotary_dim, head_dim);
+  }
+  if (!(p.theta > 0.0f) || !std::isfinite(p.theta)) {
+    return InvalidArgument("{}: rope.theta {} must be positive", op, p.theta);
+  }
+  if (p.scaling.type != RopeScaling::Type::kNone && !(p.scaling.factor > 0.0f)) {
+    return InvalidArgument("{}: rope.scaling.factor {} must be positive", op, p.scaling.factor);
+  }
+  if (p.scaling.type == RopeScaling::Type::kLlama3 &&
+      !(p.scaling.high_freq_factor > p.scaling.low_freq_factor && p.scaling.low_freq_factor > 0.0f &&
+        p.scaling.original_max_position > 0)) {
+    return InvalidArgument(
+        "{}: llama3 scaling needs high_freq_factor {} > low_freq_factor {} > 0 and original_max_position {} > 0", op,
+        p.scaling.high_freq_factor, p.scaling.low_freq_factor, p.scaling.original_max_position);
+  }
+  return OkStatus();
+}
+
 std::vector<float> rope_inv_freq(const RopeParams& p) {
   const int half = p.rotary_dim / 2;
   std::vector<float> inv_freq(half > 0 ? static_cast<size_t>(half) : 0);

@@ -19,11 +19,17 @@
 #pragma once
 
 #include <cstdint>
+#include <string_view>
 #include <vector>
 
 #include "backend/backend.h"
 
 namespace bw {
+
+// InvalidArgument (for op `op`) unless p can rotate heads of head_dim: rotary_dim even
+// in [2, head_dim], theta positive and finite, scaling factors positive, llama3 factors
+// ordered. Every backend's rope_write_kv checks its parameters with it.
+Status check_rope_params(std::string_view op, const RopeParams& p, int64_t head_dim);
 
 // The rotary_dim/2 inverse frequencies of `p` (empty when rotary_dim < 2).
 // inv_freq[i] = 1 / theta^(2i / rotary_dim), then the scaling of p.scaling.

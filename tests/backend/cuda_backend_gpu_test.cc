@@ -17,7 +17,7 @@
 #include "backend/backend_factory.h"
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_backend.h"
-#include "cpu_test_util.h"
+#include "cuda_test_util.h"
 #include "support/test_support.h"
 
 namespace bw {
@@ -25,67 +25,15 @@ namespace {
 
 using test::Stored;
 
-class CudaTest : public ::testing::Test {
+class CudaTest : public test::CudaOpTest {
  protected:
-  void SetUp() override {
-    auto b = CudaBackend::create({});
-    if (!b.ok()) GTEST_SKIP() << "no CUDA device: " << b.status().to_string();
-    gpu_ = std::move(*b);
-  }
-
-  // A device copy of `s` (raw bytes in its dtype).
-  TensorView upload(const Stored& s, Shape shape) {
-    auto buf = gpu_->allocate(s.bytes.size());
-    EXPECT_TRUE(buf.ok());
-    EXPECT_TRUE(gpu_->copy_to_device(buf->data(), s.bytes.data(), s.bytes.size()).ok());
-    TensorView v = buf->view(s.dtype, shape);
-    buffers_.push_back(std::move(*buf));
-    return v;
-  }
-  TensorView upload_i32(const std::vector<int32_t>& v, Shape shape) {
-    auto buf = gpu_->allocate(v.size() * 4);
-    EXPECT_TRUE(buf.ok());
-    EXPECT_TRUE(gpu_->copy_to_device(buf->data(), v.data(), v.size() * 4).ok());
-    TensorView t = buf->view(DType::kI32, shape);
-    buffers_.push_back(std::move(*buf));
-    return t;
-  }
-  // A NaN-poisoned device tensor.
-  TensorView poisoned(DType dtype, Shape shape) {
-    Stored s(test::poisoned(static_cast<size_t>(shape.numel())), dtype);
-    return upload(s, shape);
-  }
-  std::vector<float> download(const TensorView& t) {
-    Stored s(std::vector<float>(static_cast<size_t>(t.numel())), t.dtype);
-    const Status st = gpu_->copy_to_host(s.bytes.data(), t.data, s.bytes.size());
-    EXPECT_TRUE(st.ok()) << st.to_string();
-    std::vector<float> out(static_cast<size_t>(t.numel()));
-    for (size_t i = 0; i < out.size(); ++i)
-      out[i] = s.read(i);
-    return out;
-  }
-
-  std::unique_ptr<CudaBackend> gpu_;
-  CpuBackend cpu_{2};
-  std::vector<DeviceBuffer> buffers_;
+  void SetUp() override { start({}); }
 };
 
 // Values rounded to `dtype`, as f32 (what the CPU reference gets as input).
 std::vector<float> rounded(const std::vector<float>& v, DType dtype) { return Stored(v, dtype).values; }
 
-// |got - want| <= atol + rtol * |want| everywhere, NaN never passes.
-void expect_close(const std::vector<float>& got, const std::vector<float>& want, double atol, double rtol,
-                  const std::string& what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  int bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double tol = atol + rtol * std::abs(want[i]);
-    if (!(std::abs(static_cast<double>(got[i]) - want[i]) <= tol)) {
-      if (++bad <= 5) ADD_FAILURE() << what << " [" << i << "]: got " << got[i] << ", want " << want[i];
-    }
-  }
-  EXPECT_EQ(bad, 0) << what;
-}
+using test::expect_close;
 
 double max_abs(const std::vector<float>& v) {
   double m = 0;
@@ -277,67 +225,8 @@ TEST_F(CudaMatmulTest, ForcedGemvMatchesForLargeM) {
 
 // --- Attention ----------------------------------------------------------------------------
 
-struct SeqSpec {
-  int q_len;
-  int kv_len;
-};
-
-// A batch layout as the model runner builds it, with shuffled block ids.
-struct Batch {
-  int block_size = 0;
-  int num_blocks = 0;
-  int table_width = 0;
-  int num_tokens = 0;
-  std::vector<SeqSpec> seqs;
-  std::vector<int32_t> query_start, kv_lens, block_tables, positions, slot_mapping;
-
-  Batch(std::vector<SeqSpec> specs, int bs, uint32_t seed) : block_size(bs), seqs(std::move(specs)) {
-    for (const SeqSpec& s : seqs)
-      table_width = std::max(table_width, (s.kv_len + bs - 1) / bs);
-    num_blocks = static_cast<int>(seqs.size()) * table_width + 3;
-    std::vector<int32_t> ids(static_cast<size_t>(num_blocks));
-    std::iota(ids.begin(), ids.end(), 0);
-    std::mt19937 rng(seed);
-    std::shuffle(ids.begin(), ids.end(), rng);
-    query_start.push_back(0);
-    size_t next = 0;
-    for (size_t s = 0; s < seqs.size(); ++s) {
-      for (int b = 0; b < table_width; ++b)
-        block_tables.push_back(b < (seqs[s].kv_len + bs - 1) / bs ? ids[next++] : 0);
-      for (int j = 0; j < seqs[s].q_len; ++j) {
-        const int pos = seqs[s].kv_len - seqs[s].q_len + j;
-        positions.push_back(pos);
-        slot_mapping.push_back(block_tables[s * table_width + pos / bs] * bs + pos % bs);
-      }
-      query_start.push_back(query_start.back() + seqs[s].q_len);
-      kv_lens.push_back(seqs[s].kv_len);
-    }
-    num_tokens = query_start.back();
-  }
-  int max_kv_len() const {
-    int m = 0;
-    for (const SeqSpec& s : seqs)
-      m = std::max(m, s.kv_len);
-    return m;
-  }
-  int max_query_len() const {
-    int m = 0;
-    for (const SeqSpec& s : seqs)
-      m = std::max(m, s.q_len);
-    return m;
-  }
-  AttentionMetadata host_meta() {
-    AttentionMetadata m;
-    m.positions = test::i32_view(positions, {num_tokens});
-    m.slot_mapping = test::i32_view(slot_mapping, {num_tokens});
-    m.query_start = test::i32_view(query_start, {static_cast<int64_t>(seqs.size()) + 1});
-    m.kv_lens = test::i32_view(kv_lens, {static_cast<int64_t>(seqs.size())});
-    m.block_tables = test::i32_view(block_tables, {static_cast<int64_t>(seqs.size()), table_width});
-    m.num_seqs = static_cast<int>(seqs.size());
-    m.max_kv_len = max_kv_len();
-    return m;
-  }
-};
+using test::SeqSpec;
+using Batch = test::AttentionBatch;
 
 struct AttnCase {
   int hq, hkv, d;
@@ -345,18 +234,9 @@ struct AttnCase {
 
 class CudaAttentionTest : public CudaTest {
  public:
-  AttentionMetadata device_meta(Batch& b, int max_kv_hint) {
-    AttentionMetadata m;
-    const int64_t s = static_cast<int64_t>(b.seqs.size());
-    m.positions = upload_i32(b.positions, {b.num_tokens});
-    m.slot_mapping = upload_i32(b.slot_mapping, {b.num_tokens});
-    m.query_start = upload_i32(b.query_start, {s + 1});
-    m.kv_lens = upload_i32(b.kv_lens, {s});
-    m.block_tables = upload_i32(b.block_tables, {s, b.table_width});
-    m.num_seqs = static_cast<int>(s);
-    m.max_kv_len = max_kv_hint;
-    m.max_query_len = b.max_query_len();  // picks the decode / prefill kernels as the runner would
-    return m;
+  // The hints the runner passes: the longest query, and `max_kv_hint`.
+  AttentionMetadata device_meta(const Batch& b, int max_kv_hint) {
+    return CudaOpTest::device_meta(b, b.max_query_len, max_kv_hint);
   }
 
   // Random cache and qkv; the GPU's paged_attention (and the CPU's on the same rounded

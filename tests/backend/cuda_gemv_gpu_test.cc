@@ -19,7 +19,7 @@
 
 #include "backend/cpu/cpu_backend.h"
 #include "backend/cuda/cuda_backend.h"
-#include "cpu_test_util.h"
+#include "cuda_test_util.h"
 #include "support/test_support.h"
 
 namespace bw {
@@ -39,39 +39,11 @@ struct FastBf16 {
   }
 };
 
-class CudaGemvTest : public ::testing::Test {
+class CudaGemvTest : public test::CudaOpTest {
  protected:
   void SetUp() override {
-    auto b = CudaBackend::create({});
-    if (!b.ok()) GTEST_SKIP() << "no CUDA device: " << b.status().to_string();
-    gpu_ = std::move(*b);
-    gpu_->set_force_gemv(true);
-  }
-
-  // A device copy of `bytes`, viewed as `dtype` `shape` starting `offset_bytes` in.
-  TensorView upload_raw(const void* bytes, size_t size, DType dtype, Shape shape, size_t offset_bytes = 0) {
-    auto buf = gpu_->allocate(size + offset_bytes);
-    EXPECT_TRUE(buf.ok());
-    auto* base = static_cast<uint8_t*>(buf->data());
-    EXPECT_TRUE(gpu_->copy_to_device(base + offset_bytes, bytes, size).ok());
-    buffers_.push_back(std::move(*buf));
-    return TensorView(base + offset_bytes, dtype, shape);
-  }
-  TensorView upload(const Stored& s, Shape shape, size_t offset_bytes = 0) {
-    return upload_raw(s.bytes.data(), s.bytes.size(), s.dtype, shape, offset_bytes);
-  }
-  TensorView poisoned(DType dtype, Shape shape) {
-    const Stored s(test::poisoned(static_cast<size_t>(shape.numel())), dtype);
-    return upload(s, shape);
-  }
-  std::vector<float> download(const TensorView& t) {
-    Stored s(std::vector<float>(static_cast<size_t>(t.numel())), t.dtype);
-    const Status st = gpu_->copy_to_host(s.bytes.data(), t.data, s.bytes.size());
-    EXPECT_TRUE(st.ok()) << st.to_string();
-    std::vector<float> out(static_cast<size_t>(t.numel()));
-    for (size_t i = 0; i < out.size(); ++i)
-      out[i] = s.read(i);
-    return out;
+    start({});
+    if (gpu_ != nullptr) gpu_->set_force_gemv(true);
   }
 
   // Compares got[i, col[j]] with the CPU backend's x @ wrows^T (+ bias[col]), where wrows
@@ -170,10 +142,6 @@ class CudaGemvTest : public ::testing::Test {
       nans += std::isnan(v) ? 1 : 0;
     EXPECT_EQ(nans, 0) << what;
   }
-
-  std::unique_ptr<CudaBackend> gpu_;
-  CpuBackend cpu_{2};
-  std::vector<DeviceBuffer> buffers_;
 };
 
 constexpr DType kActs[] = {DType::kF32, DType::kBF16};

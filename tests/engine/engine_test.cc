@@ -14,6 +14,7 @@
 #include "model/random_model.h"
 #include "runner/generator.h"
 #include "support/test_support.h"
+#include "support/tiny_model.h"
 #include "tokenizer/open_tokenizer.h"
 
 namespace bw {
@@ -25,16 +26,10 @@ class EngineTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir();
-    ThreadPool pool(2);
-    auto config = find_model_preset("tiny-llama");
-    ASSERT_TRUE(config.ok());
-    RandomModelOptions options;
-    options.dtype = DType::kF32;
-    options.seed = 7;
-    options.out_path = dir_->file("tiny");
-    ASSERT_TRUE(write_random_model(*config, options, pool).ok());
+    auto path = test::write_tiny_model(*dir_, "tiny-llama", 7);
+    ASSERT_TRUE(path.ok()) << path.status().to_string();
     backend_ = new CpuBackend(2);
-    auto ckpt = Checkpoint::open(options.out_path);
+    auto ckpt = Checkpoint::open(*path);
     ASSERT_TRUE(ckpt.ok()) << ckpt.status().to_string();
     WeightLoadOptions load;
     load.weight_dtype = DType::kF32;

@@ -10,13 +10,12 @@
 #include "backend/backend_factory.h"
 #include "model/causal_lm.h"
 #include "model/checkpoint.h"
-#include "model/presets.h"
-#include "model/random_model.h"
 #include "runner/batch_inputs.h"
 #include "runner/decode_graphs.h"
 #include "runner/kv_cache_storage.h"
 #include "runner/model_runner.h"
 #include "support/test_support.h"
+#include "support/tiny_model.h"
 
 namespace bw {
 namespace {
@@ -30,15 +29,9 @@ TEST(DecodeGraphsGpuTest, ReplaysMatchEagerSteps) {
   ASSERT_TRUE(backend.supports_graphs());
 
   test::TempDir dir;
-  ThreadPool pool(2);
-  auto preset = find_model_preset("tiny-llama");
-  ASSERT_TRUE(preset.ok());
-  RandomModelOptions options;
-  options.dtype = DType::kF32;
-  options.seed = 5;
-  options.out_path = dir.file("tiny");
-  ASSERT_TRUE(write_random_model(*preset, options, pool).ok());
-  auto ckpt = Checkpoint::open(options.out_path);
+  auto path = test::write_tiny_model(dir, "tiny-llama", 5);
+  ASSERT_TRUE(path.ok()) << path.status().to_string();
+  auto ckpt = Checkpoint::open(*path);
   ASSERT_TRUE(ckpt.ok());
   WeightLoadOptions load;
   load.weight_dtype = DType::kF32;

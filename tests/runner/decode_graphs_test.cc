@@ -12,10 +12,9 @@
 #include "backend/cpu/cpu_backend.h"
 #include "engine/engine.h"
 #include "model/checkpoint.h"
-#include "model/presets.h"
-#include "model/random_model.h"
 #include "runner/kv_cache_storage.h"
 #include "support/test_support.h"
+#include "support/tiny_model.h"
 
 namespace bw {
 namespace {
@@ -132,15 +131,9 @@ class DecodeGraphsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new test::TempDir();
-    ThreadPool pool(2);
-    auto config = find_model_preset("tiny-llama");
-    ASSERT_TRUE(config.ok());
-    RandomModelOptions options;
-    options.dtype = DType::kF32;
-    options.seed = 11;
-    options.out_path = dir_->file("tiny");
-    ASSERT_TRUE(write_random_model(*config, options, pool).ok());
-    path_ = new std::string(options.out_path);
+    auto path = test::write_tiny_model(*dir_, "tiny-llama", 11);
+    ASSERT_TRUE(path.ok()) << path.status().to_string();
+    path_ = new std::string(*path);
   }
   static void TearDownTestSuite() {
     delete path_;

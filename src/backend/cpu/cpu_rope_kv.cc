@@ -35,28 +35,7 @@ Status rope_write_kv(ThreadPool& pool, TensorView qkv, const AttentionParams& at
                      const AttentionMetadata& meta, const KvCacheLayer& cache) {
   AttentionDims d;
   RETURN_IF_ERROR(check_attention_inputs(kOp, qkv, attn, cache, &d));
-  if (rope.rotary_dim == 0) {
-    return InvalidArgument("rope_write_kv: rope.rotary_dim is 0; set it to head_dim ({}) to rotate whole heads",
-                           d.head_dim);
-  }
-  if (rope.rotary_dim < 0 || rope.rotary_dim % 2 != 0 || rope.rotary_dim > d.head_dim) {
-    return InvalidArgument("rope_write_kv: rope.rotary_dim {} must be even and in [2, head_dim {}]", rope.rotary_dim,
-                           d.head_dim);
-  }
-  if (!(rope.theta > 0.0f) || !std::isfinite(rope.theta)) {
-    return InvalidArgument("rope_write_kv: rope.theta {} must be positive", rope.theta);
-  }
-  if (rope.scaling.type != RopeScaling::Type::kNone && !(rope.scaling.factor > 0.0f)) {
-    return InvalidArgument("rope_write_kv: rope.scaling.factor {} must be positive", rope.scaling.factor);
-  }
-  if (rope.scaling.type == RopeScaling::Type::kLlama3 &&
-      !(rope.scaling.high_freq_factor > rope.scaling.low_freq_factor && rope.scaling.low_freq_factor > 0.0f &&
-        rope.scaling.original_max_position > 0)) {
-    return InvalidArgument(
-        "rope_write_kv: llama3 scaling needs high_freq_factor {} > low_freq_factor {} > 0 and "
-        "original_max_position {} > 0",
-        rope.scaling.high_freq_factor, rope.scaling.low_freq_factor, rope.scaling.original_max_position);
-  }
+  RETURN_IF_ERROR(check_rope_params(kOp, rope, d.head_dim));
   const int64_t num_tokens = d.num_tokens;
   RETURN_IF_ERROR(expect_i32_vector(kOp, "meta.positions", meta.positions, num_tokens));
   RETURN_IF_ERROR(expect_i32_vector(kOp, "meta.slot_mapping", meta.slot_mapping, num_tokens));

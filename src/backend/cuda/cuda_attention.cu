@@ -12,7 +12,7 @@
 // accumulator) a second kernel combines.
 #include <cmath>
 
-#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_attention_merge.cuh"
 
 namespace bw::cuda {
 
@@ -202,36 +202,8 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a, in
     }
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < ng * D; i += kThreads) {
-    const int g = i / D, d = i % D;
-    float M = kNegInf;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w)
-      M = fmaxf(M, s_m[w][g]);
-    float L = 0.0f, O = 0.0f;
-    if (M != kNegInf) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float f = s_m[w][g] == kNegInf ? 0.0f : __expf(s_m[w][g] - M);
-        L += s_l[w][g] * f;
-        O += s_acc[w][g][d] * f;
-      }
-    }
-    const int h = h0 + g;
-    if (num_splits == 1) {
-      A* out = static_cast<A*>(a.out) + (t * a.num_heads + h) * D;
-      out[d] = from_float<A>(L > 0.0f ? O / L : 0.0f);
-    } else {
-      const int64_t part = (t * a.num_heads + h) * num_splits + split;
-      float* ml = ws + part * 2;
-      float* pacc = ws + a.num_tokens * a.num_heads * num_splits * 2 + part * D;
-      pacc[d] = O;
-      if (d == 0) {
-        ml[0] = M;
-        ml[1] = L;
-      }
-    }
-  }
+  merge_warps_and_store<A, kWarps, kMaxG, kAttentionMaxHeadDim, kThreads>(a, s_m, s_l, s_acc, ng, t, h0, split,
+                                                                          num_splits, ws);
 }
 
 // One block per (token, head): the split weights are computed once into shared memory,
@@ -247,9 +219,8 @@ __global__ void combine_kernel(AttentionArgs a, int num_splits, const float* ws)
   const int64_t t = blockIdx.x;
   const int h = static_cast<int>(blockIdx.y);
   const int D = a.head_dim;
-  const int64_t part0 = (t * a.num_heads + h) * num_splits;
-  const float* ml = ws + part0 * 2;
-  const float* pacc = ws + a.num_tokens * a.num_heads * num_splits * 2 + part0 * D;
+  const float* ml = split_max_sum(a, ws, t, h, 0, num_splits);
+  const float* pacc = split_output(a, ws, t, h, 0, num_splits);
   if (threadIdx.x < 32) {
     float M = kNegInf;
     for (int s = static_cast<int>(threadIdx.x); s < num_splits; s += 32)

@@ -10,7 +10,7 @@
 // split use the general kernel's workspace layout and its combine kernel.
 #include <cmath>
 
-#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_attention_merge.cuh"
 
 namespace bw::cuda {
 
@@ -186,37 +186,8 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(AttentionArgs a, int h
     }
   }
   __syncthreads();
-  for (int i = static_cast<int>(threadIdx.x); i < ng * D; i += kThreads) {
-    const int g = i / D, d = i % D;
-    float M = kNegInf;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w)
-      M = fmaxf(M, s_m[w][g]);
-    float L = 0.0f, O = 0.0f;
-    if (M != kNegInf) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float f = s_m[w][g] == kNegInf ? 0.0f : __expf(s_m[w][g] - M);
-        L += s_l[w][g] * f;
-        O += s_acc[w][g][d] * f;
-      }
-    }
-    if (n_keys == 0) continue;  // a bad sequence: nothing written
-    const int h = h0 + g;
-    if (num_splits == 1) {
-      A* out = static_cast<A*>(a.out) + (t * a.num_heads + h) * D;
-      out[d] = from_float<A>(L > 0.0f ? O / L : 0.0f);
-    } else {
-      const int64_t slot = (t * a.num_heads + h) * num_splits + split;
-      float* ml = ws + slot * 2;
-      float* pacc = ws + a.num_tokens * a.num_heads * num_splits * 2 + slot * D;
-      pacc[d] = O;
-      if (d == 0) {
-        ml[0] = M;
-        ml[1] = L;
-      }
-    }
-  }
+  if (n_keys == 0) return;  // a bad sequence: nothing written
+  merge_warps_and_store<A, kWarps, kMaxG, D, kThreads>(a, s_m, s_l, s_acc, ng, t, h0, split, num_splits, ws);
 }
 
 int head_groups_of(const AttentionArgs& a) {

@@ -704,21 +704,7 @@ Status CudaBackend::rope_write_kv(TensorView qkv, const AttentionParams& attn, c
   RETURN_IF_ERROR(sticky_);
   AttnDims d;
   RETURN_IF_ERROR(check_attention(kOp, qkv, attn, cache, &d));
-  if (rope.rotary_dim <= 0 || rope.rotary_dim % 2 != 0 || rope.rotary_dim > attn.head_dim) {
-    return InvalidArgument("rope_write_kv: rope.rotary_dim {} must be even and in [2, head_dim {}]", rope.rotary_dim,
-                           attn.head_dim);
-  }
-  if (!(rope.theta > 0.0f) || !std::isfinite(rope.theta)) {
-    return InvalidArgument("rope_write_kv: rope.theta {} must be positive", rope.theta);
-  }
-  if (rope.scaling.type != RopeScaling::Type::kNone && !(rope.scaling.factor > 0.0f)) {
-    return InvalidArgument("rope_write_kv: rope.scaling.factor {} must be positive", rope.scaling.factor);
-  }
-  if (rope.scaling.type == RopeScaling::Type::kLlama3 &&
-      !(rope.scaling.high_freq_factor > rope.scaling.low_freq_factor && rope.scaling.low_freq_factor > 0.0f &&
-        rope.scaling.original_max_position > 0)) {
-    return InvalidArgument("rope_write_kv: llama3 scaling needs high_freq_factor > low_freq_factor > 0");
-  }
+  RETURN_IF_ERROR(check_rope_params(kOp, rope, attn.head_dim));
   RETURN_IF_ERROR(expect_i32(kOp, "meta.positions", meta.positions, d.num_tokens));
   RETURN_IF_ERROR(expect_i32(kOp, "meta.slot_mapping", meta.slot_mapping, d.num_tokens));
   if (d.num_tokens == 0) return OkStatus();
