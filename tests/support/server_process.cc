@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <filesystem>
@@ -28,6 +29,11 @@ int exit_status(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 1
 ServerProcess::ServerProcess(std::string binary, std::vector<std::string> args, std::string log_level) {
   // The argv is built before fork(): the child only dup2()s and execs.
   std::vector<std::string> full = {std::move(binary), "serve", "--port", "0", "--log-level", std::move(log_level)};
+  if (std::find(args.begin(), args.end(), "--data-dir") == args.end()) {
+    data_dir_ = std::make_unique<TempDir>();
+    args.push_back("--data-dir");
+    args.push_back(data_dir_->file("data"));
+  }
   full.insert(full.end(), std::make_move_iterator(args.begin()), std::make_move_iterator(args.end()));
   std::vector<char*> argv;
   argv.reserve(full.size() + 1);
@@ -63,7 +69,7 @@ ServerProcess::ServerProcess(std::string binary, std::vector<std::string> args, 
   if (at != std::string::npos) port_ = std::atoi(line.c_str() + at + 17);
 }
 
-ServerProcess::~ServerProcess() { kill9(); }
+ServerProcess::~ServerProcess() { kill9(); }  // before data_dir_ goes
 
 bool ServerProcess::wait_ready() const {
   if (port_ == 0) return false;

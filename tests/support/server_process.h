@@ -3,6 +3,8 @@
 // `<binary> serve --port 0 --log-level <level> <args...>` and reads the port from the
 // "listening on http://127.0.0.1:PORT" line the server prints on its stdout (port() stays 0
 // when no such line comes within 30 s); the destructor SIGKILLs a server still running.
+// Without --data-dir in `args` the server gets one in a temporary folder of its own
+// (removed with the ServerProcess), so no test writes ./breakwater-data.
 // Also curl(): one HTTP request through the curl command line tool.
 //
 // Thread-safety: a ServerProcess is not synchronized. The const members (port(), pid(),
@@ -15,10 +17,13 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace bw::test {
+
+class TempDir;
 
 class ServerProcess {
  public:
@@ -50,6 +55,7 @@ class ServerProcess {
   // Records that the child was reaped and closes its stdout pipe.
   void reaped();
 
+  std::unique_ptr<TempDir> data_dir_;  // when the caller passed no --data-dir
   pid_t pid_ = -1;
   int stdout_fd_ = -1;
   int port_ = 0;
