@@ -459,7 +459,11 @@ void OpenAiService::handle_generation(Endpoint endpoint, const HttpRequest& requ
   }
   if (model_.tokenizer != nullptr) {
     const Tokenizer* tokenizer = model_.tokenizer;
-    gen->token_text = [tokenizer](int32_t id) { return tokenizer->decode(std::span<const int32_t>(&id, 1)); };
+    // As a continuation: a SentencePiece token keeps its leading space ("▁Once" -> " Once"), so
+    // the tokens' texts add up to the generated text and completions' text_offset is right.
+    gen->token_text = [tokenizer](int32_t id) {
+      return tokenizer->decode(std::span<const int32_t>(&id, 1), /*skip_special=*/false, /*continuation=*/true);
+    };
   } else {
     gen->token_text = [](int32_t id) { return std::to_string(id); };
   }

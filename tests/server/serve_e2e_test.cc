@@ -128,6 +128,43 @@ TEST_F(ServeTest, CurlEndpointsAndErrors) {
   EXPECT_EQ(server.stop(SIGTERM), 0);
 }
 
+// Completions logprobs on a SentencePiece vocabulary: the tokens' texts (with their
+// leading spaces) add up to the text, and text_offset points at each of them, with and
+// without echo.
+TEST_F(ServeTest, CompletionLogprobTokensAddUpToTheText) {
+  ServerProcess server(BW_BREAKWATER_BIN, {"--model", model_, "--api-key", "test-key"});
+  ASSERT_TRUE(server.wait_ready());
+  for (bool echo : {false, true}) {
+    HttpResult r = curl(json_post(server.url() + "/v1/completions",
+                                  std::string(R"({"prompt":"Once upon a time","max_tokens":12,"logprobs":2,"echo":)") +
+                                      (echo ? "true" : "false") + "}"));
+    ASSERT_EQ(r.status, 200) << r.body;
+    const auto choice = nlohmann::json::parse(r.body)["choices"][0];
+    const std::string text = choice["text"];
+    const auto& lp = choice["logprobs"];
+    ASSERT_EQ(lp["tokens"].size(), 12u) << r.body;
+    std::string joined;
+    for (const auto& t : lp["tokens"])
+      joined += t.get<std::string>();
+    ASSERT_GE(text.size(), joined.size());
+    EXPECT_EQ(text.substr(text.size() - joined.size()), joined) << r.body;
+    if (echo) {
+      EXPECT_EQ(text.substr(0, text.size() - joined.size()), "Once upon a time") << r.body;
+    }
+    size_t offset = text.size() - joined.size();
+    for (size_t i = 0; i < lp["tokens"].size(); ++i) {
+      EXPECT_EQ(lp["text_offset"][i].get<size_t>(), offset) << i << " " << r.body;
+      offset += lp["tokens"][i].get<std::string>().size();
+    }
+    // Words after the first start with a space, as the text has them.
+    int spaced = 0;
+    for (const auto& t : lp["tokens"])
+      spaced += !t.get<std::string>().empty() && t.get<std::string>()[0] == ' ';
+    EXPECT_GT(spaced, 0) << r.body;
+  }
+  EXPECT_EQ(server.stop(SIGTERM), 0);
+}
+
 TEST_F(ServeTest, ChatWithoutTemplateIsAClear400) {
   ServerProcess server(BW_BREAKWATER_BIN, {"--model", model_});
   ASSERT_TRUE(server.wait_ready());
