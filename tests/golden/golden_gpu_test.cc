@@ -45,6 +45,14 @@ std::unique_ptr<Backend> cuda_or_skip(DType weight_dtype) {
   return std::move(*b);
 }
 
+// The fixture's model in `dir` on `backend`, weights in `dtype`.
+Result<std::unique_ptr<CausalLM>> load_fixture_model(const fs::path& dir, Backend& backend, DType dtype) {
+  ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::open(dir.string()));
+  WeightLoadOptions options;
+  options.weight_dtype = dtype;
+  return load_causal_lm(ckpt, backend, options);
+}
+
 class GoldenGpuTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GoldenGpuTest, F32ModeMatchesTransformers) {
@@ -52,11 +60,7 @@ TEST_P(GoldenGpuTest, F32ModeMatchesTransformers) {
   if (backend == nullptr) GTEST_SKIP() << "no CUDA device";
   const fs::path dir = fixtures_dir() / GetParam();
   const Reference ref = read_reference(dir);
-  auto ckpt = Checkpoint::open(dir.string());
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status().to_string();
-  WeightLoadOptions options;
-  options.weight_dtype = DType::kF32;
-  auto model = load_causal_lm(*ckpt, *backend, options);
+  auto model = load_fixture_model(dir, *backend, DType::kF32);
   ASSERT_TRUE(model.ok()) << model.status().to_string();
   Generator gen(**model, *backend);
   for (int64_t chunk : {int64_t{512}, int64_t{5}}) {
@@ -84,11 +88,7 @@ TEST_P(GoldenGpuTest, F32EngineWithGraphsAndDeviceSamplingMatchesTransformers) {
   ASSERT_TRUE(backend->supports_device_sampling());
   const fs::path dir = fixtures_dir() / GetParam();
   const Reference ref = read_reference(dir);
-  auto ckpt = Checkpoint::open(dir.string());
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status().to_string();
-  WeightLoadOptions options;
-  options.weight_dtype = DType::kF32;
-  auto model = load_causal_lm(*ckpt, *backend, options);
+  auto model = load_fixture_model(dir, *backend, DType::kF32);
   ASSERT_TRUE(model.ok()) << model.status().to_string();
   EngineConfig config;
   config.scheduler.max_model_len = 256;
@@ -136,11 +136,7 @@ TEST(GoldenGpuBf16Test, GreedyTokensAgreeAtAlmostEveryPosition) {
   for (const std::string& name : fixture_names()) {
     const fs::path dir = fixtures_dir() / name;
     const Reference ref = read_reference(dir);
-    auto ckpt = Checkpoint::open(dir.string());
-    ASSERT_TRUE(ckpt.ok()) << ckpt.status().to_string();
-    WeightLoadOptions options;
-    options.weight_dtype = DType::kBF16;
-    auto model = load_causal_lm(*ckpt, *backend, options);
+    auto model = load_fixture_model(dir, *backend, DType::kBF16);
     ASSERT_TRUE(model.ok()) << model.status().to_string();
     Generator gen(**model, *backend);
     auto logits = gen.prompt_logits(ref.prompt, 512, /*kv_block_size=*/16);

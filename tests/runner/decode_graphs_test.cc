@@ -144,11 +144,7 @@ class DecodeGraphsTest : public ::testing::Test {
   static std::vector<std::vector<int32_t>> generate(Backend& backend, int32_t max_graph_batch,
                                                     const std::vector<std::vector<int32_t>>& prompts,
                                                     const std::vector<int32_t>& max_tokens) {
-    auto ckpt = Checkpoint::open(*path_);
-    EXPECT_TRUE(ckpt.ok());
-    WeightLoadOptions load;
-    load.weight_dtype = DType::kF32;
-    auto model = load_causal_lm(*ckpt, backend, load);
+    auto model = load_model(backend);
     EXPECT_TRUE(model.ok()) << model.status().to_string();
     EngineConfig config;
     config.scheduler.max_model_len = 256;
@@ -180,6 +176,14 @@ class DecodeGraphsTest : public ::testing::Test {
       out.push_back(c.choices.empty() ? std::vector<int32_t>{} : c.choices[0].token_ids);
     }
     return out;
+  }
+
+  // The suite's model (f32 weights) on `backend`.
+  static Result<std::unique_ptr<CausalLM>> load_model(Backend& backend) {
+    ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::open(*path_));
+    WeightLoadOptions load;
+    load.weight_dtype = DType::kF32;
+    return load_causal_lm(ckpt, backend, load);
   }
 
   static test::TempDir* dir_;
@@ -221,12 +225,8 @@ TEST_F(DecodeGraphsTest, ReplayedStepsMatchEagerStepsAcrossPaddedSizes) {
 TEST_F(DecodeGraphsTest, PaddedSizesAndAcceptance) {
   CpuBackend cpu(1);
   RecordingBackend recording(cpu);
-  auto ckpt = Checkpoint::open(*path_);
-  ASSERT_TRUE(ckpt.ok());
-  WeightLoadOptions load;
-  load.weight_dtype = DType::kF32;
-  auto model = load_causal_lm(*ckpt, recording, load);
-  ASSERT_TRUE(model.ok());
+  auto model = load_model(recording);
+  ASSERT_TRUE(model.ok()) << model.status().to_string();
   DecodeGraphs graphs(**model, recording, 16, 40, 256);
   EXPECT_EQ(graphs.padded_size(1), 1);
   EXPECT_EQ(graphs.padded_size(3), 4);
@@ -252,12 +252,8 @@ TEST_F(DecodeGraphsTest, PaddedSizesAndAcceptance) {
 TEST_F(DecodeGraphsTest, AMovedWorkspaceIsRecapturedNotReplayed) {
   CpuBackend cpu(1);
   RecordingBackend recording(cpu);
-  auto ckpt = Checkpoint::open(*path_);
-  ASSERT_TRUE(ckpt.ok());
-  WeightLoadOptions load;
-  load.weight_dtype = DType::kF32;
-  auto model = load_causal_lm(*ckpt, recording, load);
-  ASSERT_TRUE(model.ok());
+  auto model = load_model(recording);
+  ASSERT_TRUE(model.ok()) << model.status().to_string();
   const ModelConfig& mc = (*model)->config();
   auto kv = KvCacheStorage::create(recording, mc, 8, 16, DType::kF32);
   ASSERT_TRUE(kv.ok());

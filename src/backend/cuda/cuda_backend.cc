@@ -420,36 +420,28 @@ void CudaBackend::free(void* data, size_t /*bytes*/) {
   if (data != nullptr) cudaFreeAsync(data, stream_);
 }
 
-Status CudaBackend::copy_to_device(void* device_dst, const void* host_src, size_t bytes) {
+// The checks every copy shares, then the asynchronous copy on the stream. Copies from or to
+// the host cannot be recorded in a graph; device-to-device ones can.
+Status CudaBackend::copy(void* dst, const void* src, size_t bytes, int kind, const char* what) {
   RETURN_IF_ERROR(sticky_);
-  RETURN_IF_ERROR(not_while_capturing("copy_to_device"));
+  if (kind != cudaMemcpyDeviceToDevice) RETURN_IF_ERROR(not_while_capturing(what));
   if (bytes == 0) return OkStatus();
-  if (device_dst == nullptr || host_src == nullptr) {
-    return InvalidArgument("cuda: copy_to_device of {} bytes with a null pointer", bytes);
-  }
-  BW_CUDA_TRY(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+  if (dst == nullptr || src == nullptr) return InvalidArgument("cuda: {} of {} bytes with a null pointer", what, bytes);
+  BW_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, static_cast<cudaMemcpyKind>(kind), stream_));
   return OkStatus();
+}
+
+Status CudaBackend::copy_to_device(void* device_dst, const void* host_src, size_t bytes) {
+  return copy(device_dst, host_src, bytes, cudaMemcpyHostToDevice, "copy_to_device");
 }
 
 Status CudaBackend::copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
-  RETURN_IF_ERROR(sticky_);
-  RETURN_IF_ERROR(not_while_capturing("copy_to_host"));
-  if (bytes == 0) return OkStatus();
-  if (host_dst == nullptr || device_src == nullptr) {
-    return InvalidArgument("cuda: copy_to_host of {} bytes with a null pointer", bytes);
-  }
-  BW_CUDA_TRY(cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, stream_));
-  return synchronize();
+  RETURN_IF_ERROR(copy(host_dst, device_src, bytes, cudaMemcpyDeviceToHost, "copy_to_host"));
+  return bytes == 0 ? OkStatus() : synchronize();
 }
 
 Status CudaBackend::copy_on_device(void* device_dst, const void* device_src, size_t bytes) {
-  RETURN_IF_ERROR(sticky_);
-  if (bytes == 0) return OkStatus();
-  if (device_dst == nullptr || device_src == nullptr) {
-    return InvalidArgument("cuda: copy_on_device of {} bytes with a null pointer", bytes);
-  }
-  BW_CUDA_TRY(cudaMemcpyAsync(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice, stream_));
-  return OkStatus();
+  return copy(device_dst, device_src, bytes, cudaMemcpyDeviceToDevice, "copy_on_device");
 }
 
 Status CudaBackend::synchronize() {

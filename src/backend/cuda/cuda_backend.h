@@ -110,6 +110,8 @@ class CudaBackend final : public Backend {
   Status matmul_lt(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias, bool* done);
   Status ensure_scratch(void** buf, size_t* capacity, size_t bytes);
   Status not_while_capturing(const char* what) const;
+  // kind: a cudaMemcpyKind.
+  Status copy(void* dst, const void* src, size_t bytes, int kind, const char* what);
 
   CudaBackendOptions options_;
   std::string device_name_;
