@@ -399,6 +399,12 @@ void Connection::do_write(const std::shared_ptr<Exchange>& exchange, std::string
   } else {
     queue(std::move(data));
   }
+  if (out_bytes_ > core_->config.max_stream_backlog_bytes) {
+    core_->logger->warn("http: conn {} ({}): the client is not reading its stream ({} bytes waiting); closing", id_,
+                        remote_address_, out_bytes_);
+    close();
+    return;
+  }
   flush();
 }
 
@@ -454,7 +460,10 @@ std::string Connection::build_head(int status, const HttpHeaders& headers, Frami
 // ---------------------------------------------------------------------------------------
 // Writing
 
-void Connection::queue(std::string bytes) { out_.push_back(std::move(bytes)); }
+void Connection::queue(std::string bytes) {
+  out_bytes_ += bytes.size();
+  out_.push_back(std::move(bytes));
+}
 
 void Connection::finish_response(bool keep_alive) {
   response_queued_ = true;
@@ -483,6 +492,8 @@ void Connection::start_write() {
 
 void Connection::on_write(const error_code& ec) {
   writing_ = false;
+  for (size_t i = 0; i < out_in_flight_; ++i)
+    out_bytes_ -= out_[i].size();
   out_.erase(out_.begin(), out_.begin() + static_cast<std::ptrdiff_t>(out_in_flight_));
   out_in_flight_ = 0;
   if (state_ == State::kClosed) return;
@@ -592,7 +603,10 @@ void Connection::close() {
   timer_.cancel();
   parser_.reset();
   in_.clear();
-  if (!writing_) out_.clear();
+  if (!writing_) {
+    out_.clear();
+    out_bytes_ = 0;
+  }
   std::shared_ptr<Exchange> exchange = exchange_;
   bool cut_short = exchange && exchange->phase != Exchange::Phase::kEnded;
   release_exchange();

@@ -213,6 +213,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   // Output: whole strings, written in order, several per gathered write.
   std::deque<std::string> out_;
+  size_t out_bytes_ = 0;  // bytes in out_
   std::vector<asio::const_buffer> write_buffers_;
   size_t out_in_flight_ = 0;  // leading entries of out_ being written
   bool writing_ = false;

@@ -72,6 +72,10 @@ struct HttpServerConfig {
   int io_threads = 2;
   std::chrono::seconds idle_timeout{300};  // a keep-alive connection with no request is closed (0: never)
   int max_connections = 10000;             // further connections are accepted and closed at once
+  // A streamed response whose unsent output grows past this (a client that stopped reading
+  // while tokens keep coming) is cut: the connection closes and the handler's disconnect
+  // callback runs (the engine drops the request), instead of the server buffering without end.
+  size_t max_stream_backlog_bytes = size_t{16} << 20;
   // Body of the error responses the server makes itself (400 bad HTTP, 413 too large,
   // 503 draining): given the status and a message, returns a JSON body.
   std::function<std::string(int status, const std::string& message)> error_body;

@@ -708,6 +708,58 @@ TEST(HttpServerTest, DisconnectCallbackForPendingResponse) {
   EXPECT_TRUE(eventually([&] { return server->num_connections() == 0; }));
 }
 
+TEST(HttpServerTest, StreamToAClientThatStopsReadingIsCutAtTheBacklogLimit) {
+  // The handler streams 16 KiB every millisecond (a fast generation). A client that reads
+  // gets it all; one that stops reading fills the socket buffers, then the server's backlog
+  // passes max_stream_backlog_bytes and the server closes the connection and runs the
+  // disconnect callback instead of buffering without bound.
+  constexpr size_t kChunk = 16 * 1024;
+  constexpr size_t kWriteCap = size_t{96} << 20;  // the writer's own stop, far above the cut
+  ThreadBag threads;
+  std::atomic<size_t> written{0};
+  std::atomic<int> disconnects{0};
+  HttpServerConfig config = test_config();
+  config.max_stream_backlog_bytes = size_t{1} << 20;
+  auto server = start_server(
+      [&](const HttpRequest& /*request*/, const std::shared_ptr<HttpResponder>& responder) {
+        responder->on_disconnect([&] { ++disconnects; });
+        responder->start_stream(200, {{"Content-Type", "text/event-stream"}});
+        written = 0;
+        threads.spawn([responder, &written] {
+          const std::string chunk(kChunk, 'x');
+          while (!responder->disconnected() && written.load() < kWriteCap) {
+            responder->write(chunk);
+            written += kChunk;
+            std::this_thread::sleep_for(1ms);
+          }
+          responder->end();
+        });
+      },
+      config);
+  ASSERT_TRUE(server);
+  {
+    Client reader(server->port());
+    ASSERT_TRUE(reader.send(post_request("/v1/completions", "{}")));
+    const auto deadline = Clock::now() + 20s;
+    while (reader.buffer().size() < (size_t{4} << 20) && reader.fill(deadline)) {
+    }
+    EXPECT_GE(reader.buffer().size(), size_t{4} << 20);
+    EXPECT_EQ(disconnects.load(), 0) << "a reading client was cut";
+  }
+  EXPECT_TRUE(eventually([&] { return disconnects.load() == 1; }));  // closed by the client
+  threads.join();
+
+  Client stalled(server->port());
+  int small = 4096;
+  ::setsockopt(stalled.fd(), SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  ASSERT_TRUE(stalled.send(post_request("/v1/completions", "{}")));
+  EXPECT_TRUE(eventually([&] { return disconnects.load() == 2; }, 20s)) << written.load() << " bytes written";
+  threads.join();
+  // What the kernel's socket buffers absorbed plus the backlog, not the writer's cap.
+  EXPECT_LT(written.load(), size_t{32} << 20);
+  EXPECT_TRUE(eventually([&] { return server->num_inflight() == 0 && server->num_connections() == 0; }));
+}
+
 TEST(HttpServerTest, PipelinedRequestsWhileBusyAreKept) {
   ThreadBag threads;
   auto server = start_server([&](HttpRequest request, const std::shared_ptr<HttpResponder>& responder) {
