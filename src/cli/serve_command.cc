@@ -194,6 +194,7 @@ Status run_serve(ServeArgs args, int* exit_code) {
   if (job_service) job_service->drain(grace);  // running jobs finish (or are handed back)
   http_server->shutdown(std::max(std::chrono::milliseconds(0), std::chrono::duration_cast<std::chrono::milliseconds>(
                                                                    drain_deadline - std::chrono::steady_clock::now())));
+  service.stop_workers();  // the requests handed over before the server stopped
   loaded->engine->shutdown();
   log->info("stopped");
   *exit_code = 0;

@@ -5,6 +5,9 @@
 #include <chrono>
 #include <mutex>
 
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+
 #include "server/reasoning_parser.h"
 
 namespace bw::server {
@@ -230,9 +233,26 @@ struct OpenAiService::Generation {
 };
 
 OpenAiService::OpenAiService(ServiceConfig config, Logger logger)
-    : config_(std::move(config)), logger_(std::move(logger)), metrics_(config_.served_model_name) {}
+    : config_(std::move(config)),
+      logger_(std::move(logger)),
+      metrics_(config_.served_model_name),
+      workers_(std::make_unique<boost::asio::thread_pool>(std::max(config_.worker_threads, 1))) {}
 
-OpenAiService::~OpenAiService() = default;
+OpenAiService::~OpenAiService() { stop_workers(); }
+
+HttpHandler OpenAiService::handler() {
+  return [this](HttpRequest request, std::shared_ptr<HttpResponder> responder) {
+    if (request.path == "/health" || request.path == "/metrics") {  // cheap, and must answer under load
+      handle(request, responder);
+      return;
+    }
+    boost::asio::post(*workers_, [this, request = std::move(request), responder = std::move(responder)] {
+      handle(request, responder);
+    });
+  };
+}
+
+void OpenAiService::stop_workers() { workers_->join(); }
 
 void OpenAiService::attach(ServedModel model) {
   model_ = std::move(model);

@@ -7,7 +7,10 @@
 // A client that disconnects cancels its engine requests. Until attach() the service
 // answers 503 (the model is loading); after set_draining(true) too.
 //
-// Thread-safe: handle() runs on HTTP I/O threads, engine events arrive on the engine's
+// Threads: handler() answers /health and /metrics on the HTTP I/O thread and hands every
+// other request to the service's worker threads (ServiceConfig::worker_threads), so that
+// template rendering, tokenization, a response-cache lookup in Redis or a jobs-store call
+// never holds up the I/O of other connections. Engine events arrive on the engine's
 // step-loop thread; per-request state is shared between them under its own mutex.
 #pragma once
 
@@ -26,6 +29,10 @@
 #include "tokenizer/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
+namespace boost::asio {
+class thread_pool;
+}  // namespace boost::asio
+
 namespace bw::server {
 
 struct ServiceConfig {
@@ -34,6 +41,7 @@ struct ServiceConfig {
   std::optional<double> default_timeout_seconds;
   int32_t default_completion_max_tokens = 16;  // /v1/completions without max_tokens (OpenAI's default)
   int retry_after_seconds = 1;                 // Retry-After of a 429
+  int worker_threads = 4;                      // threads that run handler()'s requests (>= 1)
 };
 
 // What the service needs of the loaded model. The pointers must outlive the service.
@@ -58,12 +66,15 @@ class OpenAiService {
   // Draining: /health and new API requests answer 503; in-flight ones finish.
   void set_draining(bool draining);
 
-  // The HttpHandler of the server.
+  // Answers one request on the caller's thread.
   void handle(const HttpRequest& request, const std::shared_ptr<HttpResponder>& responder);
-  HttpHandler handler() {
-    return [this](const HttpRequest& r, const std::shared_ptr<HttpResponder>& w) { handle(r, w); };
-  }
-
+  // The HttpHandler of the server: handle() on a worker thread (inline for /health and
+  // /metrics).
+  HttpHandler handler();
+  // Waits for the requests handed to the workers so far; later ones are not run (their
+  // responders answer 500, or nothing once the HTTP server is shut down). Call after the
+  // HTTP server's shutdown and before the engine goes away. Idempotent.
+  void stop_workers();
   // Extra routes (the jobs API), answered after the API-key and ready checks: paths for
   // which `matches` is true go to `handler` (any method). Set before serving.
   void set_extra_routes(std::function<bool(const std::string& path)> matches, HttpHandler handler);
@@ -107,6 +118,7 @@ class OpenAiService {
   std::atomic<bool> ready_{false};
   ServedModel model_;  // set once by attach() before ready_
   std::atomic<uint64_t> next_id_{1};
+  std::unique_ptr<boost::asio::thread_pool> workers_;  // declared last: joined first
 };
 
 }  // namespace bw::server

@@ -316,6 +316,33 @@ TEST_F(ResponseCacheE2eTest, KillingRedisFailsNoRequest) {
   EXPECT_EQ(server.stop(), 0);
 }
 
+// A stalled Redis (stopped, so an L2 lookup waits for its full timeout) holds up only the
+// request that looks up: with one HTTP I/O thread, /health and /v1/models still answer at
+// once, and the waiting request is served (a miss) when the lookup times out.
+TEST_F(ResponseCacheE2eTest, StalledRedisHoldsUpOnlyTheLookingRequest) {
+  ServerProcess server(BW_BREAKWATER_BIN, server_args({"--redis-timeout-ms", "3000", "--io-threads", "1"}), "error");
+  ASSERT_TRUE(server.wait_ready());
+  const std::string url = server.url();
+  ASSERT_EQ(post(url + "/v1/completions", kGreedy).status, 200);  // connects to Redis
+  redis_.pause();
+  HttpResult slow;
+  std::thread looking(
+      [&] { slow = post(url + "/v1/completions", R"({"prompt":"Stalled lookup","max_tokens":4,"temperature":0})"); });
+  std::this_thread::sleep_for(500ms);  // the lookup is waiting on Redis by now
+  for (const char* path : {"/health", "/v1/models"}) {
+    const auto start = std::chrono::steady_clock::now();
+    const test::CommandResult r = shell("curl -s -o /dev/null -w '%{http_code}' " + url + path);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(r.output, "200") << path;
+    EXPECT_LT(seconds, 1.5) << path << " waited for the stalled lookup";
+  }
+  looking.join();
+  redis_.resume();
+  EXPECT_EQ(slow.status, 200) << slow.body;
+  EXPECT_EQ(slow.x_cache(), "miss");
+  EXPECT_EQ(server.stop(), 0);
+}
+
 // Two prompts, n = 2, logprobs and echo: every choice is replayed, in both shapes.
 TEST_F(ResponseCacheE2eTest, ManyChoicesWithLogprobsAndEchoReplay) {
   ServerProcess server(BW_BREAKWATER_BIN, server_args(), "error");

@@ -89,9 +89,18 @@ bool RedisServer::start() {
   return false;
 }
 
+void RedisServer::pause() {
+  if (pid_ > 0) ::kill(pid_, SIGSTOP);
+}
+
+void RedisServer::resume() {
+  if (pid_ > 0) ::kill(pid_, SIGCONT);
+}
+
 void RedisServer::stop(bool kill) {
   if (pid_ <= 0) return;
   ::kill(pid_, kill ? SIGKILL : SIGTERM);
+  ::kill(pid_, SIGCONT);  // a paused server handles its SIGTERM
   int status = 0;
   waitpid(pid_, &status, 0);
   pid_ = -1;
