@@ -7,7 +7,7 @@
 //
 // Per case it prints the median of 20 timed runs after 3 warm-ups of
 //   - kernel: the prefill launcher on a stream of the bench's own, timed with cudaEvents
-//     (kernel time only), with one and with two query heads per CTA;
+//     (kernel time only), for each variant (64 or 128 query rows per CTA);
 //   - backend: CudaBackend::paged_attention between two synchronize() calls, host-timed
 //     (includes the checks, the launch and the sync round trip; the variant it picks);
 //   - general: the same call with the max_query_len hint 0, which keeps the general
@@ -161,13 +161,16 @@ void run_case(CudaBackend& gpu, const Case& c) {
     std::fprintf(stderr, "cuda stream/event creation failed\n");
     std::exit(1);
   }
-  // Kernel time of each variant: one query head per CTA, two sharing each K/V tile.
-  double kernel_us[2] = {0, 0};
-  for (int heads = 1; heads <= 2; ++heads) {
+  // Kernel time of each variant.
+  constexpr int kVariants[] = {bw::cuda::kPrefillVariant64Rows, bw::cuda::kPrefillVariant128Rows};
+  constexpr const char* kNames[] = {"64 rows", "128 rows"};
+  constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
+  double kernel_us[kNumVariants] = {};
+  for (int v = 0; v < kNumVariants; ++v) {
     std::vector<double> us;
     for (int i = 0; i < kWarmups + kRuns; ++i) {
       cudaEventRecord(e0, stream);
-      const cudaError_t err = bw::cuda::launch_paged_attention_prefill(a, c.q_len, heads, stream);
+      const cudaError_t err = bw::cuda::launch_paged_attention_prefill(a, c.q_len, kVariants[v], stream);
       cudaEventRecord(e1, stream);
       if (err != cudaSuccess || cudaEventSynchronize(e1) != cudaSuccess) {
         std::fprintf(stderr, "launch failed: %s\n", cudaGetErrorString(err));
@@ -177,7 +180,7 @@ void run_case(CudaBackend& gpu, const Case& c) {
       cudaEventElapsedTime(&ms, e0, e1);
       if (i >= kWarmups) us.push_back(ms * 1e3);
     }
-    kernel_us[heads - 1] = median(us);
+    kernel_us[v] = median(us);
   }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
@@ -197,13 +200,14 @@ void run_case(CudaBackend& gpu, const Case& c) {
     pairs += c.ctx + j + 1;
   const double flops = 4.0 * pairs * c.hq * kHeadDim;
   auto tflops = [&](double us) { return flops / (us * 1e-6) / 1e12; };
-  std::printf(
-      "prefill attention T=%d ctx=%d hq=%d hkv=%d d=%d bs=%d: kernel 1 head/CTA %.1f us (%.0f TFLOP/s), 2 heads/CTA "
-      "%.1f us (%.0f TFLOP/s); backend %.1f us (%.0f TFLOP/s, %d heads/CTA); general kernel %.1f us (%.1f "
-      "TFLOP/s)\n",
-      c.q_len, c.ctx, c.hq, c.hkv, kHeadDim, kBlockSize, kernel_us[0], tflops(kernel_us[0]), kernel_us[1],
-      tflops(kernel_us[1]), backend_us, tflops(backend_us), bw::cuda::prefill_attention_heads_per_cta(a, num_sms),
-      general_us, tflops(general_us));
+  std::printf("prefill attention T=%d ctx=%d hq=%d hkv=%d d=%d bs=%d: kernel", c.q_len, c.ctx, c.hq, c.hkv, kHeadDim,
+              kBlockSize);
+  for (int v = 0; v < kNumVariants; ++v)
+    std::printf("%s %s %.1f us (%.0f TFLOP/s)", v == 0 ? "" : ",", kNames[v], kernel_us[v], tflops(kernel_us[v]));
+  const int picked = bw::cuda::prefill_attention_variant(a, num_sms);
+  std::printf("; backend %.1f us (%.0f TFLOP/s, %s); general kernel %.1f us (%.1f TFLOP/s)\n", backend_us,
+              tflops(backend_us), picked >= 1 && picked <= kNumVariants ? kNames[picked - 1] : "?", general_us,
+              tflops(general_us));
 }
 
 }  // namespace

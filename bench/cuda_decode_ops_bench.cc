@@ -2,9 +2,11 @@
 // times back to back into one graph through CudaBackend::capture, the graph is replayed,
 // and the wall time per op is reported (launch gaps between graph nodes included, as in a
 // real decode step). Shapes of DeepSeek-R1-Distill-Qwen-1.5B and -7B, bf16, 512 tokens of
-// context. Never pass/fail on time.
+// context; then paged_attention alone at batches 1-256 and contexts up to 32k. Never
+// pass/fail on time.
 //
 //   build/bench/bw_cuda_decode_ops_bench
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -61,6 +63,25 @@ class Bench {
     auto buf = gpu_.allocate(n * 2);
     check(buf.status(), "allocate");
     check(gpu_.copy_to_device(buf->data(), h.data(), n * 2), "upload");
+    TensorView v(buf->data(), dtype, shape);
+    keep_.push_back(std::move(*buf));
+    return v;
+  }
+  // A large device tensor of small values: a 1 MiB random pattern repeated (fast to make).
+  TensorView filled(DType dtype, bw::Shape shape) {
+    const auto bytes = static_cast<size_t>(shape.numel()) * 2;
+    std::vector<uint16_t> pattern(size_t{1} << 19);
+    std::mt19937 rng(7);
+    std::uniform_int_distribution<int> exponent(0x3c00, 0x3eff);  // bf16 of about 0.008 .. 0.5, signed
+    for (auto& x : pattern)
+      x = static_cast<uint16_t>((exponent(rng) >> 4 << 4) | (rng() & 0x800fu));
+    auto buf = gpu_.allocate(bytes);
+    check(buf.status(), "allocate");
+    auto* base = static_cast<uint8_t*>(buf->data());
+    for (size_t off = 0; off < bytes; off += pattern.size() * 2) {
+      const size_t n = std::min(pattern.size() * 2, bytes - off);
+      check(gpu_.copy_to_device(base + off, pattern.data(), n), "upload");
+    }
     TensorView v(buf->data(), dtype, shape);
     keep_.push_back(std::move(*buf));
     return v;
@@ -156,6 +177,47 @@ void run(CudaBackend& gpu, const Shape& s) {
   }
 }
 
+// Decode attention at larger batches and longer contexts (every sequence `context` long,
+// the graph's bound as max_kv_len): us per op and the K/V bytes read per second.
+void attention_sweep(CudaBackend& gpu, const Shape& s) {
+  struct Case {
+    int batch, context, hint;
+  };
+  std::printf("%s paged_attention (decode), us per op inside a graph [K/V GB/s]:\n", s.name);
+  for (const Case& c : {Case{1, 512, 512}, Case{1, 512, 1024}, Case{1, 2048, 2048}, Case{1, 4096, 4096},
+                        Case{1, 4000, 8192}, Case{1, 32768, 32768}, Case{8, 2048, 2048}, Case{32, 1024, 1024},
+                        Case{32, 4096, 4096}, Case{128, 2048, 2048}, Case{256, 4096, 4096}}) {
+    Bench b(gpu);
+    const int64_t qkv_w = (s.hq + 2 * s.hkv) * s.d;
+    const int width = (c.hint + kBlock - 1) / kBlock;
+    const int per_seq = (c.context + kBlock - 1) / kBlock;
+    const int blocks = c.batch * per_seq + 1;
+    const bw::Shape cs{blocks, kBlock, s.hkv, s.d};
+    bw::KvCacheLayer cache{b.filled(DType::kBF16, cs), b.filled(DType::kBF16, cs)};
+    std::vector<int32_t> table(static_cast<size_t>(c.batch) * width, 0), starts(c.batch + 1), lens(c.batch, c.context);
+    for (int i = 0; i < c.batch; ++i) {
+      for (int j = 0; j < per_seq; ++j)
+        table[static_cast<size_t>(i) * width + j] = i * per_seq + j;
+    }
+    std::iota(starts.begin(), starts.end(), 0);
+    bw::AttentionMetadata meta;
+    meta.query_start = b.ints(starts, {c.batch + 1});
+    meta.kv_lens = b.ints(lens, {c.batch});
+    meta.block_tables = b.ints(table, {c.batch, width});
+    meta.num_seqs = c.batch;
+    meta.max_query_len = 1;
+    meta.max_kv_len = c.hint;
+    TensorView qkv = b.tensor(DType::kBF16, {c.batch, qkv_w});
+    TensorView out = b.tensor(DType::kBF16, {c.batch, s.hq * s.d});
+    const bw::AttentionParams p{static_cast<int>(s.hq), static_cast<int>(s.hkv), static_cast<int>(s.d),
+                                1.0f / std::sqrt(static_cast<float>(s.d))};
+    const double kv_bytes = 2.0 * c.batch * c.context * s.hkv * s.d * 2;
+    const double us = b.per_op_us([&] { return gpu.paged_attention(out, qkv, p, meta, cache); });
+    std::printf("  batch %3d context %5d (bound %5d): %8.2f [%5.0f]\n", c.batch, c.context, c.hint, us,
+                kv_bytes / (us * 1e3));
+  }
+}
+
 }  // namespace
 
 int main() {
@@ -164,5 +226,7 @@ int main() {
   std::printf("device: %s\n", (*gpu)->device_name().c_str());
   run(**gpu, Shape{"1.5B", 1536, 8960, 12, 2, 128});
   run(**gpu, Shape{"7B", 3584, 18944, 28, 4, 128});
+  attention_sweep(**gpu, Shape{"1.5B", 1536, 8960, 12, 2, 128});
+  attention_sweep(**gpu, Shape{"7B", 3584, 18944, 28, 4, 128});
   return 0;
 }

@@ -4,10 +4,13 @@
 # Expects .carry/cuda/{bin,lib}: bin/ holds bw_gpu_tests, breakwater, bw_cuda_gemv_bench,
 # bw_cuda_decode_ops_bench
 # and bw_cuda_attention_bench from a CUDA build; lib/ the .so files the device lacks
-# (fmt, spdlog, hiredis, sqlite3, pcre2). Usage: bash scripts/cuda_device_run.sh [MODE]
-# with MODE tests, bench, profile or all (default).
+# (fmt, spdlog, hiredis, sqlite3, pcre2); the binaries may come as bin.tgz instead (a tar of
+# bin/: together they exceed the 64 MiB a device call carries, compressed they take ~18).
+# Usage: bash scripts/cuda_device_run.sh [MODE] with MODE tests, bench, profile or all
+# (default); BW_PEER_GENERATE=0 skips the slow transformers `generate` peer.
 set -u
 C=$PWD/.carry/cuda
+if [ -f $C/bin.tgz ]; then (cd $C && tar xzf bin.tgz); fi
 MODE=${1:-all}
 LT=$(ls /usr/local/cuda/lib64/libcublasLt.so.13 /usr/local/cuda*/targets/x86_64-linux/lib/libcublasLt.so.13 2>/dev/null | head -1)
 if [ -z "$LT" ]; then LT=$(find /usr /opt -name 'libcublasLt.so.13' 2>/dev/null | head -1); fi

@@ -28,7 +28,20 @@ for hq, hkv in [(12, 2), (28, 4)]:
     k = torch.randn(1, hkv, 2048, 128, device=dev, dtype=torch.bfloat16); v = torch.randn_like(k)
     t = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
     print(f"sdpa causal T=2048 hq={hq} hkv={hkv} d=128: {t * 1e6:.0f} us ({4 * 2048 * 2048 / 2 * hq * 128 / t / 1e12:.0f} TFLOP/s)")
+    # The chunked-prefill case of bw_cuda_attention_bench: 512 new queries after 1,536 cached
+    # (bottom-right causal mask; SDPA takes no GQA with an explicit mask, so K/V repeated).
+    try:
+        from torch.nn.attention.bias import causal_lower_right
+        kr = k.repeat_interleave(hq // hkv, dim=1); vr = v.repeat_interleave(hq // hkv, dim=1)
+        q2 = q[:, :, 1536:].contiguous(); mask = causal_lower_right(512, 2048)
+        t = bench(lambda: F.scaled_dot_product_attention(q2, kr, vr, attn_mask=mask))
+        print(f"sdpa chunk 512 after 1536 hq={hq} hkv={hkv} d=128: {t * 1e6:.0f} us")
+    except Exception as ex:  # noqa
+        print("chunked sdpa failed:", ex)
+import os
 try:
+    if os.environ.get("BW_PEER_GENERATE", "1") == "0":
+        raise RuntimeError("skipped (BW_PEER_GENERATE=0)")
     from transformers import Qwen2Config, Qwen2ForCausalLM
     cfg = Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                       num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False)

@@ -5,8 +5,8 @@
 // sequences ending on a block boundary, GQA 12/2, 28/4, 8/8, 32/8, head_dim 64 and 128.
 // Each run asserts that the dispatch really took the prefill kernel (its launch counter)
 // or, for decode-only / f32 / f16-cache batches, that it did not; both kernel variants
-// (one or two query heads per CTA) are also run directly. Outputs are poisoned
-// with NaN first; bf16 tolerance. Skips when no CUDA device is present.
+// (64 or 128 query rows per CTA) are also run directly. Outputs are poisoned with NaN
+// first; bf16 tolerance. Skips when no CUDA device is present.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -47,10 +47,10 @@ class CudaPrefillAttentionTest : public test::CudaOpTest {
 
   // Random cache and qkv; the GPU's paged_attention against the CPU's on the same rounded
   // values. expect_prefill: whether the dispatch must take the prefill kernel.
-  // heads_per_cta > 0: the launcher directly with that variant (on the legacy stream,
-  // after the backend's uploads are done), instead of the backend's dispatch.
+  // variant > 0: the launcher directly with that variant (on the legacy stream, after
+  // the backend's uploads are done), instead of the backend's dispatch.
   void check(const AttnCase& c, DType act, DType cache_dt, Batch& b, int max_query_hint, bool expect_prefill,
-             uint32_t seed, int heads_per_cta = 0) {
+             uint32_t seed, int variant = 0) {
     AttentionParams p{c.hq, c.hkv, c.d, 1.0f / std::sqrt(static_cast<float>(c.d))};
     const int64_t width = static_cast<int64_t>(c.hq + 2 * c.hkv) * c.d;
     const int64_t cache_elems = static_cast<int64_t>(b.num_blocks) * b.block_size * c.hkv * c.d;
@@ -64,11 +64,11 @@ class CudaPrefillAttentionTest : public test::CudaOpTest {
     const int64_t launches = cuda::prefill_attention_launches();
     const TensorView qkv_view = upload(Stored(qkv, act), {b.num_tokens, width});
     const AttentionMetadata meta = device_meta(b, max_query_hint);
-    if (heads_per_cta > 0) {
+    if (variant > 0) {
       ASSERT_TRUE(gpu_->synchronize().ok());
       const cuda::AttentionArgs a = launcher_args(out, qkv_view, p, meta, gc, b);
       ASSERT_TRUE(cuda::prefill_attention_supported(a));
-      ASSERT_EQ(cuda::launch_paged_attention_prefill(a, max_query_hint, heads_per_cta, nullptr), cudaSuccess);
+      ASSERT_EQ(cuda::launch_paged_attention_prefill(a, max_query_hint, variant, nullptr), cudaSuccess);
       ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
     } else {
       const Status st = gpu_->paged_attention(out, qkv_view, p, meta, gc);
@@ -77,7 +77,7 @@ class CudaPrefillAttentionTest : public test::CudaOpTest {
     const std::string what = "hq" + std::to_string(c.hq) + " hkv" + std::to_string(c.hkv) + " d" + std::to_string(c.d) +
                              " act " + test::dtype_str(act) + " cache " + test::dtype_str(cache_dt) + " bs" +
                              std::to_string(b.block_size) + " tokens " + std::to_string(b.num_tokens) + " hint " +
-                             std::to_string(max_query_hint) + " heads/cta " + std::to_string(heads_per_cta);
+                             std::to_string(max_query_hint) + " variant " + std::to_string(variant);
     EXPECT_EQ(cuda::prefill_attention_launches() - launches, expect_prefill ? 1 : 0) << what;
     std::vector<float> ref(static_cast<size_t>(b.num_tokens * c.hq * c.d)), qc = qkv;
     Stored kc2 = kc, vc2 = vc;
@@ -134,16 +134,17 @@ TEST_F(CudaPrefillAttentionTest, RaggedBatchesMatchTheCpu) {
   }
 }
 
-// Both variants (one query head per CTA; two heads of one KV head per CTA, which leaves
-// the second slot of an odd group empty) whatever the dispatch would pick.
-TEST_F(CudaPrefillAttentionTest, BothVariantsMatchTheCpu) {
+constexpr int kVariants[] = {cuda::kPrefillVariant64Rows, cuda::kPrefillVariant128Rows};
+
+// Every variant, whatever the dispatch would pick.
+TEST_F(CudaPrefillAttentionTest, EveryVariantMatchesTheCpu) {
   uint32_t seed = 100;
   for (AttnCase c :
        {AttnCase{12, 2, 128}, AttnCase{28, 4, 128}, AttnCase{8, 8, 64}, AttnCase{32, 8, 64}, AttnCase{12, 2, 64}}) {
     for (int bs : {1, 16, 64}) {
       Batch b(ragged_specs(), bs, seed++);
-      for (int heads : {1, 2})
-        check(c, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed, heads);
+      for (int variant : kVariants)
+        check(c, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed, variant);
       ++seed;
     }
   }
@@ -165,6 +166,17 @@ TEST_F(CudaPrefillAttentionTest, LongChunksMatchTheCpu) {
   check(AttnCase{12, 2, 128}, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed++);
   Batch b64({{1000, 1536}, {15, 15}}, 64, seed++);
   check(AttnCase{8, 8, 64}, DType::kBF16, DType::kBF16, b64, b64.max_query_len, true, seed++);
+  Batch chunk({{700, 1500}, {300, 300}}, 16, seed++);
+  for (int variant : kVariants)
+    check(AttnCase{12, 2, 128}, DType::kBF16, DType::kBF16, chunk, chunk.max_query_len, true, seed, variant);
+}
+
+TEST_F(CudaPrefillAttentionTest, UnknownVariantIsRejected) {
+  cuda::AttentionArgs a;
+  a.num_tokens = 16;
+  a.num_seqs = 1;
+  EXPECT_EQ(cuda::launch_paged_attention_prefill(a, 16, 0, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::launch_paged_attention_prefill(a, 16, 3, nullptr), cudaErrorInvalidValue);
 }
 
 TEST_F(CudaPrefillAttentionTest, UnderstatedQueryHintStillCoversEveryRow) {

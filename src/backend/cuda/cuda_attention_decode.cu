@@ -1,13 +1,27 @@
 // Decode attention: one query token per sequence (max_query_len == 1) over the paged KV
-// cache, with grouped-query attention and split-KV (flash-decoding).
+// cache, with grouped-query attention and split-KV (flash-decoding), in one kernel.
 //
-// The general kernel (cuda_attention.cu) gives one key to each lane and walks head dims
-// with a dependent chain of loads, which leaves a decode step of one sequence latency-bound
-// (two thread blocks for a 2-KV-head model). Here a key row is spread over D / E lanes (E =
-// the elements in 16 bytes), so one 16-byte load per lane fetches 32 / (D / E) whole keys
-// per warp, K and V of kUnroll rounds are loaded before any is used, and the context is
-// split over enough thread blocks to fill the GPU even at batch 1. Partial results of a
-// split use the general kernel's workspace layout and its combine kernel.
+// A block owns one sequence, 2 or 4 query heads of one KV head, and one split of the
+// context. A key row is spread over D / E lanes (E = the elements in 16 bytes), so one
+// 16-byte load per lane fetches 32 / (D / E) whole keys per warp, and the K and V rows of
+// kUnroll rounds are loaded before any is used.
+//
+// At batch 1 the op is a chain of dependent steps and a block's scoring work (4 warps, one
+// per scheduler) is a large part of it, so: blocks take 2 heads when the grid is small and
+// the context short (4 otherwise, measured best at larger batches), a split's keys are a
+// whole number of loop steps (32 keys for bf16 / head_dim 128) and splits past a
+// sequence's end exit at once; a decode batch has query token s for sequence s (checked),
+// so q, kv_lens and the block ids of the split's first keys (assuming the chunk a sequence
+// of max_kv_len keys would get, which is right whenever it rounds the same) load together
+// right after the previous kernel ends; block ids of the next step load while the current
+// one is scored.
+//
+// Split partials (max, sum, unnormalised output) go to the workspace (layout in
+// cuda_attention_merge.cuh); each block then bumps a per-(sequence, KV head, head group)
+// counter and the last one to arrive merges the partials into the output and resets the
+// counter to 0, so there is no second kernel and no memset per call (the backend zeroes
+// the counters once when it allocates them). A sequence that fits one split writes the
+// output directly.
 #include <cmath>
 
 #include "backend/cuda/cuda_attention_merge.cuh"
@@ -18,181 +32,311 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kMaxG = 8;    // query heads per block (as in the general kernel)
-constexpr int kUnroll = 2;  // key rounds whose K and V loads are in flight together
+constexpr int kUnroll = 4;  // key rounds whose K and V loads are in flight together
 constexpr int kMinKeysPerSplit = 32;
+constexpr int kMaxSplits = 64;  // the merge gives each lane two splits
 constexpr float kNegInf = -INFINITY;
 
-template <typename T, int N>
-__device__ __forceinline__ void load16(const T* p, float* out) {
-  static_assert(N * sizeof(T) == 16);
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  const T* v = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-    out[i] = to_float(v[i]);
+// A split's keys are a multiple of this: one round of the loop's keys, at least 32 (one
+// whole step for a 2-byte cache with head_dim 128).
+template <typename C, int D>
+constexpr int chunk_granule() {
+  constexpr int keys_per_round = kWarps * 32 / (D * static_cast<int>(sizeof(C)) / 16);
+  return keys_per_round > 32 ? keys_per_round : 32;
+}
+__host__ __device__ constexpr int round_up(int x, int to) { return (x + to - 1) / to * to; }
+
+// Element i of 16 bytes of C, as f32.
+template <typename C>
+__device__ __forceinline__ float elem_of(const uint4& raw, int i) {
+  return to_float(reinterpret_cast<const C*>(&raw)[i]);
 }
 
-template <typename A, typename C, int D>
-__global__ void __launch_bounds__(kThreads) decode_kernel(AttentionArgs a, int head_groups, float* ws) {
+// The last block of a split (sequence, KV head, head group): merges the `active` splits'
+// partials in `ws` into the output rows of query heads h0 .. h0 + ng - 1 of token t.
+template <typename A, int D, int HG>
+__device__ void merge_splits(const AttentionArgs& a, const float* ws, int64_t t, int h0, int ng, int active,
+                             int num_splits, float (&s_w)[HG][kMaxSplits]) {
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  // Each warp weighs the splits of its heads: w = exp(m_split - M) / L.
+  for (int g = warp; g < ng; g += kWarps) {
+    const float* ml = split_max_sum(a, ws, t, h0 + g, 0, num_splits);
+    const bool in0 = lane < active, in1 = lane + 32 < active;
+    const float m0 = in0 ? __ldcg(ml + 2 * lane) : kNegInf;
+    const float l0 = in0 ? __ldcg(ml + 2 * lane + 1) : 0.0f;
+    const float m1 = in1 ? __ldcg(ml + 2 * lane + 64) : kNegInf;
+    const float l1 = in1 ? __ldcg(ml + 2 * lane + 65) : 0.0f;
+    const float M = warp_max(fmaxf(m0, m1));
+    const float w0 = (m0 == kNegInf) ? 0.0f : __expf(m0 - M);
+    const float w1 = (m1 == kNegInf) ? 0.0f : __expf(m1 - M);
+    const float L = warp_sum(l0 * w0 + l1 * w1);
+    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+    if (in0) s_w[g][lane] = w0 * inv;
+    if (in1) s_w[g][lane + 32] = w1 * inv;
+  }
+  __syncthreads();
+  // Then every thread sums 4 head dims over the splits (float4 reads, all in flight).
+  constexpr int kVecs = D / 4;
+  for (int i = static_cast<int>(threadIdx.x); i < ng * kVecs; i += kThreads) {
+    const int g = i / kVecs, d = (i % kVecs) * 4;
+    const float* o = split_output(a, ws, t, h0 + g, 0, num_splits) + d;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+    for (int sp = 0; sp < active; ++sp) {
+      const float4 v = __ldcg(reinterpret_cast<const float4*>(o + static_cast<int64_t>(sp) * D));
+      const float w = s_w[g][sp];
+      sum.x = fmaf(w, v.x, sum.x);
+      sum.y = fmaf(w, v.y, sum.y);
+      sum.z = fmaf(w, v.z, sum.z);
+      sum.w = fmaf(w, v.w, sum.w);
+    }
+    A* out = static_cast<A*>(a.out) + (t * a.num_heads + h0 + g) * D + d;
+    out[0] = from_float<A>(sum.x);
+    out[1] = from_float<A>(sum.y);
+    out[2] = from_float<A>(sum.z);
+    out[3] = from_float<A>(sum.w);
+  }
+}
+
+template <typename A, typename C, int D, int HG>
+__global__ void __launch_bounds__(kThreads)
+    decode_kernel(AttentionArgs a, int head_groups, int chunk_guess, float* ws, int* counters) {
   pdl_wait();
   pdl_launch_dependents();
   constexpr int E = 16 / static_cast<int>(sizeof(C));  // elements per lane of one row
   constexpr int kLanesPerKey = D / E;
   static_assert(D % E == 0 && kLanesPerKey <= 32 && 32 % kLanesPerKey == 0);
+  static_assert(sizeof(A) == sizeof(C), "q rows are read in the cache's 16-byte slices");
   constexpr int kKeysPerWarp = 32 / kLanesPerKey;
   constexpr int kKeysPerRound = kWarps * kKeysPerWarp;
-  __shared__ float s_acc[kWarps][kMaxG][D];
-  __shared__ float s_m[kWarps][kMaxG];
-  __shared__ float s_l[kWarps][kMaxG];
+  constexpr int kKeysPerStep = kKeysPerRound * kUnroll;
+  constexpr int kChunkGranule = chunk_granule<C, D>();
+  __shared__ float s_acc[kWarps][HG][D];
+  __shared__ float s_m[kWarps][HG];
+  __shared__ float s_l[kWarps][HG];
+  __shared__ float s_w[HG][kMaxSplits];
+  __shared__ int s_last;
 
   const int s = static_cast<int>(blockIdx.x);
   const int kv_head = static_cast<int>(blockIdx.y) / head_groups;
   const int group = static_cast<int>(blockIdx.y) % head_groups;
   const int G = a.num_heads / a.num_kv_heads;
-  const int h0 = kv_head * G + group * kMaxG;
-  const int ng = min(kMaxG, G - group * kMaxG);
+  const int h0 = kv_head * G + group * HG;
+  const int ng = min(HG, G - group * HG);
   const int num_splits = static_cast<int>(gridDim.z);
   const int split = static_cast<int>(blockIdx.z);
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int sub = lane / kLanesPerKey;   // which key of the warp's round
   const int part = lane % kLanesPerKey;  // which E-element slice of the row
+  const int bs = a.block_size;
   const int64_t qkv_width = static_cast<int64_t>(a.num_heads + 2 * a.num_kv_heads) * D;
+  const int32_t* table = a.block_tables + static_cast<int64_t>(s) * a.table_width;
 
-  const int64_t t = a.query_start[s];
-  const int q_len = a.query_start[s + 1] - a.query_start[s];
+  // Loads that need nothing but the arguments, issued together: the sequence's metadata,
+  // the block ids of this lane's first keys if the split's chunk is chunk_guess (the chunk
+  // for a sequence of max_kv_len keys), and q (token s).
+  const int q_first = a.query_start[s], q_end = a.query_start[s + 1];
   const int kv_len = a.kv_lens[s];
+  const int first_key = split * chunk_guess + warp * kKeysPerWarp + sub;
+  int blk[kUnroll];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u)
+    blk[u] = a.table_width > 0 ? table[min((first_key + u * kKeysPerRound) / bs, a.table_width - 1)] : 0;
+  uint4 q_raw[HG];
+  const bool token_ok = s < a.num_tokens;
+  const A* qp = static_cast<const A*>(a.qkv) + (token_ok ? s : 0) * qkv_width + static_cast<int64_t>(h0) * D + part * E;
+#pragma unroll
+  for (int g = 0; g < HG; ++g)
+    q_raw[g] = g < ng ? *reinterpret_cast<const uint4*>(qp + g * D) : make_uint4(0, 0, 0, 0);
+
+  // A decode batch has one query token per sequence, so token s belongs to sequence s.
   int n_keys = kv_len;
-  if (q_len != 1 || kv_len < 1 || (kv_len + a.block_size - 1) / a.block_size > a.table_width || t < 0 ||
-      t >= a.num_tokens) {
-    if (threadIdx.x == 0) report_error(a.error_flag, kBadSequence);
+  if (!token_ok || q_first != s || q_end != s + 1 || kv_len < 1 || (kv_len + bs - 1) / bs > a.table_width) {
+    if (threadIdx.x == 0 && split == 0) report_error(a.error_flag, kBadSequence);
     n_keys = 0;
   }
-  const int chunk = (n_keys + num_splits - 1) / num_splits;
+  // Whole steps of keys per split, so that no block runs a partial step it could avoid.
+  const int chunk = round_up((n_keys + num_splits - 1) / num_splits, kChunkGranule);
+  const bool guessed = chunk == chunk_guess;
   const int key_begin = min(n_keys, split * chunk);
   const int key_end = min(n_keys, key_begin + chunk);
-
-  // This lane's slice of each query head, pre-scaled.
-  float q[kMaxG][E];
-  const A* qp = static_cast<const A*>(a.qkv) + (n_keys > 0 ? t : 0) * qkv_width + static_cast<int64_t>(h0) * D;
-  static_assert(sizeof(A) == sizeof(C), "q rows are read in the cache's 16-byte slices");
+  if (key_begin >= key_end) return;                 // past the sequence's end (or a bad sequence): no output
+  const int active = (n_keys + chunk - 1) / chunk;  // splits with keys (>= 1)
+  if (!guessed) {
 #pragma unroll
-  for (int g = 0; g < kMaxG; ++g) {
-    if (g < ng) {
-      load16<A, E>(qp + g * D + part * E, q[g]);
-#pragma unroll
-      for (int e = 0; e < E; ++e)
-        q[g][e] *= a.scale;
-    } else {
-#pragma unroll
-      for (int e = 0; e < E; ++e)
-        q[g][e] = 0.0f;
+    for (int u = 0; u < kUnroll; ++u) {
+      const int p = key_begin + warp * kKeysPerWarp + u * kKeysPerRound + sub;
+      blk[u] = p < key_end ? table[p / bs] : 0;
     }
   }
 
-  float m[kMaxG], l[kMaxG], acc[kMaxG][E];
+  // This lane's slice of each query head, pre-scaled.
+  float q[HG][E];
 #pragma unroll
-  for (int g = 0; g < kMaxG; ++g) {
+  for (int g = 0; g < HG; ++g) {
+#pragma unroll
+    for (int e = 0; e < E; ++e)
+      q[g][e] = elem_of<A>(q_raw[g], e) * a.scale;
+  }
+
+  float m[HG], l[HG], acc[HG][E];
+#pragma unroll
+  for (int g = 0; g < HG; ++g) {
     m[g] = kNegInf;
     l[g] = 0.0f;
 #pragma unroll
     for (int e = 0; e < E; ++e)
       acc[g][e] = 0.0f;
   }
-  const int32_t* table = a.block_tables + static_cast<int64_t>(s) * a.table_width;
   const C* kc = static_cast<const C*>(a.k_cache);
   const C* vc = static_cast<const C*>(a.v_cache);
 
-  // Warp-uniform loop: every lane runs the shuffles.
-  for (int base = key_begin + warp * kKeysPerWarp; base < key_end; base += kKeysPerRound * kUnroll) {
-    float kf[kUnroll][E], vf[kUnroll][E];
+  // Warp-uniform loop: every lane runs the shuffles. l stays per lane (summed at the end).
+  for (int base = key_begin + warp * kKeysPerWarp; base < key_end; base += kKeysPerStep) {
+    uint4 kr[kUnroll], vr[kUnroll];
     bool valid[kUnroll];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int p = base + u * kKeysPerRound + sub;
       valid[u] = p < key_end;
-      if (valid[u]) {
-        const int32_t block = table[p / a.block_size];
-        if (block < 0 || block >= a.num_blocks) {
-          report_error(a.error_flag, kBadBlockId);
-          valid[u] = false;
-        }
-        if (valid[u]) {
-          const int64_t slot = static_cast<int64_t>(block) * a.block_size + p % a.block_size;
-          const int64_t row = (slot * a.num_kv_heads + kv_head) * D + part * E;
-          load16<C, E>(kc + row, kf[u]);
-          load16<C, E>(vc + row, vf[u]);
-        }
+      if (valid[u] && (blk[u] < 0 || blk[u] >= a.num_blocks)) {
+        report_error(a.error_flag, kBadBlockId);
+        valid[u] = false;
       }
-      if (!valid[u]) {
+      if (valid[u]) {
+        const int64_t slot = static_cast<int64_t>(blk[u]) * bs + p % bs;
+        const int64_t row = (slot * a.num_kv_heads + kv_head) * D + part * E;
+        kr[u] = *reinterpret_cast<const uint4*>(kc + row);
+        vr[u] = *reinterpret_cast<const uint4*>(vc + row);
+      } else {
+        kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    // The next step's block ids, in flight while this step is scored.
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int p = base + kKeysPerStep + u * kKeysPerRound + sub;
+      blk[u] = p < key_end ? table[p / bs] : 0;
+    }
+    // Rounds with no key of this warp (warp-uniform) are skipped.
+    bool live[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+      live[u] = base + u * kKeysPerRound < key_end;
+    float sc[kUnroll][HG];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (!live[u]) continue;
+      float kf[E];
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        kf[e] = elem_of<C>(kr[u], e);
+#pragma unroll
+      for (int g = 0; g < HG; ++g) {
+        float dot = 0.0f;
 #pragma unroll
         for (int e = 0; e < E; ++e)
-          kf[u][e] = vf[u][e] = 0.0f;
+          dot = fmaf(q[g][e], kf[e], dot);
+        sc[u][g] = dot;
       }
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int g = 0; g < HG; ++g) {
+      if (g >= ng) continue;
 #pragma unroll
-      for (int g = 0; g < kMaxG; ++g) {
-        if (g >= ng) continue;
-        float sc = 0.0f;
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-          sc = fmaf(q[g][e], kf[u][e], sc);
+      for (int u = 0; u < kUnroll; ++u) {
+        if (!live[u]) continue;
 #pragma unroll
         for (int o = kLanesPerKey / 2; o > 0; o >>= 1)
-          sc += __shfl_xor_sync(0xffffffffu, sc, o);
-        const float score = valid[u] ? sc : kNegInf;
-        float mx = score;
-#pragma unroll
-        for (int o = kLanesPerKey; o < 32; o <<= 1)
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-        const float new_m = fmaxf(m[g], mx);
-        if (new_m == kNegInf) continue;  // warp-uniform: no valid key yet
-        const float corr = __expf(m[g] - new_m);
-        const float p = valid[u] ? __expf(score - new_m) : 0.0f;
-        float psum = p;
-#pragma unroll
-        for (int o = kLanesPerKey; o < 32; o <<= 1)
-          psum += __shfl_xor_sync(0xffffffffu, psum, o);
-        l[g] = l[g] * corr + psum;
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-          acc[g][e] = fmaf(p, vf[u][e], acc[g][e] * corr);
-        m[g] = new_m;
+          sc[u][g] += __shfl_xor_sync(0xffffffffu, sc[u][g], o);
       }
+    }
+#pragma unroll
+    for (int g = 0; g < HG; ++g) {
+      if (g >= ng) continue;
+      float mx = kNegInf;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u)
+        mx = fmaxf(mx, live[u] && valid[u] ? sc[u][g] : kNegInf);
+#pragma unroll
+      for (int o = kLanesPerKey; o < 32; o <<= 1)
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float new_m = fmaxf(m[g], mx);
+      if (new_m == kNegInf) continue;  // warp-uniform: no valid key yet
+      const float corr = __expf(m[g] - new_m);
+      float p[kUnroll];
+      float psum = 0.0f;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        p[u] = live[u] && valid[u] ? __expf(sc[u][g] - new_m) : 0.0f;
+        psum += p[u];
+      }
+      l[g] = l[g] * corr + psum;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        float v = acc[g][e] * corr;
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          if (live[u]) v = fmaf(p[u], elem_of<C>(vr[u], e), v);
+        }
+        acc[g][e] = v;
+      }
+      m[g] = new_m;
     }
   }
 
   // Sum the warp's keys (lanes of one slice), then merge the warps in shared memory.
 #pragma unroll
-  for (int g = 0; g < kMaxG; ++g) {
+  for (int g = 0; g < HG; ++g) {
+    if (g >= ng) continue;
+#pragma unroll
+    for (int o = kLanesPerKey; o < 32; o <<= 1)
+      l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
 #pragma unroll
     for (int e = 0; e < E; ++e) {
 #pragma unroll
       for (int o = kLanesPerKey; o < 32; o <<= 1)
         acc[g][e] += __shfl_xor_sync(0xffffffffu, acc[g][e], o);
     }
-    if (g < ng) {
-      if (sub == 0) {
+    if (sub == 0) {
 #pragma unroll
-        for (int e = 0; e < E; ++e)
-          s_acc[warp][g][part * E + e] = acc[g][e];
-      }
-      if (lane == 0) {
-        s_m[warp][g] = m[g];
-        s_l[warp][g] = l[g];
-      }
+      for (int e = 0; e < E; ++e)
+        s_acc[warp][g][part * E + e] = acc[g][e];
+    }
+    if (lane == 0) {
+      s_m[warp][g] = m[g];
+      s_l[warp][g] = l[g];
     }
   }
   __syncthreads();
-  if (n_keys == 0) return;  // a bad sequence: nothing written
-  merge_warps_and_store<A, kWarps, kMaxG, D, kThreads>(a, s_m, s_l, s_acc, ng, t, h0, split, num_splits, ws);
+  if (active == 1) {  // the whole sequence in this block: the output directly
+    merge_warps_and_store<A, kWarps, HG, D, kThreads>(a, s_m, s_l, s_acc, ng, s, h0, 0, 1, ws);
+    return;
+  }
+  merge_warps_and_store<A, kWarps, HG, D, kThreads>(a, s_m, s_l, s_acc, ng, s, h0, split, num_splits, ws);
+  // Publish the partial, then count arrivals; the last block merges every split.
+  __threadfence();
+  __syncthreads();
+  int* counter = counters + static_cast<int64_t>(s) * gridDim.y + blockIdx.y;
+  if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == active - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  merge_splits<A, D, HG>(a, ws, s, h0, ng, active, num_splits, s_w);
+  if (threadIdx.x == 0) *counter = 0;  // every split has arrived: ready for the next call
 }
 
-int head_groups_of(const AttentionArgs& a) {
+int head_groups_of(const AttentionArgs& a, int hg) {
   const int G = a.num_heads / a.num_kv_heads;
-  return (G + kMaxG - 1) / kMaxG;
+  return (G + hg - 1) / hg;
+}
+
+// Query heads per block: 4 (of a KV head's group) share each K/V load; when the grid is
+// small and the context short (batch 1), 2, so that twice the blocks each score half as
+// much (their scoring is the latency then). Measured on an H200 against 1 and 8 too.
+int heads_per_block(const AttentionArgs& a, int num_sms) {
+  const int64_t keys = (static_cast<int64_t>(a.max_kv_len > 0 ? a.max_kv_len : 0) + 31) / 32;
+  return static_cast<int64_t>(a.num_seqs) * a.num_kv_heads * keys <= 2 * static_cast<int64_t>(num_sms) ? 2 : 4;
 }
 
 // Calls fn(std::integral_constant<int, D>) for the head dims the kernel is built for.
@@ -216,6 +360,21 @@ bool dispatch_head_dim(int d, Fn&& fn) {
   }
 }
 
+// Calls fn(std::integral_constant<int, HG>) for the heads-per-block counts built.
+template <typename Fn>
+bool dispatch_heads_per_block(int hg, Fn&& fn) {
+  switch (hg) {
+    case 2:
+      fn(std::integral_constant<int, 2>{});
+      return true;
+    case 4:
+      fn(std::integral_constant<int, 4>{});
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace
 
 bool decode_attention_supported(const AttentionArgs& args) {
@@ -232,35 +391,56 @@ bool decode_attention_supported(const AttentionArgs& args) {
 }
 
 int decode_attention_num_splits(const AttentionArgs& args, int num_sms) {
-  const int64_t base = static_cast<int64_t>(args.num_seqs) * args.num_kv_heads * head_groups_of(args);
+  const int hg = heads_per_block(args, num_sms);
+  const int64_t base = static_cast<int64_t>(args.num_seqs) * args.num_kv_heads * head_groups_of(args, hg);
   if (base <= 0) return 1;
-  const int64_t by_grid = (2 * static_cast<int64_t>(num_sms) + base - 1) / base;
+  // Blocks per SM to aim for: registers let 4 blocks of 2 heads stay resident (at batch 1
+  // many exit at once when max_kv_len is a loose bound); blocks of 4 heads fit 3, but 3 per
+  // SM looked slower than 2 in one H200 run (a partial second wave).
+  const int64_t per_sm = hg == 2 ? 4 : 2;
+  const int64_t by_grid = (per_sm * num_sms + base - 1) / base;
   const int64_t by_len = (static_cast<int64_t>(args.max_kv_len) + kMinKeysPerSplit - 1) / kMinKeysPerSplit;
   int64_t splits = by_grid < by_len ? by_grid : by_len;
-  if (splits > 64) splits = 64;
+  if (splits > kMaxSplits) splits = kMaxSplits;
   return static_cast<int>(splits < 1 ? 1 : splits);
 }
 
-cudaError_t launch_paged_attention_decode(const AttentionArgs& args, int num_splits, float* workspace,
-                                          cudaStream_t stream) {
+int64_t decode_attention_counters(const AttentionArgs& args, int num_sms) {
+  return static_cast<int64_t>(args.num_seqs) * args.num_kv_heads * head_groups_of(args, heads_per_block(args, num_sms));
+}
+
+cudaError_t launch_paged_attention_decode(const AttentionArgs& args, int num_splits, int num_sms, float* workspace,
+                                          int* counters, cudaStream_t stream) {
   if (args.num_seqs == 0) return cudaSuccess;
-  const int groups = head_groups_of(args);
+  if (num_splits < 1 || num_splits > kMaxSplits || (num_splits > 1 && (workspace == nullptr || counters == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
+  const int hg = heads_per_block(args, num_sms);
+  const int groups = head_groups_of(args, hg);
   const dim3 grid(static_cast<unsigned>(args.num_seqs), static_cast<unsigned>(args.num_kv_heads * groups),
                   static_cast<unsigned>(num_splits));
+  const int max_kv = args.max_kv_len > 0 ? args.max_kv_len : 0;
   bool launched = false;
   dispatch_head_dim(args.head_dim, [&](auto dtag) {
     constexpr int D = decltype(dtag)::value;
-    if (args.act_type == ElemType::kF32) {
-      launch_kernel(decode_kernel<float, float, D>, grid, kThreads, 0, stream, args, groups, workspace);
-    } else if (args.cache_type == ElemType::kF16) {
-      launch_kernel(decode_kernel<__nv_bfloat16, __half, D>, grid, kThreads, 0, stream, args, groups, workspace);
-    } else {
-      launch_kernel(decode_kernel<__nv_bfloat16, __nv_bfloat16, D>, grid, kThreads, 0, stream, args, groups, workspace);
-    }
-    launched = true;
+    launched = dispatch_heads_per_block(hg, [&](auto htag) {
+      constexpr int HG = decltype(htag)::value;
+      if (args.act_type == ElemType::kF32) {
+        const int guess = round_up((max_kv + num_splits - 1) / num_splits, chunk_granule<float, D>());
+        launch_kernel(decode_kernel<float, float, D, HG>, grid, kThreads, 0, stream, args, groups, guess, workspace,
+                      counters);
+      } else if (args.cache_type == ElemType::kF16) {
+        const int guess = round_up((max_kv + num_splits - 1) / num_splits, chunk_granule<__half, D>());
+        launch_kernel(decode_kernel<__nv_bfloat16, __half, D, HG>, grid, kThreads, 0, stream, args, groups, guess,
+                      workspace, counters);
+      } else {
+        const int guess = round_up((max_kv + num_splits - 1) / num_splits, chunk_granule<__nv_bfloat16, D>());
+        launch_kernel(decode_kernel<__nv_bfloat16, __nv_bfloat16, D, HG>, grid, kThreads, 0, stream, args, groups,
+                      guess, workspace, counters);
+      }
+    });
   });
   if (!launched) return cudaErrorInvalidValue;
-  if (num_splits > 1) return launch_attention_combine(args, num_splits, workspace, stream);
   return cudaGetLastError();
 }
 

@@ -9,16 +9,17 @@
 
 namespace bw::cuda {
 
-// Workspace of num_splits partial results per (token, head): [T, Hq, splits] x (max, sum)
-// pairs, then [T, Hq, splits, D] unnormalised outputs.
+// Workspace of num_splits partial results per (token, head): [T, Hq, splits, D]
+// unnormalised outputs first (so a row starts 16-byte aligned for float4 reads), then
+// [T, Hq, splits] x (max, sum) pairs.
 template <typename F>  // float or const float
-__device__ __forceinline__ F* split_max_sum(const AttentionArgs& a, F* ws, int64_t t, int h, int split,
-                                            int num_splits) {
-  return ws + ((t * a.num_heads + h) * num_splits + split) * 2;
+__device__ __forceinline__ F* split_output(const AttentionArgs& a, F* ws, int64_t t, int h, int split, int num_splits) {
+  return ws + ((t * a.num_heads + h) * num_splits + split) * a.head_dim;
 }
 template <typename F>
-__device__ __forceinline__ F* split_output(const AttentionArgs& a, F* ws, int64_t t, int h, int split, int num_splits) {
-  return ws + a.num_tokens * a.num_heads * num_splits * 2 + ((t * a.num_heads + h) * num_splits + split) * a.head_dim;
+__device__ __forceinline__ F* split_max_sum(const AttentionArgs& a, F* ws, int64_t t, int h, int split,
+                                            int num_splits) {
+  return ws + a.num_tokens * a.num_heads * num_splits * a.head_dim + ((t * a.num_heads + h) * num_splits + split) * 2;
 }
 
 // After __syncthreads(): the block's kWarps warps left their running max (s_m), sum (s_l)

@@ -8,16 +8,24 @@
 // with 16-byte cp.async (zero-filled past the end), each warp looking up its 16 rows'
 // block once (one lane per row) and shuffling the offsets to the lanes that copy them.
 // Per tile each warp does S = Q K^T (K via ldmatrix), the online-softmax update in
-// registers (exp2 with the scale folded in; masking only on tiles that cross a row's
-// limit), and O += P V with P kept in registers as bf16 A fragments and V read through
-// ldmatrix.trans. Shared-memory rows are XOR-swizzled in 16-byte chunks so ldmatrix is
-// free of bank conflicts. The output is staged through the (then unused) Q tile and
-// written with 16-byte stores. Heaviest query tiles are scheduled first.
+// registers (raw scores masked only on tiles that cross a row's limit, then one FFMA with
+// the scale folded in and one ex2.approx per score; O rescaled only when a row of the warp
+// raised its max; 1/l at the end), and O += P V with P kept in registers as bf16 A
+// fragments and V read through ldmatrix.trans. Shared-memory rows are XOR-swizzled in
+// 16-byte chunks so ldmatrix is free of bank conflicts. The output is staged through the
+// (then unused) Q tile and written with 16-byte stores. Heaviest query tiles are
+// scheduled first.
 //
-// A second variant (HP = 2) gives each warp the same 16 tokens of two query heads of one
-// KV head, so every K/V fragment feeds two MMAs; it needs 32-key tiles and reads Q from
-// shared memory to fit in registers, and measured slower on an H200, so the dispatch
-// does not pick it (see prefill_attention_heads_per_cta); tests run it directly.
+// A second variant gives each warp 32 rows (two m16 tiles, 128 per CTA, FlashAttention-2's
+// shape), so every K/V fragment feeds two MMAs; Q is then read from shared memory per
+// step to fit in registers (it still spills ~180 bytes at D = 128). It measured slower
+// on an H200 (T = 2,048: 12/2 heads 123 vs 75 us, half the CTAs and twice the work on the
+// causal critical path; 28/4 146 vs 145 us; chunks 1.5-1.9x), so the dispatch keeps 64
+// rows (prefill_attention_variant); tests run both directly. Also measured slower there
+// and dropped: 128 rows in 32-key compute steps (fewer scores in registers), 8 warps x
+// 16 rows, 128 x 32 tiles, Q read straight from global into registers with three CTAs
+// per SM (168 registers: spills), and one barrier per tile with the block-table reads
+// issued a tile ahead (+3-4%).
 //
 // Same contract and error reporting as launch_paged_attention (cuda_attention.cu): a bad
 // block id is reported as kBadBlockId and its key reads as zeros; a bad sequence
@@ -36,12 +44,26 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr int kRows = 64;  // query rows per CTA (16 per warp)
-// Keys per tile: 64 with one head per CTA, 32 with two (register budget).
-constexpr int keys_per_tile(int heads_per_cta) { return heads_per_cta == 1 ? 64 : 32; }
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kQkUnroll = 1;   // unroll of the Q K^T loop when Q is read from shared memory
+constexpr int kSubUnroll = 2;  // unroll of the compute steps of a tile
+
+// The kernel variants (launch_paged_attention_prefill's `variant`): 4 warps of MT m16
+// tiles of query rows each, so a CTA owns MT * 64 query rows of one head; K/V tiles of N
+// keys, each computed in steps of SUB keys (SUB < N keeps fewer scores in registers but
+// measured slower: both variants use SUB = N).
+template <int D, int MT, int N, int SUB>
+struct PrefillConfig {
+  static constexpr int kWarps = 4;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kWarpRows = MT * 16;         // query rows per warp
+  static constexpr int kRows = kWarps * kWarpRows;  // query rows per CTA
+  static constexpr int kN = N;                      // keys per K/V tile
+  static constexpr int kSub = SUB;                  // keys per compute step
+  static constexpr bool kQInRegisters = MT == 1;    // else ldmatrix from shared memory per step
+  static constexpr int kSmem = (kRows + 4 * kN) * D * static_cast<int>(sizeof(bf16));  // Q + 2 x (K, V)
+  static_assert(N % SUB == 0 && SUB % 16 == 0, "keys per step must divide the tile");
+};
 
 std::atomic<int64_t> g_launches{0};
 
@@ -80,6 +102,13 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// 2^x with one MUFU op (denormal results flush to zero; ex2(-inf) = 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
@@ -91,37 +120,41 @@ __device__ __forceinline__ int swz(int r, int c) {
   return r * D + ((c ^ (r & 7)) << 3);
 }
 
-template <int D, int HP>
-__global__ void __launch_bounds__(kThreads, 2) prefill_attention_kernel(AttentionArgs a) {
+template <int D, int MT, int N, int SUB>
+__global__ void __launch_bounds__(128, 2) prefill_attention_kernel(AttentionArgs a) {
   pdl_wait();
   static_assert(D % 16 == 0 && D >= 64 && D <= 128, "head_dim must be a multiple of 16 in [64, 128]");
-  constexpr int kN = keys_per_tile(HP);             // keys per tile
+  using Cfg = PrefillConfig<D, MT, N, SUB>;
+  constexpr int kN = Cfg::kN;
+  constexpr int kSub = Cfg::kSub;
+  constexpr int kThreads = Cfg::kThreads;
+  constexpr int kRows = Cfg::kRows;
+  constexpr int kWarpQ = Cfg::kWarpRows;
+  constexpr bool kQReg = Cfg::kQInRegisters;
   constexpr int kChunks = D / 8;                    // 16-byte chunks per row
   constexpr int kRowsPerPass = kThreads / kChunks;  // K/V rows the CTA copies per pass
   constexpr int kPasses = kN / kRowsPerPass;        // passes per tile
   constexpr int kWarpRows = 32 / kChunks;           // rows one warp copies per pass
   constexpr int kLookups = kWarpRows * kPasses;     // rows one warp copies per tile
-  static_assert(kLookups * kWarps == kN, "the warps copy every row of a tile");
+  static_assert(kLookups * Cfg::kWarps == kN && kLookups <= 32, "the warps copy every row of a tile");
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  bf16* sq = reinterpret_cast<bf16*>(smem_raw);  // [HP][kRows][D]
-  bf16* sk = sq + HP * kRows * D;                // [2][kN][D]
+  bf16* sq = reinterpret_cast<bf16*>(smem_raw);  // [kRows][D]: the Q tile, then the output
+  bf16* sk = sq + kRows * D;                     // [2][kN][D]
   bf16* sv = sk + 2 * kN * D;                    // [2][kN][D]
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t4 = lane % 4;  // mma fragment row group / column pair
-  const int group = a.num_heads / a.num_kv_heads;
-  const int slots_per_group = (group + HP - 1) / HP;
-  const int kv_head = static_cast<int>(blockIdx.x) / slots_per_group;
-  const int h0 = kv_head * group + (static_cast<int>(blockIdx.x) % slots_per_group) * HP;
-  const int nh = min(HP, kv_head * group + group - h0);  // heads of this CTA (the last pair of an odd group: 1)
+  const int head = static_cast<int>(blockIdx.x);
+  const int kv_head = head / (a.num_heads / a.num_kv_heads);
   const int64_t qkv_width = static_cast<int64_t>(a.num_heads + 2 * a.num_kv_heads) * D;
   const int64_t out_width = static_cast<int64_t>(a.num_heads) * D;
   const bf16* qkv = static_cast<const bf16*>(a.qkv);
-  const bf16* kc = static_cast<const bf16*>(a.k_cache);
-  const bf16* vc = static_cast<const bf16*>(a.v_cache);
+  const bf16* kc = static_cast<const bf16*>(a.k_cache) + static_cast<int64_t>(kv_head) * D;
+  const bf16* vc = static_cast<const bf16*>(a.v_cache) + static_cast<int64_t>(kv_head) * D;
   bf16* out = static_cast<bf16*>(a.out);
   const int bs = a.block_size;
+  const int64_t block_stride = static_cast<int64_t>(bs) * a.num_kv_heads * D;  // elements per cache block
   const float scale_log2 = a.scale * kLog2e;
 
   if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && tid == 0) {
@@ -151,28 +184,31 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_kernel(Attentio
       const int n_keys = ctx + last_row + 1;  // keys the CTA's last row sees
       const int n_tiles = (n_keys + kN - 1) / kN;
 
-      // Q tiles of the CTA's heads (rows past the sequence, heads past the group zero-filled).
-      for (int i = tid; i < HP * kRows * kChunks; i += kThreads) {
-        const int hi = i / (kRows * kChunks), r = i / kChunks % kRows, c = i % kChunks;
-        const bool ok = m0 + r < q_len && hi < nh;
-        const bf16* src = ok ? qkv + (q_begin + m0 + r) * qkv_width + static_cast<int64_t>(h0 + hi) * D + c * 8 : qkv;
-        cp_async16(smem_addr(sq + hi * kRows * D + swz<D>(r, c)), src, ok);
+      // The Q tile (rows past the sequence zero-filled).
+      for (int i = tid; i < kRows * kChunks; i += kThreads) {
+        const int r = i / kChunks, c = i % kChunks;
+        const bool ok = m0 + r < q_len;
+        const bf16* src = ok ? qkv + (q_begin + m0 + r) * qkv_width + static_cast<int64_t>(head) * D + c * 8 : qkv;
+        cp_async16(smem_addr(sq + swz<D>(r, c)), src, ok);
       }
-      // K and V rows of tile n into buffer n & 1, gathered through the block table. Each
-      // warp copies kLookups rows: lane l < kLookups looks one up, the others shuffle.
-      auto load_kv = [&](int n) {
+      // K and V rows of tile n go to buffer n & 1, gathered through the block table. Each
+      // warp copies kLookups rows: lane l < kLookups looks the block of one up (lookup), and
+      // load_kv shuffles the offsets to the lanes that copy them. -1: past the keys
+      // (zero-filled).
+      const int my_row = warp * kWarpRows + lane % kWarpRows + kRowsPerPass * (lane / kWarpRows);
+      auto lookup = [&](int n) -> int32_t {
+        const int p = n * kN + my_row;
+        return lane < kLookups && p < n_keys ? table[p / bs] : -1;
+      };
+      auto load_kv = [&](int n, int32_t block) {
         bf16* dk = sk + (n & 1) * kN * D;
         bf16* dv = sv + (n & 1) * kN * D;
         int64_t my_off = -1;
-        if (lane < kLookups) {
-          const int p = n * kN + warp * kWarpRows + lane % kWarpRows + kRowsPerPass * (lane / kWarpRows);
-          if (p < n_keys) {
-            const int32_t block = table[p / bs];
-            if (block < 0 || block >= a.num_blocks) {
-              report_error(a.error_flag, kBadBlockId);
-            } else {
-              my_off = ((static_cast<int64_t>(block) * bs + p % bs) * a.num_kv_heads + kv_head) * D;
-            }
+        if (lane < kLookups && n * kN + my_row < n_keys) {
+          if (block < 0 || block >= a.num_blocks) {
+            report_error(a.error_flag, kBadBlockId);
+          } else {
+            my_off = block * block_stride + static_cast<int64_t>((n * kN + my_row) % bs) * a.num_kv_heads * D;
           }
         }
         const int c = tid % kChunks;
@@ -186,121 +222,129 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_kernel(Attentio
           cp_async16(smem_addr(dv + swz<D>(r, c)), vc + src, ok);
         }
       };
-      load_kv(0);
+      load_kv(0, lookup(0));
       cp_async_commit();
 
-      // This thread's two rows (g and g + 8 of the warp's 16) and their last visible key.
-      const int row0 = m0 + warp * 16 + g;
-      const int lim0 = min(ctx + row0, n_keys - 1);
-      const int lim1 = min(ctx + row0 + 8, n_keys - 1);
-      const bool warp_active = m0 + warp * 16 < q_len;
-      const int warp_first_lim = min(ctx + m0 + warp * 16, n_keys - 1);
-      const int warp_last_lim = min(ctx + m0 + warp * 16 + 15, n_keys - 1);
+      // The warp's kWarpQ rows start at wrow; this thread's rows are g and g + 8 of each
+      // of its m16 tiles.
+      const int wrow = m0 + warp * kWarpQ;
+      const bool warp_active = wrow < q_len;
+      const int warp_first_lim = min(ctx + wrow, n_keys - 1);  // last key of the warp's first row
+      const int warp_last_lim = min(ctx + wrow + kWarpQ - 1, n_keys - 1);
+      const int lim_base = ctx + wrow + g;  // + mi * 16 (+ 8): a row's last key, capped at n_keys - 1
 
-      // One head: Q stays in registers. Two: read from shared memory per tile (registers).
-      uint32_t qf[HP == 1 ? D / 16 : 1][4];
-      float o[HP][D / 8][4];
-      float m_r[HP][2], l_r[HP][2];
+      // One m16 tile per warp: Q stays in registers. Two: read from shared memory per step.
+      uint32_t qf[kQReg ? D / 16 : 1][4];
+      float o[MT][D / 8][4];
+      float m_r[MT][2], l_r[MT][2];  // running max (log2 domain, scaled) and partial sum
 #pragma unroll
-      for (int mi = 0; mi < HP; ++mi) {
+      for (int mi = 0; mi < MT; ++mi) {
 #pragma unroll
         for (int j = 0; j < D / 8; ++j)
           o[mi][j][0] = o[mi][j][1] = o[mi][j][2] = o[mi][j][3] = 0.0f;
         m_r[mi][0] = m_r[mi][1] = -INFINITY;
         l_r[mi][0] = l_r[mi][1] = 0.0f;
       }
-      const int q_frag_row = warp * 16 + (lane / 8 % 2) * 8 + lane % 8;
+      const int q_frag_row = warp * kWarpQ + (lane / 8 % 2) * 8 + lane % 8;
 
       for (int n = 0; n < n_tiles; ++n) {
+        // Tile n + 1 into the buffer every warp finished with (barrier at the loop's end).
         if (n + 1 < n_tiles) {
-          load_kv(n + 1);
+          load_kv(n + 1, lookup(n + 1));
           cp_async_commit();
           cp_async_wait<1>();
         } else {
           cp_async_wait<0>();
         }
         __syncthreads();
-        if constexpr (HP == 1) {
+        if constexpr (kQReg) {
           if (n == 0) {
 #pragma unroll
             for (int kk = 0; kk < D / 16; ++kk)
               ldmatrix_x4(qf[kk], smem_addr(sq + swz<D>(q_frag_row, kk * 2 + lane / 16)));
           }
         }
-        const int k0 = n * kN;
-        if (warp_active && k0 <= warp_last_lim) {
-          const bf16* tk = sk + (n & 1) * kN * D;
-          const bf16* tv = sv + (n & 1) * kN * D;
-          float sc[HP][kN / 8][4];
+        const bf16* tk = sk + (n & 1) * kN * D;
+        const bf16* tv = sv + (n & 1) * kN * D;
+#pragma unroll(kSubUnroll)
+        for (int sub = 0; sub < kN / kSub; ++sub) {
+          const int k0 = n * kN + sub * kSub;  // first key of this step
+          if (!warp_active || k0 > warp_last_lim) break;
+          float sc[MT][kSub / 8][4];
 #pragma unroll
-          for (int mi = 0; mi < HP; ++mi) {
+          for (int mi = 0; mi < MT; ++mi) {
 #pragma unroll
-            for (int j = 0; j < kN / 8; ++j)
+            for (int j = 0; j < kSub / 8; ++j)
               sc[mi][j][0] = sc[mi][j][1] = sc[mi][j][2] = sc[mi][j][3] = 0.0f;
           }
-          // (Two heads: a rolled loop, or the Q fragments of every step are hoisted and spill.)
-#pragma unroll(HP == 1 ? D / 16 : 1)
+          // (Q from shared memory: a rolled loop keeps the fragments of later steps from
+          // being hoisted into registers.)
+#pragma unroll(kQReg ? D / 16 : kQkUnroll)
           for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t qa[HP][4];
+            uint32_t qa[MT][4];
 #pragma unroll
-            for (int mi = 0; mi < HP; ++mi) {
-              if constexpr (HP == 1) {
+            for (int mi = 0; mi < MT; ++mi) {
+              if constexpr (kQReg) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
                   qa[mi][e] = qf[kk][e];
               } else {
-                ldmatrix_x4(qa[mi], smem_addr(sq + mi * kRows * D + swz<D>(q_frag_row, kk * 2 + lane / 16)));
+                ldmatrix_x4(qa[mi], smem_addr(sq + swz<D>(q_frag_row + mi * 16, kk * 2 + lane / 16)));
               }
             }
 #pragma unroll
-            for (int np = 0; np < kN / 16; ++np) {
+            for (int np = 0; np < kSub / 16; ++np) {
               uint32_t b[4];
-              const int r = np * 16 + (lane / 16) * 8 + lane % 8;
+              const int r = sub * kSub + np * 16 + (lane / 16) * 8 + lane % 8;
               ldmatrix_x4(b, smem_addr(tk + swz<D>(r, kk * 2 + lane / 8 % 2)));
 #pragma unroll
-              for (int mi = 0; mi < HP; ++mi) {
+              for (int mi = 0; mi < MT; ++mi) {
                 mma_bf16(sc[mi][2 * np], qa[mi], b[0], b[1]);
                 mma_bf16(sc[mi][2 * np + 1], qa[mi], b[2], b[3]);
               }
             }
           }
-          // Scale into the log2 domain, mask keys past each row's limit, online softmax.
-          const bool need_mask = k0 + kN - 1 > warp_first_lim;
-          uint32_t pf[HP][kN / 16][4];  // P as bf16 A fragments: keys 16kk.. are score tiles 2kk, 2kk+1
+          // Mask keys past each row's limit (only on steps that cross one), online softmax
+          // in the log2 domain with the scale folded into one FFMA per score.
+          const bool need_mask = k0 + kSub - 1 > warp_first_lim;
+          uint32_t pf[MT][kSub / 16][4];  // P as bf16 A fragments: keys 16kk.. are score tiles 2kk, 2kk+1
 #pragma unroll
-          for (int mi = 0; mi < HP; ++mi) {
-            float mx0 = m_r[mi][0], mx1 = m_r[mi][1];
+          for (int mi = 0; mi < MT; ++mi) {
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+            const int lim0 = min(lim_base + mi * 16, n_keys - 1);
+            const int lim1 = min(lim_base + mi * 16 + 8, n_keys - 1);
 #pragma unroll
-            for (int j = 0; j < kN / 8; ++j) {
+            for (int j = 0; j < kSub / 8; ++j) {
 #pragma unroll
               for (int e = 0; e < 2; ++e) {
-                const int key = k0 + j * 8 + t4 * 2 + e;
-                float s0 = sc[mi][j][e] * scale_log2;
-                float s1 = sc[mi][j][2 + e] * scale_log2;
                 if (need_mask) {
-                  if (key > lim0) s0 = -INFINITY;
-                  if (key > lim1) s1 = -INFINITY;
+                  const int key = k0 + j * 8 + t4 * 2 + e;
+                  if (key > lim0) sc[mi][j][e] = -INFINITY;
+                  if (key > lim1) sc[mi][j][2 + e] = -INFINITY;
                 }
-                sc[mi][j][e] = s0;
-                sc[mi][j][2 + e] = s1;
-                mx0 = fmaxf(mx0, s0);
-                mx1 = fmaxf(mx1, s1);
+                mx0 = fmaxf(mx0, sc[mi][j][e]);
+                mx1 = fmaxf(mx1, sc[mi][j][2 + e]);
               }
             }
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
             mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
             mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            // Every row sees key 0 in tile 0, so the maxima are finite from then on.
-            const float corr0 = exp2f(m_r[mi][0] - mx0);
-            const float corr1 = exp2f(m_r[mi][1] - mx1);
-            m_r[mi][0] = mx0;
-            m_r[mi][1] = mx1;
+            // Every row sees key 0 in the first step, so the maxima are finite from then on (a
+            // row whose keys are all masked in a later step keeps its max: its P is 0).
+            const float new0 = fmaxf(m_r[mi][0], mx0 * scale_log2);
+            const float new1 = fmaxf(m_r[mi][1], mx1 * scale_log2);
+            const float corr0 = fast_exp2(m_r[mi][0] - new0);
+            const float corr1 = fast_exp2(m_r[mi][1] - new1);
+            m_r[mi][0] = new0;
+            m_r[mi][1] = new1;
             float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
-            for (int j = 0; j < kN / 8; ++j) {
-              const float p00 = exp2f(sc[mi][j][0] - mx0), p01 = exp2f(sc[mi][j][1] - mx0);
-              const float p10 = exp2f(sc[mi][j][2] - mx1), p11 = exp2f(sc[mi][j][3] - mx1);
+            for (int j = 0; j < kSub / 8; ++j) {
+              const float p00 = fast_exp2(fmaf(sc[mi][j][0], scale_log2, -new0));
+              const float p01 = fast_exp2(fmaf(sc[mi][j][1], scale_log2, -new0));
+              const float p10 = fast_exp2(fmaf(sc[mi][j][2], scale_log2, -new1));
+              const float p11 = fast_exp2(fmaf(sc[mi][j][3], scale_log2, -new1));
               sum0 += p00 + p01;
               sum1 += p10 + p11;
               pf[mi][j / 2][(j % 2) * 2] = pack_bf16(p00, p01);
@@ -308,23 +352,26 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_kernel(Attentio
             }
             l_r[mi][0] = l_r[mi][0] * corr0 + sum0;
             l_r[mi][1] = l_r[mi][1] * corr1 + sum1;
+            // Rescale O only when some row of the warp raised its max.
+            if (__any_sync(0xffffffffu, corr0 != 1.0f || corr1 != 1.0f)) {
 #pragma unroll
-            for (int j = 0; j < D / 8; ++j) {
-              o[mi][j][0] *= corr0;
-              o[mi][j][1] *= corr0;
-              o[mi][j][2] *= corr1;
-              o[mi][j][3] *= corr1;
+              for (int j = 0; j < D / 8; ++j) {
+                o[mi][j][0] *= corr0;
+                o[mi][j][1] *= corr0;
+                o[mi][j][2] *= corr1;
+                o[mi][j][3] *= corr1;
+              }
             }
           }
 #pragma unroll
-          for (int kk = 0; kk < kN / 16; ++kk) {
+          for (int kk = 0; kk < kSub / 16; ++kk) {
 #pragma unroll
             for (int dp = 0; dp < D / 16; ++dp) {
               uint32_t b[4];
-              const int r = kk * 16 + (lane / 8 % 2) * 8 + lane % 8;
+              const int r = sub * kSub + kk * 16 + (lane / 8 % 2) * 8 + lane % 8;
               ldmatrix_x4_trans(b, smem_addr(tv + swz<D>(r, dp * 2 + lane / 16)));
 #pragma unroll
-              for (int mi = 0; mi < HP; ++mi) {
+              for (int mi = 0; mi < MT; ++mi) {
                 mma_bf16(o[mi][2 * dp], pf[mi][kk], b[0], b[1]);
                 mma_bf16(o[mi][2 * dp + 1], pf[mi][kk], b[2], b[3]);
               }
@@ -334,10 +381,9 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_kernel(Attentio
         __syncthreads();  // the buffer of tile n is refilled in iteration n + 1
       }
 
-      // Normalise, stage the warp's rows in its own rows of the Q tiles, store.
-      const int wr = warp * 16 + g;
+      // Normalise, stage the warp's rows in its own rows of the Q tile, store.
 #pragma unroll
-      for (int mi = 0; mi < HP; ++mi) {
+      for (int mi = 0; mi < MT; ++mi) {
         float l0 = l_r[mi][0], l1 = l_r[mi][1];
         l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
         l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
@@ -345,41 +391,51 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_attention_kernel(Attentio
         l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
         const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
         const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-        bf16* st = sq + mi * kRows * D;
+        const int wr = warp * kWarpQ + mi * 16 + g;
 #pragma unroll
         for (int j = 0; j < D / 8; ++j) {
-          *reinterpret_cast<uint32_t*>(st + swz<D>(wr, j) + t4 * 2) = pack_bf16(o[mi][j][0] * inv0, o[mi][j][1] * inv0);
-          *reinterpret_cast<uint32_t*>(st + swz<D>(wr + 8, j) + t4 * 2) =
+          *reinterpret_cast<uint32_t*>(sq + swz<D>(wr, j) + t4 * 2) = pack_bf16(o[mi][j][0] * inv0, o[mi][j][1] * inv0);
+          *reinterpret_cast<uint32_t*>(sq + swz<D>(wr + 8, j) + t4 * 2) =
               pack_bf16(o[mi][j][2] * inv1, o[mi][j][3] * inv1);
         }
       }
       __syncwarp();
-      for (int i = lane; i < HP * 16 * kChunks; i += 32) {
-        const int hi = i / (16 * kChunks), r = i / kChunks % 16, c = i % kChunks;
-        const int q = m0 + warp * 16 + r;
-        if (q < q_len && hi < nh) {
-          *reinterpret_cast<uint4*>(out + (q_begin + q) * out_width + static_cast<int64_t>(h0 + hi) * D + c * 8) =
-              *reinterpret_cast<const uint4*>(sq + hi * kRows * D + swz<D>(warp * 16 + r, c));
+      for (int i = lane; i < kWarpQ * kChunks; i += 32) {
+        const int r = warp * kWarpQ + i / kChunks, c = i % kChunks;
+        if (m0 + r < q_len) {
+          *reinterpret_cast<uint4*>(out + (q_begin + m0 + r) * out_width + static_cast<int64_t>(head) * D + c * 8) =
+              *reinterpret_cast<const uint4*>(sq + swz<D>(r, c));
         }
       }
-      __syncthreads();  // the Q tiles are reloaded for the next query tile
+      __syncthreads();  // the Q tile and K/V buffer 0 are reloaded for the next query tile
     }
   }
 }
 
-template <int D, int HP>
+template <int D, int MT, int N, int SUB>
 cudaError_t launch_for(const AttentionArgs& args, int max_query_len, cudaStream_t stream) {
-  constexpr int kSmem = (HP * kRows + 4 * keys_per_tile(HP)) * D * static_cast<int>(sizeof(bf16));
-  const cudaError_t attr =
-      cudaFuncSetAttribute(prefill_attention_kernel<D, HP>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  using Cfg = PrefillConfig<D, MT, N, SUB>;
+  const cudaError_t attr = cudaFuncSetAttribute(prefill_attention_kernel<D, MT, N, SUB>,
+                                                cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem);
   if (attr != cudaSuccess) return attr;
-  const int group = args.num_heads / args.num_kv_heads;
-  const int q_tiles = (max_query_len + kRows - 1) / kRows;
+  const int q_tiles = (max_query_len + Cfg::kRows - 1) / Cfg::kRows;
   const int seqs = args.num_seqs < 65535 ? args.num_seqs : 65535;
-  const dim3 grid(static_cast<unsigned>(args.num_kv_heads * ((group + HP - 1) / HP)), static_cast<unsigned>(seqs),
+  const dim3 grid(static_cast<unsigned>(args.num_heads), static_cast<unsigned>(seqs),
                   static_cast<unsigned>(q_tiles < 65535 ? q_tiles : 65535));
-  launch_kernel(prefill_attention_kernel<D, HP>, grid, kThreads, kSmem, stream, args);
+  launch_kernel(prefill_attention_kernel<D, MT, N, SUB>, grid, Cfg::kThreads, Cfg::kSmem, stream, args);
   return cudaGetLastError();
+}
+
+template <int D>
+cudaError_t launch_variant(const AttentionArgs& args, int max_query_len, int variant, cudaStream_t stream) {
+  switch (variant) {
+    case kPrefillVariant64Rows:
+      return launch_for<D, 1, 64, 64>(args, max_query_len, stream);
+    case kPrefillVariant128Rows:
+      return launch_for<D, 2, 64, 64>(args, max_query_len, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
 }
 
 }  // namespace
@@ -392,22 +448,18 @@ bool prefill_attention_supported(const AttentionArgs& args) {
          aligned(args.k_cache) && aligned(args.v_cache);
 }
 
-int prefill_attention_heads_per_cta(const AttentionArgs& /*args*/, int /*num_sms*/) {
-  // Two heads per CTA measured slower on an H200 in every benchmarked shape (T = 2,048
-  // and 512-after-1,536 chunks, 12/2 and 28/4 heads: 1.2x to 2x): the register budget
-  // forces 32-key tiles and halves the CTAs. One head, until a GPU where pairs win.
-  return 1;
+int prefill_attention_variant(const AttentionArgs& /*args*/, int /*num_sms*/) {
+  // 128 rows per CTA measured slower on an H200 in every benchmarked shape (see above).
+  return kPrefillVariant64Rows;
 }
 
-cudaError_t launch_paged_attention_prefill(const AttentionArgs& args, int max_query_len, int heads_per_cta,
+cudaError_t launch_paged_attention_prefill(const AttentionArgs& args, int max_query_len, int variant,
                                            cudaStream_t stream) {
+  if (variant < kPrefillVariant64Rows || variant > kPrefillVariant128Rows) return cudaErrorInvalidValue;
   if (args.num_tokens == 0 || args.num_seqs <= 0 || max_query_len <= 0) return cudaSuccess;
   g_launches.fetch_add(1, std::memory_order_relaxed);
-  const bool pair = heads_per_cta >= 2 && args.num_heads / args.num_kv_heads >= 2;
-  if (args.head_dim == 64) {
-    return pair ? launch_for<64, 2>(args, max_query_len, stream) : launch_for<64, 1>(args, max_query_len, stream);
-  }
-  return pair ? launch_for<128, 2>(args, max_query_len, stream) : launch_for<128, 1>(args, max_query_len, stream);
+  return args.head_dim == 64 ? launch_variant<64>(args, max_query_len, variant, stream)
+                             : launch_variant<128>(args, max_query_len, variant, stream);
 }
 
 int64_t prefill_attention_launches() { return g_launches.load(std::memory_order_relaxed); }

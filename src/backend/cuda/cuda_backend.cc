@@ -308,6 +308,7 @@ CudaBackend::~CudaBackend() {
   if (lt_workspace_ != nullptr) cudaFree(lt_workspace_);
   if (inv_freq_dev_ != nullptr) cudaFreeAsync(inv_freq_dev_, stream_);
   if (attn_ws_ != nullptr) cudaFreeAsync(attn_ws_, stream_);
+  if (attn_counters_ != nullptr) cudaFreeAsync(attn_counters_, stream_);
   if (sample_dev_ != nullptr) cudaFreeAsync(sample_dev_, stream_);
   if (stream_ != nullptr) {
     cudaStreamSynchronize(stream_);
@@ -780,8 +781,8 @@ Status CudaBackend::paged_attention(TensorView out, const TensorView& qkv, const
   a.max_kv_len = meta.max_kv_len;
   a.error_flag = error_flag_;
   if (meta.max_query_len >= cuda::kPrefillAttentionMinQueryLen && cuda::prefill_attention_supported(a)) {
-    return check_launch(cuda::launch_paged_attention_prefill(
-                            a, meta.max_query_len, cuda::prefill_attention_heads_per_cta(a, num_sms_), stream_),
+    return check_launch(cuda::launch_paged_attention_prefill(a, meta.max_query_len,
+                                                             cuda::prefill_attention_variant(a, num_sms_), stream_),
                         "paged_attention");
   }
   const bool decode = meta.max_query_len == 1 && d.num_tokens == num_seqs && cuda::decode_attention_supported(a);
@@ -791,9 +792,17 @@ Status CudaBackend::paged_attention(TensorView out, const TensorView& qkv, const
     RETURN_IF_ERROR(ensure_scratch(&attn_ws_, &attn_ws_capacity_, static_cast<size_t>(ws_floats) * sizeof(float)));
   }
   auto* ws = static_cast<float*>(attn_ws_);
-  return check_launch(decode ? cuda::launch_paged_attention_decode(a, splits, ws, stream_)
-                             : cuda::launch_paged_attention(a, splits, ws, stream_),
-                      "paged_attention");
+  if (!decode) return check_launch(cuda::launch_paged_attention(a, splits, ws, stream_), "paged_attention");
+  if (splits > 1) {
+    const auto bytes = static_cast<size_t>(cuda::decode_attention_counters(a, num_sms_)) * sizeof(int32_t);
+    if (attn_counters_capacity_ < bytes) {
+      RETURN_IF_ERROR(ensure_scratch(&attn_counters_, &attn_counters_capacity_, std::max<size_t>(bytes, 4096)));
+      BW_CUDA_TRY(cudaMemsetAsync(attn_counters_, 0, attn_counters_capacity_, stream_));
+    }
+  }
+  return check_launch(
+      cuda::launch_paged_attention_decode(a, splits, num_sms_, ws, static_cast<int*>(attn_counters_), stream_),
+      "paged_attention");
 }
 
 }  // namespace bw

@@ -137,6 +137,9 @@ class CudaBackend final : public Backend {
   // paged_attention: split-KV partial results.
   void* attn_ws_ = nullptr;
   size_t attn_ws_capacity_ = 0;
+  // paged_attention (decode kernel): the splits' arrival counters, zeroed when allocated.
+  void* attn_counters_ = nullptr;
+  size_t attn_counters_capacity_ = 0;
   // sample(): pinned staging (row args, penalty tokens and counts, then the ids read back)
   // and its device copy, both grown as needed and kept between calls.
   void* sample_host_ = nullptr;

@@ -106,20 +106,26 @@ cudaError_t launch_attention_combine(const AttentionArgs& args, int num_splits, 
 // contract, error reporting and split-KV workspace as launch_paged_attention, for head_dim
 // 16/32/64/128 with f32 activations and cache, or bf16 activations and a bf16/f16 cache.
 bool decode_attention_supported(const AttentionArgs& args);
-// Splits that fill the GPU at small batches; max_kv_len must bound every sequence's length.
+// Splits that fill the GPU at small batches; max_kv_len should bound every sequence's
+// length (a longer one is still right, only slower).
 int decode_attention_num_splits(const AttentionArgs& args, int num_sms);
-cudaError_t launch_paged_attention_decode(const AttentionArgs& args, int num_splits, float* workspace,
-                                          cudaStream_t stream);
+// The split path's arrival counters (int32): zeroed once when allocated, the kernel
+// leaves them zero after every call.
+int64_t decode_attention_counters(const AttentionArgs& args, int num_sms);
+cudaError_t launch_paged_attention_decode(const AttentionArgs& args, int num_splits, int num_sms, float* workspace,
+                                          int* counters, cudaStream_t stream);
 
 // --- cuda_attention_prefill.cu ---------------------------------------------------------
 // The tensor-core (mma.sync) prefill kernel: same contract and error reporting as
 // launch_paged_attention, for bf16 activations and a bf16 cache with head_dim 64 or 128
-// (and 16-byte aligned tensors). max_query_len (> 0) sizes the grid only. heads_per_cta
-// 1 or 2 (two query heads of one KV head share each K/V tile; 1 when the group is 1);
-// prefill_attention_heads_per_cta picks it (1: pairs measured slower on an H200).
+// (and 16-byte aligned tensors). max_query_len (> 0) sizes the grid only. variant: 64
+// query rows per CTA (4 warps x 16) or 128 (4 warps x 32), which prefill_attention_variant
+// picks (64: 128 measured slower on an H200); any other value returns cudaErrorInvalidValue.
+constexpr int kPrefillVariant64Rows = 1;
+constexpr int kPrefillVariant128Rows = 2;
 bool prefill_attention_supported(const AttentionArgs& args);
-int prefill_attention_heads_per_cta(const AttentionArgs& args, int num_sms);
-cudaError_t launch_paged_attention_prefill(const AttentionArgs& args, int max_query_len, int heads_per_cta,
+int prefill_attention_variant(const AttentionArgs& args, int num_sms);
+cudaError_t launch_paged_attention_prefill(const AttentionArgs& args, int max_query_len, int variant,
                                            cudaStream_t stream);
 // Launches of the prefill kernel so far (process-wide; tests check the dispatch with it).
 int64_t prefill_attention_launches();
