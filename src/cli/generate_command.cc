@@ -201,7 +201,7 @@ CommandRunner register_generate(CLI::App& app) {
   app.add_option("--temperature", args->temperature, "Sampling temperature; 0 is greedy")->capture_default_str();
   app.add_option("--seed", args->seed, "Sampling seed")->capture_default_str();
   app.add_flag("--json", args->json, "Print one JSON object");
-  app.add_option("--device", args->device, "Device: cpu (cuda comes with the CUDA backend)")->capture_default_str();
+  app.add_option("--device", args->device, "Device: cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--threads", args->threads, "CPU threads; 0 = all hardware threads")->capture_default_str();
   app.add_option("--dtype", args->weight_dtype,
                  "Weight dtype in memory: auto (the checkpoint's float type; quantised -> f32), f32, f16, bf16")

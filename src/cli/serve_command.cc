@@ -220,7 +220,7 @@ CommandRunner register_serve(CLI::App& app) {
                  "Default per-request deadline in seconds (0: none); a request's `timeout` field overrides it")
       ->capture_default_str();
   app.add_option("--chat-template", args->chat_template_file, "A Jinja chat template file to use instead");
-  app.add_option("--device", args->device, "Device: cpu")->capture_default_str();
+  app.add_option("--device", args->device, "Device: cpu, cuda or cuda:N")->capture_default_str();
   app.add_option("--threads", args->threads, "CPU threads for the model; 0 = all")->capture_default_str();
   app.add_option("--io-threads", args->io_threads, "HTTP I/O threads")->capture_default_str();
   app.add_option("--dtype", args->weight_dtype, "Weight dtype in memory: auto, f32, f16, bf16")->capture_default_str();
