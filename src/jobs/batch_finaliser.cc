@@ -64,11 +64,11 @@ Status BatchFinaliser::run_once() {
   std::lock_guard pass(pass_mutex_);
   const int64_t now = clock_();
   Status first_error;
-  // Every batch, page by page (newest first); only active ones need work.
+  // The unfinished batches, page by page (newest first); only active ones need work.
   std::string after;
   std::vector<BatchRecord> active;
   for (;;) {
-    Result<std::vector<BatchRecord>> page = store_->list_batches(after, 100);
+    Result<std::vector<BatchRecord>> page = store_->list_unfinished_batches(after, 100);
     if (!page.ok()) return page.status();
     for (const BatchRecord& b : *page) {
       if (is_active(b.state)) active.push_back(b);

@@ -134,6 +134,10 @@ class JobStore {
   virtual Result<BatchRecord> get_batch(const std::string& id) = 0;  // NotFound
   // Newest first; `after` is a batch id from a previous page ("" = from the newest).
   virtual Result<std::vector<BatchRecord>> list_batches(const std::string& after, int limit) = 0;
+  // The same over the batches not yet in an end state (validating, in_progress, finalizing,
+  // cancelling): what the finaliser looks at every second, at a cost that does not grow
+  // with the finished batches kept for `result_ttl`.
+  virtual Result<std::vector<BatchRecord>> list_unfinished_batches(const std::string& after, int limit) = 0;
   // Every job of a batch, ordered by line.
   virtual Result<std::vector<JobRecord>> batch_jobs(const std::string& batch_id) = 0;
   // Compare-and-set of a batch's state (and the fields the new state sets: timestamps,

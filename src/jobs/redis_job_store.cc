@@ -29,6 +29,7 @@ local LEASES = P .. 'leases'
 local SINGLES_DONE = P .. 'jobs:done'
 local BATCHES = P .. 'batches'
 local BATCHES_DONE = P .. 'batches:done'
+local BATCHES_ACTIVE = P .. 'batches:active'  -- not yet terminal, scored as in BATCHES
 local function jk(id) return P .. 'job:' .. id end
 local function bk(id) return P .. 'batch:' .. id end
 
@@ -100,7 +101,11 @@ if op == 'create_batch' then
   for j = 7, 6 + nfields do fields[#fields + 1] = ARGV[j] end
   redis.call('HSET', bk(batch_id), unpack(fields))
   redis.call('ZADD', BATCHES, ARGV[4], batch_id)
-  if ARGV[5] ~= '' then redis.call('ZADD', BATCHES_DONE, ARGV[5], batch_id) end
+  if ARGV[5] ~= '' then
+    redis.call('ZADD', BATCHES_DONE, ARGV[5], batch_id)
+  else
+    redis.call('ZADD', BATCHES_ACTIVE, ARGV[4], batch_id)
+  end
   for j = 0, njobs - 1 do
     local i = first + 7 * j
     new_job(ARGV, i, batch_id)
@@ -246,8 +251,25 @@ elseif op == 'transition' then
   local fields = {}
   for j = 6, #ARGV do fields[#fields + 1] = ARGV[j] end
   redis.call('HSET', key, unpack(fields))
-  if ARGV[5] ~= '' then redis.call('ZADD', BATCHES_DONE, ARGV[5], ARGV[3]) end
+  if ARGV[5] ~= '' then
+    redis.call('ZADD', BATCHES_DONE, ARGV[5], ARGV[3])
+    redis.call('ZREM', BATCHES_ACTIVE, ARGV[3])
+  end
   return 1
+
+elseif op == 'index_active' then
+  -- Once per key prefix: stores written before BATCHES_ACTIVE existed get it built from
+  -- BATCHES minus BATCHES_DONE.
+  if redis.call('SETNX', BATCHES_ACTIVE .. ':indexed', '1') == 0 then return 0 end
+  local all = redis.call('ZRANGE', BATCHES, 0, -1, 'WITHSCORES')
+  local n = 0
+  for j = 1, #all, 2 do
+    if not redis.call('ZSCORE', BATCHES_DONE, all[j]) then
+      redis.call('ZADD', BATCHES_ACTIVE, all[j + 1], all[j])
+      n = n + 1
+    end
+  end
+  return n
 
 elseif op == 'purge' then
   -- ARGV: 3 finished_before_ms
@@ -273,6 +295,7 @@ elseif op == 'purge' then
     n = n + redis.call('DEL', key)
     redis.call('ZREM', BATCHES, batch_id)
     redis.call('ZREM', BATCHES_DONE, batch_id)
+    redis.call('ZREM', BATCHES_ACTIVE, batch_id)
   end
   -- Consumers (one per worker id ever seen) with nothing pending and idle for an hour are
   -- gone workers; a live one is recreated by its next XREADGROUP.
@@ -428,6 +451,7 @@ class RedisJobStore final : public JobStore {
   // Loads the script and creates the consumer group (both idempotent).
   Status setup() {
     RETURN_IF_ERROR(load_script());
+    RETURN_IF_ERROR(run_script({"index_active"}).status());
     return create_group();
   }
 
@@ -512,6 +536,16 @@ class RedisJobStore final : public JobStore {
   }
 
   Result<std::vector<BatchRecord>> list_batches(const std::string& after, int limit) override {
+    return list_batches_in("batches", after, limit);
+  }
+
+  Result<std::vector<BatchRecord>> list_unfinished_batches(const std::string& after, int limit) override {
+    return list_batches_in("batches:active", after, limit);
+  }
+
+  // list_batches over one of the sorted sets of batch ids (scored by creation); the cursor's
+  // score comes from the set of all batches, which keeps a batch until it is purged.
+  Result<std::vector<BatchRecord>> list_batches_in(const std::string& set, const std::string& after, int limit) {
     std::vector<BatchRecord> batches;
     if (limit <= 0) return batches;
     std::string max = "+inf";
@@ -521,8 +555,8 @@ class RedisJobStore final : public JobStore {
       if (score.is_nil()) return NotFound("batch '{}' (the 'after' cursor) not found", after);
       max = "(" + score.str;
     }
-    ASSIGN_OR_RETURN(RedisReply ids, connection_->command({"ZREVRANGEBYSCORE", prefix_ + "batches", max, "-inf",
-                                                           "LIMIT", "0", std::to_string(limit)}));
+    ASSIGN_OR_RETURN(RedisReply ids, connection_->command({"ZREVRANGEBYSCORE", prefix_ + set, max, "-inf", "LIMIT", "0",
+                                                           std::to_string(limit)}));
     if (ids.is_error()) return error_reply(ids, "list_batches");
     std::vector<std::vector<std::string>> commands;
     for (const RedisReply& id : ids.elements)

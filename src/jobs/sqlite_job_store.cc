@@ -355,32 +355,21 @@ class SqliteJobStore final : public JobStore {
   }
 
   Result<std::vector<BatchRecord>> list_batches(const std::string& after, int limit) override {
-    std::vector<BatchRecord> batches;
-    if (limit <= 0) return batches;
-    const std::lock_guard lock(mutex_);
-    // Newest first: (created_at, seq) descending; `after` continues below that batch.
-    int64_t created_at = INT64_MAX;
-    int64_t seq = INT64_MAX;
-    if (!after.empty()) {
-      ASSIGN_OR_RETURN(Statement row,
-                       Statement::prepare(db(), "SELECT created_at, seq FROM batches WHERE id = ?", {after}));
-      ASSIGN_OR_RETURN(const bool found, row.step());
-      if (!found) return NotFound("batch '{}' (the 'after' cursor) not found", after);
-      created_at = row.int64(0);
-      seq = row.int64(1);
-    }
-    ASSIGN_OR_RETURN(Statement rows,
-                     Statement::prepare(db(),
-                                        select_batches("WHERE created_at < ? OR (created_at = ? AND seq < ?) "
-                                                       "ORDER BY created_at DESC, seq DESC LIMIT ?"),
-                                        {created_at, created_at, seq, int64_t{limit}}));
-    while (true) {
-      ASSIGN_OR_RETURN(const bool more, rows.step());
-      if (!more) break;
-      ASSIGN_OR_RETURN(BatchRecord batch, read_batch(rows));
-      batches.push_back(std::move(batch));
-    }
-    return batches;
+    return list_batches_where("", after, limit);
+  }
+
+  Result<std::vector<BatchRecord>> list_unfinished_batches(const std::string& after, int limit) override {
+    // Through the (state, finished_ms) index: only the unfinished rows are read and sorted.
+    static const std::string unfinished = [] {
+      std::string names;
+      for (BatchState state :
+           {BatchState::kValidating, BatchState::kInProgress, BatchState::kFinalizing, BatchState::kCompleted,
+            BatchState::kFailed, BatchState::kExpired, BatchState::kCancelling, BatchState::kCancelled}) {
+        if (!is_terminal(state)) names += fmt::format("{}'{}'", names.empty() ? "" : ", ", batch_state_name(state));
+      }
+      return fmt::format("state IN ({}) AND ", names);
+    }();
+    return list_batches_where(unfinished, after, limit);
   }
 
   Result<std::vector<JobRecord>> batch_jobs(const std::string& batch_id) override {
@@ -679,6 +668,38 @@ class SqliteJobStore final : public JobStore {
 
   static std::string select_batches(std::string_view where) {
     return fmt::format("SELECT {} FROM batches {}", kBatchColumns, where);
+  }
+
+  // list_batches over the rows `filter` (a condition followed by AND, or "") admits.
+  Result<std::vector<BatchRecord>> list_batches_where(std::string_view filter, const std::string& after, int limit) {
+    std::vector<BatchRecord> batches;
+    if (limit <= 0) return batches;
+    const std::lock_guard lock(mutex_);
+    // Newest first: (created_at, seq) descending; `after` continues below that batch.
+    int64_t created_at = INT64_MAX;
+    int64_t seq = INT64_MAX;
+    if (!after.empty()) {
+      ASSIGN_OR_RETURN(Statement row,
+                       Statement::prepare(db(), "SELECT created_at, seq FROM batches WHERE id = ?", {after}));
+      ASSIGN_OR_RETURN(const bool found, row.step());
+      if (!found) return NotFound("batch '{}' (the 'after' cursor) not found", after);
+      created_at = row.int64(0);
+      seq = row.int64(1);
+    }
+    ASSIGN_OR_RETURN(Statement rows,
+                     Statement::prepare(db(),
+                                        select_batches(fmt::format("WHERE {}(created_at < ? OR (created_at = ? AND "
+                                                                   "seq < ?)) ORDER BY created_at DESC, seq DESC "
+                                                                   "LIMIT ?",
+                                                                   filter)),
+                                        {created_at, created_at, seq, int64_t{limit}}));
+    while (true) {
+      ASSIGN_OR_RETURN(const bool more, rows.step());
+      if (!more) break;
+      ASSIGN_OR_RETURN(BatchRecord batch, read_batch(rows));
+      batches.push_back(std::move(batch));
+    }
+    return batches;
   }
 
   Result<std::vector<JobRecord>> select_jobs(std::string_view where, const std::vector<Arg>& args) {

@@ -259,6 +259,56 @@ TEST_P(JobStoreTest, ListBatchesNewestFirstWithPaging) {
   EXPECT_EQ((*listed)[0].created_at, 104);
 }
 
+TEST_P(JobStoreTest, ListUnfinishedBatchesLeavesOutFinishedOnes) {
+  for (const auto& [id, created] : std::vector<std::pair<std::string, int64_t>>{
+           {"batch_a", 100}, {"batch_b", 101}, {"batch_c", 102}, {"batch_d", 103}, {"batch_e", 104}}) {
+    ASSERT_TRUE(store_->create_batch(batch_record(id, created), batch_specs(id, 1)).ok());
+  }
+  BatchRecord failed = batch_record("batch_f", 105);  // failed validation: created terminal
+  failed.state = BatchState::kFailed;
+  failed.failed_at = 105;
+  ASSERT_TRUE(store_->create_batch(failed, {}).ok());
+  const auto move = [&](const std::string& id, BatchState from, BatchState to) {
+    BatchRecord updated = batch(id);
+    updated.state = to;
+    updated.finalizing_at = 200;
+    updated.completed_at = 201;
+    auto won = store_->transition_batch(id, from, updated);
+    ASSERT_TRUE(won.ok() && *won) << id;
+  };
+  move("batch_b", BatchState::kInProgress, BatchState::kFinalizing);  // still unfinished
+  move("batch_d", BatchState::kInProgress, BatchState::kFinalizing);
+  move("batch_d", BatchState::kFinalizing, BatchState::kCompleted);
+  ASSERT_TRUE(store_->cancel_batch("batch_e", kT0).ok());  // cancelling: unfinished
+  std::unique_ptr<JobStore> replica = open();
+  ASSERT_NE(replica, nullptr);
+  const auto page = [](JobStore& store, const std::string& after, int limit) {
+    auto listed = store.list_unfinished_batches(after, limit);
+    EXPECT_TRUE(listed.ok()) << listed.status().to_string();
+    std::vector<std::string> ids;
+    if (listed.ok()) {
+      for (const BatchRecord& b : *listed)
+        ids.push_back(b.id);
+    }
+    return ids;
+  };
+  using Ids = std::vector<std::string>;
+  EXPECT_EQ(page(*store_, "", 10), (Ids{"batch_e", "batch_c", "batch_b", "batch_a"}));
+  EXPECT_EQ(page(*replica, "", 2), (Ids{"batch_e", "batch_c"}));
+  EXPECT_EQ(page(*replica, "batch_c", 2), (Ids{"batch_b", "batch_a"}));
+  EXPECT_EQ(page(*store_, "", 0), Ids{});
+  // A cursor batch that finished in between still continues the listing.
+  move("batch_c", BatchState::kInProgress, BatchState::kFinalizing);
+  move("batch_c", BatchState::kFinalizing, BatchState::kCompleted);
+  EXPECT_EQ(page(*store_, "batch_c", 10), (Ids{"batch_b", "batch_a"}));
+  EXPECT_EQ(page(*store_, "", 10), (Ids{"batch_e", "batch_b", "batch_a"}));
+  EXPECT_EQ(store_->list_unfinished_batches("batch_none", 10).status().code(), StatusCode::kNotFound);
+  // Purging the finished ones leaves the unfinished list as it is.
+  ASSERT_TRUE(store_->purge_finished(kT0 * 10).ok());
+  EXPECT_EQ(page(*store_, "", 10), (Ids{"batch_e", "batch_b", "batch_a"}));
+  EXPECT_EQ(store_->list_batches("", 10)->size(), 3U);
+}
+
 TEST_P(JobStoreTest, ClaimOldestFirstUpToMaxJobs) {
   ASSERT_TRUE(store_->enqueue(job_spec("job-1", kT0 + 1)).ok());
   ASSERT_TRUE(store_->enqueue(job_spec("job-2", kT0 + 2)).ok());
@@ -694,6 +744,31 @@ class RedisJobStoreTest : public ::testing::Test {
   std::unique_ptr<JobStore> store_;
   std::unique_ptr<RedisConnection> redis_cli_;
 };
+
+// A store written before the index of unfinished batches existed gets it built once, when
+// a replica of the new version opens it.
+TEST_F(RedisJobStoreTest, UnfinishedBatchIndexIsBuiltForAnOlderStore) {
+  ASSERT_TRUE(store_->create_batch(batch_record("batch_a", 100), batch_specs("batch_a", 1)).ok());
+  ASSERT_TRUE(store_->create_batch(batch_record("batch_b", 101), batch_specs("batch_b", 1)).ok());
+  BatchRecord done = batch_record("batch_b", 101);
+  done.state = BatchState::kCancelled;
+  done.cancelled_at = 102;
+  ASSERT_TRUE(store_->cancel_batch("batch_b", kT0).ok());
+  ASSERT_TRUE(*store_->transition_batch("batch_b", BatchState::kCancelling, done));
+  // What an older version left: no index, no marker.
+  EXPECT_EQ(integer({"DEL", "test:batches:active", "test:batches:active:indexed"}), 2);
+  auto reopened = open_redis_job_store(redis_.url(), "test:");
+  ASSERT_TRUE(reopened.ok()) << reopened.status().to_string();
+  auto listed = (*reopened)->list_unfinished_batches("", 10);
+  ASSERT_TRUE(listed.ok()) << listed.status().to_string();
+  ASSERT_EQ(listed->size(), 1U);
+  EXPECT_EQ((*listed)[0].id, "batch_a");
+  // Built once: a later replica does not rebuild (a batch indexed since is not duplicated,
+  // one removed by hand stays removed).
+  EXPECT_EQ(integer({"ZREM", "test:batches:active", "batch_a"}), 1);
+  ASSERT_TRUE(open_redis_job_store(redis_.url(), "test:").ok());
+  EXPECT_EQ(integer({"ZCARD", "test:batches:active"}), 0);
+}
 
 // Every way out of the queue acknowledges and deletes the job's stream entry, so the
 // stream and the consumer group's pending list hold only live work.
