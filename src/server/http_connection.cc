@@ -308,6 +308,7 @@ void Connection::dispatch() {
   }
   request.body = std::move(message.body());
   request.remote_address = remote_address_;
+  request.received_at = Clock::now();
 
   auto exchange = std::make_shared<Exchange>();
   exchange->keep_alive = message.keep_alive();

@@ -381,7 +381,10 @@ Result<std::vector<int32_t>> OpenAiService::chat_prompt(const ParsedRequest& par
 
 void OpenAiService::handle_generation(Endpoint endpoint, const HttpRequest& request,
                                       const std::shared_ptr<HttpResponder>& responder, int32_t priority_offset) {
-  const auto arrival = std::chrono::steady_clock::now();  // server-side latency of cache hits
+  // Latencies (cache hits, time to first token, end to end) count from the request's arrival,
+  // so the wait for a worker thread is in them.
+  const auto arrival = request.received_at == std::chrono::steady_clock::time_point{} ? std::chrono::steady_clock::now()
+                                                                                      : request.received_at;
   const std::string route = request.path;
   EngineClient& engine = *model_.engine;
   const ModelInfo& info = engine.model_info();
@@ -461,6 +464,7 @@ void OpenAiService::handle_generation(Endpoint endpoint, const HttpRequest& requ
   gen->meta.id = fmt::format("{}-{:016x}", endpoint == Endpoint::kChatCompletions ? "chatcmpl" : "cmpl",
                              next_id_.fetch_add(1) * 0x9E3779B97F4A7C15ull);
   gen->meta.created = unix_seconds();
+  gen->arrival = arrival;
   gen->meta.model = config_.served_model_name;
   gen->stream = parsed.stream;
   gen->include_usage = parsed.include_usage;
