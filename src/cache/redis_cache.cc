@@ -1,5 +1,6 @@
 #include "cache/redis_cache.h"
 
+#include <algorithm>
 #include <vector>
 
 namespace bw::cache {
@@ -7,8 +8,11 @@ namespace bw::cache {
 RedisCache::RedisCache(RedisCacheOptions options, Logger logger)
     : options_(std::move(options)),
       logger_(logger != nullptr ? std::move(logger) : make_null_logger()),
-      read_connection_(RedisConnection::create(options_.redis)),
       write_connection_(RedisConnection::create(options_.redis)) {
+  for (int i = 0; i < std::max(options_.read_connections, 1); ++i) {
+    read_connections_.push_back(RedisConnection::create(options_.redis));
+    idle_reads_.push_back(read_connections_.back().get());
+  }
   writer_ = std::thread([this] { writer_loop(); });
 }
 
@@ -44,7 +48,19 @@ void RedisCache::record_error(const Status& status) {
 
 std::optional<RedisCache::Hit> RedisCache::get(const std::string& key) {
   const std::string redis_key = options_.key_prefix + key;
-  Result<std::vector<RedisReply>> replies = read_connection_->pipeline({{"GET", redis_key}, {"PTTL", redis_key}});
+  RedisConnection* connection = nullptr;
+  {
+    std::unique_lock lock(read_mutex_);
+    read_cv_.wait(lock, [this] { return !idle_reads_.empty(); });
+    connection = idle_reads_.back();
+    idle_reads_.pop_back();
+  }
+  Result<std::vector<RedisReply>> replies = connection->pipeline({{"GET", redis_key}, {"PTTL", redis_key}});
+  {
+    std::lock_guard lock(read_mutex_);
+    idle_reads_.push_back(connection);
+  }
+  read_cv_.notify_one();
   if (!replies.ok()) {
     record_error(replies.status());
     return std::nullopt;

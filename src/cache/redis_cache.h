@@ -7,10 +7,12 @@
 // logs a warning at most once per `warning_interval` (with the number suppressed). The
 // connection's reconnect backoff makes a down Redis cost lookups nothing but a counter.
 //
-// Lookups (get) run on the caller's thread on their own connection; stores (put_async) go
-// to a bounded queue served by one writer thread on a second connection, so the engine
-// thread that finishes a request never waits for Redis. When the queue is full, new
-// writes are dropped and counted.
+// Lookups (get) run on the caller's thread, each on a connection of its own from a small
+// pool (`read_connections`, opened as needed), so concurrent lookups - the server's worker
+// threads - do not queue behind one slow round trip; stores (put_async) go to a bounded
+// queue served by one writer thread on another connection, so the engine thread that
+// finishes a request never waits for Redis. When the queue is full, new writes are
+// dropped and counted.
 //
 // Thread-safe.
 #pragma once
@@ -25,6 +27,7 @@
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "cache/cached_response.h"
 #include "common/logging.h"
@@ -37,6 +40,7 @@ struct RedisCacheOptions {
   std::string key_prefix = "bw:rc:";  // keys are <prefix><cache key>
   std::chrono::milliseconds ttl{3'600'000};
   size_t max_pending_writes = 1024;
+  int read_connections = 4;  // lookups in flight at once (>= 1); more wait for a connection
   std::chrono::milliseconds warning_interval{30'000};
 };
 
@@ -77,7 +81,11 @@ class RedisCache {
 
   const RedisCacheOptions options_;
   const Logger logger_;
-  std::unique_ptr<RedisConnection> read_connection_;
+  // The lookup connections: all of them (created without connecting) and the idle ones.
+  std::vector<std::unique_ptr<RedisConnection>> read_connections_;
+  std::mutex read_mutex_;
+  std::condition_variable read_cv_;           // a connection became idle
+  std::vector<RedisConnection*> idle_reads_;  // guarded by read_mutex_
   std::unique_ptr<RedisConnection> write_connection_;
 
   mutable std::mutex mutex_;

@@ -9,8 +9,9 @@
 // too (a hit then replays one earlier sample); `off` caches nothing.
 //
 // Nothing here can fail a request: Redis trouble reads as an L2 miss (see redis_cache.h).
-// lookup() runs on the caller's thread (the server's HTTP I/O thread) and costs at most
-// the Redis command timeout when Redis is slow; store() never waits for Redis.
+// lookup() runs on the caller's thread (one of the server's worker threads, never an HTTP
+// I/O thread) and costs at most the Redis command timeout when Redis is slow; store()
+// never waits for Redis.
 // Thread-safe.
 #pragma once
 

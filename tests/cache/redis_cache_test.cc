@@ -1,10 +1,17 @@
 // L2 and the two-level cache against a real redis-server (tests/support/redis_server.h).
 #include "cache/redis_cache.h"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <chrono>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include "common/redis_connection.h"
 
@@ -170,6 +177,119 @@ TEST(RedisCacheTest, SlowRedisTimesOutAsAMiss) {
   const auto elapsed = std::chrono::steady_clock::now() - start;
   EXPECT_LT(elapsed, 900ms) << "the lookup waited for Redis instead of timing out";
   EXPECT_EQ(cache.stats().errors, 1u);
+}
+
+// A TCP proxy on loopback that holds every request chunk for `delay` before passing it on
+// to the real server: a Redis a network round trip away. One pair of threads per
+// connection; stops when either side closes.
+class DelayingProxy {
+ public:
+  DelayingProxy(int target_port, std::chrono::milliseconds delay) : target_port_(target_port), delay_(delay) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (::bind(listener_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(listener_, 16) != 0 ||
+        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ADD_FAILURE() << "proxy: cannot listen";
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+    acceptor_ = std::thread([this] { accept_loop(); });
+  }
+  ~DelayingProxy() {
+    stopping_ = true;
+    ::shutdown(listener_, SHUT_RDWR);
+    ::close(listener_);
+    acceptor_.join();
+    {
+      std::lock_guard lock(mutex_);
+      for (int fd : fds_)
+        ::shutdown(fd, SHUT_RDWR);
+    }
+    for (std::thread& t : pumps_)
+      t.join();
+    for (int fd : fds_)
+      ::close(fd);
+  }
+  DelayingProxy(const DelayingProxy&) = delete;
+  DelayingProxy& operator=(const DelayingProxy&) = delete;
+  int port() const { return port_; }
+
+ private:
+  void accept_loop() {
+    while (!stopping_) {
+      const int client = ::accept4(listener_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (client < 0) return;
+      const int server = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_port = htons(static_cast<uint16_t>(target_port_));
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      if (::connect(server, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+        ::close(client);
+        ::close(server);
+        continue;
+      }
+      std::lock_guard lock(mutex_);
+      fds_.push_back(client);
+      fds_.push_back(server);
+      pumps_.emplace_back([this, client, server] { pump(client, server, delay_); });
+      pumps_.emplace_back([client, server] { pump(server, client, std::chrono::milliseconds(0)); });
+    }
+  }
+  static void pump(int from, int to, std::chrono::milliseconds delay) {
+    char buf[65536];
+    for (;;) {
+      const ssize_t n = ::recv(from, buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      std::this_thread::sleep_for(delay);
+      if (::send(to, buf, static_cast<size_t>(n), MSG_NOSIGNAL) != n) break;
+    }
+    ::shutdown(to, SHUT_WR);
+  }
+
+  const int target_port_;
+  const std::chrono::milliseconds delay_;
+  int listener_ = -1;
+  int port_ = 0;
+  std::atomic<bool> stopping_{false};
+  std::thread acceptor_;
+  std::mutex mutex_;
+  std::vector<int> fds_;            // guarded by mutex_ until the acceptor stops
+  std::vector<std::thread> pumps_;  // guarded by mutex_ until the acceptor stops
+};
+
+TEST(RedisCacheTest, ConcurrentLookupsDoNotQueueBehindOneRoundTrip) {
+  // Redis 100 ms away: four lookups at once take about one round trip, each on its own
+  // connection, not four in turn.
+  BW_REDIS_OR_SKIP();
+  test::RedisServer redis;
+  ASSERT_TRUE(redis.start());
+  constexpr auto kDelay = 100ms;
+  DelayingProxy proxy(redis.port(), kDelay);
+  ASSERT_NE(proxy.port(), 0);
+  RedisCacheOptions options = options_for(redis, 2s);
+  options.redis.port = proxy.port();
+  options.read_connections = 4;
+  RedisCache cache(options, nullptr);
+  ASSERT_TRUE(cache.put("k", sample_response()).ok());
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> lookups;
+  lookups.reserve(4);
+  std::atomic<int> hits{0};
+  for (int i = 0; i < 4; ++i) {
+    lookups.emplace_back([&] {
+      if (cache.get("k").has_value()) ++hits;
+    });
+  }
+  for (std::thread& t : lookups)
+    t.join();
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(hits.load(), 4);
+  EXPECT_LT(elapsed, 3 * kDelay) << "the lookups queued behind each other";
+  EXPECT_EQ(cache.stats().errors, 0u);
 }
 
 TEST(ResponseCacheTest, LookupFillsL1FromL2) {
