@@ -55,6 +55,10 @@ struct ParsedRequest {
   std::vector<std::vector<int32_t>> prompt_token_ids;
   bool prompt_is_tokens = false;
   bool echo = false;  // completions: prepend the prompt text to the completion
+  // vLLM extension: the response carries the prompt's and each choice's token ids
+  // (prompt_token_ids, token_ids), e.g. for clients that tokenize themselves or a model
+  // without a tokenizer.
+  bool return_token_ids = false;
 
   std::optional<int32_t> max_tokens;  // max_completion_tokens wins over max_tokens; clipped to int32
   int32_t n = 1;
@@ -90,6 +94,7 @@ struct ChoiceResult {
   std::string text;               // completions text, or chat content
   std::string reasoning_content;  // chat: the <think> part, "" when none
   std::vector<int32_t> token_ids;
+  std::vector<int32_t> prompt_token_ids;  // with ResponseMeta::token_ids
   std::vector<SampledLogprobs> logprobs;  // when requested
   std::string finish_reason;              // "stop", "length", "abort", "timeout", "error"
   std::string stop_reason;                // matched stop string, "" when none
@@ -99,6 +104,10 @@ struct ResponseMeta {
   std::string id;       // "chatcmpl-..." / "cmpl-..."
   int64_t created = 0;  // unix seconds
   std::string model;
+  // return_token_ids: completions put prompt_token_ids and token_ids in each choice; chat
+  // puts prompt_token_ids in the response (its one prompt) and token_ids in each choice.
+  // Streams send prompt_token_ids with a choice's first chunk and each chunk's token_ids.
+  bool token_ids = false;
 };
 
 // Token text for logprobs entries (the service passes a detokenizer of single tokens).
@@ -119,6 +128,8 @@ struct StreamDelta {
   std::vector<SampledLogprobs> logprobs;
   std::optional<std::string> finish_reason;
   std::string stop_reason;
+  std::vector<int32_t> token_ids;                        // with ResponseMeta::token_ids
+  std::optional<std::vector<int32_t>> prompt_token_ids;  // the choice's first chunk
 };
 
 // "data: {...}\n\n" for one chunk (chat.completion.chunk / text_completion); usage, when

@@ -264,6 +264,7 @@ bool RequestParser::parse(const Json& body, ParsedRequest* req) {
     if (!parse_prompt(body, req)) return false;
     if (!read_bool(body, "echo", &req->echo)) return false;
   }
+  if (!read_bool(body, "return_token_ids", &req->return_token_ids)) return false;
   if (!parse_max_tokens(body, req) || !parse_sampling(body, req) || !parse_stop(body, req) ||
       !parse_logprobs(body, req) || !parse_stream(body, req)) {
     return false;

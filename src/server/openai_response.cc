@@ -205,8 +205,10 @@ std::string chat_completion_body(const ResponseMeta& meta, const std::vector<Cho
     c["logprobs"] = chat_logprobs(choice.logprobs, token_text);
     c["finish_reason"] = string_or_null(choice.finish_reason);
     c["stop_reason"] = string_or_null(choice.stop_reason);
+    if (meta.token_ids) c["token_ids"] = choice.token_ids;
     out_choices.push_back(std::move(c));
   }
+  if (meta.token_ids) j["prompt_token_ids"] = choices.empty() ? Json::array() : Json(choices[0].prompt_token_ids);
   j["choices"] = std::move(out_choices);
   j["usage"] = usage_json(usage);
   return dump(j);
@@ -223,6 +225,10 @@ std::string completion_body(const ResponseMeta& meta, const std::vector<ChoiceRe
     c["logprobs"] = completion_logprobs(choice.logprobs, choice.text, token_text);
     c["finish_reason"] = string_or_null(choice.finish_reason);
     c["stop_reason"] = string_or_null(choice.stop_reason);
+    if (meta.token_ids) {
+      c["prompt_token_ids"] = choice.prompt_token_ids;
+      c["token_ids"] = choice.token_ids;
+    }
     out_choices.push_back(std::move(c));
   }
   j["choices"] = std::move(out_choices);
@@ -246,6 +252,10 @@ std::string chat_chunk_event(const ResponseMeta& meta, const StreamDelta& delta,
   c["logprobs"] = chat_logprobs(delta.logprobs, token_text);
   c["finish_reason"] = delta.finish_reason ? Json(*delta.finish_reason) : Json(nullptr);
   if (delta.finish_reason) c["stop_reason"] = string_or_null(delta.stop_reason);
+  if (meta.token_ids) {
+    c["token_ids"] = delta.token_ids;
+    if (delta.prompt_token_ids) j["prompt_token_ids"] = *delta.prompt_token_ids;
+  }
   j["choices"] = Json::array({std::move(c)});
   return fmt::format("data: {}\n\n", dump(j));
 }
@@ -258,6 +268,10 @@ std::string completion_chunk_event(const ResponseMeta& meta, const StreamDelta& 
   c["logprobs"] = completion_logprobs(delta.logprobs, delta.content, token_text);
   c["finish_reason"] = delta.finish_reason ? Json(*delta.finish_reason) : Json(nullptr);
   if (delta.finish_reason) c["stop_reason"] = string_or_null(delta.stop_reason);
+  if (meta.token_ids) {
+    if (delta.prompt_token_ids) c["prompt_token_ids"] = *delta.prompt_token_ids;
+    c["token_ids"] = delta.token_ids;
+  }
   j["choices"] = Json::array({std::move(c)});
   return fmt::format("data: {}\n\n", dump(j));
 }

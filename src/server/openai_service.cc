@@ -114,6 +114,8 @@ struct OpenAiService::Generation {
         delta.content += choice.text;
         delta.reasoning_content = choice.reasoning_content;
         delta.logprobs = choice.logprobs;
+        delta.token_ids = choice.token_ids;
+        if (meta.token_ids) delta.prompt_token_ids = choice.prompt_token_ids;
         responder->write(chunk(delta));
         StreamDelta finish;
         finish.index = choice.index;
@@ -142,6 +144,7 @@ struct OpenAiService::Generation {
       started[i] = true;
       delta.role = endpoint == Endpoint::kChatCompletions;
       if (!echo.empty()) delta.content = echo[prompt_index];
+      if (meta.token_ids) delta.prompt_token_ids = choice.prompt_token_ids;
     }
     std::string content = event.text;
     std::string reasoning;
@@ -167,7 +170,9 @@ struct OpenAiService::Generation {
       delta.content += content;
       delta.reasoning_content = std::move(reasoning);
       if (want_logprobs) delta.logprobs = event.logprobs;
-      if (delta.role || !delta.content.empty() || !delta.reasoning_content.empty() || !delta.logprobs.empty()) {
+      if (meta.token_ids) delta.token_ids = event.token_ids;
+      if (delta.role || !delta.content.empty() || !delta.reasoning_content.empty() || !delta.logprobs.empty() ||
+          !delta.token_ids.empty() || delta.prompt_token_ids) {
         responder->write(chunk(delta));
       }
       if (event.finish_reason) {
@@ -473,8 +478,11 @@ void OpenAiService::handle_generation(Endpoint endpoint, const HttpRequest& requ
   gen->responder = responder;
   gen->num_prompts = prompts.size();
   gen->choices.resize(prompts.size() * static_cast<size_t>(parsed.n));
-  for (size_t i = 0; i < gen->choices.size(); ++i)
+  gen->meta.token_ids = parsed.return_token_ids;
+  for (size_t i = 0; i < gen->choices.size(); ++i) {
     gen->choices[i].index = static_cast<int32_t>(i);
+    if (parsed.return_token_ids) gen->choices[i].prompt_token_ids = prompts[i / static_cast<size_t>(parsed.n)];
+  }
   gen->started.assign(gen->choices.size(), false);
   gen->echo = std::move(echo_texts);
   if (endpoint == Endpoint::kChatCompletions) {

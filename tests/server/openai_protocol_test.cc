@@ -249,6 +249,12 @@ TEST(ParseRequest, StopTokenIds) {
   parse_error(kChat, body_with(kChat, R"("stop_token_ids": [2147483648])"), no_vocab);
 }
 
+TEST(ParseRequest, ReturnTokenIds) {
+  EXPECT_FALSE(chat_ok("").return_token_ids);
+  EXPECT_TRUE(chat_ok(R"("return_token_ids": true)").return_token_ids);
+  EXPECT_TRUE(parse_ok(kCompletions, body_with(kCompletions, R"("return_token_ids": true)")).return_token_ids);
+}
+
 TEST(ParseRequest, LogitBias) {
   const ParsedRequest r = chat_ok(R"("logit_bias": {"5": 10, "0": -100, "999": 100.0})");
   ASSERT_EQ(r.sampling.logit_bias.size(), 3u);
@@ -367,6 +373,7 @@ TEST(ParseRequest, WrongTypesAndRangesNameTheField) {
       {kChat, R"("tools": {})", "tools", "'tools' must be an array, got object"},
       {kChat, R"("tool_choice": 1)", "tool_choice", ""},
       {kCompletions, R"("echo": "true")", "echo", ""},
+      {kChat, R"("return_token_ids": 1)", "return_token_ids", ""},
       {kCompletions, R"("temperature": [])", "temperature", ""},
       {kCompletions, R"("n": 0.5)", "n", ""},
   };
@@ -731,6 +738,43 @@ TEST(Responses, CompletionChunksAndUsage) {
   EXPECT_EQ(j["object"], "chat.completion.chunk");
   EXPECT_EQ(j["usage"]["total_tokens"], 0);
   EXPECT_EQ(kStreamDone, "data: [DONE]\n\n");
+}
+
+TEST(Responses, TokenIdsWhenAsked) {
+  ChoiceResult c;
+  c.text = "t1t2";
+  c.token_ids = {1, 2};
+  c.prompt_token_ids = {7, 8, 9};
+  c.finish_reason = "length";
+  ResponseMeta meta = test_meta("cmpl-4");
+  // Not asked: no token id fields anywhere.
+  for (const std::string& body :
+       {completion_body(meta, {c}, test_usage(), nullptr), chat_completion_body(meta, {c}, test_usage(), nullptr)}) {
+    EXPECT_EQ(body.find("token_ids"), std::string::npos) << body;
+  }
+  meta.token_ids = true;
+  Json j = Json::parse(completion_body(meta, {c}, test_usage(), nullptr));
+  EXPECT_EQ(j["choices"][0]["prompt_token_ids"], Json::parse("[7, 8, 9]"));
+  EXPECT_EQ(j["choices"][0]["token_ids"], Json::parse("[1, 2]"));
+  j = Json::parse(chat_completion_body(meta, {c}, test_usage(), nullptr));
+  EXPECT_EQ(j["prompt_token_ids"], Json::parse("[7, 8, 9]"));
+  EXPECT_EQ(j["choices"][0]["token_ids"], Json::parse("[1, 2]"));
+  EXPECT_FALSE(j["choices"][0].contains("prompt_token_ids"));
+
+  StreamDelta first;
+  first.token_ids = {1};
+  first.prompt_token_ids = std::vector<int32_t>{7, 8, 9};
+  j = event_json(completion_chunk_event(meta, first, nullptr));
+  EXPECT_EQ(j["choices"][0]["prompt_token_ids"], Json::parse("[7, 8, 9]"));
+  EXPECT_EQ(j["choices"][0]["token_ids"], Json::parse("[1]"));
+  j = event_json(chat_chunk_event(meta, first, nullptr));
+  EXPECT_EQ(j["prompt_token_ids"], Json::parse("[7, 8, 9]"));
+  EXPECT_EQ(j["choices"][0]["token_ids"], Json::parse("[1]"));
+  StreamDelta next;
+  next.token_ids = {2};
+  j = event_json(completion_chunk_event(meta, next, nullptr));
+  EXPECT_FALSE(j["choices"][0].contains("prompt_token_ids"));
+  EXPECT_EQ(j["choices"][0]["token_ids"], Json::parse("[2]"));
 }
 
 TEST(Responses, InvalidUtf8TextIsReplaced) {

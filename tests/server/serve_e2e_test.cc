@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -162,6 +163,46 @@ TEST_F(ServeTest, CompletionLogprobTokensAddUpToTheText) {
       spaced += !t.get<std::string>().empty() && t.get<std::string>()[0] == ' ';
     EXPECT_GT(spaced, 0) << r.body;
   }
+  EXPECT_EQ(server.stop(SIGTERM), 0);
+}
+
+// return_token_ids (vLLM's extension): the prompt's ids and the generated ids, in a body and
+// in a stream (the chunks' ids add up to the body's for the same greedy request).
+TEST_F(ServeTest, ReturnTokenIdsInBodyAndStream) {
+  ServerProcess server(BW_BREAKWATER_BIN, {"--model", model_, "--api-key", "test-key"});
+  ASSERT_TRUE(server.wait_ready());
+  const std::string url = server.url() + "/v1/completions";
+  const std::string request =
+      R"({"prompt":[1,403,407,261,378],"max_tokens":10,"temperature":0,"return_token_ids":true)";
+  HttpResult r = curl(json_post(url, request + "}"));
+  ASSERT_EQ(r.status, 200) << r.body;
+  const auto body = nlohmann::json::parse(r.body);
+  const auto& choice = body["choices"][0];
+  EXPECT_EQ(choice["prompt_token_ids"], nlohmann::json::parse("[1,403,407,261,378]"));
+  ASSERT_EQ(choice["token_ids"].size(), 10u) << r.body;
+  EXPECT_EQ(body["usage"]["completion_tokens"], 10);
+
+  HttpResult s = curl("-N " + json_post(url, request + R"(,"stream":true})"));
+  ASSERT_EQ(s.status, 200) << s.body;
+  nlohmann::json streamed = nlohmann::json::array();
+  int with_prompt_ids = 0;
+  std::istringstream lines(s.body);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("data: {", 0) != 0) continue;
+    const auto chunk = nlohmann::json::parse(line.substr(6));
+    for (const auto& c : chunk["choices"]) {
+      for (const auto& id : c["token_ids"])
+        streamed.push_back(id);
+      with_prompt_ids += c.contains("prompt_token_ids");
+    }
+  }
+  EXPECT_EQ(streamed, choice["token_ids"]) << s.body;
+  EXPECT_EQ(with_prompt_ids, 1) << s.body;
+
+  // Not asked: no ids.
+  HttpResult plain = curl(json_post(url, R"({"prompt":"Once","max_tokens":3})"));
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  EXPECT_EQ(plain.body.find("token_ids"), std::string::npos) << plain.body;
   EXPECT_EQ(server.stop(SIGTERM), 0);
 }
 
