@@ -80,6 +80,17 @@ std::vector<std::string> ids_of(const std::vector<JobRecord>& jobs) {
   return ids;
 }
 
+// The ids of a listing of batches (a failed listing is a test failure and no ids).
+std::vector<std::string> batch_ids(const Result<std::vector<BatchRecord>>& listed) {
+  EXPECT_TRUE(listed.ok()) << listed.status().to_string();
+  std::vector<std::string> ids;
+  if (listed.ok()) {
+    for (const BatchRecord& b : *listed)
+      ids.push_back(b.id);
+  }
+  return ids;
+}
+
 class JobStoreTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -237,16 +248,7 @@ TEST_P(JobStoreTest, ListBatchesNewestFirstWithPaging) {
   for (const auto& [id, created] : batches) {
     ASSERT_TRUE(store_->create_batch(batch_record(id, created), batch_specs(id, 1)).ok());
   }
-  const auto page = [&](const std::string& after, int limit) {
-    auto listed = store_->list_batches(after, limit);
-    EXPECT_TRUE(listed.ok()) << listed.status().to_string();
-    std::vector<std::string> ids;
-    if (listed.ok()) {
-      for (const BatchRecord& b : *listed)
-        ids.push_back(b.id);
-    }
-    return ids;
-  };
+  const auto page = [&](const std::string& after, int limit) { return batch_ids(store_->list_batches(after, limit)); };
   EXPECT_EQ(page("", 2), (std::vector<std::string>{"batch_e", "batch_d"}));
   EXPECT_EQ(page("batch_d", 2), (std::vector<std::string>{"batch_c", "batch_b"}));
   EXPECT_EQ(page("batch_b", 2), (std::vector<std::string>{"batch_a"}));
@@ -283,14 +285,7 @@ TEST_P(JobStoreTest, ListUnfinishedBatchesLeavesOutFinishedOnes) {
   std::unique_ptr<JobStore> replica = open();
   ASSERT_NE(replica, nullptr);
   const auto page = [](JobStore& store, const std::string& after, int limit) {
-    auto listed = store.list_unfinished_batches(after, limit);
-    EXPECT_TRUE(listed.ok()) << listed.status().to_string();
-    std::vector<std::string> ids;
-    if (listed.ok()) {
-      for (const BatchRecord& b : *listed)
-        ids.push_back(b.id);
-    }
-    return ids;
+    return batch_ids(store.list_unfinished_batches(after, limit));
   };
   using Ids = std::vector<std::string>;
   EXPECT_EQ(page(*store_, "", 10), (Ids{"batch_e", "batch_c", "batch_b", "batch_a"}));

@@ -89,11 +89,11 @@ bool RedisServer::start() {
   return false;
 }
 
-void RedisServer::pause() {
+void RedisServer::pause() const {
   if (pid_ > 0) ::kill(pid_, SIGSTOP);
 }
 
-void RedisServer::resume() {
+void RedisServer::resume() const {
   if (pid_ > 0) ::kill(pid_, SIGCONT);
 }
 

@@ -26,8 +26,8 @@ class RedisServer {
   void stop(bool kill = true);
   bool running() const { return pid_ > 0; }
   // SIGSTOP / SIGCONT: a Redis that accepts connections but answers nothing (a stall).
-  void pause();
-  void resume();
+  void pause() const;
+  void resume() const;
 
   int port() const { return port_; }
   std::string url() const { return "redis://127.0.0.1:" + std::to_string(port_); }
