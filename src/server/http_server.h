@@ -38,8 +38,8 @@ struct HttpRequest {
   HttpHeaders headers;  // names lower-cased, in arrival order
   std::string body;
   std::string remote_address;
-  // When the whole request had been read (latency metrics count from here); unset (epoch)
-  // for requests made in-process.
+  // When the whole request had been read (the response cache's hit latency counts from
+  // here); unset (epoch) for requests made in-process.
   std::chrono::steady_clock::time_point received_at{};
 
   // The first header with this (lower-case) name, or "" when absent.

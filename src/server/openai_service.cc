@@ -43,7 +43,6 @@ struct OpenAiService::Generation {
   int32_t n = 1;
   std::shared_ptr<HttpResponder> responder;
   TokenText token_text;
-  std::chrono::steady_clock::time_point arrival = std::chrono::steady_clock::now();
 
   std::mutex mutex;
   std::vector<RequestId> engine_ids;
@@ -114,8 +113,10 @@ struct OpenAiService::Generation {
         delta.content += choice.text;
         delta.reasoning_content = choice.reasoning_content;
         delta.logprobs = choice.logprobs;
-        delta.token_ids = choice.token_ids;
-        if (meta.token_ids) delta.prompt_token_ids = choice.prompt_token_ids;
+        if (meta.token_ids) {
+          delta.token_ids = choice.token_ids;
+          delta.prompt_token_ids = choice.prompt_token_ids;
+        }
         responder->write(chunk(delta));
         StreamDelta finish;
         finish.index = choice.index;
@@ -386,8 +387,8 @@ Result<std::vector<int32_t>> OpenAiService::chat_prompt(const ParsedRequest& par
 
 void OpenAiService::handle_generation(Endpoint endpoint, const HttpRequest& request,
                                       const std::shared_ptr<HttpResponder>& responder, int32_t priority_offset) {
-  // Latencies (cache hits, time to first token, end to end) count from the request's arrival,
-  // so the wait for a worker thread is in them.
+  // A cache hit's latency counts from the request's arrival, so the wait for a worker thread
+  // is in it (time to first token and end to end come from the engine's own timings).
   const auto arrival = request.received_at == std::chrono::steady_clock::time_point{} ? std::chrono::steady_clock::now()
                                                                                       : request.received_at;
   const std::string route = request.path;
@@ -469,7 +470,6 @@ void OpenAiService::handle_generation(Endpoint endpoint, const HttpRequest& requ
   gen->meta.id = fmt::format("{}-{:016x}", endpoint == Endpoint::kChatCompletions ? "chatcmpl" : "cmpl",
                              next_id_.fetch_add(1) * 0x9E3779B97F4A7C15ull);
   gen->meta.created = unix_seconds();
-  gen->arrival = arrival;
   gen->meta.model = config_.served_model_name;
   gen->stream = parsed.stream;
   gen->include_usage = parsed.include_usage;
