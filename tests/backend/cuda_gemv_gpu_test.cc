@@ -7,6 +7,7 @@
 // for the big ones). Outputs are poisoned with NaN first. The tolerance scales with
 // sqrt(K) times the norm of the products (f32 accumulation in any order) plus one rounding
 // to a 16-bit output. Skips when no CUDA device is present.
+#include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -212,6 +213,27 @@ TEST_F(CudaGemvTest, UnalignedActivations) {
       for (int64_t m : {1, 4, 16}) {
         run(DType::kBF16, wt, m, 40, 1536, /*with_bias=*/true, /*f32_out=*/false, seed++, off);
         if (off % 4 == 0) run(DType::kF32, wt, m, 40, 1536, /*with_bias=*/false, /*f32_out=*/false, seed++, off);
+      }
+    }
+  }
+}
+
+TEST_F(CudaGemvTest, SingleRowKernelForManyRows) {
+  // M = 1 with at least 16 rows per SM takes the single-row kernel (cuda_gemv_rows.cu):
+  // N at that bound (one row per warp) and past it (several rows per warp, some warps
+  // with one fewer); K of one chunk, of a ragged last step (33 and 125 chunks), and of
+  // many steps; both 2-byte weight types, f32 and bf16 x, bias, f32 output.
+  uint32_t seed = 6000;
+  int sms = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  const int64_t bound = 16 * static_cast<int64_t>(sms);
+  const std::pair<int64_t, int64_t> shapes[] = {{bound, 264}, {9001, 1000}, {30011, 8}, {12345, 3592}};
+  for (DType act : kActs) {
+    for (DType wt : {DType::kBF16, DType::kF16}) {
+      for (auto [n, k] : shapes) {
+        const bool bias = (n + k) % 2 == 0 || wt == DType::kF16;
+        run(act, wt, 1, n, k, bias, /*f32_out=*/false, seed++);
+        if (act == DType::kBF16) run(act, wt, 1, n, k, !bias, /*f32_out=*/true, seed++);
       }
     }
   }

@@ -394,6 +394,8 @@ void launch_typed(O* out, const A* x, const W* w, const void* bias, ElemType bia
 cudaError_t launch_gemv(void* out, ElemType out_type, const void* x, ElemType act_type, const void* w, ElemType w_type,
                         const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, cudaStream_t stream) {
   if (m == 0 || n == 0) return cudaSuccess;
+  if (gemv_rows_applies(act_type, w_type, x, w, m, n, k, sm_count()))
+    return launch_gemv_rows(out, out_type, x, act_type, w, w_type, bias, bias_type, n, k, sm_count(), stream);
   dispatch_act(act_type, [&](auto atag) {
     using A = decltype(atag);
     dispatch_elem(w_type, [&](auto wtag) {
