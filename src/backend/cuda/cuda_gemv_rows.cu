@@ -8,22 +8,25 @@
 // full (the 7B down projection: 5.4 waves). Here the grid is what fits on the GPU at once,
 // each warp owns the rows gw, gw + W, gw + 2W, ... (W warps in all, as few as give every
 // warp the same number of rows) and walks them as one flat sequence of 512-byte steps
-// (one 16-byte load per lane), two steps in flight: one is consumed while the other
-// loads, and refilled from the step after, across row boundaries, so a warp's pipeline
+// (one 16-byte load per lane), three steps in flight: one is consumed while the others
+// load, and refilled from three steps on, across row boundaries, so a warp's pipeline
 // never drains until its last row. Rows end with a warp reduction: no shared memory, no
 // barrier. The first loads go out before pdl_wait (no kernel writes weights), overlapping
 // the previous kernel's tail.
 //
-// Measured on an H200 (bw_cuda_gemv_bench, M = 1): 7B gate_up 64-66 us (4.2 TB/s) vs 74
-// with the multi-row kernel, down 35-36 vs 43, LM head 245-247 vs 276; 7B single-stream
-// decode 205 -> 237 tokens/s. More loads in flight per lane (4 or 8, in two batches) with
-// fewer warps per SM measured slower, as did a ring refilled one load at a time (a warp
-// has few scoreboards, so waiting for the oldest load ends up waiting for newer ones).
+// Measured on an H200 (bw_cuda_gemv_bench, M = 1): 7B gate_up 65.5 us (4.1 TB/s) vs 74
+// with the multi-row kernel, down 35 vs 43, LM head 248 vs 276; 7B single-stream decode
+// 206 -> 238 tokens/s, 1.5B 595 -> 640. Tried and slower: more loads per lane in flight
+// (4, 8 or 16) with fewer warps per SM; 6 CTAs per SM (registers capped at 40, spills);
+// a ring refilled one load at a time (a warp has few scoreboards, so waiting for the
+// oldest load ends up waiting for newer ones too); CTAs owning contiguous rows whose
+// warps split the steps evenly, partial rows meeting in shared memory (better balance on
+// paper, 231 vs 236 tokens/s).
+//
 // Fewer rows than about 16 per SM stay on the multi-row kernel, which splits K across
 // warps: one row per warp is then a chain of round trips while most of the GPU idles.
 #include <cstdlib>
 #include <string_view>
-
 #include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
@@ -35,7 +38,7 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kBatch = 1;    // 16-byte loads per lane in each of the two batches in flight
+constexpr int kBatch = 1;    // 16-byte loads per lane in each of the three batches in flight
 constexpr int kMinCtas = 5;  // CTAs per SM the registers are budgeted for (40 warps)
 
 __device__ __forceinline__ uint4 load_stream(const void* p) {
@@ -82,7 +85,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
                      ElemType bias_type, int64_t n, int64_t k, int rows_per_warp, int64_t warps) {
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int64_t gw = static_cast<int64_t>(blockIdx.x) * kWarps + static_cast<int64_t>(threadIdx.x) / 32;
-  const int64_t chunks = k / 8;                         // 16-byte chunks per row
+  const int64_t chunks = k / 8;                            // 16-byte chunks per row
   const int steps = static_cast<int>((chunks + 31) / 32);  // per row, one chunk per lane each
   int64_t my_rows = 0;
   if (gw < warps && gw < n) {
@@ -91,12 +94,12 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
   }
   const int64_t total = my_rows * steps;  // steps of this warp
 
-  // Two batches of kBatch loads each: one is consumed (waiting only on its own loads)
-  // while the other is in flight, then refilled with the steps 2 * kBatch ahead.
+  // Three batches of kBatch loads each: one is consumed (waiting only on its own loads)
+  // while the others are in flight, then refilled with the steps 3 * kBatch ahead.
   int64_t issued = 0, issue_row = gw;
   int issue_step = 0;
   const W* wp = w + (total > 0 ? gw * k : 0) + lane * 8;  // this lane's chunk of the next step
-  auto issue = [&](uint4 (&batch)[kBatch]) {
+  auto issue = [&](uint4(&batch)[kBatch]) {
 #pragma unroll
     for (int j = 0; j < kBatch; ++j) {
       const bool ok = issued < total && static_cast<int64_t>(issue_step) * 32 + lane < chunks;
@@ -109,7 +112,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
   int step = 0;
   float acc = 0.0f;
   const A* xp = x + lane * 8;
-  auto consume = [&](const uint4 (&batch)[kBatch], int64_t p) {
+  auto consume = [&](const uint4(&batch)[kBatch], int64_t p) {
 #pragma unroll
     for (int j = 0; j < kBatch; ++j) {
       if (p + j < total) {  // warp-uniform
@@ -130,15 +133,18 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
       }
     }
   };
-  uint4 a[kBatch], b[kBatch];
+  uint4 a[kBatch], b[kBatch], c[kBatch];
   issue(a);
   issue(b);
+  issue(c);
   pdl_wait();
-  for (int64_t p = 0; p < total; p += 2 * kBatch) {
+  for (int64_t p = 0; p < total; p += 3 * kBatch) {
     consume(a, p);
     issue(a);
     consume(b, p + kBatch);
     issue(b);
+    consume(c, p + 2 * kBatch);
+    issue(c);
   }
 }
 
@@ -198,8 +204,8 @@ cudaError_t launch_gemv_rows(void* out, ElemType out_type, const void* x, ElemTy
         result = launch_typed<A, W, A>(static_cast<A*>(out), static_cast<const A*>(x), static_cast<const W*>(w), bias,
                                        bias_type, n, k, num_sms, stream);
       } else {  // 2-byte activations, f32 output (logits)
-        result = launch_typed<A, W, float>(static_cast<float*>(out), static_cast<const A*>(x),
-                                           static_cast<const W*>(w), bias, bias_type, n, k, num_sms, stream);
+        result = launch_typed<A, W, float>(static_cast<float*>(out), static_cast<const A*>(x), static_cast<const W*>(w),
+                                           bias, bias_type, n, k, num_sms, stream);
       }
     };
     if (w_type == ElemType::kBF16) {
