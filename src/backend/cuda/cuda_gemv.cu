@@ -14,9 +14,12 @@
 // Partial sums of the S warps meet in shared memory. The vector paths need 16-byte
 // chunks of w and x rows (K a multiple of the chunk, aligned bases); otherwise a scalar
 // loop (correct, slower) takes over. No host sync or allocation: graph-capturable.
+// M = 1 with 2-byte weights and at least 16 rows per SM goes to the single-row kernel of
+// cuda_gemv_rows.cu instead (a decode step's projections and LM head at batch 1).
 #include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_gemv_chunk.cuh"
 
 namespace bw::cuda {
 
@@ -33,32 +36,6 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
       : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
       : "l"(p));
   return r;
-}
-
-// A 16-byte chunk of w as floats: 8 halves / bf16s or 4 floats.
-template <typename W>
-struct WChunk {
-  static constexpr int kElems = 16 / static_cast<int>(sizeof(W));
-};
-
-__device__ __forceinline__ void unpack(const uint4& raw, float* o, float /*tag*/) {
-  o[0] = __uint_as_float(raw.x), o[1] = __uint_as_float(raw.y), o[2] = __uint_as_float(raw.z);
-  o[3] = __uint_as_float(raw.w);
-}
-__device__ __forceinline__ void unpack_bf16x2(uint32_t u, float* o) {
-  o[0] = __uint_as_float(u << 16);
-  o[1] = __uint_as_float(u & 0xffff0000u);
-}
-__device__ __forceinline__ void unpack(const uint4& raw, float* o, __nv_bfloat16 /*tag*/) {
-  unpack_bf16x2(raw.x, o), unpack_bf16x2(raw.y, o + 2), unpack_bf16x2(raw.z, o + 4), unpack_bf16x2(raw.w, o + 6);
-}
-__device__ __forceinline__ void unpack(const uint4& raw, float* o, __half /*tag*/) {
-  const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(h[i]);
-    o[2 * i] = f.x, o[2 * i + 1] = f.y;
-  }
 }
 
 // E consecutive elements of x (aligned to min(16, E * sizeof(A)) bytes) as floats.

@@ -30,6 +30,7 @@
 #include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_gemv_chunk.cuh"
 #include "backend/cuda/cuda_kernels.h"
 
 namespace bw::cuda {
@@ -41,6 +42,8 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kBatch = 1;    // 16-byte loads per lane in each of the three batches in flight
 constexpr int kMinCtas = 5;  // CTAs per SM the registers are budgeted for (40 warps)
 
+// 16 bytes of w, streamed (read-only path, no L1 allocation). volatile: the loads must
+// stay where the pipeline issues them, ahead of their use.
 __device__ __forceinline__ uint4 load_stream(const void* p) {
   uint4 r;
   asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
@@ -49,28 +52,9 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return r;
 }
 
-__device__ __forceinline__ void bf16x2_to_float(uint32_t u, float* o) {
-  o[0] = __uint_as_float(u << 16);
-  o[1] = __uint_as_float(u & 0xffff0000u);
-}
-
-// 8 elements of a 16-byte chunk as floats.
-__device__ __forceinline__ void chunk_to_float(const uint4& raw, float* o, __nv_bfloat16 /*tag*/) {
-  bf16x2_to_float(raw.x, o), bf16x2_to_float(raw.y, o + 2), bf16x2_to_float(raw.z, o + 4),
-      bf16x2_to_float(raw.w, o + 6);
-}
-__device__ __forceinline__ void chunk_to_float(const uint4& raw, float* o, __half /*tag*/) {
-  const __half2* h = reinterpret_cast<const __half2*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float2 f = __half22float2(h[i]);
-    o[2 * i] = f.x, o[2 * i + 1] = f.y;
-  }
-}
-
 // The 8 elements of x that meet a chunk of w (x in the activation type A).
 __device__ __forceinline__ void load_x8(const __nv_bfloat16* p, float* o) {
-  chunk_to_float(__ldg(reinterpret_cast<const uint4*>(p)), o, __nv_bfloat16{});
+  unpack(__ldg(reinterpret_cast<const uint4*>(p)), o, __nv_bfloat16{});
 }
 __device__ __forceinline__ void load_x8(const float* p, float* o) {
   const float4 a = __ldg(reinterpret_cast<const float4*>(p));
@@ -118,7 +102,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
       if (p + j < total) {  // warp-uniform
         if (static_cast<int64_t>(step) * 32 + lane < chunks) {
           float wf[8], xf[8];
-          chunk_to_float(batch[j], wf, W{});
+          unpack(batch[j], wf, W{});
           load_x8(xp, xf);
 #pragma unroll
           for (int e = 0; e < 8; ++e)

@@ -1,0 +1,35 @@
+// 16-byte chunks of a GEMV's weights (and activations) as floats, for the two GEMV
+// kernels (cuda_gemv.cu, cuda_gemv_rows.cu).
+#pragma once
+
+#include "backend/cuda/cuda_common.cuh"
+
+namespace bw::cuda {
+
+// Elements of W in one 16-byte chunk: 8 halves / bf16s or 4 floats.
+template <typename W>
+struct WChunk {
+  static constexpr int kElems = 16 / static_cast<int>(sizeof(W));
+};
+
+__device__ __forceinline__ void unpack(const uint4& raw, float* o, float /*tag*/) {
+  o[0] = __uint_as_float(raw.x), o[1] = __uint_as_float(raw.y), o[2] = __uint_as_float(raw.z);
+  o[3] = __uint_as_float(raw.w);
+}
+__device__ __forceinline__ void unpack_bf16x2(uint32_t u, float* o) {
+  o[0] = __uint_as_float(u << 16);
+  o[1] = __uint_as_float(u & 0xffff0000u);
+}
+__device__ __forceinline__ void unpack(const uint4& raw, float* o, __nv_bfloat16 /*tag*/) {
+  unpack_bf16x2(raw.x, o), unpack_bf16x2(raw.y, o + 2), unpack_bf16x2(raw.z, o + 4), unpack_bf16x2(raw.w, o + 6);
+}
+__device__ __forceinline__ void unpack(const uint4& raw, float* o, __half /*tag*/) {
+  const __half2* h = reinterpret_cast<const __half2*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __half22float2(h[i]);
+    o[2 * i] = f.x, o[2 * i + 1] = f.y;
+  }
+}
+
+}  // namespace bw::cuda
