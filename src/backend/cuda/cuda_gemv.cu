@@ -38,27 +38,6 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return r;
 }
 
-// E consecutive elements of x (aligned to min(16, E * sizeof(A)) bytes) as floats.
-template <int E>
-__device__ __forceinline__ void load_x(const float* p, float* o) {
-#pragma unroll
-  for (int j = 0; j < E; j += 4) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(p + j));
-    o[j] = v.x, o[j + 1] = v.y, o[j + 2] = v.z, o[j + 3] = v.w;
-  }
-}
-template <int E>
-__device__ __forceinline__ void load_x(const __nv_bfloat16* p, float* o) {
-  if constexpr (E == 8) {
-    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
-    unpack_bf16x2(v.x, o), unpack_bf16x2(v.y, o + 2), unpack_bf16x2(v.z, o + 4), unpack_bf16x2(v.w, o + 6);
-  } else {
-    static_assert(E == 4);
-    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
-    unpack_bf16x2(v.x, o), unpack_bf16x2(v.y, o + 2);
-  }
-}
-
 // R rows of w per warp (the x chunks loaded once serve all R; R = 1 at M = 1, where x
 // costs one load per w load anyway) and U chunks of each row in flight per lane before
 // any is used (fewer when accumulators need the registers): chosen in launch_typed.
@@ -371,8 +350,9 @@ void launch_typed(O* out, const A* x, const W* w, const void* bias, ElemType bia
 cudaError_t launch_gemv(void* out, ElemType out_type, const void* x, ElemType act_type, const void* w, ElemType w_type,
                         const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, cudaStream_t stream) {
   if (m == 0 || n == 0) return cudaSuccess;
-  if (gemv_rows_applies(act_type, w_type, x, w, m, n, k, sm_count()))
-    return launch_gemv_rows(out, out_type, x, act_type, w, w_type, bias, bias_type, n, k, sm_count(), stream);
+  const int sms = sm_count();
+  if (gemv_rows_applies(w_type, x, w, m, n, k, sms))
+    return launch_gemv_rows(out, out_type, x, act_type, w, w_type, bias, bias_type, n, k, sms, stream);
   dispatch_act(act_type, [&](auto atag) {
     using A = decltype(atag);
     dispatch_elem(w_type, [&](auto wtag) {

@@ -32,4 +32,25 @@ __device__ __forceinline__ void unpack(const uint4& raw, float* o, __half /*tag*
   }
 }
 
+// E consecutive elements of x (aligned to min(16, E * sizeof(A)) bytes) as floats.
+template <int E>
+__device__ __forceinline__ void load_x(const float* p, float* o) {
+#pragma unroll
+  for (int j = 0; j < E; j += 4) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(p + j));
+    o[j] = v.x, o[j + 1] = v.y, o[j + 2] = v.z, o[j + 3] = v.w;
+  }
+}
+template <int E>
+__device__ __forceinline__ void load_x(const __nv_bfloat16* p, float* o) {
+  if constexpr (E == 8) {
+    const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+    unpack_bf16x2(v.x, o), unpack_bf16x2(v.y, o + 2), unpack_bf16x2(v.z, o + 4), unpack_bf16x2(v.w, o + 6);
+  } else {
+    static_assert(E == 4);
+    const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
+    unpack_bf16x2(v.x, o), unpack_bf16x2(v.y, o + 2);
+  }
+}
+
 }  // namespace bw::cuda

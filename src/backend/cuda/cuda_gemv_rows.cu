@@ -39,7 +39,6 @@ namespace {
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kBatch = 1;    // 16-byte loads per lane in each of the three batches in flight
 constexpr int kMinCtas = 5;  // CTAs per SM the registers are budgeted for (40 warps)
 
 // 16 bytes of w, streamed (read-only path, no L1 allocation). volatile: the loads must
@@ -50,16 +49,6 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
                : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
                : "l"(p));
   return r;
-}
-
-// The 8 elements of x that meet a chunk of w (x in the activation type A).
-__device__ __forceinline__ void load_x8(const __nv_bfloat16* p, float* o) {
-  unpack(__ldg(reinterpret_cast<const uint4*>(p)), o, __nv_bfloat16{});
-}
-__device__ __forceinline__ void load_x8(const float* p, float* o) {
-  const float4 a = __ldg(reinterpret_cast<const float4*>(p));
-  const float4 b = __ldg(reinterpret_cast<const float4*>(p + 4));
-  o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w, o[4] = b.x, o[5] = b.y, o[6] = b.z, o[7] = b.w;
 }
 
 // W: a 2-byte weight type (8 per chunk). rows_per_warp and warps (W above) from the host.
@@ -78,56 +67,51 @@ __global__ void __launch_bounds__(kThreads, kMinCtas)
   }
   const int64_t total = my_rows * steps;  // steps of this warp
 
-  // Three batches of kBatch loads each: one is consumed (waiting only on its own loads)
-  // while the others are in flight, then refilled with the steps 3 * kBatch ahead.
+  // Three loads per lane in flight, each in its own register (so waiting for one does not
+  // wait for the others): one is consumed while the others load, then refilled with the
+  // step three ahead.
   int64_t issued = 0, issue_row = gw;
   int issue_step = 0;
   const W* wp = w + (total > 0 ? gw * k : 0) + lane * 8;  // this lane's chunk of the next step
-  auto issue = [&](uint4(&batch)[kBatch]) {
-#pragma unroll
-    for (int j = 0; j < kBatch; ++j) {
-      const bool ok = issued < total && static_cast<int64_t>(issue_step) * 32 + lane < chunks;
-      batch[j] = ok ? load_stream(wp) : make_uint4(0, 0, 0, 0);
-      ++issued, wp += 256;
-      if (++issue_step == steps) issue_step = 0, issue_row += warps, wp = w + issue_row * k + lane * 8;
-    }
+  auto issue = [&](uint4& slot) {
+    const bool ok = issued < total && static_cast<int64_t>(issue_step) * 32 + lane < chunks;
+    slot = ok ? load_stream(wp) : make_uint4(0, 0, 0, 0);
+    ++issued, wp += 256;
+    if (++issue_step == steps) issue_step = 0, issue_row += warps, wp = w + issue_row * k + lane * 8;
   };
   int64_t row = gw;
   int step = 0;
   float acc = 0.0f;
   const A* xp = x + lane * 8;
-  auto consume = [&](const uint4(&batch)[kBatch], int64_t p) {
+  auto consume = [&](const uint4& slot, int64_t p) {
+    if (p < total) {  // warp-uniform
+      if (static_cast<int64_t>(step) * 32 + lane < chunks) {
+        float wf[8], xf[8];
+        unpack(slot, wf, W{});
+        load_x<8>(xp, xf);
 #pragma unroll
-    for (int j = 0; j < kBatch; ++j) {
-      if (p + j < total) {  // warp-uniform
-        if (static_cast<int64_t>(step) * 32 + lane < chunks) {
-          float wf[8], xf[8];
-          unpack(batch[j], wf, W{});
-          load_x8(xp, xf);
-#pragma unroll
-          for (int e = 0; e < 8; ++e)
-            acc = fmaf(xf[e], wf[e], acc);
-        }
-        xp += 256;
-        if (++step == steps) {
-          const float s = warp_sum(acc);
-          if (lane == 0) out[row] = from_float<O>(bias != nullptr ? s + load_any(bias, row, bias_type) : s);
-          acc = 0.0f, step = 0, row += warps, xp = x + lane * 8;
-        }
+        for (int e = 0; e < 8; ++e)
+          acc = fmaf(xf[e], wf[e], acc);
+      }
+      xp += 256;
+      if (++step == steps) {
+        const float s = warp_sum(acc);
+        if (lane == 0) out[row] = from_float<O>(bias != nullptr ? s + load_any(bias, row, bias_type) : s);
+        acc = 0.0f, step = 0, row += warps, xp = x + lane * 8;
       }
     }
   };
-  uint4 a[kBatch], b[kBatch], c[kBatch];
+  uint4 a, b, c;
   issue(a);
   issue(b);
   issue(c);
   pdl_wait();
-  for (int64_t p = 0; p < total; p += 3 * kBatch) {
+  for (int64_t p = 0; p < total; p += 3) {
     consume(a, p);
     issue(a);
-    consume(b, p + kBatch);
+    consume(b, p + 1);
     issue(b);
-    consume(c, p + 2 * kBatch);
+    consume(c, p + 2);
     issue(c);
   }
 }
@@ -165,9 +149,8 @@ cudaError_t launch_typed(O* out, const A* x, const W* w, const void* bias, ElemT
 
 }  // namespace
 
-bool gemv_rows_applies(ElemType act_type, ElemType w_type, const void* x, const void* w, int64_t m, int64_t n,
-                       int64_t k, int num_sms) {
-  (void)act_type;  // x is read 16 bytes at a time whatever its type (8 elements, or 4 floats twice)
+bool gemv_rows_applies(ElemType w_type, const void* x, const void* w, int64_t m, int64_t n, int64_t k, int num_sms) {
+  // x is read 16 bytes at a time whatever its type (8 bf16s, or 4 floats twice).
   const bool two_byte_w = w_type == ElemType::kBF16 || w_type == ElemType::kF16;
   // Fewer rows than 16 per SM: see the top of the file.
   const bool enough_rows = n >= int64_t{16} * num_sms;

@@ -138,11 +138,11 @@ constexpr int kPrefillAttentionMinQueryLen = 16;
 // out is in act_type, or f32 (logits of bf16 activations).
 cudaError_t launch_gemv(void* out, ElemType out_type, const void* x, ElemType act_type, const void* w, ElemType w_type,
                         const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, cudaStream_t stream);
+
 // --- cuda_gemv_rows.cu (launch_gemv's path for M = 1 with bf16/f16 weights) -----------
 // Whether the single-row kernel takes this call: M = 1, 2-byte weights, K % 8 == 0,
 // 16-byte aligned x and w, and BW_GEMV_ROWS is not "0" in the environment.
-bool gemv_rows_applies(ElemType act_type, ElemType w_type, const void* x, const void* w, int64_t m, int64_t n,
-                       int64_t k, int num_sms);
+bool gemv_rows_applies(ElemType w_type, const void* x, const void* w, int64_t m, int64_t n, int64_t k, int num_sms);
 cudaError_t launch_gemv_rows(void* out, ElemType out_type, const void* x, ElemType act_type, const void* w,
                              ElemType w_type, const void* bias, ElemType bias_type, int64_t n, int64_t k, int num_sms,
                              cudaStream_t stream);
