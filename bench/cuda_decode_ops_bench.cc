@@ -175,6 +175,22 @@ void run(CudaBackend& gpu, const Shape& s) {
     std::printf("  %-28s %7.2f  (%.0f GB/s; L2 may hold the weights)\n", m.name, us,
                 static_cast<double>(m.n * m.k * 2) / (us * 1e-6) / 1e9);
   }
+  // The fused steps a decoder layer runs at batch 1 (what replaces the ops above).
+  TensorView w_qkv = b.tensor(DType::kBF16, {qkv_w, s.hidden});
+  TensorView w_o = b.tensor(DType::kBF16, {s.hidden, s.hq * s.d});
+  TensorView w_gate_up = b.tensor(DType::kBF16, {2 * s.ffn, s.hidden});
+  TensorView w_down = b.tensor(DType::kBF16, {s.hidden, s.ffn});
+  const bw::NormedInput in{residual, norm_w, 1e-6f, out};
+  const auto fused = [&](const char* name, int64_t weights, auto&& op) {
+    const double us = b.per_op_us(op);
+    std::printf("  %-28s %7.2f  (%.0f GB/s)\n", name, us, static_cast<double>(weights * 2) / (us * 1e-6) / 1e9);
+  };
+  fused("norm_qkv_rope_write_kv", qkv_w * s.hidden,
+        [&] { return gpu.norm_qkv_rope_write_kv(qkv, in, w_qkv, TensorView(), p, rope, meta, cache); });
+  fused("matmul_add o", s.hidden * s.hq * s.d, [&] { return gpu.matmul_add(residual, out, attn_out, w_o); });
+  fused("norm_gate_up_silu_mul", 2 * s.ffn * s.hidden,
+        [&] { return gpu.norm_gate_up_silu_mul(act, gate_up, in, w_gate_up); });
+  fused("matmul_add down", s.hidden * s.ffn, [&] { return gpu.matmul_add(residual, out, act, w_down); });
 }
 
 // Decode attention at larger batches and longer contexts (every sequence `context` long,

@@ -48,7 +48,7 @@ Timing time_gemv(const Shape& s, int64_t m, const std::vector<void*>& w, void* x
   const auto copies = w.size();
   auto launch = [&](size_t i) {
     return bw::cuda::launch_gemv(out, s.f32_out ? ElemType::kF32 : ElemType::kBF16, x, ElemType::kBF16, w[i % copies],
-                                 ElemType::kBF16, s.bias ? bias : nullptr, ElemType::kBF16, m, s.n, s.k, stream);
+                                 ElemType::kBF16, s.bias ? bias : nullptr, ElemType::kBF16, m, s.n, s.k, false, stream);
   };
   Timing t;
   for (size_t i = 0; i < 2 * copies + 3; ++i)

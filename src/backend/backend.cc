@@ -46,4 +46,23 @@ Result<std::unique_ptr<CapturedGraph>> Backend::capture(const std::function<Stat
   return Unimplemented("{}: graph capture is not supported", name());
 }
 
+Status Backend::norm_qkv_rope_write_kv(TensorView qkv, const NormedInput& in, const TensorView& w,
+                                       const TensorView& bias, const AttentionParams& attn, const RopeParams& rope,
+                                       const AttentionMetadata& meta, const KvCacheLayer& cache) {
+  RETURN_IF_ERROR(rms_norm(in.scratch, in.x, in.norm_weight, in.eps));
+  RETURN_IF_ERROR(matmul(qkv, in.scratch, w, bias));
+  return rope_write_kv(qkv, attn, rope, meta, cache);
+}
+
+Status Backend::norm_gate_up_silu_mul(TensorView out, TensorView gate_up, const NormedInput& in, const TensorView& w) {
+  RETURN_IF_ERROR(rms_norm(in.scratch, in.x, in.norm_weight, in.eps));
+  RETURN_IF_ERROR(matmul(gate_up, in.scratch, w, TensorView()));
+  return silu_mul(out, gate_up);
+}
+
+Status Backend::matmul_add(TensorView residual, TensorView scratch, const TensorView& x, const TensorView& w) {
+  RETURN_IF_ERROR(matmul(scratch, x, w, TensorView()));
+  return add(residual, residual, scratch);
+}
+
 }  // namespace bw

@@ -142,6 +142,16 @@ struct DeviceSamplingBatch {
   std::span<const int32_t> penalty_output_counts;  // [penalty_tokens.size()], >= 0
 };
 
+// The input of a projection that starts with an RMS norm: the projection reads
+// rms_norm(x) * norm_weight (x [T, K], norm_weight [K]). scratch [T, K] (activation dtype)
+// is where a backend that does not fuse the norm into the projection writes it.
+struct NormedInput {
+  TensorView x;
+  TensorView norm_weight;
+  float eps = 0.0f;
+  TensorView scratch;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -211,6 +221,23 @@ class Backend {
   // out = silu(gate) * up, where gate_up [T, 2F] holds [gate (F) | up (F)] per row (the
   // output of one fused gate/up projection); out [T, F].
   virtual Status silu_mul(TensorView out, const TensorView& gate_up) = 0;
+
+  // --- Fused steps of a decoder layer -----------------------------------------------------
+  // Each is one call so that a backend may fuse it (CUDA does at batch 1: the projection's
+  // kernel normalises its input and finishes its rows with the next op). The defaults run
+  // the separate ops above through the scratch tensors, which fused paths leave untouched.
+
+  // qkv = rms_norm(in) @ w^T (+ bias), then rope_write_kv(qkv, attn, rope, meta, cache).
+  virtual Status norm_qkv_rope_write_kv(TensorView qkv, const NormedInput& in, const TensorView& w,
+                                        const TensorView& bias, const AttentionParams& attn, const RopeParams& rope,
+                                        const AttentionMetadata& meta, const KvCacheLayer& cache);
+
+  // out = silu_mul(rms_norm(in) @ w^T) for w = [gate | up] [2F, K]; gate_up [T, 2F] scratch.
+  virtual Status norm_gate_up_silu_mul(TensorView out, TensorView gate_up, const NormedInput& in, const TensorView& w);
+
+  // residual += x @ w^T (the residual stream after an output projection); scratch [M, N]
+  // in the activation dtype.
+  virtual Status matmul_add(TensorView residual, TensorView scratch, const TensorView& x, const TensorView& w);
 
   // --- Sampling (optional) ------------------------------------------------------------------
   // Whether sample() works (the runner otherwise copies logits to the host Sampler).

@@ -156,6 +156,28 @@ Status check_norm(std::string_view op, const TensorView& out, const TensorView& 
   return OkStatus();
 }
 
+// out [M, N] = x [M, K] @ w [N, K]^T (+ bias [N]).
+Status check_matmul(std::string_view op, const TensorView& out, const TensorView& x, const TensorView& w,
+                    const TensorView& bias) {
+  RETURN_IF_ERROR(expect_act(op, "x", x, 2));
+  RETURN_IF_ERROR(expect_storage(op, "w", w, 2));
+  RETURN_IF_ERROR(expect_act(op, "out", out, 2));
+  const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
+  if (w.dim(1) != k || out.dim(0) != m || out.dim(1) != n) {
+    return InvalidArgument("{}: x {}, w {} and out {} do not fit out [M, N] = x [M, K] @ w [N, K]^T", op, describe(x),
+                           describe(w), describe(out));
+  }
+  if (out.dtype != x.dtype && out.dtype != DType::kF32) {
+    return InvalidArgument("{}: out {} must be in x's dtype or f32 (x {})", op, describe(out), describe(x));
+  }
+  if (!bias.empty()) {
+    RETURN_IF_ERROR(expect_storage(op, "bias", bias, 1));
+    if (bias.dim(0) != n) return InvalidArgument("{}: bias {} must be [{}]", op, describe(bias), n);
+  }
+  if (overlaps(out, x) || overlaps(out, w)) return InvalidArgument("{}: out must not overlap x or w", op);
+  return OkStatus();
+}
+
 const char* kernel_error_text(int code) {
   switch (code) {
     case cuda::kBadTokenId:
@@ -545,7 +567,7 @@ Status CudaBackend::embedding(TensorView out, const TensorView& table, const Ten
 }
 
 Status CudaBackend::matmul_lt(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias,
-                              bool* done) {
+                              bool accumulate, bool* done) {
   *done = false;
   const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
   // The bias is added by a separate kernel: cuBLASLt's bias epilogue ran 7x slower than
@@ -590,7 +612,8 @@ Status CudaBackend::matmul_lt(TensorView out, const TensorView& x, const TensorV
   }
   const LtCache::Plan& p = it->second;
   if (!p.ok) return OkStatus();  // no cuBLASLt algorithm: the caller falls back to GEMV
-  const float alpha = 1.0f, beta = 0.0f;
+  // accumulate: out = x @ w^T + out (C and D the same matrix, which cuBLASLt allows).
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   const cublasStatus_t st = cublasLtMatmul(lt_, p.op, &alpha, w.data, p.a, x.data, p.b, &beta, out.data, p.c, out.data,
                                            p.c, &p.algo, lt_workspace_, lt_workspace_bytes_, stream_);
   if (st != CUBLAS_STATUS_SUCCESS) {
@@ -609,33 +632,109 @@ Status CudaBackend::matmul(TensorView out, const TensorView& x, const TensorView
     return fmt::format("matmul{} m{} n{} k{}", gemv ? "" : "(lt)", rows_bucket(x.shape.rows()), w.shape.rows(),
                        w.shape.cols());
   });
-  constexpr std::string_view kOp = "matmul";
+  return matmul_impl("matmul", out, x, w, bias, /*accumulate=*/false);
+}
+
+Status CudaBackend::matmul_impl(std::string_view op, TensorView out, const TensorView& x, const TensorView& w,
+                                const TensorView& bias, bool accumulate) {
   RETURN_IF_ERROR(sticky_);
-  RETURN_IF_ERROR(expect_act(kOp, "x", x, 2));
-  RETURN_IF_ERROR(expect_storage(kOp, "w", w, 2));
-  RETURN_IF_ERROR(expect_act(kOp, "out", out, 2));
+  RETURN_IF_ERROR(check_matmul(op, out, x, w, bias));
+  if (accumulate && (out.dtype != x.dtype || !bias.empty())) {
+    return InvalidArgument("{}: out {} must be in x's dtype (x {}), without a bias", op, describe(out), describe(x));
+  }
   const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
-  if (w.dim(1) != k || out.dim(0) != m || out.dim(1) != n) {
-    return InvalidArgument("matmul: x {}, w {} and out {} do not fit out [M, N] = x [M, K] @ w [N, K]^T", describe(x),
-                           describe(w), describe(out));
-  }
-  if (out.dtype != x.dtype && out.dtype != DType::kF32) {
-    return InvalidArgument("matmul: out {} must be in x's dtype or f32 (x {})", describe(out), describe(x));
-  }
-  if (!bias.empty()) {
-    RETURN_IF_ERROR(expect_storage(kOp, "bias", bias, 1));
-    if (bias.dim(0) != n) return InvalidArgument("matmul: bias {} must be [{}]", describe(bias), n);
-  }
-  if (overlaps(out, x) || overlaps(out, w)) return InvalidArgument("matmul: out must not overlap x or w");
   if (m == 0 || n == 0) return OkStatus();
   if (m > kGemvMaxM && k > 0 && !force_gemv_) {
     bool done = false;
-    RETURN_IF_ERROR(matmul_lt(out, x, w, bias, &done));
+    RETURN_IF_ERROR(matmul_lt(out, x, w, bias, accumulate, &done));
     if (done) return OkStatus();
   }
   return check_launch(cuda::launch_gemv(out.data, elem(out.dtype), x.data, elem(x.dtype), w.data, elem(w.dtype),
-                                        bias.empty() ? nullptr : bias.data, elem(bias.dtype), m, n, k, stream_),
+                                        bias.empty() ? nullptr : bias.data, elem(bias.dtype), m, n, k, accumulate,
+                                        stream_),
                       "matmul (gemv)");
+}
+
+// --- Fused decoder steps: at batch 1 in bf16 the norm runs as its own kernel and the
+// projection's single-row GEMV (cuda_gemv_rows.cu) ends with the next op (RoPE and the KV
+// write, or SiLU-and-multiply); otherwise Backend's composition of the separate ops.
+// (Folding the norm into the GEMV, every warp scaling x by the norm weight as it streams,
+// made the 7B gate/up projection 100 us instead of 65 on an H200: that kernel is
+// instruction-bound at its margin, so the norm stays a kernel of its own.)
+
+namespace {
+
+// BW_CUDA_FUSE=0 in the environment runs the separate ops instead (for A/B runs).
+bool fusion_enabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("BW_CUDA_FUSE");
+    return env == nullptr || std::string_view(env) != "0";
+  }();
+  return enabled;
+}
+
+bool fusable(const NormedInput& in) { return fusion_enabled() && in.x.rank() == 2 && in.x.dim(0) == 1; }
+
+// The projection of the normed input (in.scratch) by w.
+cuda::GemvRowsArgs rows_args(const TensorView& out, const NormedInput& in, const TensorView& w, const TensorView& bias,
+                             cuda::RowsEpilogue epilogue) {
+  cuda::GemvRowsArgs g;
+  g.out = out.data, g.out_type = elem(out.dtype);
+  g.x = in.scratch.data, g.act_type = elem(in.scratch.dtype);
+  g.w = w.data, g.w_type = elem(w.dtype);
+  g.bias = bias.empty() ? nullptr : bias.data, g.bias_type = elem(bias.dtype);
+  g.n = w.dim(0), g.k = w.dim(1);
+  g.epilogue = epilogue;
+  return g;
+}
+
+}  // namespace
+
+Status CudaBackend::norm_qkv_rope_write_kv(TensorView qkv, const NormedInput& in, const TensorView& w,
+                                          const TensorView& bias, const AttentionParams& attn, const RopeParams& rope,
+                                          const AttentionMetadata& meta, const KvCacheLayer& cache) {
+  static constexpr const char* kOp = "norm_qkv_rope_write_kv";
+  if (fusable(in)) {
+    RETURN_IF_ERROR(sticky_);
+    RETURN_IF_ERROR(check_matmul(kOp, qkv, in.scratch, w, bias));
+    cuda::GemvRowsArgs g = rows_args(qkv, in, w, bias, cuda::RowsEpilogue::kRopeWriteKv);
+    RETURN_IF_ERROR(rope_args(kOp, qkv, attn, rope, meta, cache, &g.rope));
+    if (cuda::gemv_rows_applies(g, 1, num_sms_)) {
+      RETURN_IF_ERROR(rms_norm(in.scratch, in.x, in.norm_weight, in.eps));
+      ProfiledOp prof(this, [] { return std::string("matmul_rope_write_kv m1 (fused)"); });
+      return check_launch(cuda::launch_gemv_rows(g, num_sms_, stream_), kOp);
+    }
+  }
+  return Backend::norm_qkv_rope_write_kv(qkv, in, w, bias, attn, rope, meta, cache);
+}
+
+Status CudaBackend::norm_gate_up_silu_mul(TensorView out, TensorView gate_up, const NormedInput& in,
+                                         const TensorView& w) {
+  static constexpr const char* kOp = "norm_gate_up_silu_mul";
+  if (fusable(in)) {
+    RETURN_IF_ERROR(sticky_);
+    RETURN_IF_ERROR(check_matmul(kOp, gate_up, in.scratch, w, TensorView()));
+    RETURN_IF_ERROR(expect_act(kOp, "out", out, 2));
+    if (out.dim(0) != 1 || 2 * out.dim(1) != w.dim(0) || out.dtype != in.scratch.dtype) {
+      return InvalidArgument("{}: out {} must be [1, {}] in x's dtype (x {})", kOp, describe(out), w.dim(0) / 2,
+                             describe(in.scratch));
+    }
+    if (overlaps(out, in.scratch) || overlaps(out, w)) return InvalidArgument("{}: out must not overlap x or w", kOp);
+    const cuda::GemvRowsArgs g = rows_args(out, in, w, TensorView(), cuda::RowsEpilogue::kSiluMul);
+    if (cuda::gemv_rows_applies(g, 1, num_sms_)) {
+      RETURN_IF_ERROR(rms_norm(in.scratch, in.x, in.norm_weight, in.eps));
+      ProfiledOp prof(this, [] { return std::string("matmul_silu_mul m1 (fused)"); });
+      return check_launch(cuda::launch_gemv_rows(g, num_sms_, stream_), kOp);
+    }
+  }
+  return Backend::norm_gate_up_silu_mul(out, gate_up, in, w);
+}
+
+Status CudaBackend::matmul_add(TensorView residual, TensorView /*scratch*/, const TensorView& x, const TensorView& w) {
+  ProfiledOp prof(this, [&] {
+    return fmt::format("matmul_add m{} n{} k{}", rows_bucket(x.shape.rows()), w.shape.rows(), w.shape.cols());
+  });
+  return matmul_impl("matmul_add", residual, x, w, TensorView(), /*accumulate=*/true);
 }
 
 Status CudaBackend::rms_norm(TensorView out, const TensorView& x, const TensorView& weight, float eps) {
@@ -693,13 +792,20 @@ Status CudaBackend::silu_mul(TensorView out, const TensorView& gate_up) {
 Status CudaBackend::rope_write_kv(TensorView qkv, const AttentionParams& attn, const RopeParams& rope,
                                   const AttentionMetadata& meta, const KvCacheLayer& cache) {
   ProfiledOp prof(this, [&] { return fmt::format("rope_write_kv m{}", rows_bucket(qkv.shape.rows())); });
-  constexpr std::string_view kOp = "rope_write_kv";
   RETURN_IF_ERROR(sticky_);
+  cuda::RopeKvArgs a;
+  RETURN_IF_ERROR(rope_args("rope_write_kv", qkv, attn, rope, meta, cache, &a));
+  return check_launch(cuda::launch_rope_write_kv(a, stream_), "rope_write_kv");
+}
+
+Status CudaBackend::rope_args(std::string_view op, const TensorView& qkv, const AttentionParams& attn,
+                              const RopeParams& rope, const AttentionMetadata& meta, const KvCacheLayer& cache,
+                              cuda::RopeKvArgs* args) {
   AttnDims d;
-  RETURN_IF_ERROR(check_attention(kOp, qkv, attn, cache, &d));
-  RETURN_IF_ERROR(check_rope_params(kOp, rope, attn.head_dim));
-  RETURN_IF_ERROR(expect_i32(kOp, "meta.positions", meta.positions, d.num_tokens));
-  RETURN_IF_ERROR(expect_i32(kOp, "meta.slot_mapping", meta.slot_mapping, d.num_tokens));
+  RETURN_IF_ERROR(check_attention(op, qkv, attn, cache, &d));
+  RETURN_IF_ERROR(check_rope_params(op, rope, attn.head_dim));
+  RETURN_IF_ERROR(expect_i32(op, "meta.positions", meta.positions, d.num_tokens));
+  RETURN_IF_ERROR(expect_i32(op, "meta.slot_mapping", meta.slot_mapping, d.num_tokens));
   if (d.num_tokens == 0) return OkStatus();
 
   std::vector<float> inv_freq = rope_inv_freq(rope);
@@ -712,7 +818,7 @@ Status CudaBackend::rope_write_kv(TensorView qkv, const AttentionParams& attn, c
     // the vector anyway (it is the cache key).
     inv_freq_host_ = std::move(inv_freq);
   }
-  cuda::RopeKvArgs a;
+  cuda::RopeKvArgs& a = *args;
   a.qkv = qkv.data;
   a.act_type = elem(qkv.dtype);
   a.num_tokens = d.num_tokens;
@@ -728,7 +834,7 @@ Status CudaBackend::rope_write_kv(TensorView qkv, const AttentionParams& attn, c
   a.cache_type = elem(cache.k.dtype);
   a.num_slots = d.num_blocks * d.block_size;
   a.error_flag = error_flag_;
-  return check_launch(cuda::launch_rope_write_kv(a, stream_), "rope_write_kv");
+  return OkStatus();
 }
 
 Status CudaBackend::paged_attention(TensorView out, const TensorView& qkv, const AttentionParams& attn,

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "backend/backend.h"
@@ -38,6 +39,10 @@ struct CUstream_st;
 struct cublasLtContext;
 
 namespace bw {
+
+namespace cuda {
+struct RopeKvArgs;
+}
 
 struct CudaBackendOptions {
   int device = 0;
@@ -84,6 +89,15 @@ class CudaBackend final : public Backend {
                          const AttentionMetadata& meta, const KvCacheLayer& cache) override;
   Status silu_mul(TensorView out, const TensorView& gate_up) override;
 
+  // Fused decoder steps (cuda_backend_fused.cc): one single-row GEMV kernel each at batch
+  // 1 with bf16 weights; otherwise the separate ops (matmul_add: cuBLASLt or the GEMV
+  // accumulating into the residual, no scratch).
+  Status norm_qkv_rope_write_kv(TensorView qkv, const NormedInput& in, const TensorView& w, const TensorView& bias,
+                                const AttentionParams& attn, const RopeParams& rope, const AttentionMetadata& meta,
+                                const KvCacheLayer& cache) override;
+  Status norm_gate_up_silu_mul(TensorView out, TensorView gate_up, const NormedInput& in, const TensorView& w) override;
+  Status matmul_add(TensorView residual, TensorView scratch, const TensorView& x, const TensorView& w) override;
+
   // Device sampling (cuda_backend_sample.cc, kernel in cuda_sampling.cu): one upload of
   // the rows and the penalty history through pinned memory, one kernel, one download of
   // the ids.
@@ -107,7 +121,14 @@ class CudaBackend final : public Backend {
   Status fail(int cuda_error, const char* what, const char* file, int line);
   Status check_launch(int cuda_error, const char* op);
   Status take_kernel_error();
-  Status matmul_lt(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias, bool* done);
+  // matmul's checks and dispatch; accumulate: out += x @ w^T (out in x's dtype, no bias).
+  Status matmul_impl(std::string_view op, TensorView out, const TensorView& x, const TensorView& w,
+                     const TensorView& bias, bool accumulate);
+  Status matmul_lt(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias, bool accumulate,
+                   bool* done);
+  // rope_write_kv's checks and kernel arguments (uploads the frequencies when they change).
+  Status rope_args(std::string_view op, const TensorView& qkv, const AttentionParams& attn, const RopeParams& rope,
+                   const AttentionMetadata& meta, const KvCacheLayer& cache, cuda::RopeKvArgs* args);
   Status ensure_scratch(void** buf, size_t* capacity, size_t bytes);
   Status not_while_capturing(const char* what) const;
   // kind: a cudaMemcpyKind.

@@ -38,6 +38,12 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return r;
 }
 
+// accumulate: out += s, rounded as a separate add of the stored product would be.
+template <typename O>
+__device__ __forceinline__ void store_out(O* out, float s, bool accumulate) {
+  *out = accumulate ? from_float<O>(to_float(*out) + to_float(from_float<O>(s))) : from_float<O>(s);
+}
+
 // R rows of w per warp (the x chunks loaded once serve all R; R = 1 at M = 1, where x
 // costs one load per w load anyway) and U chunks of each row in flight per lane before
 // any is used (fewer when accumulators need the registers): chosen in launch_typed.
@@ -51,7 +57,7 @@ constexpr int min_ctas() {
 template <typename A, typename W, typename O, int MT, int R, int U>
 __global__ void __launch_bounds__(kThreads, min_ctas<MT>())
     gemv_kernel(O* __restrict__ out, const A* __restrict__ x, const W* __restrict__ w, const void* bias,
-                ElemType bias_type, int64_t m, int64_t n, int64_t k, int split, bool vec) {
+                ElemType bias_type, int64_t m, int64_t n, int64_t k, int split, bool vec, bool accumulate) {
   {  // this CTA's rows of w, before waiting for x (weights are never written by a kernel)
     const int64_t first = static_cast<int64_t>(blockIdx.x) * (kWarps / split * R);
     if (blockIdx.y == 0 && first < n) {
@@ -150,7 +156,7 @@ __global__ void __launch_bounds__(kThreads, min_ctas<MT>())
       for (int q = 0; q < split; ++q)
         s += partial[g * split + q][r][i];
       if (bias != nullptr) s += load_any(bias, orow, bias_type);
-      out[(m0 + i) * n + orow] = from_float<O>(s);
+      store_out(out + (m0 + i) * n + orow, s, accumulate);
     }
   }
 }
@@ -182,7 +188,7 @@ __device__ __forceinline__ void mma_bf16(float* d, uint32_t a0, uint32_t a1, uin
 template <typename O, bool kM16, int U>
 __global__ void __launch_bounds__(kThreads, 3)
     gemv_mma_kernel(O* __restrict__ out, const __nv_bfloat16* __restrict__ x, const __nv_bfloat16* __restrict__ w,
-                    const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, int split) {
+                    const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, int split, bool accumulate) {
   {  // this CTA's rows of w, before waiting for x (weights are never written by a kernel)
     const int64_t first = static_cast<int64_t>(blockIdx.x) * (kWarps / split * 8);
     if (blockIdx.y == 0 && first < n) {
@@ -245,7 +251,7 @@ __global__ void __launch_bounds__(kThreads, 3)
       for (int p = 0; p < split; ++p)
         s += partial[warp + p][lane][j];
       if (bias != nullptr) s += load_any(bias, row, bias_type);
-      out[(m0 + mi) * n + row] = from_float<O>(s);
+      store_out(out + (m0 + mi) * n + row, s, accumulate);
     }
   }
 }
@@ -291,7 +297,7 @@ int choose_split_mma(int64_t groups, int64_t tiles, int unroll) {
 
 template <typename A, typename W, typename O>
 void launch_typed(O* out, const A* x, const W* w, const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k,
-                  cudaStream_t stream) {
+                  bool accumulate, cudaStream_t stream) {
   constexpr int E = WChunk<W>::kElems;
   constexpr int64_t x_align = E * sizeof(A) < 16 ? E * sizeof(A) : 16;
   const bool vec =
@@ -306,10 +312,10 @@ void launch_typed(O* out, const A* x, const W* w, const void* bias, ElemType bia
       const dim3 grid(static_cast<unsigned>((n + rows_per_cta - 1) / rows_per_cta), passes);
       if (m > 8) {
         launch_kernel(gemv_mma_kernel<O, true, U>, grid, kThreads, 0, stream, out, x, w, bias, bias_type, m, n, k,
-                      split);
+                      split, accumulate);
       } else {
         launch_kernel(gemv_mma_kernel<O, false, U>, grid, kThreads, 0, stream, out, x, w, bias, bias_type, m, n, k,
-                      split);
+                      split, accumulate);
       }
       return;
     }
@@ -324,7 +330,7 @@ void launch_typed(O* out, const A* x, const W* w, const void* bias, ElemType bia
     const int rows_per_cta = kWarps / split * R;
     const dim3 grid(static_cast<unsigned>((n + rows_per_cta - 1) / rows_per_cta), passes);
     launch_kernel(gemv_kernel<A, W, O, MT, R, U>, grid, kThreads, 0, stream, out, x, w, bias, bias_type, m, n, k, split,
-                  vec);
+                  vec, accumulate);
   };
   using std::integral_constant;
   using I1 = integral_constant<int, 1>;
@@ -347,22 +353,28 @@ void launch_typed(O* out, const A* x, const W* w, const void* bias, ElemType bia
 
 }  // namespace
 
+int gemv_sm_count() { return sm_count(); }
+
 cudaError_t launch_gemv(void* out, ElemType out_type, const void* x, ElemType act_type, const void* w, ElemType w_type,
-                        const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, cudaStream_t stream) {
+                        const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, bool accumulate,
+                        cudaStream_t stream) {
   if (m == 0 || n == 0) return cudaSuccess;
   const int sms = sm_count();
-  if (gemv_rows_applies(w_type, x, w, m, n, k, sms))
-    return launch_gemv_rows(out, out_type, x, act_type, w, w_type, bias, bias_type, n, k, sms, stream);
+  GemvRowsArgs rows;
+  rows.out = out, rows.out_type = out_type, rows.x = x, rows.act_type = act_type, rows.w = w, rows.w_type = w_type;
+  rows.bias = bias, rows.bias_type = bias_type, rows.n = n, rows.k = k;
+  rows.epilogue = accumulate ? RowsEpilogue::kAccumulate : RowsEpilogue::kStore;
+  if (gemv_rows_applies(rows, m, sms)) return launch_gemv_rows(rows, sms, stream);
   dispatch_act(act_type, [&](auto atag) {
     using A = decltype(atag);
     dispatch_elem(w_type, [&](auto wtag) {
       using W = decltype(wtag);
       if (std::is_same_v<A, float> || out_type != ElemType::kF32) {
         launch_typed<A, W, A>(static_cast<A*>(out), static_cast<const A*>(x), static_cast<const W*>(w), bias, bias_type,
-                              m, n, k, stream);
+                              m, n, k, accumulate, stream);
       } else {  // bf16 activations, f32 output (logits)
         launch_typed<A, W, float>(static_cast<float*>(out), static_cast<const A*>(x), static_cast<const W*>(w), bias,
-                                  bias_type, m, n, k, stream);
+                                  bias_type, m, n, k, accumulate, stream);
       }
     });
   });

@@ -135,17 +135,50 @@ constexpr int kPrefillAttentionMinQueryLen = 16;
 // --- cuda_gemv.cu (the GEMV / fallback kernel; cuBLASLt is driven from cuda_backend.cc)
 // out[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]) for any M (loops over M in groups of 16);
 // reads w once per group, so it is bandwidth-bound for M <= 16.
-// out is in act_type, or f32 (logits of bf16 activations).
+// out is in act_type, or f32 (logits of bf16 activations). accumulate: out += the product
+// instead (out in act_type), rounded as a separate add would round.
 cudaError_t launch_gemv(void* out, ElemType out_type, const void* x, ElemType act_type, const void* w, ElemType w_type,
-                        const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, cudaStream_t stream);
+                        const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, bool accumulate,
+                        cudaStream_t stream);
+// The current device's SM count (cached).
+int gemv_sm_count();
 
-// --- cuda_gemv_rows.cu (launch_gemv's path for M = 1 with bf16/f16 weights) -----------
+// --- cuda_gemv_rows.cu (M = 1 with bf16/f16 weights: launch_gemv's path, and the fused
+// projections of a batch-1 decode step) ------------------------------------------------
+// What the single-row kernel does with each output row.
+enum class RowsEpilogue : int {
+  kStore,        // out[N] = x @ w^T (+ bias)
+  kAccumulate,   // out[N] += x @ w^T (out in the activation type; the residual stream)
+  kSiluMul,      // out[F] = silu(gate) * up, w = [gate (F rows) | up (F rows)]
+  kRopeWriteKv,  // out = the QKV row (+ bias) with q and k rotated; k and v also go to the
+                 // cache slot of the one token (rope: as launch_rope_write_kv; qkv unused)
+};
+struct GemvRowsArgs {
+  void* out = nullptr;
+  ElemType out_type = ElemType::kF32;
+  const void* x = nullptr;  // [1, K]
+  ElemType act_type = ElemType::kF32;
+  const void* w = nullptr;  // [N, K]
+  ElemType w_type = ElemType::kBF16;
+  const void* bias = nullptr;  // [N] or null
+  ElemType bias_type = ElemType::kF32;
+  int64_t n = 0;
+  int64_t k = 0;
+  RowsEpilogue epilogue = RowsEpilogue::kStore;
+  RopeKvArgs rope;
+  // Set by launch_gemv_rows: the owners (warps, or warp pairs) of the output units.
+  int64_t units_per_owner = 0;
+  int64_t owners = 0;
+};
 // Whether the single-row kernel takes this call: M = 1, 2-byte weights, K % 8 == 0,
-// 16-byte aligned x and w, and BW_GEMV_ROWS is not "0" in the environment.
-bool gemv_rows_applies(ElemType w_type, const void* x, const void* w, int64_t m, int64_t n, int64_t k, int num_sms);
-cudaError_t launch_gemv_rows(void* out, ElemType out_type, const void* x, ElemType act_type, const void* w,
-                             ElemType w_type, const void* bias, ElemType bias_type, int64_t n, int64_t k, int num_sms,
-                             cudaStream_t stream);
+// 16-byte aligned x and w, BW_GEMV_ROWS is not "0" in the environment, and for kStore /
+// kAccumulate at least 16 rows per SM (launch_gemv's multi-row kernel does smaller N); the
+// fused kinds need bf16 throughout and (RoPE) rotary_dim == head_dim and a bf16 cache.
+bool gemv_rows_applies(const GemvRowsArgs& args, int64_t m, int num_sms);
+cudaError_t launch_gemv_rows(const GemvRowsArgs& args, int num_sms, cudaStream_t stream);
+// Launches of the fused kinds (kSiluMul, kRopeWriteKv) so far, process-wide (tests check
+// the dispatch with it).
+int64_t gemv_rows_fused_launches();
 
 // out[r, :] += bias (rows x n, out in out_type, bias in bias_type).
 cudaError_t launch_add_bias(void* out, ElemType out_type, const void* bias, ElemType bias_type, int64_t rows, int64_t n,

@@ -120,23 +120,19 @@ Status DenseDecoder::forward(const ForwardInput& input, std::span<const KvCacheL
   RETURN_IF_ERROR(backend_.embedding(residual, weights_.embed, input.token_ids));
   for (size_t l = 0; l < weights_.layers.size(); ++l) {
     const DenseDecoderLayer& w = weights_.layers[l];
-    if (l == 0) {
-      RETURN_IF_ERROR(backend_.rms_norm(hidden, residual, w.attn_norm, eps));
-    } else {
-      // residual += previous layer's MLP output; hidden = norm(residual).
-      RETURN_IF_ERROR(backend_.add_rms_norm(hidden, residual, proj_out, w.attn_norm, eps));
-    }
-    RETURN_IF_ERROR(backend_.matmul(qkv, hidden, w.qkv, w.qkv_bias));
-    RETURN_IF_ERROR(backend_.rope_write_kv(qkv, attention_, rope_, input.attention, kv_cache[l]));
+    // The residual stream is updated in place by the output projections (matmul_add); each
+    // projection that follows a norm takes the norm as its input (hidden is scratch).
+    const NormedInput attn_in{residual, w.attn_norm, eps, hidden};
+    RETURN_IF_ERROR(backend_.norm_qkv_rope_write_kv(qkv, attn_in, w.qkv, w.qkv_bias, attention_, rope_,
+                                                    input.attention, kv_cache[l]));
     RETURN_IF_ERROR(backend_.paged_attention(attn_out, qkv, attention_, input.attention, kv_cache[l]));
-    RETURN_IF_ERROR(backend_.matmul(proj_out, attn_out, w.o_proj, TensorView()));
-    RETURN_IF_ERROR(backend_.add_rms_norm(hidden, residual, proj_out, w.ffn_norm, eps));
-    RETURN_IF_ERROR(backend_.matmul(gate_up, hidden, w.gate_up, TensorView()));
-    RETURN_IF_ERROR(backend_.silu_mul(mlp_act, gate_up));
-    RETURN_IF_ERROR(backend_.matmul(proj_out, mlp_act, w.down, TensorView()));
+    RETURN_IF_ERROR(backend_.matmul_add(residual, proj_out, attn_out, w.o_proj));
+    const NormedInput ffn_in{residual, w.ffn_norm, eps, hidden};
+    RETURN_IF_ERROR(backend_.norm_gate_up_silu_mul(mlp_act, gate_up, ffn_in, w.gate_up));
+    RETURN_IF_ERROR(backend_.matmul_add(residual, proj_out, mlp_act, w.down));
   }
   if (N == 0) return OkStatus();  // a step of prefill chunks that sample nothing
-  RETURN_IF_ERROR(backend_.add_rms_norm(hidden, residual, proj_out, weights_.final_norm, eps));
+  RETURN_IF_ERROR(backend_.rms_norm(hidden, residual, weights_.final_norm, eps));
   // Only the requested rows reach the (large) LM head.
   RETURN_IF_ERROR(backend_.embedding(last, hidden, input.logits_indices));
   RETURN_IF_ERROR(backend_.matmul(logits, last, weights_.lm_head, TensorView()));
