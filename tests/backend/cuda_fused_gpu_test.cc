@@ -59,9 +59,9 @@ TEST_F(CudaFusedTest, NormQkvRopeWriteKvMatchesTheCpu) {
     for (DType act : {DType::kBF16, DType::kF32}) {
       for (int tokens : {1, 2}) {
         for (bool skip_write : {false, true}) {
-          SCOPED_TRACE(::testing::Message() << "hq " << c.hq << " hkv " << c.hkv << " d " << c.d << " k " << c.k
-                                            << " act " << test::dtype_str(act) << " tokens " << tokens
-                                            << (skip_write ? " slot -1" : ""));
+          SCOPED_TRACE(::testing::Message()
+                       << "hq " << c.hq << " hkv " << c.hkv << " d " << c.d << " k " << c.k << " act "
+                       << test::dtype_str(act) << " tokens " << tokens << (skip_write ? " slot -1" : ""));
           std::vector<test::SeqSpec> specs(static_cast<size_t>(tokens), test::SeqSpec{1, 3037});
           test::AttentionBatch b(specs, 16, seed++);
           if (skip_write) b.slot_mapping[0] = -1;
@@ -94,8 +94,7 @@ TEST_F(CudaFusedTest, NormQkvRopeWriteKvMatchesTheCpu) {
           KvCacheLayer cc{kc.view(cs), vc.view(cs)};
           const NormedInput cin{test::f32_view(xc, {T, K}), test::f32_view(gcw, {K}), 1e-6f,
                                 test::f32_view(hidden, {T, K})};
-          ASSERT_TRUE(cpu_.norm_qkv_rope_write_kv(test::f32_view(want, {T, width}), cin,
-                                                  test::f32_view(wc, {width, K}),
+          ASSERT_TRUE(cpu_.norm_qkv_rope_write_kv(test::f32_view(want, {T, width}), cin, test::f32_view(wc, {width, K}),
                                                   c.bias ? test::f32_view(bc, {width}) : TensorView(), p, rope,
                                                   b.host_meta(), cc)
                           .ok());
@@ -125,8 +124,7 @@ TEST_F(CudaFusedTest, NormGateUpSiluMulMatchesTheCpu) {
   for (auto [f, k] : {std::pair<int64_t, int64_t>{8, 64}, {300, 1000}, {2240, 1536}}) {
     for (DType act : {DType::kBF16, DType::kF32}) {
       for (int64_t T : {1, 3}) {
-        SCOPED_TRACE(::testing::Message() << "f " << f << " k " << k << " act " << test::dtype_str(act) << " T "
-                                          << T);
+        SCOPED_TRACE(::testing::Message() << "f " << f << " k " << k << " act " << test::dtype_str(act) << " T " << T);
         const std::vector<float> x = values(static_cast<size_t>(T * k), seed++, act);
         const std::vector<float> g = values(static_cast<size_t>(k), seed++, act, 1.0f);
         const Stored w(values(static_cast<size_t>(2 * f * k), seed++, DType::kBF16), act);

@@ -649,10 +649,10 @@ Status CudaBackend::matmul_impl(std::string_view op, TensorView out, const Tenso
     RETURN_IF_ERROR(matmul_lt(out, x, w, bias, accumulate, &done));
     if (done) return OkStatus();
   }
-  return check_launch(cuda::launch_gemv(out.data, elem(out.dtype), x.data, elem(x.dtype), w.data, elem(w.dtype),
-                                        bias.empty() ? nullptr : bias.data, elem(bias.dtype), m, n, k, accumulate,
-                                        stream_),
-                      "matmul (gemv)");
+  return check_launch(
+      cuda::launch_gemv(out.data, elem(out.dtype), x.data, elem(x.dtype), w.data, elem(w.dtype),
+                        bias.empty() ? nullptr : bias.data, elem(bias.dtype), m, n, k, accumulate, stream_),
+      "matmul (gemv)");
 }
 
 // --- Fused decoder steps: at batch 1 in bf16 the norm runs as its own kernel and the
@@ -691,8 +691,8 @@ cuda::GemvRowsArgs rows_args(const TensorView& out, const NormedInput& in, const
 }  // namespace
 
 Status CudaBackend::norm_qkv_rope_write_kv(TensorView qkv, const NormedInput& in, const TensorView& w,
-                                          const TensorView& bias, const AttentionParams& attn, const RopeParams& rope,
-                                          const AttentionMetadata& meta, const KvCacheLayer& cache) {
+                                           const TensorView& bias, const AttentionParams& attn, const RopeParams& rope,
+                                           const AttentionMetadata& meta, const KvCacheLayer& cache) {
   static constexpr const char* kOp = "norm_qkv_rope_write_kv";
   if (fusable(in)) {
     RETURN_IF_ERROR(sticky_);
@@ -709,7 +709,7 @@ Status CudaBackend::norm_qkv_rope_write_kv(TensorView qkv, const NormedInput& in
 }
 
 Status CudaBackend::norm_gate_up_silu_mul(TensorView out, TensorView gate_up, const NormedInput& in,
-                                         const TensorView& w) {
+                                          const TensorView& w) {
   static constexpr const char* kOp = "norm_gate_up_silu_mul";
   if (fusable(in)) {
     RETURN_IF_ERROR(sticky_);

@@ -191,7 +191,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) gemv_rows_kernel(GemvRowsA
   int64_t unit = owner;
   int r = 0, step = 0, parity = 0;
   float acc = 0.0f, first = 0.0f;
-  const bool finisher = lane == 0 && side == 0;  // the lane that runs the epilogue
+  const bool finisher = lane == 0 && side == 0;               // the lane that runs the epilogue
   __shared__ float partner_sum[kPaired ? kWarps / 2 : 1][2];  // paired: side 1's row sums
   const A* xp = x + lane * 8;
   auto consume = [&](const uint4& chunk, int64_t p) {

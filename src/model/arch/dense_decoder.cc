@@ -123,8 +123,8 @@ Status DenseDecoder::forward(const ForwardInput& input, std::span<const KvCacheL
     // The residual stream is updated in place by the output projections (matmul_add); each
     // projection that follows a norm takes the norm as its input (hidden is scratch).
     const NormedInput attn_in{residual, w.attn_norm, eps, hidden};
-    RETURN_IF_ERROR(backend_.norm_qkv_rope_write_kv(qkv, attn_in, w.qkv, w.qkv_bias, attention_, rope_,
-                                                    input.attention, kv_cache[l]));
+    RETURN_IF_ERROR(backend_.norm_qkv_rope_write_kv(qkv, attn_in, w.qkv, w.qkv_bias, attention_, rope_, input.attention,
+                                                    kv_cache[l]));
     RETURN_IF_ERROR(backend_.paged_attention(attn_out, qkv, attention_, input.attention, kv_cache[l]));
     RETURN_IF_ERROR(backend_.matmul_add(residual, proj_out, attn_out, w.o_proj));
     const NormedInput ffn_in{residual, w.ffn_norm, eps, hidden};
