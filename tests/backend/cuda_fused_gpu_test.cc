@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -38,8 +39,15 @@ class CudaFusedTest : public test::CudaOpTest {
       m = std::max(m, static_cast<double>(std::abs(x)));
     return m;
   }
-  // The fused kernel runs for one bf16 token; everything else is the composed fallback.
-  static bool fused(DType act, int64_t tokens) { return act == DType::kBF16 && tokens == 1; }
+  // The fused kernel runs for one bf16 token unless the environment turns it off (the A/B
+  // switches); everything else is the composed fallback.
+  static bool fused(DType act, int64_t tokens) {
+    const auto off = [](const char* name) {
+      const char* v = std::getenv(name);
+      return v != nullptr && std::string(v) == "0";
+    };
+    return act == DType::kBF16 && tokens == 1 && !off("BW_CUDA_FUSE") && !off("BW_GEMV_ROWS");
+  }
   // Tolerance of bf16 outputs: a few roundings of values of the output's scale.
   static double atol(DType act, const std::vector<float>& want) {
     return (act == DType::kF32 ? 1e-5 : 0x1p-7) * std::max(1.0, max_abs(want));
