@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/cuda_step_timing.h"
 #include "backend/rope.h"
 
 namespace bw {
@@ -316,9 +317,12 @@ std::string rows_bucket(int64_t m) {
 CudaBackend::CudaBackend(const CudaBackendOptions& options) : options_(options) {
   const char* env = std::getenv("BW_CUDA_PROFILE");
   if (env != nullptr && std::string(env) == "1") profile_ = std::make_unique<Profile>();
+  const char* timing = std::getenv("BW_CUDA_STEP_TIMING");
+  if (timing != nullptr && std::string(timing) == "1") step_timing_ = std::make_unique<CudaStepTiming>();
 }
 
 CudaBackend::~CudaBackend() {
+  step_timing_.reset();  // prints; its events go before the stream
   if (profile_ != nullptr) {
     if (stream_ != nullptr) cudaStreamSynchronize(stream_);
     profile_->resolve();
@@ -507,6 +511,7 @@ class CudaBackend::Graph final : public CapturedGraph {
     if (backend_->scratch_epoch_ != epoch_) {
       return FailedPrecondition("cuda: the graph's scratch memory was reallocated since its capture");
     }
+    if (backend_->step_timing_ != nullptr) backend_->step_timing_->on_replay(backend_->stream_);
     return backend_->check_launch(static_cast<int>(cudaGraphLaunch(exec_, backend_->stream_)), "cudaGraphLaunch");
   }
 

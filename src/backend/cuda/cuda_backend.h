@@ -43,6 +43,7 @@ namespace bw {
 namespace cuda {
 struct RopeKvArgs;
 }
+class CudaStepTiming;
 
 struct CudaBackendOptions {
   int device = 0;
@@ -151,6 +152,8 @@ class CudaBackend final : public Backend {
   // Set when the environment has BW_CUDA_PROFILE=1: every op is bracketed by stream
   // syncs and timed; the per-op totals go to stderr when the backend is destroyed.
   std::unique_ptr<Profile> profile_;
+  // BW_CUDA_STEP_TIMING=1: the GPU's idle time between decode steps (cuda_step_timing.h).
+  std::unique_ptr<CudaStepTiming> step_timing_;
   // rope_write_kv: the inverse frequencies last uploaded.
   std::vector<float> inv_freq_host_;
   void* inv_freq_dev_ = nullptr;

@@ -13,6 +13,7 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/cuda_step_timing.h"
 
 namespace bw {
 
@@ -191,7 +192,9 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
   const cudaError_t down =
       cudaMemcpyAsync(host + upload_bytes, dev_out, num_rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_);
   if (down != cudaSuccess) return fail(static_cast<int>(down), "cudaMemcpyAsync (sample ids)", __FILE__, __LINE__);
+  if (step_timing_ != nullptr) step_timing_->on_sample_enqueued(stream_);
   RETURN_IF_ERROR(synchronize());
+  if (step_timing_ != nullptr) step_timing_->on_sample_done();
   std::memcpy(tokens.data(), host + upload_bytes, num_rows * sizeof(int32_t));
   return OkStatus();
 }
