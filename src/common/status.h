@@ -96,11 +96,8 @@ Status Internal(fmt::format_string<Args...> f, Args&&... args) {
 template <typename T>
 class [[nodiscard]] Result {
  public:
-  Result(T value) : value_(std::move(value)) {}         // NOLINT(google-explicit-constructor)
-  Result(Status status) : status_(std::move(status)) {  // NOLINT(google-explicit-constructor)
-    assert(!status_.ok() && "Result constructed from an OK status without a value");
-    if (status_.ok()) status_ = Status(StatusCode::kInternal, "Result built from OK status");
-  }
+  Result(T value) : value_(std::move(value)) {}                  // NOLINT(google-explicit-constructor)
+  Result(Status status) : status_(not_ok(std::move(status))) {}  // NOLINT(google-explicit-constructor)
 
   bool ok() const { return value_.has_value(); }
   const Status& status() const { return status_; }
@@ -114,6 +111,14 @@ class [[nodiscard]] Result {
   const T& operator*() const& { return *value_; }
 
  private:
+  // An OK status has no value to go with it: a bug in the caller (asserted in debug builds),
+  // reported as Internal otherwise.
+  static Status not_ok(Status status) {
+    assert(!status.ok() && "Result constructed from an OK status without a value");
+    if (!status.ok()) return status;
+    return Status(StatusCode::kInternal, "Result built from OK status");
+  }
+
   std::optional<T> value_;
   Status status_;
 };
