@@ -224,8 +224,9 @@ class Backend {
 
   // --- Fused steps of a decoder layer -----------------------------------------------------
   // Each is one call so that a backend may fuse it (CUDA does at batch 1: the projection's
-  // kernel normalises its input and finishes its rows with the next op). The defaults run
-  // the separate ops above through the scratch tensors, which fused paths leave untouched.
+  // kernel finishes its rows with the next op, or adds them into the residual). The
+  // defaults run the separate ops above through the scratch tensors; a fused path may
+  // leave a scratch tensor unwritten, so callers must not read them afterwards.
 
   // qkv = rms_norm(in) @ w^T (+ bias), then rope_write_kv(qkv, attn, rope, meta, cache).
   virtual Status norm_qkv_rope_write_kv(TensorView qkv, const NormedInput& in, const TensorView& w,

@@ -90,9 +90,10 @@ class CudaBackend final : public Backend {
                          const AttentionMetadata& meta, const KvCacheLayer& cache) override;
   Status silu_mul(TensorView out, const TensorView& gate_up) override;
 
-  // Fused decoder steps (cuda_backend_fused.cc): one single-row GEMV kernel each at batch
-  // 1 with bf16 weights; otherwise the separate ops (matmul_add: cuBLASLt or the GEMV
-  // accumulating into the residual, no scratch).
+  // Fused decoder steps: at batch 1 in bf16, the norm kernel then one single-row GEMV
+  // (cuda_gemv_rows.cu) that ends with RoPE + the KV write or SiLU-and-multiply; otherwise
+  // the separate ops. matmul_add always accumulates into the residual (GEMV epilogue or
+  // cuBLASLt with beta = 1) and never touches its scratch.
   Status norm_qkv_rope_write_kv(TensorView qkv, const NormedInput& in, const TensorView& w, const TensorView& bias,
                                 const AttentionParams& attn, const RopeParams& rope, const AttentionMetadata& meta,
                                 const KvCacheLayer& cache) override;

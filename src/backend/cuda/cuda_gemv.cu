@@ -38,12 +38,6 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return r;
 }
 
-// accumulate: out += s, rounded as a separate add of the stored product would be.
-template <typename O>
-__device__ __forceinline__ void store_out(O* out, float s, bool accumulate) {
-  *out = accumulate ? from_float<O>(to_float(*out) + to_float(from_float<O>(s))) : from_float<O>(s);
-}
-
 // R rows of w per warp (the x chunks loaded once serve all R; R = 1 at M = 1, where x
 // costs one load per w load anyway) and U chunks of each row in flight per lane before
 // any is used (fewer when accumulators need the registers): chosen in launch_typed.
@@ -156,7 +150,7 @@ __global__ void __launch_bounds__(kThreads, min_ctas<MT>())
       for (int q = 0; q < split; ++q)
         s += partial[g * split + q][r][i];
       if (bias != nullptr) s += load_any(bias, orow, bias_type);
-      store_out(out + (m0 + i) * n + orow, s, accumulate);
+      store_product(out + (m0 + i) * n + orow, s, accumulate);
     }
   }
 }
@@ -251,7 +245,7 @@ __global__ void __launch_bounds__(kThreads, 3)
       for (int p = 0; p < split; ++p)
         s += partial[warp + p][lane][j];
       if (bias != nullptr) s += load_any(bias, row, bias_type);
-      store_out(out + (m0 + mi) * n + row, s, accumulate);
+      store_product(out + (m0 + mi) * n + row, s, accumulate);
     }
   }
 }
@@ -352,8 +346,6 @@ void launch_typed(O* out, const A* x, const W* w, const void* bias, ElemType bia
 }
 
 }  // namespace
-
-int gemv_sm_count() { return sm_count(); }
 
 cudaError_t launch_gemv(void* out, ElemType out_type, const void* x, ElemType act_type, const void* w, ElemType w_type,
                         const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, bool accumulate,

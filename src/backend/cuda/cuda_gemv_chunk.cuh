@@ -1,5 +1,5 @@
-// 16-byte chunks of a GEMV's weights (and activations) as floats, for the two GEMV
-// kernels (cuda_gemv.cu, cuda_gemv_rows.cu).
+// 16-byte chunks of a GEMV's weights (and activations) as floats, and the store of an
+// output, for the two GEMV kernels (cuda_gemv.cu, cuda_gemv_rows.cu).
 #pragma once
 
 #include "backend/cuda/cuda_common.cuh"
@@ -51,6 +51,13 @@ __device__ __forceinline__ void load_x(const __nv_bfloat16* p, float* o) {
     const uint2 v = __ldg(reinterpret_cast<const uint2*>(p));
     unpack_bf16x2(v.x, o), unpack_bf16x2(v.y, o + 2);
   }
+}
+
+// One GEMV output: *out = s, or with accumulate *out += s rounded as a separate add of the
+// stored product would round (the residual stream after an output projection).
+template <typename O>
+__device__ __forceinline__ void store_product(O* out, float s, bool accumulate) {
+  *out = accumulate ? from_float<O>(to_float(*out) + to_float(from_float<O>(s))) : from_float<O>(s);
 }
 
 }  // namespace bw::cuda

@@ -25,6 +25,12 @@
 //
 // Fewer rows than about 16 per SM stay on the multi-row kernel, which splits K across
 // warps: one row per warp is then a chain of round trips while most of the GPU idles.
+//
+// Fused epilogues (RowsEpilogue): what "owns" work is a unit of output, not a row. kStore
+// and kAccumulate have one row per unit; kSiluMul pairs a gate row with its up row (one
+// warp walks both); kRopeWriteKv pairs rotary dimension i of a head with i + D/2, the two
+// rows walked by a pair of warps of one CTA that meet at a named barrier. So "rows per
+// warp" above reads "units per owner" in the code (an owner: a warp or a warp pair).
 #include <atomic>
 #include <cstdlib>
 #include <string_view>
@@ -86,10 +92,10 @@ __device__ __noinline__ float2 rope_cos_sin(float angle) { return make_float2(co
 template <typename A, typename O, RowsEpilogue E>
 __device__ __forceinline__ void finish_unit(const GemvRowsArgs& a, int64_t u, float s0, float s1) {
   O* out = static_cast<O*>(a.out);
-  if constexpr (E == RowsEpilogue::kStore) {
-    out[u] = from_float<O>(a.bias != nullptr ? s0 + load_any(a.bias, u, a.bias_type) : s0);
-  } else if constexpr (E == RowsEpilogue::kAccumulate) {
-    out[u] = from_float<O>(to_float(out[u]) + to_float(from_float<O>(s0)));
+  if constexpr (E == RowsEpilogue::kStore || E == RowsEpilogue::kAccumulate) {
+    constexpr bool kAdd = E == RowsEpilogue::kAccumulate;  // (never with a bias)
+    if (!kAdd && a.bias != nullptr) s0 += load_any(a.bias, u, a.bias_type);
+    store_product(out + u, s0, kAdd);
   } else if constexpr (E == RowsEpilogue::kSiluMul) {
     const float g = to_float(from_float<A>(s0)), up = to_float(from_float<A>(s1));
     out[u] = from_float<O>(g / (1.0f + expf(-g)) * up);

@@ -140,8 +140,6 @@ constexpr int kPrefillAttentionMinQueryLen = 16;
 cudaError_t launch_gemv(void* out, ElemType out_type, const void* x, ElemType act_type, const void* w, ElemType w_type,
                         const void* bias, ElemType bias_type, int64_t m, int64_t n, int64_t k, bool accumulate,
                         cudaStream_t stream);
-// The current device's SM count (cached).
-int gemv_sm_count();
 
 // --- cuda_gemv_rows.cu (M = 1 with bf16/f16 weights: launch_gemv's path, and the fused
 // projections of a batch-1 decode step) ------------------------------------------------
