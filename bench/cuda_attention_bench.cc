@@ -151,9 +151,6 @@ void run_case(CudaBackend& gpu, const Case& c) {
   a.num_seqs = 1;
   a.table_width = num_blocks;
   a.max_kv_len = kv_len;
-  int device = 0, num_sms = 0;
-  cudaGetDevice(&device);
-  cudaDeviceGetAttribute(&num_sms, cudaDevAttrMultiProcessorCount, device);
   cudaStream_t stream = nullptr;
   cudaEvent_t e0 = nullptr, e1 = nullptr;
   if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess || cudaEventCreate(&e0) != cudaSuccess ||
@@ -162,10 +159,12 @@ void run_case(CudaBackend& gpu, const Case& c) {
     std::exit(1);
   }
   // Kernel time of each variant.
-  constexpr int kVariants[] = {bw::cuda::kPrefillVariant64Rows, bw::cuda::kPrefillVariant128Rows};
-  constexpr const char* kNames[] = {"64 rows", "128 rows"};
-  constexpr int kNumVariants = static_cast<int>(sizeof(kVariants) / sizeof(kVariants[0]));
-  double kernel_us[kNumVariants] = {};
+  constexpr int kVariants[] = {bw::cuda::kPrefillVariant64Rows, bw::cuda::kPrefillVariant128Rows,
+                               bw::cuda::kPrefillVariantWgmma};
+  constexpr const char* kNames[] = {"64 rows", "128 rows", "wgmma"};
+  const bool wgmma = bw::cuda::prefill_attention_wgmma_available();
+  const int kNumVariants = wgmma ? 3 : 2;
+  double kernel_us[3] = {};
   for (int v = 0; v < kNumVariants; ++v) {
     std::vector<double> us;
     for (int i = 0; i < kWarmups + kRuns; ++i) {
@@ -204,7 +203,7 @@ void run_case(CudaBackend& gpu, const Case& c) {
               kBlockSize);
   for (int v = 0; v < kNumVariants; ++v)
     std::printf("%s %s %.1f us (%.0f TFLOP/s)", v == 0 ? "" : ",", kNames[v], kernel_us[v], tflops(kernel_us[v]));
-  const int picked = bw::cuda::prefill_attention_variant(a, num_sms);
+  const int picked = bw::cuda::prefill_attention_variant(a, wgmma);
   std::printf("; backend %.1f us (%.0f TFLOP/s, %s); general kernel %.1f us (%.1f TFLOP/s)\n", backend_us,
               tflops(backend_us), picked >= 1 && picked <= kNumVariants ? kNames[picked - 1] : "?", general_us,
               tflops(general_us));

@@ -8,7 +8,18 @@ if(NOT BW_CUDA STREQUAL "OFF")
   endif()
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
-    set(CMAKE_CUDA_ARCHITECTURES ${BW_CUDA_ARCHS})
+    # Hopper's wgmma (the prefill attention kernel) exists only in sm_90a code, which
+    # runs on compute capability 9.0 alone: "90" becomes sm_90a machine code plus portable
+    # compute_90 PTX (what later GPUs JIT; the kernels then take their sm_80 paths).
+    set(bw_cuda_archs "")
+    foreach(arch IN LISTS BW_CUDA_ARCHS)
+      if(arch STREQUAL "90")
+        list(APPEND bw_cuda_archs 90a-real 90-virtual)
+      else()
+        list(APPEND bw_cuda_archs ${arch})
+      endif()
+    endforeach()
+    set(CMAKE_CUDA_ARCHITECTURES ${bw_cuda_archs})
     enable_language(CUDA)
     find_package(CUDAToolkit REQUIRED)
     # CMake 3.25 does not know nvcc 13 speaks C++20; device code keeps to C++17.

@@ -134,7 +134,12 @@ TEST_F(CudaPrefillAttentionTest, RaggedBatchesMatchTheCpu) {
   }
 }
 
-constexpr int kVariants[] = {cuda::kPrefillVariant64Rows, cuda::kPrefillVariant128Rows};
+// The mma.sync variants, and the wgmma kernel where the device runs it (Hopper).
+std::vector<int> variants() {
+  std::vector<int> v = {cuda::kPrefillVariant64Rows, cuda::kPrefillVariant128Rows};
+  if (cuda::prefill_attention_wgmma_available()) v.push_back(cuda::kPrefillVariantWgmma);
+  return v;
+}
 
 // Every variant, whatever the dispatch would pick.
 TEST_F(CudaPrefillAttentionTest, EveryVariantMatchesTheCpu) {
@@ -143,7 +148,7 @@ TEST_F(CudaPrefillAttentionTest, EveryVariantMatchesTheCpu) {
        {AttnCase{12, 2, 128}, AttnCase{28, 4, 128}, AttnCase{8, 8, 64}, AttnCase{32, 8, 64}, AttnCase{12, 2, 64}}) {
     for (int bs : {1, 16, 64}) {
       Batch b(ragged_specs(), bs, seed++);
-      for (int variant : kVariants)
+      for (int variant : variants())
         check(c, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed, variant);
       ++seed;
     }
@@ -167,7 +172,7 @@ TEST_F(CudaPrefillAttentionTest, LongChunksMatchTheCpu) {
   Batch b64({{1000, 1536}, {15, 15}}, 64, seed++);
   check(AttnCase{8, 8, 64}, DType::kBF16, DType::kBF16, b64, b64.max_query_len, true, seed++);
   Batch chunk({{700, 1500}, {300, 300}}, 16, seed++);
-  for (int variant : kVariants)
+  for (int variant : variants())
     check(AttnCase{12, 2, 128}, DType::kBF16, DType::kBF16, chunk, chunk.max_query_len, true, seed, variant);
 }
 
@@ -176,7 +181,7 @@ TEST_F(CudaPrefillAttentionTest, UnknownVariantIsRejected) {
   a.num_tokens = 16;
   a.num_seqs = 1;
   EXPECT_EQ(cuda::launch_paged_attention_prefill(a, 16, 0, nullptr), cudaErrorInvalidValue);
-  EXPECT_EQ(cuda::launch_paged_attention_prefill(a, 16, 3, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::launch_paged_attention_prefill(a, 16, 4, nullptr), cudaErrorInvalidValue);
 }
 
 TEST_F(CudaPrefillAttentionTest, UnderstatedQueryHintStillCoversEveryRow) {

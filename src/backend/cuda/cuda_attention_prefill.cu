@@ -37,6 +37,7 @@
 #include <cmath>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_mma.cuh"
 
 namespace bw::cuda {
 
@@ -44,7 +45,6 @@ namespace {
 
 using bf16 = __nv_bfloat16;
 
-constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kQkUnroll = 1;   // unroll of the Q K^T loop when Q is read from shared memory
 constexpr int kSubUnroll = 2;  // unroll of the compute steps of a tile
 
@@ -66,53 +66,6 @@ struct PrefillConfig {
 };
 
 std::atomic<int64_t> g_launches{0};
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16 bytes global -> shared; zero-filled (nothing read) when !pred.
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
-  const int n = pred ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// c[16x8] += a[16x16] * b[16x8], bf16 in, f32 accumulate.
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// 2^x with one MUFU op (denormal results flush to zero; ex2(-inf) = 0).
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
 
 // Element offset of 16-byte chunk c of row r in a [rows][D] bf16 tile.
 template <int D>
@@ -310,58 +263,11 @@ __global__ void __launch_bounds__(128, 2) prefill_attention_kernel(AttentionArgs
           uint32_t pf[MT][kSub / 16][4];  // P as bf16 A fragments: keys 16kk.. are score tiles 2kk, 2kk+1
 #pragma unroll
           for (int mi = 0; mi < MT; ++mi) {
-            float mx0 = -INFINITY, mx1 = -INFINITY;
-            const int lim0 = min(lim_base + mi * 16, n_keys - 1);
-            const int lim1 = min(lim_base + mi * 16 + 8, n_keys - 1);
-#pragma unroll
-            for (int j = 0; j < kSub / 8; ++j) {
-#pragma unroll
-              for (int e = 0; e < 2; ++e) {
-                if (need_mask) {
-                  const int key = k0 + j * 8 + t4 * 2 + e;
-                  if (key > lim0) sc[mi][j][e] = -INFINITY;
-                  if (key > lim1) sc[mi][j][2 + e] = -INFINITY;
-                }
-                mx0 = fmaxf(mx0, sc[mi][j][e]);
-                mx1 = fmaxf(mx1, sc[mi][j][2 + e]);
-              }
-            }
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-            // Every row sees key 0 in the first step, so the maxima are finite from then on (a
-            // row whose keys are all masked in a later step keeps its max: its P is 0).
-            const float new0 = fmaxf(m_r[mi][0], mx0 * scale_log2);
-            const float new1 = fmaxf(m_r[mi][1], mx1 * scale_log2);
-            const float corr0 = fast_exp2(m_r[mi][0] - new0);
-            const float corr1 = fast_exp2(m_r[mi][1] - new1);
-            m_r[mi][0] = new0;
-            m_r[mi][1] = new1;
-            float sum0 = 0.0f, sum1 = 0.0f;
-#pragma unroll
-            for (int j = 0; j < kSub / 8; ++j) {
-              const float p00 = fast_exp2(fmaf(sc[mi][j][0], scale_log2, -new0));
-              const float p01 = fast_exp2(fmaf(sc[mi][j][1], scale_log2, -new0));
-              const float p10 = fast_exp2(fmaf(sc[mi][j][2], scale_log2, -new1));
-              const float p11 = fast_exp2(fmaf(sc[mi][j][3], scale_log2, -new1));
-              sum0 += p00 + p01;
-              sum1 += p10 + p11;
-              pf[mi][j / 2][(j % 2) * 2] = pack_bf16(p00, p01);
-              pf[mi][j / 2][(j % 2) * 2 + 1] = pack_bf16(p10, p11);
-            }
-            l_r[mi][0] = l_r[mi][0] * corr0 + sum0;
-            l_r[mi][1] = l_r[mi][1] * corr1 + sum1;
-            // Rescale O only when some row of the warp raised its max.
-            if (__any_sync(0xffffffffu, corr0 != 1.0f || corr1 != 1.0f)) {
-#pragma unroll
-              for (int j = 0; j < D / 8; ++j) {
-                o[mi][j][0] *= corr0;
-                o[mi][j][1] *= corr0;
-                o[mi][j][2] *= corr1;
-                o[mi][j][3] *= corr1;
-              }
-            }
+            float corr[2];
+            online_softmax_step<kSub>(sc[mi], pf[mi], m_r[mi], l_r[mi], corr, need_mask, k0,
+                                      min(lim_base + mi * 16, n_keys - 1), min(lim_base + mi * 16 + 8, n_keys - 1),
+                                      scale_log2, t4);
+            rescale_rows(o[mi], corr);
           }
 #pragma unroll
           for (int kk = 0; kk < kSub / 16; ++kk) {
@@ -448,16 +354,17 @@ bool prefill_attention_supported(const AttentionArgs& args) {
          aligned(args.k_cache) && aligned(args.v_cache);
 }
 
-int prefill_attention_variant(const AttentionArgs& /*args*/, int /*num_sms*/) {
+int prefill_attention_variant(const AttentionArgs& /*args*/, bool wgmma_available) {
   // 128 rows per CTA measured slower on an H200 in every benchmarked shape (see above).
-  return kPrefillVariant64Rows;
+  return wgmma_available ? kPrefillVariantWgmma : kPrefillVariant64Rows;
 }
 
 cudaError_t launch_paged_attention_prefill(const AttentionArgs& args, int max_query_len, int variant,
                                            cudaStream_t stream) {
-  if (variant < kPrefillVariant64Rows || variant > kPrefillVariant128Rows) return cudaErrorInvalidValue;
+  if (variant < kPrefillVariant64Rows || variant > kPrefillVariantWgmma) return cudaErrorInvalidValue;
   if (args.num_tokens == 0 || args.num_seqs <= 0 || max_query_len <= 0) return cudaSuccess;
   g_launches.fetch_add(1, std::memory_order_relaxed);
+  if (variant == kPrefillVariantWgmma) return launch_paged_attention_prefill_wgmma(args, max_query_len, stream);
   return args.head_dim == 64 ? launch_variant<64>(args, max_query_len, variant, stream)
                              : launch_variant<128>(args, max_query_len, variant, stream);
 }

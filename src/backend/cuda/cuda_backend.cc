@@ -369,6 +369,9 @@ Status CudaBackend::init() {
   BW_CUDA_TRY(cudaGetDeviceProperties(&prop, options_.device));
   device_name_ = prop.name;
   num_sms_ = prop.multiProcessorCount;
+  // BW_CUDA_WGMMA=0 keeps the mma.sync prefill attention on Hopper too (for A/B runs).
+  const char* wgmma = std::getenv("BW_CUDA_WGMMA");
+  wgmma_prefill_ = (wgmma == nullptr || std::string_view(wgmma) != "0") && cuda::prefill_attention_wgmma_available();
   cudaStream_t stream = nullptr;
   BW_CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   stream_ = stream;
@@ -892,8 +895,8 @@ Status CudaBackend::paged_attention(TensorView out, const TensorView& qkv, const
   a.max_kv_len = meta.max_kv_len;
   a.error_flag = error_flag_;
   if (meta.max_query_len >= cuda::kPrefillAttentionMinQueryLen && cuda::prefill_attention_supported(a)) {
-    return check_launch(cuda::launch_paged_attention_prefill(a, meta.max_query_len,
-                                                             cuda::prefill_attention_variant(a, num_sms_), stream_),
+    return check_launch(cuda::launch_paged_attention_prefill(
+                            a, meta.max_query_len, cuda::prefill_attention_variant(a, wgmma_prefill_), stream_),
                         "paged_attention");
   }
   const bool decode = meta.max_query_len == 1 && d.num_tokens == num_seqs && cuda::decode_attention_supported(a);

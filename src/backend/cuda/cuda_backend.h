@@ -139,6 +139,7 @@ class CudaBackend final : public Backend {
   CudaBackendOptions options_;
   std::string device_name_;
   int num_sms_ = 0;
+  bool wgmma_prefill_ = false;  // prefill attention on the wgmma kernel (Hopper)
   CUstream_st* stream_ = nullptr;
   cublasLtContext* lt_ = nullptr;
   std::unique_ptr<LtCache> lt_cache_;

@@ -115,18 +115,27 @@ int64_t decode_attention_counters(const AttentionArgs& args, int num_sms);
 cudaError_t launch_paged_attention_decode(const AttentionArgs& args, int num_splits, int num_sms, float* workspace,
                                           int* counters, cudaStream_t stream);
 
-// --- cuda_attention_prefill.cu ---------------------------------------------------------
-// The tensor-core (mma.sync) prefill kernel: same contract and error reporting as
+// --- cuda_attention_prefill.cu, cuda_attention_prefill_sm90.cu ------------------------
+// The tensor-core prefill kernels: same contract and error reporting as
 // launch_paged_attention, for bf16 activations and a bf16 cache with head_dim 64 or 128
-// (and 16-byte aligned tensors). max_query_len (> 0) sizes the grid only. variant: 64
-// query rows per CTA (4 warps x 16) or 128 (4 warps x 32), which prefill_attention_variant
-// picks (64: 128 measured slower on an H200); any other value returns cudaErrorInvalidValue.
+// (and 16-byte aligned tensors). max_query_len (> 0) sizes the grid only. variant: the
+// mma.sync kernel (sm_80+) with 64 query rows per CTA (4 warps x 16) or 128 (4 warps x 32),
+// or the warp-specialised wgmma kernel (128 rows per CTA; sm_90a code on a compute
+// capability 9.0 device only: prefill_attention_wgmma_available());
+// prefill_attention_variant picks the wgmma kernel where it runs, else 64 rows (128
+// measured slower on an H200). Any other value returns cudaErrorInvalidValue.
 constexpr int kPrefillVariant64Rows = 1;
 constexpr int kPrefillVariant128Rows = 2;
+constexpr int kPrefillVariantWgmma = 3;
 bool prefill_attention_supported(const AttentionArgs& args);
-int prefill_attention_variant(const AttentionArgs& args, int num_sms);
+// Whether the current device runs the wgmma kernel (compute capability 9.0 and the binary
+// holds sm_90a code). Launches a probe kernel and synchronises: call once, at start-up.
+bool prefill_attention_wgmma_available();
+int prefill_attention_variant(const AttentionArgs& args, bool wgmma_available);
 cudaError_t launch_paged_attention_prefill(const AttentionArgs& args, int max_query_len, int variant,
                                            cudaStream_t stream);
+// The wgmma kernel itself (launch_paged_attention_prefill's kPrefillVariantWgmma).
+cudaError_t launch_paged_attention_prefill_wgmma(const AttentionArgs& args, int max_query_len, cudaStream_t stream);
 // Launches of the prefill kernel so far (process-wide; tests check the dispatch with it).
 int64_t prefill_attention_launches();
 // The backend takes the prefill kernel for batches with max_query_len at least this.

@@ -1,0 +1,315 @@
+// paged_attention on Hopper's warpgroup tensor cores (wgmma, sm_90a) for prefill: the
+// kernel the backend picks on an H100/H200 (cuda_attention_prefill.cu keeps the mma.sync
+// kernel for sm_80/89, for other GPUs and as the fallback).
+//
+// A CTA owns 128 query rows of one sequence and one query head and is warp-specialised
+// (FlashAttention-3's structure): warpgroup 2 is a producer that gathers 128-key K/V tiles
+// of the paged cache with cp.async (each row's block looked up in the block table) into a
+// ring of two stages, announcing each stage on a "full" mbarrier as its copies land and
+// reusing it once both consumers released it on an "empty" mbarrier; warpgroups 0 and 1
+// are consumers of 64 rows each that never wait for each other, so one's softmax overlaps
+// the other's tensor-core work, and each K/V tile is read from L2 once for 128 rows.
+// setmaxnreg moves registers from the producer (56) to the consumers (224).
+//
+// Per tile a consumer computes S = Q K^T with 8 wgmma m64n128k16 reading both Q and K from
+// shared memory (K-major descriptors), the online softmax on the accumulators in registers
+// (online_softmax_step; same fragment layout as mma.sync), then O += P V with 8 wgmma
+// m64n{D}k16, P in registers and V through an MN-major (transposed) descriptor. All tiles
+// use the canonical 128-byte-swizzle layout (sw128). A warpgroup only computes the tiles
+// its last row sees (causal); the producer loads up to the CTA's last row.
+//
+// Measured on an H200 against the 64-row mma.sync kernel and single-warpgroup wgmma
+// variants (docs/PERF.md): one warpgroup per CTA with Q in registers 113 us at T = 2,048
+// with 28/4 heads, + Q from shared memory and three stages 108, + a producer warpgroup
+// and two consumers 91 (64-key tiles) and 87 (128-key tiles, two or three stages alike).
+// Loading Q's A fragments into registers once before the tile loop let ptxas clobber them
+// across iterations at head_dim 64 (wrong results); Q is read from shared memory instead.
+//
+// Built only into sm_90a code (wgmma is not part of sm_90's portable PTX); elsewhere the
+// kernel body is empty and prefill_attention_wgmma_available() reports false, so the
+// dispatch never picks it. Same contract and error reporting as the mma.sync kernel.
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_mma.cuh"
+#include "backend/cuda/cuda_wgmma.cuh"
+
+namespace bw::cuda {
+
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kRows = 128;         // query rows per CTA: two consumer warpgroups of 64
+constexpr int kN = 128;            // keys per K/V tile
+constexpr int kStages = 2;         // K/V tiles in the ring
+constexpr int kThreads = 3 * 128;  // consumer warpgroups 0 and 1, producer warpgroup 2
+
+template <int D>
+constexpr int smem_bytes() {  // Q, kStages x (K, V), alignment slack, 2 x kStages mbarriers
+  return (kRows + 2 * kStages * kN) * D * static_cast<int>(sizeof(bf16)) + 1024 + 2 * kStages * 8;
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads, 1) prefill_attention_wgmma_kernel(AttentionArgs a) {
+#ifdef BW_WGMMA
+  pdl_wait();
+  static_assert(D == 64 || D == 128, "head_dim 64 or 128");
+  constexpr int kChunks = D / 8;                 // 16-byte chunks per row
+  constexpr int kRowsPerPass = 128 / kChunks;    // K/V rows the producer copies per pass
+  constexpr int kPasses = kN / kRowsPerPass;     // passes per tile
+  constexpr int kWarpRows = 32 / kChunks;        // rows one warp copies per pass
+  constexpr int kLookups = kWarpRows * kPasses;  // rows one warp copies per tile
+  static_assert(kLookups * 4 == kN && kLookups <= 32, "the producer's warps copy every row of a tile");
+  constexpr uint32_t kHalfBytes = kN * 128;  // one 64-column half of a K/V tile
+  constexpr uint32_t kQHalfBytes = kRows * 128;
+  extern __shared__ unsigned char smem_raw[];
+  // wgmma's swizzle is a function of address bits, so tiles start on 1,024-byte boundaries.
+  const uint32_t raw_addr = smem_addr(smem_raw);
+  bf16* sq = reinterpret_cast<bf16*>(smem_raw + ((1024 - raw_addr % 1024) % 1024));  // [kRows][D]: Q, then O
+  bf16* sk = sq + kRows * D;                                                         // [kStages][kN][D]
+  bf16* sv = sk + kStages * kN * D;                                                  // [kStages][kN][D]
+  const uint32_t bars = smem_addr(sv + kStages * kN * D);  // full[kStages], then empty[kStages]
+  auto full_bar = [&](int stage) { return bars + 8u * stage; };
+  auto empty_bar = [&](int stage) { return bars + 8u * (kStages + stage); };
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  const bool producer = warp >= 8;
+  const int head = static_cast<int>(blockIdx.x);
+  const int kv_head = head / (a.num_heads / a.num_kv_heads);
+  const int64_t qkv_width = static_cast<int64_t>(a.num_heads + 2 * a.num_kv_heads) * D;
+  const int64_t out_width = static_cast<int64_t>(a.num_heads) * D;
+  const bf16* qkv = static_cast<const bf16*>(a.qkv);
+  const bf16* kc = static_cast<const bf16*>(a.k_cache) + static_cast<int64_t>(kv_head) * D;
+  const bf16* vc = static_cast<const bf16*>(a.v_cache) + static_cast<int64_t>(kv_head) * D;
+  bf16* out = static_cast<bf16*>(a.out);
+  const int bs = a.block_size;
+  const int64_t block_stride = static_cast<int64_t>(bs) * a.num_kv_heads * D;
+  const float scale_log2 = a.scale * kLog2e;
+
+  if (tid == 0) {
+    for (int st = 0; st < kStages; ++st) {
+      mbar_init(full_bar(st), 128);  // the producer's threads, as their copies land
+      mbar_init(empty_bar(st), 8);   // the consumer warps
+    }
+    if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) {
+      if (a.query_start[0] > 0 || a.query_start[a.num_seqs] < a.num_tokens) report_error(a.error_flag, kBadSequence);
+    }
+  }
+  __syncthreads();
+  // Every query tile of the grid's share: fn(q_begin, q_len, ctx, table, m0, n_keys,
+  // n_tiles). The producer and the consumers walk the same tiles in the same order, each
+  // in its own copy of the loop (setmaxnreg needs the two roles' code apart).
+  auto for_each_query_tile = [&](auto&& fn) {
+    for (int s = static_cast<int>(blockIdx.y); s < a.num_seqs; s += static_cast<int>(gridDim.y)) {
+      const int q_begin = a.query_start[s];
+      const int q_end = a.query_start[s + 1];
+      const int q_len = q_end - q_begin;
+      const int kv_len = a.kv_lens[s];
+      if (q_begin < 0 || q_len < 0 || q_end > a.num_tokens || kv_len < q_len ||
+          (static_cast<int64_t>(kv_len) + bs - 1) / bs > a.table_width) {
+        if (blockIdx.x == 0 && blockIdx.z == 0 && tid == 0) report_error(a.error_flag, kBadSequence);
+        continue;
+      }
+      const int ctx = kv_len - q_len;
+      const int32_t* table = a.block_tables + static_cast<int64_t>(s) * a.table_width;
+      const int num_q_tiles = (q_len + kRows - 1) / kRows;
+      // Heaviest (last) query tiles first: blockIdx.z = 0 takes the last tile.
+      for (int mt = static_cast<int>(gridDim.z) - 1 - static_cast<int>(blockIdx.z); mt < num_q_tiles;
+           mt += static_cast<int>(gridDim.z)) {
+        const int m0 = mt * kRows;
+        const int n_keys = ctx + min(m0 + kRows, q_len);  // keys the CTA's last row sees
+        fn(q_begin, q_len, ctx, table, m0, n_keys, (n_keys + kN - 1) / kN);
+      }
+    }
+  };
+
+  int it = 0;  // tiles through the ring so far: stage it % kStages, use it / kStages
+  if (producer) {
+    // Registers move from the producer warpgroup (address arithmetic only) to the
+    // consumers (O, S and P in registers): 2 x 128 x 224 + 128 x 56 = 64,512 of 65,536.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
+    for_each_query_tile(
+        [&](int /*q_begin*/, int /*q_len*/, int /*ctx*/, const int32_t* table, int /*m0*/, int n_keys, int n_tiles) {
+          const int ptid = tid - 256, pwarp = ptid / 32;
+          const int my_row = pwarp * kWarpRows + lane % kWarpRows + kRowsPerPass * (lane / kWarpRows);
+          for (int n = 0; n < n_tiles; ++n, ++it) {
+            const int stage = it % kStages;
+            if (it >= kStages) mbar_wait(empty_bar(stage), (it / kStages - 1) & 1);
+            const int p = n * kN + my_row;
+            int64_t my_off = -1;
+            if (lane < kLookups && p < n_keys) {
+              const int32_t block = table[p / bs];
+              if (block < 0 || block >= a.num_blocks) {
+                report_error(a.error_flag, kBadBlockId);
+              } else {
+                my_off = block * block_stride + static_cast<int64_t>(p % bs) * a.num_kv_heads * D;
+              }
+            }
+            bf16* dk = sk + stage * kN * D;
+            bf16* dv = sv + stage * kN * D;
+            const int c = ptid % kChunks;
+#pragma unroll
+            for (int j = 0; j < kPasses; ++j) {
+              const int r = ptid / kChunks + j * kRowsPerPass;
+              const int64_t off = __shfl_sync(0xffffffffu, my_off, j * kWarpRows + lane / kChunks);
+              const bool ok = off >= 0;
+              const int64_t src = ok ? off + c * 8 : 0;
+              cp_async16(smem_addr(dk + sw128<kN>(r, c)), kc + src, ok);
+              cp_async16(smem_addr(dv + sw128<kN>(r, c)), vc + src, ok);
+            }
+            mbar_arrive_on_cp_async(full_bar(stage));
+          }
+        });
+  } else {
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
+    for_each_query_tile([&](int q_begin, int q_len, int ctx, const int32_t*, int m0, int n_keys, int n_tiles) {
+      // Consumer warpgroup wg: rows wg_row0.. (64), its own Q rows loaded by its threads.
+      const int wg = warp / 4, wtid = tid % 128;
+      const int g = lane / 4, t4 = lane % 4;
+      const int wg_row0 = m0 + wg * 64;
+      for (int i = wtid; i < 64 * kChunks; i += 128) {
+        const int r = wg * 64 + i / kChunks, c = i % kChunks;
+        const bool ok = m0 + r < q_len;
+        const bf16* src = ok ? qkv + (q_begin + m0 + r) * qkv_width + static_cast<int64_t>(head) * D + c * 8 : qkv;
+        cp_async16(smem_addr(sq + sw128<kRows>(r, c)), src, ok);
+      }
+      cp_async_commit();
+      cp_async_wait<0>();
+      fence_proxy_async();
+      warpgroup_barrier(1 + wg);
+      const uint32_t q_addr = smem_addr(sq) + wg * 64 * 128;
+
+      const int wg_tiles = wg_row0 < q_len ? (ctx + min(wg_row0 + 64, q_len) + kN - 1) / kN : 0;
+      const int wrow = wg_row0 + (warp % 4) * 16;
+      const int warp_first_lim = min(ctx + wrow, n_keys - 1);
+      const int lim0 = min(ctx + wrow + g, n_keys - 1);
+      const int lim1 = min(ctx + wrow + g + 8, n_keys - 1);
+      float o[D / 8][4];
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+        o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+      float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.0f, 0.0f};
+
+      for (int n = 0; n < n_tiles; ++n, ++it) {
+        const int stage = it % kStages;
+        mbar_wait(full_bar(stage), (it / kStages) & 1);
+        if (n < wg_tiles) {
+          fence_proxy_async();
+          const uint32_t tk = smem_addr(sk + stage * kN * D);
+          const uint32_t tv = smem_addr(sv + stage * kN * D);
+          float sc[kN / 8][4];
+          wgmma_fence();
+#pragma unroll
+          for (int kk = 0; kk < D / 16; ++kk) {
+            const uint32_t k_off = (kk % 4) * 32;
+            wgmma_m64n128k16_ss(sc, sw128_desc(q_addr + (kk / 4) * kQHalfBytes + k_off, 16, 1024),
+                                sw128_desc(tk + (kk / 4) * kHalfBytes + k_off, 16, 1024), kk > 0);
+          }
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_accumulators(sc);
+          const int k0 = n * kN;
+          uint32_t pf[kN / 16][4];
+          float corr[2];
+          online_softmax_step<kN>(sc, pf, m_r, l_r, corr, k0 + kN - 1 > warp_first_lim, k0, lim0, lim1, scale_log2, t4);
+          rescale_rows(o, corr);
+          wgmma_fence();
+#pragma unroll
+          for (int kk = 0; kk < kN / 16; ++kk) {
+            if constexpr (D == 128) {
+              wgmma_m64n128k16<1>(o, pf[kk], sw128_desc(tv + kk * 16 * 128, kHalfBytes, 1024), 1);
+            } else {
+              wgmma_m64n64k16<1>(o, pf[kk], sw128_desc(tv + kk * 16 * 128, kHalfBytes, 1024), 1);
+            }
+          }
+          wgmma_commit();
+          wgmma_wait<0>();
+          fence_accumulators(o);
+        }
+        __syncwarp();
+        if (lane == 0) mbar_arrive(empty_bar(stage));
+      }
+
+      // Every warp of the warpgroup is done reading its Q rows; stage O there and store.
+      warpgroup_barrier(1 + wg);
+      float l0 = l_r[0], l1 = l_r[1];
+      l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+      l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+      l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+      l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+      const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
+      const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+      const int wr = warp * 16 + g;
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j) {
+        *reinterpret_cast<uint32_t*>(sq + sw128<kRows>(wr, j) + t4 * 2) = pack_bf16(o[j][0] * inv0, o[j][1] * inv0);
+        *reinterpret_cast<uint32_t*>(sq + sw128<kRows>(wr + 8, j) + t4 * 2) = pack_bf16(o[j][2] * inv1, o[j][3] * inv1);
+      }
+      __syncwarp();
+      for (int i = lane; i < 16 * kChunks; i += 32) {
+        const int r = warp * 16 + i / kChunks, c = i % kChunks;
+        if (m0 + r < q_len) {
+          *reinterpret_cast<uint4*>(out + (q_begin + m0 + r) * out_width + static_cast<int64_t>(head) * D + c * 8) =
+              *reinterpret_cast<const uint4*>(sq + sw128<kRows>(r, c));
+        }
+      }
+      warpgroup_barrier(1 + wg);  // the warpgroup's Q rows are reloaded for its next query tile
+    });
+  }
+#else
+  (void)a;
+#endif  // BW_WGMMA
+}
+
+__global__ void wgmma_probe_kernel(int* built) {
+#ifdef BW_WGMMA
+  *built = 1;
+#else
+  *built = 0;
+#endif
+}
+
+template <int D>
+cudaError_t launch_for(const AttentionArgs& args, int max_query_len, cudaStream_t stream) {
+  const cudaError_t attr = cudaFuncSetAttribute(prefill_attention_wgmma_kernel<D>,
+                                                cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<D>());
+  if (attr != cudaSuccess) return attr;
+  const int q_tiles = (max_query_len + kRows - 1) / kRows;
+  const int seqs = args.num_seqs < 65535 ? args.num_seqs : 65535;
+  const dim3 grid(static_cast<unsigned>(args.num_heads), static_cast<unsigned>(seqs),
+                  static_cast<unsigned>(q_tiles < 65535 ? q_tiles : 65535));
+  launch_kernel(prefill_attention_wgmma_kernel<D>, grid, kThreads, smem_bytes<D>(), stream, args);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool prefill_attention_wgmma_available() {
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (major != 9 || minor != 0) return false;
+  // Whether the code the driver loaded for this device is sm_90a (a build without it, or
+  // the portable PTX, leaves the kernel empty).
+  int* flag = nullptr;
+  int built = 0;
+  bool ok = cudaMalloc(&flag, sizeof(int)) == cudaSuccess;
+  if (ok) {
+    wgmma_probe_kernel<<<1, 1>>>(flag);
+    ok = cudaMemcpy(&built, flag, sizeof(int), cudaMemcpyDeviceToHost) == cudaSuccess;
+  }
+  if (flag != nullptr) cudaFree(flag);
+  cudaGetLastError();
+  return ok && built == 1;
+}
+
+cudaError_t launch_paged_attention_prefill_wgmma(const AttentionArgs& args, int max_query_len, cudaStream_t stream) {
+  return args.head_dim == 64 ? launch_for<64>(args, max_query_len, stream)
+                             : launch_for<128>(args, max_query_len, stream);
+}
+
+}  // namespace bw::cuda
