@@ -36,6 +36,7 @@
 #include <atomic>
 #include <cmath>
 
+#include "backend/cuda/cuda_attention_prefill_tiles.cuh"
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_mma.cuh"
 
@@ -84,12 +85,6 @@ __global__ void __launch_bounds__(128, 2) prefill_attention_kernel(AttentionArgs
   constexpr int kRows = Cfg::kRows;
   constexpr int kWarpQ = Cfg::kWarpRows;
   constexpr bool kQReg = Cfg::kQInRegisters;
-  constexpr int kChunks = D / 8;                    // 16-byte chunks per row
-  constexpr int kRowsPerPass = kThreads / kChunks;  // K/V rows the CTA copies per pass
-  constexpr int kPasses = kN / kRowsPerPass;        // passes per tile
-  constexpr int kWarpRows = 32 / kChunks;           // rows one warp copies per pass
-  constexpr int kLookups = kWarpRows * kPasses;     // rows one warp copies per tile
-  static_assert(kLookups * Cfg::kWarps == kN && kLookups <= 32, "the warps copy every row of a tile");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sq = reinterpret_cast<bf16*>(smem_raw);  // [kRows][D]: the Q tile, then the output
   bf16* sk = sq + kRows * D;                     // [2][kN][D]
@@ -98,224 +93,138 @@ __global__ void __launch_bounds__(128, 2) prefill_attention_kernel(AttentionArgs
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t4 = lane % 4;  // mma fragment row group / column pair
-  const int head = static_cast<int>(blockIdx.x);
-  const int kv_head = head / (a.num_heads / a.num_kv_heads);
-  const int64_t qkv_width = static_cast<int64_t>(a.num_heads + 2 * a.num_kv_heads) * D;
-  const int64_t out_width = static_cast<int64_t>(a.num_heads) * D;
-  const bf16* qkv = static_cast<const bf16*>(a.qkv);
-  const bf16* kc = static_cast<const bf16*>(a.k_cache) + static_cast<int64_t>(kv_head) * D;
-  const bf16* vc = static_cast<const bf16*>(a.v_cache) + static_cast<int64_t>(kv_head) * D;
-  bf16* out = static_cast<bf16*>(a.out);
-  const int bs = a.block_size;
-  const int64_t block_stride = static_cast<int64_t>(bs) * a.num_kv_heads * D;  // elements per cache block
-  const float scale_log2 = a.scale * kLog2e;
+  const PrefillHead<D> h(a);
+  const float scale_log2 = h.scale_log2;
+  auto dst = [](int r, int c) { return swz<D>(r, c); };
+  const KvTileGather<D, kN, kThreads> gather(tid);
 
-  if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0 && tid == 0) {
-    // Tokens no sequence covers (the general kernel reports them too).
-    if (a.query_start[0] > 0 || a.query_start[a.num_seqs] < a.num_tokens) report_error(a.error_flag, kBadSequence);
-  }
+  for_each_prefill_tile<kRows, kN>(a, tid == 0, [&](const PrefillSeq& seq, int m0, int n_keys, int n_tiles) {
+    const int ctx = seq.ctx;
+    const int q_len = seq.q_len;
+    // The Q tile (rows past the sequence zero-filled); K and V rows of tile n go to
+    // buffer n & 1.
+    load_query_rows(h, seq, sq, dst, m0, 0, kRows, tid, kThreads);
+    auto load_kv = [&](int n) { gather(a, h, seq, n, n_keys, sk + (n & 1) * kN * D, sv + (n & 1) * kN * D, dst); };
+    load_kv(0);
+    cp_async_commit();
 
-  for (int s = static_cast<int>(blockIdx.y); s < a.num_seqs; s += static_cast<int>(gridDim.y)) {
-    const int q_begin = a.query_start[s];
-    const int q_end = a.query_start[s + 1];
-    const int q_len = q_end - q_begin;
-    const int kv_len = a.kv_lens[s];
-    if (q_begin < 0 || q_len < 0 || q_end > a.num_tokens || kv_len < q_len ||
-        (static_cast<int64_t>(kv_len) + bs - 1) / bs > a.table_width) {
-      if (blockIdx.x == 0 && blockIdx.z == 0 && tid == 0) report_error(a.error_flag, kBadSequence);
-      continue;
+    // The warp's kWarpQ rows start at wrow; this thread's rows are g and g + 8 of each
+    // of its m16 tiles.
+    const int wrow = m0 + warp * kWarpQ;
+    const bool warp_active = wrow < q_len;
+    const int warp_first_lim = min(ctx + wrow, n_keys - 1);  // last key of the warp's first row
+    const int warp_last_lim = min(ctx + wrow + kWarpQ - 1, n_keys - 1);
+    const int lim_base = ctx + wrow + g;  // + mi * 16 (+ 8): a row's last key, capped at n_keys - 1
+
+    // One m16 tile per warp: Q stays in registers. Two: read from shared memory per step.
+    uint32_t qf[kQReg ? D / 16 : 1][4];
+    float o[MT][D / 8][4];
+    float m_r[MT][2], l_r[MT][2];  // running max (log2 domain, scaled) and partial sum
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi) {
+#pragma unroll
+      for (int j = 0; j < D / 8; ++j)
+        o[mi][j][0] = o[mi][j][1] = o[mi][j][2] = o[mi][j][3] = 0.0f;
+      m_r[mi][0] = m_r[mi][1] = -INFINITY;
+      l_r[mi][0] = l_r[mi][1] = 0.0f;
     }
-    const int ctx = kv_len - q_len;  // cached positions before this chunk
-    const int32_t* table = a.block_tables + static_cast<int64_t>(s) * a.table_width;
-    const int num_q_tiles = (q_len + kRows - 1) / kRows;
+    const int q_frag_row = warp * kWarpQ + (lane / 8 % 2) * 8 + lane % 8;
 
-    // Heaviest (last) query tiles first: blockIdx.z = 0 takes the last tile.
-    for (int mt = static_cast<int>(gridDim.z) - 1 - static_cast<int>(blockIdx.z); mt < num_q_tiles;
-         mt += static_cast<int>(gridDim.z)) {
-      const int m0 = mt * kRows;
-      const int last_row = min(m0 + kRows - 1, q_len - 1);
-      const int n_keys = ctx + last_row + 1;  // keys the CTA's last row sees
-      const int n_tiles = (n_keys + kN - 1) / kN;
-
-      // The Q tile (rows past the sequence zero-filled).
-      for (int i = tid; i < kRows * kChunks; i += kThreads) {
-        const int r = i / kChunks, c = i % kChunks;
-        const bool ok = m0 + r < q_len;
-        const bf16* src = ok ? qkv + (q_begin + m0 + r) * qkv_width + static_cast<int64_t>(head) * D + c * 8 : qkv;
-        cp_async16(smem_addr(sq + swz<D>(r, c)), src, ok);
+    for (int n = 0; n < n_tiles; ++n) {
+      // Tile n + 1 into the buffer every warp finished with (barrier at the loop's end).
+      if (n + 1 < n_tiles) {
+        load_kv(n + 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+      } else {
+        cp_async_wait<0>();
       }
-      // K and V rows of tile n go to buffer n & 1, gathered through the block table. Each
-      // warp copies kLookups rows: lane l < kLookups looks the block of one up (lookup), and
-      // load_kv shuffles the offsets to the lanes that copy them. -1: past the keys
-      // (zero-filled).
-      const int my_row = warp * kWarpRows + lane % kWarpRows + kRowsPerPass * (lane / kWarpRows);
-      auto lookup = [&](int n) -> int32_t {
-        const int p = n * kN + my_row;
-        return lane < kLookups && p < n_keys ? table[p / bs] : -1;
-      };
-      auto load_kv = [&](int n, int32_t block) {
-        bf16* dk = sk + (n & 1) * kN * D;
-        bf16* dv = sv + (n & 1) * kN * D;
-        int64_t my_off = -1;
-        if (lane < kLookups && n * kN + my_row < n_keys) {
-          if (block < 0 || block >= a.num_blocks) {
-            report_error(a.error_flag, kBadBlockId);
-          } else {
-            my_off = block * block_stride + static_cast<int64_t>((n * kN + my_row) % bs) * a.num_kv_heads * D;
-          }
+      __syncthreads();
+      if constexpr (kQReg) {
+        if (n == 0) {
+#pragma unroll
+          for (int kk = 0; kk < D / 16; ++kk)
+            ldmatrix_x4(qf[kk], smem_addr(sq + swz<D>(q_frag_row, kk * 2 + lane / 16)));
         }
-        const int c = tid % kChunks;
-#pragma unroll
-        for (int j = 0; j < kPasses; ++j) {
-          const int r = tid / kChunks + j * kRowsPerPass;
-          const int64_t off = __shfl_sync(0xffffffffu, my_off, j * kWarpRows + lane / kChunks);
-          const bool ok = off >= 0;
-          const int64_t src = ok ? off + c * 8 : 0;
-          cp_async16(smem_addr(dk + swz<D>(r, c)), kc + src, ok);
-          cp_async16(smem_addr(dv + swz<D>(r, c)), vc + src, ok);
-        }
-      };
-      load_kv(0, lookup(0));
-      cp_async_commit();
-
-      // The warp's kWarpQ rows start at wrow; this thread's rows are g and g + 8 of each
-      // of its m16 tiles.
-      const int wrow = m0 + warp * kWarpQ;
-      const bool warp_active = wrow < q_len;
-      const int warp_first_lim = min(ctx + wrow, n_keys - 1);  // last key of the warp's first row
-      const int warp_last_lim = min(ctx + wrow + kWarpQ - 1, n_keys - 1);
-      const int lim_base = ctx + wrow + g;  // + mi * 16 (+ 8): a row's last key, capped at n_keys - 1
-
-      // One m16 tile per warp: Q stays in registers. Two: read from shared memory per step.
-      uint32_t qf[kQReg ? D / 16 : 1][4];
-      float o[MT][D / 8][4];
-      float m_r[MT][2], l_r[MT][2];  // running max (log2 domain, scaled) and partial sum
-#pragma unroll
-      for (int mi = 0; mi < MT; ++mi) {
-#pragma unroll
-        for (int j = 0; j < D / 8; ++j)
-          o[mi][j][0] = o[mi][j][1] = o[mi][j][2] = o[mi][j][3] = 0.0f;
-        m_r[mi][0] = m_r[mi][1] = -INFINITY;
-        l_r[mi][0] = l_r[mi][1] = 0.0f;
       }
-      const int q_frag_row = warp * kWarpQ + (lane / 8 % 2) * 8 + lane % 8;
-
-      for (int n = 0; n < n_tiles; ++n) {
-        // Tile n + 1 into the buffer every warp finished with (barrier at the loop's end).
-        if (n + 1 < n_tiles) {
-          load_kv(n + 1, lookup(n + 1));
-          cp_async_commit();
-          cp_async_wait<1>();
-        } else {
-          cp_async_wait<0>();
-        }
-        __syncthreads();
-        if constexpr (kQReg) {
-          if (n == 0) {
-#pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk)
-              ldmatrix_x4(qf[kk], smem_addr(sq + swz<D>(q_frag_row, kk * 2 + lane / 16)));
-          }
-        }
-        const bf16* tk = sk + (n & 1) * kN * D;
-        const bf16* tv = sv + (n & 1) * kN * D;
+      const bf16* tk = sk + (n & 1) * kN * D;
+      const bf16* tv = sv + (n & 1) * kN * D;
 #pragma unroll(kSubUnroll)
-        for (int sub = 0; sub < kN / kSub; ++sub) {
-          const int k0 = n * kN + sub * kSub;  // first key of this step
-          if (!warp_active || k0 > warp_last_lim) break;
-          float sc[MT][kSub / 8][4];
+      for (int sub = 0; sub < kN / kSub; ++sub) {
+        const int k0 = n * kN + sub * kSub;  // first key of this step
+        if (!warp_active || k0 > warp_last_lim) break;
+        float sc[MT][kSub / 8][4];
+#pragma unroll
+        for (int mi = 0; mi < MT; ++mi) {
+#pragma unroll
+          for (int j = 0; j < kSub / 8; ++j)
+            sc[mi][j][0] = sc[mi][j][1] = sc[mi][j][2] = sc[mi][j][3] = 0.0f;
+        }
+        // (Q from shared memory: a rolled loop keeps the fragments of later steps from
+        // being hoisted into registers.)
+#pragma unroll(kQReg ? D / 16 : kQkUnroll)
+        for (int kk = 0; kk < D / 16; ++kk) {
+          uint32_t qa[MT][4];
 #pragma unroll
           for (int mi = 0; mi < MT; ++mi) {
+            if constexpr (kQReg) {
 #pragma unroll
-            for (int j = 0; j < kSub / 8; ++j)
-              sc[mi][j][0] = sc[mi][j][1] = sc[mi][j][2] = sc[mi][j][3] = 0.0f;
+              for (int e = 0; e < 4; ++e)
+                qa[mi][e] = qf[kk][e];
+            } else {
+              ldmatrix_x4(qa[mi], smem_addr(sq + swz<D>(q_frag_row + mi * 16, kk * 2 + lane / 16)));
+            }
           }
-          // (Q from shared memory: a rolled loop keeps the fragments of later steps from
-          // being hoisted into registers.)
-#pragma unroll(kQReg ? D / 16 : kQkUnroll)
-          for (int kk = 0; kk < D / 16; ++kk) {
-            uint32_t qa[MT][4];
+#pragma unroll
+          for (int np = 0; np < kSub / 16; ++np) {
+            uint32_t b[4];
+            const int r = sub * kSub + np * 16 + (lane / 16) * 8 + lane % 8;
+            ldmatrix_x4(b, smem_addr(tk + swz<D>(r, kk * 2 + lane / 8 % 2)));
 #pragma unroll
             for (int mi = 0; mi < MT; ++mi) {
-              if constexpr (kQReg) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e)
-                  qa[mi][e] = qf[kk][e];
-              } else {
-                ldmatrix_x4(qa[mi], smem_addr(sq + swz<D>(q_frag_row + mi * 16, kk * 2 + lane / 16)));
-              }
-            }
-#pragma unroll
-            for (int np = 0; np < kSub / 16; ++np) {
-              uint32_t b[4];
-              const int r = sub * kSub + np * 16 + (lane / 16) * 8 + lane % 8;
-              ldmatrix_x4(b, smem_addr(tk + swz<D>(r, kk * 2 + lane / 8 % 2)));
-#pragma unroll
-              for (int mi = 0; mi < MT; ++mi) {
-                mma_bf16(sc[mi][2 * np], qa[mi], b[0], b[1]);
-                mma_bf16(sc[mi][2 * np + 1], qa[mi], b[2], b[3]);
-              }
-            }
-          }
-          // Mask keys past each row's limit (only on steps that cross one), online softmax
-          // in the log2 domain with the scale folded into one FFMA per score.
-          const bool need_mask = k0 + kSub - 1 > warp_first_lim;
-          uint32_t pf[MT][kSub / 16][4];  // P as bf16 A fragments: keys 16kk.. are score tiles 2kk, 2kk+1
-#pragma unroll
-          for (int mi = 0; mi < MT; ++mi) {
-            float corr[2];
-            online_softmax_step<kSub>(sc[mi], pf[mi], m_r[mi], l_r[mi], corr, need_mask, k0,
-                                      min(lim_base + mi * 16, n_keys - 1), min(lim_base + mi * 16 + 8, n_keys - 1),
-                                      scale_log2, t4);
-            rescale_rows(o[mi], corr);
-          }
-#pragma unroll
-          for (int kk = 0; kk < kSub / 16; ++kk) {
-#pragma unroll
-            for (int dp = 0; dp < D / 16; ++dp) {
-              uint32_t b[4];
-              const int r = sub * kSub + kk * 16 + (lane / 8 % 2) * 8 + lane % 8;
-              ldmatrix_x4_trans(b, smem_addr(tv + swz<D>(r, dp * 2 + lane / 16)));
-#pragma unroll
-              for (int mi = 0; mi < MT; ++mi) {
-                mma_bf16(o[mi][2 * dp], pf[mi][kk], b[0], b[1]);
-                mma_bf16(o[mi][2 * dp + 1], pf[mi][kk], b[2], b[3]);
-              }
+              mma_bf16(sc[mi][2 * np], qa[mi], b[0], b[1]);
+              mma_bf16(sc[mi][2 * np + 1], qa[mi], b[2], b[3]);
             }
           }
         }
-        __syncthreads();  // the buffer of tile n is refilled in iteration n + 1
-      }
-
-      // Normalise, stage the warp's rows in its own rows of the Q tile, store.
+        // Mask keys past each row's limit (only on steps that cross one), online softmax
+        // in the log2 domain with the scale folded into one FFMA per score.
+        const bool need_mask = k0 + kSub - 1 > warp_first_lim;
+        uint32_t pf[MT][kSub / 16][4];  // P as bf16 A fragments: keys 16kk.. are score tiles 2kk, 2kk+1
 #pragma unroll
-      for (int mi = 0; mi < MT; ++mi) {
-        float l0 = l_r[mi][0], l1 = l_r[mi][1];
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-        const float inv0 = l0 > 0.0f ? 1.0f / l0 : 0.0f;
-        const float inv1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-        const int wr = warp * kWarpQ + mi * 16 + g;
+        for (int mi = 0; mi < MT; ++mi) {
+          float corr[2];
+          online_softmax_step<kSub>(sc[mi], pf[mi], m_r[mi], l_r[mi], corr, need_mask, k0,
+                                    min(lim_base + mi * 16, n_keys - 1), min(lim_base + mi * 16 + 8, n_keys - 1),
+                                    scale_log2, t4);
+          rescale_rows(o[mi], corr);
+        }
 #pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-          *reinterpret_cast<uint32_t*>(sq + swz<D>(wr, j) + t4 * 2) = pack_bf16(o[mi][j][0] * inv0, o[mi][j][1] * inv0);
-          *reinterpret_cast<uint32_t*>(sq + swz<D>(wr + 8, j) + t4 * 2) =
-              pack_bf16(o[mi][j][2] * inv1, o[mi][j][3] * inv1);
+        for (int kk = 0; kk < kSub / 16; ++kk) {
+#pragma unroll
+          for (int dp = 0; dp < D / 16; ++dp) {
+            uint32_t b[4];
+            const int r = sub * kSub + kk * 16 + (lane / 8 % 2) * 8 + lane % 8;
+            ldmatrix_x4_trans(b, smem_addr(tv + swz<D>(r, dp * 2 + lane / 16)));
+#pragma unroll
+            for (int mi = 0; mi < MT; ++mi) {
+              mma_bf16(o[mi][2 * dp], pf[mi][kk], b[0], b[1]);
+              mma_bf16(o[mi][2 * dp + 1], pf[mi][kk], b[2], b[3]);
+            }
+          }
         }
       }
-      __syncwarp();
-      for (int i = lane; i < kWarpQ * kChunks; i += 32) {
-        const int r = warp * kWarpQ + i / kChunks, c = i % kChunks;
-        if (m0 + r < q_len) {
-          *reinterpret_cast<uint4*>(out + (q_begin + m0 + r) * out_width + static_cast<int64_t>(head) * D + c * 8) =
-              *reinterpret_cast<const uint4*>(sq + swz<D>(r, c));
-        }
-      }
-      __syncthreads();  // the Q tile and K/V buffer 0 are reloaded for the next query tile
+      __syncthreads();  // the buffer of tile n is refilled in iteration n + 1
     }
-  }
+
+    // Normalise, stage the warp's rows in its own rows of the Q tile, store.
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+      stage_output_rows<D>(sq, dst, warp * kWarpQ + mi * 16, o[mi], l_r[mi], lane);
+    __syncwarp();
+    store_output_rows(h, seq, sq, dst, m0, warp * kWarpQ, kWarpQ, lane);
+    __syncthreads();  // the Q tile and K/V buffer 0 are reloaded for the next query tile
+  });
 }
 
 template <int D, int MT, int N, int SUB>
@@ -324,11 +233,8 @@ cudaError_t launch_for(const AttentionArgs& args, int max_query_len, cudaStream_
   const cudaError_t attr = cudaFuncSetAttribute(prefill_attention_kernel<D, MT, N, SUB>,
                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg::kSmem);
   if (attr != cudaSuccess) return attr;
-  const int q_tiles = (max_query_len + Cfg::kRows - 1) / Cfg::kRows;
-  const int seqs = args.num_seqs < 65535 ? args.num_seqs : 65535;
-  const dim3 grid(static_cast<unsigned>(args.num_heads), static_cast<unsigned>(seqs),
-                  static_cast<unsigned>(q_tiles < 65535 ? q_tiles : 65535));
-  launch_kernel(prefill_attention_kernel<D, MT, N, SUB>, grid, Cfg::kThreads, Cfg::kSmem, stream, args);
+  launch_kernel(prefill_attention_kernel<D, MT, N, SUB>, prefill_grid(args, max_query_len, Cfg::kRows), Cfg::kThreads,
+                Cfg::kSmem, stream, args);
   return cudaGetLastError();
 }
 
