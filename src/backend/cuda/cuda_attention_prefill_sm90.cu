@@ -76,9 +76,11 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_wgmma_kernel(At
   const int warp = tid / 32, lane = tid % 32;
   const bool producer = warp >= 8;
   const PrefillHead<D> h(a);
-  // The producer gathers with its own plain locals, not KvTileGather: with the shared
-  // gather (and PrefillHead's fields) in the 56-register producer the kernel measured 6%
-  // slower (92.8 vs 87.5 us at T = 2,048 with 28/4 heads, same run).
+  // The tile walk below and the producer's gather stay the kernel's own rather than
+  // for_each_prefill_tile / KvTileGather: with those shared too the kernel measured 6%
+  // slower (92.8 vs 87.5 us at T = 2,048 with 28/4 heads, same run); with only the Q load
+  // and the epilogue shared it measured the same (85.4 vs 85.3). Which of the two costs
+  // the time was not narrowed down (likely the gather's state in the 56-register producer).
   const int kv_head = static_cast<int>(blockIdx.x) / (a.num_heads / a.num_kv_heads);
   const bf16* kc = static_cast<const bf16*>(a.k_cache) + static_cast<int64_t>(kv_head) * D;
   const bf16* vc = static_cast<const bf16*>(a.v_cache) + static_cast<int64_t>(kv_head) * D;
@@ -214,9 +216,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_wgmma_kernel(At
 #pragma unroll
           for (int kk = 0; kk < kN / 16; ++kk) {
             if constexpr (D == 128) {
-              wgmma_m64n128k16<1>(o, pf[kk], sw128_desc(tv + kk * 16 * 128, kHalfBytes, 1024), 1);
+              wgmma_m64n128k16_rs_mn(o, pf[kk], sw128_desc(tv + kk * 16 * 128, kHalfBytes, 1024), 1);
             } else {
-              wgmma_m64n64k16<1>(o, pf[kk], sw128_desc(tv + kk * 16 * 128, kHalfBytes, 1024), 1);
+              wgmma_m64n64k16_rs_mn(o, pf[kk], sw128_desc(tv + kk * 16 * 128, kHalfBytes, 1024), 1);
             }
           }
           wgmma_commit();
