@@ -152,6 +152,36 @@ struct NormedInput {
   TensorView scratch;
 };
 
+// One decoder layer's weights (model/arch/dense_decoder.h builds them): what
+// Backend::decoder_stack reads.
+struct DecoderLayerWeights {
+  TensorView attn_norm;  // [H]
+  TensorView qkv;        // [(Hq + 2*Hkv) * D, H]
+  TensorView qkv_bias;   // [(Hq + 2*Hkv) * D], or empty
+  TensorView o_proj;     // [H, Hq * D]
+  TensorView ffn_norm;   // [H]
+  TensorView gate_up;    // [2 * F, H]
+  TensorView down;       // [H, F]
+};
+
+// A whole decode step of a dense decoder for one token (Backend::decoder_stack): the
+// layers, the final norm and the LM head. residual holds the token's embedding and is
+// clobbered; qkv, attn_out and act are scratch.
+struct DecoderStack {
+  std::span<const DecoderLayerWeights> layers;
+  std::span<const KvCacheLayer> cache;  // one per layer
+  TensorView final_norm;                // [H]
+  TensorView lm_head;                   // [V, H]
+  float eps = 0.0f;
+  AttentionParams attn;
+  RopeParams rope;
+  const AttentionMetadata* meta = nullptr;  // one sequence, one query token
+  TensorView residual;                      // [1, H]
+  TensorView qkv;                           // [1, (Hq + 2*Hkv) * D]
+  TensorView attn_out;                      // [1, Hq * D]
+  TensorView act;                           // [1, F]
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -239,6 +269,21 @@ class Backend {
   // residual += x @ w^T (the residual stream after an output projection); scratch [M, N]
   // in the activation dtype.
   virtual Status matmul_add(TensorView residual, TensorView scratch, const TensorView& x, const TensorView& w);
+
+  // --- The whole decoder stack (optional) ---------------------------------------------------
+  // Whether decoder_stack() runs this step (CUDA: one bf16 token on a Hopper GPU, where
+  // the step is one persistent kernel). Otherwise the caller runs the layers op by op.
+  virtual bool fuses_decoder_stack(const DecoderStack& stack) const {
+    (void)stack;
+    return false;
+  }
+  // logits [1, V] f32 = lm_head(rms_norm(the layers applied to stack.residual)), writing
+  // each layer's k and v of the token to its cache, as the per-op forward pass would.
+  virtual Status decoder_stack(TensorView logits, const DecoderStack& stack) {
+    (void)logits;
+    (void)stack;
+    return Unimplemented("decoder_stack is not supported by {}", name());
+  }
 
   // --- Sampling (optional) ------------------------------------------------------------------
   // Whether sample() works (the runner otherwise copies logits to the host Sampler).

@@ -73,12 +73,12 @@ Status check_prompt(std::span<const int32_t> prompt, const ModelConfig& config) 
 }  // namespace
 
 Result<std::vector<float>> Generator::prompt_logits(std::span<const int32_t> prompt, int64_t chunk_tokens,
-                                                    int64_t kv_block_size) {
+                                                    int64_t kv_block_size, DType kv_dtype) {
   const ModelConfig& config = model_.config();
   RETURN_IF_ERROR(check_prompt(prompt, config));
   if (chunk_tokens <= 0) return InvalidArgument("chunk size must be positive");
-  ASSIGN_OR_RETURN(SequenceCache cache, make_sequence_cache(backend_, config, static_cast<int64_t>(prompt.size()),
-                                                            kv_block_size, DType::kF32));
+  ASSIGN_OR_RETURN(SequenceCache cache,
+                   make_sequence_cache(backend_, config, static_cast<int64_t>(prompt.size()), kv_block_size, kv_dtype));
   std::vector<float> all;
   all.reserve(prompt.size() * static_cast<size_t>(config.vocab_size));
   for (int64_t start = 0; start < static_cast<int64_t>(prompt.size()); start += chunk_tokens) {

@@ -38,9 +38,9 @@ class Generator {
   Generator(CausalLM& model, Backend& backend) : model_(model), backend_(backend) {}
 
   // Logits at every prompt position, row-major [prompt.size(), vocab_size] (teacher
-  // forcing over a fresh cache). Prefilled in chunks of `chunk_tokens`.
+  // forcing over a fresh cache of `kv_dtype`). Prefilled in chunks of `chunk_tokens`.
   Result<std::vector<float>> prompt_logits(std::span<const int32_t> prompt, int64_t chunk_tokens = 512,
-                                           int64_t kv_block_size = 16);
+                                           int64_t kv_block_size = 16, DType kv_dtype = DType::kF32);
 
   // `on_token` is called with each generated token as soon as it is sampled.
   Result<GenerateResult> generate(std::span<const int32_t> prompt, const GenerateOptions& options,

@@ -335,6 +335,8 @@ CudaBackend::~CudaBackend() {
   if (inv_freq_dev_ != nullptr) cudaFreeAsync(inv_freq_dev_, stream_);
   if (attn_ws_ != nullptr) cudaFreeAsync(attn_ws_, stream_);
   if (attn_counters_ != nullptr) cudaFreeAsync(attn_counters_, stream_);
+  for (void* p : {stack_layers_, stack_partials_, stack_counters_})
+    if (p != nullptr) cudaFreeAsync(p, stream_);
   if (sample_dev_ != nullptr) cudaFreeAsync(sample_dev_, stream_);
   if (stream_ != nullptr) {
     cudaStreamSynchronize(stream_);
@@ -371,7 +373,11 @@ Status CudaBackend::init() {
   num_sms_ = prop.multiProcessorCount;
   // BW_CUDA_WGMMA=0 keeps the mma.sync prefill attention on Hopper too (for A/B runs).
   const char* wgmma = std::getenv("BW_CUDA_WGMMA");
-  wgmma_prefill_ = (wgmma == nullptr || std::string_view(wgmma) != "0") && cuda::prefill_attention_wgmma_available();
+  const bool hopper_kernels = cuda::prefill_attention_wgmma_available();  // also the decoder stack's condition
+  wgmma_prefill_ = (wgmma == nullptr || std::string_view(wgmma) != "0") && hopper_kernels;
+  // BW_CUDA_STACK=0 runs batch-1 decode steps op by op (A/B runs).
+  const char* stack = std::getenv("BW_CUDA_STACK");
+  decoder_stack_ = (stack == nullptr || std::string_view(stack) != "0") && hopper_kernels;
   cudaStream_t stream = nullptr;
   BW_CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   stream_ = stream;
@@ -816,16 +822,7 @@ Status CudaBackend::rope_args(std::string_view op, const TensorView& qkv, const 
   RETURN_IF_ERROR(expect_i32(op, "meta.slot_mapping", meta.slot_mapping, d.num_tokens));
   if (d.num_tokens == 0) return OkStatus();
 
-  std::vector<float> inv_freq = rope_inv_freq(rope);
-  if (inv_freq != inv_freq_host_) {
-    RETURN_IF_ERROR(not_while_capturing("uploading RoPE frequencies"));
-    RETURN_IF_ERROR(ensure_scratch(&inv_freq_dev_, &inv_freq_capacity_, inv_freq.size() * sizeof(float)));
-    BW_CUDA_TRY(cudaMemcpyAsync(inv_freq_dev_, inv_freq.data(), inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice,
-                                stream_));
-    // Pageable source: the copy has been staged when cudaMemcpyAsync returns, but keep
-    // the vector anyway (it is the cache key).
-    inv_freq_host_ = std::move(inv_freq);
-  }
+  RETURN_IF_ERROR(upload_inv_freq(rope));
   cuda::RopeKvArgs& a = *args;
   a.qkv = qkv.data;
   a.act_type = elem(qkv.dtype);
@@ -842,6 +839,19 @@ Status CudaBackend::rope_args(std::string_view op, const TensorView& qkv, const 
   a.cache_type = elem(cache.k.dtype);
   a.num_slots = d.num_blocks * d.block_size;
   a.error_flag = error_flag_;
+  return OkStatus();
+}
+
+Status CudaBackend::upload_inv_freq(const RopeParams& rope) {
+  std::vector<float> inv_freq = rope_inv_freq(rope);
+  if (inv_freq == inv_freq_host_) return OkStatus();
+  RETURN_IF_ERROR(not_while_capturing("uploading RoPE frequencies"));
+  RETURN_IF_ERROR(ensure_scratch(&inv_freq_dev_, &inv_freq_capacity_, inv_freq.size() * sizeof(float)));
+  BW_CUDA_TRY(cudaMemcpyAsync(inv_freq_dev_, inv_freq.data(), inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice,
+                              stream_));
+  // Pageable source: the copy has been staged when cudaMemcpyAsync returns, but keep the
+  // vector anyway (it is the cache key).
+  inv_freq_host_ = std::move(inv_freq);
   return OkStatus();
 }
 

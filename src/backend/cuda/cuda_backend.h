@@ -42,7 +42,9 @@ namespace bw {
 
 namespace cuda {
 struct RopeKvArgs;
-}
+struct DecoderStackArgs;
+struct DecoderStackLayer;
+}  // namespace cuda
 class CudaStepTiming;
 
 struct CudaBackendOptions {
@@ -106,8 +108,16 @@ class CudaBackend final : public Backend {
   bool supports_device_sampling() const override { return true; }
   Status sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch) override;
 
+  // The whole decode step of one bf16 token as one persistent kernel on Hopper
+  // (cuda_backend_decoder_stack.cc, kernel in cuda_decoder_stack.cu). BW_CUDA_STACK=0 in
+  // the environment keeps the op-by-op path (A/B runs).
+  bool fuses_decoder_stack(const DecoderStack& stack) const override;
+  Status decoder_stack(TensorView logits, const DecoderStack& stack) override;
+
   // Testing aid: forces every matmul through the GEMV kernel (true) or lets M decide.
   void set_force_gemv(bool force) { force_gemv_ = force; }
+  // Testing aid: turns the fused decoder stack off (false), or on where the device runs it.
+  void set_decoder_stack(bool on) { decoder_stack_on_ = on; }
 
  protected:
   void free(void* data, size_t bytes) override;
@@ -131,6 +141,11 @@ class CudaBackend final : public Backend {
   // rope_write_kv's checks and kernel arguments (uploads the frequencies when they change).
   Status rope_args(std::string_view op, const TensorView& qkv, const AttentionParams& attn, const RopeParams& rope,
                    const AttentionMetadata& meta, const KvCacheLayer& cache, cuda::RopeKvArgs* args);
+  // Uploads the RoPE inverse frequencies of `rope` unless they are the ones on the device.
+  Status upload_inv_freq(const RopeParams& rope);
+  // The fused stack's kernel arguments without the device-side tables; false when this
+  // step's shapes, dtypes or layout are not what the kernel takes.
+  bool stack_args(const DecoderStack& stack, cuda::DecoderStackArgs* args) const;
   Status ensure_scratch(void** buf, size_t* capacity, size_t bytes);
   Status not_while_capturing(const char* what) const;
   // kind: a cudaMemcpyKind.
@@ -140,6 +155,8 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   int num_sms_ = 0;
   bool wgmma_prefill_ = false;  // prefill attention on the wgmma kernel (Hopper)
+  bool decoder_stack_ = false;  // the device runs the fused decoder stack (Hopper)
+  bool decoder_stack_on_ = true;
   CUstream_st* stream_ = nullptr;
   cublasLtContext* lt_ = nullptr;
   std::unique_ptr<LtCache> lt_cache_;
@@ -166,6 +183,15 @@ class CudaBackend final : public Backend {
   // paged_attention (decode kernel): the splits' arrival counters, zeroed when allocated.
   void* attn_counters_ = nullptr;
   size_t attn_counters_capacity_ = 0;
+  // decoder_stack: the layer table (host copy: the last upload), split partials, and
+  // arrival counters (zeroed when allocated; the kernel leaves them zero).
+  std::vector<cuda::DecoderStackLayer> stack_layers_host_;
+  void* stack_layers_ = nullptr;
+  size_t stack_layers_capacity_ = 0;
+  void* stack_partials_ = nullptr;
+  size_t stack_partials_capacity_ = 0;
+  void* stack_counters_ = nullptr;
+  size_t stack_counters_capacity_ = 0;
   // sample(): pinned staging (row args, penalty tokens and counts, then the ids read back)
   // and its device copy, both grown as needed and kept between calls.
   void* sample_host_ = nullptr;

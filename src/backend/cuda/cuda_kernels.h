@@ -191,6 +191,63 @@ int64_t gemv_rows_fused_launches();
 cudaError_t launch_add_bias(void* out, ElemType out_type, const void* bias, ElemType bias_type, int64_t rows, int64_t n,
                             cudaStream_t stream);
 
+// --- cuda_decoder_stack.cu (a whole batch-1 decode step of a dense decoder in one
+// persistent kernel; Hopper: needs sm_90a code, see prefill_attention_wgmma_available) ---
+struct DecoderStackLayer {
+  const void* attn_norm = nullptr;  // [H]
+  const void* qkv = nullptr;        // [(Hq + 2*Hkv) * D, H]
+  const void* qkv_bias = nullptr;   // [(Hq + 2*Hkv) * D] or null
+  const void* o_proj = nullptr;     // [H, Hq * D]
+  const void* ffn_norm = nullptr;   // [H]
+  const void* gate_up = nullptr;    // [2F, H]
+  const void* down = nullptr;       // [H, F]
+  void* k_cache = nullptr;          // [num_blocks, block_size, Hkv, D]
+  void* v_cache = nullptr;
+};
+// Everything in bf16 but the f32 logits, frequencies and partials; all device memory.
+struct DecoderStackArgs {
+  const DecoderStackLayer* layers = nullptr;  // [num_layers]
+  int num_layers = 0;
+  int hidden = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int intermediate = 0;
+  int64_t vocab = 0;
+  float eps = 0.0f;
+  float scale = 1.0f;
+  const float* inv_freq = nullptr;  // [head_dim / 2]
+  void* residual = nullptr;         // [H]: the token's embedding in, the last residual out
+  void* qkv = nullptr;              // scratch [(Hq + 2*Hkv) * D]
+  void* attn_out = nullptr;         // scratch [Hq * D]
+  void* act = nullptr;              // scratch [F]
+  const void* final_norm = nullptr;
+  const void* lm_head = nullptr;          // [V, H]
+  float* logits = nullptr;                // [V]
+  const int32_t* positions = nullptr;     // [1]
+  const int32_t* slots = nullptr;         // [1]
+  const int32_t* kv_lens = nullptr;       // [1]
+  const int32_t* block_tables = nullptr;  // [1, table_width]
+  int table_width = 0;
+  int block_size = 0;
+  int64_t num_blocks = 0;
+  float* partials = nullptr;  // decoder_stack_partial_floats
+  int* counters = nullptr;    // decoder_stack_counters, zeroed once (the kernel leaves them zero)
+  int* error_flag = nullptr;
+  // Measurement aid (BW_CUDA_STACK_DEBUG; wrong results): 1 skips the attention, 2 also
+  // every wait between ops (the pure weight stream).
+  int debug = 0;
+};
+// Shapes the kernel takes (head_dim 64 / 128, <= 8 query heads per KV head, rows that
+// keep 16-byte alignment, aligned buffers); the dtypes are the caller's to check.
+bool decoder_stack_supported(const DecoderStackArgs& args, int num_sms);
+int64_t decoder_stack_counters(const DecoderStackArgs& args);
+int64_t decoder_stack_partial_floats(const DecoderStackArgs& args, int num_sms);
+// One CTA per SM (num_sms of them, all resident at once).
+cudaError_t launch_decoder_stack(const DecoderStackArgs& args, int num_sms, cudaStream_t stream);
+// Launches so far, process-wide (tests check the dispatch with it).
+int64_t decoder_stack_launches();
+
 // --- cuda_sampling.cu --------------------------------------------------------------------
 // One row's sampling parameters as the kernel reads them (Backend::sample's
 // DeviceSamplingRow plus the row's range in the penalty arrays), validated on the host.

@@ -118,6 +118,22 @@ Status DenseDecoder::forward(const ForwardInput& input, std::span<const KvCacheL
   const float eps = config_.rms_norm_eps;
 
   RETURN_IF_ERROR(backend_.embedding(residual, weights_.embed, input.token_ids));
+  if (T == 1 && N == 1) {  // a decode step of one sequence: the backend may run it whole
+    DecoderStack stack;
+    stack.layers = weights_.layers;
+    stack.cache = kv_cache;
+    stack.final_norm = weights_.final_norm;
+    stack.lm_head = weights_.lm_head;
+    stack.eps = eps;
+    stack.attn = attention_;
+    stack.rope = rope_;
+    stack.meta = &input.attention;
+    stack.residual = residual;
+    stack.qkv = qkv;
+    stack.attn_out = attn_out;
+    stack.act = mlp_act;
+    if (backend_.fuses_decoder_stack(stack)) return backend_.decoder_stack(logits, stack);
+  }
   for (size_t l = 0; l < weights_.layers.size(); ++l) {
     const DenseDecoderLayer& w = weights_.layers[l];
     // The residual stream is updated in place by the output projections (matmul_add); each

@@ -14,15 +14,7 @@
 
 namespace bw {
 
-struct DenseDecoderLayer {
-  TensorView attn_norm;  // [H]
-  TensorView qkv;        // [(Hq + 2*Hkv) * D, H]
-  TensorView qkv_bias;   // [(Hq + 2*Hkv) * D], or empty
-  TensorView o_proj;     // [H, Hq * D]
-  TensorView ffn_norm;   // [H]
-  TensorView gate_up;    // [2 * F, H]
-  TensorView down;       // [H, F]
-};
+using DenseDecoderLayer = DecoderLayerWeights;  // backend/backend.h
 
 struct DenseDecoderWeights {
   TensorView embed;  // [V, H]
