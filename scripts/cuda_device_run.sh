@@ -32,15 +32,18 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   M=/tmp/q15; $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
   echo "== 1.5B"; timeout 150 $BW bench offline --model $M --device cuda --input-len 512 --output-len 64 --batch 1,8,32,64,128,256 2>&1 | tail -8
   timeout 60 $BW bench offline --model $M --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1
+  BW_CUDA_STACK=0 timeout 60 $BW bench offline --model $M --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1  # op by op
+  BW_CUDA_STACK_DEBUG=3 timeout 60 $BW bench offline --model $M --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1  # the weight stream alone
   timeout 60 $BW bench offline --model $M --device cuda --input-len 512 --output-len 128 --batch 1 --enforce-eager 2>&1 | tail -1
-  BW_CUDA_PDL=0 timeout 60 $BW bench offline --model $M --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1
+  BW_CUDA_STACK=0 BW_CUDA_PDL=0 timeout 60 $BW bench offline --model $M --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1
   timeout 60 $BW bench offline --model $M --device cuda --input-len 2048 --output-len 1 --batch 1 2>&1 | tail -1
   BW_CUDA_WGMMA=0 timeout 60 $BW bench offline --model $M --device cuda --input-len 2048 --output-len 1 --batch 1 2>&1 | tail -1  # mma.sync prefill attention
   BW_CUDA_STEP_TIMING=1 timeout 60 $BW bench offline --model $M --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | grep "step timing"
   M7=/tmp/q7; s=$SECONDS; $BW make-model --preset deepseek-r1-distill-qwen-7b --out $M7 --dtype bf16 > /dev/null 2>&1; echo "7B made in $((SECONDS - s)) s"
   echo "== 7B"; timeout 120 $BW bench offline --model $M7 --device cuda --input-len 512 --output-len 128 --batch 1,32 2>&1 | tail -3
-  BW_CUDA_PDL=0 timeout 60 $BW bench offline --model $M7 --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1
-  BW_GEMV_ROWS=0 timeout 60 $BW bench offline --model $M7 --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1  # multi-row GEMV at M = 1
+  BW_CUDA_STACK=0 timeout 60 $BW bench offline --model $M7 --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1  # op by op
+  BW_CUDA_STACK=0 BW_CUDA_PDL=0 timeout 60 $BW bench offline --model $M7 --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1
+  BW_CUDA_STACK=0 BW_GEMV_ROWS=0 timeout 60 $BW bench offline --model $M7 --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1  # multi-row GEMV at M = 1
   timeout 60 $BW bench offline --model $M7 --device cuda --input-len 2048 --output-len 1 --batch 1 2>&1 | tail -1
   BW_CUDA_STEP_TIMING=1 timeout 60 $BW bench offline --model $M7 --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | grep "step timing"
 fi
