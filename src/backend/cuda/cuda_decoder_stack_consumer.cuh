@@ -1,0 +1,277 @@
+// Internal to cuda_decoder_stack.cu (the fused decoder stack): its sizes, the page walk
+// shared by the producer and the consumers, the ring and barrier primitives, and the
+// consumer warps' GEMV machinery. Included by that file only.
+#pragma once
+
+#include <cstdint>
+
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_wgmma.cuh"
+
+namespace bw::cuda::decoder_stack {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kConsumerWarps = 8;
+constexpr int kConsumerThreads = kConsumerWarps * 32;
+constexpr int kThreads = kConsumerThreads + 32;  // + the producer warp
+constexpr int kMaxGroup = 8;                     // query heads per KV head
+constexpr int kMaxNormChunks = 4;                // 16-byte chunks per thread of a normed row
+constexpr int kMaxSharedBytes = 226 * 1024;      // of the 227 KiB a CTA may have, 1 KiB left for static shared memory
+constexpr int kTargetPageBytes = 24 * 1024;      // measured: 24 KiB 720 tokens/s (1.5B), 36 KiB 642
+constexpr int kMaxPages = 16;                    // mbarrier pairs reserved in shared memory
+
+// Arrival counters of a layer: how many CTAs finished each op (kAttnDone: KV heads merged),
+// then one per KV head counting its finished attention items.
+enum Counter : int { kQkvDone, kAttnDone, kODone, kGateUpDone, kDownDone, kFixedCounters };
+
+// Sizes the launcher derives from the shapes and the kernel re-reads (passed by value).
+struct Plan {
+  int pages = 0, page_bytes = 0;
+  int rows_h = 0, rows_q = 0, rows_f = 0;  // rows of one page for K = hidden, Hq * D, F
+  int scratch_bytes = 0;                   // activations (bf16) or attention scratch (f32)
+  int acc_floats = 0;                      // an op's row sums: [2][most rows a CTA owns][8 slices]
+  int max_splits = 0;                      // attention items per KV head at most
+  int counters_per_layer = 0;
+  int own_floats = 0;  // the CTA's rows of the residual stream (even, for alignment)
+};
+
+// Slices of a row that the warps share: pages of few long rows give every warp a part,
+// and rows that do not divide among the warps are halved.
+__host__ __device__ constexpr int slices_for(int rows) {
+  if (rows < kConsumerWarps) return kConsumerWarps / rows;
+  return rows % kConsumerWarps == 0 ? 1 : 2;  // 12 rows: 24 units, 3 per warp
+}
+
+inline int64_t counters_per_layer(const DecoderStackArgs& a) { return kFixedCounters + a.num_kv_heads; }
+
+#ifdef BW_WGMMA
+constexpr int kKeysPerItem = 16;  // the fewest keys an attention work item takes
+constexpr float kLog2e = 1.4426950408889634f;
+
+__device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
+__device__ __forceinline__ float round_bf16(float v) { return __bfloat162float(__float2bfloat16_rn(v)); }
+
+// acc{0,1} += the dot product of 8 bf16 pairs (two chains: half the FMA latency).
+__device__ __forceinline__ void dot8(const uint4& w, const uint4& x, float& acc0, float& acc1) {
+  acc0 = fmaf(bf16_lo(w.x), bf16_lo(x.x), acc0);
+  acc1 = fmaf(bf16_hi(w.x), bf16_hi(x.x), acc1);
+  acc0 = fmaf(bf16_lo(w.y), bf16_lo(x.y), acc0);
+  acc1 = fmaf(bf16_hi(w.y), bf16_hi(x.y), acc1);
+  acc0 = fmaf(bf16_lo(w.z), bf16_lo(x.z), acc0);
+  acc1 = fmaf(bf16_hi(w.z), bf16_hi(x.z), acc1);
+  acc0 = fmaf(bf16_lo(w.w), bf16_lo(x.w), acc0);
+  acc1 = fmaf(bf16_hi(w.w), bf16_hi(x.w), acc1);
+}
+
+// Rows [r0, r1) of n that CTA c of g owns.
+__device__ __forceinline__ void cta_rows(int64_t n, int64_t* r0, int64_t* r1) {
+  const int64_t c = blockIdx.x, g = gridDim.x;
+  *r0 = c * n / g;
+  *r1 = (c + 1) * n / g;
+}
+
+// The pages of one projection, in ring order (PageWalk's): fn(row - r0, rows) for each
+// page of the CTA's rows [r0, r1) (R per page). Returns r0.
+template <typename Fn>
+__device__ __forceinline__ int64_t walk_rows(int64_t n, int R, Fn&& fn) {
+  int64_t r0 = 0, r1 = 0;
+  cta_rows(n, &r0, &r1);
+  for (int64_t r = r0; r < r1; r += R)
+    fn(r - r0, static_cast<int>(min(static_cast<int64_t>(R), r1 - r)));
+  return r0;
+}
+// Gate/up ([gate (F rows) | up (F rows)]): a page of gate rows, then the up rows of the
+// same units: fn(unit - u0, rows, is_up). Returns u0.
+template <typename Fn>
+__device__ __forceinline__ int64_t walk_gate_up(int64_t f, int R, Fn&& fn) {
+  int64_t u0 = 0, u1 = 0;
+  cta_rows(f, &u0, &u1);
+  for (int64_t u = u0; u < u1; u += R) {
+    const int rows = static_cast<int>(min(static_cast<int64_t>(R), u1 - u));
+    fn(u - u0, rows, false);
+    fn(u - u0, rows, true);
+  }
+  return u0;
+}
+// The first row of n the CTA owns, and how many.
+__device__ __forceinline__ int64_t cta_first(int64_t n) { return blockIdx.x * n / gridDim.x; }
+__device__ __forceinline__ int64_t cta_count(int64_t n) {
+  int64_t r0 = 0, r1 = 0;
+  cta_rows(n, &r0, &r1);
+  return r1 - r0;
+}
+
+__device__ __forceinline__ const bf16* as_bf16(const void* p) { return static_cast<const bf16*>(p); }
+
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+// bytes (a multiple of 16) from global to shared memory; completes on `bar`'s transaction
+// count. Weights are read once per step, so they go through L2 marked evict-first and
+// leave the activations and the KV cache there.
+__device__ __forceinline__ void bulk_load(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar,
+                                          uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::
+          "r"(dst),
+      "l"(src), "r"(bytes), "r"(bar), "l"(policy)
+      : "memory");
+}
+__device__ __forceinline__ int load_acquire(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+// Barrier of the eight consumer warps (id 1; the producer never joins).
+__device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// The ring position of a page: its slot and the parity of the slot's current use.
+// Advanced incrementally (a division per page costs the single producer thread more
+// than the page's copy takes to issue).
+struct RingCursor {
+  uint32_t slot = 0, phase = 0;
+  __device__ void advance(int pages) {
+    if (++slot == static_cast<uint32_t>(pages)) slot = 0, phase ^= 1;
+  }
+};
+
+// The consumer warps' state: the ring cursor and the shared buffers.
+struct Consumer {
+  const DecoderStackArgs& a;
+  const Plan& p;
+  const unsigned char* ring;
+  uint32_t full, empty;  // mbarrier arrays (shared addresses)
+  unsigned char* scratch;
+  float* acc;  // [acc_floats]: the current op's row sums, one per (row, slice)
+  float* red;  // [kConsumerWarps]
+  float* own;  // [own_floats]: the CTA's rows of the residual stream
+  int* counters;
+  RingCursor cur;
+  int tid, warp, lane;
+
+  __device__ int* layer_counters(int l) const { return counters + static_cast<int64_t>(l) * p.counters_per_layer; }
+
+  // Every CTA has bumped *ctr to target (thread 0 spins, then the others pass the barrier).
+  __device__ void wait_for(const int* ctr, int target) const {
+    if (a.debug == 2 || a.debug == 3) return;
+    if (tid == 0) {
+      while (load_acquire(ctr) < target) {
+      }
+    }
+    consumer_sync();
+  }
+  // This CTA's writes are done (all consumer threads): bump *ctr. (The barrier orders the
+  // other threads' writes before thread 0's release, as CUTLASS's grid barrier does; a
+  // release reduction costs one round trip, a fence and an atomic two.)
+  __device__ void arrive(int* ctr) const {
+    consumer_sync();
+    if (tid == 0) asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(ctr) : "memory");
+  }
+
+  // x = src[0, n) (bf16, written by other CTAs: read through L2).
+  __device__ void load_x(const void* src, int64_t n) const {
+    const uint4* from = static_cast<const uint4*>(src);
+    uint4* to = reinterpret_cast<uint4*>(scratch);
+    for (int64_t i = tid; i < n / 8; i += kConsumerThreads)
+      to[i] = __ldcg(from + i);
+    consumer_sync();
+  }
+
+  // x = rms_norm(src[0, n)) * weight, rounded as the norm kernel rounds (n <= 8 * 4 *
+  // 256): the row and the weights load together, one 16-byte chunk of each per thread
+  // and pass, so the op after a wait starts one round trip later.
+  __device__ void load_normed_x(const void* src, int64_t n, const void* weight, float eps) const {
+    const uint4* from = static_cast<const uint4*>(src);
+    const uint4* wn = static_cast<const uint4*>(weight);
+    uint4* to = reinterpret_cast<uint4*>(scratch);
+    const int64_t chunks = n / 8;
+    uint4 xv[kMaxNormChunks], wv[kMaxNormChunks];
+#pragma unroll
+    for (int j = 0; j < kMaxNormChunks; ++j) {
+      const int64_t i = tid + j * kConsumerThreads;
+      if (i < chunks) xv[j] = __ldcg(from + i), wv[j] = __ldg(wn + i);
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kMaxNormChunks; ++j) {
+      if (tid + j * kConsumerThreads >= chunks) break;
+      const uint32_t* u = &xv[j].x;
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        ss = fmaf(bf16_lo(u[e]), bf16_lo(u[e]), fmaf(bf16_hi(u[e]), bf16_hi(u[e]), ss));
+    }
+    ss = warp_sum(ss);
+    if (lane == 0) red[warp] = ss;
+    consumer_sync();
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kConsumerWarps; ++i)
+      total += red[i];
+    const float inv_rms = 1.0f / sqrtf(total / static_cast<float>(n) + eps);
+#pragma unroll
+    for (int j = 0; j < kMaxNormChunks; ++j) {
+      const int64_t i = tid + j * kConsumerThreads;
+      if (i >= chunks) break;
+      uint32_t* u = &xv[j].x;
+      const uint32_t* wu = &wv[j].x;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const __nv_bfloat162 r = __floats2bfloat162_rn(bf16_lo(wu[e]) * (bf16_lo(u[e]) * inv_rms),
+                                                       bf16_hi(wu[e]) * (bf16_hi(u[e]) * inv_rms));
+        u[e] = *reinterpret_cast<const uint32_t*>(&r);
+      }
+      to[i] = xv[j];
+    }
+    consumer_sync();  // also: every thread has read red[] before the next norm writes it
+  }
+
+  // The next ring page: `rows` rows of K = k dotted with x, each split into S slices
+  // (warps take (row, slice) units); dst[row * S + slice] <- the slice's sum (lane 0 of
+  // the warp). No barrier: a warp releases the page when its units are done, and the op's
+  // epilogue (finish) runs once per op, after every page. (Tried: a warp walking four
+  // units at once, loads and reductions interleaved: slower, 448 vs 720 tokens/s.)
+  __device__ void page(int64_t k, int rows, int S, float* dst) {
+    const uint32_t slot = cur.slot;
+    mbar_wait(full + 8 * slot, cur.phase);
+    const uint4* pg = reinterpret_cast<const uint4*>(ring + static_cast<int64_t>(slot) * p.page_bytes);
+    const uint4* xv = reinterpret_cast<const uint4*>(scratch);
+    const int units = a.debug == 3 ? 0 : rows * S;
+    const int chunks = static_cast<int>(k / 8);
+    for (int u = warp; u < units; u += kConsumerWarps) {
+      const int row = u / S, slice = u % S;
+      const int c0 = slice * chunks / S, c1 = (slice + 1) * chunks / S;
+      const uint4* wr = pg + static_cast<int64_t>(row) * chunks;
+      float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll 4
+      for (int c = c0 + lane; c < c1; c += 32)
+        dot8(wr[c], xv[c], sum0, sum1);
+      const float sum = warp_sum(sum0 + sum1);
+      if (lane == 0) dst[u] = sum;
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty + 8 * slot);
+    cur.advance(p.pages);
+  }
+
+  // After an op's pages: epi(i, sum of row i) for the CTA's `count` rows.
+  template <typename Epi>
+  __device__ void finish(int64_t count, int S, Epi&& epi) const {
+    consumer_sync();
+    for (int64_t i = tid; i < count; i += kConsumerThreads) {
+      float sum = 0.0f;
+      for (int j = 0; j < S; ++j)
+        sum += acc[i * S + j];
+      epi(i, sum);
+    }
+  }
+};
+
+#endif  // BW_WGMMA
+
+}  // namespace bw::cuda::decoder_stack
