@@ -72,8 +72,8 @@ __device__ __forceinline__ void cta_rows(int64_t n, int64_t* r0, int64_t* r1) {
   *r1 = (c + 1) * n / g;
 }
 
-// The pages of one projection, in ring order (PageWalk's): fn(row - r0, rows) for each
-// page of the CTA's rows [r0, r1) (R per page). Returns r0.
+// The pages of one projection, in ring order (the producer walks the same): fn(row - r0,
+// rows) for each page of the CTA's rows [r0, r1) (R per page). Returns r0.
 template <typename Fn>
 __device__ __forceinline__ int64_t walk_rows(int64_t n, int R, Fn&& fn) {
   int64_t r0 = 0, r1 = 0;
