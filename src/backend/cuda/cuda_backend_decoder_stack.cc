@@ -102,11 +102,7 @@ bool CudaBackend::stack_args(const DecoderStack& s, cuda::DecoderStackArgs* out)
   a.block_size = static_cast<int>(block_size);
   a.num_blocks = num_blocks;
   a.error_flag = error_flag_;
-  // The kernel's own shape limits (checked with a stand-in for the logits, which this
-  // call does not see; decoder_stack checks the real ones).
-  a.layers = reinterpret_cast<const cuda::DecoderStackLayer*>(16);
-  a.logits = reinterpret_cast<float*>(16);
-  return cuda::decoder_stack_supported(a, num_sms_);
+  return cuda::decoder_stack_supported(a, num_sms_);  // the kernel's own shape limits
 }
 
 bool CudaBackend::fuses_decoder_stack(const DecoderStack& stack) const {
@@ -169,7 +165,11 @@ Status CudaBackend::decoder_stack(TensorView logits, const DecoderStack& stack) 
     if (err != cudaSuccess) return fail(static_cast<int>(err), "cudaMemsetAsync (stack counters)", __FILE__, __LINE__);
   }
   a.counters = static_cast<int*>(stack_counters_);
-  if (const char* debug = std::getenv("BW_CUDA_STACK_DEBUG"); debug != nullptr) a.debug = std::atoi(debug);
+  static const int debug = [] {  // measurement aid (cuda_decoder_stack.cu), read once
+    const char* v = std::getenv("BW_CUDA_STACK_DEBUG");
+    return v != nullptr ? std::atoi(v) : 0;
+  }();
+  a.debug = debug;
   return check_launch(cuda::launch_decoder_stack(a, num_sms_, stream_), kOp);
 }
 

@@ -272,8 +272,10 @@ Plan make_plan(const DecoderStackArgs& a, int num_sms) {
   Plan p;
   const int64_t H = a.hidden, F = a.intermediate, HqD = static_cast<int64_t>(a.num_heads) * a.head_dim;
   const int64_t longest = std::max({H, F, HqD});
-  const char* page_kb = std::getenv("BW_CUDA_STACK_PAGE_KB");
-  const int64_t target = page_kb != nullptr ? std::atoi(page_kb) * 1024 : kTargetPageBytes;
+  static const int64_t target = [] {  // read once: plans are made at every eager step
+    const char* page_kb = std::getenv("BW_CUDA_STACK_PAGE_KB");
+    return page_kb != nullptr ? int64_t{std::atoi(page_kb)} * 1024 : int64_t{kTargetPageBytes};
+  }();
   p.page_bytes = static_cast<int>(std::max<int64_t>(target, 2 * longest));
   auto rows_for = [&](int64_t k) { return static_cast<int>(std::max<int64_t>(1, p.page_bytes / (2 * k))); };
   p.rows_h = rows_for(H), p.rows_q = rows_for(HqD), p.rows_f = rows_for(F);
@@ -342,18 +344,25 @@ using decoder_stack::launch_for;
 using decoder_stack::make_plan;
 using decoder_stack::Plan;
 
-bool decoder_stack_supported(const DecoderStackArgs& a, int num_sms) {
-  if (a.num_layers < 1 || a.layers == nullptr || num_sms < 1) return false;
+namespace {
+
+// The shape checks of decoder_stack_supported; *plan is the kernel's plan when they pass.
+bool shapes_fit(const DecoderStackArgs& a, int num_sms, Plan* plan) {
+  if (a.num_layers < 1 || num_sms < 1) return false;
   if (a.head_dim != 64 && a.head_dim != 128) return false;
   if (a.num_kv_heads < 1 || a.num_heads % a.num_kv_heads != 0 || a.num_heads / a.num_kv_heads > kMaxGroup) return false;
   if (a.num_kv_heads > num_sms) return false;
   if (a.hidden % 8 != 0 || a.intermediate % 8 != 0 || a.vocab < 1) return false;
   if (a.hidden > 8 * kMaxNormChunks * kConsumerThreads) return false;
-  const void* buffers[] = {a.residual, a.qkv, a.attn_out, a.act, a.final_norm, a.lm_head, a.logits};
-  for (const void* ptr : buffers)
-    if (ptr == nullptr || !aligned16(ptr)) return false;
-  const Plan p = make_plan(a, num_sms);
-  return p.pages >= 2;
+  *plan = make_plan(a, num_sms);
+  return plan->pages >= 2;
+}
+
+}  // namespace
+
+bool decoder_stack_supported(const DecoderStackArgs& a, int num_sms) {
+  Plan p;
+  return shapes_fit(a, num_sms, &p);
 }
 
 int64_t decoder_stack_counters(const DecoderStackArgs& a) { return a.num_layers * counters_per_layer(a) + 1; }
@@ -364,8 +373,11 @@ int64_t decoder_stack_partial_floats(const DecoderStackArgs& a, int num_sms) {
 }
 
 cudaError_t launch_decoder_stack(const DecoderStackArgs& a, int num_sms, cudaStream_t stream) {
-  if (!decoder_stack_supported(a, num_sms)) return cudaErrorInvalidValue;
-  const Plan p = make_plan(a, num_sms);
+  Plan p;
+  if (!shapes_fit(a, num_sms, &p) || a.layers == nullptr) return cudaErrorInvalidValue;
+  const void* buffers[] = {a.residual, a.qkv, a.attn_out, a.act, a.final_norm, a.lm_head, a.logits};
+  for (const void* ptr : buffers)
+    if (ptr == nullptr || !aligned16(ptr)) return cudaErrorInvalidValue;
   return a.head_dim == 64 ? launch_for<64>(a, p, num_sms, stream) : launch_for<128>(a, p, num_sms, stream);
 }
 
