@@ -19,7 +19,9 @@
 // for every CTA (a release, an acquire poll and a reload of the activations: ~3 us under
 // a saturated L2), the attention step ~10 us, and pages of many short rows cost the
 // consumers about as long as HBM takes to deliver them. Measurement aids (wrong results):
-// BW_CUDA_STACK_DEBUG=1 skips the attention, 2 also every wait, 3 also the arithmetic;
+// BW_CUDA_STACK_DEBUG=1 skips the attention, 2 also every wait, 3 also the arithmetic; 4
+// copies no weights (the consumers' own rate: no waits, no attention), 5 the same with the
+// waits and the attention (the dependency chain alone);
 // BW_CUDA_STACK_PAGE_KB sets the page size; building with BW_STACK_TRACE defined and
 // running with BW_CUDA_STACK_DEBUG=9 prints the cycles between the steps of a layer.
 //
@@ -70,8 +72,12 @@ __device__ void produce(const DecoderStackArgs& a, const Plan& p, uint32_t ring,
   uint32_t issued = 0;
   auto push = [&](const char* src, uint32_t bytes) {
     if (issued >= static_cast<uint32_t>(p.pages)) mbar_wait(empty + 8 * cur.slot, cur.phase ^ 1);
-    mbar_expect_tx(full + 8 * cur.slot, bytes);
-    bulk_load(ring + cur.slot * p.page_bytes, src, bytes, full + 8 * cur.slot, policy);
+    if (a.debug == 4 || a.debug == 5) {
+      mbar_arrive(full + 8 * cur.slot);  // measurement aid: no copy, the consumers' rate alone
+    } else {
+      mbar_expect_tx(full + 8 * cur.slot, bytes);
+      bulk_load(ring + cur.slot * p.page_bytes, src, bytes, full + 8 * cur.slot, policy);
+    }
     cur.advance(p.pages);
     ++issued;
   };
@@ -166,7 +172,7 @@ __device__ void consume(Consumer& c) {
     STAMP(4);
 
     Attention<D> attn(c, l);
-    const bool skip_attention = a.debug >= 1 && a.debug <= 3;
+    const bool skip_attention = (a.debug >= 1 && a.debug <= 3) || a.debug == 4;
     if (!skip_attention) attn.plan();
     c.wait_for(ctr + kQkvDone, G);
     STAMP(5);
