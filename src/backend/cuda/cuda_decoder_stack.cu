@@ -72,7 +72,7 @@ __device__ void produce(const DecoderStackArgs& a, const Plan& p, uint32_t ring,
   uint32_t issued = 0;
   auto push = [&](const char* src, uint32_t bytes) {
     if (issued >= static_cast<uint32_t>(p.pages)) mbar_wait(empty + 8 * cur.slot, cur.phase ^ 1);
-    if (a.debug == 4 || a.debug == 5) {
+    if (debug_skips_copies(a.debug)) {
       mbar_arrive(full + 8 * cur.slot);  // measurement aid: no copy, the consumers' rate alone
     } else {
       mbar_expect_tx(full + 8 * cur.slot, bytes);
@@ -172,7 +172,7 @@ __device__ void consume(Consumer& c) {
     STAMP(4);
 
     Attention<D> attn(c, l);
-    const bool skip_attention = (a.debug >= 1 && a.debug <= 3) || a.debug == 4;
+    const bool skip_attention = debug_skips_attention(a.debug);
     if (!skip_attention) attn.plan();
     c.wait_for(ctr + kQkvDone, G);
     STAMP(5);

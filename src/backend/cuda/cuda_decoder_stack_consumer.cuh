@@ -43,6 +43,13 @@ __host__ __device__ constexpr int slices_for(int rows) {
   return rows % kConsumerWarps == 0 ? 1 : 2;  // 12 rows: 24 units, 3 per warp
 }
 
+// The measurement aids (BW_CUDA_STACK_DEBUG, see cuda_decoder_stack.cu; wrong results):
+// which part of the step each mode leaves out.
+__host__ __device__ constexpr bool debug_skips_attention(int mode) { return mode >= 1 && mode <= 4; }
+__host__ __device__ constexpr bool debug_skips_waits(int mode) { return mode >= 2 && mode <= 4; }
+__host__ __device__ constexpr bool debug_skips_arithmetic(int mode) { return mode == 3; }
+__host__ __device__ constexpr bool debug_skips_copies(int mode) { return mode == 4 || mode == 5; }
+
 inline int64_t counters_per_layer(const DecoderStackArgs& a) { return kFixedCounters + a.num_kv_heads; }
 
 #ifdef BW_WGMMA
@@ -159,7 +166,7 @@ struct Consumer {
 
   // Every CTA has bumped *ctr to target (thread 0 spins, then the others pass the barrier).
   __device__ void wait_for(const int* ctr, int target) const {
-    if (a.debug == 2 || a.debug == 3 || a.debug == 4) return;
+    if (debug_skips_waits(a.debug)) return;
     if (tid == 0) {
       while (load_acquire(ctr) < target) {
       }
@@ -241,7 +248,7 @@ struct Consumer {
     mbar_wait(full + 8 * slot, cur.phase);
     const uint4* pg = reinterpret_cast<const uint4*>(ring + static_cast<int64_t>(slot) * p.page_bytes);
     const uint4* xv = reinterpret_cast<const uint4*>(scratch);
-    const int units = a.debug == 3 ? 0 : rows * S;
+    const int units = debug_skips_arithmetic(a.debug) ? 0 : rows * S;
     const int chunks = static_cast<int>(k / 8);
     for (int u = warp; u < units; u += kConsumerWarps) {
       const int row = u / S, slice = u % S;
