@@ -13,16 +13,18 @@
 // per SM for the 1.5B shape, 5 of 37 KiB for the 7B: ~25 MB on the GPU) keeps HBM busy
 // for ~6 us across a wait.
 //
-// Measured on an H200 (docs/PERF.md): 1.5B 719 vs 642 tokens/s op by op, 7B 255 vs 240.
+// Measured on an H200 (docs/PERF.md): 1.5B 761 vs 642 tokens/s op by op, 7B 263 vs 240.
 // The weight stream alone (BW_CUDA_STACK_DEBUG=3) runs the 1.5B step at 1,284 tokens/s
 // (94% of the roofline); what is left is latency the ring does not cover: each op waits
 // for every CTA (a release, an acquire poll and a reload of the activations: ~3 us under
-// a saturated L2), the attention step ~10 us, and pages of many short rows cost the
+// a saturated L2), the attention step (~10 us before its items ran their keys as tiles),
+// and pages of many short rows cost the
 // consumers about as long as HBM takes to deliver them. Measurement aids (wrong results):
 // BW_CUDA_STACK_DEBUG=1 skips the attention, 2 also every wait, 3 also the arithmetic; 4
 // copies no weights (the consumers' own rate: no waits, no attention), 5 the same with the
 // waits and the attention (the dependency chain alone);
-// BW_CUDA_STACK_PAGE_KB sets the page size; building with BW_STACK_TRACE defined and
+// BW_CUDA_STACK_PAGE_KB sets the page size, BW_CUDA_STACK_MAX_SPLITS caps the attention
+// splits per KV head (the tests give items several tiles that way); building with BW_STACK_TRACE defined and
 // running with BW_CUDA_STACK_DEBUG=9 prints the cycles between the steps of a layer.
 //
 // The work of each op is split statically: CTA c owns rows [c N / G, (c + 1) N / G) of
@@ -33,8 +35,9 @@
 //   QKV  rms_norm(residual) (each CTA normalises the whole row itself) @ Wqkv + bias
 //   ATTN one work item per (KV head, split of the context): RoPE on q (and on the new k,
 //        written to its cache slot with v by the item holding the last position), online
-//        softmax over the item's keys, a partial result; the last item of a KV head to
-//        arrive merges the partials into the attention output.
+//        softmax over the item's keys in tiles of 32 (copied to shared memory before the
+//        wait for QKV), a partial result; the last item of a KV head to arrive merges the
+//        partials into the attention output.
 //   O    residual += attn @ Wo
 //   GU   act = silu(rms_norm(residual) @ Wgate) * (... @ Wup); gate and up pages of the
 //        same rows alternate in the ring
@@ -294,10 +297,11 @@ Plan make_plan(const DecoderStackArgs& a, int num_sms) {
                                  per_cta(F) * slices_for(p.rows_h), per_cta(H) * slices_for(p.rows_f)});
   p.acc_floats = static_cast<int>(2 * half);
   p.max_splits = std::max(1, num_sms / std::max(1, a.num_kv_heads));
-  const int64_t Q = a.num_kv_heads > 0 ? a.num_heads / a.num_kv_heads : 0;
-  const int64_t attn_floats =
-      Q * a.head_dim * (1 + kConsumerWarps) + 2 * a.head_dim + 2 * kConsumerWarps * Q + Q * p.max_splits;
-  p.scratch_bytes = static_cast<int>((std::max(2 * longest, attn_floats * 4) + 15) / 16 * 16);
+  // A test aid: fewer splits give each attention item several tiles of keys at short
+  // contexts (read at every plan: the tests change it between runs).
+  if (const char* splits = std::getenv("BW_CUDA_STACK_MAX_SPLITS"); splits != nullptr && std::atoi(splits) > 0)
+    p.max_splits = std::min(p.max_splits, std::atoi(splits));
+  p.scratch_bytes = static_cast<int>((std::max(2 * longest, attention_scratch_bytes(a.head_dim)) + 15) / 16 * 16);
   p.counters_per_layer = static_cast<int>(counters_per_layer(a));
   const int64_t fixed = p.scratch_bytes + 4 * (p.acc_floats + kConsumerWarps + p.own_floats) + 16 * kMaxPages;
   p.pages = static_cast<int>(std::min<int64_t>(kMaxPages, (kMaxSharedBytes - fixed) / p.page_bytes));

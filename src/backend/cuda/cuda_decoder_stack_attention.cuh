@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "backend/cuda/cuda_decoder_stack_consumer.cuh"
+#include "backend/cuda/cuda_mma.cuh"
 
 namespace bw::cuda::decoder_stack {
 
@@ -23,66 +24,136 @@ __device__ __forceinline__ float2 rotate(float x1, float x2, float2 cs) {
 }
 
 // The attention op of layer l (see the file comment), in two parts: plan() before the
-// wait for the QKV projection (what the CTA's item is, and the loads of its first cached
-// keys, which this step does not write), run() after it.
+// wait for the QKV projection (what the CTA's item is, and the copies of its first tile of
+// cached keys into shared memory, which this step does not write), run() after it.
+//
+// An item walks its keys in tiles of kTileKeys: a warp per query head, a lane per key for
+// the scores (the k rows read from shared memory in a rotated chunk order: no bank
+// conflicts), then a lane per E head dims for the weighted sum of the v rows. So a tile
+// is one parallel pass, not a chain of a key after another (measured before: an item of
+// 16 keys took ~5,400 cycles that way, its merge of 34 splits another ~7,800).
 template <int D>
 struct Attention {
-  static constexpr int E = D / 32;      // head dims per lane
-  static constexpr int kEarlyKeys = 2;  // keys per warp loaded before the wait
+  static constexpr int E = D / 32;       // head dims per lane in the weighted sum
+  static constexpr int kChunks = D / 8;  // 16-byte chunks of a k or v row
+  static constexpr int kHeadsPerWarp = (kMaxGroup + kConsumerWarps - 1) / kConsumerWarps;
+  static constexpr int kMergeBatch = 8;  // splits whose partials a merging thread loads at once
   Consumer& c;
   int layer;
   int L = 0, splits = 0, g = 0, s = 0, p0 = 0, p1 = 0;
   bool valid = false, has_item = false;
-  uint32_t kraw[kEarlyKeys][E / 2], vraw[kEarlyKeys][E / 2];  // bf16 pairs: fewer registers
-  bool early_ok[kEarlyKeys];
 
   __device__ Attention(Consumer& consumer, int l) : c(consumer), layer(l) {}
 
-  // The raw K and V rows (this lane's E dims, as bf16 pairs) of cached key `key`; false
-  // for a bad block id.
-  __device__ bool load_key(int key, uint32_t (&k)[E / 2], uint32_t (&v)[E / 2]) const {
+  // Shared scratch (attention_scratch_bytes): q [Q][D] f32 (scaled), this token's k and v
+  // (f32), the tile's k and v rows (bf16) and whether each key's block id was good.
+  __device__ float* q_s() const { return reinterpret_cast<float*>(c.scratch); }
+  __device__ float* knew_s() const { return q_s() + kMaxGroup * D; }
+  __device__ float* vnew_s() const { return knew_s() + D; }
+  __device__ bf16* ktile() const { return reinterpret_cast<bf16*>(vnew_s() + D); }
+  __device__ bf16* vtile() const { return ktile() + kTileKeys * D; }
+  __device__ int* key_ok() const { return reinterpret_cast<int*>(vtile() + kTileKeys * D); }
+
+  // Copies of the cached k and v rows of keys [t0, t0 + n) into the tile (cp.async, one
+  // group); the token's own key (L - 1, not in the cache yet) is left to fill_new.
+  __device__ void load_tile(int t0, int n) const {
     const DecoderStackArgs& a = c.a;
     const DecoderStackLayer& w = a.layers[layer];
-    const int32_t blk = a.block_tables[key / a.block_size];
-    if (blk < 0 || blk >= a.num_blocks) return false;
-    const int64_t at =
-        ((static_cast<int64_t>(blk) * a.block_size + key % a.block_size) * a.num_kv_heads + g) * D + c.lane * E;
-    const bf16* kc = static_cast<const bf16*>(w.k_cache) + at;
-    const bf16* vc = static_cast<const bf16*>(w.v_cache) + at;
-    if constexpr (E == 4) {
-      const uint2 kr = __ldcg(reinterpret_cast<const uint2*>(kc));
-      const uint2 vr = __ldcg(reinterpret_cast<const uint2*>(vc));
-      k[0] = kr.x, k[1] = kr.y, v[0] = vr.x, v[1] = vr.y;
-    } else {
-      k[0] = __ldcg(reinterpret_cast<const unsigned int*>(kc));
-      v[0] = __ldcg(reinterpret_cast<const unsigned int*>(vc));
+    const int per_key = 2 * kChunks;
+    for (int i = c.tid; i < n * per_key; i += kConsumerThreads) {
+      const int r = i / per_key, part = i % per_key, key = t0 + r;
+      if (key == L - 1) continue;
+      const int32_t blk = a.block_tables[key / a.block_size];
+      const bool ok = blk >= 0 && blk < a.num_blocks;
+      if (part == 0) {
+        key_ok()[r] = ok;
+        if (!ok) report_error(a.error_flag, kBadBlockId);
+      }
+      const bool is_v = part >= kChunks;
+      const int chunk = part % kChunks;
+      const int64_t at =
+          ((static_cast<int64_t>(ok ? blk : 0) * a.block_size + key % a.block_size) * a.num_kv_heads + g) * D;
+      const bf16* src = static_cast<const bf16*>(is_v ? w.v_cache : w.k_cache) + at + chunk * 8;
+      bf16* dst = (is_v ? vtile() : ktile()) + r * D + chunk * 8;
+      cp_async16(smem_addr(dst), src, ok);
     }
-    return true;
+    cp_async_commit();
   }
-  static __device__ void unpack(const uint32_t (&raw)[E / 2], float (&f)[E]) {
-#pragma unroll
-    for (int i = 0; i < E / 2; ++i)
-      f[2 * i] = bf16_lo(raw[i]), f[2 * i + 1] = bf16_hi(raw[i]);
+  // The token's own k and v into row L - 1 - t0 of the tile, if the tile holds it.
+  __device__ void fill_new(int t0, int n) const {
+    const int r = c.a.kv_lens[0] - 1 - t0;
+    if (r < 0 || r >= n) return;
+    for (int d = c.tid; d < D; d += kConsumerThreads) {
+      ktile()[r * D + d] = __float2bfloat16_rn(knew_s()[d]);
+      vtile()[r * D + d] = __float2bfloat16_rn(vnew_s()[d]);
+    }
+    if (c.tid == 0) key_ok()[r] = 1;
   }
 
-  // Splits: as many as give every item kKeysPerItem keys, at most p.max_splits per KV
-  // head (so a CTA has one item at most).
+  // Splits: as many as give every item kTileKeys keys, at most p.max_splits per KV head
+  // (so a CTA has one item at most).
   __device__ void plan() {
     const DecoderStackArgs& a = c.a;
     L = a.kv_lens[0];
     valid = L >= 1 && L <= static_cast<int64_t>(a.table_width) * a.block_size;
     if (!valid) return;
-    splits = min(c.p.max_splits, (L + kKeysPerItem - 1) / kKeysPerItem);
+    splits = min(c.p.max_splits, (L + kTileKeys - 1) / kTileKeys);
     const int item = static_cast<int>(blockIdx.x);
     has_item = item < a.num_kv_heads * splits;
     if (!has_item) return;
     g = item / splits, s = item % splits;
     const int chunk = (L + splits - 1) / splits;
-    p0 = s * chunk, p1 = min(L, p0 + chunk);
+    p0 = min(L, s * chunk), p1 = min(L, p0 + chunk);
+    load_tile(p0, min(kTileKeys, p1 - p0));
+  }
+
+  // One tile's keys [t0, t0 + n) for the warp's heads: the online-softmax state (m, l, o)
+  // is the same in every lane but o, whose lane holds E dims.
+  __device__ void attend_tile(int t0, int n, int Q, float (&m)[kHeadsPerWarp], float (&l)[kHeadsPerWarp],
+                              float (&o)[kHeadsPerWarp][E]) const {
+    const uint4* kt = reinterpret_cast<const uint4*>(ktile());
+    const int j = c.lane;
+    const bool live = j < n && key_ok()[j] != 0;
 #pragma unroll
-    for (int j = 0; j < kEarlyKeys; ++j) {
-      const int key = p0 + c.warp + j * kConsumerWarps;
-      early_ok[j] = key < p1 && key != L - 1 && load_key(key, kraw[j], vraw[j]);
+    for (int hw = 0; hw < kHeadsPerWarp; ++hw) {
+      const int h = c.warp + hw * kConsumerWarps;
+      if (h >= Q) break;
+      const float4* q4 = reinterpret_cast<const float4*>(q_s() + h * D);
+      float sc = -INFINITY;
+      if (live) {
+        float acc0 = 0.0f, acc1 = 0.0f;
+#pragma unroll
+        for (int step = 0; step < kChunks; ++step) {
+          const int cc = (step + j) % kChunks;  // rotated: lanes of a phase hit different banks
+          const uint4 k8 = kt[j * kChunks + cc];
+          const float4 qa = q4[2 * cc], qb = q4[2 * cc + 1];
+          acc0 = fmaf(qa.x, bf16_lo(k8.x), acc0), acc1 = fmaf(qa.y, bf16_hi(k8.x), acc1);
+          acc0 = fmaf(qa.z, bf16_lo(k8.y), acc0), acc1 = fmaf(qa.w, bf16_hi(k8.y), acc1);
+          acc0 = fmaf(qb.x, bf16_lo(k8.z), acc0), acc1 = fmaf(qb.y, bf16_hi(k8.z), acc1);
+          acc0 = fmaf(qb.z, bf16_lo(k8.w), acc0), acc1 = fmaf(qb.w, bf16_hi(k8.w), acc1);
+        }
+        sc = acc0 + acc1;
+      }
+      const float mn = fmaxf(m[hw], warp_max(sc));
+      if (mn == -INFINITY) continue;  // no live key yet
+      const float corr = exp2f(m[hw] - mn), pr = live ? exp2f(sc - mn) : 0.0f;
+      l[hw] = fmaf(l[hw], corr, warp_sum(pr));
+      m[hw] = mn;
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        o[hw][e] *= corr;
+      for (int r = 0; r < n; ++r) {
+        const float pj = __shfl_sync(0xffffffffu, pr, r);
+        const bf16* vr = vtile() + r * D + c.lane * E;
+        if constexpr (E == 4) {
+          const uint2 v = *reinterpret_cast<const uint2*>(vr);
+          o[hw][0] = fmaf(pj, bf16_lo(v.x), o[hw][0]), o[hw][1] = fmaf(pj, bf16_hi(v.x), o[hw][1]);
+          o[hw][2] = fmaf(pj, bf16_lo(v.y), o[hw][2]), o[hw][3] = fmaf(pj, bf16_hi(v.y), o[hw][3]);
+        } else {
+          const uint32_t v = *reinterpret_cast<const uint32_t*>(vr);
+          o[hw][0] = fmaf(pj, bf16_lo(v), o[hw][0]), o[hw][1] = fmaf(pj, bf16_hi(v), o[hw][1]);
+        }
+      }
     }
   }
 
@@ -106,47 +177,41 @@ struct Attention {
     const int64_t num_slots = a.num_blocks * a.block_size;
     const DecoderStackLayer& w = a.layers[layer];
     const int item = static_cast<int>(blockIdx.x);
-
-    // Shared scratch: q [Q][D] (scaled), this token's k and v, the warps' states, the
-    // split weights.
-    float* q_s = reinterpret_cast<float*>(c.scratch);
-    float* knew_s = q_s + Q * D;
-    float* vnew_s = knew_s + D;
-    float* m_s = vnew_s + D;                     // [warps][Q]
-    float* l_s = m_s + kConsumerWarps * Q;       // [warps][Q]
-    float* o_s = l_s + kConsumerWarps * Q;       // [warps][Q][D]
-    float* wt_s = o_s + kConsumerWarps * Q * D;  // [Q][max_splits]
     __shared__ int last_s;
 
     const bf16* qkv = static_cast<const bf16*>(a.qkv);
     const float q_scale = a.scale * kLog2e;
     if (pos < 0 && item == 0 && c.tid == 0) report_error(a.error_flag, kBadPosition);
     // The item holding the last position also takes this token's k (rotated) and v from
-    // the QKV row (into shared memory, for its own loop) and writes them to the cache
-    // slot. Every load first, then the math: one round trip through a busy L2, not four.
+    // the QKV row (into shared memory, for its tile) and writes them to the cache slot.
+    // Every load first, then the math: one round trip through a busy L2, not four.
     const bool has_new = p0 <= L - 1 && L - 1 < p1;
     const bf16* kh = qkv + static_cast<int64_t>(Hq + g) * D;
     const bf16* vh = qkv + static_cast<int64_t>(Hq + Hkv + g) * D;
-    constexpr int kQPairs = (kMaxGroup * D / 2 + kConsumerThreads - 1) / kConsumerThreads;
-    static_assert(kConsumerThreads % (D / 2) == 0, "a thread rotates one dimension pair index");
+    // A thread rotates one dimension pair index: the first kRopeThreads threads (a multiple
+    // of D / 2) take the query pairs.
+    constexpr int kRopeThreads = kConsumerThreads / (D / 2) * (D / 2);
+    constexpr int kQPairs = (kMaxGroup * D / 2 + kRopeThreads - 1) / kRopeThreads;
+    const bool roper = c.tid < kRopeThreads;
     // (The call first, while few registers are live: it is out of line.)
     const float2 cs = pos >= 0 ? stack_cos_sin(__fmul_rn(static_cast<float>(pos), a.inv_freq[c.tid % (D / 2)]))
                                : make_float2(1.0f, 0.0f);
     bf16 q1[kQPairs], q2[kQPairs], k1 = {}, k2 = {}, vv = {};
 #pragma unroll
     for (int j = 0; j < kQPairs; ++j) {
-      const int i = c.tid + j * kConsumerThreads;
-      if (i < Q * (D / 2)) {
+      const int i = c.tid + j * kRopeThreads;
+      if (roper && i < Q * (D / 2)) {
         const bf16* qh = qkv + static_cast<int64_t>(g * Q + i / (D / 2)) * D + i % (D / 2);
         q1[j] = __ldcg(qh), q2[j] = __ldcg(qh + D / 2);
       }
     }
     if (has_new && c.tid < D / 2) k1 = __ldcg(kh + c.tid), k2 = __ldcg(kh + c.tid + D / 2);
     if (has_new && c.tid < D) vv = __ldcg(vh + c.tid);
+    float* q_s = this->q_s();
 #pragma unroll
     for (int j = 0; j < kQPairs; ++j) {
-      const int i = c.tid + j * kConsumerThreads;
-      if (i >= Q * (D / 2)) break;
+      const int i = c.tid + j * kRopeThreads;
+      if (!roper || i >= Q * (D / 2)) break;
       const int h = i / (D / 2), jj = i % (D / 2);
       float2 y = make_float2(__bfloat162float(q1[j]), __bfloat162float(q2[j]));
       if (pos >= 0) y = rotate(y.x, y.y, cs);
@@ -161,108 +226,46 @@ struct Attention {
       if (c.tid < D / 2) {
         float2 y = make_float2(__bfloat162float(k1), __bfloat162float(k2));
         if (pos >= 0) y = rotate(y.x, y.y, cs);
-        knew_s[c.tid] = y.x, knew_s[c.tid + D / 2] = y.y;
+        knew_s()[c.tid] = y.x, knew_s()[c.tid + D / 2] = y.y;
         if (write) kc[c.tid] = __float2bfloat16_rn(y.x), kc[c.tid + D / 2] = __float2bfloat16_rn(y.y);
       }
       if (c.tid < D) {
-        vnew_s[c.tid] = __bfloat162float(vv);
+        vnew_s()[c.tid] = __bfloat162float(vv);
         if (write) vc[c.tid] = vv;
       }
     }
-    consumer_sync();
 
-    // Each warp: keys p0 + warp, p0 + warp + 8, ...; a lane holds E dims of every row.
-    float q[kMaxGroup][E], o[kMaxGroup][E], m[kMaxGroup], lsum[kMaxGroup];
+    float m[kHeadsPerWarp], l[kHeadsPerWarp], o[kHeadsPerWarp][E];
 #pragma unroll
-    for (int h = 0; h < kMaxGroup; ++h) {
-      m[h] = -INFINITY, lsum[h] = 0.0f;
-#pragma unroll
-      for (int e = 0; e < E; ++e)
-        q[h][e] = h < Q ? q_s[h * D + c.lane * E + e] : 0.0f, o[h][e] = 0.0f;
-    }
-    auto score = [&](const float(&k)[E], const float(&v)[E]) {
-#pragma unroll
-      for (int h = 0; h < kMaxGroup; ++h) {
-        if (h >= Q) break;
-        float sc = 0.0f;
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-          sc = fmaf(q[h][e], k[e], sc);
-        sc = warp_sum(sc);
-        const float mn = fmaxf(m[h], sc);
-        const float corr = exp2f(m[h] - mn), pr = exp2f(sc - mn);
-        lsum[h] = fmaf(lsum[h], corr, pr);
-#pragma unroll
-        for (int e = 0; e < E; ++e)
-          o[h][e] = fmaf(o[h][e], corr, pr * v[e]);
-        m[h] = mn;
-      }
-    };
-    auto new_key = [&]() {
-      float k[E], v[E];
+    for (int hw = 0; hw < kHeadsPerWarp; ++hw) {
+      m[hw] = -INFINITY, l[hw] = 0.0f;
 #pragma unroll
       for (int e = 0; e < E; ++e)
-        k[e] = knew_s[c.lane * E + e], v[e] = vnew_s[c.lane * E + e];
-      score(k, v);
-    };
-    // The keys loaded before the wait (static indices: they stay in registers), then the rest.
-#pragma unroll
-    for (int j = 0; j < kEarlyKeys; ++j) {
-      const int key = p0 + c.warp + j * kConsumerWarps;
-      if (key >= p1) break;
-      if (key == L - 1) {
-        new_key();
-      } else if (early_ok[j]) {
-        float k[E], v[E];
-        unpack(kraw[j], k);
-        unpack(vraw[j], v);
-        score(k, v);
-      } else if (c.lane == 0) {
-        report_error(a.error_flag, kBadBlockId);
+        o[hw][e] = 0.0f;
+    }
+    for (int t0 = p0; t0 < p1; t0 += kTileKeys) {
+      const int n = min(kTileKeys, p1 - t0);
+      if (t0 != p0) {
+        consumer_sync();  // every warp is done with the last tile
+        load_tile(t0, n);
       }
+      consumer_sync();  // knew_s / vnew_s (the first tile: q_s too) are written
+      fill_new(t0, n);
+      cp_async_wait<0>();
+      consumer_sync();
+      attend_tile(t0, n, Q, m, l, o);
     }
-    for (int key = p0 + c.warp + kEarlyKeys * kConsumerWarps; key < p1; key += kConsumerWarps) {
-      uint32_t kr[E / 2], vr[E / 2];
-      if (key == L - 1) {
-        new_key();
-      } else if (load_key(key, kr, vr)) {
-        float k[E], v[E];
-        unpack(kr, k);
-        unpack(vr, v);
-        score(k, v);
-      } else if (c.lane == 0) {
-        report_error(a.error_flag, kBadBlockId);
-      }
-    }
-#pragma unroll
-    for (int h = 0; h < kMaxGroup; ++h) {
-      if (h >= Q) break;
-      if (c.lane == 0) m_s[c.warp * Q + h] = m[h], l_s[c.warp * Q + h] = lsum[h];
-#pragma unroll
-      for (int e = 0; e < E; ++e)
-        o_s[(c.warp * Q + h) * D + c.lane * E + e] = o[h][e];
-    }
-    consumer_sync();
     // The item's partial result per head: (unnormalised output, max, sum).
     const int stride = D + 4;  // (16-byte aligned rows: the merge reads float4)
-    for (int i = c.tid; i < Q * D; i += kConsumerThreads) {
-      const int h = i / D, d = i % D;
-      float M = -INFINITY;
 #pragma unroll
-      for (int wi = 0; wi < kConsumerWarps; ++wi)
-        M = fmaxf(M, m_s[wi * Q + h]);
-      float O = 0.0f, Ls = 0.0f;
-      if (M != -INFINITY) {
-#pragma unroll
-        for (int wi = 0; wi < kConsumerWarps; ++wi) {
-          const float f = exp2f(m_s[wi * Q + h] - M);
-          O = fmaf(o_s[(wi * Q + h) * D + d], f, O);
-          Ls = fmaf(l_s[wi * Q + h], f, Ls);
-        }
-      }
+    for (int hw = 0; hw < kHeadsPerWarp; ++hw) {
+      const int h = c.warp + hw * kConsumerWarps;
+      if (h >= Q) break;
       float* part = a.partials + (static_cast<int64_t>(g * Q + h) * c.p.max_splits + s) * stride;
-      part[d] = O;
-      if (d == 0) part[D] = M, part[D + 1] = Ls;
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        part[c.lane * E + e] = o[hw][e];
+      if (c.lane == 0) part[D] = m[hw], part[D + 1] = l[hw];
     }
     consumer_sync();
     if (c.tid == 0) {
@@ -276,47 +279,40 @@ struct Attention {
     consumer_sync();
     if (!last_s) return;
 
-    // The last item of KV head g: weigh the splits (a warp per head: one pass over the
-    // partials' (max, sum) into shared memory), then sum the outputs.
-    for (int h = c.warp; h < Q; h += kConsumerWarps) {
-      const float* part = a.partials + static_cast<int64_t>(g * Q + h) * c.p.max_splits * stride;
-      float* wt = wt_s + h * c.p.max_splits;
-      float M = -INFINITY;
-      for (int sp = c.lane; sp < splits; sp += 32) {
-        const float ms = __ldcg(part + sp * stride + D), ls = __ldcg(part + sp * stride + D + 1);
-        wt[sp] = ms;
-        o_s[h * c.p.max_splits + sp] = ls;  // the warps' states are merged: reuse their space
-        M = fmaxf(M, ms);
-      }
-      M = warp_max(M);
-      float Ls = 0.0f;
-      for (int sp = c.lane; sp < splits; sp += 32) {
-        const float f = wt[sp] == -INFINITY ? 0.0f : exp2f(wt[sp] - M);
-        wt[sp] = f;
-        Ls = fmaf(o_s[h * c.p.max_splits + sp], f, Ls);
-      }
-      Ls = warp_sum(Ls);
-      const float inv = Ls > 0.0f ? 1.0f / Ls : 0.0f;
-      for (int sp = c.lane; sp < splits; sp += 32)
-        wt[sp] *= inv;
-    }
-    consumer_sync();
-    // Four dims per thread; four splits' loads in flight at a time (each is a round trip
-    // through an L2 busy with the weight stream).
+    // The last item of KV head g merges the splits: a thread per four dims of a head, an
+    // online merge over the splits, kMergeBatch splits' loads in flight at a time (each a
+    // round trip through an L2 busy with the weight stream).
     for (int i = c.tid; i < Q * D / 4; i += kConsumerThreads) {
       const int h = i / (D / 4), d = i % (D / 4) * 4;
-      const float* part = a.partials + static_cast<int64_t>(g * Q + h) * c.p.max_splits * stride + d;
+      const float* part = a.partials + static_cast<int64_t>(g * Q + h) * c.p.max_splits * stride;
       float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 4
-      for (int sp = 0; sp < splits; ++sp) {
-        const float4 o4 = __ldcg(reinterpret_cast<const float4*>(part + sp * stride));
-        const float wgt = wt_s[h * c.p.max_splits + sp];
-        sum.x = fmaf(wgt, o4.x, sum.x), sum.y = fmaf(wgt, o4.y, sum.y);
-        sum.z = fmaf(wgt, o4.z, sum.z), sum.w = fmaf(wgt, o4.w, sum.w);
+      float M = -INFINITY, Ls = 0.0f;
+      for (int sp0 = 0; sp0 < splits; sp0 += kMergeBatch) {
+        float4 o4[kMergeBatch];
+        float ms[kMergeBatch], ls[kMergeBatch];
+#pragma unroll
+        for (int u = 0; u < kMergeBatch; ++u) {
+          const float* ps = part + (sp0 + u) * stride;
+          const bool in = sp0 + u < splits;
+          o4[u] = in ? __ldcg(reinterpret_cast<const float4*>(ps + d)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          ms[u] = in ? __ldcg(ps + D) : -INFINITY;
+          ls[u] = in ? __ldcg(ps + D + 1) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < kMergeBatch; ++u) {
+          const float mn = fmaxf(M, ms[u]);
+          if (mn == -INFINITY) continue;
+          const float ca = exp2f(M - mn), cb = exp2f(ms[u] - mn);
+          sum.x = fmaf(sum.x, ca, o4[u].x * cb), sum.y = fmaf(sum.y, ca, o4[u].y * cb);
+          sum.z = fmaf(sum.z, ca, o4[u].z * cb), sum.w = fmaf(sum.w, ca, o4[u].w * cb);
+          Ls = fmaf(Ls, ca, ls[u] * cb);
+          M = mn;
+        }
       }
+      const float inv = Ls > 0.0f ? 1.0f / Ls : 0.0f;
       bf16* out = attn_out + static_cast<int64_t>(g * Q + h) * D + d;
-      out[0] = __float2bfloat16_rn(sum.x), out[1] = __float2bfloat16_rn(sum.y);
-      out[2] = __float2bfloat16_rn(sum.z), out[3] = __float2bfloat16_rn(sum.w);
+      out[0] = __float2bfloat16_rn(sum.x * inv), out[1] = __float2bfloat16_rn(sum.y * inv);
+      out[2] = __float2bfloat16_rn(sum.z * inv), out[3] = __float2bfloat16_rn(sum.w * inv);
     }
     c.arrive(ctr + kAttnDone);
   }

@@ -20,6 +20,13 @@ constexpr int kMaxNormChunks = 4;                // 16-byte chunks per thread of
 constexpr int kMaxSharedBytes = 226 * 1024;      // of the 227 KiB a CTA may have, 1 KiB left for static shared memory
 constexpr int kTargetPageBytes = 24 * 1024;      // measured: 24 KiB 720 tokens/s (1.5B), 36 KiB 642
 constexpr int kMaxPages = 16;                    // mbarrier pairs reserved in shared memory
+constexpr int kTileKeys = 32;                    // keys of an attention item's tile: a lane per key
+
+// Shared scratch of the attention step (head_dim d): q of the group's heads and this
+// token's k and v (f32), a tile of k and v rows (bf16), a flag per key of the tile.
+__host__ __device__ constexpr int64_t attention_scratch_bytes(int64_t d) {
+  return (kMaxGroup * d + 2 * d) * 4 + 2 * kTileKeys * d * 2 + kTileKeys * 4;
+}
 
 // Arrival counters of a layer: how many CTAs finished each op (kAttnDone: KV heads merged),
 // then one per KV head counting its finished attention items.
@@ -53,7 +60,6 @@ __host__ __device__ constexpr bool debug_skips_copies(int mode) { return mode ==
 inline int64_t counters_per_layer(const DecoderStackArgs& a) { return kFixedCounters + a.num_kv_heads; }
 
 #ifdef BW_WGMMA
-constexpr int kKeysPerItem = 16;  // the fewest keys an attention work item takes
 constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }
