@@ -24,8 +24,8 @@
 // copies no weights (the consumers' own rate: no waits, no attention), 5 the same with the
 // waits and the attention (the dependency chain alone);
 // BW_CUDA_STACK_PAGE_KB sets the page size, BW_CUDA_STACK_MAX_SPLITS caps the attention
-// splits per KV head (the tests give items several tiles that way); building with BW_STACK_TRACE defined and
-// running with BW_CUDA_STACK_DEBUG=9 prints the cycles between the steps of a layer.
+// splits per KV head (the tests give items several tiles that way); a build with
+// BW_STACK_TRACE defined prints the cycles between the steps of a layer at every step.
 //
 // The work of each op is split statically: CTA c owns rows [c N / G, (c + 1) N / G) of
 // every projection (G CTAs), so its share of a matrix is one contiguous byte range and a
@@ -147,9 +147,10 @@ __device__ void consume(Consumer& c) {
   };
   float* second_half = c.acc + p.acc_floats / 2;  // QKV: the biases; gate/up: the up sums
   // BW_STACK_TRACE builds (a measurement aid; it costs registers): cycles between the
-  // steps of layer 5 on CTA 0, printed at the end of every step with BW_CUDA_STACK_DEBUG=9.
+  // steps of layer 5 on CTA 0, printed at the end of every step, and the attention
+  // step's (on CTA 0 and on the CTAs that merged the splits).
 #ifdef BW_STACK_TRACE
-  const bool trace_cta = a.debug == 9 && blockIdx.x == 0 && c.tid == 0;
+  const bool trace_cta = blockIdx.x == 0 && c.tid == 0;
   __shared__ long long t[12];
 #define STAMP(i) \
   if (trace_cta && l == 5) t[i] = clock64();
@@ -221,6 +222,12 @@ __device__ void consume(Consumer& c) {
     for (int i = 1; i < 12; ++i)
       printf(" %lld", t[i] - t[i - 1]);
     printf("\n");
+  }
+  if (c.tid == 0 && (blockIdx.x == 0 || g_attn_trace[blockIdx.x][5] == 1)) {
+    const long long* at = g_attn_trace[blockIdx.x];
+    printf(
+        "attention trace (cycles, layer 5, CTA %d): until the first tile %lld, tiles %lld, partial %lld, merge %lld\n",
+        static_cast<int>(blockIdx.x), at[1] - at[0], at[2] - at[1], at[3] - at[2], at[5] == 1 ? at[4] - at[3] : -1LL);
   }
 #endif
 #undef STAMP

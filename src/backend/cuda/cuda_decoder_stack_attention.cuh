@@ -23,6 +23,15 @@ __device__ __forceinline__ float2 rotate(float x1, float x2, float2 cs) {
   return make_float2(round_bf16(y1), round_bf16(y2));
 }
 
+#ifdef BW_STACK_TRACE
+// Trace builds: each CTA's cycle stamps of layer 5's attention step ([7]: it merged).
+__device__ long long g_attn_trace[1024][8];
+#define ATTN_STAMP(i) \
+  if (layer == 5 && c.tid == 0) g_attn_trace[blockIdx.x][i] = clock64();
+#else
+#define ATTN_STAMP(i)
+#endif
+
 // The attention op of layer l (see the file comment), in two parts: plan() before the
 // wait for the QKV projection (what the CTA's item is, and the copies of its first tile of
 // cached keys into shared memory, which this step does not write), run() after it.
@@ -37,7 +46,7 @@ struct Attention {
   static constexpr int E = D / 32;       // head dims per lane in the weighted sum
   static constexpr int kChunks = D / 8;  // 16-byte chunks of a k or v row
   static constexpr int kHeadsPerWarp = (kMaxGroup + kConsumerWarps - 1) / kConsumerWarps;
-  static constexpr int kMergeBatch = 8;  // splits whose partials a merging thread loads at once
+  static constexpr int kMergeBatch = 12;  // splits whose partials a merging thread loads at once
   Consumer& c;
   int layer;
   int L = 0, splits = 0, g = 0, s = 0, p0 = 0, p1 = 0;
@@ -173,6 +182,10 @@ struct Attention {
       return;
     }
     if (!has_item) return;
+    ATTN_STAMP(0);
+#ifdef BW_STACK_TRACE
+    if (layer == 5 && c.tid == 0) g_attn_trace[blockIdx.x][5] = 0;
+#endif
     const int32_t pos = a.positions[0], slot = a.slots[0];
     const int64_t num_slots = a.num_blocks * a.block_size;
     const DecoderStackLayer& w = a.layers[layer];
@@ -253,8 +266,10 @@ struct Attention {
       fill_new(t0, n);
       cp_async_wait<0>();
       consumer_sync();
+      if (t0 == p0) ATTN_STAMP(1);
       attend_tile(t0, n, Q, m, l, o);
     }
+    ATTN_STAMP(2);
     // The item's partial result per head: (unnormalised output, max, sum).
     const int stride = D + 4;  // (16-byte aligned rows: the merge reads float4)
 #pragma unroll
@@ -277,6 +292,7 @@ struct Attention {
       last_s = before == splits - 1;
     }
     consumer_sync();
+    ATTN_STAMP(3);
     if (!last_s) return;
 
     // The last item of KV head g merges the splits: a thread per four dims of a head, an
@@ -289,23 +305,22 @@ struct Attention {
       float M = -INFINITY, Ls = 0.0f;
       for (int sp0 = 0; sp0 < splits; sp0 += kMergeBatch) {
         float4 o4[kMergeBatch];
-        float ms[kMergeBatch], ls[kMergeBatch];
+        float2 ml[kMergeBatch];  // (max, sum)
 #pragma unroll
         for (int u = 0; u < kMergeBatch; ++u) {
           const float* ps = part + (sp0 + u) * stride;
           const bool in = sp0 + u < splits;
           o4[u] = in ? __ldcg(reinterpret_cast<const float4*>(ps + d)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-          ms[u] = in ? __ldcg(ps + D) : -INFINITY;
-          ls[u] = in ? __ldcg(ps + D + 1) : 0.0f;
+          ml[u] = in ? __ldcg(reinterpret_cast<const float2*>(ps + D)) : make_float2(-INFINITY, 0.0f);
         }
 #pragma unroll
         for (int u = 0; u < kMergeBatch; ++u) {
-          const float mn = fmaxf(M, ms[u]);
+          const float mn = fmaxf(M, ml[u].x);
           if (mn == -INFINITY) continue;
-          const float ca = exp2f(M - mn), cb = exp2f(ms[u] - mn);
+          const float ca = exp2f(M - mn), cb = exp2f(ml[u].x - mn);
           sum.x = fmaf(sum.x, ca, o4[u].x * cb), sum.y = fmaf(sum.y, ca, o4[u].y * cb);
           sum.z = fmaf(sum.z, ca, o4[u].z * cb), sum.w = fmaf(sum.w, ca, o4[u].w * cb);
-          Ls = fmaf(Ls, ca, ls[u] * cb);
+          Ls = fmaf(Ls, ca, ml[u].y * cb);
           M = mn;
         }
       }
@@ -314,9 +329,14 @@ struct Attention {
       out[0] = __float2bfloat16_rn(sum.x * inv), out[1] = __float2bfloat16_rn(sum.y * inv);
       out[2] = __float2bfloat16_rn(sum.z * inv), out[3] = __float2bfloat16_rn(sum.w * inv);
     }
+    ATTN_STAMP(4);
+#ifdef BW_STACK_TRACE
+    if (layer == 5 && c.tid == 0) g_attn_trace[blockIdx.x][5] = 1;
+#endif
     c.arrive(ctr + kAttnDone);
   }
 };
+#undef ATTN_STAMP
 
 #endif  // BW_WGMMA
 
