@@ -17,9 +17,9 @@
 // The weight stream alone (BW_CUDA_STACK_DEBUG=3) runs the 1.5B step at 1,284 tokens/s
 // (94% of the roofline); what is left is latency the ring does not cover: each op waits
 // for every CTA (a release, an acquire poll and a reload of the activations: ~3 us under
-// a saturated L2), the attention step (~10 us before its items ran their keys as tiles),
-// and pages of many short rows cost the
-// consumers about as long as HBM takes to deliver them. Measurement aids (wrong results):
+// a saturated L2), the attention step (~7 us from the QKV wait to its merged output),
+// and pages of many short rows cost the consumers about as long as HBM takes to deliver
+// them. Measurement aids (wrong results):
 // BW_CUDA_STACK_DEBUG=1 skips the attention, 2 also every wait, 3 also the arithmetic; 4
 // copies no weights (the consumers' own rate: no waits, no attention), 5 the same with the
 // waits and the attention (the dependency chain alone);

@@ -6,7 +6,6 @@
 #include <cmath>
 
 #include "backend/cuda/cuda_decoder_stack_consumer.cuh"
-#include "backend/cuda/cuda_mma.cuh"
 
 namespace bw::cuda::decoder_stack {
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_mma.cuh"  // kLog2e, smem_addr, cp.async
 #include "backend/cuda/cuda_wgmma.cuh"
 
 namespace bw::cuda::decoder_stack {
@@ -60,7 +61,6 @@ __host__ __device__ constexpr bool debug_skips_copies(int mode) { return mode ==
 inline int64_t counters_per_layer(const DecoderStackArgs& a) { return kFixedCounters + a.num_kv_heads; }
 
 #ifdef BW_WGMMA
-constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float bf16_lo(uint32_t v) { return __uint_as_float(v << 16); }
 __device__ __forceinline__ float bf16_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
@@ -139,10 +139,6 @@ __device__ __forceinline__ int load_acquire(const int* p) {
 }
 // Barrier of the eight consumer warps (id 1; the producer never joins).
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
 
 // The ring position of a page: its slot and the parity of the slot's current use.
 // Advanced incrementally (a division per page costs the single producer thread more
