@@ -223,11 +223,12 @@ __device__ void consume(Consumer& c) {
       printf(" %lld", t[i] - t[i - 1]);
     printf("\n");
   }
-  if (c.tid == 0 && (blockIdx.x == 0 || g_attn_trace[blockIdx.x][5] == 1)) {
+  if (c.tid == 0 && (blockIdx.x == 0 || g_attn_trace[blockIdx.x][kAttnTraceMerged] == 1)) {
     const long long* at = g_attn_trace[blockIdx.x];
     printf(
         "attention trace (cycles, layer 5, CTA %d): until the first tile %lld, tiles %lld, partial %lld, merge %lld\n",
-        static_cast<int>(blockIdx.x), at[1] - at[0], at[2] - at[1], at[3] - at[2], at[5] == 1 ? at[4] - at[3] : -1LL);
+        static_cast<int>(blockIdx.x), at[1] - at[0], at[2] - at[1], at[3] - at[2],
+        at[kAttnTraceMerged] == 1 ? at[4] - at[3] : -1LL);
   }
 #endif
 #undef STAMP
@@ -306,8 +307,9 @@ Plan make_plan(const DecoderStackArgs& a, int num_sms) {
   p.max_splits = std::max(1, num_sms / std::max(1, a.num_kv_heads));
   // A test aid: fewer splits give each attention item several tiles of keys at short
   // contexts (read at every plan: the tests change it between runs).
-  if (const char* splits = std::getenv("BW_CUDA_STACK_MAX_SPLITS"); splits != nullptr && std::atoi(splits) > 0)
-    p.max_splits = std::min(p.max_splits, std::atoi(splits));
+  if (const char* env = std::getenv("BW_CUDA_STACK_MAX_SPLITS"); env != nullptr) {
+    if (const int splits = std::atoi(env); splits > 0) p.max_splits = std::min(p.max_splits, splits);
+  }
   p.scratch_bytes = static_cast<int>((std::max(2 * longest, attention_scratch_bytes(a.head_dim)) + 15) / 16 * 16);
   p.counters_per_layer = static_cast<int>(counters_per_layer(a));
   const int64_t fixed = p.scratch_bytes + 4 * (p.acc_floats + kConsumerWarps + p.own_floats) + 16 * kMaxPages;

@@ -23,13 +23,16 @@ __device__ __forceinline__ float2 rotate(float x1, float x2, float2 cs) {
 }
 
 #ifdef BW_STACK_TRACE
-// Trace builds: each CTA's cycle stamps of layer 5's attention step ([7]: it merged).
-__device__ long long g_attn_trace[1024][8];
-#define ATTN_STAMP(i) \
-  if (layer == 5 && c.tid == 0) g_attn_trace[blockIdx.x][i] = clock64();
+// Trace builds: each CTA's cycle stamps [0, 4] of layer 5's attention step, and at
+// [kAttnTraceMerged] whether it merged the splits.
+constexpr int kAttnTraceMerged = 5;
+__device__ long long g_attn_trace[1024][kAttnTraceMerged + 1];
+#define ATTN_TRACE(i, v) \
+  if (layer == 5 && c.tid == 0) g_attn_trace[blockIdx.x][i] = (v);
 #else
-#define ATTN_STAMP(i)
+#define ATTN_TRACE(i, v)
 #endif
+#define ATTN_STAMP(i) ATTN_TRACE(i, clock64())
 
 // The attention op of layer l (see the file comment), in two parts: plan() before the
 // wait for the QKV projection (what the CTA's item is, and the copies of its first tile of
@@ -89,7 +92,7 @@ struct Attention {
   }
   // The token's own k and v into row L - 1 - t0 of the tile, if the tile holds it.
   __device__ void fill_new(int t0, int n) const {
-    const int r = c.a.kv_lens[0] - 1 - t0;
+    const int r = L - 1 - t0;
     if (r < 0 || r >= n) return;
     for (int d = c.tid; d < D; d += kConsumerThreads) {
       ktile()[r * D + d] = __float2bfloat16_rn(knew_s()[d]);
@@ -182,9 +185,7 @@ struct Attention {
     }
     if (!has_item) return;
     ATTN_STAMP(0);
-#ifdef BW_STACK_TRACE
-    if (layer == 5 && c.tid == 0) g_attn_trace[blockIdx.x][5] = 0;
-#endif
+    ATTN_TRACE(kAttnTraceMerged, 0);
     const int32_t pos = a.positions[0], slot = a.slots[0];
     const int64_t num_slots = a.num_blocks * a.block_size;
     const DecoderStackLayer& w = a.layers[layer];
@@ -329,13 +330,12 @@ struct Attention {
       out[2] = __float2bfloat16_rn(sum.z * inv), out[3] = __float2bfloat16_rn(sum.w * inv);
     }
     ATTN_STAMP(4);
-#ifdef BW_STACK_TRACE
-    if (layer == 5 && c.tid == 0) g_attn_trace[blockIdx.x][5] = 1;
-#endif
+    ATTN_TRACE(kAttnTraceMerged, 1);
     c.arrive(ctr + kAttnDone);
   }
 };
 #undef ATTN_STAMP
+#undef ATTN_TRACE
 
 #endif  // BW_WGMMA
 
