@@ -13,7 +13,7 @@
 // per SM for the 1.5B shape, 5 of 37 KiB for the 7B: ~25 MB on the GPU) keeps HBM busy
 // for ~6 us across a wait.
 //
-// Measured on an H200 (docs/PERF.md): 1.5B 761 vs 642 tokens/s op by op, 7B 263 vs 240.
+// Measured on an H200 (docs/PERF.md): 1.5B 785 vs 642 tokens/s op by op, 7B 266 vs 240.
 // The weight stream alone (BW_CUDA_STACK_DEBUG=3) runs the 1.5B step at 1,284 tokens/s
 // (94% of the roofline); what is left is latency the ring does not cover: each op waits
 // for every CTA (a release, an acquire poll and a reload of the activations: ~3 us under
@@ -36,8 +36,9 @@
 //   ATTN one work item per (KV head, split of the context): RoPE on q (and on the new k,
 //        written to its cache slot with v by the item holding the last position), online
 //        softmax over the item's keys in tiles of 32 (copied to shared memory before the
-//        wait for QKV), a partial result; the last item of a KV head to arrive merges the
-//        partials into the attention output.
+//        wait for QKV), a partial result; the last items of a KV head to arrive (one per
+//        query head, each waiting for the rest) merge the partials into the attention
+//        output.
 //   O    residual += attn @ Wo
 //   GU   act = silu(rms_norm(residual) @ Wgate) * (... @ Wup); gate and up pages of the
 //        same rows alternate in the ring
@@ -187,7 +188,7 @@ __device__ void consume(Consumer& c) {
     }
     STAMP(6);
 
-    residual_projection(ctr + kAttnDone, a.num_kv_heads, a.attn_out, HqD, p.rows_q, s_q, ctr + kODone);
+    residual_projection(ctr + kAttnDone, attn.arrivals(), a.attn_out, HqD, p.rows_q, s_q, ctr + kODone);
     STAMP(7);
 
     c.wait_for(ctr + kODone, G);

@@ -48,7 +48,7 @@ struct Attention {
   static constexpr int E = D / 32;       // head dims per lane in the weighted sum
   static constexpr int kChunks = D / 8;  // 16-byte chunks of a k or v row
   static constexpr int kHeadsPerWarp = (kMaxGroup + kConsumerWarps - 1) / kConsumerWarps;
-  static constexpr int kMergeBatch = 12;  // splits whose partials a merging thread loads at once
+  static constexpr int kMergeBatch = 4;  // splits whose partials a merging thread loads at once (x split groups)
   Consumer& c;
   int layer;
   int L = 0, splits = 0, g = 0, s = 0, p0 = 0, p1 = 0;
@@ -168,6 +168,66 @@ struct Attention {
     }
   }
 
+  // The items that merge a KV head's splits (each a head in turn): a merge is a round trip
+  // through an L2 busy with the weight stream, so it goes wide, not deep (measured before:
+  // one CTA merging all of a group's heads, two rounds of loads, ~3,500-5,900 cycles).
+  __device__ int mergers(int Q) const { return min(Q, splits); }
+  // What the o projection waits for: an arrival per merger, or (nothing to attend to) per
+  // KV head.
+  __device__ int arrivals() const {
+    return valid ? c.a.num_kv_heads * mergers(c.a.num_heads / c.a.num_kv_heads) : c.a.num_kv_heads;
+  }
+
+  // Head h of group g from the splits' partials: a thread per (split group, four dims), an
+  // online merge of its splits with every load in flight at once, then the kSplitGroups
+  // results per four dims merged through shared memory (the tile's space: no tile is live).
+  __device__ void merge_head(int h, int stride, bf16* attn_out) const {
+    constexpr int kDimGroups = D / 4, kSplitGroups = kConsumerThreads / kDimGroups;
+    static_assert(kConsumerThreads * (sizeof(float4) + sizeof(float2)) <= 2 * kTileKeys * D * sizeof(bf16));
+    const int dg = c.tid % kDimGroups, sg = c.tid / kDimGroups, d = dg * 4;
+    const float* part =
+        c.a.partials + static_cast<int64_t>(g * (c.a.num_heads / c.a.num_kv_heads) + h) * c.p.max_splits * stride;
+    float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    float M = -INFINITY, Ls = 0.0f;
+    auto merge_in = [&](float4 o4, float2 ml) {
+      const float mn = fmaxf(M, ml.x);
+      if (mn == -INFINITY) return;
+      const float ca = exp2f(M - mn), cb = exp2f(ml.x - mn);
+      sum.x = fmaf(sum.x, ca, o4.x * cb), sum.y = fmaf(sum.y, ca, o4.y * cb);
+      sum.z = fmaf(sum.z, ca, o4.z * cb), sum.w = fmaf(sum.w, ca, o4.w * cb);
+      Ls = fmaf(Ls, ca, ml.y * cb);
+      M = mn;
+    };
+    for (int sp0 = sg; sp0 < splits; sp0 += kMergeBatch * kSplitGroups) {
+      float4 o4[kMergeBatch];
+      float2 ml[kMergeBatch];  // (max, sum)
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u) {
+        const int sp = sp0 + u * kSplitGroups;
+        const float* ps = part + sp * stride;
+        const bool in = sp < splits;
+        o4[u] = in ? __ldcg(reinterpret_cast<const float4*>(ps + d)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        ml[u] = in ? __ldcg(reinterpret_cast<const float2*>(ps + D)) : make_float2(-INFINITY, 0.0f);
+      }
+#pragma unroll
+      for (int u = 0; u < kMergeBatch; ++u)
+        merge_in(o4[u], ml[u]);
+    }
+    float4* sums = reinterpret_cast<float4*>(ktile());  // [kSplitGroups][kDimGroups]
+    float2* mls = reinterpret_cast<float2*>(sums + kSplitGroups * kDimGroups);
+    sums[c.tid] = sum, mls[c.tid] = make_float2(M, Ls);
+    consumer_sync();
+    if (sg == 0) {
+      for (int j = 1; j < kSplitGroups; ++j)
+        merge_in(sums[j * kDimGroups + dg], mls[j * kDimGroups + dg]);
+      const float inv = Ls > 0.0f ? 1.0f / Ls : 0.0f;
+      bf16* out = attn_out + static_cast<int64_t>(g * (c.a.num_heads / c.a.num_kv_heads) + h) * D + d;
+      out[0] = __float2bfloat16_rn(sum.x * inv), out[1] = __float2bfloat16_rn(sum.y * inv);
+      out[2] = __float2bfloat16_rn(sum.z * inv), out[3] = __float2bfloat16_rn(sum.w * inv);
+    }
+    consumer_sync();  // sums / mls are free again (the next head)
+  }
+
   __device__ void run() {
     const DecoderStackArgs& a = c.a;
     const int Hq = a.num_heads, Hkv = a.num_kv_heads, Q = Hq / Hkv;
@@ -190,7 +250,7 @@ struct Attention {
     const int64_t num_slots = a.num_blocks * a.block_size;
     const DecoderStackLayer& w = a.layers[layer];
     const int item = static_cast<int>(blockIdx.x);
-    __shared__ int last_s;
+    __shared__ int rank_s;
 
     const bf16* qkv = static_cast<const bf16*>(a.qkv);
     const float q_scale = a.scale * kLog2e;
@@ -289,46 +349,21 @@ struct Attention {
                    : "=r"(before)
                    : "l"(ctr + kFixedCounters + g)
                    : "memory");
-      last_s = before == splits - 1;
+      // The last mergers() items to arrive merge (one head in turn each); they wait for the
+      // rest, which are already close behind.
+      const int rank = before - (splits - mergers(Q));
+      if (rank >= 0) {
+        while (load_acquire(ctr + kFixedCounters + g) < splits) {
+        }
+      }
+      rank_s = rank;
     }
     consumer_sync();
     ATTN_STAMP(3);
-    if (!last_s) return;
-
-    // The last item of KV head g merges the splits: a thread per four dims of a head, an
-    // online merge over the splits, kMergeBatch splits' loads in flight at a time (each a
-    // round trip through an L2 busy with the weight stream).
-    for (int i = c.tid; i < Q * D / 4; i += kConsumerThreads) {
-      const int h = i / (D / 4), d = i % (D / 4) * 4;
-      const float* part = a.partials + static_cast<int64_t>(g * Q + h) * c.p.max_splits * stride;
-      float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      float M = -INFINITY, Ls = 0.0f;
-      for (int sp0 = 0; sp0 < splits; sp0 += kMergeBatch) {
-        float4 o4[kMergeBatch];
-        float2 ml[kMergeBatch];  // (max, sum)
-#pragma unroll
-        for (int u = 0; u < kMergeBatch; ++u) {
-          const float* ps = part + (sp0 + u) * stride;
-          const bool in = sp0 + u < splits;
-          o4[u] = in ? __ldcg(reinterpret_cast<const float4*>(ps + d)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-          ml[u] = in ? __ldcg(reinterpret_cast<const float2*>(ps + D)) : make_float2(-INFINITY, 0.0f);
-        }
-#pragma unroll
-        for (int u = 0; u < kMergeBatch; ++u) {
-          const float mn = fmaxf(M, ml[u].x);
-          if (mn == -INFINITY) continue;
-          const float ca = exp2f(M - mn), cb = exp2f(ml[u].x - mn);
-          sum.x = fmaf(sum.x, ca, o4[u].x * cb), sum.y = fmaf(sum.y, ca, o4[u].y * cb);
-          sum.z = fmaf(sum.z, ca, o4[u].z * cb), sum.w = fmaf(sum.w, ca, o4[u].w * cb);
-          Ls = fmaf(Ls, ca, ml[u].y * cb);
-          M = mn;
-        }
-      }
-      const float inv = Ls > 0.0f ? 1.0f / Ls : 0.0f;
-      bf16* out = attn_out + static_cast<int64_t>(g * Q + h) * D + d;
-      out[0] = __float2bfloat16_rn(sum.x * inv), out[1] = __float2bfloat16_rn(sum.y * inv);
-      out[2] = __float2bfloat16_rn(sum.z * inv), out[3] = __float2bfloat16_rn(sum.w * inv);
-    }
+    const int rank = rank_s;
+    if (rank < 0) return;
+    for (int h = rank; h < Q; h += mergers(Q))
+      merge_head(h, stride, attn_out);
     ATTN_STAMP(4);
     ATTN_TRACE(kAttnTraceMerged, 1);
     c.arrive(ctr + kAttnDone);
