@@ -38,16 +38,19 @@ __device__ long long g_attn_trace[1024][kAttnTraceMerged + 1];
 // wait for the QKV projection (what the CTA's item is, and the copies of its first tile of
 // cached keys into shared memory, which this step does not write), run() after it.
 //
-// An item walks its keys in tiles of kTileKeys: a warp per query head, a lane per key for
-// the scores (the k rows read from shared memory in a rotated chunk order: no bank
-// conflicts), then a lane per E head dims for the weighted sum of the v rows. So a tile
-// is one parallel pass, not a chain of a key after another (measured before: an item of
-// 16 keys took ~5,400 cycles that way, its merge of 34 splits another ~7,800).
+// An item walks its keys in tiles of kTileKeys on tensor cores (attend_tile): the group's
+// heads are the rows of an m16 tile, so a tile's scores are 16 mma.sync per warp and its
+// weighted sum of the v rows 4-8. History (H200, layer 5 of the 1.5B): a chain of a key
+// after another per warp took ~5,400 cycles for 16 keys; a warp per head with a lane per
+// key ~2,400-4,000 for 32; tensor cores ~2,200 under the weight stream.
 template <int D>
 struct Attention {
-  static constexpr int E = D / 32;       // head dims per lane in the weighted sum
-  static constexpr int kChunks = D / 8;  // 16-byte chunks of a k or v row
-  static constexpr int kHeadsPerWarp = (kMaxGroup + kConsumerWarps - 1) / kConsumerWarps;
+  static constexpr int kChunks = D / 8;                     // 16-byte chunks of a k or v row
+  static constexpr int kSteps = D / 16;                     // k-steps of a score's mma
+  static constexpr int kOutTiles = D / kConsumerWarps / 8;  // n-tiles of the output per warp
+  static constexpr int kQStride = D + 8;                    // q rows padded: A fragments without bank conflicts
+  static_assert(kOutTiles == 1 || kOutTiles == 2, "head_dim 64 or 128");
+  static_assert(kTileKeys == 32, "a lane per key: the live keys are one ballot");
   static constexpr int kMergeBatch = 4;  // splits whose partials a merging thread loads at once (x split groups)
   Consumer& c;
   int layer;
@@ -56,14 +59,18 @@ struct Attention {
 
   __device__ Attention(Consumer& consumer, int l) : c(consumer), layer(l) {}
 
-  // Shared scratch (attention_scratch_bytes): q [Q][D] f32 (scaled), this token's k and v
-  // (f32), the tile's k and v rows (bf16) and whether each key's block id was good.
-  __device__ float* q_s() const { return reinterpret_cast<float*>(c.scratch); }
-  __device__ float* knew_s() const { return q_s() + kMaxGroup * D; }
+  // Shared scratch (attention_scratch_bytes): q [kMaxGroup][kQStride] bf16 (rotated, rows
+  // past the group zero; in the space of kMaxGroup f32 rows), this token's k and v (f32),
+  // the tile's k and v rows (bf16, tile_at's layout) and whether each key's block id was good.
+  __device__ bf16* q_s() const { return reinterpret_cast<bf16*>(c.scratch); }
+  __device__ float* knew_s() const { return reinterpret_cast<float*>(c.scratch) + kMaxGroup * D; }
   __device__ float* vnew_s() const { return knew_s() + D; }
   __device__ bf16* ktile() const { return reinterpret_cast<bf16*>(vnew_s() + D); }
   __device__ bf16* vtile() const { return ktile() + kTileKeys * D; }
   __device__ int* key_ok() const { return reinterpret_cast<int*>(vtile() + kTileKeys * D); }
+  // Element (key r, dim d) of a tile: a row's 16-byte chunks are XOR-swizzled by r % 8, so
+  // the eight rows an ldmatrix reads at one chunk index sit in eight different banks.
+  __device__ static int tile_at(int r, int d) { return r * D + (((d / 8) ^ (r & 7)) * 8) + d % 8; }
 
   // Copies of the cached k and v rows of keys [t0, t0 + n) into the tile (cp.async, one
   // group); the token's own key (L - 1, not in the cache yet) is left to fill_new.
@@ -85,9 +92,13 @@ struct Attention {
       const int64_t at =
           ((static_cast<int64_t>(ok ? blk : 0) * a.block_size + key % a.block_size) * a.num_kv_heads + g) * D;
       const bf16* src = static_cast<const bf16*>(is_v ? w.v_cache : w.k_cache) + at + chunk * 8;
-      bf16* dst = (is_v ? vtile() : ktile()) + r * D + chunk * 8;
+      bf16* dst = (is_v ? vtile() : ktile()) + tile_at(r, chunk * 8);
       cp_async16(smem_addr(dst), src, ok);
     }
+    // The v rows past the keys are zero: P v multiplies them by P = 0, and stale bits could
+    // be NaN (0 x NaN = NaN).
+    for (int i = c.tid; i < (kTileKeys - n) * kChunks; i += kConsumerThreads)
+      *reinterpret_cast<uint4*>(vtile() + tile_at(n + i / kChunks, i % kChunks * 8)) = make_uint4(0u, 0u, 0u, 0u);
     cp_async_commit();
   }
   // The token's own k and v into row L - 1 - t0 of the tile, if the tile holds it.
@@ -95,8 +106,8 @@ struct Attention {
     const int r = L - 1 - t0;
     if (r < 0 || r >= n) return;
     for (int d = c.tid; d < D; d += kConsumerThreads) {
-      ktile()[r * D + d] = __float2bfloat16_rn(knew_s()[d]);
-      vtile()[r * D + d] = __float2bfloat16_rn(vnew_s()[d]);
+      ktile()[tile_at(r, d)] = __float2bfloat16_rn(knew_s()[d]);
+      vtile()[tile_at(r, d)] = __float2bfloat16_rn(vnew_s()[d]);
     }
     if (c.tid == 0) key_ok()[r] = 1;
   }
@@ -118,54 +129,85 @@ struct Attention {
     load_tile(p0, min(kTileKeys, p1 - p0));
   }
 
-  // One tile's keys [t0, t0 + n) for the warp's heads: the online-softmax state (m, l, o)
-  // is the same in every lane but o, whose lane holds E dims.
-  __device__ void attend_tile(int t0, int n, int Q, float (&m)[kHeadsPerWarp], float (&l)[kHeadsPerWarp],
-                              float (&o)[kHeadsPerWarp][E]) const {
-    const uint4* kt = reinterpret_cast<const uint4*>(ktile());
-    const int j = c.lane;
-    const bool live = j < n && key_ok()[j] != 0;
+  // One tile's n keys on tensor cores, every warp for every head of the group (the m16
+  // tile's rows: head g = lane / 4, rows 8-15 zero): the scores S = q k^T (each warp all
+  // of them: no exchange), the online softmax (m, l in the log2 domain, scaled by
+  // q_scale; the same in every warp), then o += P v for the warp's kOutTiles * 8 dims.
+  __device__ void attend_tile(int n, float q_scale, float& m, float& l, float (&o)[kOutTiles][2]) const {
+    const int lane = c.lane, t = lane % 4, mi = lane / 8, ri = lane % 8;
+    float sc[kTileKeys / 8][2] = {};
+    const uint32_t kbase = smem_addr(ktile()), vbase = smem_addr(vtile());
+#pragma unroll 1
+    for (int ks = 0; ks < kSteps; ++ks) {
+      // q's A fragment: rows 0-7 from shared memory (the padded rows: no bank conflicts).
+      const bf16* qrow = q_s() + (lane / 4) * kQStride + 16 * ks + 2 * t;
+      const uint32_t a0 = *reinterpret_cast<const uint32_t*>(qrow), a2 = *reinterpret_cast<const uint32_t*>(qrow + 8);
 #pragma unroll
-    for (int hw = 0; hw < kHeadsPerWarp; ++hw) {
-      const int h = c.warp + hw * kConsumerWarps;
-      if (h >= Q) break;
-      const float4* q4 = reinterpret_cast<const float4*>(q_s() + h * D);
-      float sc = -INFINITY;
-      if (live) {
-        float acc0 = 0.0f, acc1 = 0.0f;
-#pragma unroll
-        for (int step = 0; step < kChunks; ++step) {
-          const int cc = (step + j) % kChunks;  // rotated: lanes of a phase hit different banks
-          const uint4 k8 = kt[j * kChunks + cc];
-          const float4 qa = q4[2 * cc], qb = q4[2 * cc + 1];
-          acc0 = fmaf(qa.x, bf16_lo(k8.x), acc0), acc1 = fmaf(qa.y, bf16_hi(k8.x), acc1);
-          acc0 = fmaf(qa.z, bf16_lo(k8.y), acc0), acc1 = fmaf(qa.w, bf16_hi(k8.y), acc1);
-          acc0 = fmaf(qb.x, bf16_lo(k8.z), acc0), acc1 = fmaf(qb.y, bf16_hi(k8.z), acc1);
-          acc0 = fmaf(qb.z, bf16_lo(k8.w), acc0), acc1 = fmaf(qb.w, bf16_hi(k8.w), acc1);
-        }
-        sc = acc0 + acc1;
-      }
-      const float mn = fmaxf(m[hw], warp_max(sc));
-      if (mn == -INFINITY) continue;  // no live key yet
-      const float corr = exp2f(m[hw] - mn), pr = live ? exp2f(sc - mn) : 0.0f;
-      l[hw] = fmaf(l[hw], corr, warp_sum(pr));
-      m[hw] = mn;
-#pragma unroll
-      for (int e = 0; e < E; ++e)
-        o[hw][e] *= corr;
-      for (int r = 0; r < n; ++r) {
-        const float pj = __shfl_sync(0xffffffffu, pr, r);
-        const bf16* vr = vtile() + r * D + c.lane * E;
-        if constexpr (E == 4) {
-          const uint2 v = *reinterpret_cast<const uint2*>(vr);
-          o[hw][0] = fmaf(pj, bf16_lo(v.x), o[hw][0]), o[hw][1] = fmaf(pj, bf16_hi(v.x), o[hw][1]);
-          o[hw][2] = fmaf(pj, bf16_lo(v.y), o[hw][2]), o[hw][3] = fmaf(pj, bf16_hi(v.y), o[hw][3]);
-        } else {
-          const uint32_t v = *reinterpret_cast<const uint32_t*>(vr);
-          o[hw][0] = fmaf(pj, bf16_lo(v), o[hw][0]), o[hw][1] = fmaf(pj, bf16_hi(v), o[hw][1]);
-        }
+      for (int np = 0; np < kTileKeys / 16; ++np) {
+        // Matrices: keys 16 np + (mi / 2) * 8 + .., dims 16 ks + (mi % 2) * 8 + ..
+        const int key = 16 * np + (mi / 2) * 8 + ri;
+        uint32_t b[4];
+        ldmatrix_x4(b, kbase + 2 * tile_at(key, 16 * ks + (mi % 2) * 8));
+        mma_bf16_rows0_7(sc[2 * np], a0, a2, b[0], b[1]);
+        mma_bf16_rows0_7(sc[2 * np + 1], a0, a2, b[2], b[3]);
       }
     }
+    const uint32_t live = __ballot_sync(0xffffffffu, lane < n && key_ok()[lane] != 0);  // bit per key
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kTileKeys / 8; ++j) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        sc[j][e] = (live >> (8 * j + 2 * t + e)) & 1u ? sc[j][e] * q_scale : -INFINITY;
+        mx = fmaxf(mx, sc[j][e]);
+      }
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    // No early return for a row without a live key yet (its P is 0 anyway): the quads must
+    // stay converged for the shuffles and mma.sync below, even if NaN scores (ignored by
+    // fmaxf) leave one row at -inf.
+    const float mn = fmaxf(m, mx), base = mn == -INFINITY ? 0.0f : mn;
+    const float corr = exp2f(m - base);
+    m = mn;
+#pragma unroll
+    for (int j = 0; j < kOutTiles; ++j)
+      o[j][0] *= corr, o[j][1] *= corr;
+    // o += P v, 16 keys at a time: P's A fragments (a0, a2; rows 8-15 are zero) as a bf16
+    // pair hi + lo through two mma.sync keep P to ~16 bits (one bf16 P doubled the stack
+    // test's error); v's B fragments transposed from the tile's rows, the warp's dims from
+    // chunk kOutTiles * warp.
+    float sum = 0.0f;
+    uint32_t b[4];
+#pragma unroll
+    for (int kk = 0; kk < kTileKeys / 16; ++kk) {
+      uint32_t hi[2], lo[2];
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        const int j = 2 * kk + jj;
+        const float p0 = exp2f(sc[j][0] - base), p1 = exp2f(sc[j][1] - base);
+        sum += p0 + p1;
+        hi[jj] = pack_bf16(p0, p1);
+        lo[jj] = pack_bf16(p0 - round_bf16(p0), p1 - round_bf16(p1));
+      }
+      auto pv = [&](float(&acc)[2], uint32_t b0, uint32_t b1) {
+        mma_bf16_rows0_7(acc, hi[0], hi[1], b0, b1);
+        mma_bf16_rows0_7(acc, lo[0], lo[1], b0, b1);
+      };
+      if constexpr (kOutTiles == 2) {
+        // Matrices: keys 16 kk + (mi % 2) * 8 + .., dim chunk 2 warp + mi / 2.
+        ldmatrix_x4_trans(b, vbase + 2 * tile_at(16 * kk + (mi % 2) * 8 + ri, 8 * (2 * c.warp + mi / 2)));
+        pv(o[0], b[0], b[1]);
+        pv(o[kOutTiles - 1], b[2], b[3]);
+      } else {
+        // Matrices: keys 8 mi + .., dim chunk warp (both k-steps, loaded at the first).
+        if (kk == 0) ldmatrix_x4_trans(b, vbase + 2 * tile_at(8 * mi + ri, 8 * c.warp));
+        pv(o[0], b[2 * kk], b[2 * kk + 1]);
+      }
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    l = fmaf(l, corr, sum);
   }
 
   // The items that merge a KV head's splits (each a head in turn): a merge is a round trip
@@ -280,7 +322,9 @@ struct Attention {
     }
     if (has_new && c.tid < D / 2) k1 = __ldcg(kh + c.tid), k2 = __ldcg(kh + c.tid + D / 2);
     if (has_new && c.tid < D) vv = __ldcg(vh + c.tid);
-    float* q_s = this->q_s();
+    bf16* q_s = this->q_s();
+    for (int i = c.tid; i < (kMaxGroup - Q) * D; i += kConsumerThreads)
+      q_s[(Q + i / D) * kQStride + i % D] = __float2bfloat16_rn(0.0f);
 #pragma unroll
     for (int j = 0; j < kQPairs; ++j) {
       const int i = c.tid + j * kRopeThreads;
@@ -288,8 +332,8 @@ struct Attention {
       const int h = i / (D / 2), jj = i % (D / 2);
       float2 y = make_float2(__bfloat162float(q1[j]), __bfloat162float(q2[j]));
       if (pos >= 0) y = rotate(y.x, y.y, cs);
-      q_s[h * D + jj] = y.x * q_scale;
-      q_s[h * D + jj + D / 2] = y.y * q_scale;
+      q_s[h * kQStride + jj] = __float2bfloat16_rn(y.x);  // (exact: y is rounded to bf16)
+      q_s[h * kQStride + jj + D / 2] = __float2bfloat16_rn(y.y);
     }
     if (has_new) {
       const bool write = pos >= 0 && slot >= 0 && slot < num_slots;
@@ -308,14 +352,7 @@ struct Attention {
       }
     }
 
-    float m[kHeadsPerWarp], l[kHeadsPerWarp], o[kHeadsPerWarp][E];
-#pragma unroll
-    for (int hw = 0; hw < kHeadsPerWarp; ++hw) {
-      m[hw] = -INFINITY, l[hw] = 0.0f;
-#pragma unroll
-      for (int e = 0; e < E; ++e)
-        o[hw][e] = 0.0f;
-    }
+    float m = -INFINITY, l = 0.0f, o[kOutTiles][2] = {};
     for (int t0 = p0; t0 < p1; t0 += kTileKeys) {
       const int n = min(kTileKeys, p1 - t0);
       if (t0 != p0) {
@@ -327,20 +364,19 @@ struct Attention {
       cp_async_wait<0>();
       consumer_sync();
       if (t0 == p0) ATTN_STAMP(1);
-      attend_tile(t0, n, Q, m, l, o);
+      attend_tile(n, q_scale, m, l, o);
     }
     ATTN_STAMP(2);
-    // The item's partial result per head: (unnormalised output, max, sum).
+    // The item's partial result per head: (unnormalised output, max, sum); head lane / 4,
+    // the warp's dims.
     const int stride = D + 4;  // (16-byte aligned rows: the merge reads float4)
-#pragma unroll
-    for (int hw = 0; hw < kHeadsPerWarp; ++hw) {
-      const int h = c.warp + hw * kConsumerWarps;
-      if (h >= Q) break;
+    if (const int h = c.lane / 4; h < Q) {
       float* part = a.partials + (static_cast<int64_t>(g * Q + h) * c.p.max_splits + s) * stride;
 #pragma unroll
-      for (int e = 0; e < E; ++e)
-        part[c.lane * E + e] = o[hw][e];
-      if (c.lane == 0) part[D] = m[hw], part[D + 1] = l[hw];
+      for (int j = 0; j < kOutTiles; ++j)
+        *reinterpret_cast<float2*>(part + 8 * (kOutTiles * c.warp + j) + 2 * (c.lane % 4)) =
+            make_float2(o[j][0], o[j][1]);
+      if (c.warp == 0 && c.lane % 4 == 0) part[D] = m, part[D + 1] = l;
     }
     consumer_sync();
     if (c.tid == 0) {

@@ -47,6 +47,17 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The same for an a whose rows 8-15 are zero (a1 = a3 = 0): only rows 0-7 of c, the two
+// accumulators c[0..1] of the fragment (rows 8-15 come out zero: dropped, no registers).
+__device__ __forceinline__ void mma_bf16_rows0_7(float (&c)[2], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "{\n.reg .f32 unused0, unused1;\n"
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, unused0, unused1}, {%2, %6, %3, %6}, {%4, %5}, "
+      "{%0, %1, %7, %7};\n}\n"
+      : "+f"(c[0]), "+f"(c[1])
+      : "r"(a0), "r"(a2), "r"(b0), "r"(b1), "r"(0u), "f"(0.0f));
+}
+
 // 2^x with one MUFU op (denormal results flush to zero; ex2(-inf) = 0).
 __device__ __forceinline__ float fast_exp2(float x) {
   float y;
