@@ -13,7 +13,7 @@
 // per SM for the 1.5B shape, 5 of 37 KiB for the 7B: ~25 MB on the GPU) keeps HBM busy
 // for ~6 us across a wait.
 //
-// Measured on an H200 (docs/PERF.md): 1.5B 785 vs 642 tokens/s op by op, 7B 266 vs 240.
+// Measured on an H200 (docs/PERF.md): 1.5B 794-802 vs 642 tokens/s op by op, 7B 263-266 vs 240.
 // The weight stream alone (BW_CUDA_STACK_DEBUG=3) runs the 1.5B step at 1,284 tokens/s
 // (94% of the roofline); what is left is latency the ring does not cover: each op waits
 // for every CTA (a release, an acquire poll and a reload of the activations: ~3 us under
@@ -24,7 +24,9 @@
 // copies no weights (the consumers' own rate: no waits, no attention), 5 the same with the
 // waits and the attention (the dependency chain alone);
 // BW_CUDA_STACK_PAGE_KB sets the page size, BW_CUDA_STACK_MAX_SPLITS caps the attention
-// splits per KV head (the tests give items several tiles that way); a build with
+// splits per KV head (the tests give items several tiles that way), BW_CUDA_STACK_TC puts
+// the gate/up (1) and LM head (2) pages on tensor cores (cuda_decoder_stack_tc_page.cuh:
+// faster consumers, a slower step so far); a build with
 // BW_STACK_TRACE defined prints the cycles between the steps of a layer at every step.
 //
 // The work of each op is split statically: CTA c owns rows [c N / G, (c + 1) N / G) of
@@ -48,8 +50,9 @@
 // bf16), so the step computes what the per-op path computes, up to the order of f32 sums.
 //
 // Files: cuda_decoder_stack_consumer.cuh (sizes, the page walk, the ring and barrier
-// primitives, the consumers' GEMV over a page), cuda_decoder_stack_attention.cuh (the
-// attention step), this file (the producer, the step's sequence of ops, the launch).
+// primitives, the consumers' GEMV over a page), cuda_decoder_stack_tc_page.cuh (the same on
+// tensor cores, a warp per page), cuda_decoder_stack_attention.cuh (the attention step),
+// this file (the producer, the step's sequence of ops, the launch).
 //
 // Requirements (decoder_stack_supported): bf16 weights, activations and cache, head_dim 64
 // or 128, at most 8 query heads per KV head, sizes that keep rows 16-byte aligned, and a
@@ -60,6 +63,7 @@
 
 #include "backend/cuda/cuda_decoder_stack_attention.cuh"
 #include "backend/cuda/cuda_decoder_stack_consumer.cuh"
+#include "backend/cuda/cuda_decoder_stack_tc_page.cuh"
 
 namespace bw::cuda {
 
@@ -194,14 +198,25 @@ __device__ void consume(Consumer& c) {
     c.wait_for(ctr + kODone, G);
     c.load_normed_x(a.residual, H, w.ffn_norm, a.eps);
     STAMP(8);
-    const int64_t u0 = walk_gate_up(F, p.rows_h, [&](int64_t i, int rows, bool is_up) {
-      c.page(H, rows, s_h, (is_up ? second_half : c.acc) + i * s_h);
-    });
+    int64_t u0 = 0;
+    if (p.tc_ops & kTcGateUp) {  // a warp per page on the tensor cores: one sum per row
+      PageGeom geom;
+      geom.init(H, p.rows_h, c.lane);
+      int turn = 0;
+      u0 = walk_gate_up(F, p.rows_h, [&](int64_t i, int rows, bool is_up) {
+        tc_page(c, geom, rows, (is_up ? second_half : c.acc) + i, turn);
+      });
+    } else {
+      u0 = walk_gate_up(F, p.rows_h, [&](int64_t i, int rows, bool is_up) {
+        c.page(H, rows, s_h, (is_up ? second_half : c.acc) + i * s_h);
+      });
+    }
     STAMP(9);
-    c.finish(cta_count(F), s_h, [&](int64_t i, float g) {
+    const int s_gu = p.tc_ops & kTcGateUp ? 1 : s_h;
+    c.finish(cta_count(F), s_gu, [&](int64_t i, float g) {
       float u = 0.0f;
-      for (int j = 0; j < s_h; ++j)
-        u += second_half[i * s_h + j];
+      for (int j = 0; j < s_gu; ++j)
+        u += second_half[i * s_gu + j];
       g = round_bf16(g);
       act[u0 + i] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * round_bf16(u));
     });
@@ -215,7 +230,14 @@ __device__ void consume(Consumer& c) {
   // The LM head's rows are many: each warp sums whole rows straight into the logits.
   int64_t v0 = 0, v1 = 0;
   cta_rows(a.vocab, &v0, &v1);
-  walk_rows(a.vocab, p.rows_h, [&](int64_t i, int rows) { c.page(H, rows, 1, a.logits + v0 + i); });
+  if (p.tc_ops & kTcLmHead) {
+    PageGeom geom;
+    geom.init(H, p.rows_h, c.lane);
+    int turn = 0;
+    walk_rows(a.vocab, p.rows_h, [&](int64_t i, int rows) { tc_page(c, geom, rows, a.logits + v0 + i, turn); });
+  } else {
+    walk_rows(a.vocab, p.rows_h, [&](int64_t i, int rows) { c.page(H, rows, 1, a.logits + v0 + i); });
+  }
 
 #ifdef BW_STACK_TRACE
   if (trace_cta) {
@@ -297,6 +319,18 @@ Plan make_plan(const DecoderStackArgs& a, int num_sms) {
   p.page_bytes = static_cast<int>(std::max<int64_t>(target, 2 * longest));
   auto rows_for = [&](int64_t k) { return static_cast<int>(std::max<int64_t>(1, p.page_bytes / (2 * k))); };
   p.rows_h = rows_for(H), p.rows_q = rows_for(HqD), p.rows_f = rows_for(F);
+  // Which ops take tensor-core pages (a measurement switch for now, off by default):
+  // BW_CUDA_STACK_TC = kTcGateUp | kTcLmHead.
+  static const int tc_ops = [] {
+    const char* env = std::getenv("BW_CUDA_STACK_TC");
+    return env != nullptr ? std::atoi(env) & (kTcGateUp | kTcLmHead) : 0;
+  }();
+  if (tc_ops != 0) {  // tensor-core pages take 1, 2, 4, 8 or 16 rows
+    int rows = 1;
+    while (rows * 2 <= std::min(p.rows_h, 16))
+      rows *= 2;
+    if (tc_page_fits(H, rows)) p.rows_h = rows, p.tc_ops = tc_ops;
+  }
   // Row sums of an op: the most rows a CTA owns times the slices per row; the gate/up op
   // keeps its up sums in the second half.
   const int64_t qkv_rows = static_cast<int64_t>(a.num_heads + 2 * a.num_kv_heads) * a.head_dim;

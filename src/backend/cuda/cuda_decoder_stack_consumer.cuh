@@ -33,6 +33,8 @@ __host__ __device__ constexpr int64_t attention_scratch_bytes(int64_t d) {
 // then one per KV head counting its finished attention items.
 enum Counter : int { kQkvDone, kAttnDone, kODone, kGateUpDone, kDownDone, kFixedCounters };
 
+enum TcOps : int { kTcGateUp = 1, kTcLmHead = 2 };
+
 // Sizes the launcher derives from the shapes and the kernel re-reads (passed by value).
 struct Plan {
   int pages = 0, page_bytes = 0;
@@ -42,6 +44,7 @@ struct Plan {
   int max_splits = 0;                      // attention items per KV head at most
   int counters_per_layer = 0;
   int own_floats = 0;  // the CTA's rows of the residual stream (even, for alignment)
+  int tc_ops = 0;      // ops whose pages go to the tensor cores, a warp per page (tc_page): TcOps
 };
 
 // Slices of a row that the warps share: pages of few long rows give every warp a part,
