@@ -129,10 +129,11 @@ struct Attention {
     load_tile(p0, min(kTileKeys, p1 - p0));
   }
 
-  // One tile's n keys on tensor cores, every warp for every head of the group (the m16
-  // tile's rows: head g = lane / 4, rows 8-15 zero): the scores S = q k^T (each warp all
-  // of them: no exchange), the online softmax (m, l in the log2 domain, scaled by
-  // q_scale; the same in every warp), then o += P v for the warp's kOutTiles * 8 dims.
+  // One tile's n keys on tensor cores, every warp for every head of the group (row r < 8
+  // of the m16 tile is the group's head r, in lanes 4 r .. 4 r + 3; rows 8-15 are zero):
+  // the scores S = q k^T (each warp all of them: no exchange), the online softmax (m, l in
+  // the log2 domain, scaled by q_scale; the same in every warp), then o += P v for the
+  // warp's kOutTiles * 8 dims.
   __device__ void attend_tile(int n, float q_scale, float& m, float& l, float (&o)[kOutTiles][2]) const {
     const int lane = c.lane, t = lane % 4, mi = lane / 8, ri = lane % 8;
     float sc[kTileKeys / 8][2] = {};
