@@ -68,12 +68,6 @@ struct PrefillConfig {
 
 std::atomic<int64_t> g_launches{0};
 
-// Element offset of 16-byte chunk c of row r in a [rows][D] bf16 tile.
-template <int D>
-__device__ __forceinline__ int swz(int r, int c) {
-  return r * D + ((c ^ (r & 7)) << 3);
-}
-
 template <int D, int MT, int N, int SUB>
 __global__ void __launch_bounds__(128, 2) prefill_attention_kernel(AttentionArgs a) {
   pdl_wait();

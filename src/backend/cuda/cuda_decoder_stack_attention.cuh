@@ -68,9 +68,8 @@ struct Attention {
   __device__ bf16* ktile() const { return reinterpret_cast<bf16*>(vnew_s() + D); }
   __device__ bf16* vtile() const { return ktile() + kTileKeys * D; }
   __device__ int* key_ok() const { return reinterpret_cast<int*>(vtile() + kTileKeys * D); }
-  // Element (key r, dim d) of a tile: a row's 16-byte chunks are XOR-swizzled by r % 8, so
-  // the eight rows an ldmatrix reads at one chunk index sit in eight different banks.
-  __device__ static int tile_at(int r, int d) { return r * D + (((d / 8) ^ (r & 7)) * 8) + d % 8; }
+  // Element (key r, dim d) of a tile (swz's layout: conflict-free ldmatrix).
+  __device__ static int tile_at(int r, int d) { return swz<D>(r, d / 8) + d % 8; }
 
   // Copies of the cached k and v rows of keys [t0, t0 + n) into the tile (cp.async, one
   // group); the token's own key (L - 1, not in the cache yet) is left to fill_new.

@@ -16,6 +16,14 @@ __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// Element offset of 16-byte chunk c of row r in a [rows][D] bf16 tile whose rows' chunks
+// are XOR-swizzled by r % 8: the eight rows an ldmatrix reads at one chunk index sit in
+// eight different banks.
+template <int D>
+__device__ __forceinline__ int swz(int r, int c) {
+  return r * D + ((c ^ (r & 7)) << 3);
+}
+
 // 16 bytes global -> shared; zero-filled (nothing read) when !pred.
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool pred) {
   const int n = pred ? 16 : 0;
