@@ -12,12 +12,17 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_kernels.h"
 #include "common/thread_pool.h"
+#include "io/safetensors.h"
 #include "model/causal_lm.h"
 #include "model/checkpoint.h"
 #include "model/presets.h"
@@ -144,6 +149,84 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DecoderStackTest,
                                            StackCase{"llama_d128_g6_untied", "tiny-llama", 2000, 768, 1024, 2, 6, 1,
                                                      false}),
                          [](const auto& info) { return info.param.name; });
+
+// Writes bf16 NaN over row `token` of the embedding in the model folder's safetensors file.
+void poison_embedding_row(const std::string& folder, int64_t token, int64_t hidden) {
+  for (const auto& file : std::filesystem::directory_iterator(folder)) {
+    if (file.path().extension() != ".safetensors") continue;
+    std::ifstream in(file.path(), std::ios::binary);
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    in.close();
+    auto parsed = SafetensorsFile::parse(bytes, file.path().string());
+    ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
+    const TensorEntry* e = parsed->find("model.embed_tokens.weight");
+    if (e == nullptr) continue;
+    ASSERT_EQ(e->dtype, DType::kBF16);
+    const auto at = static_cast<size_t>(e->data - bytes.data()) + static_cast<size_t>(token * hidden * 2);
+    const uint16_t nan_bf16 = 0x7fc0;
+    for (int64_t h = 0; h < hidden; ++h)
+      std::memcpy(bytes.data() + at + h * 2, &nan_bf16, 2);
+    std::ofstream out(file.path(), std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    ASSERT_TRUE(out.good());
+    return;
+  }
+  FAIL() << "no embedding in " << folder;
+}
+
+// A NaN in the weights gives NaN logits from the token that reads it on, and never hangs
+// the fused kernel (a divergent early exit in its attention step once left a warp waiting
+// in a shuffle forever once NaN scores reached it). Both head sizes, untied (so the rows
+// before the poisoned token stay finite).
+TEST(DecoderStackNaN, APoisonedTokenGivesNaNLogitsNotAHang) {
+  CudaBackendOptions options;
+  options.activation_dtype = DType::kBF16;
+  auto backend = CudaBackend::create(options);
+  if (!backend.ok()) GTEST_SKIP() << "no CUDA device: " << backend.status().to_string();
+  CudaBackend& cuda = **backend;
+  for (const StackCase& c : {StackCase{"qwen2_d64", "tiny-qwen2", 1000, 512, 1408, 2, 8, 2, false},
+                             StackCase{"llama_d128", "tiny-llama", 2000, 768, 1024, 2, 6, 1, false}}) {
+    SCOPED_TRACE(c.name);
+    const ModelConfig config = config_of(c);
+    test::TempDir tmp;
+    ThreadPool pool(2);
+    RandomModelOptions ro;
+    ro.dtype = DType::kBF16;
+    ro.seed = 5;
+    ro.out_path = tmp.file("model");
+    ASSERT_TRUE(write_random_model(config, ro, pool).ok());
+    const int32_t poisoned = 7;
+    poison_embedding_row(ro.out_path, poisoned, c.hidden);
+    auto ckpt = Checkpoint::open(ro.out_path);
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status().to_string();
+    WeightLoadOptions wo;
+    wo.weight_dtype = DType::kBF16;
+    auto model = load_causal_lm(*ckpt, cuda, wo);
+    ASSERT_TRUE(model.ok()) << model.status().to_string();
+
+    std::vector<int32_t> prompt(60);
+    for (size_t i = 0; i < prompt.size(); ++i)
+      prompt[i] = static_cast<int32_t>(100 + i);
+    const size_t at = 40;
+    prompt[at] = poisoned;
+    Generator gen(**model, cuda);
+    cuda.set_decoder_stack(true);
+    const int64_t before = cuda::decoder_stack_launches();
+    auto logits = gen.prompt_logits(prompt, /*chunk_tokens=*/1, /*block_size=*/16, DType::kBF16);
+    ASSERT_TRUE(logits.ok()) << logits.status().to_string();
+    if (cuda::decoder_stack_launches() == before) GTEST_SKIP() << "the device does not run the fused decoder stack";
+    const auto vocab = static_cast<size_t>(c.vocab);
+    for (size_t t = 0; t < prompt.size(); ++t) {
+      const float* row = logits->data() + t * vocab;
+      const bool finite = std::all_of(row, row + vocab, [](float v) { return std::isfinite(v); });
+      if (t < at) {
+        EXPECT_TRUE(finite) << "position " << t << ", before the poisoned token";
+      } else {
+        EXPECT_FALSE(finite) << "position " << t << ", at or after the poisoned token";
+      }
+    }
+  }
+}
 
 }  // namespace
 }  // namespace bw
