@@ -24,7 +24,9 @@
 // copies no weights (the consumers' own rate: no waits, no attention), 5 the same with the
 // waits and the attention (the dependency chain alone);
 // BW_CUDA_STACK_PAGE_KB sets the page size, BW_CUDA_STACK_MAX_SPLITS caps the attention
-// splits per KV head (the tests give items several tiles that way), BW_CUDA_STACK_TC puts
+// splits per KV head (the tests give items several tiles that way), BW_CUDA_STACK_PAUSE=0
+// keeps the weight stream going while the consumers wait between ops (see
+// g_stream_paused), BW_CUDA_STACK_TC puts
 // the gate/up (1) and LM head (2) pages on tensor cores (cuda_decoder_stack_tc_page.cuh:
 // faster consumers, a slower step so far); a build with
 // BW_STACK_TRACE defined prints the cycles between the steps of a layer at every step.
@@ -80,6 +82,8 @@ __device__ void produce(const DecoderStackArgs& a, const Plan& p, uint32_t ring,
   uint32_t issued = 0;
   auto push = [&](const char* src, uint32_t bytes) {
     if (issued >= static_cast<uint32_t>(p.pages)) mbar_wait(empty + 8 * cur.slot, cur.phase ^ 1);
+    while (p.pause_between_ops && stream_paused()) {
+    }
     if (debug_skips_copies(a.debug)) {
       mbar_arrive(full + 8 * cur.slot);  // measurement aid: no copy, the consumers' rate alone
     } else {
@@ -146,7 +150,9 @@ __device__ void consume(Consumer& c) {
   auto residual_projection = [&](const int* ready, int target, const void* src, int64_t k, int R, int S, int* done) {
     c.wait_for(ready, target);
     c.load_x(src, k);
+    c.resume_stream();
     walk_rows(H, R, [&](int64_t i, int rows) { c.page(k, rows, S, c.acc + i * S); });
+    c.pause_stream();
     c.finish(owned, S, add_to_residual);
     c.arrive(done);
   };
@@ -173,8 +179,10 @@ __device__ void consume(Consumer& c) {
     if (l > 0) c.wait_for(c.layer_counters(l - 1) + kDownDone, G);
     STAMP(1);
     c.load_normed_x(a.residual, H, w.attn_norm, a.eps);
+    c.resume_stream();
     STAMP(2);
     walk_rows(qkv_rows, p.rows_h, [&](int64_t i, int rows) { c.page(H, rows, s_h, c.acc + i * s_h); });
+    c.pause_stream();
     STAMP(3);
     c.finish(q_count, s_h, [&](int64_t i, float s) { qkv[q0 + i] = __float2bfloat16_rn(s + second_half[i]); });
     c.arrive(ctr + kQkvDone);
@@ -197,6 +205,7 @@ __device__ void consume(Consumer& c) {
 
     c.wait_for(ctr + kODone, G);
     c.load_normed_x(a.residual, H, w.ffn_norm, a.eps);
+    c.resume_stream();
     STAMP(8);
     int64_t u0 = 0;
     if (p.tc_ops & kTcGateUp) {  // a warp per page on the tensor cores: one sum per row
@@ -211,6 +220,7 @@ __device__ void consume(Consumer& c) {
         c.page(H, rows, s_h, (is_up ? second_half : c.acc) + i * s_h);
       });
     }
+    c.pause_stream();
     STAMP(9);
     const int s_gu = p.tc_ops & kTcGateUp ? 1 : s_h;
     c.finish(cta_count(F), s_gu, [&](int64_t i, float g) {
@@ -227,6 +237,7 @@ __device__ void consume(Consumer& c) {
   }
   c.wait_for(c.layer_counters(a.num_layers - 1) + kDownDone, G);
   c.load_normed_x(a.residual, H, a.final_norm, a.eps);
+  c.resume_stream();
   // The LM head's rows are many: each warp sums whole rows straight into the logits.
   int64_t v0 = 0, v1 = 0;
   cta_rows(a.vocab, &v0, &v1);
@@ -284,6 +295,7 @@ __global__ void __launch_bounds__(kThreads, 1) decoder_stack_kernel(DecoderStack
   const uint32_t full = smem_addr(bars), empty = smem_addr(bars + p.pages);
   const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;
   if (tid == 0) {
+    g_stream_paused = 0;
     for (int i = 0; i < p.pages; ++i) {
       mbar_init(full + 8 * i, 1);
       mbar_init(empty + 8 * i, kConsumerWarps);
@@ -345,6 +357,11 @@ Plan make_plan(const DecoderStackArgs& a, int num_sms) {
   if (const char* env = std::getenv("BW_CUDA_STACK_MAX_SPLITS"); env != nullptr) {
     if (const int splits = std::atoi(env); splits > 0) p.max_splits = std::min(p.max_splits, splits);
   }
+  static const bool pause = [] {  // a measurement switch: BW_CUDA_STACK_PAUSE=0 streams through the waits
+    const char* env = std::getenv("BW_CUDA_STACK_PAUSE");
+    return env == nullptr || std::atoi(env) != 0;
+  }();
+  p.pause_between_ops = pause;
   p.scratch_bytes = static_cast<int>((std::max(2 * longest, attention_scratch_bytes(a.head_dim)) + 15) / 16 * 16);
   p.counters_per_layer = static_cast<int>(counters_per_layer(a));
   const int64_t fixed = p.scratch_bytes + 4 * (p.acc_floats + kConsumerWarps + p.own_floats) + 16 * kMaxPages;

@@ -43,8 +43,9 @@ struct Plan {
   int acc_floats = 0;                      // an op's row sums: [2][most rows a CTA owns][8 slices]
   int max_splits = 0;                      // attention items per KV head at most
   int counters_per_layer = 0;
-  int own_floats = 0;  // the CTA's rows of the residual stream (even, for alignment)
-  int tc_ops = 0;      // ops whose pages go to the tensor cores, a warp per page (tc_page): TcOps
+  int own_floats = 0;             // the CTA's rows of the residual stream (even, for alignment)
+  bool pause_between_ops = true;  // the producer pauses between an op's pages and the next op's (BW_CUDA_STACK_PAUSE)
+  int tc_ops = 0;                 // ops whose pages go to the tensor cores, a warp per page (tc_page): TcOps
 };
 
 // Slices of a row that the warps share: pages of few long rows give every warp a part,
@@ -143,6 +144,19 @@ __device__ __forceinline__ int load_acquire(const int* p) {
 // Barrier of the eight consumer warps (id 1; the producer never joins).
 __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
 
+// Set while the consumers are between two ops' pages (waiting for the other CTAs,
+// reloading activations, the attention step): the producer issues no copy then. Why: one
+// grid-wide wait (arrive, poll, reload a row) measured 1.4 us with no copies in flight and
+// 2.5 / 4.0 / 9.8 / 21 us with 1 / 2 / 4 / 8 pages (24 KiB) in flight per SM, the SM's
+// own bulk copies ahead of its loads (H200, wip/stack_barrier_bench.cu); between ops the
+// ring is nearly full anyway, so the few copies held back cost the stream less than they
+// cost the chain (1.5B: 817-821 vs 792-793 tokens/s).
+__shared__ int g_stream_paused;
+__device__ __forceinline__ void set_stream_paused(int paused) {
+  *static_cast<volatile int*>(&g_stream_paused) = paused;
+}
+__device__ __forceinline__ bool stream_paused() { return *static_cast<volatile int*>(&g_stream_paused) != 0; }
+
 // The ring position of a page: its slot and the parity of the slot's current use.
 // Advanced incrementally (a division per page costs the single producer thread more
 // than the page's copy takes to issue).
@@ -166,6 +180,14 @@ struct Consumer {
   int* counters;
   RingCursor cur;
   int tid, warp, lane;
+
+  // Around an op's pages (thread 0; see g_stream_paused).
+  __device__ void resume_stream() const {
+    if (p.pause_between_ops && tid == 0) set_stream_paused(0);
+  }
+  __device__ void pause_stream() const {
+    if (p.pause_between_ops && tid == 0) set_stream_paused(1);
+  }
 
   __device__ int* layer_counters(int l) const { return counters + static_cast<int64_t>(l) * p.counters_per_layer; }
 
