@@ -151,7 +151,8 @@ __device__ void consume(Consumer& c) {
     c.wait_for(ready, target);
     c.load_x(src, k);
     c.resume_stream();
-    walk_rows(H, R, [&](int64_t i, int rows) { c.page(k, rows, S, c.acc + i * S); });
+    const OpUnits ou(k, S, c.warp);
+    walk_rows(H, R, [&](int64_t i, int rows) { c.page(ou, rows, c.acc + i * S); });
     c.pause_stream();
     c.finish(owned, S, add_to_residual);
     c.arrive(done);
@@ -181,7 +182,8 @@ __device__ void consume(Consumer& c) {
     c.load_normed_x(a.residual, H, w.attn_norm, a.eps);
     c.resume_stream();
     STAMP(2);
-    walk_rows(qkv_rows, p.rows_h, [&](int64_t i, int rows) { c.page(H, rows, s_h, c.acc + i * s_h); });
+    const OpUnits qkv_units(H, s_h, c.warp);
+    walk_rows(qkv_rows, p.rows_h, [&](int64_t i, int rows) { c.page(qkv_units, rows, c.acc + i * s_h); });
     c.pause_stream();
     STAMP(3);
     c.finish(q_count, s_h, [&](int64_t i, float s) { qkv[q0 + i] = __float2bfloat16_rn(s + second_half[i]); });
@@ -216,8 +218,9 @@ __device__ void consume(Consumer& c) {
         tc_page(c, geom, rows, (is_up ? second_half : c.acc) + i, turn);
       });
     } else {
+      const OpUnits ou(H, s_h, c.warp);
       u0 = walk_gate_up(F, p.rows_h, [&](int64_t i, int rows, bool is_up) {
-        c.page(H, rows, s_h, (is_up ? second_half : c.acc) + i * s_h);
+        c.page(ou, rows, (is_up ? second_half : c.acc) + i * s_h);
       });
     }
     c.pause_stream();
@@ -247,7 +250,8 @@ __device__ void consume(Consumer& c) {
     int turn = 0;
     walk_rows(a.vocab, p.rows_h, [&](int64_t i, int rows) { tc_page(c, geom, rows, a.logits + v0 + i, turn); });
   } else {
-    walk_rows(a.vocab, p.rows_h, [&](int64_t i, int rows) { c.page(H, rows, 1, a.logits + v0 + i); });
+    const OpUnits ou(H, 1, c.warp);
+    walk_rows(a.vocab, p.rows_h, [&](int64_t i, int rows) { c.page(ou, rows, a.logits + v0 + i); });
   }
 
 #ifdef BW_STACK_TRACE

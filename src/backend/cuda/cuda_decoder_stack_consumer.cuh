@@ -49,7 +49,8 @@ struct Plan {
 };
 
 // Slices of a row that the warps share: pages of few long rows give every warp a part,
-// and rows that do not divide among the warps are halved.
+// and rows that do not divide among the warps are halved. Always 1, 2, 4 or 8: a divisor
+// of the warp count, so each warp takes the same slice of every row (see OpUnits).
 __host__ __device__ constexpr int slices_for(int rows) {
   if (rows < kConsumerWarps) return kConsumerWarps / rows;
   return rows % kConsumerWarps == 0 ? 1 : 2;  // 12 rows: 24 units, 3 per warp
@@ -167,6 +168,25 @@ struct RingCursor {
   }
 };
 
+// A warp's share of every page of an op (rows of k, S slices each): the units (row,
+// slice) of a page go to the warps in turn, u = row * S + slice = warp + 8 i, so with S
+// dividing the warp count a warp always takes slice warp % S, of rows warp / S + i 8 / S.
+// Set once per op: no division per page.
+struct OpUnits {
+  int chunks = 0;                 // 16-byte chunks of a row
+  int S = 1;                      // slices per row
+  int slice = 0, c0 = 0, c1 = 0;  // this warp's slice: chunks [c0, c1)
+  int row0 = 0, row_step = 1;     // its first row of a page, and the rows between its units
+
+  __device__ OpUnits(int64_t k, int slices, int warp) : chunks(static_cast<int>(k / 8)), S(slices) {
+    slice = warp % S;
+    c0 = slice * chunks / S;
+    c1 = (slice + 1) * chunks / S;
+    row0 = warp / S;
+    row_step = kConsumerWarps / S;
+  }
+};
+
 // The consumer warps' state: the ring cursor and the shared buffers.
 struct Consumer {
   const DecoderStackArgs& a;
@@ -265,28 +285,25 @@ struct Consumer {
     consumer_sync();  // also: every thread has read red[] before the next norm writes it
   }
 
-  // The next ring page: `rows` rows of K = k dotted with x, each split into S slices
-  // (warps take (row, slice) units); dst[row * S + slice] <- the slice's sum (lane 0 of
+  // The next ring page: `rows` rows of K dotted with x, each split into S slices (warps
+  // take (row, slice) units: OpUnits); dst[row * S + slice] <- the slice's sum (lane 0 of
   // the warp). No barrier: a warp releases the page when its units are done, and the op's
   // epilogue (finish) runs once per op, after every page. (Tried: a warp walking four
   // units at once, loads and reductions interleaved: slower, 448 vs 720 tokens/s.)
-  __device__ void page(int64_t k, int rows, int S, float* dst) {
+  __device__ void page(const OpUnits& ou, int rows, float* dst) {
     const uint32_t slot = cur.slot;
     mbar_wait(full + 8 * slot, cur.phase);
     const uint4* pg = reinterpret_cast<const uint4*>(ring + static_cast<int64_t>(slot) * p.page_bytes);
     const uint4* xv = reinterpret_cast<const uint4*>(scratch);
-    const int units = debug_skips_arithmetic(a.debug) ? 0 : rows * S;
-    const int chunks = static_cast<int>(k / 8);
-    for (int u = warp; u < units; u += kConsumerWarps) {
-      const int row = u / S, slice = u % S;
-      const int c0 = slice * chunks / S, c1 = (slice + 1) * chunks / S;
-      const uint4* wr = pg + static_cast<int64_t>(row) * chunks;
+    const int last = debug_skips_arithmetic(a.debug) ? 0 : rows;
+    for (int row = ou.row0; row < last; row += ou.row_step) {
+      const uint4* wr = pg + static_cast<int64_t>(row) * ou.chunks;
       float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll 4
-      for (int c = c0 + lane; c < c1; c += 32)
+      for (int c = ou.c0 + lane; c < ou.c1; c += 32)
         dot8(wr[c], xv[c], sum0, sum1);
       const float sum = warp_sum(sum0 + sum1);
-      if (lane == 0) dst[u] = sum;
+      if (lane == 0) dst[row * ou.S + ou.slice] = sum;
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(empty + 8 * slot);
