@@ -55,6 +55,12 @@ __host__ __device__ constexpr int slices_for(int rows) {
   if (rows < kConsumerWarps) return kConsumerWarps / rows;
   return rows % kConsumerWarps == 0 ? 1 : 2;  // 12 rows: 24 units, 3 per warp
 }
+constexpr bool slices_divide_the_warps() {  // (rows past 16 take the same branches)
+  for (int rows = 1; rows <= 16; ++rows)
+    if (kConsumerWarps % slices_for(rows) != 0) return false;
+  return true;
+}
+static_assert(slices_divide_the_warps(), "OpUnits: a warp takes the same slice of every row");
 
 // The measurement aids (BW_CUDA_STACK_DEBUG, see cuda_decoder_stack.cu; wrong results):
 // which part of the step each mode leaves out.
@@ -149,9 +155,10 @@ __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, 256;
 // reloading activations, the attention step): the producer issues no copy then. Why: one
 // grid-wide wait (arrive, poll, reload a row) measured 1.4 us with no copies in flight and
 // 2.5 / 4.0 / 9.8 / 21 us with 1 / 2 / 4 / 8 pages (24 KiB) in flight per SM, the SM's
-// own bulk copies ahead of its loads (H200, wip/stack_barrier_bench.cu); between ops the
-// ring is nearly full anyway, so the few copies held back cost the stream less than they
-// cost the chain (1.5B: 817-821 vs 792-793 tokens/s).
+// own bulk copies ahead of its loads (H200; wip/stack_barrier_bench.cu on the branch
+// wip/inflight); between ops the ring is nearly full anyway, so the few copies held back
+// cost the stream less than they cost the chain (1.5B 819-828 vs 789-794 tokens/s, 7B
+// 276 vs 271).
 __shared__ int g_stream_paused;
 __device__ __forceinline__ void set_stream_paused(int paused) {
   *static_cast<volatile int*>(&g_stream_paused) = paused;
