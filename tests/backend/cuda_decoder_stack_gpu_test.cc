@@ -55,6 +55,24 @@ ModelConfig config_of(const StackCase& c) {
   return m;
 }
 
+// A random bf16 model of the case's shape written to `folder`.
+Status write_case_model(const StackCase& c, uint64_t seed, const std::string& folder) {
+  ThreadPool pool(2);
+  RandomModelOptions ro;
+  ro.dtype = DType::kBF16;
+  ro.seed = seed;
+  ro.out_path = folder;
+  return write_random_model(config_of(c), ro, pool).status();
+}
+
+// The model in `folder` on `backend`, bf16 weights.
+Result<std::unique_ptr<CausalLM>> load_bf16_model(const std::string& folder, Backend& backend) {
+  ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::open(folder));
+  WeightLoadOptions wo;
+  wo.weight_dtype = DType::kBF16;
+  return load_causal_lm(ckpt, backend, wo);
+}
+
 size_t argmax(const float* row, size_t n) { return static_cast<size_t>(std::max_element(row, row + n) - row); }
 
 class DecoderStackTest : public ::testing::TestWithParam<StackCase> {};
@@ -67,19 +85,11 @@ TEST_P(DecoderStackTest, FusedStepsMatchTheOpByOpSteps) {
   CudaBackend& cuda = **backend;
 
   const StackCase& c = GetParam();
-  const ModelConfig config = config_of(c);
   test::TempDir tmp;
-  ThreadPool pool(2);
-  RandomModelOptions ro;
-  ro.dtype = DType::kBF16;
-  ro.seed = 11;
-  ro.out_path = tmp.file("model");
-  ASSERT_TRUE(write_random_model(config, ro, pool).ok());
-  auto ckpt = Checkpoint::open(ro.out_path);
-  ASSERT_TRUE(ckpt.ok()) << ckpt.status().to_string();
-  WeightLoadOptions wo;
-  wo.weight_dtype = DType::kBF16;
-  auto model = load_causal_lm(*ckpt, cuda, wo);
+  const std::string folder = tmp.file("model");
+  const Status written = write_case_model(c, 11, folder);
+  ASSERT_TRUE(written.ok()) << written.to_string();
+  auto model = load_bf16_model(folder, cuda);
   ASSERT_TRUE(model.ok()) << model.status().to_string();
 
   std::vector<int32_t> prompt(150);
@@ -187,21 +197,13 @@ TEST(DecoderStackNaN, APoisonedTokenGivesNaNLogitsNotAHang) {
   for (const StackCase& c : {StackCase{"qwen2_d64", "tiny-qwen2", 1000, 512, 1408, 2, 8, 2, false},
                              StackCase{"llama_d128", "tiny-llama", 2000, 768, 1024, 2, 6, 1, false}}) {
     SCOPED_TRACE(c.name);
-    const ModelConfig config = config_of(c);
     test::TempDir tmp;
-    ThreadPool pool(2);
-    RandomModelOptions ro;
-    ro.dtype = DType::kBF16;
-    ro.seed = 5;
-    ro.out_path = tmp.file("model");
-    ASSERT_TRUE(write_random_model(config, ro, pool).ok());
+    const std::string folder = tmp.file("model");
+    const Status written = write_case_model(c, 5, folder);
+    ASSERT_TRUE(written.ok()) << written.to_string();
     const int32_t poisoned = 7;
-    poison_embedding_row(ro.out_path, poisoned, c.hidden);
-    auto ckpt = Checkpoint::open(ro.out_path);
-    ASSERT_TRUE(ckpt.ok()) << ckpt.status().to_string();
-    WeightLoadOptions wo;
-    wo.weight_dtype = DType::kBF16;
-    auto model = load_causal_lm(*ckpt, cuda, wo);
+    poison_embedding_row(folder, poisoned, c.hidden);
+    auto model = load_bf16_model(folder, cuda);
     ASSERT_TRUE(model.ok()) << model.status().to_string();
 
     std::vector<int32_t> prompt(60);
