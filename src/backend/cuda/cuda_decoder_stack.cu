@@ -122,6 +122,25 @@ __device__ void produce(const DecoderStackArgs& a, const Plan& p, uint32_t ring,
   push_rows(a.lm_head, a.vocab, H, p.rows_h);
 }
 
+#ifdef BW_STACK_TRACE
+// Trace builds: how many of the next ring pages have landed (a parity test of each full
+// barrier, one ring lap ahead at most: unambiguous).
+__device__ int pages_landed(const Consumer& c) {
+  RingCursor k = c.cur;
+  int n = 0;
+  for (; n < c.p.pages; ++n) {
+    uint32_t ok = 0;
+    asm volatile("{\n.reg .pred p;\nmbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(ok)
+                 : "r"(c.full + 8 * k.slot), "r"(k.phase)
+                 : "memory");
+    if (ok == 0) break;
+    k.advance(c.p.pages);
+  }
+  return n;
+}
+#endif
+
 template <int D>
 __device__ void consume(Consumer& c) {
   const DecoderStackArgs& a = c.a;
@@ -145,12 +164,35 @@ __device__ void consume(Consumer& c) {
     c.own[i] = v;
     residual[r0 + i] = __float2bfloat16_rn(v);
   };
+  // BW_STACK_TRACE builds (a measurement aid; it costs registers): cycles between the
+  // steps of layer 5 on CTA 0 (and within the o and down steps: their waits and loads of
+  // x), how many ring pages had landed when gate/up and down began, printed at the end of
+  // every step; and the attention step's (on CTA 0 and on the CTAs that merged the splits).
+#ifdef BW_STACK_TRACE
+  const bool trace_cta = blockIdx.x == 0 && c.tid == 0;
+  __shared__ long long t[16];
+  int traced_layer = -1;
+#define TRACE_LAYER(l) traced_layer = (l);
+#define STAMP(i) \
+  if (trace_cta && traced_layer == 5) t[i] = clock64();
+#define LANDED(i) \
+  if (trace_cta && traced_layer == 5) t[i] = pages_landed(c);
+#else
+#define TRACE_LAYER(l)
+#define STAMP(i)
+#define LANDED(i)
+#endif
   // residual += x @ W^T for the CTA's rows (the o and down projections; the producer
   // streams W), x = src[0, k) once *ready reaches target; then *done is bumped.
   auto residual_projection = [&](const int* ready, int target, const void* src, int64_t k, int R, int S, int* done) {
     c.wait_for(ready, target);
     c.load_x(src, k);
     c.resume_stream();
+#ifdef BW_STACK_TRACE
+    const bool is_o = done == c.layer_counters(traced_layer) + kODone;
+    STAMP(is_o ? 12 : 13);
+    if (!is_o) LANDED(15);
+#endif
     const OpUnits ou(k, S, c.warp);
     walk_rows(H, R, [&](int64_t i, int rows) { c.page(ou, rows, c.acc + i * S); });
     c.pause_stream();
@@ -158,20 +200,10 @@ __device__ void consume(Consumer& c) {
     c.arrive(done);
   };
   float* second_half = c.acc + p.acc_floats / 2;  // QKV: the biases; gate/up: the up sums
-  // BW_STACK_TRACE builds (a measurement aid; it costs registers): cycles between the
-  // steps of layer 5 on CTA 0, printed at the end of every step, and the attention
-  // step's (on CTA 0 and on the CTAs that merged the splits).
-#ifdef BW_STACK_TRACE
-  const bool trace_cta = blockIdx.x == 0 && c.tid == 0;
-  __shared__ long long t[12];
-#define STAMP(i) \
-  if (trace_cta && l == 5) t[i] = clock64();
-#else
-#define STAMP(i)
-#endif
   for (int l = 0; l < a.num_layers; ++l) {
     const DecoderStackLayer& w = a.layers[l];
     int* ctr = c.layer_counters(l);
+    TRACE_LAYER(l);
     STAMP(0);
     const int64_t q0 = cta_first(qkv_rows), q_count = cta_count(qkv_rows);
     const bf16* bias = as_bf16(w.qkv_bias);
@@ -209,6 +241,7 @@ __device__ void consume(Consumer& c) {
     c.load_normed_x(a.residual, H, w.ffn_norm, a.eps);
     c.resume_stream();
     STAMP(8);
+    LANDED(14);
     int64_t u0 = 0;
     if (p.tc_ops & kTcGateUp) {  // a warp per page on the tensor cores: one sum per row
       PageGeom geom;
@@ -256,10 +289,12 @@ __device__ void consume(Consumer& c) {
 
 #ifdef BW_STACK_TRACE
   if (trace_cta) {
-    printf("stack trace (cycles, layer 5, CTA 0):");
+    printf(
+        "stack trace (layer 5, CTA 0; cycles: wait, norm, QKV, epilogue, wait, attention, o, wait + norm, gate/up, "
+        "epilogue, down, then o's and down's wait and load of x; then the pages landed when gate/up and down began):");
     for (int i = 1; i < 12; ++i)
       printf(" %lld", t[i] - t[i - 1]);
-    printf("\n");
+    printf(" %lld %lld %lld %lld\n", t[12] - t[6], t[13] - t[10], t[14], t[15]);
   }
   if (c.tid == 0 && (blockIdx.x == 0 || g_attn_trace[blockIdx.x][kAttnTraceMerged] == 1)) {
     const long long* at = g_attn_trace[blockIdx.x];
@@ -269,7 +304,9 @@ __device__ void consume(Consumer& c) {
         at[kAttnTraceMerged] == 1 ? at[4] - at[3] : -1LL);
   }
 #endif
+#undef TRACE_LAYER
 #undef STAMP
+#undef LANDED
   // The last CTA out zeroes the counters for the next step (every other CTA has passed
   // all of its waits by the time it arrives here).
   consumer_sync();
