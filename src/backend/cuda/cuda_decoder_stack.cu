@@ -129,12 +129,7 @@ __device__ int pages_landed(const Consumer& c) {
   RingCursor k = c.cur;
   int n = 0;
   for (; n < c.p.pages; ++n) {
-    uint32_t ok = 0;
-    asm volatile("{\n.reg .pred p;\nmbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(ok)
-                 : "r"(c.full + 8 * k.slot), "r"(k.phase)
-                 : "memory");
-    if (ok == 0) break;
+    if (!mbar_test(c.full + 8 * k.slot, k.phase)) break;
     k.advance(c.p.pages);
   }
   return n;
@@ -361,23 +356,25 @@ __global__ void __launch_bounds__(kThreads, 1) decoder_stack_kernel(DecoderStack
 
 std::atomic<int64_t> g_launches{0};
 
+// The integer in environment variable `name`, or `unset` when it is not set (the plan's
+// measurement switches and test aids).
+int env_int(const char* name, int unset) {
+  const char* env = std::getenv(name);
+  return env != nullptr ? std::atoi(env) : unset;
+}
+
 Plan make_plan(const DecoderStackArgs& a, int num_sms) {
   Plan p;
   const int64_t H = a.hidden, F = a.intermediate, HqD = static_cast<int64_t>(a.num_heads) * a.head_dim;
   const int64_t longest = std::max({H, F, HqD});
-  static const int64_t target = [] {  // read once: plans are made at every eager step
-    const char* page_kb = std::getenv("BW_CUDA_STACK_PAGE_KB");
-    return page_kb != nullptr ? int64_t{std::atoi(page_kb)} * 1024 : int64_t{kTargetPageBytes};
-  }();
+  // Switches are read once: plans are made at every eager step.
+  static const int64_t target = int64_t{env_int("BW_CUDA_STACK_PAGE_KB", kTargetPageBytes / 1024)} * 1024;
   p.page_bytes = static_cast<int>(std::max<int64_t>(target, 2 * longest));
   auto rows_for = [&](int64_t k) { return static_cast<int>(std::max<int64_t>(1, p.page_bytes / (2 * k))); };
   p.rows_h = rows_for(H), p.rows_q = rows_for(HqD), p.rows_f = rows_for(F);
   // Which ops take tensor-core pages (a measurement switch for now, off by default):
   // BW_CUDA_STACK_TC = kTcGateUp | kTcLmHead.
-  static const int tc_ops = [] {
-    const char* env = std::getenv("BW_CUDA_STACK_TC");
-    return env != nullptr ? std::atoi(env) & (kTcGateUp | kTcLmHead) : 0;
-  }();
+  static const int tc_ops = env_int("BW_CUDA_STACK_TC", 0) & (kTcGateUp | kTcLmHead);
   if (tc_ops != 0) {  // tensor-core pages take 1, 2, 4, 8 or 16 rows
     int rows = 1;
     while (rows * 2 <= std::min(p.rows_h, 16))
@@ -395,13 +392,10 @@ Plan make_plan(const DecoderStackArgs& a, int num_sms) {
   p.max_splits = std::max(1, num_sms / std::max(1, a.num_kv_heads));
   // A test aid: fewer splits give each attention item several tiles of keys at short
   // contexts (read at every plan: the tests change it between runs).
-  if (const char* env = std::getenv("BW_CUDA_STACK_MAX_SPLITS"); env != nullptr) {
-    if (const int splits = std::atoi(env); splits > 0) p.max_splits = std::min(p.max_splits, splits);
-  }
-  static const bool pause = [] {  // a measurement switch: BW_CUDA_STACK_PAUSE=0 streams through the waits
-    const char* env = std::getenv("BW_CUDA_STACK_PAUSE");
-    return env == nullptr || std::atoi(env) != 0;
-  }();
+  if (const int splits = env_int("BW_CUDA_STACK_MAX_SPLITS", 0); splits > 0)
+    p.max_splits = std::min(p.max_splits, splits);
+  // BW_CUDA_STACK_PAUSE=0 keeps the weight stream going through the waits (a measurement switch).
+  static const bool pause = env_int("BW_CUDA_STACK_PAUSE", 1) != 0;
   p.pause_between_ops = pause;
   p.scratch_bytes = static_cast<int>((std::max(2 * longest, attention_scratch_bytes(a.head_dim)) + 15) / 16 * 16);
   p.counters_per_layer = static_cast<int>(counters_per_layer(a));
