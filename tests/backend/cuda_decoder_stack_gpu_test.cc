@@ -14,13 +14,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_kernels.h"
+#include "common/mapped_file.h"
 #include "common/thread_pool.h"
 #include "io/safetensors.h"
 #include "model/causal_lm.h"
@@ -164,21 +163,21 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DecoderStackTest,
 void poison_embedding_row(const std::string& folder, int64_t token, int64_t hidden) {
   for (const auto& file : std::filesystem::directory_iterator(folder)) {
     if (file.path().extension() != ".safetensors") continue;
-    std::ifstream in(file.path(), std::ios::binary);
-    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    in.close();
-    auto parsed = SafetensorsFile::parse(bytes, file.path().string());
+    auto contents = read_file_to_string(file.path().string());
+    ASSERT_TRUE(contents.ok()) << contents.status().to_string();
+    std::string& bytes = *contents;
+    const auto* data = reinterpret_cast<const uint8_t*>(bytes.data());
+    auto parsed = SafetensorsFile::parse({data, bytes.size()}, file.path().string());
     ASSERT_TRUE(parsed.ok()) << parsed.status().to_string();
     const TensorEntry* e = parsed->find("model.embed_tokens.weight");
     if (e == nullptr) continue;
     ASSERT_EQ(e->dtype, DType::kBF16);
-    const auto at = static_cast<size_t>(e->data - bytes.data()) + static_cast<size_t>(token * hidden * 2);
+    const auto at = static_cast<size_t>(e->data - data) + static_cast<size_t>(token * hidden * 2);
     const uint16_t nan_bf16 = 0x7fc0;
     for (int64_t h = 0; h < hidden; ++h)
       std::memcpy(bytes.data() + at + h * 2, &nan_bf16, 2);
-    std::ofstream out(file.path(), std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    ASSERT_TRUE(out.good());
+    const Status written = write_string_to_file(file.path().string(), bytes);
+    ASSERT_TRUE(written.ok()) << written.to_string();
     return;
   }
   FAIL() << "no embedding in " << folder;
@@ -202,7 +201,7 @@ TEST(DecoderStackNaN, APoisonedTokenGivesNaNLogitsNotAHang) {
     const Status written = write_case_model(c, 5, folder);
     ASSERT_TRUE(written.ok()) << written.to_string();
     const int32_t poisoned = 7;
-    poison_embedding_row(folder, poisoned, c.hidden);
+    ASSERT_NO_FATAL_FAILURE(poison_embedding_row(folder, poisoned, c.hidden));
     auto model = load_bf16_model(folder, cuda);
     ASSERT_TRUE(model.ok()) << model.status().to_string();
 
