@@ -153,12 +153,12 @@ __device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, 256;
 
 // Set while the consumers are between two ops' pages (waiting for the other CTAs,
 // reloading activations, the attention step): the producer issues no copy then. Why: one
-// grid-wide wait (arrive, poll, reload a row) measured 1.4 us with no copies in flight and
-// 2.5 / 4.0 / 9.8 / 21 us with 1 / 2 / 4 / 8 pages (24 KiB) in flight per SM, the SM's
-// own bulk copies ahead of its loads (H200; wip/stack_barrier_bench.cu on the branch
-// wip/inflight); between ops the ring is nearly full anyway, so the few copies held back
-// cost the stream less than they cost the chain (1.5B 819-828 vs 789-794 tokens/s, 7B
-// 276 vs 271).
+// grid-wide wait (arrive, poll, reload a row) measured 1.35 us with no copies in flight
+// and 2.5 / 4.0 / 9.9 / 27 us with 1 / 2 / 4 / 8 pages (24 KiB) in flight per SM, the
+// SM's own bulk copies ahead of its loads (H200, bench/cuda_exchange_bench.cu); between
+// ops the ring is nearly full anyway, so the few copies held back cost the stream less
+// than they cost the chain (1.5B 819-828 vs 789-794 tokens/s, 7B 276 vs 271; keeping 1-3
+// copies in flight through the pause, or prefetching into L2 instead, measured slower).
 __shared__ int g_stream_paused;
 __device__ __forceinline__ void set_stream_paused(int paused) {
   *static_cast<volatile int*>(&g_stream_paused) = paused;
