@@ -22,7 +22,12 @@
 // counter to 0, so there is no second kernel and no memset per call (the backend zeroes
 // the counters once when it allocates them). A sequence that fits one split writes the
 // output directly.
+//
+// bf16 activations with a bf16 cache (head_dim 128, at most 8 query heads per KV head)
+// take decode_tc_kernel instead (cuda_attention_decode_tc.cuh): the same grid with one
+// head group, the same splits and merge, scores and outputs on tensor cores.
 #include <cmath>
+#include <cstdlib>
 
 #include "backend/cuda/cuda_attention_merge.cuh"
 
@@ -326,6 +331,26 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) *counter = 0;  // every split has arrived: ready for the next call
 }
 
+}  // namespace
+}  // namespace bw::cuda
+
+#include "backend/cuda/cuda_attention_decode_tc.cuh"
+
+namespace bw::cuda {
+namespace {
+
+// Whether decode_tc_kernel takes this call (BW_DECODE_TC=0: never, a measurement switch).
+bool use_tensor_cores(const AttentionArgs& a) {
+  static const bool enabled = [] {
+    const char* env = std::getenv("BW_DECODE_TC");
+    return env == nullptr || std::atoi(env) != 0;
+  }();
+  // head_dim 128 only for now: the kernel is written for 64 too, but only 128 has run
+  // against the CPU on a GPU (the tests' head_dim-64 shape has 16 heads per KV head).
+  return enabled && a.act_type == ElemType::kBF16 && a.cache_type == ElemType::kBF16 && a.head_dim == 128 &&
+         a.num_heads / a.num_kv_heads <= kTcMaxGroup;
+}
+
 int head_groups_of(const AttentionArgs& a, int hg) {
   const int G = a.num_heads / a.num_kv_heads;
   return (G + hg - 1) / hg;
@@ -335,6 +360,7 @@ int head_groups_of(const AttentionArgs& a, int hg) {
 // small and the context short (batch 1), 2, so that twice the blocks each score half as
 // much (their scoring is the latency then). Measured on an H200 against 1 and 8 too.
 int heads_per_block(const AttentionArgs& a, int num_sms) {
+  if (use_tensor_cores(a)) return a.num_heads / a.num_kv_heads;  // the whole group
   const int64_t keys = (static_cast<int64_t>(a.max_kv_len > 0 ? a.max_kv_len : 0) + 31) / 32;
   return static_cast<int64_t>(a.num_seqs) * a.num_kv_heads * keys <= 2 * static_cast<int64_t>(num_sms) ? 2 : 4;
 }
@@ -420,6 +446,14 @@ cudaError_t launch_paged_attention_decode(const AttentionArgs& args, int num_spl
   const dim3 grid(static_cast<unsigned>(args.num_seqs), static_cast<unsigned>(args.num_kv_heads * groups),
                   static_cast<unsigned>(num_splits));
   const int max_kv = args.max_kv_len > 0 ? args.max_kv_len : 0;
+  if (use_tensor_cores(args)) {  // (the attribute is per device: set at every launch, as cheap as a launch)
+    constexpr int kSmem = decode_tc_smem_bytes<128>();
+    const cudaError_t attr =
+        cudaFuncSetAttribute(decode_tc_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (attr != cudaSuccess) return attr;
+    launch_kernel(decode_tc_kernel<128>, grid, kThreads, kSmem, stream, args, 0, workspace, counters);
+    return cudaGetLastError();
+  }
   bool launched = false;
   dispatch_head_dim(args.head_dim, [&](auto dtag) {
     constexpr int D = decltype(dtag)::value;
