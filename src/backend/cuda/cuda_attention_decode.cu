@@ -103,6 +103,33 @@ __device__ void merge_splits(const AttentionArgs& a, const float* ws, int64_t t,
   }
 }
 
+// The tail of both decode kernels, after the block's warps left their states in shared
+// memory (and a __syncthreads): the merged output when the sequence fits this block's
+// split, else the split's partial; the last split of a (sequence, head group) to arrive
+// merges them all and resets the counter for the next call.
+template <typename A, int D, int HG>
+__device__ void store_or_merge_splits(const AttentionArgs& a, const float (&s_m)[kWarps][HG],
+                                      const float (&s_l)[kWarps][HG], const float (&s_acc)[kWarps][HG][D], int ng,
+                                      int s, int h0, int split, int active, int num_splits, float* ws, int* counters,
+                                      float (&s_w)[HG][kMaxSplits]) {
+  __shared__ int s_last;
+  if (active == 1) {  // the whole sequence in this block: the output directly
+    merge_warps_and_store<A, kWarps, HG, D, kThreads>(a, s_m, s_l, s_acc, ng, s, h0, 0, 1, ws);
+    return;
+  }
+  merge_warps_and_store<A, kWarps, HG, D, kThreads>(a, s_m, s_l, s_acc, ng, s, h0, split, num_splits, ws);
+  // Publish the partial, then count arrivals; the last block merges every split.
+  __threadfence();
+  __syncthreads();
+  int* counter = counters + static_cast<int64_t>(s) * gridDim.y + blockIdx.y;
+  if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == active - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  merge_splits<A, D, HG>(a, ws, s, h0, ng, active, num_splits, s_w);
+  if (threadIdx.x == 0) *counter = 0;  // every split has arrived: ready for the next call
+}
+
 template <typename A, typename C, int D, int HG>
 __global__ void __launch_bounds__(kThreads)
     decode_kernel(AttentionArgs a, int head_groups, int chunk_guess, float* ws, int* counters) {
@@ -120,7 +147,6 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float s_m[kWarps][HG];
   __shared__ float s_l[kWarps][HG];
   __shared__ float s_w[HG][kMaxSplits];
-  __shared__ int s_last;
 
   const int s = static_cast<int>(blockIdx.x);
   const int kv_head = static_cast<int>(blockIdx.y) / head_groups;
@@ -314,21 +340,7 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   __syncthreads();
-  if (active == 1) {  // the whole sequence in this block: the output directly
-    merge_warps_and_store<A, kWarps, HG, D, kThreads>(a, s_m, s_l, s_acc, ng, s, h0, 0, 1, ws);
-    return;
-  }
-  merge_warps_and_store<A, kWarps, HG, D, kThreads>(a, s_m, s_l, s_acc, ng, s, h0, split, num_splits, ws);
-  // Publish the partial, then count arrivals; the last block merges every split.
-  __threadfence();
-  __syncthreads();
-  int* counter = counters + static_cast<int64_t>(s) * gridDim.y + blockIdx.y;
-  if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == active - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  merge_splits<A, D, HG>(a, ws, s, h0, ng, active, num_splits, s_w);
-  if (threadIdx.x == 0) *counter = 0;  // every split has arrived: ready for the next call
+  store_or_merge_splits<A, D, HG>(a, s_m, s_l, s_acc, ng, s, h0, split, active, num_splits, ws, counters, s_w);
 }
 
 }  // namespace
@@ -451,7 +463,7 @@ cudaError_t launch_paged_attention_decode(const AttentionArgs& args, int num_spl
     const cudaError_t attr =
         cudaFuncSetAttribute(decode_tc_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (attr != cudaSuccess) return attr;
-    launch_kernel(decode_tc_kernel<128>, grid, kThreads, kSmem, stream, args, 0, workspace, counters);
+    launch_kernel(decode_tc_kernel<128>, grid, kThreads, kSmem, stream, args, workspace, counters);
     return cudaGetLastError();
   }
   bool launched = false;

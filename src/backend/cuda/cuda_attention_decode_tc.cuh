@@ -41,8 +41,7 @@ constexpr int decode_tc_smem_bytes() {
 }
 
 template <int D>
-__global__ void __launch_bounds__(kThreads)
-    decode_tc_kernel(AttentionArgs a, int chunk_guess, float* ws, int* counters) {
+__global__ void __launch_bounds__(kThreads) decode_tc_kernel(AttentionArgs a, float* ws, int* counters) {
   pdl_wait();
   pdl_launch_dependents();
   using bf16 = __nv_bfloat16;
@@ -55,8 +54,6 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float s_m[kWarps][kTcMaxGroup];
   __shared__ float s_l[kWarps][kTcMaxGroup];
   __shared__ float s_w[kTcMaxGroup][kMaxSplits];
-  __shared__ int s_last;
-  (void)chunk_guess;
 
   const int s = static_cast<int>(blockIdx.x), kv_head = static_cast<int>(blockIdx.y);
   const int G = a.num_heads / a.num_kv_heads, h0 = kv_head * G;
@@ -233,20 +230,8 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
   __syncthreads();
-  if (active == 1) {
-    merge_warps_and_store<bf16, kWarps, kTcMaxGroup, D, kThreads>(a, s_m, s_l, s_acc, G, s, h0, 0, 1, ws);
-    return;
-  }
-  merge_warps_and_store<bf16, kWarps, kTcMaxGroup, D, kThreads>(a, s_m, s_l, s_acc, G, s, h0, split, num_splits, ws);
-  __threadfence();
-  __syncthreads();
-  int* counter = counters + static_cast<int64_t>(s) * gridDim.y + blockIdx.y;
-  if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == active - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  merge_splits<bf16, D, kTcMaxGroup>(a, ws, s, h0, G, active, num_splits, s_w);
-  if (threadIdx.x == 0) *counter = 0;
+  store_or_merge_splits<bf16, D, kTcMaxGroup>(a, s_m, s_l, s_acc, G, s, h0, split, active, num_splits, ws, counters,
+                                              s_w);
 }
 
 }  // namespace
