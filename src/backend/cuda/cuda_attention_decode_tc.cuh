@@ -15,12 +15,12 @@
 // A block owns one sequence, one KV head and one split of the context (grid as the
 // CUDA-core kernel's with one head group); its 4 warps take the split's 16-key tiles in
 // turn, each with its own online softmax (FlashAttention-2's register layout: P stays in
-// registers as the A operand of P V), and copies its next tile's K and V rows into its own
-// double buffer with cp.async while it computes the current one. Rows are XOR-swizzled in
-// 16-byte chunks (swz) so ldmatrix is free of bank conflicts. The warps' states merge, and
-// splits publish and merge, exactly as in decode_kernel (merge_warps_and_store,
-// merge_splits), with the same error reports: a bad sequence writes nothing, a bad block
-// id is reported and its keys are skipped.
+// registers as the A operand of P V), each copying its next tile's K and V rows into its
+// own double buffer with cp.async while it computes the current one. Rows are XOR-swizzled
+// in 16-byte chunks (swz) so ldmatrix is free of bank conflicts. The warps' states merge,
+// and splits publish and merge, exactly as in decode_kernel (store_or_merge_splits), with
+// the same error reports: a bad sequence writes nothing, a bad block id is reported and
+// its keys are skipped.
 #pragma once
 
 #include "backend/cuda/cuda_mma.cuh"
