@@ -21,6 +21,7 @@
 #include "backend/cuda/cuda_kernels.h"
 #include "common/mapped_file.h"
 #include "common/thread_pool.h"
+#include "cuda_test_util.h"
 #include "io/safetensors.h"
 #include "model/causal_lm.h"
 #include "model/checkpoint.h"
@@ -74,14 +75,20 @@ Result<std::unique_ptr<CausalLM>> load_bf16_model(const std::string& folder, Bac
 
 size_t argmax(const float* row, size_t n) { return static_cast<size_t>(std::max_element(row, row + n) - row); }
 
-class DecoderStackTest : public ::testing::TestWithParam<StackCase> {};
+// A bf16 CUDA backend per test (skipped without a device).
+class Bf16CudaTest : public test::CudaOpTest {
+ protected:
+  void SetUp() override {
+    CudaBackendOptions options;
+    options.activation_dtype = DType::kBF16;
+    start(options);
+  }
+};
+
+class DecoderStackTest : public Bf16CudaTest, public ::testing::WithParamInterface<StackCase> {};
 
 TEST_P(DecoderStackTest, FusedStepsMatchTheOpByOpSteps) {
-  CudaBackendOptions options;
-  options.activation_dtype = DType::kBF16;
-  auto backend = CudaBackend::create(options);
-  if (!backend.ok()) GTEST_SKIP() << "no CUDA device: " << backend.status().to_string();
-  CudaBackend& cuda = **backend;
+  CudaBackend& cuda = *gpu_;
 
   const StackCase& c = GetParam();
   test::TempDir tmp;
@@ -187,12 +194,10 @@ void poison_embedding_row(const std::string& folder, int64_t token, int64_t hidd
 // the fused kernel (a divergent early exit in its attention step once left a warp waiting
 // in a shuffle forever once NaN scores reached it). Both head sizes, untied (so the rows
 // before the poisoned token stay finite).
-TEST(DecoderStackNaN, APoisonedTokenGivesNaNLogitsNotAHang) {
-  CudaBackendOptions options;
-  options.activation_dtype = DType::kBF16;
-  auto backend = CudaBackend::create(options);
-  if (!backend.ok()) GTEST_SKIP() << "no CUDA device: " << backend.status().to_string();
-  CudaBackend& cuda = **backend;
+using DecoderStackNaN = Bf16CudaTest;
+
+TEST_F(DecoderStackNaN, APoisonedTokenGivesNaNLogitsNotAHang) {
+  CudaBackend& cuda = *gpu_;
   for (const StackCase& c : {StackCase{"qwen2_d64", "tiny-qwen2", 1000, 512, 1408, 2, 8, 2, false},
                              StackCase{"llama_d128", "tiny-llama", 2000, 768, 1024, 2, 6, 1, false}}) {
     SCOPED_TRACE(c.name);
