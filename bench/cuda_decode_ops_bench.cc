@@ -244,5 +244,6 @@ int main() {
   run(**gpu, Shape{"7B", 3584, 18944, 28, 4, 128});
   attention_sweep(**gpu, Shape{"1.5B", 1536, 8960, 12, 2, 128});
   attention_sweep(**gpu, Shape{"7B", 3584, 18944, 28, 4, 128});
+  attention_sweep(**gpu, Shape{"LLM-7B (MHA)", 4096, 11008, 32, 32, 128});  // DeepSeek-LLM-7B: a KV head per query head
   return 0;
 }

@@ -38,6 +38,28 @@ for hq, hkv in [(12, 2), (28, 4)]:
         print(f"sdpa chunk 512 after 1536 hq={hq} hkv={hkv} d=128: {t * 1e6:.0f} us")
     except Exception as ex:  # noqa
         print("chunked sdpa failed:", ex)
+# Decode attention (one query per sequence, every sequence `ctx` long) over contiguous K/V,
+# the cases of bw_cuda_decode_ops_bench's sweep (which reads a paged cache): with
+# enable_gqa, and with K/V repeated to every query head beforehand (repeat not timed).
+# Ten calls per timing, so that launch overhead counts as it does inside a graph.
+for hq, hkv, name in [(12, 2, "1.5B"), (28, 4, "7B")]:
+    for batch, ctx in [(1, 4096), (1, 32768), (32, 4096), (128, 2048), (256, 4096)]:
+        q = torch.randn(batch, hq, 1, 128, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(batch, hkv, ctx, 128, device=dev, dtype=torch.bfloat16); v = torch.randn_like(k)
+        kv_bytes = 2 * k.numel() * 2
+        res = []
+        try:
+            t = bench(lambda: [F.scaled_dot_product_attention(q, k, v, enable_gqa=True) for _ in range(10)]) / 10
+            res.append(f"gqa {t * 1e6:.1f} us [{kv_bytes / t / 1e9:.0f} GB/s]")
+        except Exception as ex:  # noqa
+            res.append(f"gqa failed: {ex}")
+        if batch * ctx <= 32 * 4096:  # the repeated copy of the largest cases does not fit comfortably
+            kr = k.repeat_interleave(hq // hkv, dim=1); vr = v.repeat_interleave(hq // hkv, dim=1)
+            t = bench(lambda: [F.scaled_dot_product_attention(q, kr, vr) for _ in range(10)]) / 10
+            res.append(f"repeated {t * 1e6:.1f} us")
+            del kr, vr
+        print(f"sdpa decode {name} batch {batch} context {ctx}: " + ", ".join(res))
+        del q, k, v
 import os
 try:
     if os.environ.get("BW_PEER_GENERATE", "1") == "0":

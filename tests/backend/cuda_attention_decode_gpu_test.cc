@@ -5,7 +5,9 @@
 // counters the last split block merges through, which must be left at zero after every
 // call: the same call twice, a captured graph replayed twice and replayed after its
 // kv_lens changed, and calls after one that reported a bad block id. Skips without a
-// CUDA device.
+// CUDA device. The bf16-activation, bf16-cache cases of shapes with at most 8 query heads
+// per KV head at head_dim 64 or 128 (12/2, 28/4, 16/2 and the multi-head 4/4) run the
+// tensor-core kernel; the others (f32, an f16 cache, 32/2, head_dim 16) the CUDA-core one.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -101,7 +103,8 @@ class CudaDecodeAttentionTest : public test::CudaOpTest {
 // range from the hint when it bounds the sequence, else from kv_len).
 TEST_F(CudaDecodeAttentionTest, OneLongSequenceSplitsAndMatchesTheCpu) {
   uint32_t seed = 1;
-  for (HeadShape c : {HeadShape{12, 2, 128}, HeadShape{28, 4, 128}, HeadShape{32, 2, 64}, HeadShape{4, 1, 16}}) {
+  for (HeadShape c : {HeadShape{12, 2, 128}, HeadShape{28, 4, 128}, HeadShape{32, 2, 64}, HeadShape{16, 2, 64},
+                      HeadShape{4, 4, 128}, HeadShape{4, 1, 16}}) {
     Batch b({{1, 9001}}, 16, seed++);
     for (Types t : kTypes) {
       Problem pr = make(c, t, b, seed++);
@@ -115,7 +118,8 @@ TEST_F(CudaDecodeAttentionTest, OneLongSequenceSplitsAndMatchesTheCpu) {
 // Mixed lengths (kv_len 1 included, lengths on and off block boundaries) and block sizes.
 TEST_F(CudaDecodeAttentionTest, MixedBatchesMatchTheCpu) {
   uint32_t seed = 100;
-  for (HeadShape c : {HeadShape{12, 2, 128}, HeadShape{28, 4, 128}, HeadShape{32, 2, 64}, HeadShape{4, 1, 16}}) {
+  for (HeadShape c : {HeadShape{12, 2, 128}, HeadShape{28, 4, 128}, HeadShape{32, 2, 64}, HeadShape{16, 2, 64},
+                      HeadShape{4, 4, 128}, HeadShape{4, 1, 16}}) {
     for (int bs : {16, 3, 1}) {
       const int long_len = bs == 1 ? 700 : 4000;
       Batch b({{1, 1}, {1, long_len}, {1, 17}, {1, 1}, {1, 300}, {1, 2 * bs}, {1, long_len / 2 + 1}}, bs, seed++);
@@ -137,7 +141,8 @@ TEST_F(CudaDecodeAttentionTest, LargeBatchesMatchTheCpu) {
   specs.reserve(70);
   for (int i = 0; i < 70; ++i)
     specs.push_back({1, 1 + (i * 37) % 600});
-  for (HeadShape c : {HeadShape{12, 2, 128}, HeadShape{28, 4, 128}, HeadShape{32, 2, 64}}) {
+  for (HeadShape c : {HeadShape{12, 2, 128}, HeadShape{28, 4, 128}, HeadShape{32, 2, 64}, HeadShape{16, 2, 64},
+                      HeadShape{4, 4, 128}}) {
     Batch b(specs, 16, seed++);
     for (Types t : kTypes) {
       Problem pr = make(c, t, b, seed++);

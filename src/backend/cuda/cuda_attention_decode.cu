@@ -357,10 +357,8 @@ bool use_tensor_cores(const AttentionArgs& a) {
     const char* env = std::getenv("BW_DECODE_TC");
     return env == nullptr || std::atoi(env) != 0;
   }();
-  // head_dim 128 only for now: the kernel is written for 64 too, but only 128 has run
-  // against the CPU on a GPU (the tests' head_dim-64 shape has 16 heads per KV head).
-  return enabled && a.act_type == ElemType::kBF16 && a.cache_type == ElemType::kBF16 && a.head_dim == 128 &&
-         a.num_heads / a.num_kv_heads <= kTcMaxGroup;
+  return enabled && a.act_type == ElemType::kBF16 && a.cache_type == ElemType::kBF16 &&
+         (a.head_dim == 64 || a.head_dim == 128) && a.num_heads / a.num_kv_heads <= kTcMaxGroup;
 }
 
 int head_groups_of(const AttentionArgs& a, int hg) {
@@ -413,6 +411,19 @@ bool dispatch_heads_per_block(int hg, Fn&& fn) {
   }
 }
 
+// The tensor-core kernel takes more than 48 KB of shared memory, which needs the opt-in
+// attribute; it is per device, so it is set at every launch (as cheap as a launch).
+template <int D>
+cudaError_t launch_decode_tc(dim3 grid, const AttentionArgs& args, float* workspace, int* counters,
+                             cudaStream_t stream) {
+  constexpr int kSmem = decode_tc_smem_bytes<D>();
+  const cudaError_t attr =
+      cudaFuncSetAttribute(decode_tc_kernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (attr != cudaSuccess) return attr;
+  launch_kernel(decode_tc_kernel<D>, grid, kThreads, kSmem, stream, args, workspace, counters);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 bool decode_attention_supported(const AttentionArgs& args) {
@@ -458,13 +469,9 @@ cudaError_t launch_paged_attention_decode(const AttentionArgs& args, int num_spl
   const dim3 grid(static_cast<unsigned>(args.num_seqs), static_cast<unsigned>(args.num_kv_heads * groups),
                   static_cast<unsigned>(num_splits));
   const int max_kv = args.max_kv_len > 0 ? args.max_kv_len : 0;
-  if (use_tensor_cores(args)) {  // (the attribute is per device: set at every launch, as cheap as a launch)
-    constexpr int kSmem = decode_tc_smem_bytes<128>();
-    const cudaError_t attr =
-        cudaFuncSetAttribute(decode_tc_kernel<128>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (attr != cudaSuccess) return attr;
-    launch_kernel(decode_tc_kernel<128>, grid, kThreads, kSmem, stream, args, workspace, counters);
-    return cudaGetLastError();
+  if (use_tensor_cores(args)) {
+    return args.head_dim == 64 ? launch_decode_tc<64>(grid, args, workspace, counters, stream)
+                               : launch_decode_tc<128>(grid, args, workspace, counters, stream);
   }
   bool launched = false;
   dispatch_head_dim(args.head_dim, [&](auto dtag) {

@@ -1,6 +1,6 @@
 // Internal to cuda_attention_decode.cu (included after its helpers): decode attention on
 // tensor cores for bf16 activations and a bf16 cache, at most 8 query heads per KV head
-// (head_dim 64 or 128; the launch takes 128 only so far, the one tested on a GPU).
+// (head_dim 64 or 128).
 //
 // Why: the CUDA-core kernel scores a key with a 16-lane dot product and shuffle
 // reductions per query head, and takes 2 or 4 of a KV head's query heads per block, so a
