@@ -163,7 +163,7 @@ TEST_F(CudaFusedTest, MatmulAddAccumulatesIntoTheResidual) {
   // 4,224 rows take the single-row kernel at M = 1 on GPUs of up to 264 SMs.
   for (auto [n, k] : {std::pair<int64_t, int64_t>{96, 1536}, {4224, 256}, {33, 40}}) {
     for (DType act : {DType::kBF16, DType::kF32}) {
-      for (int64_t m : {1, 5, 40}) {
+      for (int64_t m : {1, 5, 12, 40}) {
         SCOPED_TRACE(::testing::Message() << "n " << n << " k " << k << " act " << test::dtype_str(act) << " m " << m);
         const std::vector<float> x = values(static_cast<size_t>(m * k), seed++, act);
         const std::vector<float> r = values(static_cast<size_t>(m * n), seed++, act);

@@ -111,7 +111,7 @@ class CudaGemvTest : public test::CudaOpTest {
     for (uint16_t& v : wbits)
       v = rng.next();
     const TensorView wv = upload_raw(wbits.data(), wbits.size() * 2, DType::kBF16, {n, k});
-    for (int64_t m : {1, 4})
+    for (int64_t m : {1, 4, 9, 16})  // the single-row kernel; the tensor-core path without and with x rows 8-15
       run_real_m(m, wv, wbits, with_bias, f32_out, seed + static_cast<uint32_t>(m));
   }
   void run_real_m(int64_t m, const TensorView& wv, const std::vector<uint16_t>& wbits, bool with_bias, bool f32_out,

@@ -23,7 +23,20 @@ namespace {
 
 using cuda::ElemType;
 
-constexpr int64_t kGemvMaxM = 16;
+// Matmuls of up to this many rows run on the own GEMV (cuda_gemv.cu), larger ones on
+// cuBLASLt (BW_GEMV_MAX_M overrides it, for A/B runs). From M = 3 cuBLASLt's kernels read
+// the weights faster than the GEMV's tensor-core path: H200, decode tokens/s, 512-token
+// prompts, cuBLASLt vs the GEMV in one run: 1.5B batch 4 2,051-2,075 vs 1,747-1,754, 8
+// 3,937-4,004 vs 3,427-3,462, 16 7,628-7,849 vs 6,170-6,277; 7B batch 4 831 vs 627, 8
+// 1,636 vs 1,253, 16 3,207 vs 2,252. At M = 2 the GEMV's FMA path is ahead (1.5B 1,016
+// vs 835-888), at M = 1 its single-row kernel.
+int64_t gemv_max_m() {
+  static const int64_t max_m = [] {
+    const char* env = std::getenv("BW_GEMV_MAX_M");
+    return env != nullptr ? std::atoll(env) : int64_t{2};
+  }();
+  return max_m;
+}
 constexpr size_t kLtWorkspaceBytes = size_t{32} << 20;
 constexpr size_t kMinAllocation = 256;
 
@@ -642,7 +655,7 @@ Status CudaBackend::matmul_lt(TensorView out, const TensorView& x, const TensorV
 
 Status CudaBackend::matmul(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias) {
   ProfiledOp prof(this, [&] {
-    const bool gemv = force_gemv_ || x.shape.rows() <= kGemvMaxM;
+    const bool gemv = force_gemv_ || x.shape.rows() <= gemv_max_m();
     return fmt::format("matmul{} m{} n{} k{}", gemv ? "" : "(lt)", rows_bucket(x.shape.rows()), w.shape.rows(),
                        w.shape.cols());
   });
@@ -658,7 +671,7 @@ Status CudaBackend::matmul_impl(std::string_view op, TensorView out, const Tenso
   }
   const int64_t m = x.dim(0), k = x.dim(1), n = w.dim(0);
   if (m == 0 || n == 0) return OkStatus();
-  if (m > kGemvMaxM && k > 0 && !force_gemv_) {
+  if (m > gemv_max_m() && k > 0 && !force_gemv_) {
     bool done = false;
     RETURN_IF_ERROR(matmul_lt(out, x, w, bias, accumulate, &done));
     if (done) return OkStatus();
