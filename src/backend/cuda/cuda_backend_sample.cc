@@ -121,7 +121,11 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
   const size_t args_bytes = align_up(num_rows * sizeof(cuda::SamplingRowArgs));
   const size_t history_bytes = align_up(2 * num_history * sizeof(int32_t));
   const size_t upload_bytes = args_bytes + history_bytes;
-  const size_t total_bytes = upload_bytes + align_up(num_rows * sizeof(int32_t));
+  const size_t ids_bytes = align_up(num_rows * sizeof(int32_t));
+  // Device only, after the ids: the greedy argmax's per-chunk partials (the host copy's
+  // bytes there go unused).
+  const size_t total_bytes =
+      upload_bytes + ids_bytes + align_up(static_cast<size_t>(cuda::argmax_workspace_bytes(rows)));
   if (sample_host_capacity_ < total_bytes) {
     if (sample_host_ != nullptr) {
       const cudaError_t err = cudaFreeHost(sample_host_);
@@ -184,11 +188,22 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
   if (up != cudaSuccess) return fail(static_cast<int>(up), "cudaMemcpyAsync (sample upload)", __FILE__, __LINE__);
   const auto* dev_history = reinterpret_cast<const int32_t*>(dev + args_bytes);
   auto* dev_out = reinterpret_cast<int32_t*>(dev + upload_bytes);
-  RETURN_IF_ERROR(
-      check_launch(static_cast<int>(cuda::launch_sample(dev_out, static_cast<float*>(logits.data), rows, vocab,
-                                                        reinterpret_cast<const cuda::SamplingRowArgs*>(dev),
-                                                        dev_history, dev_history + num_history, stream_)),
-                   "sample"));
+  // Every row greedy and none with a penalty to apply: the argmax alone, over many blocks.
+  bool argmax_only = true;
+  for (size_t r = 0; r < num_rows && argmax_only; ++r) {
+    const cuda::SamplingRowArgs& a = args[r];
+    const bool greedy = !(a.temperature > 0.0f) || std::isinf(1.0f / a.temperature);  // as the kernel decides
+    const bool penalties = a.penalty_end > a.penalty_begin &&
+                           (a.repetition_penalty != 1.0f || a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f);
+    argmax_only = greedy && !penalties;
+  }
+  const cudaError_t launched =
+      argmax_only ? cuda::launch_greedy_argmax(dev_out, static_cast<const float*>(logits.data), rows, vocab,
+                                               dev + upload_bytes + ids_bytes, num_sms_, stream_)
+                  : cuda::launch_sample(dev_out, static_cast<float*>(logits.data), rows, vocab,
+                                        reinterpret_cast<const cuda::SamplingRowArgs*>(dev), dev_history,
+                                        dev_history + num_history, stream_);
+  RETURN_IF_ERROR(check_launch(static_cast<int>(launched), "sample"));
   const cudaError_t down =
       cudaMemcpyAsync(host + upload_bytes, dev_out, num_rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_);
   if (down != cudaSuccess) return fail(static_cast<int>(down), "cudaMemcpyAsync (sample ids)", __FILE__, __LINE__);

@@ -271,5 +271,10 @@ struct SamplingRowArgs {
 // in [0, vocab). All pointers are device memory.
 cudaError_t launch_sample(int32_t* out, float* logits, int64_t rows, int64_t vocab, const SamplingRowArgs* row_args,
                           const int32_t* penalty_tokens, const int32_t* penalty_output_counts, cudaStream_t stream);
+// The same token for a call whose rows are all greedy without penalties (logits not
+// modified), the rows split over many blocks; workspace: argmax_workspace_bytes(rows).
+int64_t argmax_workspace_bytes(int64_t rows);
+cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab, void* workspace,
+                                 int num_sms, cudaStream_t stream);
 
 }  // namespace bw::cuda

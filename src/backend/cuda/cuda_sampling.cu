@@ -1,4 +1,6 @@
-// Token sampling on the device (Backend::sample): one thread block per logits row.
+// Token sampling on the device (Backend::sample): one thread block per logits row. (A call
+// whose rows are all greedy without penalties takes the split argmax near the end of this
+// file instead: the same tokens, many blocks a row.)
 //
 // The steps follow the host Sampler (runner/sampler.cc):
 //   1. penalties on the row's distinct history tokens (repetition: divide positive /
@@ -22,7 +24,8 @@
 // Histograms use warp-aggregated shared-memory atomics (lanes with the same bin add once).
 //
 // Cost (H200, V = 151,936, one sample() call with upload, kernel and read-back): greedy
-// 38 / 62 / 80 us for 1 / 64 / 256 rows; temperature only ~125 / 155 / 270 us; top-p 0.9
+// 22 / 42 / 77 us for 1 / 64 / 256 rows with the split argmax (38 / 62 / 80 in this
+// kernel); temperature only ~125 / 155 / 270 us; top-p 0.9
 // ~260-500 / 310-670 / 550-870 us (peaked vs flat N(0, 2) rows). One block per row makes
 // a single row latency-bound: the radix passes (4 each for top-k and top-p) dominate.
 #include <cuda_runtime.h>
@@ -548,6 +551,91 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// --- Greedy rows without penalties: the argmax alone, split over many blocks a row -----
+// sample_kernel reads a row with one block, at one SM's pace: ~30 us for a 152k-logit row
+// on an H200, a few percent of a small model's decode step. Here chunks of the row go to
+// separate blocks, each leaving its (max, lowest id) in the workspace, and one warp a row
+// picks the best of them: the same comparison (beats) from the same start (-inf, id 0), so
+// the same token as sample_kernel's greedy path (NaN never wins, 0 when nothing beats -inf).
+constexpr int kArgmaxThreads = 256;
+constexpr int kArgmaxMaxChunks = 64;
+constexpr int64_t kArgmaxMinChunk = 2048;  // values a block scans at least
+
+struct ArgmaxPartial {
+  float value;
+  int32_t id;
+};
+
+__global__ void __launch_bounds__(kArgmaxThreads)
+    argmax_chunk_kernel(ArgmaxPartial* partials, const float* logits, int64_t vocab, int64_t chunk) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t row = blockIdx.y;
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
+  const int64_t end = begin + chunk < vocab ? begin + chunk : vocab;
+  const float* x = logits + row * vocab;
+  float best = -INFINITY;
+  int64_t best_id = 0;
+  constexpr int kUnrollArgmax = 8;
+  for (int64_t base = begin + threadIdx.x; base < end; base += int64_t{kArgmaxThreads} * kUnrollArgmax) {
+    float v[kUnrollArgmax];
+#pragma unroll
+    for (int u = 0; u < kUnrollArgmax; ++u) {
+      const int64_t i = base + int64_t{u} * kArgmaxThreads;
+      v[u] = i < end ? x[i] : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnrollArgmax; ++u) {
+      if (v[u] > best) best = v[u], best_id = base + int64_t{u} * kArgmaxThreads;  // ids rise with u
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, best_id, o);
+    if (beats(ov, oi, best, best_id)) best = ov, best_id = oi;
+  }
+  __shared__ ArgmaxPartial warps[kArgmaxThreads / 32];
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  if (lane == 0) warps[warp] = ArgmaxPartial{best, static_cast<int32_t>(best_id)};
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    ArgmaxPartial b = warps[0];
+    for (int w = 1; w < kArgmaxThreads / 32; ++w)
+      if (beats(warps[w].value, warps[w].id, b.value, b.id)) b = warps[w];
+    partials[row * gridDim.x + blockIdx.x] = b;
+  }
+}
+
+// One warp per row: the best of the row's chunks.
+__global__ void argmax_final_kernel(int32_t* out, const ArgmaxPartial* partials, int chunks) {
+  pdl_wait();
+  const int64_t row = blockIdx.x;
+  const int lane = static_cast<int>(threadIdx.x);
+  float best = -INFINITY;
+  int64_t best_id = 0;
+  for (int c = lane; c < chunks; c += 32) {
+    const ArgmaxPartial p = partials[row * chunks + c];
+    if (beats(p.value, p.id, best, best_id)) best = p.value, best_id = p.id;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, best_id, o);
+    if (beats(ov, oi, best, best_id)) best = ov, best_id = oi;
+  }
+  if (lane == 0) out[row] = static_cast<int32_t>(best_id);
+}
+
+int argmax_chunks(int64_t rows, int64_t vocab, int num_sms) {
+  // About two blocks per SM in all, chunks of at least kArgmaxMinChunk values.
+  int64_t chunks = (2 * static_cast<int64_t>(num_sms) + rows - 1) / rows;
+  const int64_t by_len = (vocab + kArgmaxMinChunk - 1) / kArgmaxMinChunk;
+  if (chunks > by_len) chunks = by_len;
+  if (chunks > kArgmaxMaxChunks) chunks = kArgmaxMaxChunks;
+  return static_cast<int>(chunks < 1 ? 1 : chunks);
+}
+
 }  // namespace
 
 cudaError_t launch_sample(int32_t* out, float* logits, int64_t rows, int64_t vocab, const SamplingRowArgs* row_args,
@@ -555,6 +643,23 @@ cudaError_t launch_sample(int32_t* out, float* logits, int64_t rows, int64_t voc
   if (rows <= 0) return cudaSuccess;
   launch_kernel(sample_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, out, logits, vocab, row_args,
                 penalty_tokens, penalty_output_counts);
+  return cudaGetLastError();
+}
+
+int64_t argmax_workspace_bytes(int64_t rows) {
+  return rows * kArgmaxMaxChunks * static_cast<int64_t>(sizeof(ArgmaxPartial));
+}
+
+cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab, void* workspace,
+                                 int num_sms, cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  const int chunks = argmax_chunks(rows, vocab, num_sms);
+  const int64_t chunk = (vocab + chunks - 1) / chunks;
+  auto* partials = static_cast<ArgmaxPartial*>(workspace);
+  launch_kernel(argmax_chunk_kernel, dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(rows)), kArgmaxThreads,
+                0, stream, partials, logits, vocab, chunk);
+  launch_kernel(argmax_final_kernel, static_cast<unsigned>(rows), 32, 0, stream, out,
+                static_cast<const ArgmaxPartial*>(partials), chunks);
   return cudaGetLastError();
 }
 
