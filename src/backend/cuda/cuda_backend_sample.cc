@@ -189,7 +189,7 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
   const auto* dev_history = reinterpret_cast<const int32_t*>(dev + args_bytes);
   auto* dev_out = reinterpret_cast<int32_t*>(dev + upload_bytes);
   // Every row greedy and none with a penalty to apply: the argmax alone, over many blocks.
-  bool argmax_only = true;
+  bool argmax_only = rows <= 65535;  // its grid's y dimension holds the rows
   for (size_t r = 0; r < num_rows && argmax_only; ++r) {
     const cuda::SamplingRowArgs& a = args[r];
     const bool greedy = !(a.temperature > 0.0f) || std::isinf(1.0f / a.temperature);  // as the kernel decides
