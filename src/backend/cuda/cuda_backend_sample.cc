@@ -192,10 +192,9 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
   bool argmax_only = rows <= 65535;  // its grid's y dimension holds the rows
   for (size_t r = 0; r < num_rows && argmax_only; ++r) {
     const cuda::SamplingRowArgs& a = args[r];
-    const bool greedy = !(a.temperature > 0.0f) || std::isinf(1.0f / a.temperature);  // as the kernel decides
     const bool penalties = a.penalty_end > a.penalty_begin &&
                            (a.repetition_penalty != 1.0f || a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f);
-    argmax_only = greedy && !penalties;
+    argmax_only = cuda::sampling_is_greedy(a.temperature) && !penalties;
   }
   const cudaError_t launched =
       argmax_only ? cuda::launch_greedy_argmax(dev_out, static_cast<const float*>(logits.data), rows, vocab,

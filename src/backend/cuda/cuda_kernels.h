@@ -9,6 +9,7 @@
 // CudaBackend::synchronize() turns into a Status. All arithmetic accumulates in f32.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include <cuda_runtime_api.h>
@@ -250,6 +251,12 @@ cudaError_t launch_decoder_stack(const DecoderStackArgs& args, int num_sms, cuda
 int64_t decoder_stack_launches();
 
 // --- cuda_sampling.cu --------------------------------------------------------------------
+// Whether a row with this temperature samples greedily: temperature <= 0, or 1 /
+// temperature not finite. One definition for the kernel and for the host, which sends calls
+// of greedy rows to the split argmax.
+__host__ __device__ inline bool sampling_is_greedy(float temperature) {
+  return !(temperature > 0.0f) || std::isinf(1.0f / temperature);
+}
 // One row's sampling parameters as the kernel reads them (Backend::sample's
 // DeviceSamplingRow plus the row's range in the penalty arrays), validated on the host.
 struct SamplingRowArgs {

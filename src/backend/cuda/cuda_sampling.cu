@@ -88,6 +88,16 @@ __device__ __forceinline__ bool beats(float v, int64_t i, float best, int64_t be
   return v > best || (v == best && i < best_id);
 }
 
+// The warp's best (value, id) by beats; every lane gets it.
+__device__ __forceinline__ void warp_best(float& v, int64_t& i) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int64_t oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (beats(ov, oi, v, i)) v = ov, i = oi;
+  }
+}
+
 // Calls fn(i, x[i]) for each id i of this thread's share of [0, vocab), in increasing order.
 template <typename Fn>
 __device__ __forceinline__ void for_each(const float* x, int64_t vocab, Fn&& fn) {
@@ -146,15 +156,7 @@ struct Shared {
 __device__ void block_best(Shared& sh, float* value, int64_t* id) {
   float v = *value;
   int64_t i = *id;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, i, o);
-    if (beats(ov, oi, v, i)) {
-      v = ov;
-      i = oi;
-    }
-  }
+  warp_best(v, i);
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (lane == 0) {
@@ -336,8 +338,7 @@ __global__ void __launch_bounds__(kThreads)
   });
   block_best(sh, &max_logit, &max_id);
   const float inv_temperature = 1.0f / a.temperature;
-  const bool greedy = !(a.temperature > 0.0f) || isinf(inv_temperature);
-  if (greedy || !isfinite(max_logit)) {
+  if (sampling_is_greedy(a.temperature) || !isfinite(max_logit)) {
     if (threadIdx.x == 0) out[row] = static_cast<int32_t>(max_id);
     return;
   }
@@ -589,12 +590,7 @@ __global__ void __launch_bounds__(kArgmaxThreads)
       if (v[u] > best) best = v[u], best_id = base + int64_t{u} * kArgmaxThreads;  // ids rise with u
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, best_id, o);
-    if (beats(ov, oi, best, best_id)) best = ov, best_id = oi;
-  }
+  warp_best(best, best_id);
   __shared__ ArgmaxPartial warps[kArgmaxThreads / 32];
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   if (lane == 0) warps[warp] = ArgmaxPartial{best, static_cast<int32_t>(best_id)};
@@ -618,12 +614,7 @@ __global__ void argmax_final_kernel(int32_t* out, const ArgmaxPartial* partials,
     const ArgmaxPartial p = partials[row * chunks + c];
     if (beats(p.value, p.id, best, best_id)) best = p.value, best_id = p.id;
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, best_id, o);
-    if (beats(ov, oi, best, best_id)) best = ov, best_id = oi;
-  }
+  warp_best(best, best_id);
   if (lane == 0) out[row] = static_cast<int32_t>(best_id);
 }
 
