@@ -200,9 +200,10 @@ void attention_sweep(CudaBackend& gpu, const Shape& s) {
     int batch, context, hint;
   };
   std::printf("%s paged_attention (decode), us per op inside a graph [K/V GB/s]:\n", s.name);
-  for (const Case& c : {Case{1, 512, 512}, Case{1, 512, 1024}, Case{1, 2048, 2048}, Case{1, 4096, 4096},
-                        Case{1, 4000, 8192}, Case{1, 32768, 32768}, Case{8, 2048, 2048}, Case{32, 1024, 1024},
-                        Case{32, 4096, 4096}, Case{128, 2048, 2048}, Case{256, 4096, 4096}}) {
+  for (const Case& c :
+       {Case{1, 512, 512}, Case{1, 512, 1024}, Case{1, 2048, 2048}, Case{1, 4096, 4096}, Case{1, 4000, 8192},
+        Case{1, 32768, 32768}, Case{8, 576, 576}, Case{64, 576, 576}, Case{8, 2048, 2048}, Case{32, 1024, 1024},
+        Case{32, 4096, 4096}, Case{128, 2048, 2048}, Case{256, 4096, 4096}}) {
     Bench b(gpu);
     const int64_t qkv_w = (s.hq + 2 * s.hkv) * s.d;
     const int width = (c.hint + kBlock - 1) / kBlock;
