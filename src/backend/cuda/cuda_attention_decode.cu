@@ -23,7 +23,7 @@
 // the counters once when it allocates them). A sequence that fits one split writes the
 // output directly.
 //
-// bf16 activations with a bf16 cache (head_dim 128, at most 8 query heads per KV head)
+// bf16 activations with a bf16 cache (head_dim 64 or 128, at most 8 query heads per KV head)
 // take decode_tc_kernel instead (cuda_attention_decode_tc.cuh): the same grid with one
 // head group, the same splits and merge, scores and outputs on tensor cores.
 #include <cmath>
