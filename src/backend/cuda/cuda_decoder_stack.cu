@@ -29,7 +29,8 @@
 // g_stream_paused), BW_CUDA_STACK_TC puts
 // the gate/up (1) and LM head (2) pages on tensor cores (cuda_decoder_stack_tc_page.cuh:
 // faster consumers, a slower step so far); a build with
-// BW_STACK_TRACE defined prints the cycles between the steps of a layer at every step.
+// BW_STACK_TRACE defined prints the cycles between the steps of a layer at every step, and
+// how long consumer thread 0 waited for each projection's pages and worked on them.
 //
 // The work of each op is split statically: CTA c owns rows [c N / G, (c + 1) N / G) of
 // every projection (G CTAs), so its share of a matrix is one contiguous byte range and a
@@ -167,15 +168,23 @@ __device__ void consume(Consumer& c) {
   const bool trace_cta = blockIdx.x == 0 && c.tid == 0;
   __shared__ long long t[16];
   int traced_layer = -1;
+  if (c.tid == 0) {
+    g_trace_op = kTraceNone;
+    for (int i = 0; i < kTraceOps; ++i)
+      g_page_wait[i] = g_page_work[i] = g_page_count[i] = 0;
+  }
 #define TRACE_LAYER(l) traced_layer = (l);
 #define STAMP(i) \
   if (trace_cta && traced_layer == 5) t[i] = clock64();
 #define LANDED(i) \
   if (trace_cta && traced_layer == 5) t[i] = pages_landed(c);
+#define TRACE_OP(op) \
+  if (trace_cta) g_trace_op = traced_layer == 5 ? (op) : kTraceNone;
 #else
 #define TRACE_LAYER(l)
 #define STAMP(i)
 #define LANDED(i)
+#define TRACE_OP(op)
 #endif
   // residual += x @ W^T for the CTA's rows (the o and down projections; the producer
   // streams W), x = src[0, k) once *ready reaches target; then *done is bumped.
@@ -187,6 +196,7 @@ __device__ void consume(Consumer& c) {
     const bool is_o = done == c.layer_counters(traced_layer) + kODone;
     STAMP(is_o ? 12 : 13);
     if (!is_o) LANDED(15);
+    TRACE_OP(is_o ? kTraceO : kTraceDown);
 #endif
     const OpUnits ou(k, S, c.warp);
     walk_rows(H, R, [&](int64_t i, int rows) { c.page(ou, rows, c.acc + i * S); });
@@ -209,6 +219,7 @@ __device__ void consume(Consumer& c) {
     c.load_normed_x(a.residual, H, w.attn_norm, a.eps);
     c.resume_stream();
     STAMP(2);
+    TRACE_OP(kTraceQkv);
     const OpUnits qkv_units(H, s_h, c.warp);
     walk_rows(qkv_rows, p.rows_h, [&](int64_t i, int rows) { c.page(qkv_units, rows, c.acc + i * s_h); });
     c.pause_stream();
@@ -237,6 +248,7 @@ __device__ void consume(Consumer& c) {
     c.resume_stream();
     STAMP(8);
     LANDED(14);
+    TRACE_OP(kTraceGateUp);
     int64_t u0 = 0;
     if (p.tc_ops & kTcGateUp) {  // a warp per page on the tensor cores: one sum per row
       PageGeom geom;
@@ -290,6 +302,11 @@ __device__ void consume(Consumer& c) {
     for (int i = 1; i < 12; ++i)
       printf(" %lld", t[i] - t[i - 1]);
     printf(" %lld %lld %lld %lld\n", t[12] - t[6], t[13] - t[10], t[14], t[15]);
+    printf("pages (layer 5, CTA 0, consumer thread 0; pages, cycles waiting for them, cycles working on them):");
+    const char* names[kTraceOps] = {"", "qkv", "o", "gate/up", "down"};
+    for (int i = kTraceQkv; i < kTraceOps; ++i)
+      printf(" %s %d %lld %lld;", names[i], g_page_count[i], g_page_wait[i], g_page_work[i]);
+    printf("\n");
   }
   if (c.tid == 0 && (blockIdx.x == 0 || g_attn_trace[blockIdx.x][kAttnTraceMerged] == 1)) {
     const long long* at = g_attn_trace[blockIdx.x];
@@ -302,6 +319,7 @@ __device__ void consume(Consumer& c) {
 #undef TRACE_LAYER
 #undef STAMP
 #undef LANDED
+#undef TRACE_OP
   // The last CTA out zeroes the counters for the next step (every other CTA has passed
   // all of its waits by the time it arrives here).
   consumer_sync();

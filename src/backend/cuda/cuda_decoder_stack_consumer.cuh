@@ -165,6 +165,16 @@ __device__ __forceinline__ void set_stream_paused(int paused) {
 }
 __device__ __forceinline__ bool stream_paused() { return *static_cast<volatile int*>(&g_stream_paused) != 0; }
 
+#ifdef BW_STACK_TRACE
+// Trace builds: consumer thread 0's cycles in each projection of the traced layer
+// (cuda_decoder_stack.cu sets g_trace_op around them): waiting for a page to land, then
+// working on it until the page is released, and the pages.
+enum TraceOp : int { kTraceNone, kTraceQkv, kTraceO, kTraceGateUp, kTraceDown, kTraceOps };
+__shared__ int g_trace_op;
+__shared__ long long g_page_wait[kTraceOps], g_page_work[kTraceOps];
+__shared__ int g_page_count[kTraceOps];
+#endif
+
 // The ring position of a page: its slot and the parity of the slot's current use.
 // Advanced incrementally (a division per page costs the single producer thread more
 // than the page's copy takes to issue).
@@ -299,7 +309,13 @@ struct Consumer {
   // units at once, loads and reductions interleaved: slower, 448 vs 720 tokens/s.)
   __device__ void page(const OpUnits& ou, int rows, float* dst) {
     const uint32_t slot = cur.slot;
+#ifdef BW_STACK_TRACE
+    const long long t0 = clock64();
+#endif
     mbar_wait(full + 8 * slot, cur.phase);
+#ifdef BW_STACK_TRACE
+    const long long t1 = clock64();
+#endif
     const uint4* pg = reinterpret_cast<const uint4*>(ring + static_cast<int64_t>(slot) * p.page_bytes);
     const uint4* xv = reinterpret_cast<const uint4*>(scratch);
     const int last = debug_skips_arithmetic(a.debug) ? 0 : rows;
@@ -315,6 +331,13 @@ struct Consumer {
     __syncwarp();
     if (lane == 0) mbar_arrive(empty + 8 * slot);
     cur.advance(p.pages);
+#ifdef BW_STACK_TRACE
+    if (tid == 0 && g_trace_op != kTraceNone) {
+      g_page_wait[g_trace_op] += t1 - t0;
+      g_page_work[g_trace_op] += clock64() - t1;
+      ++g_page_count[g_trace_op];
+    }
+#endif
   }
 
   // After an op's pages: epi(i, sum of row i) for the CTA's `count` rows.
