@@ -28,7 +28,7 @@
 // keeps the weight stream going while the consumers wait between ops (see
 // g_stream_paused), BW_CUDA_STACK_TC puts
 // the gate/up (1) and LM head (2) pages on tensor cores (cuda_decoder_stack_tc_page.cuh:
-// faster consumers, a slower step so far); a build with
+// measured no faster for the consumers and slower for the step so far); a build with
 // BW_STACK_TRACE defined prints the cycles between the steps of a layer at every step, and
 // how long consumer thread 0 waited for each projection's pages and worked on them.
 //
