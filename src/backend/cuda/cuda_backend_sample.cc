@@ -192,8 +192,7 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
   bool argmax_only = rows <= 65535;  // its grid's y dimension holds the rows
   for (size_t r = 0; r < num_rows && argmax_only; ++r) {
     const cuda::SamplingRowArgs& a = args[r];
-    const bool penalties = a.penalty_end > a.penalty_begin &&
-                           (a.repetition_penalty != 1.0f || a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f);
+    const bool penalties = a.penalty_end > a.penalty_begin && cuda::sampling_has_penalty(a);
     argmax_only = cuda::sampling_is_greedy(a.temperature) && !penalties;
   }
   const cudaError_t launched =

@@ -273,6 +273,11 @@ struct SamplingRowArgs {
   uint64_t seed = 0;
   uint64_t step = 0;
 };
+// Whether the row sets any penalty (applied to its history tokens, if it has any). One
+// definition for the kernel and for the host's argmax dispatch, as sampling_is_greedy.
+__host__ __device__ inline bool sampling_has_penalty(const SamplingRowArgs& a) {
+  return a.repetition_penalty != 1.0f || a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f;
+}
 // out[r] <- the token sampled from row r of logits [rows, vocab] f32 (modified: penalties,
 // then probabilities). One thread block per row; penalty_tokens are distinct per row and
 // in [0, vocab). All pointers are device memory.

@@ -313,7 +313,7 @@ __global__ void __launch_bounds__(kThreads)
 
   // 1. Penalties (the tokens are distinct, so each logit has one writer).
   const bool use_repetition = a.repetition_penalty != 1.0f;
-  if (use_repetition || a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f) {
+  if (sampling_has_penalty(a)) {
     for (int32_t j = a.penalty_begin + static_cast<int32_t>(threadIdx.x); j < a.penalty_end; j += kThreads) {
       float& logit = x[penalty_tokens[j]];
       float v = logit;
