@@ -30,7 +30,7 @@
 // the gate/up (1) and LM head (2) pages on tensor cores (cuda_decoder_stack_tc_page.cuh:
 // measured no faster for the consumers and slower for the step so far); a build with
 // BW_STACK_TRACE defined prints the cycles between the steps of a layer at every step, and
-// how long consumer thread 0 waited for each projection's pages and worked on them.
+// how long each consumer warp waited for each projection's pages and worked on them.
 //
 // The work of each op is split statically: CTA c owns rows [c N / G, (c + 1) N / G) of
 // every projection (G CTAs), so its share of a matrix is one contiguous byte range and a
@@ -123,20 +123,6 @@ __device__ void produce(const DecoderStackArgs& a, const Plan& p, uint32_t ring,
   push_rows(a.lm_head, a.vocab, H, p.rows_h);
 }
 
-#ifdef BW_STACK_TRACE
-// Trace builds: how many of the next ring pages have landed (a parity test of each full
-// barrier, one ring lap ahead at most: unambiguous).
-__device__ int pages_landed(const Consumer& c) {
-  RingCursor k = c.cur;
-  int n = 0;
-  for (; n < c.p.pages; ++n) {
-    if (!mbar_test(c.full + 8 * k.slot, k.phase)) break;
-    k.advance(c.p.pages);
-  }
-  return n;
-}
-#endif
-
 template <int D>
 __device__ void consume(Consumer& c) {
   const DecoderStackArgs& a = c.a;
@@ -162,28 +148,29 @@ __device__ void consume(Consumer& c) {
   };
   // BW_STACK_TRACE builds (a measurement aid; it costs registers): cycles between the
   // steps of layer 5 on CTA 0 (and within the o and down steps: their waits and loads of
-  // x), how many ring pages had landed when gate/up and down began, printed at the end of
+  // x) and each warp's pages in its projections (Consumer::page), printed at the end of
   // every step; and the attention step's (on CTA 0 and on the CTAs that merged the splits).
+  // (Counting the landed ring pages at an op's start, as an earlier version did, held the
+  // counting warp back 3-4k cycles in that op: the op then ended that much later.)
 #ifdef BW_STACK_TRACE
   const bool trace_cta = blockIdx.x == 0 && c.tid == 0;
   __shared__ long long t[16];
   int traced_layer = -1;
-  if (c.tid == 0) {
-    g_trace_op = kTraceNone;
+  if (c.tid < kConsumerWarps) {
+    g_trace_op[c.tid] = kTraceNone;
     for (int i = 0; i < kTraceOps; ++i)
-      g_page_wait[i] = g_page_work[i] = g_page_count[i] = 0;
+      g_page_wait[i][c.tid] = g_page_work[i][c.tid] = g_page_gap[i][c.tid] = g_op_end[i][c.tid] =
+          g_page_count[i][c.tid] = 0;
   }
+  consumer_sync();
 #define TRACE_LAYER(l) traced_layer = (l);
 #define STAMP(i) \
   if (trace_cta && traced_layer == 5) t[i] = clock64();
-#define LANDED(i) \
-  if (trace_cta && traced_layer == 5) t[i] = pages_landed(c);
 #define TRACE_OP(op) \
-  if (trace_cta) g_trace_op = traced_layer == 5 ? (op) : kTraceNone;
+  if (blockIdx.x == 0 && c.lane == 0) g_trace_op[c.warp] = traced_layer == 5 ? (op) : kTraceNone;
 #else
 #define TRACE_LAYER(l)
 #define STAMP(i)
-#define LANDED(i)
 #define TRACE_OP(op)
 #endif
   // residual += x @ W^T for the CTA's rows (the o and down projections; the producer
@@ -195,7 +182,6 @@ __device__ void consume(Consumer& c) {
 #ifdef BW_STACK_TRACE
     const bool is_o = done == c.layer_counters(traced_layer) + kODone;
     STAMP(is_o ? 12 : 13);
-    if (!is_o) LANDED(15);
     TRACE_OP(is_o ? kTraceO : kTraceDown);
 #endif
     const OpUnits ou(k, S, c.warp);
@@ -247,7 +233,6 @@ __device__ void consume(Consumer& c) {
     c.load_normed_x(a.residual, H, w.ffn_norm, a.eps);
     c.resume_stream();
     STAMP(8);
-    LANDED(14);
     TRACE_OP(kTraceGateUp);
     int64_t u0 = 0;
     if (p.tc_ops & kTcGateUp) {  // a warp per page on the tensor cores: one sum per row
@@ -298,15 +283,21 @@ __device__ void consume(Consumer& c) {
   if (trace_cta) {
     printf(
         "stack trace (layer 5, CTA 0; cycles: wait, norm, QKV, epilogue, wait, attention, o, wait + norm, gate/up, "
-        "epilogue, down, then o's and down's wait and load of x; then the pages landed when gate/up and down began):");
+        "epilogue, down, then o's and down's wait and load of x):");
     for (int i = 1; i < 12; ++i)
       printf(" %lld", t[i] - t[i - 1]);
-    printf(" %lld %lld %lld %lld\n", t[12] - t[6], t[13] - t[10], t[14], t[15]);
-    printf("pages (layer 5, CTA 0, consumer thread 0; pages, cycles waiting for them, cycles working on them):");
+    printf(" %lld %lld\n", t[12] - t[6], t[13] - t[10]);
     const char* names[kTraceOps] = {"", "qkv", "o", "gate/up", "down"};
-    for (int i = kTraceQkv; i < kTraceOps; ++i)
-      printf(" %s %d %lld %lld;", names[i], g_page_count[i], g_page_wait[i], g_page_work[i]);
-    printf("\n");
+    for (int i = kTraceQkv; i < kTraceOps; ++i) {
+      printf(
+          "pages %s (layer 5, CTA 0, per warp: pages, cycles waiting, working, between pages, last page's end - warp "
+          "0's):",
+          names[i]);
+      for (int w = 0; w < kConsumerWarps; ++w)
+        printf(" w%d %d %lld %lld %lld %lld;", w, g_page_count[i][w], g_page_wait[i][w], g_page_work[i][w],
+               g_page_gap[i][w], g_op_end[i][w] - g_op_end[i][0]);
+      printf("\n");
+    }
   }
   if (c.tid == 0 && (blockIdx.x == 0 || g_attn_trace[blockIdx.x][kAttnTraceMerged] == 1)) {
     const long long* at = g_attn_trace[blockIdx.x];
@@ -318,7 +309,6 @@ __device__ void consume(Consumer& c) {
 #endif
 #undef TRACE_LAYER
 #undef STAMP
-#undef LANDED
 #undef TRACE_OP
   // The last CTA out zeroes the counters for the next step (every other CTA has passed
   // all of its waits by the time it arrives here).

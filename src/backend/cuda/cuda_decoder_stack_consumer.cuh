@@ -166,13 +166,16 @@ __device__ __forceinline__ void set_stream_paused(int paused) {
 __device__ __forceinline__ bool stream_paused() { return *static_cast<volatile int*>(&g_stream_paused) != 0; }
 
 #ifdef BW_STACK_TRACE
-// Trace builds: consumer thread 0's cycles in each projection of the traced layer
-// (cuda_decoder_stack.cu sets g_trace_op around them): waiting for a page to land, then
-// working on it until the page is released, and the pages.
+// Trace builds: each warp's cycles in the projections of the traced layer (lane 0 of each
+// warp of CTA 0 records; cuda_decoder_stack.cu sets the warp's g_trace_op around them):
+// waiting for a page to land, working on it until it is released, between one page and
+// the next (this bookkeeping included: ~300 cycles a page), and when its last page ended.
 enum TraceOp : int { kTraceNone, kTraceQkv, kTraceO, kTraceGateUp, kTraceDown, kTraceOps };
-__shared__ int g_trace_op;
-__shared__ long long g_page_wait[kTraceOps], g_page_work[kTraceOps];
-__shared__ int g_page_count[kTraceOps];
+__shared__ int g_trace_op[kConsumerWarps];
+__shared__ long long g_page_wait[kTraceOps][kConsumerWarps], g_page_work[kTraceOps][kConsumerWarps];
+__shared__ long long g_page_gap[kTraceOps][kConsumerWarps], g_last_exit[kConsumerWarps];
+__shared__ long long g_op_end[kTraceOps][kConsumerWarps];
+__shared__ int g_page_count[kTraceOps][kConsumerWarps];
 #endif
 
 // The ring position of a page: its slot and the parity of the slot's current use.
@@ -332,10 +335,14 @@ struct Consumer {
     if (lane == 0) mbar_arrive(empty + 8 * slot);
     cur.advance(p.pages);
 #ifdef BW_STACK_TRACE
-    if (tid == 0 && g_trace_op != kTraceNone) {
-      g_page_wait[g_trace_op] += t1 - t0;
-      g_page_work[g_trace_op] += clock64() - t1;
-      ++g_page_count[g_trace_op];
+    if (blockIdx.x == 0 && lane == 0 && g_trace_op[warp] != kTraceNone) {
+      const int op = g_trace_op[warp];
+      const long long t2 = clock64();
+      if (g_page_count[op][warp] > 0) g_page_gap[op][warp] += t0 - g_last_exit[warp];
+      g_page_wait[op][warp] += t1 - t0;
+      g_page_work[op][warp] += t2 - t1;
+      ++g_page_count[op][warp];
+      g_last_exit[warp] = g_op_end[op][warp] = t2;
     }
 #endif
   }
