@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <utility>
 
 #include "model/presets.h"
 
@@ -76,6 +77,23 @@ TEST(DecoderStackShapes, RefusesWhatTheKernelCannotRun) {
 
   EXPECT_FALSE(cuda::decoder_stack_supported(base, 1)) << "more KV heads than CTAs";
   EXPECT_FALSE(cuda::decoder_stack_supported(base, 0));
+}
+
+// Long contexts go op by op (measured faster there, docs/PERF.md): the limit is in tiles
+// of 32 keys per attention item, i.e. a context of 12 x 32 x (132 / KV heads) tokens on
+// 132 SMs. The block table's width bounds the context.
+TEST(DecoderStackShapes, LongContextsGoOpByOp) {
+  for (const auto& [name, longest_taken] : {std::pair<const char*, int>{"deepseek-r1-distill-qwen-1.5b", 25'344},
+                                            std::pair<const char*, int>{"deepseek-r1-distill-qwen-7b", 12'672}}) {
+    cuda::DecoderStackArgs a = preset_args(name);
+    a.block_size = 16;
+    a.table_width = longest_taken / 16;
+    EXPECT_TRUE(cuda::decoder_stack_supported(a, 132)) << name << " at " << longest_taken << " tokens";
+    a.table_width = longest_taken / 16 + 2;  // one tile more per item
+    EXPECT_FALSE(cuda::decoder_stack_supported(a, 132)) << name << " past " << longest_taken << " tokens";
+    a.table_width = 8192 / 16;  // R1's typical reasoning lengths stay on the stack
+    EXPECT_TRUE(cuda::decoder_stack_supported(a, 132)) << name << " at 8,192 tokens";
+  }
 }
 #else
 TEST(DecoderStackShapes, NeedsTheCudaBackend) { GTEST_SKIP() << "built without the CUDA backend"; }

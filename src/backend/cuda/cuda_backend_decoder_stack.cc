@@ -5,8 +5,9 @@
 //
 // Anything the kernel does not take (f32 or f16 tensors, a partial rotary dimension,
 // head_dim other than 64 / 128, more than 8 query heads per KV head, caches of different
-// layouts across layers) makes fuses_decoder_stack() false, and the model runs the step
-// op by op, where every op checks and reports its own errors.
+// layouts across layers, a context longer than the kernel is faster for) makes
+// fuses_decoder_stack() false, and the model runs the step op by op, where every op
+// checks and reports its own errors.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>

@@ -24,7 +24,9 @@
 // copies no weights (the consumers' own rate: no waits, no attention), 5 the same with the
 // waits and the attention (the dependency chain alone);
 // BW_CUDA_STACK_PAGE_KB sets the page size, BW_CUDA_STACK_MAX_SPLITS caps the attention
-// splits per KV head (the tests give items several tiles that way), BW_CUDA_STACK_PAUSE=0
+// splits per KV head (the tests give items several tiles that way), BW_CUDA_STACK_TILE_BUFFERS
+// (1 or 2) and BW_CUDA_STACK_MAX_TILES override the attention's tile buffers and the
+// longest context the stack takes (kTwoBufferTiles, kMaxTilesPerItem), BW_CUDA_STACK_PAUSE=0
 // keeps the weight stream going while the consumers wait between ops (see
 // g_stream_paused), BW_CUDA_STACK_TC puts
 // the gate/up (1) and LM head (2) pages on tensor cores (cuda_decoder_stack_tc_page.cuh:
@@ -58,8 +60,10 @@
 // this file (the producer, the step's sequence of ops, the launch).
 //
 // Requirements (decoder_stack_supported): bf16 weights, activations and cache, head_dim 64
-// or 128, at most 8 query heads per KV head, sizes that keep rows 16-byte aligned, and a
-// device that runs sm_90a code (bulk copies and mbarrier transaction counts).
+// or 128, at most 8 query heads per KV head, sizes that keep rows 16-byte aligned, a
+// device that runs sm_90a code (bulk copies and mbarrier transaction counts), and a block
+// table of at most kMaxTilesPerItem tiles per attention item (longer contexts are faster
+// op by op).
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
@@ -371,6 +375,15 @@ int env_int(const char* name, int unset) {
   return env != nullptr ? std::atoi(env) : unset;
 }
 
+// Tiles of keys an attention item walks at most in a step: the table's width bounds every
+// kv_len of the step (a graph's width is a power of two of blocks, so up to twice the
+// longest context it replays).
+int64_t tiles_per_item(const DecoderStackArgs& a, const Plan& p) {
+  const int64_t context = static_cast<int64_t>(a.table_width) * a.block_size;
+  const int64_t per_round = static_cast<int64_t>(p.max_splits) * kTileKeys;
+  return (context + per_round - 1) / per_round;
+}
+
 Plan make_plan(const DecoderStackArgs& a, int num_sms) {
   Plan p;
   const int64_t H = a.hidden, F = a.intermediate, HqD = static_cast<int64_t>(a.num_heads) * a.head_dim;
@@ -405,10 +418,24 @@ Plan make_plan(const DecoderStackArgs& a, int num_sms) {
   // BW_CUDA_STACK_PAUSE=0 keeps the weight stream going through the waits (a measurement switch).
   static const bool pause = env_int("BW_CUDA_STACK_PAUSE", 1) != 0;
   p.pause_between_ops = pause;
-  p.scratch_bytes = static_cast<int>((std::max(2 * longest, attention_scratch_bytes(a.head_dim)) + 15) / 16 * 16);
   p.counters_per_layer = static_cast<int>(counters_per_layer(a));
-  const int64_t fixed = p.scratch_bytes + 4 * (p.acc_floats + kConsumerWarps + p.own_floats) + 16 * kMaxPages;
-  p.pages = static_cast<int>(std::min<int64_t>(kMaxPages, (kMaxSharedBytes - fixed) / p.page_bytes));
+  auto scratch_for = [&](int buffers) {
+    return (std::max(2 * longest, attention_scratch_bytes(a.head_dim, buffers)) + 15) / 16 * 16;
+  };
+  auto pages_for = [&](int64_t scratch) {
+    const int64_t fixed = scratch + 4 * (p.acc_floats + kConsumerWarps + p.own_floats) + 16 * kMaxPages;
+    return static_cast<int>(std::min<int64_t>(kMaxPages, (kMaxSharedBytes - fixed) / p.page_bytes));
+  };
+  // Two attention tile buffers (an item's next tile loads while this one is scored) where
+  // they cost the ring no page (the 7B shape), or where items walk kTwoBufferTiles tiles or
+  // more, which a page is worth: 1.5B (a page of 8 lost) 695.7 vs 684.9 tokens/s at 8,192
+  // tokens, 453.3 vs 434.8 at 32,768; 7B 174.8 vs 166.9 at 32,768 (H200).
+  static const int forced_buffers = env_int("BW_CUDA_STACK_TILE_BUFFERS", 0);  // measurement switch: 1 or 2
+  p.tile_buffers =
+      pages_for(scratch_for(2)) == pages_for(scratch_for(1)) || tiles_per_item(a, p) >= kTwoBufferTiles ? 2 : 1;
+  if (forced_buffers == 1 || forced_buffers == 2) p.tile_buffers = forced_buffers;
+  p.scratch_bytes = static_cast<int>(scratch_for(p.tile_buffers));
+  p.pages = pages_for(p.scratch_bytes);
   return p;
 }
 
@@ -450,13 +477,16 @@ cudaError_t launch_for(const DecoderStackArgs& a, const Plan& p, int num_sms, cu
 
 using decoder_stack::aligned16;
 using decoder_stack::counters_per_layer;
+using decoder_stack::env_int;
 using decoder_stack::g_launches;
 using decoder_stack::kConsumerThreads;
 using decoder_stack::kMaxGroup;
 using decoder_stack::kMaxNormChunks;
+using decoder_stack::kMaxTilesPerItem;
 using decoder_stack::launch_for;
 using decoder_stack::make_plan;
 using decoder_stack::Plan;
+using decoder_stack::tiles_per_item;
 
 namespace {
 
@@ -469,6 +499,11 @@ bool shapes_fit(const DecoderStackArgs& a, int num_sms, Plan* plan) {
   if (a.hidden % 8 != 0 || a.intermediate % 8 != 0 || a.vocab < 1) return false;
   if (a.hidden > 8 * kMaxNormChunks * kConsumerThreads) return false;
   *plan = make_plan(a, num_sms);
+  // Long contexts run op by op: the stack walks an item's tiles one after another on one
+  // SM (the op-by-op decode attention spreads them over the GPU). BW_CUDA_STACK_MAX_TILES
+  // sets the limit (a measurement switch; 0 lifts it).
+  static const int max_tiles = env_int("BW_CUDA_STACK_MAX_TILES", kMaxTilesPerItem);
+  if (max_tiles > 0 && tiles_per_item(a, *plan) > max_tiles) return false;
   return plan->pages >= 2;
 }
 

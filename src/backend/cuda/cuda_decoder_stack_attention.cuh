@@ -65,50 +65,67 @@ struct Attention {
   __device__ bf16* q_s() const { return reinterpret_cast<bf16*>(c.scratch); }
   __device__ float* knew_s() const { return reinterpret_cast<float*>(c.scratch) + kMaxGroup * D; }
   __device__ float* vnew_s() const { return knew_s() + D; }
-  __device__ bf16* ktile() const { return reinterpret_cast<bf16*>(vnew_s() + D); }
-  __device__ bf16* vtile() const { return ktile() + kTileKeys * D; }
-  __device__ int* key_ok() const { return reinterpret_cast<int*>(vtile() + kTileKeys * D); }
+  __device__ bf16* ktile(int b = 0) const { return reinterpret_cast<bf16*>(vnew_s() + D) + b * 2 * kTileKeys * D; }
+  __device__ bf16* vtile(int b = 0) const { return ktile(b) + kTileKeys * D; }
+  __device__ int* key_ok(int b = 0) const { return reinterpret_cast<int*>(ktile(c.p.tile_buffers)) + b * kTileKeys; }
+  __device__ int* next_slots() const { return key_ok(c.p.tile_buffers); }
   // Element (key r, dim d) of a tile (swz's layout: conflict-free ldmatrix).
   __device__ static int tile_at(int r, int d) { return swz<D>(r, d / 8) + d % 8; }
 
-  // Copies of the cached k and v rows of keys [t0, t0 + n) into the tile (cp.async, one
-  // group); the token's own key (L - 1, not in the cache yet) is left to fill_new.
-  __device__ void load_tile(int t0, int n) const {
+  // The cache slot of key t0 + tid of a tile of n keys (threads below n), read from the
+  // block table: the loads of a tile's slots go out together, a tile ahead (store_slot
+  // puts them where load_tile reads them), so the copies of a tile never wait for them.
+  // (Each copy reading its own block id, as before, cost every tile after an item's first
+  // a few dependent round trips to L2: ~8-11k cycles a tile.)
+  static constexpr int kNewKey = -2;  // the token's own key: fill_new writes it
+  __device__ int fetch_slot(int t0, int n) const {
+    const DecoderStackArgs& a = c.a;
+    const int key = t0 + c.tid;
+    if (c.tid >= n || key == L - 1) return kNewKey;
+    const int32_t blk = a.block_tables[key / a.block_size];
+    if (blk < 0 || blk >= a.num_blocks) {
+      report_error(a.error_flag, kBadBlockId);
+      return -1;
+    }
+    return blk * a.block_size + key % a.block_size;
+  }
+  __device__ void store_slot(int slot, int n) const {
+    if (c.tid < n) next_slots()[c.tid] = slot;
+  }
+  // Copies of the cached k and v rows of keys [t0, t0 + n) into tile buffer b (cp.async,
+  // one group) from the slots in next_slots(); the token's own key (L - 1, not in the
+  // cache yet) is left to fill_new.
+  __device__ void load_tile(int n, int b) const {
     const DecoderStackArgs& a = c.a;
     const DecoderStackLayer& w = a.layers[layer];
     const int per_key = 2 * kChunks;
     for (int i = c.tid; i < n * per_key; i += kConsumerThreads) {
-      const int r = i / per_key, part = i % per_key, key = t0 + r;
-      if (key == L - 1) continue;
-      const int32_t blk = a.block_tables[key / a.block_size];
-      const bool ok = blk >= 0 && blk < a.num_blocks;
-      if (part == 0) {
-        key_ok()[r] = ok;
-        if (!ok) report_error(a.error_flag, kBadBlockId);
-      }
+      const int r = i / per_key, part = i % per_key, slot = next_slots()[r];
+      if (slot == kNewKey) continue;
+      const bool ok = slot >= 0;
+      if (part == 0) key_ok(b)[r] = ok;
       const bool is_v = part >= kChunks;
       const int chunk = part % kChunks;
-      const int64_t at =
-          ((static_cast<int64_t>(ok ? blk : 0) * a.block_size + key % a.block_size) * a.num_kv_heads + g) * D;
+      const int64_t at = (static_cast<int64_t>(ok ? slot : 0) * a.num_kv_heads + g) * D;
       const bf16* src = static_cast<const bf16*>(is_v ? w.v_cache : w.k_cache) + at + chunk * 8;
-      bf16* dst = (is_v ? vtile() : ktile()) + tile_at(r, chunk * 8);
+      bf16* dst = (is_v ? vtile(b) : ktile(b)) + tile_at(r, chunk * 8);
       cp_async16(smem_addr(dst), src, ok);
     }
     // The v rows past the keys are zero: P v multiplies them by P = 0, and stale bits could
     // be NaN (0 x NaN = NaN).
     for (int i = c.tid; i < (kTileKeys - n) * kChunks; i += kConsumerThreads)
-      *reinterpret_cast<uint4*>(vtile() + tile_at(n + i / kChunks, i % kChunks * 8)) = make_uint4(0u, 0u, 0u, 0u);
+      *reinterpret_cast<uint4*>(vtile(b) + tile_at(n + i / kChunks, i % kChunks * 8)) = make_uint4(0u, 0u, 0u, 0u);
     cp_async_commit();
   }
   // The token's own k and v into row L - 1 - t0 of the tile, if the tile holds it.
-  __device__ void fill_new(int t0, int n) const {
+  __device__ void fill_new(int t0, int n, int b) const {
     const int r = L - 1 - t0;
     if (r < 0 || r >= n) return;
     for (int d = c.tid; d < D; d += kConsumerThreads) {
-      ktile()[tile_at(r, d)] = __float2bfloat16_rn(knew_s()[d]);
-      vtile()[tile_at(r, d)] = __float2bfloat16_rn(vnew_s()[d]);
+      ktile(b)[tile_at(r, d)] = __float2bfloat16_rn(knew_s()[d]);
+      vtile(b)[tile_at(r, d)] = __float2bfloat16_rn(vnew_s()[d]);
     }
-    if (c.tid == 0) key_ok()[r] = 1;
+    if (c.tid == 0) key_ok(b)[r] = 1;
   }
 
   // Splits: as many as give every item kTileKeys keys, at most p.max_splits per KV head
@@ -125,7 +142,15 @@ struct Attention {
     g = item / splits, s = item % splits;
     const int chunk = (L + splits - 1) / splits;
     p0 = min(L, s * chunk), p1 = min(L, p0 + chunk);
-    load_tile(p0, min(kTileKeys, p1 - p0));
+    const int n0 = min(kTileKeys, p1 - p0);
+    store_slot(fetch_slot(p0, n0), n0);
+    consumer_sync();
+    load_tile(n0, 0);
+    if (c.p.tile_buffers == 2 && p0 + kTileKeys < p1) {  // the second tile's slots (run() loads it first)
+      const int t1 = p0 + kTileKeys, n1 = min(kTileKeys, p1 - t1);
+      consumer_sync();  // every thread has read the first tile's
+      store_slot(fetch_slot(t1, n1), n1);
+    }
   }
 
   // One tile's n keys on tensor cores, every warp for every head of the group (row r < 8
@@ -133,10 +158,10 @@ struct Attention {
   // the scores S = q k^T (each warp all of them: no exchange), the online softmax (m, l in
   // the log2 domain, scaled by q_scale; the same in every warp), then o += P v for the
   // warp's kOutTiles * 8 dims.
-  __device__ void attend_tile(int n, float q_scale, float& m, float& l, float (&o)[kOutTiles][2]) const {
+  __device__ void attend_tile(int n, int buf, float q_scale, float& m, float& l, float (&o)[kOutTiles][2]) const {
     const int lane = c.lane, t = lane % 4, mi = lane / 8, ri = lane % 8;
     float sc[kTileKeys / 8][2] = {};
-    const uint32_t kbase = smem_addr(ktile()), vbase = smem_addr(vtile());
+    const uint32_t kbase = smem_addr(ktile(buf)), vbase = smem_addr(vtile(buf));
 #pragma unroll 1
     for (int ks = 0; ks < kSteps; ++ks) {
       // q's A fragment: rows 0-7 from shared memory (the padded rows: no bank conflicts).
@@ -152,7 +177,7 @@ struct Attention {
         mma_bf16_rows0_7(sc[2 * np + 1], a0, a2, b[2], b[3]);
       }
     }
-    const uint32_t live = __ballot_sync(0xffffffffu, lane < n && key_ok()[lane] != 0);  // bit per key
+    const uint32_t live = __ballot_sync(0xffffffffu, lane < n && key_ok(buf)[lane] != 0);  // bit per key
     float mx = -INFINITY;
 #pragma unroll
     for (int j = 0; j < kTileKeys / 8; ++j) {
@@ -353,18 +378,34 @@ struct Attention {
     }
 
     float m = -INFINITY, l = 0.0f, o[kOutTiles][2] = {};
+    // With two tile buffers the next tile's copies are in flight while this one is scored
+    // (each tile's copies are one cp.async group); with one, each tile waits for its own.
+    const bool two = c.p.tile_buffers == 2;
+    int buf = 0;
     for (int t0 = p0; t0 < p1; t0 += kTileKeys) {
-      const int n = min(kTileKeys, p1 - t0);
-      if (t0 != p0) {
-        consumer_sync();  // every warp is done with the last tile
-        load_tile(t0, n);
+      const int n = min(kTileKeys, p1 - t0), t1 = t0 + kTileKeys;
+      const bool next = two && t1 < p1;
+      if (next) {
+        consumer_sync();  // every warp is done with the other buffer (the last tile); the slots are stored
+        load_tile(min(kTileKeys, p1 - t1), buf ^ 1);
+      } else if (!two && t0 != p0) {
+        consumer_sync();  // every warp is done with the last tile; the slots are stored
+        load_tile(n, 0);
       }
-      consumer_sync();  // knew_s / vnew_s (the first tile: q_s too) are written
-      fill_new(t0, n);
-      cp_async_wait<0>();
+      consumer_sync();  // knew_s / vnew_s (the first tile: q_s too) are written; the slots are read
+      // The slots of the tile the next load_tile copies, in flight while this tile is scored.
+      const int ts = two ? t1 + kTileKeys : t1, ns = min(kTileKeys, p1 - ts);
+      const int slot = ts < p1 ? fetch_slot(ts, ns) : kNewKey;
+      fill_new(t0, n, buf);
+      if (next)
+        cp_async_wait<1>();
+      else
+        cp_async_wait<0>();
       consumer_sync();
       if (t0 == p0) ATTN_STAMP(1);
-      attend_tile(n, q_scale, m, l, o);
+      attend_tile(n, buf, q_scale, m, l, o);
+      if (ts < p1) store_slot(slot, ns);
+      if (two) buf ^= 1;
     }
     ATTN_STAMP(2);
     // The item's partial result per head: (unnormalised output, max, sum); head lane / 4,

@@ -22,11 +22,17 @@ constexpr int kMaxSharedBytes = 226 * 1024;      // of the 227 KiB a CTA may hav
 constexpr int kTargetPageBytes = 24 * 1024;      // measured: 24 KiB 720 tokens/s (1.5B), 36 KiB 642
 constexpr int kMaxPages = 16;                    // mbarrier pairs reserved in shared memory
 constexpr int kTileKeys = 32;                    // keys of an attention item's tile: a lane per key
+constexpr int kTwoBufferTiles = 3;               // tiles per item from which a ring page goes to a second tile buffer
+// Tiles per item beyond which the step runs op by op (H200, single stream, tokens/s, stack
+// vs op by op: 1.5B at 8,192 tokens (4 tiles) 695.7 vs 573.4, at 32,768 (16) 453.3 vs
+// 493.2; 7B at 32,768 (32) 174.8 vs 205.2; the lines cross near 12-14 tiles for both).
+constexpr int kMaxTilesPerItem = 12;
 
 // Shared scratch of the attention step (head_dim d): q of the group's heads and this
-// token's k and v (f32), a tile of k and v rows (bf16), a flag per key of the tile.
-__host__ __device__ constexpr int64_t attention_scratch_bytes(int64_t d) {
-  return (kMaxGroup * d + 2 * d) * 4 + 2 * kTileKeys * d * 2 + kTileKeys * 4;
+// token's k and v (f32), `buffers` tiles of k and v rows (bf16), a flag per key of each,
+// and the cache slots of the next tile to load.
+__host__ __device__ constexpr int64_t attention_scratch_bytes(int64_t d, int buffers) {
+  return (kMaxGroup * d + 2 * d) * 4 + buffers * (2 * kTileKeys * d * 2 + kTileKeys * 4) + kTileKeys * 4;
 }
 
 // Arrival counters of a layer: how many CTAs finished each op (kAttnDone: KV heads merged),
@@ -46,6 +52,7 @@ struct Plan {
   int own_floats = 0;             // the CTA's rows of the residual stream (even, for alignment)
   bool pause_between_ops = true;  // the producer pauses between an op's pages and the next op's (BW_CUDA_STACK_PAUSE)
   int tc_ops = 0;                 // ops whose pages go to the tensor cores, a warp per page (tc_page): TcOps
+  int tile_buffers = 1;           // attention tiles in shared memory: 2 loads an item's next tile during this one
 };
 
 // Slices of a row that the warps share: pages of few long rows give every warp a part,

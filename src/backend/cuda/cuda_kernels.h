@@ -240,8 +240,10 @@ struct DecoderStackArgs {
   int debug = 0;
 };
 // Shapes the kernel takes (head_dim 64 / 128, <= 8 query heads per KV head, rows that
-// keep 16-byte alignment, a plan that fits shared memory); the dtypes are the caller's to
-// check, the launch also wants the layer table and 16-byte aligned buffers.
+// keep 16-byte alignment, a plan that fits shared memory, a block table short enough that
+// the kernel beats the op-by-op path: table_width * block_size bounds the context); the
+// dtypes are the caller's to check, the launch also wants the layer table and 16-byte
+// aligned buffers.
 bool decoder_stack_supported(const DecoderStackArgs& args, int num_sms);
 int64_t decoder_stack_counters(const DecoderStackArgs& args);
 int64_t decoder_stack_partial_floats(const DecoderStackArgs& args, int num_sms);
