@@ -80,11 +80,11 @@ TEST(DecoderStackShapes, RefusesWhatTheKernelCannotRun) {
 }
 
 // Long contexts go op by op (measured faster there, docs/PERF.md): the limit is in tiles
-// of 32 keys per attention item, i.e. a context of 12 x 32 x (132 / KV heads) tokens on
-// 132 SMs. The block table's width bounds the context.
+// of 32 keys per attention item, i.e. a block table of 16 x 32 x (132 / KV heads) tokens
+// on 132 SMs. The block table's width bounds the context.
 TEST(DecoderStackShapes, LongContextsGoOpByOp) {
-  for (const auto& [name, longest_taken] : {std::pair<const char*, int>{"deepseek-r1-distill-qwen-1.5b", 25'344},
-                                            std::pair<const char*, int>{"deepseek-r1-distill-qwen-7b", 12'672}}) {
+  for (const auto& [name, longest_taken] : {std::pair<const char*, int>{"deepseek-r1-distill-qwen-1.5b", 33'792},
+                                            std::pair<const char*, int>{"deepseek-r1-distill-qwen-7b", 16'896}}) {
     cuda::DecoderStackArgs a = preset_args(name);
     a.block_size = 16;
     a.table_width = longest_taken / 16;

@@ -23,10 +23,15 @@ constexpr int kTargetPageBytes = 24 * 1024;      // measured: 24 KiB 720 tokens/
 constexpr int kMaxPages = 16;                    // mbarrier pairs reserved in shared memory
 constexpr int kTileKeys = 32;                    // keys of an attention item's tile: a lane per key
 constexpr int kTwoBufferTiles = 3;               // tiles per item from which a ring page goes to a second tile buffer
-// Tiles per item beyond which the step runs op by op (H200, single stream, tokens/s, stack
-// vs op by op: 1.5B at 8,192 tokens (4 tiles) 695.7 vs 573.4, at 32,768 (16) 453.3 vs
-// 493.2; 7B at 32,768 (32) 174.8 vs 205.2; the lines cross near 12-14 tiles for both).
-constexpr int kMaxTilesPerItem = 12;
+// Tiles per item (counted over the block table's width) beyond which the step runs op by
+// op. H200, single stream, tokens/s, stack vs op by op, by context: 1.5B 8,192 (4 tiles)
+// 695.7 vs 573.4, 32,768 (16) 453.3 vs 493.2; 7B 32,768 (32) 174.8 vs 205.2: the lines cross
+// near 12-14 tiles of the real context for both. A decode graph's table is a power of
+// two of blocks, up to twice the context it replays, so its limit sits at 16: a graph of
+// 16 tiles replays 8-16 tiles of context, where the stack wins on average (1.5B 24,576
+// tokens 507.4 vs 500.4, 7B 12,288 221.5 vs 209.9; 7B 8,192 with the table at 16 tiles
+// 228.0 vs 219.0).
+constexpr int kMaxTilesPerItem = 16;
 
 // Shared scratch of the attention step (head_dim d): q of the group's heads and this
 // token's k and v (f32), `buffers` tiles of k and v rows (bf16), a flag per key of each,
