@@ -13,7 +13,7 @@
 // per SM for the 1.5B shape, 5 of 37 KiB for the 7B: ~25 MB on the GPU) keeps HBM busy
 // for ~6 us across a wait.
 //
-// Measured on an H200 (docs/PERF.md): 1.5B 830-842 vs 640 tokens/s op by op, 7B 273-277 vs 240.
+// Measured on an H200 (docs/PERF.md): 1.5B 859-863 vs 623-640 tokens/s op by op, 7B 273-280 vs 240.
 // The weight stream alone (BW_CUDA_STACK_DEBUG=3) runs the 1.5B step at 1,284 tokens/s
 // (94% of the roofline); what is left is latency the ring does not cover: each op waits
 // for every CTA (a release, an acquire poll and a reload of the activations: ~3 us under

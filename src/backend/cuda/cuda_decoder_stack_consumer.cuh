@@ -29,8 +29,7 @@ constexpr int kTwoBufferTiles = 3;               // tiles per item from which a 
 // near 12-14 tiles of the real context for both. A decode graph's table is a power of
 // two of blocks, up to twice the context it replays, so its limit sits at 16: a graph of
 // 16 tiles replays 8-16 tiles of context, where the stack wins on average (1.5B 24,576
-// tokens 507.4 vs 500.4, 7B 12,288 221.5 vs 209.9; 7B 8,192 with the table at 16 tiles
-// 228.0 vs 219.0).
+// tokens 507.4 vs 500.4, 7B 12,288 221.5 vs 209.9).
 constexpr int kMaxTilesPerItem = 16;
 
 // Shared scratch of the attention step (head_dim d): q of the group's heads and this
