@@ -79,6 +79,31 @@ TEST(DecoderStackShapes, RefusesWhatTheKernelCannotRun) {
   EXPECT_FALSE(cuda::decoder_stack_supported(base, 0));
 }
 
+// The ring depths docs/PERF.md measured: 8 pages of 24 KiB for the 1.5B (a second
+// attention tile buffer takes one of them only where items walk 3 tiles or more), 5 of
+// 37 KiB for the 7B (whose shared memory has room for the second buffer beside them).
+TEST(DecoderStackShapes, KeepsTheMeasuredRings) {
+  cuda::DecoderStackArgs a = preset_args("deepseek-r1-distill-qwen-1.5b");
+  a.block_size = 16;
+  a.table_width = 1024 / 16;  // a short context: one tile per item
+  cuda::DecoderStackRing ring = cuda::decoder_stack_ring(a, 132);
+  EXPECT_EQ(ring.pages, 8);
+  EXPECT_EQ(ring.page_bytes, 24 * 1024);
+  EXPECT_EQ(ring.tile_buffers, 1);
+  a.table_width = 8192 / 16;  // 4 tiles per item (66 splits per KV head)
+  ring = cuda::decoder_stack_ring(a, 132);
+  EXPECT_EQ(ring.pages, 7);
+  EXPECT_EQ(ring.tile_buffers, 2);
+
+  a = preset_args("deepseek-r1-distill-qwen-7b");
+  a.block_size = 16;
+  a.table_width = 1024 / 16;
+  ring = cuda::decoder_stack_ring(a, 132);
+  EXPECT_EQ(ring.pages, 5);
+  EXPECT_EQ(ring.page_bytes, 2 * 18'944);  // one row of the down projection
+  EXPECT_EQ(ring.tile_buffers, 2);
+}
+
 // Long contexts go op by op (measured faster there, docs/PERF.md): the limit is in tiles
 // of 32 keys per attention item, i.e. a block table of 16 x 32 x (132 / KV heads) tokens
 // on 132 SMs. The block table's width bounds the context.

@@ -516,6 +516,11 @@ bool decoder_stack_supported(const DecoderStackArgs& a, int num_sms) {
 
 int64_t decoder_stack_counters(const DecoderStackArgs& a) { return a.num_layers * counters_per_layer(a) + 1; }
 
+DecoderStackRing decoder_stack_ring(const DecoderStackArgs& a, int num_sms) {
+  const Plan p = make_plan(a, num_sms);
+  return {p.pages, p.page_bytes, p.tile_buffers};
+}
+
 int64_t decoder_stack_partial_floats(const DecoderStackArgs& a, int num_sms) {
   const Plan p = make_plan(a, num_sms);
   return static_cast<int64_t>(a.num_heads) * p.max_splits * (a.head_dim + 4);

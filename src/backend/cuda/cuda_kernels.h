@@ -247,6 +247,12 @@ struct DecoderStackArgs {
 bool decoder_stack_supported(const DecoderStackArgs& args, int num_sms);
 int64_t decoder_stack_counters(const DecoderStackArgs& args);
 int64_t decoder_stack_partial_floats(const DecoderStackArgs& args, int num_sms);
+// The plan's weight ring (pages in shared memory, each page_bytes) and attention tile
+// buffers for these args (tests pin the shapes' plans; the ring's depth sets the speed).
+struct DecoderStackRing {
+  int pages = 0, page_bytes = 0, tile_buffers = 0;
+};
+DecoderStackRing decoder_stack_ring(const DecoderStackArgs& args, int num_sms);
 // One CTA per SM (num_sms of them, all resident at once).
 cudaError_t launch_decoder_stack(const DecoderStackArgs& args, int num_sms, cudaStream_t stream);
 // Launches so far, process-wide (tests check the dispatch with it).
