@@ -309,6 +309,12 @@ __device__ void consume(Consumer& c) {
         "attention trace (cycles, layer 5, CTA %d): until the first tile %lld, tiles %lld, partial %lld, merge %lld\n",
         static_cast<int>(blockIdx.x), at[1] - at[0], at[2] - at[1], at[3] - at[2],
         at[kAttnTraceMerged] == 1 ? at[4] - at[3] : -1LL);
+    const long long* tiles = g_attn_tiles[blockIdx.x];
+    if (blockIdx.x == 0)
+      printf(
+          "attention tiles (layer 5, CTA 0): %lld tiles; cycles issuing %lld, waiting for the copies %lld, scoring "
+          "%lld\n",
+          tiles[0], tiles[1], tiles[2], tiles[3]);
   }
 #endif
 #undef TRACE_LAYER

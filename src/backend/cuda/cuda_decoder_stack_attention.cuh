@@ -27,10 +27,21 @@ __device__ __forceinline__ float2 rotate(float x1, float x2, float2 cs) {
 // [kAttnTraceMerged] whether it merged the splits.
 constexpr int kAttnTraceMerged = 5;
 __device__ long long g_attn_trace[1024][kAttnTraceMerged + 1];
+// ... and per CTA, over its item's tiles: the tiles, then the cycles issuing a tile
+// (barriers, the next copies, the slots), waiting for its copies, and scoring it.
+__device__ long long g_attn_tiles[1024][4];
 #define ATTN_TRACE(i, v) \
   if (layer == 5 && c.tid == 0) g_attn_trace[blockIdx.x][i] = (v);
+#define ATTN_CLOCK(t) const long long t = clock64();
+#define ATTN_TILE(t0, t1, t2, t3)                                              \
+  if (layer == 5 && c.tid == 0) {                                              \
+    long long* at = g_attn_tiles[blockIdx.x];                                  \
+    ++at[0], at[1] += (t1) - (t0), at[2] += (t2) - (t1), at[3] += (t3) - (t2); \
+  }
 #else
 #define ATTN_TRACE(i, v)
+#define ATTN_CLOCK(t)
+#define ATTN_TILE(t0, t1, t2, t3)
 #endif
 #define ATTN_STAMP(i) ATTN_TRACE(i, clock64())
 
@@ -313,6 +324,11 @@ struct Attention {
     if (!has_item) return;
     ATTN_STAMP(0);
     ATTN_TRACE(kAttnTraceMerged, 0);
+#ifdef BW_STACK_TRACE
+    if (layer == 5 && c.tid == 0)
+      for (int i = 0; i < 4; ++i)
+        g_attn_tiles[blockIdx.x][i] = 0;
+#endif
     const int32_t pos = a.positions[0], slot = a.slots[0];
     const int64_t num_slots = a.num_blocks * a.block_size;
     const DecoderStackLayer& w = a.layers[layer];
@@ -383,6 +399,7 @@ struct Attention {
     const bool two = c.p.tile_buffers == 2;
     int buf = 0;
     for (int t0 = p0; t0 < p1; t0 += kTileKeys) {
+      ATTN_CLOCK(c_issue);
       const int n = min(kTileKeys, p1 - t0), t1 = t0 + kTileKeys;
       const bool next = two && t1 < p1;
       if (next) {
@@ -397,14 +414,18 @@ struct Attention {
       const int ts = two ? t1 + kTileKeys : t1, ns = min(kTileKeys, p1 - ts);
       const int slot = ts < p1 ? fetch_slot(ts, ns) : kNewKey;
       fill_new(t0, n, buf);
+      ATTN_CLOCK(c_wait);
       if (next)
         cp_async_wait<1>();
       else
         cp_async_wait<0>();
       consumer_sync();
       if (t0 == p0) ATTN_STAMP(1);
+      ATTN_CLOCK(c_score);
       attend_tile(n, buf, q_scale, m, l, o);
       if (ts < p1) store_slot(slot, ns);
+      ATTN_CLOCK(c_done);
+      ATTN_TILE(c_issue, c_wait, c_score, c_done);
       if (two) buf ^= 1;
     }
     ATTN_STAMP(2);
@@ -448,6 +469,8 @@ struct Attention {
 };
 #undef ATTN_STAMP
 #undef ATTN_TRACE
+#undef ATTN_CLOCK
+#undef ATTN_TILE
 
 #endif  // BW_WGMMA
 
