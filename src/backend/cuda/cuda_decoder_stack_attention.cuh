@@ -76,9 +76,9 @@ struct Attention {
   __device__ bf16* q_s() const { return reinterpret_cast<bf16*>(c.scratch); }
   __device__ float* knew_s() const { return reinterpret_cast<float*>(c.scratch) + kMaxGroup * D; }
   __device__ float* vnew_s() const { return knew_s() + D; }
-  __device__ bf16* ktile(int b = 0) const { return reinterpret_cast<bf16*>(vnew_s() + D) + b * 2 * kTileKeys * D; }
-  __device__ bf16* vtile(int b = 0) const { return ktile(b) + kTileKeys * D; }
-  __device__ int* key_ok(int b = 0) const { return reinterpret_cast<int*>(ktile(c.p.tile_buffers)) + b * kTileKeys; }
+  __device__ bf16* ktile(int b) const { return reinterpret_cast<bf16*>(vnew_s() + D) + b * 2 * kTileKeys * D; }
+  __device__ bf16* vtile(int b) const { return ktile(b) + kTileKeys * D; }
+  __device__ int* key_ok(int b) const { return reinterpret_cast<int*>(ktile(c.p.tile_buffers)) + b * kTileKeys; }
   __device__ int* next_slots() const { return key_ok(c.p.tile_buffers); }
   // Element (key r, dim d) of a tile (swz's layout: conflict-free ldmatrix).
   __device__ static int tile_at(int r, int d) { return swz<D>(r, d / 8) + d % 8; }
@@ -291,7 +291,7 @@ struct Attention {
       for (int u = 0; u < kMergeBatch; ++u)
         merge_in(o4[u], ml[u]);
     }
-    float4* sums = reinterpret_cast<float4*>(ktile());  // [kSplitGroups][kDimGroups]
+    float4* sums = reinterpret_cast<float4*>(ktile(0));  // [kSplitGroups][kDimGroups]
     float2* mls = reinterpret_cast<float2*>(sums + kSplitGroups * kDimGroups);
     sums[c.tid] = sum, mls[c.tid] = make_float2(M, Ls);
     consumer_sync();

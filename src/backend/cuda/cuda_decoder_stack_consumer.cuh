@@ -184,8 +184,7 @@ __device__ __forceinline__ bool stream_paused() { return *static_cast<volatile i
 enum TraceOp : int { kTraceNone, kTraceQkv, kTraceO, kTraceGateUp, kTraceDown, kTraceOps };
 __shared__ int g_trace_op[kConsumerWarps];
 __shared__ long long g_page_wait[kTraceOps][kConsumerWarps], g_page_work[kTraceOps][kConsumerWarps];
-__shared__ long long g_page_gap[kTraceOps][kConsumerWarps], g_last_exit[kConsumerWarps];
-__shared__ long long g_op_end[kTraceOps][kConsumerWarps];
+__shared__ long long g_page_gap[kTraceOps][kConsumerWarps], g_op_end[kTraceOps][kConsumerWarps];
 __shared__ int g_page_count[kTraceOps][kConsumerWarps];
 #endif
 
@@ -349,11 +348,11 @@ struct Consumer {
     if (blockIdx.x == 0 && lane == 0 && g_trace_op[warp] != kTraceNone) {
       const int op = g_trace_op[warp];
       const long long t2 = clock64();
-      if (g_page_count[op][warp] > 0) g_page_gap[op][warp] += t0 - g_last_exit[warp];
+      if (g_page_count[op][warp] > 0) g_page_gap[op][warp] += t0 - g_op_end[op][warp];  // since the op's last page
       g_page_wait[op][warp] += t1 - t0;
       g_page_work[op][warp] += t2 - t1;
       ++g_page_count[op][warp];
-      g_last_exit[warp] = g_op_end[op][warp] = t2;
+      g_op_end[op][warp] = t2;
     }
 #endif
   }
