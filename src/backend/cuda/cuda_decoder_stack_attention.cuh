@@ -33,11 +33,10 @@ __device__ long long g_attn_tiles[1024][4];
 #define ATTN_TRACE(i, v) \
   if (layer == 5 && c.tid == 0) g_attn_trace[blockIdx.x][i] = (v);
 #define ATTN_CLOCK(t) const long long t = clock64();
-#define ATTN_TILE(t0, t1, t2, t3)                                              \
-  if (layer == 5 && c.tid == 0) {                                              \
-    long long* at = g_attn_tiles[blockIdx.x];                                  \
-    ++at[0], at[1] += (t1) - (t0), at[2] += (t2) - (t1), at[3] += (t3) - (t2); \
-  }
+// (Summed in registers, stored after the last tile: a read-modify-write of global memory
+// per tile held thread 0, and so the next barrier, back by a round trip.)
+#define ATTN_TILE(t0, t1, t2, t3) \
+  ++tile_cycles[0], tile_cycles[1] += (t1) - (t0), tile_cycles[2] += (t2) - (t1), tile_cycles[3] += (t3) - (t2);
 #else
 #define ATTN_TRACE(i, v)
 #define ATTN_CLOCK(t)
@@ -50,10 +49,10 @@ __device__ long long g_attn_tiles[1024][4];
 // cached keys into shared memory, which this step does not write), run() after it.
 //
 // An item walks its keys in tiles of kTileKeys on tensor cores (attend_tile): the group's
-// heads are the rows of an m16 tile, so a tile's scores are 16 mma.sync per warp and its
-// weighted sum of the v rows 4-8. History (H200, layer 5 of the 1.5B): a chain of a key
-// after another per warp took ~5,400 cycles for 16 keys; a warp per head with a lane per
-// key ~2,400-4,000 for 32; tensor cores ~2,200 under the weight stream.
+// heads are the rows of an m16 tile, so a tile's scores are kSteps mma.sync on each of
+// kScoreWarps warps and its weighted sum of the v rows 4-8 per warp. History (H200, layer 5 of the 1.5B): a chain of a
+// key after another per warp took ~5,400 cycles for 16 keys; a warp per head with a lane per key ~2,400-4,000 for 32;
+// tensor cores ~2,200 under the weight stream.
 template <int D>
 struct Attention {
   static constexpr int kChunks = D / 8;                     // 16-byte chunks of a k or v row
@@ -72,7 +71,8 @@ struct Attention {
 
   // Shared scratch (attention_scratch_bytes): q [kMaxGroup][kQStride] bf16 (rotated, rows
   // past the group zero; in the space of kMaxGroup f32 rows), this token's k and v (f32),
-  // the tile's k and v rows (bf16, tile_at's layout) and whether each key's block id was good.
+  // the tiles' k and v rows (bf16, tile_at's layout), whether each key's block id was good,
+  // the next tile's slots and score_tile's exchange.
   __device__ bf16* q_s() const { return reinterpret_cast<bf16*>(c.scratch); }
   __device__ float* knew_s() const { return reinterpret_cast<float*>(c.scratch) + kMaxGroup * D; }
   __device__ float* vnew_s() const { return knew_s() + D; }
@@ -80,28 +80,33 @@ struct Attention {
   __device__ bf16* vtile(int b) const { return ktile(b) + kTileKeys * D; }
   __device__ int* key_ok(int b) const { return reinterpret_cast<int*>(ktile(c.p.tile_buffers)) + b * kTileKeys; }
   __device__ int* next_slots() const { return key_ok(c.p.tile_buffers); }
+  __device__ float2* score_parts() const { return reinterpret_cast<float2*>(next_slots() + kTileKeys); }
   // Element (key r, dim d) of a tile (swz's layout: conflict-free ldmatrix).
   __device__ static int tile_at(int r, int d) { return swz<D>(r, d / 8) + d % 8; }
 
-  // The cache slot of key t0 + tid of a tile of n keys (threads below n), read from the
-  // block table: the loads of a tile's slots go out together, a tile ahead (store_slot
-  // puts them where load_tile reads them), so the copies of a tile never wait for them.
-  // (Each copy read its own block id before: a few dependent round trips to L2 in every
-  // tile after an item's first, ~6.8k cycles a tile at 32k tokens on the 1.5B, ~4.9k now.)
+  // A tile's cache slots, in two halves: fetch_block reads the block id of key t0 + tid
+  // of a tile of n keys (threads below n) from the block table, and store_slot turns it
+  // into the key's slot where load_tile reads it. The loads of a tile's ids go out
+  // together a tile ahead, and nothing uses them until store_slot, after this tile is
+  // scored: the copies of a tile never wait for them, nor does the tile before. (Each copy
+  // read its own block id first: ~6.8k cycles a tile at 32k tokens on the 1.5B; checking
+  // the ids as they were fetched still stalled each tile for that round trip.)
   static constexpr int kNewKey = -2;  // the token's own key: fill_new writes it
-  __device__ int fetch_slot(int t0, int n) const {
+  __device__ int32_t fetch_block(int t0, int n) const {
+    const int key = t0 + c.tid;
+    return c.tid < n && key != L - 1 ? c.a.block_tables[key / c.a.block_size] : 0;
+  }
+  __device__ void store_slot(int32_t blk, int t0, int n) const {
     const DecoderStackArgs& a = c.a;
     const int key = t0 + c.tid;
-    if (c.tid >= n || key == L - 1) return kNewKey;
-    const int32_t blk = a.block_tables[key / a.block_size];
-    if (blk < 0 || blk >= a.num_blocks) {
-      report_error(a.error_flag, kBadBlockId);
-      return -1;
+    if (c.tid >= n) return;
+    int slot = kNewKey;
+    if (key != L - 1) {
+      const bool ok = blk >= 0 && blk < a.num_blocks;
+      if (!ok) report_error(a.error_flag, kBadBlockId);
+      slot = ok ? blk * a.block_size + key % a.block_size : -1;
     }
-    return blk * a.block_size + key % a.block_size;
-  }
-  __device__ void store_slot(int slot, int n) const {
-    if (c.tid < n) next_slots()[c.tid] = slot;
+    next_slots()[c.tid] = slot;
   }
   // Copies of the cached k and v rows of keys [t0, t0 + n) into tile buffer b (cp.async,
   // one group) from the slots in next_slots(); the token's own key (L - 1, not in the
@@ -154,40 +159,56 @@ struct Attention {
     const int chunk = (L + splits - 1) / splits;
     p0 = min(L, s * chunk), p1 = min(L, p0 + chunk);
     const int n0 = min(kTileKeys, p1 - p0);
-    store_slot(fetch_slot(p0, n0), n0);
+    store_slot(fetch_block(p0, n0), p0, n0);
     consumer_sync();
     load_tile(n0, 0);
     if (c.p.tile_buffers == 2 && p0 + kTileKeys < p1) {  // the second tile's slots (run() loads it first)
       const int t1 = p0 + kTileKeys, n1 = min(kTileKeys, p1 - t1);
       consumer_sync();  // every thread has read the first tile's
-      store_slot(fetch_slot(t1, n1), n1);
+      store_slot(fetch_block(t1, n1), t1, n1);
     }
   }
 
-  // One tile's n keys on tensor cores, every warp for every head of the group (row r < 8
-  // of the m16 tile is the group's head r, in lanes 4 r .. 4 r + 3; rows 8-15 are zero):
-  // the scores S = q k^T (each warp all of them: no exchange), the online softmax (m, l in
-  // the log2 domain, scaled by q_scale; the same in every warp), then o += P v for the
-  // warp's kOutTiles * 8 dims.
+  // The scores S = q k^T of a tile into sc (row r < 8 of the m16 tile is the group's head
+  // r, in lanes 4 r .. 4 r + 3; rows 8-15 are zero): warp w < kScoreWarps computes keys
+  // 8 w .. 8 w + 7 (two chains of k-steps), and every warp reads all of them back from
+  // shared memory. (Every warp computing all the scores itself, no exchange, took 2.3-2.5k
+  // cycles a tile, this 1.6k; 1.5B at 32k tokens 468.4 vs 420.9 tokens/s, H200.)
+  __device__ void score_tile(uint32_t kbase, float (&sc)[kTileKeys / 8][2]) const {
+    const int lane = c.lane, t = lane % 4, mi = lane / 8, ri = lane % 8;
+    float2* parts = score_parts();
+    if (c.warp < kScoreWarps) {
+      float even[2] = {}, odd[2] = {};
+#pragma unroll 2  // (fully unrolled: more spills)
+      for (int ks = 0; ks < kSteps; ks += 2) {
+        // Matrices: keys 8 warp + .., dims 16 (ks + mi / 2) + (mi % 2) * 8 + ..
+        uint32_t b[4];
+        ldmatrix_x4(b, kbase + 2 * tile_at(8 * c.warp + ri, 16 * (ks + mi / 2) + (mi % 2) * 8));
+        const bf16* qrow = q_s() + (lane / 4) * kQStride + 16 * ks + 2 * t;
+        const uint32_t a0 = *reinterpret_cast<const uint32_t*>(qrow), a2 = *reinterpret_cast<const uint32_t*>(qrow + 8);
+        const uint32_t a4 = *reinterpret_cast<const uint32_t*>(qrow + 16),
+                       a6 = *reinterpret_cast<const uint32_t*>(qrow + 24);
+        mma_bf16_rows0_7(even, a0, a2, b[0], b[1]);
+        mma_bf16_rows0_7(odd, a4, a6, b[2], b[3]);
+      }
+      parts[c.warp * 32 + lane] = make_float2(even[0] + odd[0], even[1] + odd[1]);
+    }
+    consumer_sync();
+#pragma unroll
+    for (int j = 0; j < kTileKeys / 8; ++j) {
+      const float2 v = parts[j * 32 + lane];  // the C fragment of keys 8 j ..: the same lanes hold the same rows
+      sc[j][0] = v.x, sc[j][1] = v.y;
+    }
+  }
+
+  // One tile's n keys on tensor cores, every warp for every head of the group: the scores
+  // (score_tile), the online softmax (m, l in the log2 domain, scaled by
+  // q_scale; the same in every warp), then o += P v for the warp's kOutTiles * 8 dims.
   __device__ void attend_tile(int n, int buf, float q_scale, float& m, float& l, float (&o)[kOutTiles][2]) const {
     const int lane = c.lane, t = lane % 4, mi = lane / 8, ri = lane % 8;
     float sc[kTileKeys / 8][2] = {};
     const uint32_t kbase = smem_addr(ktile(buf)), vbase = smem_addr(vtile(buf));
-#pragma unroll 1
-    for (int ks = 0; ks < kSteps; ++ks) {
-      // q's A fragment: rows 0-7 from shared memory (the padded rows: no bank conflicts).
-      const bf16* qrow = q_s() + (lane / 4) * kQStride + 16 * ks + 2 * t;
-      const uint32_t a0 = *reinterpret_cast<const uint32_t*>(qrow), a2 = *reinterpret_cast<const uint32_t*>(qrow + 8);
-#pragma unroll
-      for (int np = 0; np < kTileKeys / 16; ++np) {
-        // Matrices: keys 16 np + (mi / 2) * 8 + .., dims 16 ks + (mi % 2) * 8 + ..
-        const int key = 16 * np + (mi / 2) * 8 + ri;
-        uint32_t b[4];
-        ldmatrix_x4(b, kbase + 2 * tile_at(key, 16 * ks + (mi % 2) * 8));
-        mma_bf16_rows0_7(sc[2 * np], a0, a2, b[0], b[1]);
-        mma_bf16_rows0_7(sc[2 * np + 1], a0, a2, b[2], b[3]);
-      }
-    }
+    score_tile(kbase, sc);
     const uint32_t live = __ballot_sync(0xffffffffu, lane < n && key_ok(buf)[lane] != 0);  // bit per key
     float mx = -INFINITY;
 #pragma unroll
@@ -325,9 +346,7 @@ struct Attention {
     ATTN_STAMP(0);
     ATTN_TRACE(kAttnTraceMerged, 0);
 #ifdef BW_STACK_TRACE
-    if (layer == 5 && c.tid == 0)
-      for (int i = 0; i < 4; ++i)
-        g_attn_tiles[blockIdx.x][i] = 0;
+    long long tile_cycles[4] = {};
 #endif
     const int32_t pos = a.positions[0], slot = a.slots[0];
     const int64_t num_slots = a.num_blocks * a.block_size;
@@ -409,10 +428,12 @@ struct Attention {
         consumer_sync();  // every warp is done with the last tile; the slots are stored
         load_tile(n, 0);
       }
-      consumer_sync();  // knew_s / vnew_s (the first tile: q_s too) are written; the slots are read
+      // The first tile: knew_s / vnew_s and q_s are written (later tiles need no barrier
+      // here: the slots load_tile reads are rewritten only after the tile's scores).
+      if (t0 == p0) consumer_sync();
       // The slots of the tile the next load_tile copies, in flight while this tile is scored.
       const int ts = two ? t1 + kTileKeys : t1, ns = min(kTileKeys, p1 - ts);
-      const int slot = ts < p1 ? fetch_slot(ts, ns) : kNewKey;
+      const int32_t blk = ts < p1 ? fetch_block(ts, ns) : 0;
       fill_new(t0, n, buf);
       ATTN_CLOCK(c_wait);
       if (next)
@@ -423,12 +444,17 @@ struct Attention {
       if (t0 == p0) ATTN_STAMP(1);
       ATTN_CLOCK(c_score);
       attend_tile(n, buf, q_scale, m, l, o);
-      if (ts < p1) store_slot(slot, ns);
+      if (ts < p1) store_slot(blk, ts, ns);
       ATTN_CLOCK(c_done);
       ATTN_TILE(c_issue, c_wait, c_score, c_done);
       if (two) buf ^= 1;
     }
     ATTN_STAMP(2);
+#ifdef BW_STACK_TRACE
+    if (layer == 5 && c.tid == 0)
+      for (int i = 0; i < 4; ++i)
+        g_attn_tiles[blockIdx.x][i] = tile_cycles[i];
+#endif
     // The item's partial result per head: (unnormalised output, max, sum); head lane / 4,
     // the warp's dims.
     const int stride = D + 4;  // (16-byte aligned rows: the merge reads float4)

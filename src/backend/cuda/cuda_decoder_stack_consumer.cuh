@@ -22,6 +22,7 @@ constexpr int kMaxSharedBytes = 226 * 1024;      // of the 227 KiB a CTA may hav
 constexpr int kTargetPageBytes = 24 * 1024;      // measured: 24 KiB 720 tokens/s (1.5B), 36 KiB 642
 constexpr int kMaxPages = 16;                    // mbarrier pairs reserved in shared memory
 constexpr int kTileKeys = 32;                    // keys of an attention item's tile: a lane per key
+constexpr int kScoreWarps = kTileKeys / 8;       // warps computing a tile's scores (8 keys each)
 constexpr int kTwoBufferTiles = 3;               // tiles per item from which a ring page goes to a second tile buffer
 // Tiles per item (counted over the block table's width) beyond which the step runs op by
 // op. H200, single stream, tokens/s, stack vs op by op, by context: 1.5B 8,192 (4 tiles)
@@ -36,7 +37,8 @@ constexpr int kMaxTilesPerItem = 16;
 // token's k and v (f32), `buffers` tiles of k and v rows (bf16), a flag per key of each,
 // and the cache slots of the next tile to load.
 __host__ __device__ constexpr int64_t attention_scratch_bytes(int64_t d, int buffers) {
-  return (kMaxGroup * d + 2 * d) * 4 + buffers * (2 * kTileKeys * d * 2 + kTileKeys * 4) + kTileKeys * 4;
+  return (kMaxGroup * d + 2 * d) * 4 + buffers * (2 * kTileKeys * d * 2 + kTileKeys * 4) + kTileKeys * 4 +
+         kScoreWarps * 32 * 8;
 }
 
 // Arrival counters of a layer: how many CTAs finished each op (kAttnDone: KV heads merged),
