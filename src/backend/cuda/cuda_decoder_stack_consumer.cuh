@@ -25,12 +25,12 @@ constexpr int kTileKeys = 32;                    // keys of an attention item's 
 constexpr int kScoreWarps = kTileKeys / 8;       // warps computing a tile's scores (8 keys each)
 constexpr int kTwoBufferTiles = 3;               // tiles per item from which a ring page goes to a second tile buffer
 // Tiles per item (counted over the block table's width) beyond which the step runs op by
-// op. H200, single stream, tokens/s, stack vs op by op, by context: 1.5B 8,192 (4 tiles)
-// 695.7 vs 573.4, 32,768 (16) 453.3 vs 493.2; 7B 32,768 (32) 174.8 vs 205.2: the lines cross
-// near 12-14 tiles of the real context for both. A decode graph's table is a power of
-// two of blocks, up to twice the context it replays, so its limit sits at 16: a graph of
-// 16 tiles replays 8-16 tiles of context, where the stack wins on average (1.5B 24,576
-// tokens 507.4 vs 500.4, 7B 12,288 221.5 vs 209.9).
+// op. H200, single stream, tokens/s, stack vs op by op, by context: 1.5B 16,384 (8 tiles)
+// 615.5 vs 539.2, 24,576 (12) 530.3 vs 510.2, 32,768 (16) 476.6 vs 495.7; 7B 12,288 (12)
+// 231.6 vs 215.1, 32,768 (32) 178.5 vs 203.2: the lines cross near 14 tiles of the real
+// context. A decode graph's table is a power of two of blocks, up to twice the context it
+// replays, so its limit sits at 16: a graph of 16 tiles replays 8-16 tiles of context,
+// where the stack wins on average.
 constexpr int kMaxTilesPerItem = 16;
 
 // Shared scratch of the attention step (head_dim d): q of the group's heads and this
