@@ -50,9 +50,11 @@ __device__ long long g_attn_tiles[1024][4];
 //
 // An item walks its keys in tiles of kTileKeys on tensor cores (attend_tile): the group's
 // heads are the rows of an m16 tile, so a tile's scores are kSteps mma.sync on each of
-// kScoreWarps warps and its weighted sum of the v rows 4-8 per warp. History (H200, layer 5 of the 1.5B): a chain of a
-// key after another per warp took ~5,400 cycles for 16 keys; a warp per head with a lane per key ~2,400-4,000 for 32;
-// tensor cores ~2,200 under the weight stream.
+// kScoreWarps warps (score_tile) and its weighted sum of the v rows 4-8 per warp.
+// History (H200, layer 5 of the 1.5B): a chain of a key after another per warp took
+// ~5,400 cycles for 16 keys; a warp per head with a lane per key ~2,400-4,000 for 32;
+// tensor cores ~2,200 under the weight stream, every warp scoring all 32 keys; ~1,400
+// with the scores split over four warps.
 template <int D>
 struct Attention {
   static constexpr int kChunks = D / 8;                     // 16-byte chunks of a k or v row
@@ -202,8 +204,8 @@ struct Attention {
   }
 
   // One tile's n keys on tensor cores, every warp for every head of the group: the scores
-  // (score_tile), the online softmax (m, l in the log2 domain, scaled by
-  // q_scale; the same in every warp), then o += P v for the warp's kOutTiles * 8 dims.
+  // (score_tile), the online softmax (m, l in the log2 domain, scaled by q_scale; the same
+  // in every warp), then o += P v for the warp's kOutTiles * 8 dims.
   __device__ void attend_tile(int n, int buf, float q_scale, float& m, float& l, float (&o)[kOutTiles][2]) const {
     const int lane = c.lane, t = lane % 4, mi = lane / 8, ri = lane % 8;
     float sc[kTileKeys / 8][2] = {};
