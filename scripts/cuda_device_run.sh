@@ -6,8 +6,11 @@
 # and bw_cuda_attention_bench from a CUDA build; lib/ the .so files the device lacks
 # (fmt, spdlog, hiredis, sqlite3, pcre2); the binaries may come as bin.tgz instead (a tar of
 # bin/: together they exceed the 64 MiB a device call carries, compressed they take ~18).
-# Usage: bash scripts/cuda_device_run.sh [MODE] with MODE tests, bench, profile or all
-# (default); BW_PEER_GENERATE=0 skips the slow transformers `generate` peer.
+# scripts/cuda_device_kit.sh builds and packs all of that (--trace adds bin/breakwater_trace).
+# Usage: bash scripts/cuda_device_run.sh [MODE] with MODE tests, bench, profile, long
+# (single-stream decode by context length, each path), trace (the trace build's cycle
+# counts of the fused decoder stack, at 512 and 32,768 tokens) or all (default: tests and
+# bench); BW_PEER_GENERATE=0 skips the slow transformers `generate` peer.
 set -u
 C=$PWD/.carry/cuda
 if [ -f $C/bin.tgz ]; then (cd $C && tar xzf bin.tgz); fi
@@ -46,6 +49,27 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   BW_CUDA_STACK=0 BW_GEMV_ROWS=0 timeout 60 $BW bench offline --model $M7 --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1  # multi-row GEMV at M = 1
   timeout 60 $BW bench offline --model $M7 --device cuda --input-len 2048 --output-len 1 --batch 1 2>&1 | tail -1
   BW_CUDA_STEP_TIMING=1 timeout 60 $BW bench offline --model $M7 --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | grep "step timing"
+fi
+if [ "$MODE" = long ]; then
+  # Single stream at reasoning-length contexts: the default path, the fused stack with its
+  # context limit lifted, and op by op (docs/BENCHMARKING.md, docs/PERF.md).
+  one() { local m=$1 L=$2; shift 2; echo "$(basename $m) L=$L $*: $(env "$@" timeout 90 $BW bench offline --model $m --device cuda --input-len $L --output-len 32 --batch 1 2>&1 | tail -1)"; }
+  M=/tmp/q15; M7=/tmp/q7
+  $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
+  $BW make-model --preset deepseek-r1-distill-qwen-7b --out $M7 --dtype bf16 > /dev/null 2>&1
+  for m in $M $M7; do
+    for L in 512 8192 16384 24576 32768; do
+      one $m $L X=default; one $m $L BW_CUDA_STACK_MAX_TILES=0; one $m $L BW_CUDA_STACK=0
+    done
+  done
+fi
+if [ "$MODE" = trace ] && [ -x $C/bin/breakwater_trace ]; then
+  M=/tmp/q15; [ -d $M ] || $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
+  for L in 512 32768; do
+    echo "== trace, 1.5B, $L tokens (layer 5, CTA 0; the last step)"
+    BW_CUDA_STACK_MAX_TILES=0 timeout 90 $C/bin/breakwater_trace bench offline --model $M --device cuda --input-len $L \
+      --output-len 3 --batch 1 2>&1 | grep -E "CTA 0[):;,]" | tail -7
+  done
 fi
 if [ "$MODE" = profile ]; then
   M=/tmp/q15; [ -d $M ] || $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1

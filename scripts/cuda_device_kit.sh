@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds what a run on the lent GPU machine needs and packs it into .carry/cuda (git-ignored)
+# for scripts/cuda_device_run.sh: bin.tgz (breakwater, bw_gpu_tests and the CUDA kernel
+# benches; with --trace also breakwater_trace, built with BW_STACK_TRACE) and lib/ (the
+# shared libraries those binaries load that the device machine lacks: it has the CUDA
+# libraries but no Debian -dev packages). Then, from the device tool:
+#   run(command="bash scripts/cuda_device_run.sh all", carry=[".carry/cuda"])
+# Usage: scripts/cuda_device_kit.sh [--trace]; BW_CUDA_ARCHS (default 90) picks the
+# architectures, BW_CUDA_BUILD (default build-cuda) the build folder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TRACE=0
+[ "${1:-}" = "--trace" ] && TRACE=1
+BUILD=${BW_CUDA_BUILD:-build-cuda}
+ARCHS=${BW_CUDA_ARCHS:-90}
+TARGETS=(breakwater bw_gpu_tests bw_cuda_gemv_bench bw_cuda_decode_ops_bench bw_cuda_attention_bench)
+
+cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBW_CUDA=ON -DBW_CUDA_ARCHS="$ARCHS" >/dev/null
+cmake --build "$BUILD" -j "$(nproc)" --target "${TARGETS[@]}"
+if [ "$TRACE" = 1 ]; then
+  cmake -S . -B "$BUILD-trace" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBW_CUDA=ON -DBW_CUDA_ARCHS="$ARCHS" \
+    -DCMAKE_CUDA_FLAGS=-DBW_STACK_TRACE >/dev/null
+  cmake --build "$BUILD-trace" -j "$(nproc)" --target breakwater
+fi
+
+KIT=.carry/cuda
+rm -rf "$KIT"
+mkdir -p "$KIT/bin" "$KIT/lib"
+cp "$BUILD/src/breakwater" "$BUILD/tests/bw_gpu_tests" "$KIT/bin/"
+for bench in bw_cuda_gemv_bench bw_cuda_decode_ops_bench bw_cuda_attention_bench; do
+  cp "$BUILD/bench/$bench" "$KIT/bin/"
+done
+[ "$TRACE" = 1 ] && cp "$BUILD-trace/src/breakwater" "$KIT/bin/breakwater_trace"
+
+# The libraries outside the C/C++ runtime and CUDA (which the device has): fmt, spdlog,
+# hiredis, sqlite3, pcre2 and whatever else the binaries come to load.
+for bin in "$KIT"/bin/*; do
+  ldd "$bin" | awk '$3 ~ /^\// { print $3 }'
+done | sort -u | while read -r lib; do
+  case "$(basename "$lib")" in
+    libc.so* | libm.so* | libstdc++.so* | libgcc_s.so* | ld-linux* | libpthread.so* | libdl.so* | librt.so*) ;;
+    libcuda.so* | libcudart.so* | libcublas*.so* | libnccl.so*) ;;
+    *) cp -L "$lib" "$KIT/lib/" ;;
+  esac
+done
+
+# Together the binaries exceed what a device call carries (64 MiB); compressed they fit.
+(cd "$KIT" && tar czf bin.tgz bin && rm -rf bin)
+echo "kit: $(du -sh "$KIT" | cut -f1) in $KIT ($(ls "$KIT/lib" | tr '\n' ' '))"
