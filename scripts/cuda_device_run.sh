@@ -2,10 +2,10 @@
 # One-shot device run (the lent GPU machine): every GPU test, the kernel benches, the
 # PyTorch peer and the decode/prefill numbers of docs/PERF.md, a short table last.
 # Expects .carry/cuda/{bin,lib}: bin/ holds bw_gpu_tests, breakwater, bw_cuda_gemv_bench,
-# bw_cuda_decode_ops_bench
-# and bw_cuda_attention_bench from a CUDA build; lib/ the .so files the device lacks
-# (fmt, spdlog, hiredis, sqlite3, pcre2); the binaries may come as bin.tgz instead (a tar of
-# bin/: together they exceed the 64 MiB a device call carries, compressed they take ~18).
+# bw_cuda_decode_ops_bench and bw_cuda_attention_bench from a CUDA build; lib/ the .so
+# files the device lacks (fmt, spdlog, hiredis, sqlite3, pcre2); the binaries may come as
+# bin.tgz instead (a tar of bin/: together they exceed the 64 MiB a device call carries,
+# compressed they take ~25).
 # scripts/cuda_device_kit.sh builds and packs all of that (--trace adds bin/breakwater_trace).
 # Usage: bash scripts/cuda_device_run.sh [MODE] with MODE tests, bench, profile, long
 # (single-stream decode by context length, each path), trace (the trace build's cycle
@@ -62,6 +62,9 @@ if [ "$MODE" = long ]; then
       one $m $L X=default; one $m $L BW_CUDA_STACK_MAX_TILES=0; one $m $L BW_CUDA_STACK=0
     done
   done
+fi
+if [ "$MODE" = trace ] && [ ! -x $C/bin/breakwater_trace ]; then
+  echo "no bin/breakwater_trace in the kit: make it with scripts/cuda_device_kit.sh --trace"
 fi
 if [ "$MODE" = trace ] && [ -x $C/bin/breakwater_trace ]; then
   M=/tmp/q15; [ -d $M ] || $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
