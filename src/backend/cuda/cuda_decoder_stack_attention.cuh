@@ -53,8 +53,8 @@ __device__ long long g_attn_tiles[1024][4];
 // kScoreWarps warps (score_tile) and its weighted sum of the v rows 4-8 per warp.
 // History (H200, layer 5 of the 1.5B): a chain of a key after another per warp took
 // ~5,400 cycles for 16 keys; a warp per head with a lane per key ~2,400-4,000 for 32;
-// tensor cores ~2,200 under the weight stream, every warp scoring all 32 keys; ~1,400
-// with the scores split over four warps.
+// tensor cores ~2,200 under the weight stream, every warp scoring all 32 keys; ~1,400-
+// 1,800 with the scores split over four warps.
 template <int D>
 struct Attention {
   static constexpr int kChunks = D / 8;                     // 16-byte chunks of a k or v row
@@ -175,7 +175,7 @@ struct Attention {
   // r, in lanes 4 r .. 4 r + 3; rows 8-15 are zero): warp w < kScoreWarps computes keys
   // 8 w .. 8 w + 7 (two chains of k-steps), and every warp reads all of them back from
   // shared memory. (Every warp computing all the scores itself, no exchange, took 2.3-2.5k
-  // cycles a tile, this 1.6k; 1.5B at 32k tokens 468.4 vs 420.9 tokens/s, H200.)
+  // cycles a tile, this 1.4-1.8k; 1.5B at 32k tokens 468.4 vs 420.9 tokens/s, H200.)
   __device__ void score_tile(uint32_t kbase, float (&sc)[kTileKeys / 8][2]) const {
     const int lane = c.lane, t = lane % 4, mi = lane / 8, ri = lane % 8;
     float2* parts = score_parts();
@@ -208,7 +208,7 @@ struct Attention {
   // in every warp), then o += P v for the warp's kOutTiles * 8 dims.
   __device__ void attend_tile(int n, int buf, float q_scale, float& m, float& l, float (&o)[kOutTiles][2]) const {
     const int lane = c.lane, t = lane % 4, mi = lane / 8, ri = lane % 8;
-    float sc[kTileKeys / 8][2] = {};
+    float sc[kTileKeys / 8][2];  // (score_tile sets every element)
     const uint32_t kbase = smem_addr(ktile(buf)), vbase = smem_addr(vtile(buf));
     score_tile(kbase, sc);
     const uint32_t live = __ballot_sync(0xffffffffu, lane < n && key_ok(buf)[lane] != 0);  // bit per key

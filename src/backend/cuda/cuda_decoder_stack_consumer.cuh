@@ -35,7 +35,8 @@ constexpr int kMaxTilesPerItem = 16;
 
 // Shared scratch of the attention step (head_dim d): q of the group's heads and this
 // token's k and v (f32), `buffers` tiles of k and v rows (bf16), a flag per key of each,
-// and the cache slots of the next tile to load.
+// the cache slots of the next tile to load, and the score exchange (kScoreWarps C
+// fragments of f32 pairs).
 __host__ __device__ constexpr int64_t attention_scratch_bytes(int64_t d, int buffers) {
   return (kMaxGroup * d + 2 * d) * 4 + buffers * (2 * kTileKeys * d * 2 + kTileKeys * 4) + kTileKeys * 4 +
          kScoreWarps * 32 * 8;
