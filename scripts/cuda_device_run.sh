@@ -8,9 +8,10 @@
 # compressed they take ~25).
 # scripts/cuda_device_kit.sh builds and packs all of that (--trace adds bin/breakwater_trace).
 # Usage: bash scripts/cuda_device_run.sh [MODE] with MODE tests, bench, profile, long
-# (single-stream decode by context length, each path), trace (the trace build's cycle
-# counts of the fused decoder stack, at 512 and 32,768 tokens) or all (default: tests and
-# bench); BW_PEER_GENERATE=0 skips the slow transformers `generate` peer.
+# (single-stream decode by context length, each path), ab (single stream by context, the
+# kit's breakwater against .carry/base's), trace (the trace build's cycle counts of the
+# fused decoder stack, at 512 and 32,768 tokens) or all (default: tests and bench);
+# BW_PEER_GENERATE=0 skips the slow transformers `generate` peer.
 set -u
 C=$PWD/.carry/cuda
 if [ -f $C/bin.tgz ]; then (cd $C && tar xzf bin.tgz); fi
@@ -60,6 +61,23 @@ if [ "$MODE" = long ]; then
   for m in $M $M7; do
     for L in 512 8192 16384 24576 32768; do
       one $m $L X=default; one $m $L BW_CUDA_STACK_MAX_TILES=0; one $m $L BW_CUDA_STACK=0
+    done
+  done
+fi
+if [ "$MODE" = ab ]; then
+  # A / B single stream, the kit's breakwater against a base build (.carry/base/bw.tgz: a
+  # tar of breakwater, e.g. main's: `tar czf .carry/base/bw.tgz -C <base build>/src
+  # breakwater`; carry .carry/base too), alternating in one run: a kernel's speed moves a
+  # few percent between runs and with code generation alone, so A/B numbers come from one run.
+  B=.carry/base; (cd $B && tar xzf bw.tgz)
+  M=/tmp/q15; M7=/tmp/q7
+  $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
+  $BW make-model --preset deepseek-r1-distill-qwen-7b --out $M7 --dtype bf16 > /dev/null 2>&1
+  for case in "$M 512" "$M 8192" "$M 16384" "$M 32768" "$M7 512" "$M7 8192" "$M7 32768"; do
+    set -- $case
+    for bin in $BW $B/breakwater $BW; do
+      echo "$(basename $1) L=$2 $bin: $(BW_CUDA_STACK_MAX_TILES=0 timeout 90 $bin bench offline --model $1 --device cuda \
+        --input-len $2 --output-len 32 --batch 1 2>&1 | tail -1)"
     done
   done
 fi
