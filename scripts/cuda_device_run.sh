@@ -69,7 +69,7 @@ if [ "$MODE" = ab ]; then
   # tar of breakwater, e.g. main's: `tar czf .carry/base/bw.tgz -C <base build>/src
   # breakwater`; carry .carry/base too), alternating in one run: a kernel's speed moves a
   # few percent between runs and with code generation alone, so A/B numbers come from one run.
-  B=.carry/base; (cd $B && tar xzf bw.tgz)
+  B=$PWD/.carry/base; (cd $B && tar xzf bw.tgz)
   M=/tmp/q15; M7=/tmp/q7
   $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
   $BW make-model --preset deepseek-r1-distill-qwen-7b --out $M7 --dtype bf16 > /dev/null 2>&1
