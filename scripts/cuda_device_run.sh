@@ -9,7 +9,7 @@
 # scripts/cuda_device_kit.sh builds and packs all of that (--trace adds bin/breakwater_trace).
 # Usage: bash scripts/cuda_device_run.sh [MODE] with MODE tests, bench, profile, long
 # (single-stream decode by context length, each path), ab (single stream by context, the
-# kit's breakwater against .carry/base's), trace (the trace build's cycle counts of the
+# kit's breakwater against each .carry/*/bw.tgz's), trace (the trace build's cycle counts of the
 # fused decoder stack, at 512 and 32,768 tokens) or all (default: tests and bench);
 # BW_PEER_GENERATE=0 skips the slow transformers `generate` peer.
 set -u
@@ -65,19 +65,25 @@ if [ "$MODE" = long ]; then
   done
 fi
 if [ "$MODE" = ab ]; then
-  # A / B single stream, the kit's breakwater against a base build (.carry/base/bw.tgz: a
-  # tar of breakwater, e.g. main's: `tar czf .carry/base/bw.tgz -C <base build>/src
-  # breakwater`; carry .carry/base too), alternating in one run: a kernel's speed moves a
+  # A / B single stream, the kit's breakwater against other builds' (every .carry/*/bw.tgz:
+  # a tar of one breakwater, e.g. main's as .carry/base, made by cuda_device_kit.sh --pack
+  # BUILD NAME; carry those folders too), alternating in one run: a kernel's speed moves a
   # few percent between runs and with code generation alone, so A/B numbers come from one run.
-  B=$PWD/.carry/base; (cd $B && tar xzf bw.tgz)
+  BINS="$BW"
+  for tgz in $PWD/.carry/*/bw.tgz; do
+    [ -f "$tgz" ] || continue
+    (cd "$(dirname "$tgz")" && tar xzf bw.tgz) && BINS="$BINS $(dirname "$tgz")/breakwater"
+  done
   M=/tmp/q15; M7=/tmp/q7
   $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
   $BW make-model --preset deepseek-r1-distill-qwen-7b --out $M7 --dtype bf16 > /dev/null 2>&1
   for case in "$M 512" "$M 8192" "$M 16384" "$M 32768" "$M7 512" "$M7 8192" "$M7 32768"; do
     set -- $case
-    for bin in $BW $B/breakwater $BW; do
-      echo "$(basename $1) L=$2 $bin: $(BW_CUDA_STACK_MAX_TILES=0 timeout 90 $bin bench offline --model $1 --device cuda \
-        --input-len $2 --output-len 32 --batch 1 2>&1 | tail -1)"
+    for round in 1 2; do
+      for bin in $BINS; do
+        echo "$(basename $1) L=$2 $(basename "$(dirname "$bin")"): $(BW_CUDA_STACK_MAX_TILES=0 timeout 90 $bin bench \
+          offline --model $1 --device cuda --input-len $2 --output-len 32 --batch 1 2>&1 | tail -1)"
+      done
     done
   done
 fi
