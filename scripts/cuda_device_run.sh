@@ -9,8 +9,8 @@
 # scripts/cuda_device_kit.sh builds and packs all of that (--trace adds bin/breakwater_trace).
 # Usage: bash scripts/cuda_device_run.sh [MODE] with MODE tests, bench, profile, long
 # (single-stream decode by context length, each path), ab (single stream by context, the
-# kit's breakwater against each .carry/*/bw.tgz's), trace (the trace build's cycle counts of the
-# fused decoder stack, at 512 and 32,768 tokens) or all (default: tests and bench);
+# kit's breakwater against each .carry/*/bw.tgz's), trace (the trace build's cycle counts
+# of the fused decoder stack, at 512 and 32,768 tokens) or all (default: tests and bench);
 # BW_PEER_GENERATE=0 skips the slow transformers `generate` peer.
 set -u
 C=$PWD/.carry/cuda
@@ -21,6 +21,10 @@ if [ -z "$LT" ]; then LT=$(find /usr /opt -name 'libcublasLt.so.13' 2>/dev/null 
 export LD_LIBRARY_PATH=$C/lib:$(dirname "${LT:-/x/x}"):${LD_LIBRARY_PATH:-}
 export BW_SOURCE_DIR=$PWD
 BW=$C/bin/breakwater
+# The random-weight models of the 1.5B and 7B shapes (bf16) at $M and $M7, each made once.
+M=/tmp/q15; M7=/tmp/q7
+make_model() { [ -d "$1" ] || $BW make-model --preset "$2" --out "$1" --dtype bf16 > /dev/null 2>&1; }
+make_models() { make_model $M deepseek-r1-distill-qwen-1.5b; make_model $M7 deepseek-r1-distill-qwen-7b; }
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader
 ldd $C/bin/bw_gpu_tests | grep "not found"
 if [ "$MODE" = tests ] || [ "$MODE" = all ]; then
@@ -33,7 +37,7 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   echo "== decode ops"; timeout 60 $C/bin/bw_cuda_decode_ops_bench 2>&1 | grep -v matmul
   echo "== attention"; timeout 60 $C/bin/bw_cuda_attention_bench > $OUT/attention.log 2>&1; cat $OUT/attention.log
   echo "== peer (PyTorch)"; PYTHONUNBUFFERED=1 timeout 200 python3 scripts/cuda_peer.py 2>&1 | grep -v Warning | tail -8
-  M=/tmp/q15; $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
+  make_model $M deepseek-r1-distill-qwen-1.5b
   echo "== 1.5B"; timeout 150 $BW bench offline --model $M --device cuda --input-len 512 --output-len 64 --batch 1,8,32,64,128,256 2>&1 | tail -8
   timeout 60 $BW bench offline --model $M --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1
   BW_CUDA_STACK=0 timeout 60 $BW bench offline --model $M --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1  # op by op
@@ -43,7 +47,7 @@ if [ "$MODE" = bench ] || [ "$MODE" = all ]; then
   timeout 60 $BW bench offline --model $M --device cuda --input-len 2048 --output-len 1 --batch 1 2>&1 | tail -1
   BW_CUDA_WGMMA=0 timeout 60 $BW bench offline --model $M --device cuda --input-len 2048 --output-len 1 --batch 1 2>&1 | tail -1  # mma.sync prefill attention
   BW_CUDA_STEP_TIMING=1 timeout 60 $BW bench offline --model $M --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | grep "step timing"
-  M7=/tmp/q7; s=$SECONDS; $BW make-model --preset deepseek-r1-distill-qwen-7b --out $M7 --dtype bf16 > /dev/null 2>&1; echo "7B made in $((SECONDS - s)) s"
+  s=$SECONDS; make_model $M7 deepseek-r1-distill-qwen-7b; echo "7B made in $((SECONDS - s)) s"
   echo "== 7B"; timeout 120 $BW bench offline --model $M7 --device cuda --input-len 512 --output-len 128 --batch 1,32 2>&1 | tail -3
   BW_CUDA_STACK=0 timeout 60 $BW bench offline --model $M7 --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1  # op by op
   BW_CUDA_STACK=0 BW_CUDA_PDL=0 timeout 60 $BW bench offline --model $M7 --device cuda --input-len 512 --output-len 128 --batch 1 2>&1 | tail -1
@@ -55,9 +59,7 @@ if [ "$MODE" = long ]; then
   # Single stream at reasoning-length contexts: the default path, the fused stack with its
   # context limit lifted, and op by op (docs/BENCHMARKING.md, docs/PERF.md).
   one() { local m=$1 L=$2; shift 2; echo "$(basename $m) L=$L $*: $(env "$@" timeout 90 $BW bench offline --model $m --device cuda --input-len $L --output-len 32 --batch 1 2>&1 | tail -1)"; }
-  M=/tmp/q15; M7=/tmp/q7
-  $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
-  $BW make-model --preset deepseek-r1-distill-qwen-7b --out $M7 --dtype bf16 > /dev/null 2>&1
+  make_models
   for m in $M $M7; do
     for L in 512 8192 16384 24576 32768; do
       one $m $L X=default; one $m $L BW_CUDA_STACK_MAX_TILES=0; one $m $L BW_CUDA_STACK=0
@@ -74,9 +76,7 @@ if [ "$MODE" = ab ]; then
     [ -f "$tgz" ] || continue
     (cd "$(dirname "$tgz")" && tar xzf bw.tgz) && BINS="$BINS $(dirname "$tgz")/breakwater"
   done
-  M=/tmp/q15; M7=/tmp/q7
-  $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
-  $BW make-model --preset deepseek-r1-distill-qwen-7b --out $M7 --dtype bf16 > /dev/null 2>&1
+  make_models
   for case in "$M 512" "$M 8192" "$M 16384" "$M 32768" "$M7 512" "$M7 8192" "$M7 32768"; do
     set -- $case
     for round in 1 2; do
@@ -91,7 +91,7 @@ if [ "$MODE" = trace ] && [ ! -x $C/bin/breakwater_trace ]; then
   echo "no bin/breakwater_trace in the kit: make it with scripts/cuda_device_kit.sh --trace"
 fi
 if [ "$MODE" = trace ] && [ -x $C/bin/breakwater_trace ]; then
-  M=/tmp/q15; [ -d $M ] || $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
+  make_model $M deepseek-r1-distill-qwen-1.5b
   for L in 512 32768; do
     echo "== trace, 1.5B, $L tokens (layer 5, CTA 0; the last step)"
     BW_CUDA_STACK_MAX_TILES=0 timeout 90 $C/bin/breakwater_trace bench offline --model $M --device cuda --input-len $L \
@@ -99,7 +99,7 @@ if [ "$MODE" = trace ] && [ -x $C/bin/breakwater_trace ]; then
   done
 fi
 if [ "$MODE" = profile ]; then
-  M=/tmp/q15; [ -d $M ] || $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
+  make_model $M deepseek-r1-distill-qwen-1.5b
   echo "== profile prefill 2048"; BW_CUDA_PROFILE=1 timeout 60 $BW bench offline --model $M --device cuda --input-len 2048 --output-len 1 --batch 1 2>&1 | grep -A14 "cuda profile"
   echo "== profile decode b1"; BW_CUDA_PROFILE=1 timeout 60 $BW bench offline --model $M --device cuda --input-len 512 --output-len 64 --batch 1 2>&1 | grep -A14 "cuda profile"
 fi
