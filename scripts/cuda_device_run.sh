@@ -76,13 +76,21 @@ if [ "$MODE" = ab ]; then
     [ -f "$tgz" ] || continue
     (cd "$(dirname "$tgz")" && tar xzf bw.tgz) && BINS="$BINS $(dirname "$tgz")/breakwater"
   done
+  # AB_LENS (default "512 8192 16384 32768") and AB_LENS7 ("512 8192 32768") pick the
+  # contexts of the 1.5B and the 7B (empty: none); AB_ENVS runs each binary under each of
+  # these settings too (e.g. "X=0 BW_CUDA_STACK_FLAT=0"; X=0 stands for none).
   make_models
-  for case in "$M 512" "$M 8192" "$M 16384" "$M 32768" "$M7 512" "$M7 8192" "$M7 32768"; do
-    set -- $case
+  CASES=""
+  for L in ${AB_LENS-512 8192 16384 32768}; do CASES="$CASES $M:$L"; done
+  for L in ${AB_LENS7-512 8192 32768}; do CASES="$CASES $M7:$L"; done
+  for case in $CASES; do
+    m=${case%%:*} L=${case##*:}
     for round in 1 2; do
       for bin in $BINS; do
-        echo "$(basename $1) L=$2 $(basename "$(dirname "$bin")"): $(BW_CUDA_STACK_MAX_TILES=0 timeout 90 $bin bench \
-          offline --model $1 --device cuda --input-len $2 --output-len 32 --batch 1 2>&1 | tail -1)"
+        for e in ${AB_ENVS:-X=0}; do
+          echo "$(basename $m) L=$L $(basename "$(dirname "$bin")") $e: $(env $e BW_CUDA_STACK_MAX_TILES=0 timeout 90 $bin \
+            bench offline --model $m --device cuda --input-len $L --output-len 32 --batch 1 2>&1 | tail -1)"
+        done
       done
     done
   done
