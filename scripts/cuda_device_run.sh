@@ -78,14 +78,15 @@ if [ "$MODE" = ab ]; then
   done
   # AB_LENS (default "512 8192 16384 32768") and AB_LENS7 ("512 8192 32768") pick the
   # contexts of the 1.5B and the 7B (empty: none); AB_ENVS runs each binary under each of
-  # these settings too (e.g. "X=0 BW_CUDA_STACK_FLAT=0"; X=0 stands for none).
+  # these settings too (e.g. "X=0 BW_CUDA_STACK_FLAT=0"; X=0 stands for none); AB_ROUNDS
+  # sets the rounds (default 2).
   make_models
   CASES=""
   for L in ${AB_LENS-512 8192 16384 32768}; do CASES="$CASES $M:$L"; done
   for L in ${AB_LENS7-512 8192 32768}; do CASES="$CASES $M7:$L"; done
   for case in $CASES; do
     m=${case%%:*} L=${case##*:}
-    for round in 1 2; do
+    for round in $(seq ${AB_ROUNDS:-2}); do
       for bin in $BINS; do
         for e in ${AB_ENVS:-X=0}; do
           echo "$(basename $m) L=$L $(basename "$(dirname "$bin")") $e: $(env $e BW_CUDA_STACK_MAX_TILES=0 timeout 90 $bin \
