@@ -80,10 +80,11 @@ if [ "$MODE" = ab ]; then
   # contexts of the 1.5B and the 7B (empty: none); AB_ENVS runs each binary under each of
   # these settings too (e.g. "X=0 BW_CUDA_STACK_FLAT=0"; X=0 stands for none); AB_ROUNDS
   # sets the rounds (default 2).
-  make_models
-  CASES=""
-  for L in ${AB_LENS-512 8192 16384 32768}; do CASES="$CASES $M:$L"; done
-  for L in ${AB_LENS7-512 8192 32768}; do CASES="$CASES $M7:$L"; done
+  LENS=${AB_LENS-512 8192 16384 32768} LENS7=${AB_LENS7-512 8192 32768} CASES=""
+  [ -n "$LENS" ] && make_model $M deepseek-r1-distill-qwen-1.5b
+  [ -n "$LENS7" ] && make_model $M7 deepseek-r1-distill-qwen-7b
+  for L in $LENS; do CASES="$CASES $M:$L"; done
+  for L in $LENS7; do CASES="$CASES $M7:$L"; done
   for case in $CASES; do
     m=${case%%:*} L=${case##*:}
     for round in $(seq ${AB_ROUNDS:-2}); do
