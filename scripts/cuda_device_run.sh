@@ -105,7 +105,7 @@ if [ "$MODE" = trace ] && [ -x $C/bin/breakwater_trace ]; then
   for L in 512 32768; do
     echo "== trace, 1.5B, $L tokens (layer 5, CTA 0; the last step)"
     BW_CUDA_STACK_MAX_TILES=0 timeout 90 $C/bin/breakwater_trace bench offline --model $M --device cuda --input-len $L \
-      --output-len 3 --batch 1 2>&1 | grep -E "CTA 0[):;,]" | tail -7
+      --output-len 3 --batch 1 2>&1 | grep -E "CTA 0[):;,]" | tail -8
   done
 fi
 if [ "$MODE" = profile ]; then

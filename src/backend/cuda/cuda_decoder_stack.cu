@@ -32,7 +32,8 @@
 // the gate/up (1) and LM head (2) pages on tensor cores (cuda_decoder_stack_tc_page.cuh:
 // measured no faster for the consumers and slower for the step so far); a build with
 // BW_STACK_TRACE defined prints the cycles between the steps of a layer at every step, and
-// how long each consumer warp waited for each projection's pages and worked on them.
+// how long each consumer warp waited for each projection's pages and worked on them, and
+// how long the producer waited for free slots or was paused before pushing them.
 //
 // The work of each op is split statically: CTA c owns rows [c N / G, (c + 1) N / G) of
 // every projection (G CTAs), so its share of a matrix is one contiguous byte range and a
@@ -85,10 +86,28 @@ __device__ void produce(const DecoderStackArgs& a, const Plan& p, uint32_t ring,
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
   RingCursor cur;
   uint32_t issued = 0;
+#ifdef BW_STACK_TRACE
+  int traced_op = kTraceNone;  // the op of the pages pushed now, in layer 5 of CTA 0
+#endif
   auto push = [&](const char* src, uint32_t bytes) {
+#ifdef BW_STACK_TRACE
+    const long long t0 = clock64();
+#endif
     if (issued >= static_cast<uint32_t>(p.pages)) mbar_wait(empty + 8 * cur.slot, cur.phase ^ 1);
+#ifdef BW_STACK_TRACE
+    const long long t1 = clock64();
+#endif
     while (p.pause_between_ops && stream_paused()) {
     }
+#ifdef BW_STACK_TRACE
+    if (traced_op != kTraceNone) {
+      const long long t2 = clock64();
+      if (g_push_count[traced_op]++ == 0) g_push_first[traced_op] = t2;
+      g_push_slot_wait[traced_op] += t1 - t0;
+      g_push_paused[traced_op] += t2 - t1;
+      g_push_last[traced_op] = t2;
+    }
+#endif
     if (debug_skips_copies(a.debug)) {
       mbar_arrive(full + 8 * cur.slot);  // measurement aid: no copy, the consumers' rate alone
     } else {
@@ -112,18 +131,29 @@ __device__ void produce(const DecoderStackArgs& a, const Plan& p, uint32_t ring,
   int64_t u0 = 0, u1 = 0;
   cta_rows(F, &u0, &u1);
   const int64_t gu_page = static_cast<int64_t>(p.rows_h) * H * 2, up_offset = F * H * 2;
+#ifdef BW_STACK_TRACE
+#define TRACE_PUSH(op) traced_op = blockIdx.x == 0 && l == 5 ? (op) : kTraceNone;
+#else
+#define TRACE_PUSH(op)
+#endif
   for (int l = 0; l < a.num_layers; ++l) {
     const DecoderStackLayer& w = a.layers[l];
+    TRACE_PUSH(kTraceQkv);
     push_rows(w.qkv, qkv_rows, H, p.rows_h);
+    TRACE_PUSH(kTraceO);
     push_rows(w.o_proj, H, HqD, p.rows_q);
+    TRACE_PUSH(kTraceGateUp);
     const char* gate = reinterpret_cast<const char*>(as_bf16(w.gate_up) + u0 * H);
     for (int64_t left = (u1 - u0) * H * 2; left > 0; left -= gu_page, gate += gu_page) {
       const auto bytes = static_cast<uint32_t>(min(gu_page, left));
       push(gate, bytes);
       push(gate + up_offset, bytes);
     }
+    TRACE_PUSH(kTraceDown);
     push_rows(w.down, H, F, p.rows_f);
+    TRACE_PUSH(kTraceNone);
   }
+#undef TRACE_PUSH
   push_rows(a.lm_head, a.vocab, H, p.rows_h);
 }
 
@@ -302,6 +332,16 @@ __device__ void consume(Consumer& c) {
                g_page_gap[i][w], g_op_end[i][w] - g_op_end[i][0]);
       printf("\n");
     }
+    // The producer's pushes of each op against the consumers' start of its pages (t[2],
+    // t[12], t[8], t[13]).
+    const long long op_start[kTraceOps] = {0, t[2], t[12], t[8], t[13]};
+    printf(
+        "pushes (layer 5, CTA 0; per op: pages, cycles waiting for a free slot, paused, first and last push - the op's "
+        "start):");
+    for (int i = kTraceQkv; i < kTraceOps; ++i)
+      printf(" %s %d %lld %lld %lld %lld;", names[i], g_push_count[i], g_push_slot_wait[i], g_push_paused[i],
+             g_push_first[i] - op_start[i], g_push_last[i] - op_start[i]);
+    printf("\n");
   }
   if (c.tid == 0 && (blockIdx.x == 0 || g_attn_trace[blockIdx.x][kAttnTraceMerged] == 1)) {
     const long long* at = g_attn_trace[blockIdx.x];
@@ -350,6 +390,10 @@ __global__ void __launch_bounds__(kThreads, 1) decoder_stack_kernel(DecoderStack
   const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;
   if (tid == 0) {
     g_stream_paused = 0;
+#ifdef BW_STACK_TRACE
+    for (int i = 0; i < kTraceOps; ++i)
+      g_push_slot_wait[i] = g_push_paused[i] = g_push_first[i] = g_push_last[i] = g_push_count[i] = 0;
+#endif
     for (int i = 0; i < p.pages; ++i) {
       mbar_init(full + 8 * i, 1);
       mbar_init(empty + 8 * i, kConsumerWarps);

@@ -189,6 +189,14 @@ __shared__ int g_trace_op[kConsumerWarps];
 __shared__ long long g_page_wait[kTraceOps][kConsumerWarps], g_page_work[kTraceOps][kConsumerWarps];
 __shared__ long long g_page_gap[kTraceOps][kConsumerWarps], g_op_end[kTraceOps][kConsumerWarps];
 __shared__ int g_page_count[kTraceOps][kConsumerWarps];
+// The producer's side of the same ops (CTA 0, the traced layer's pages): pages pushed,
+// cycles spent waiting for a free slot (every slot held by pages not yet released) and
+// paused (the consumers between ops) before them, and the clock at its first and last
+// push (clock64 of the same SM as the consumers' stamps). Whether an op's pages wait on
+// the consumers or on HBM: a producer that neither waits nor pauses has them in flight.
+__shared__ long long g_push_slot_wait[kTraceOps], g_push_paused[kTraceOps];
+__shared__ long long g_push_first[kTraceOps], g_push_last[kTraceOps];
+__shared__ int g_push_count[kTraceOps];
 #endif
 
 // The ring position of a page: its slot and the parity of the slot's current use.
