@@ -33,7 +33,7 @@ fi
 
 # The sanitizer build is made with clang and also holds the libFuzzer targets, so the fuzz
 # step needs no third build of the tree.
-# Line tables only (-g1): the sanitizers' stack traces keep file and line, and the
+# Line tables only (-gline-tables-only): the sanitizers' stack traces keep file and line, and the
 # build takes less time than with full debug info.
 SAN_FLAGS=(-G Ninja -DCMAKE_BUILD_TYPE=Debug -DBW_SANITIZE=ON -DBW_FUZZ=ON -DBW_CUDA=OFF
   -DCMAKE_CXX_FLAGS_DEBUG="-O1 -gline-tables-only")
