@@ -8,9 +8,15 @@
 //   2. the exchange at 2 ... all SMs, two ways: a release counter polled by one thread, then
 //      a reload of the row (the stack's way), and LL words (each 32-bit word a bf16 value
 //      with the exchange's flag in the other half: readers poll the data itself);
-//   3. the exchange on every SM while a weight stream runs on the same SMs: 24 KiB bulk
+//   3. the exchange on all SMs with the pollers spread over copies of the counter or of the
+//      LL words (CTA b polls copy b % copies; every writer updates every copy), and LL
+//      polls that back off: whether the exchange waits on contention for the polled lines;
+//   4. the exchange on every SM while a weight stream runs on the same SMs: 24 KiB bulk
 //      copies into shared memory (at most N in flight per SM, as the stack's producer
-//      issues them), or L2 prefetches of 24 KiB at a fixed interval (no data into the SM).
+//      issues them) with the counter, the LL words and the counter without its release
+//      fence (wrong in general; it tells how much of the cost is the fence, which waits
+//      for the SM's copies in flight), or L2 prefetches of 24 KiB at a fixed interval (no
+//      data into the SM).
 // Never pass/fail on time. Needs compute capability 9.0 (bulk copies).
 //
 //   build/bench/bw_cuda_exchange_bench
@@ -30,7 +36,11 @@ constexpr int kRow = 1536;                    // hidden size of the 1.5B shape
 constexpr int kSlots = 8, kPage = 24 * 1024;  // the stack's ring for that shape
 constexpr int kRounds = 2000;
 
-enum Form : int { kCounter, kLlWords };
+// kCounterNoFence: the counter form with a relaxed arrival (no release fence): wrong in
+// general (the reload may see old values), timed only to tell the fence's share.
+enum Form : int { kCounter, kLlWords, kCounterNoFence };
+constexpr int kMaxReplicas = 32;    // copies of the LL words / counters (spread the pollers)
+constexpr int kCounterStride = 32;  // ints between two counter replicas: one per 128-byte line
 enum Stream : int { kNoStream, kCopies, kPrefetch };
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -68,6 +78,8 @@ struct ExchangeArgs {
   uint32_t* words;     // [2][kRow]: the LL form's words, by round parity
   int* counter;
   int form;
+  int replicas;    // LL: copies of the words, counter: copies of the counter; CTA b polls copy b % replicas
+  int backoff_ns;  // LL: sleep between two polls that failed
   int stream;
   int in_flight;  // kCopies: copies in flight per SM at most
   int gap;        // kPrefetch: cycles between two prefetches of a page
@@ -127,16 +139,25 @@ __device__ void stream_weights(const ExchangeArgs& a, unsigned char* ring, uint6
 __device__ void exchange(const ExchangeArgs& a, int r, int r0, int r1, uint32_t* x) {
   const int t = static_cast<int>(threadIdx.x), G = static_cast<int>(gridDim.x);
   auto value = [&](int i) { return __float2bfloat16_rn(1e-3f * static_cast<float>(r + i)); };
-  if (a.form == kCounter) {
+  if (a.form == kCounter || a.form == kCounterNoFence) {
     __nv_bfloat16* row = a.row + (r & 1) * kRow;
     for (int i = r0 + t; i < r1; i += kWorkers)
       row[i] = value(i);
     bar_workers();
     if (t == 0) {
-      asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(a.counter) : "memory");
+      if (a.form == kCounterNoFence) {
+        asm volatile("red.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(a.counter) : "memory");
+      } else if (a.replicas == 1) {
+        asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(a.counter) : "memory");
+      } else {  // one fence, then a relaxed arrival on every copy
+        asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+        for (int k = 0; k < a.replicas; ++k)
+          asm volatile("red.relaxed.gpu.global.add.s32 [%0], 1;\n" ::"l"(a.counter + k * kCounterStride) : "memory");
+      }
+      const int* mine = a.counter + (static_cast<int>(blockIdx.x) % a.replicas) * kCounterStride;
       int v = 0;
       do {
-        asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(a.counter) : "memory");
+        asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(mine) : "memory");
       } while (v < (r + 1) * G);
     }
     bar_workers();
@@ -146,20 +167,24 @@ __device__ void exchange(const ExchangeArgs& a, int r, int r0, int r1, uint32_t*
     // Flags r + 1 (never 0: the words start zeroed), two buffers by round parity: a CTA
     // writes round r + 2 only after every CTA has read round r + 1, hence round r.
     const uint32_t flag = static_cast<uint32_t>(r + 1) & 0xffffu;
-    uint32_t* words = a.words + (r & 1) * kRow;
+    uint32_t* words = a.words + (r & 1) * kMaxReplicas * kRow;
     for (int i = r0 + t; i < r1; i += kWorkers) {
       const __nv_bfloat16 b = value(i);
       const uint32_t w = (flag << 16) | *reinterpret_cast<const uint16_t*>(&b);
-      asm volatile("st.relaxed.gpu.global.b32 [%0], %1;\n" ::"l"(words + i), "r"(w) : "memory");
+      for (int k = 0; k < a.replicas; ++k)
+        asm volatile("st.relaxed.gpu.global.b32 [%0], %1;\n" ::"l"(words + k * kRow + i), "r"(w) : "memory");
     }
+    const uint32_t* mine = words + (static_cast<int>(blockIdx.x) % a.replicas) * kRow;
     for (int i = t; i < kRow / 4; i += kWorkers) {
       uint4 v;
-      do {
+      for (;;) {
         asm volatile("ld.relaxed.gpu.global.v4.b32 {%0,%1,%2,%3}, [%4];\n"
                      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                     : "l"(words + 4 * i)
+                     : "l"(mine + 4 * i)
                      : "memory");
-      } while ((v.x >> 16) != flag || (v.y >> 16) != flag || (v.z >> 16) != flag || (v.w >> 16) != flag);
+        if ((v.x >> 16) == flag && (v.y >> 16) == flag && (v.z >> 16) == flag && (v.w >> 16) == flag) break;
+        if (a.backoff_ns > 0) __nanosleep(a.backoff_ns);
+      }
       x[2 * i] = (v.x & 0xffffu) | (v.y << 16);
       x[2 * i + 1] = (v.z & 0xffffu) | (v.w << 16);
     }
@@ -222,8 +247,8 @@ Result run_exchange(ExchangeArgs a, int ctas, unsigned long long* streamed) {
   Result best;
   best.us = 1e30;
   for (int it = 0; it < 3; ++it) {
-    check(cudaMemset(a.counter, 0, sizeof(int)), "cudaMemset");
-    check(cudaMemset(a.words, 0, 2 * kRow * sizeof(uint32_t)), "cudaMemset");
+    check(cudaMemset(a.counter, 0, kMaxReplicas * kCounterStride * sizeof(int)), "cudaMemset");
+    check(cudaMemset(a.words, 0, 2 * kMaxReplicas * kRow * sizeof(uint32_t)), "cudaMemset");
     check(cudaMemset(streamed, 0, sizeof(*streamed)), "cudaMemset");
     cudaEvent_t e0, e1;
     check(cudaEventCreate(&e0), "cudaEventCreate");
@@ -285,14 +310,15 @@ int main() {
   check(cudaMemcpy(host, out, sizeof(long long), cudaMemcpyDeviceToHost), "handoff_kernel");
   std::printf("a flag from one SM to another: %lld cycles\n", host[0]);
 
-  // 2 and 3. Exchanges.
+  // 2 to 4. Exchanges.
   ExchangeArgs a{};
   const int64_t weight_bytes = int64_t{3} << 30;
   char* weights = nullptr;
   unsigned long long* streamed = nullptr;
   check(cudaMalloc(&a.row, 2 * kRow * sizeof(__nv_bfloat16)), "cudaMalloc");
-  check(cudaMalloc(&a.words, 2 * kRow * sizeof(uint32_t)), "cudaMalloc");
-  check(cudaMalloc(&a.counter, sizeof(int)), "cudaMalloc");
+  check(cudaMalloc(&a.words, 2 * kMaxReplicas * kRow * sizeof(uint32_t)), "cudaMalloc");
+  check(cudaMalloc(&a.counter, kMaxReplicas * kCounterStride * sizeof(int)), "cudaMalloc");
+  a.replicas = 1;
   check(cudaMalloc(&a.sink, sizeof(float)), "cudaMalloc");
   check(cudaMalloc(&a.cycles, sizeof(long long)), "cudaMalloc");
   check(cudaMalloc(&streamed, sizeof(*streamed)), "cudaMalloc");
@@ -315,17 +341,36 @@ int main() {
     std::printf("\n");
   }
 
-  std::printf("\nexchange on all %d SMs under a weight stream on the same SMs (counter form):\n", sms);
-  std::printf("%-44s %10s %10s %12s\n", "stream", "us", "cycles", "copies TB/s");
-  a.form = kCounter;
-  for (int in_flight : {0, 1, 2, 4, 8}) {
-    a.stream = in_flight == 0 ? kNoStream : kCopies;
-    a.in_flight = in_flight;
-    const Result r = run_exchange(a, sms, streamed);
-    char name[64];
-    std::snprintf(name, sizeof(name), "24 KiB copies into shared memory, %d in flight", in_flight);
-    std::printf("%-44s %10.2f %10.0f %12.2f\n", in_flight == 0 ? "none" : name, r.us, r.cycles, r.tb_per_s);
+  std::printf("\nexchange on all %d SMs, HBM idle, pollers spread over copies (us per exchange / cycles):\n", sms);
+  std::printf("%8s %22s %22s %22s\n", "copies", form_name[kCounter], form_name[kLlWords], "LL words, 200 ns back-off");
+  for (int replicas : {1, 2, 4, 8, 16, 32}) {
+    std::printf("%8d", replicas);
+    for (int variant = 0; variant < 3; ++variant) {
+      a.form = variant == 0 ? kCounter : kLlWords, a.stream = kNoStream;
+      a.replicas = replicas, a.backoff_ns = variant == 2 ? 200 : 0;
+      const Result r = run_exchange(a, sms, streamed);
+      std::printf(" %13.2f / %6.0f", r.us, r.cycles);
+    }
+    std::printf("\n");
   }
+  a.replicas = 1, a.backoff_ns = 0;
+
+  std::printf("\nexchange on all %d SMs under a weight stream on the same SMs:\n", sms);
+  std::printf("%-44s %-26s %10s %10s %12s\n", "stream", "form", "us", "cycles", "copies TB/s");
+  const char* stream_forms[] = {"counter + reload", "LL words", "counter, no release fence"};
+  for (int in_flight : {0, 1, 2, 4, 8}) {
+    for (int form : {kCounter, kLlWords, kCounterNoFence}) {
+      a.form = form;
+      a.stream = in_flight == 0 ? kNoStream : kCopies;
+      a.in_flight = in_flight;
+      const Result r = run_exchange(a, sms, streamed);
+      char name[64];
+      std::snprintf(name, sizeof(name), "24 KiB copies into shared memory, %d in flight", in_flight);
+      std::printf("%-44s %-26s %10.2f %10.0f %12.2f\n", in_flight == 0 ? "none" : name, stream_forms[form], r.us,
+                  r.cycles, r.tb_per_s);
+    }
+  }
+  a.form = kCounter;
   // 1,500 cycles a page is about an SM's share of HBM at ~2 GHz; 700 asks for twice that.
   for (int gap : {3000, 1500, 700}) {
     a.stream = kPrefetch, a.gap = gap;
