@@ -75,8 +75,8 @@ __global__ void handoff_kernel(int* flag, int rounds, long long* out) {
 
 struct ExchangeArgs {
   __nv_bfloat16* row;  // [2][kRow]: the counter form's row, by round parity
-  uint32_t* words;     // [2][kRow]: the LL form's words, by round parity
-  int* counter;
+  uint32_t* words;     // [2][kMaxReplicas][kRow]: the LL form's words, by round parity and copy
+  int* counter;        // [kMaxReplicas][kCounterStride]: the counter's copies
   int form;
   int replicas;    // LL: copies of the words, counter: copies of the counter; CTA b polls copy b % replicas
   int backoff_ns;  // LL: sleep between two polls that failed
@@ -318,12 +318,12 @@ int main() {
   check(cudaMalloc(&a.row, 2 * kRow * sizeof(__nv_bfloat16)), "cudaMalloc");
   check(cudaMalloc(&a.words, 2 * kMaxReplicas * kRow * sizeof(uint32_t)), "cudaMalloc");
   check(cudaMalloc(&a.counter, kMaxReplicas * kCounterStride * sizeof(int)), "cudaMalloc");
-  a.replicas = 1;
   check(cudaMalloc(&a.sink, sizeof(float)), "cudaMalloc");
   check(cudaMalloc(&a.cycles, sizeof(long long)), "cudaMalloc");
   check(cudaMalloc(&streamed, sizeof(*streamed)), "cudaMalloc");
   check(cudaMalloc(&weights, weight_bytes), "cudaMalloc");
   check(cudaMemset(weights, 1, weight_bytes), "cudaMemset");
+  a.replicas = 1;
   a.streamed = streamed;
   a.weights = weights;
   a.share = weight_bytes / sms / kPage * kPage;
