@@ -327,7 +327,7 @@ int main() {
   a.streamed = streamed;
   a.weights = weights;
   a.share = weight_bytes / sms / kPage * kPage;
-  const char* form_name[] = {"counter + reload", "LL words"};
+  const char* form_name[] = {"counter + reload", "LL words", "counter, no release fence"};  // by Form
 
   std::printf("\nexchange of a %d-value bf16 row, HBM idle (us per exchange / cycles):\n", kRow);
   std::printf("%8s %22s %22s\n", "CTAs", form_name[kCounter], form_name[kLlWords]);
@@ -357,7 +357,6 @@ int main() {
 
   std::printf("\nexchange on all %d SMs under a weight stream on the same SMs:\n", sms);
   std::printf("%-44s %-26s %10s %10s %12s\n", "stream", "form", "us", "cycles", "copies TB/s");
-  const char* stream_forms[] = {"counter + reload", "LL words", "counter, no release fence"};
   for (int in_flight : {0, 1, 2, 4, 8}) {
     for (int form : {kCounter, kLlWords, kCounterNoFence}) {
       a.form = form;
@@ -366,8 +365,8 @@ int main() {
       const Result r = run_exchange(a, sms, streamed);
       char name[64];
       std::snprintf(name, sizeof(name), "24 KiB copies into shared memory, %d in flight", in_flight);
-      std::printf("%-44s %-26s %10.2f %10.0f %12.2f\n", in_flight == 0 ? "none" : name, stream_forms[form], r.us,
-                  r.cycles, r.tb_per_s);
+      std::printf("%-44s %-26s %10.2f %10.0f %12.2f\n", in_flight == 0 ? "none" : name, form_name[form], r.us, r.cycles,
+                  r.tb_per_s);
     }
   }
   a.form = kCounter;
