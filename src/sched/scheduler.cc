@@ -184,6 +184,11 @@ std::optional<FinishReason> Scheduler::check_stop(const Request& request) const 
 
 void Scheduler::append_token(Request& request, int32_t token_id, std::vector<SequenceOutput>* outputs) {
   request.token_ids.push_back(token_id);
+  record_token(request, outputs);
+}
+
+void Scheduler::record_token(Request& request, std::vector<SequenceOutput>* outputs) {
+  const int32_t token_id = request.token_ids.back();
   SequenceOutput out;
   out.request_id = request.request_id;
   out.group_id = request.group_id;
@@ -241,6 +246,60 @@ std::vector<SequenceOutput> Scheduler::update(const SchedulerOutput& output, std
       fork_choices(request, std::span<const int32_t>(s.token_ids).subspan(1), &outputs);
     }
     append_token(request, s.token_ids.front(), &outputs);
+  }
+  return outputs;
+}
+
+bool Scheduler::can_schedule_ahead(const SchedulerOutput& in_flight) const {
+  if (in_flight.empty() || !pending_copies_.empty()) return false;
+  if (!waiting_.empty() && static_cast<int32_t>(running_.size()) < config_.max_num_seqs) return false;
+  size_t num_running = 0;
+  for (const ScheduledSequence& seq : in_flight.sequences) {
+    if (seq.token_ids.size() != 1 || !seq.sample) return false;
+    const Request* request = find(seq.request_id);
+    if (request == nullptr) continue;  // finished since
+    if (request->status != RequestStatus::kRunning || request->num_pending_forks > 0 ||
+        request->num_computed_tokens != seq.start_pos || request->num_tokens() != seq.start_pos + 1 ||
+        request->token_ids.back() == kPendingToken) {
+      return false;
+    }
+    ++num_running;
+  }
+  return num_running == running_.size() && num_running <= static_cast<size_t>(config_.max_num_batched_tokens);
+}
+
+SchedulerOutput Scheduler::schedule_ahead(const SchedulerOutput& in_flight) {
+  assert(can_schedule_ahead(in_flight));
+  SchedulerOutput output;
+  for (const ScheduledSequence& seq : in_flight.sequences) {
+    auto it = requests_.find(seq.request_id);
+    if (it == requests_.end()) continue;
+    Request& request = it->second;
+    // What update() does with the step's computed token, then a placeholder for its sample.
+    request.num_computed_tokens += 1;
+    kv_.commit_computed(request.kv_view());
+    request.token_ids.push_back(kPendingToken);
+    // Ends by length whatever it samples: nothing to compute for it next.
+    if (request.num_output_tokens() >= request.stop.max_tokens || request.num_tokens() >= config_.max_model_len)
+      continue;
+    if (!kv_.allocate_slots(request.kv_view(), 1).has_value()) continue;  // schedule() will preempt
+    emit(request, 1, &output);
+  }
+  return output;
+}
+
+std::vector<SequenceOutput> Scheduler::resolve(const SchedulerOutput& in_flight,
+                                               std::span<const SampledTokens> sampled) {
+  (void)in_flight;  // advanced by schedule_ahead already
+  std::vector<SequenceOutput> outputs;
+  outputs.reserve(sampled.size());
+  for (const SampledTokens& s : sampled) {
+    auto it = requests_.find(s.request_id);
+    if (it == requests_.end() || s.token_ids.empty()) continue;
+    Request& request = it->second;
+    if (request.token_ids.back() != kPendingToken) continue;  // not advanced by schedule_ahead
+    request.token_ids.back() = s.token_ids.front();
+    record_token(request, &outputs);
   }
   return outputs;
 }

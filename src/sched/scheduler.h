@@ -108,6 +108,26 @@ class Scheduler {
   // sampled token; sequences that finished are removed and their blocks freed.
   std::vector<SequenceOutput> update(const SchedulerOutput& output, std::span<const SampledTokens> sampled);
 
+  // Overlapped decoding (the engine's async scheduling): the next step is scheduled while
+  // `in_flight`, a decode-only step (one token per sequence, each sampled), still runs and
+  // before its tokens are known, so the host's work between steps overlaps the device's.
+  //
+  // can_schedule_ahead: whether schedule() would schedule exactly in_flight's sequences
+  // again: each of them still running (or finished since), every running sequence among
+  // them, and no waiting request that schedule() could admit now.
+  bool can_schedule_ahead(const SchedulerOutput& in_flight) const;
+  // Advances in_flight's sequences as update() would, each with kPendingToken in place of
+  // the token still being sampled, and schedules the next step: one kPendingToken per
+  // sequence that goes on whatever it samples (not ended by length) and gets its KV slot
+  // without preempting (the others wait for schedule()). Only after can_schedule_ahead;
+  // in_flight's tokens must then be given to resolve(), not update().
+  SchedulerOutput schedule_ahead(const SchedulerOutput& in_flight);
+  // update() for a step that schedule_ahead() advanced: the sampled tokens replace the
+  // placeholders and sequences that stop end here (the step scheduled ahead computed
+  // one token too many for them; its tokens for ended sequences are ignored).
+  std::vector<SequenceOutput> resolve(const SchedulerOutput& in_flight, std::span<const SampledTokens> sampled);
+  static constexpr int32_t kPendingToken = -1;
+
   // Ends a queued or running sequence from outside (cancel, deadline, stop string): its
   // blocks are freed. False for an unknown (e.g. already finished) id.
   bool finish_request(RequestId request_id, FinishReason reason);
@@ -131,6 +151,8 @@ class Scheduler {
   void fork_choices(Request& parent, std::span<const int32_t> child_tokens, std::vector<SequenceOutput>* outputs);
   // Appends a sampled token, decides whether the sequence ends; records the output.
   void append_token(Request& request, int32_t token_id, std::vector<SequenceOutput>* outputs);
+  // The output for the request's last token; ends the request when it stops there.
+  void record_token(Request& request, std::vector<SequenceOutput>* outputs);
   std::optional<FinishReason> check_stop(const Request& request) const;
   void remove(RequestId request_id);
 

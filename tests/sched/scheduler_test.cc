@@ -254,6 +254,135 @@ TEST(SchedulerTest, ContextLengthEndsGeneration) {
   EXPECT_EQ(all.back().finish_reason, FinishReason::kLength);
 }
 
+// The token a test "model" samples: a function of the sequence and the output index only,
+// so every way of scheduling the same requests must produce the same outputs. EOS at
+// output index `eos_at` (-1: never).
+int32_t token_at(RequestId id, int32_t output_index, int32_t eos_at) {
+  if (output_index == eos_at) return kEos;
+  return 10 + static_cast<int32_t>((id * 7 + output_index) % 50);
+}
+
+struct Produced {
+  std::map<RequestId, std::vector<int32_t>> tokens;
+  std::map<RequestId, FinishReason> reasons;
+  void record(const std::vector<SequenceOutput>& outputs) {
+    for (const SequenceOutput& o : outputs) {
+      tokens[o.request_id].push_back(o.token_id);
+      if (o.finish_reason) reasons[o.request_id] = *o.finish_reason;
+    }
+  }
+};
+
+std::vector<SampledTokens> sample_step(const Scheduler& s, const SchedulerOutput& out,
+                                       const std::map<RequestId, int32_t>& eos_at) {
+  std::vector<SampledTokens> sampled;
+  for (const ScheduledSequence& seq : out.sequences) {
+    if (!seq.sample) continue;
+    const Request* r = s.find(seq.request_id);
+    if (r == nullptr) continue;  // ended while this step ran (its row is dropped)
+    const int32_t index = seq.start_pos + static_cast<int32_t>(seq.token_ids.size()) - r->num_prompt_tokens;
+    sampled.push_back(SampledTokens{seq.request_id, {token_at(seq.request_id, index, eos_at.at(seq.request_id))}});
+  }
+  return sampled;
+}
+
+// Adds the same requests to a scheduler: varied prompts, limits and EOS positions.
+std::map<RequestId, int32_t> add_mixed(Harness& h, int count) {
+  std::map<RequestId, int32_t> eos_at;
+  for (int i = 0; i < count; ++i) {
+    const RequestId id = 1 + i;
+    h.add(make_request(id, 3 + (i * 5) % 11, 4 + (i * 3) % 13, 1 + i));
+    eos_at[id] = i % 3 == 0 ? 2 + i % 5 : -1;
+  }
+  return eos_at;
+}
+
+Produced run_sync(Harness& h, const std::map<RequestId, int32_t>& eos_at) {
+  Produced p;
+  while (h.scheduler.has_unfinished_requests()) {
+    SchedulerOutput out = h.scheduler.schedule();
+    p.record(h.scheduler.update(out, sample_step(h.scheduler, out, eos_at)));
+    EXPECT_TRUE(h.scheduler.kv_cache().check_invariants().ok());
+  }
+  return p;
+}
+
+// The engine's overlapped loop: while a step "runs", the next is scheduled ahead when it
+// can be; the step's tokens arrive afterwards. Returns the steps scheduled ahead.
+int run_ahead(Harness& h, const std::map<RequestId, int32_t>& eos_at, Produced* p) {
+  int ahead = 0;
+  SchedulerOutput in_flight = h.scheduler.schedule();
+  while (!in_flight.empty() || h.scheduler.has_unfinished_requests()) {
+    SchedulerOutput next;
+    const bool advanced = h.scheduler.can_schedule_ahead(in_flight);
+    if (advanced) {
+      next = h.scheduler.schedule_ahead(in_flight);
+      ahead += next.empty() ? 0 : 1;
+      for (const ScheduledSequence& seq : next.sequences) {
+        EXPECT_EQ(seq.token_ids, std::vector<int32_t>{Scheduler::kPendingToken});
+        EXPECT_TRUE(seq.sample);
+      }
+    }
+    // The tokens of `in_flight` become known only now.
+    const std::vector<SampledTokens> sampled = sample_step(h.scheduler, in_flight, eos_at);
+    p->record(advanced ? h.scheduler.resolve(in_flight, sampled) : h.scheduler.update(in_flight, sampled));
+    EXPECT_TRUE(h.scheduler.kv_cache().check_invariants().ok());
+    if (!advanced || next.empty()) next = h.scheduler.schedule();
+    in_flight = std::move(next);
+  }
+  return ahead;
+}
+
+TEST(SchedulerTest, SchedulingAheadProducesWhatUpdateDoes) {
+  for (int num_blocks : {64, 12}) {  // 12: sequences are preempted or wait for blocks
+    Harness sync(config(8, 32, 64), num_blocks);
+    Harness overlapped(config(8, 32, 64), num_blocks);
+    const std::map<RequestId, int32_t> eos_at = add_mixed(sync, 10);
+    add_mixed(overlapped, 10);
+    const Produced expected = run_sync(sync, eos_at);
+    Produced got;
+    const int ahead = run_ahead(overlapped, eos_at, &got);
+    EXPECT_GT(ahead, 3) << num_blocks;
+    EXPECT_EQ(got.tokens, expected.tokens) << num_blocks;
+    EXPECT_EQ(got.reasons, expected.reasons) << num_blocks;
+    EXPECT_EQ(overlapped.scheduler.kv_cache().stats().num_used_blocks, 0) << num_blocks;
+  }
+}
+
+TEST(SchedulerTest, SchedulesAheadOnlyWhatScheduleWould) {
+  Harness h(config(2, 32), 64);
+  h.add(make_request(1, 5, 10));
+  SchedulerOutput prefill = h.scheduler.schedule();
+  EXPECT_FALSE(h.scheduler.can_schedule_ahead(prefill));  // not a decode step
+  h.scheduler.update(prefill, {{SampledTokens{1, {7}}}});
+  SchedulerOutput decode = h.scheduler.schedule();
+  ASSERT_TRUE(h.scheduler.can_schedule_ahead(decode));
+  h.add(make_request(2, 5, 10));  // waiting, and a slot is free: schedule() must admit it
+  EXPECT_FALSE(h.scheduler.can_schedule_ahead(decode));
+  h.scheduler.update(decode, {{SampledTokens{1, {8}}}});
+  SchedulerOutput both = h.scheduler.schedule();
+  h.scheduler.update(both, {{SampledTokens{1, {9}}, SampledTokens{2, {9}}}});
+  SchedulerOutput decode2 = h.scheduler.schedule();
+  ASSERT_EQ(decode2.sequences.size(), 2u);
+  h.add(make_request(3, 5, 10));  // waits: max_num_seqs is reached
+  ASSERT_TRUE(h.scheduler.can_schedule_ahead(decode2));
+  SchedulerOutput ahead = h.scheduler.schedule_ahead(decode2);
+  ASSERT_EQ(ahead.sequences.size(), 2u);
+  EXPECT_EQ(ahead.sequences[0].start_pos, decode2.sequences[0].start_pos + 1);
+  EXPECT_EQ(h.scheduler.find(1)->token_ids.back(), Scheduler::kPendingToken);
+  // Request 1 stops at EOS: it ends at resolve(); its token in `ahead` is dropped later.
+  auto outputs = h.scheduler.resolve(decode2, {{SampledTokens{1, {kEos}}, SampledTokens{2, {11}}}});
+  ASSERT_EQ(outputs.size(), 2u);
+  EXPECT_EQ(outputs[0].finish_reason, FinishReason::kStop);
+  EXPECT_EQ(h.scheduler.find(1), nullptr);
+  EXPECT_EQ(h.scheduler.find(2)->token_ids.back(), 11);
+  EXPECT_FALSE(h.scheduler.can_schedule_ahead(ahead));  // request 3 can be admitted now
+  outputs = h.scheduler.update(ahead, {{SampledTokens{1, {5}}, SampledTokens{2, {12}}}});
+  ASSERT_EQ(outputs.size(), 1u);
+  EXPECT_EQ(outputs[0].request_id, 2);
+  EXPECT_TRUE(h.scheduler.kv_cache().check_invariants().ok());
+}
+
 TEST(SchedulerConfigTest, Validates) {
   EXPECT_TRUE(config(1, 1).validate().ok());
   EXPECT_FALSE(config(0, 1).validate().ok());
