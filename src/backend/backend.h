@@ -152,6 +152,14 @@ struct NormedInput {
   TensorView scratch;
 };
 
+// A sample_async in flight: its ids [rows] i32 in backend memory, and the staging slot
+// they came through.
+struct AsyncSample {
+  const int32_t* ids = nullptr;
+  int64_t rows = 0;
+  int slot = -1;
+};
+
 // One decoder layer's weights (model/arch/dense_decoder.h builds them): what
 // Backend::decoder_stack reads.
 struct DecoderLayerWeights {
@@ -298,6 +306,32 @@ class Backend {
     (void)logits;
     (void)batch;
     return Unimplemented("device sampling is not supported by {}", name());
+  }
+
+  // Overlapped steps (optional): sample() in two halves, so the host can enqueue the next
+  // step before this one's ids are back. sample_async enqueues the sampling and the ids'
+  // read-back and returns at once; the ids stay in backend memory (AsyncSample::ids, for
+  // select_tokens) until the second sample_async after it; wait_sampled blocks until they
+  // are on the host. At most two may be outstanding, waited for in order.
+  virtual bool supports_async_sampling() const { return false; }
+  virtual Result<AsyncSample> sample_async(TensorView logits, const DeviceSamplingBatch& batch) {
+    (void)logits;
+    (void)batch;
+    return Unimplemented("asynchronous sampling is not supported by {}", name());
+  }
+  virtual Status wait_sampled(const AsyncSample& sample, std::span<int32_t> tokens) {
+    (void)sample;
+    (void)tokens;
+    return Unimplemented("asynchronous sampling is not supported by {}", name());
+  }
+  // ids[i] <- from.ids[rows[i]] for every i with 0 <= rows[i] < from.rows (ids, rows: [n] i32
+  // in backend memory): a step's input tokens taken from the ids an earlier step sampled,
+  // before the host has seen them.
+  virtual Status select_tokens(TensorView ids, const AsyncSample& from, const TensorView& rows) {
+    (void)ids;
+    (void)from;
+    (void)rows;
+    return Unimplemented("select_tokens is not supported by {}", name());
   }
 
  protected:

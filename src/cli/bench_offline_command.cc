@@ -43,6 +43,7 @@ struct BenchOfflineArgs {
   uint64_t seed = 0;
   bool json = false;
   bool enforce_eager = false;
+  bool no_async_scheduling = false;
 };
 
 struct BatchResult {
@@ -90,6 +91,7 @@ Result<BatchResult> run_batch(CausalLM& model, Backend& backend, const BenchOffl
   config.kv_dtype = kv_dtype;
   config.enable_prefix_caching = false;
   if (args.enforce_eager) config.max_graph_batch = 0;
+  config.async_scheduling = !args.no_async_scheduling;
   Logger log = make_stderr_logger("bench", "warn");
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::create(model, backend, nullptr, config, log));
 
@@ -224,6 +226,8 @@ void add_bench_offline(CLI::App& bench, CommandRunner* runner) {
   app->add_option("--seed", args->seed, "Seed of the random prompts")->capture_default_str();
   app->add_flag("--json", args->json, "One JSON object instead of the table");
   app->add_flag("--enforce-eager", args->enforce_eager, "No CUDA graphs for decode steps");
+  app->add_flag("--no-async-scheduling", args->no_async_scheduling,
+                "Wait for each decode step's tokens before scheduling the next");
   app->callback([runner, args] {
     *runner = [args] {
       Status s = run_bench_offline(*args);

@@ -22,6 +22,9 @@ void add_engine_flags(CLI::App& app, EngineFlags* f) {
       ->capture_default_str();
   app.add_flag("--enforce-eager", f->enforce_eager,
                "GPU backends: launch every op of every step from the host (no CUDA graphs for decode steps)");
+  app.add_flag("--no-async-scheduling", f->no_async_scheduling,
+               "GPU backends: wait for each decode step's tokens before scheduling the next (no overlap of the "
+               "host's work with the device's)");
   app.add_option("--kv-dtype", f->kv_dtype, "KV cache dtype: f32, f16, bf16")->capture_default_str();
   app.add_flag("--no-prefix-caching", f->no_prefix_caching, "Do not reuse KV blocks of earlier prompts");
   app.add_flag("--no-chunked-prefill", f->no_chunked_prefill, "Prefill each prompt in one step");
@@ -87,6 +90,7 @@ Result<EngineConfig> engine_config_from_flags(const EngineFlags& f) {
     return InvalidArgument("--gpu-memory-utilization must be in (0, 1]");
   config.gpu_memory_utilization = f.gpu_memory_utilization;
   if (f.enforce_eager) config.max_graph_batch = 0;
+  config.async_scheduling = !f.no_async_scheduling;
   if (f.batch_window_ms < 0) return InvalidArgument("--batch-window-ms must be >= 0");
   config.batch_window = std::chrono::milliseconds(f.batch_window_ms);
   config.seed = f.seed;
@@ -107,6 +111,7 @@ nlohmann::ordered_json engine_stats_json(const EngineStats& s) {
     histogram[label] = s.batch_size_histogram[b];
   }
   return nlohmann::ordered_json{{"steps", s.num_steps},
+                                {"overlapped_steps", s.num_overlapped_steps},
                                 {"requests_finished", s.requests_finished},
                                 {"requests_failed", s.requests_failed},
                                 {"finished_by_reason", by_reason},

@@ -242,15 +242,20 @@ EngineStats Engine::stats() const {
 
 void Engine::loop() {
   for (;;) {
-    if (!drain_inbox(/*wait_for_work=*/!scheduler_->has_unfinished_requests())) break;
+    if (!drain_inbox(/*wait_for_work=*/!scheduler_->has_unfinished_requests() && !in_flight_)) break;
     expire_deadlines(SteadyClock::now());
-    if (scheduler_->has_unfinished_requests()) {
+    if (scheduler_->has_unfinished_requests() || in_flight_) {
       step();
       if (config_.debug_step_delay.count() > 0) std::this_thread::sleep_for(config_.debug_step_delay);
     }
     deliver_events();
   }
-  // Shutting down: everything still pending ends as aborted.
+  // Shutting down: a step still on the device is waited for (its buffers belong to the
+  // runner), then everything still pending ends as aborted.
+  if (in_flight_) {
+    (void)runner_->wait(std::move(in_flight_->pending));
+    in_flight_.reset();
+  }
   std::vector<Submission> leftover;
   {
     std::lock_guard lock(inbox_mutex_);
@@ -339,9 +344,73 @@ void Engine::expire_deadlines(SteadyClock::time_point now) {
 }
 
 void Engine::step() {
+  if (in_flight_) return step_overlapped();
   const auto start = SteadyClock::now();
   SchedulerOutput output = scheduler_->schedule();
   if (output.empty()) return;
+  note_scheduled(output, start);
+  DeviceSamplingBatch device_batch;
+  const bool device_sampling = prepare_device_sampling(output);
+  if (device_sampling) device_batch = device_batch_.batch();
+  if (device_sampling && config_.async_scheduling && runner_->can_launch(output)) {
+    Result<ModelRunner::PendingStep> launched = runner_->launch(output, device_batch);
+    if (!launched.ok()) return fail_step(output, launched.status());
+    in_flight_ = InFlight{std::move(output), std::move(*launched), start};
+    return step_overlapped();
+  }
+  Result<RunnerOutput> result = runner_->execute(output, device_sampling ? &device_batch : nullptr);
+  if (!result.ok()) return fail_step(output, result.status());
+  finish_step(output, *result, /*advanced=*/false, start);
+}
+
+void Engine::step_overlapped() {
+  InFlight current = std::move(*in_flight_);
+  in_flight_.reset();
+  // The next step, scheduled and enqueued before this one's tokens are back.
+  bool advanced = false;
+  if (config_.async_scheduling && scheduler_->can_schedule_ahead(current.output) &&
+      samples_without_history(current.output)) {
+    const auto start = SteadyClock::now();
+    SchedulerOutput ahead = scheduler_->schedule_ahead(current.output);
+    advanced = true;
+    if (!ahead.empty()) {
+      // Each sequence's input token is its sample in `current` (all of current's rows sample).
+      std::unordered_map<RequestId, int32_t> row_of;
+      for (size_t i = 0; i < current.output.sequences.size(); ++i)
+        row_of.emplace(current.output.sequences[i].request_id, static_cast<int32_t>(i));
+      std::vector<int32_t> rows;
+      rows.reserve(ahead.sequences.size());
+      for (const ScheduledSequence& seq : ahead.sequences)
+        rows.push_back(row_of.at(seq.request_id));
+      const TokenSource source{current.pending.sample, rows};
+      Status status = prepare_device_sampling(ahead)
+                          ? OkStatus()
+                          : Internal("a step scheduled ahead cannot be sampled on the device");
+      Result<ModelRunner::PendingStep> launched = status.ok() ? runner_->launch(ahead, device_batch_.batch(), &source)
+                                                              : Result<ModelRunner::PendingStep>(status);
+      if (launched.ok()) {
+        counters_.num_overlapped_steps += 1;
+        in_flight_ = InFlight{std::move(ahead), std::move(*launched), start};
+      } else {
+        fail_step(ahead, launched.status());
+      }
+    }
+  }
+  Result<RunnerOutput> result = runner_->wait(std::move(current.pending));
+  if (!result.ok()) {
+    // The step after it took its input tokens from this one: it fails too.
+    if (in_flight_) {
+      InFlight next = std::move(*in_flight_);
+      in_flight_.reset();
+      (void)runner_->wait(std::move(next.pending));
+      fail_step(next.output, result.status());
+    }
+    return fail_step(current.output, result.status());
+  }
+  finish_step(current.output, *result, advanced, current.start);
+}
+
+void Engine::note_scheduled(const SchedulerOutput& output, SteadyClock::time_point start) {
   for (const ScheduledSequence& seq : output.sequences) {
     auto it = sequences_.find(seq.request_id);
     if (it == sequences_.end()) continue;
@@ -352,24 +421,32 @@ void Engine::step() {
       group.cached_tokens = request != nullptr ? std::max(request->num_cached_tokens, 0) : 0;
     }
   }
-  DeviceSamplingBatch device_batch;
-  const bool device_sampling = prepare_device_sampling(output);
-  if (device_sampling) device_batch = device_batch_.batch();
-  Result<RunnerOutput> result = runner_->execute(output, device_sampling ? &device_batch : nullptr);
-  if (!result.ok()) {
-    // A failed step fails the requests in it; the engine keeps serving the others.
-    logger_->error("engine step failed: {}", result.status().to_string());
-    std::vector<RequestId> failed;
-    for (const ScheduledSequence& seq : output.sequences) {
-      auto it = sequences_.find(seq.request_id);
-      if (it != sequences_.end()) failed.push_back(it->second->group_id);
-    }
-    for (RequestId id : failed) {
-      if (groups_.count(id) != 0) finish_group_sequences(id, FinishReason::kError, result.status());
-    }
-    return;
+}
+
+void Engine::fail_step(const SchedulerOutput& output, const Status& status) {
+  logger_->error("engine step failed: {}", status.to_string());
+  std::vector<RequestId> failed;
+  for (const ScheduledSequence& seq : output.sequences) {
+    auto it = sequences_.find(seq.request_id);
+    if (it != sequences_.end()) failed.push_back(it->second->group_id);
   }
-  RunnerOutput& logits = *result;
+  for (RequestId id : failed) {
+    if (groups_.count(id) != 0) finish_group_sequences(id, FinishReason::kError, status);
+  }
+}
+
+bool Engine::samples_without_history(const SchedulerOutput& output) const {
+  for (const ScheduledSequence& seq : output.sequences) {
+    auto it = sequences_.find(seq.request_id);
+    if (it == sequences_.end()) continue;
+    const SamplingParams& p = it->second->sampler.params();
+    if (p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) return false;
+  }
+  return true;
+}
+
+void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bool advanced,
+                         SteadyClock::time_point start) {
   std::vector<SampledTokens> sampled;
   std::unordered_map<RequestId, SampledToken> details;
   std::vector<float> scratch;
@@ -397,7 +474,8 @@ void Engine::step() {
     }
     sampled.push_back(std::move(tokens));
   }
-  const std::vector<SequenceOutput> outputs = scheduler_->update(output, sampled);
+  const std::vector<SequenceOutput> outputs =
+      advanced ? scheduler_->resolve(output, sampled) : scheduler_->update(output, sampled);
   for (const SequenceOutput& out : outputs) {
     auto it = details.find(out.request_id);
     handle_output(out, it == details.end() ? nullptr : &it->second);
@@ -406,7 +484,10 @@ void Engine::step() {
   counters_.computed_tokens += output.num_tokens;
   counters_.batch_size_histogram[static_cast<size_t>(
       histogram_bucket(output.sequences.size(), counters_.batch_size_histogram.size()))] += 1;
-  counters_.busy_seconds += seconds_between(start, SteadyClock::now());
+  // Overlapped steps share wall time: count each stretch once.
+  const auto now = SteadyClock::now();
+  counters_.busy_seconds += seconds_between(std::max(start, last_step_end_), now);
+  last_step_end_ = now;
 }
 
 bool Engine::prepare_device_sampling(const SchedulerOutput& output) {

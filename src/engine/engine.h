@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -49,6 +50,12 @@ struct EngineConfig {
   // Decode-only steps of up to this many sequences replay CUDA graphs (when the backend has
   // them); 0 runs every step eagerly (--enforce-eager).
   int32_t max_graph_batch = 256;
+  // Overlapped decoding: while a decode step runs on the device, the next one is scheduled
+  // and enqueued (its input tokens taken on the device from this step's samples), and this
+  // step's outputs are handled while the next runs. Only where the backend samples
+  // asynchronously (CUDA), for graph-replayed decode steps whose rows need no token history
+  // (no penalties, logprobs or logit bias); other steps run one after another.
+  bool async_scheduling = true;
   DType kv_dtype = DType::kF32;
   bool enable_prefix_caching = true;
   std::chrono::milliseconds batch_window{0};
@@ -98,6 +105,18 @@ class Engine final : public EngineClient {
   void admit(Submission submission);
   void expire_deadlines(SteadyClock::time_point now);
   void step();
+  // The overlapped half of step(): schedules and launches the step after in_flight_ when it
+  // can, then waits for in_flight_'s tokens and hands them out.
+  void step_overlapped();
+  // Records when the step's requests were first scheduled.
+  void note_scheduled(const SchedulerOutput& output, SteadyClock::time_point start);
+  // A failed step fails the requests in it; the engine keeps serving the others.
+  void fail_step(const SchedulerOutput& output, const Status& status);
+  // Whether every row of a decode step can be sampled without the token it is waiting for
+  // (no penalty history), so the next step can be scheduled before its tokens are known.
+  bool samples_without_history(const SchedulerOutput& output) const;
+  // Scheduler outputs for the sampled tokens, then events and counters for the step.
+  void finish_step(const SchedulerOutput& output, RunnerOutput& logits, bool advanced, SteadyClock::time_point start);
   // Fills device_batch_ for this step's sampled rows; false when a row needs the host
   // Sampler (logprobs, logit bias, n > 1 forks) or the backend cannot sample.
   bool prepare_device_sampling(const SchedulerOutput& output);
@@ -119,6 +138,15 @@ class Engine final : public EngineClient {
   std::unique_ptr<ModelRunner> runner_;
   DeviceSamplingBatchBuilder device_batch_;
   std::unique_ptr<Scheduler> scheduler_;  // loop thread only
+
+  // A step launched on the device whose tokens are not back yet (async_scheduling).
+  struct InFlight {
+    SchedulerOutput output;
+    ModelRunner::PendingStep pending;
+    SteadyClock::time_point start;
+  };
+  std::optional<InFlight> in_flight_;  // loop thread only
+  SteadyClock::time_point last_step_end_;
 
   // Inbox (any thread).
   std::mutex inbox_mutex_;

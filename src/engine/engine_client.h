@@ -88,6 +88,7 @@ struct EngineStats {
   int64_t computed_tokens = 0;  // tokens run through the model (prefill + decode + recompute)
   int64_t generated_tokens = 0;
   int64_t num_steps = 0;
+  int64_t num_overlapped_steps = 0;  // steps launched while the one before was still running
   int64_t requests_finished = 0;
   int64_t requests_failed = 0;
   std::vector<int64_t> finished_by_reason = std::vector<int64_t>(5, 0);  // indexed by FinishReason

@@ -11,7 +11,7 @@ constexpr int32_t kMinWidth = 8;
 
 // Fields of the packed input buffer, in order; all i32.
 struct Offsets {
-  int64_t ids, positions, slots, query_start, kv_lens, logits_rows, tables, total;
+  int64_t ids, positions, slots, query_start, kv_lens, logits_rows, tables, source_rows, total;
 };
 
 Offsets offsets_of(int64_t padded, int64_t width) {
@@ -23,7 +23,8 @@ Offsets offsets_of(int64_t padded, int64_t width) {
   o.kv_lens = 4 * padded + 1;
   o.logits_rows = 5 * padded + 1;
   o.tables = 6 * padded + 1;
-  o.total = o.tables + padded * width;
+  o.source_rows = o.tables + padded * width;
+  o.total = o.source_rows + padded;
   return o;
 }
 
@@ -86,8 +87,12 @@ ForwardInput DecodeGraphs::layout(int32_t padded, int32_t width) const {
 }
 
 Result<TensorView> DecodeGraphs::run(std::span<const ScheduledSequence> sequences,
-                                     std::span<const KvCacheLayer> kv_cache) {
+                                     std::span<const KvCacheLayer> kv_cache, const TokenSource* source) {
   if (!accepts(sequences)) return FailedPrecondition("decode graphs: this step is not a decode-only batch");
+  if (source != nullptr && source->rows.size() != sequences.size()) {
+    return InvalidArgument("decode graphs: {} token source rows for {} sequences", source->rows.size(),
+                           sequences.size());
+  }
   const auto b = static_cast<int32_t>(sequences.size());
   const int32_t padded = padded_size(b);
   int64_t max_blocks = 1;
@@ -110,7 +115,10 @@ Result<TensorView> DecodeGraphs::run(std::span<const ScheduledSequence> sequence
     const bool real = i < b;
     const ScheduledSequence* seq = real ? &sequences[static_cast<size_t>(i)] : nullptr;
     const int32_t pos = real ? seq->start_pos : 0;
-    host_[static_cast<size_t>(o.ids + i)] = real ? seq->token_ids[0] : 0;
+    const int32_t source_row = real && source != nullptr ? source->rows[static_cast<size_t>(i)] : -1;
+    // A token still on the device is written by select_tokens below (0 until then).
+    host_[static_cast<size_t>(o.ids + i)] = real && source_row < 0 ? seq->token_ids[0] : 0;
+    host_[static_cast<size_t>(o.source_rows + i)] = source_row;
     host_[static_cast<size_t>(o.positions + i)] = pos;
     host_[static_cast<size_t>(o.slots + i)] =
         real ? seq->block_table[static_cast<size_t>(pos / block_size_)] * block_size_ + pos % block_size_ : -1;
@@ -124,6 +132,11 @@ Result<TensorView> DecodeGraphs::run(std::span<const ScheduledSequence> sequence
   }
   host_[static_cast<size_t>(o.query_start + padded)] = padded;
   RETURN_IF_ERROR(backend_.copy_to_device(inputs_.data(), host_.data(), host_.size() * sizeof(int32_t)));
+  if (source != nullptr) {
+    auto* base = static_cast<int32_t*>(inputs_.data());
+    RETURN_IF_ERROR(backend_.select_tokens(TensorView(base + o.ids, DType::kI32, {padded}), source->from,
+                                           TensorView(base + o.source_rows, DType::kI32, {padded})));
+  }
 
   const TensorView all_logits = logits_.view(DType::kF32, {padded, vocab});
   const TensorView logits = logits_.view(DType::kF32, {b, vocab});

@@ -26,6 +26,14 @@
 
 namespace bw {
 
+// Where a step's input tokens come from when the host does not know them yet (overlapped
+// steps): rows[i] is the row of `from` (an earlier step's sample_async) that holds sequence
+// i's token, or -1 for a token the host knows (ScheduledSequence::token_ids).
+struct TokenSource {
+  AsyncSample from;
+  std::span<const int32_t> rows;
+};
+
 class DecodeGraphs {
  public:
   // max_batch: the largest batch replayed (rounded up to a captured size).
@@ -36,8 +44,9 @@ class DecodeGraphs {
   bool accepts(std::span<const ScheduledSequence> sequences) const;
 
   // Runs the step and returns its logits [B, vocab] f32 in backend memory, valid until the
-  // next call.
-  Result<TensorView> run(std::span<const ScheduledSequence> sequences, std::span<const KvCacheLayer> kv_cache);
+  // next call. With `source`, the tokens it names are taken on the device.
+  Result<TensorView> run(std::span<const ScheduledSequence> sequences, std::span<const KvCacheLayer> kv_cache,
+                         const TokenSource* source = nullptr);
 
   // The padded batch size for b sequences (0 when b > max_batch).
   int32_t padded_size(int32_t b) const;
@@ -54,7 +63,8 @@ class DecodeGraphs {
   };
 
   // The batch layout of (P, W) inside inputs_: ids, positions, slots, query starts, KV
-  // lengths, logits rows, block tables.
+  // lengths, logits rows, block tables (then the source rows of TokenSource, not read by
+  // the graph).
   ForwardInput layout(int32_t padded, int32_t width) const;
 
   CausalLM& model_;

@@ -39,6 +39,32 @@ Status ModelRunner::finish(const TensorView& logits, const DeviceSamplingBatch* 
   return backend_.sample(result->sampled, logits, *sampling);
 }
 
+bool ModelRunner::can_launch(const SchedulerOutput& output) const {
+  return graphs_ != nullptr && backend_.supports_async_sampling() && graphs_->accepts(output.sequences);
+}
+
+Result<ModelRunner::PendingStep> ModelRunner::launch(const SchedulerOutput& output, const DeviceSamplingBatch& sampling,
+                                                     const TokenSource* source) {
+  if (!can_launch(output)) return FailedPrecondition("runner: this step cannot be launched asynchronously");
+  if (sampling.rows.size() != output.sequences.size()) {
+    return InvalidArgument("runner: {} sampling rows for {} sequences", sampling.rows.size(), output.sequences.size());
+  }
+  PendingStep step;
+  step.output.vocab_size = model_.config().vocab_size;
+  if (!output.block_copies.empty()) RETURN_IF_ERROR(kv_cache_.copy_blocks(backend_, output.block_copies));
+  for (const ScheduledSequence& seq : output.sequences)
+    step.output.request_ids.push_back(seq.request_id);
+  ASSIGN_OR_RETURN(TensorView logits, graphs_->run(output.sequences, kv_cache_.layers(), source));
+  ASSIGN_OR_RETURN(step.sample, backend_.sample_async(logits, sampling));
+  return step;
+}
+
+Result<RunnerOutput> ModelRunner::wait(PendingStep step) {
+  step.output.sampled.resize(step.output.request_ids.size());
+  RETURN_IF_ERROR(backend_.wait_sampled(step.sample, step.output.sampled));
+  return std::move(step.output);
+}
+
 Result<RunnerOutput> ModelRunner::execute(const SchedulerOutput& output, const DeviceSamplingBatch* sampling) {
   RunnerOutput result;
   result.vocab_size = model_.config().vocab_size;

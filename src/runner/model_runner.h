@@ -52,6 +52,20 @@ class ModelRunner {
   Result<RunnerOutput> execute(const SchedulerOutput& output, const DeviceSamplingBatch* sampling = nullptr);
   bool samples_on_device() const { return backend_.supports_device_sampling(); }
 
+  // Overlapped steps (the engine's async scheduling): launch() enqueues a step and its
+  // device sampling and returns before the ids are back; wait() returns them. Only for
+  // steps the decode graphs take, on a backend with asynchronous sampling (can_launch); at
+  // most two launched steps may be outstanding, waited for in order. `source` names the
+  // input tokens still on the device (the previous launched step's ids).
+  struct PendingStep {
+    RunnerOutput output;  // request_ids and vocab_size; sampled filled by wait()
+    AsyncSample sample;
+  };
+  bool can_launch(const SchedulerOutput& output) const;
+  Result<PendingStep> launch(const SchedulerOutput& output, const DeviceSamplingBatch& sampling,
+                             const TokenSource* source = nullptr);
+  Result<RunnerOutput> wait(PendingStep step);
+
   const KvCacheStorage& kv_cache() const { return kv_cache_; }
   // Null when graphs are off.
   const DecodeGraphs* decode_graphs() const { return graphs_.get(); }

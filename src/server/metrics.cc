@@ -221,6 +221,9 @@ std::string ServerMetrics::render(const EngineStats& stats, int http_connections
   gauge(&out, "breakwater:prefix_cache_hit_rate", "Prefix cache hits over queries since start (0..1).", m, hit_rate);
   counter(&out, "breakwater:num_preemptions_total", "Sequences preempted for KV cache space.", m,
           static_cast<double>(stats.num_preemptions));
+  counter(&out, "breakwater:num_overlapped_steps_total",
+          "Engine steps launched while the step before was still running (async scheduling).", m,
+          static_cast<double>(stats.num_overlapped_steps));
   gauge(&out, "breakwater:num_pending_requests", "Accepted requests not finished.", m, stats.num_pending_requests);
   gauge(&out, "breakwater:http_connections", "Open HTTP connections.", m, http_connections);
   gauge(&out, "breakwater:draining", "1 while the server drains before exit.", m, draining_ ? 1.0 : 0.0);

@@ -434,6 +434,63 @@ TEST_F(CudaSamplingTest, SameSeedAndStepSameTokenWhateverTheBatch) {
   EXPECT_GT(distinct.size(), 8u);
 }
 
+// Overlapped steps: two sample_async calls outstanding give what sample() gives, and
+// select_tokens copies the named rows of a pending sample into a step's ids on the device
+// (rows -1 or past the sample's rows leave the id as it was).
+TEST_F(CudaSamplingTest, AsyncSamplesAndSelectedTokens) {
+  const int64_t vocab = 4099;
+  const size_t rows_a = 37, rows_b = 12;
+  const std::vector<float> logits_a = random_logits(rows_a, vocab, 71);
+  const std::vector<float> logits_b = random_logits(rows_b, vocab, 72);
+  std::vector<DeviceSamplingRow> params_a(rows_a), params_b(rows_b);
+  for (size_t r = 0; r < rows_a; ++r) {
+    params_a[r].temperature = r % 2 == 0 ? 0.0f : 0.8f;
+    params_a[r].seed = r;
+  }
+  const std::vector<int32_t> want_a = sample(logits_a, vocab, rows_only(params_a));
+  const std::vector<int32_t> want_b = sample(logits_b, vocab, rows_only(params_b));
+
+  TensorView a = upload(logits_a, vocab);
+  TensorView b = upload(logits_b, vocab);
+  auto pending_a = gpu_->sample_async(a, rows_only(params_a));
+  ASSERT_TRUE(pending_a.ok()) << pending_a.status().to_string();
+  auto pending_b = gpu_->sample_async(b, rows_only(params_b));
+  ASSERT_TRUE(pending_b.ok()) << pending_b.status().to_string();
+
+  // A step's ids [n]: random rows of sample a, some -1 or out of range (kept).
+  const int64_t n = 50;
+  std::mt19937 rng(3);
+  std::vector<int32_t> rows(n), ids(n), want(n);
+  for (int64_t i = 0; i < n; ++i) {
+    ids[i] = 1000 + static_cast<int32_t>(i);
+    rows[i] = i % 7 == 3 ? -1 : i % 11 == 5 ? static_cast<int32_t>(rows_a + i) : static_cast<int32_t>(rng() % rows_a);
+    const bool taken = rows[i] >= 0 && rows[i] < static_cast<int32_t>(rows_a);
+    want[i] = taken ? want_a[static_cast<size_t>(rows[i])] : ids[i];
+  }
+  auto ids_buf = gpu_->allocate(n * sizeof(int32_t));
+  auto rows_buf = gpu_->allocate(n * sizeof(int32_t));
+  ASSERT_TRUE(ids_buf.ok() && rows_buf.ok());
+  ASSERT_TRUE(gpu_->copy_to_device(ids_buf->data(), ids.data(), n * sizeof(int32_t)).ok());
+  ASSERT_TRUE(gpu_->copy_to_device(rows_buf->data(), rows.data(), n * sizeof(int32_t)).ok());
+  const Status selected =
+      gpu_->select_tokens(ids_buf->view(DType::kI32, {n}), *pending_a, rows_buf->view(DType::kI32, {n}));
+  ASSERT_TRUE(selected.ok()) << selected.to_string();
+
+  std::vector<int32_t> got_a(rows_a), got_b(rows_b);
+  ASSERT_TRUE(gpu_->wait_sampled(*pending_a, got_a).ok());
+  ASSERT_TRUE(gpu_->wait_sampled(*pending_b, got_b).ok());
+  EXPECT_EQ(got_a, want_a);
+  EXPECT_EQ(got_b, want_b);
+  std::vector<int32_t> got_ids(n);
+  ASSERT_TRUE(gpu_->copy_to_host(got_ids.data(), ids_buf->data(), n * sizeof(int32_t)).ok());
+  EXPECT_EQ(got_ids, want);
+
+  EXPECT_FALSE(gpu_->wait_sampled(*pending_a, std::span<int32_t>(got_b)).ok());  // wrong count
+  EXPECT_FALSE(
+      gpu_->select_tokens(ids_buf->view(DType::kI32, {n}), *pending_a, rows_buf->view(DType::kI32, {n - 1})).ok());
+  buffers_.clear();
+}
+
 TEST_F(CudaSamplingTest, BadInputIsInvalidArgument) {
   constexpr int64_t kVocab = 100;
   const std::vector<float> logits = random_logits(2, kVocab, 61);

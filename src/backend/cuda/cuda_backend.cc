@@ -40,12 +40,6 @@ int64_t gemv_max_m() {
 constexpr size_t kLtWorkspaceBytes = size_t{32} << 20;
 constexpr size_t kMinAllocation = 256;
 
-#define BW_CUDA_TRY(call)                                                                          \
-  do {                                                                                             \
-    const cudaError_t bw_err_ = (call);                                                            \
-    if (bw_err_ != cudaSuccess) return fail(static_cast<int>(bw_err_), #call, __FILE__, __LINE__); \
-  } while (0)
-
 std::string describe(const TensorView& t) { return t.shape.to_string() + " " + std::string(dtype_name(t.dtype)); }
 
 bool is_act(DType t) { return t == DType::kF32 || t == DType::kBF16; }
@@ -350,13 +344,21 @@ CudaBackend::~CudaBackend() {
   if (attn_counters_ != nullptr) cudaFreeAsync(attn_counters_, stream_);
   for (void* p : {stack_layers_, stack_partials_, stack_counters_})
     if (p != nullptr) cudaFreeAsync(p, stream_);
-  if (sample_dev_ != nullptr) cudaFreeAsync(sample_dev_, stream_);
+  for (SampleStaging& slot : sample_staging_)
+    if (slot.dev != nullptr) cudaFreeAsync(slot.dev, stream_);
   if (stream_ != nullptr) {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
   }
   if (error_flag_ != nullptr) cudaFreeHost(error_flag_);
-  if (sample_host_ != nullptr) cudaFreeHost(sample_host_);
+  for (SampleStaging& slot : sample_staging_) {
+    if (slot.host != nullptr) cudaFreeHost(slot.host);
+    if (slot.done != nullptr) cudaEventDestroy(slot.done);
+  }
+  for (UploadSlot& slot : upload_slots_) {
+    if (slot.host != nullptr) cudaFreeHost(slot.host);
+    if (slot.done != nullptr) cudaEventDestroy(slot.done);
+  }
 }
 
 Result<std::unique_ptr<CudaBackend>> CudaBackend::create(const CudaBackendOptions& options) {
@@ -481,7 +483,34 @@ Status CudaBackend::copy(void* dst, const void* src, size_t bytes, int kind, con
 }
 
 Status CudaBackend::copy_to_device(void* device_dst, const void* host_src, size_t bytes) {
+  constexpr size_t kMaxStagedBytes = size_t{8} << 20;  // a step's inputs; weights go directly
+  if (bytes > 0 && bytes <= kMaxStagedBytes && !capturing_ && device_dst != nullptr && host_src != nullptr)
+    return staged_upload(device_dst, host_src, bytes);
   return copy(device_dst, host_src, bytes, cudaMemcpyHostToDevice, "copy_to_device");
+}
+
+Status CudaBackend::staged_upload(void* device_dst, const void* host_src, size_t bytes) {
+  RETURN_IF_ERROR(sticky_);
+  UploadSlot& slot = upload_slots_[next_upload_slot_];
+  next_upload_slot_ = (next_upload_slot_ + 1) % 3;
+  if (slot.done == nullptr) BW_CUDA_TRY(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));
+  BW_CUDA_TRY(cudaEventSynchronize(slot.done));  // its last copy has left the slot
+  if (slot.capacity < bytes) {
+    if (slot.host != nullptr) BW_CUDA_TRY(cudaFreeHost(slot.host));
+    slot.host = nullptr;
+    slot.capacity = 0;
+    const size_t want = std::max(bytes, size_t{256} << 10);
+    if (cudaHostAlloc(&slot.host, want, cudaHostAllocDefault) != cudaSuccess) {
+      slot.host = nullptr;
+      cudaGetLastError();  // no pinned memory to spare: copy from pageable memory
+      return copy(device_dst, host_src, bytes, cudaMemcpyHostToDevice, "copy_to_device");
+    }
+    slot.capacity = want;
+  }
+  std::memcpy(slot.host, host_src, bytes);
+  BW_CUDA_TRY(cudaMemcpyAsync(device_dst, slot.host, bytes, cudaMemcpyHostToDevice, stream_));
+  BW_CUDA_TRY(cudaEventRecord(slot.done, stream_));
+  return OkStatus();
 }
 
 Status CudaBackend::copy_to_host(void* host_dst, const void* device_src, size_t bytes) {
@@ -591,6 +620,20 @@ Status CudaBackend::embedding(TensorView out, const TensorView& table, const Ten
   return check_launch(cuda::launch_embedding(out.data, elem(out.dtype), table.data, elem(table.dtype), vocab, h,
                                              ids.as<const int32_t>(), n, error_flag_, stream_),
                       "embedding");
+}
+
+Status CudaBackend::select_tokens(TensorView ids, const AsyncSample& from, const TensorView& rows) {
+  RETURN_IF_ERROR(sticky_);
+  if (ids.dtype != DType::kI32 || ids.rank() != 1 || rows.dtype != DType::kI32 || rows.rank() != 1 ||
+      rows.dim(0) != ids.dim(0)) {
+    return InvalidArgument("select_tokens: ids {} and rows {} must both be [n] i32", describe(ids), describe(rows));
+  }
+  if (from.ids == nullptr || from.rows <= 0) return InvalidArgument("select_tokens: no sampled ids to take from");
+  if (ids.dim(0) == 0) return OkStatus();
+  if (ids.data == nullptr || rows.data == nullptr) return InvalidArgument("select_tokens: ids or rows has no data");
+  return check_launch(
+      cuda::launch_select_tokens(ids.as<int32_t>(), from.ids, from.rows, rows.as<const int32_t>(), ids.dim(0), stream_),
+      "select_tokens");
 }
 
 Status CudaBackend::matmul_lt(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias,

@@ -36,7 +36,16 @@
 #include "common/status.h"
 
 struct CUstream_st;
+struct CUevent_st;
 struct cublasLtContext;
+
+// Inside CudaBackend's members (its .cc files include cuda_runtime_api.h): returns the
+// failed call as a Status through fail().
+#define BW_CUDA_TRY(call)                                                                          \
+  do {                                                                                             \
+    const cudaError_t bw_err_ = (call);                                                            \
+    if (bw_err_ != cudaSuccess) return fail(static_cast<int>(bw_err_), #call, __FILE__, __LINE__); \
+  } while (0)
 
 namespace bw {
 
@@ -107,6 +116,10 @@ class CudaBackend final : public Backend {
   // the ids.
   bool supports_device_sampling() const override { return true; }
   Status sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch) override;
+  bool supports_async_sampling() const override { return true; }
+  Result<AsyncSample> sample_async(TensorView logits, const DeviceSamplingBatch& batch) override;
+  Status wait_sampled(const AsyncSample& sample, std::span<int32_t> tokens) override;
+  Status select_tokens(TensorView ids, const AsyncSample& from, const TensorView& rows) override;
 
   // The whole decode step of one bf16 token as one persistent kernel on Hopper
   // (cuda_backend_decoder_stack.cc, kernel in cuda_decoder_stack.cu). BW_CUDA_STACK=0 in
@@ -150,6 +163,10 @@ class CudaBackend final : public Backend {
   Status not_while_capturing(const char* what) const;
   // kind: a cudaMemcpyKind.
   Status copy(void* dst, const void* src, size_t bytes, int kind, const char* what);
+  // Small host-to-device copies (a step's inputs) go through pinned staging slots taken in
+  // turn: the copy is then truly asynchronous, where one from pageable memory may first wait
+  // for the stream to drain (which would stall a step enqueued while another runs).
+  Status staged_upload(void* device_dst, const void* host_src, size_t bytes);
 
   CudaBackendOptions options_;
   std::string device_name_;
@@ -192,12 +209,30 @@ class CudaBackend final : public Backend {
   size_t stack_partials_capacity_ = 0;
   void* stack_counters_ = nullptr;
   size_t stack_counters_capacity_ = 0;
-  // sample(): pinned staging (row args, penalty tokens and counts, then the ids read back)
-  // and its device copy, both grown as needed and kept between calls.
-  void* sample_host_ = nullptr;
-  size_t sample_host_capacity_ = 0;
-  void* sample_dev_ = nullptr;
-  size_t sample_dev_capacity_ = 0;
+  // sample() / sample_async(): two staging slots taken in turn, so that one step's
+  // sampling can be in flight while the next one's is staged. Each: pinned host memory (row
+  // args, penalty tokens and counts, then the ids read back) and its device copy, both
+  // grown as needed and kept between calls, and an event recorded after the read-back.
+  struct SampleStaging {
+    void* host = nullptr;
+    size_t host_capacity = 0;
+    void* dev = nullptr;
+    size_t dev_capacity = 0;
+    CUevent_st* done = nullptr;
+    size_t ids_offset = 0;  // where the ids are, in both
+  };
+  // Makes `slot` hold `bytes`, once its last use is complete.
+  Status reserve_sample_staging(SampleStaging& slot, size_t bytes);
+  SampleStaging sample_staging_[2];
+  int next_sample_slot_ = 0;
+  // staged_upload(): pinned slots (each with the event after its last copy).
+  struct UploadSlot {
+    void* host = nullptr;
+    size_t capacity = 0;
+    CUevent_st* done = nullptr;
+  };
+  UploadSlot upload_slots_[3];
+  int next_upload_slot_ = 0;
 };
 
 }  // namespace bw

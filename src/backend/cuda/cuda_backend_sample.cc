@@ -85,6 +85,62 @@ Status check_history(const DeviceSamplingBatch& batch, size_t rows, int64_t voca
 }  // namespace
 
 Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch) {
+  if (logits.dtype == DType::kF32 && logits.rank() == 2 && logits.dim(0) == 0) {
+    if (!tokens.empty() || !batch.rows.empty()) {
+      return InvalidArgument("sample: {} tokens and {} rows of parameters for 0 logits rows", tokens.size(),
+                             batch.rows.size());
+    }
+    RETURN_IF_ERROR(sticky_);
+    return OkStatus();
+  }
+  if (logits.rank() == 2 && tokens.size() != static_cast<size_t>(std::max<int64_t>(logits.dim(0), 0))) {
+    return InvalidArgument("sample: {} tokens and {} rows of parameters for logits {}: each must be {}", tokens.size(),
+                           batch.rows.size(), logits.shape.to_string(), logits.dim(0));
+  }
+  ASSIGN_OR_RETURN(AsyncSample pending, sample_async(logits, batch));
+  return wait_sampled(pending, tokens);
+}
+
+Status CudaBackend::reserve_sample_staging(SampleStaging& slot, size_t bytes) {
+  if (slot.done == nullptr) BW_CUDA_TRY(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));
+  // The slot's last sampling (two calls ago) must be done with its host memory.
+  BW_CUDA_TRY(cudaEventSynchronize(slot.done));
+  if (slot.host_capacity < bytes) {
+    if (slot.host != nullptr) {
+      const cudaError_t err = cudaFreeHost(slot.host);
+      slot.host = nullptr;
+      slot.host_capacity = 0;
+      if (err != cudaSuccess) return fail(static_cast<int>(err), "cudaFreeHost", __FILE__, __LINE__);
+    }
+    const size_t want = std::max(bytes, size_t{64} << 10);
+    const cudaError_t err = cudaHostAlloc(&slot.host, want, cudaHostAllocDefault);
+    if (err != cudaSuccess) {
+      slot.host = nullptr;
+      cudaGetLastError();
+      return ResourceExhausted("sample: cannot allocate {} bytes of pinned host memory: {}", want,
+                               cudaGetErrorString(err));
+    }
+    slot.host_capacity = want;
+  }
+  if (slot.dev_capacity < bytes) {
+    if (slot.dev != nullptr) {
+      const cudaError_t err = cudaFreeAsync(slot.dev, stream_);
+      slot.dev = nullptr;
+      slot.dev_capacity = 0;
+      if (err != cudaSuccess) return fail(static_cast<int>(err), "cudaFreeAsync", __FILE__, __LINE__);
+    }
+    const size_t want = std::max(bytes, slot.host_capacity);
+    const cudaError_t err = cudaMallocAsync(&slot.dev, want, stream_);
+    if (err != cudaSuccess) {
+      slot.dev = nullptr;
+      return fail(static_cast<int>(err), "cudaMallocAsync (sample staging)", __FILE__, __LINE__);
+    }
+    slot.dev_capacity = want;
+  }
+  return OkStatus();
+}
+
+Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSamplingBatch& batch) {
   RETURN_IF_ERROR(sticky_);
   RETURN_IF_ERROR(not_while_capturing("sample"));
   if (logits.dtype != DType::kF32 || logits.rank() != 2 || logits.dim(0) < 0 || logits.dim(1) < 0) {
@@ -93,13 +149,7 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
   }
   const int64_t rows = logits.dim(0);
   const int64_t vocab = logits.dim(1);
-  if (rows == 0) {
-    if (!tokens.empty() || !batch.rows.empty()) {
-      return InvalidArgument("sample: {} tokens and {} rows of parameters for 0 logits rows", tokens.size(),
-                             batch.rows.size());
-    }
-    return OkStatus();
-  }
+  if (rows == 0) return InvalidArgument("sample: logits {} has no rows", logits.shape.to_string());
   if (vocab <= 0 || vocab > std::numeric_limits<int32_t>::max()) {
     return InvalidArgument("sample: logits {} must have between 1 and 2^31 - 1 columns", logits.shape.to_string());
   }
@@ -108,9 +158,9 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
   }
   if (logits.data == nullptr) return InvalidArgument("sample: logits has no data");
   const auto num_rows = static_cast<size_t>(rows);
-  if (tokens.size() != num_rows || batch.rows.size() != num_rows) {
-    return InvalidArgument("sample: {} tokens and {} rows of parameters for logits {}: each must be {}", tokens.size(),
-                           batch.rows.size(), logits.shape.to_string(), rows);
+  if (batch.rows.size() != num_rows) {
+    return InvalidArgument("sample: {} rows of parameters for logits {}: it must be {}", batch.rows.size(),
+                           logits.shape.to_string(), rows);
   }
   for (size_t r = 0; r < num_rows; ++r)
     RETURN_IF_ERROR(check_row(r, batch.rows[r]));
@@ -126,40 +176,12 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
   // bytes there go unused).
   const size_t total_bytes =
       upload_bytes + ids_bytes + align_up(static_cast<size_t>(cuda::argmax_workspace_bytes(rows)));
-  if (sample_host_capacity_ < total_bytes) {
-    if (sample_host_ != nullptr) {
-      const cudaError_t err = cudaFreeHost(sample_host_);
-      sample_host_ = nullptr;
-      sample_host_capacity_ = 0;
-      if (err != cudaSuccess) return fail(static_cast<int>(err), "cudaFreeHost", __FILE__, __LINE__);
-    }
-    const size_t want = std::max(total_bytes, size_t{64} << 10);
-    const cudaError_t err = cudaHostAlloc(&sample_host_, want, cudaHostAllocDefault);
-    if (err != cudaSuccess) {
-      sample_host_ = nullptr;
-      cudaGetLastError();
-      return ResourceExhausted("sample: cannot allocate {} bytes of pinned host memory: {}", want,
-                               cudaGetErrorString(err));
-    }
-    sample_host_capacity_ = want;
-  }
-  if (sample_dev_capacity_ < total_bytes) {
-    if (sample_dev_ != nullptr) {
-      const cudaError_t err = cudaFreeAsync(sample_dev_, stream_);
-      sample_dev_ = nullptr;
-      sample_dev_capacity_ = 0;
-      if (err != cudaSuccess) return fail(static_cast<int>(err), "cudaFreeAsync", __FILE__, __LINE__);
-    }
-    const size_t want = std::max(total_bytes, sample_host_capacity_);
-    const cudaError_t err = cudaMallocAsync(&sample_dev_, want, stream_);
-    if (err != cudaSuccess) {
-      sample_dev_ = nullptr;
-      return fail(static_cast<int>(err), "cudaMallocAsync (sample staging)", __FILE__, __LINE__);
-    }
-    sample_dev_capacity_ = want;
-  }
+  const int slot_index = next_sample_slot_;
+  SampleStaging& slot = sample_staging_[slot_index];
+  RETURN_IF_ERROR(reserve_sample_staging(slot, total_bytes));
+  next_sample_slot_ ^= 1;
 
-  auto* host = static_cast<char*>(sample_host_);
+  auto* host = static_cast<char*>(slot.host);
   auto* args = reinterpret_cast<cuda::SamplingRowArgs*>(host);
   for (size_t r = 0; r < num_rows; ++r) {
     const DeviceSamplingRow& row = batch.rows[r];
@@ -183,7 +205,7 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
     std::memcpy(history + num_history * sizeof(int32_t), batch.penalty_output_counts.data(),
                 num_history * sizeof(int32_t));
   }
-  auto* dev = static_cast<char*>(sample_dev_);
+  auto* dev = static_cast<char*>(slot.dev);
   const cudaError_t up = cudaMemcpyAsync(dev, host, upload_bytes, cudaMemcpyHostToDevice, stream_);
   if (up != cudaSuccess) return fail(static_cast<int>(up), "cudaMemcpyAsync (sample upload)", __FILE__, __LINE__);
   const auto* dev_history = reinterpret_cast<const int32_t*>(dev + args_bytes);
@@ -205,10 +227,25 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
   const cudaError_t down =
       cudaMemcpyAsync(host + upload_bytes, dev_out, num_rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_);
   if (down != cudaSuccess) return fail(static_cast<int>(down), "cudaMemcpyAsync (sample ids)", __FILE__, __LINE__);
+  BW_CUDA_TRY(cudaEventRecord(slot.done, stream_));
+  slot.ids_offset = upload_bytes;
   if (step_timing_ != nullptr) step_timing_->on_sample_enqueued(stream_);
-  RETURN_IF_ERROR(synchronize());
+  return AsyncSample{dev_out, rows, slot_index};
+}
+
+Status CudaBackend::wait_sampled(const AsyncSample& sample, std::span<int32_t> tokens) {
+  RETURN_IF_ERROR(sticky_);
+  if (sample.slot < 0 || sample.slot > 1 || sample.rows <= 0) {
+    return InvalidArgument("wait_sampled: not a pending sample (slot {}, {} rows)", sample.slot, sample.rows);
+  }
+  if (tokens.size() != static_cast<size_t>(sample.rows)) {
+    return InvalidArgument("wait_sampled: {} tokens for {} sampled rows", tokens.size(), sample.rows);
+  }
+  const SampleStaging& slot = sample_staging_[sample.slot];
+  BW_CUDA_TRY(cudaEventSynchronize(slot.done));
   if (step_timing_ != nullptr) step_timing_->on_sample_done();
-  std::memcpy(tokens.data(), host + upload_bytes, num_rows * sizeof(int32_t));
+  RETURN_IF_ERROR(take_kernel_error());
+  std::memcpy(tokens.data(), static_cast<const char*>(slot.host) + slot.ids_offset, tokens.size() * sizeof(int32_t));
   return OkStatus();
 }
 

@@ -294,6 +294,9 @@ cudaError_t launch_sample(int32_t* out, float* logits, int64_t rows, int64_t voc
 // The same token for a call whose rows are all greedy without penalties (logits not
 // modified), the rows split over many blocks; workspace: argmax_workspace_bytes(rows).
 int64_t argmax_workspace_bytes(int64_t rows);
+// ids[i] <- src[rows[i]] where 0 <= rows[i] < src_rows; other ids stay (Backend::select_tokens).
+cudaError_t launch_select_tokens(int32_t* ids, const int32_t* src, int64_t src_rows, const int32_t* rows, int64_t n,
+                                 cudaStream_t stream);
 cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab, void* workspace,
                                  int num_sms, cudaStream_t stream);
 

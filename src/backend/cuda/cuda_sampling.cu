@@ -641,6 +641,28 @@ int64_t argmax_workspace_bytes(int64_t rows) {
   return rows * kArgmaxMaxChunks * static_cast<int64_t>(sizeof(ArgmaxPartial));
 }
 
+namespace {
+
+__global__ void select_tokens_kernel(int32_t* ids, const int32_t* src, int64_t src_rows, const int32_t* rows,
+                                     int64_t n) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n) return;
+  const int32_t r = rows[i];
+  if (r >= 0 && r < src_rows) ids[i] = src[r];
+}
+
+}  // namespace
+
+cudaError_t launch_select_tokens(int32_t* ids, const int32_t* src, int64_t src_rows, const int32_t* rows, int64_t n,
+                                 cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  constexpr int kThreads = 128;
+  launch_kernel(select_tokens_kernel, blocks_for(n, kThreads), kThreads, 0, stream, ids, src, src_rows, rows, n);
+  return cudaGetLastError();
+}
+
 cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab, void* workspace,
                                  int num_sms, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;

@@ -7,9 +7,10 @@
 namespace bw {
 
 CudaStepTiming::CudaStepTiming() {
-  for (CUevent_st*& e : starts_)
-    cudaEventCreate(&e);
-  cudaEventCreate(&end_);
+  for (Slot& slot : slots_) {
+    cudaEventCreate(&slot.start);
+    cudaEventCreate(&slot.end);
+  }
 }
 
 CudaStepTiming::~CudaStepTiming() {
@@ -22,36 +23,41 @@ CudaStepTiming::~CudaStepTiming() {
                  static_cast<long long>(steps_), period, busy, period - busy,
                  period > 0.0 ? 100.0 * (period - busy) / period : 0.0);
   }
-  for (CUevent_st* e : starts_)
-    if (e != nullptr) cudaEventDestroy(e);
-  if (end_ != nullptr) cudaEventDestroy(end_);
+  for (Slot& slot : slots_) {
+    if (slot.start != nullptr) cudaEventDestroy(slot.start);
+    if (slot.end != nullptr) cudaEventDestroy(slot.end);
+  }
 }
 
 void CudaStepTiming::on_replay(CUstream_st* stream) {
-  current_ ^= 1;  // the other slot becomes the previous step's start
-  cudaEventRecord(starts_[current_], stream);
+  cudaEventRecord(slots_[head_].start, stream);
   replayed_ = true;
 }
 
 void CudaStepTiming::on_sample_enqueued(CUstream_st* stream) {
-  cudaEventRecord(end_, stream);
-  end_recorded_ = true;
+  Slot& slot = slots_[head_];
+  cudaEventRecord(slot.end, stream);
+  slot.graph = replayed_;
+  replayed_ = false;
+  head_ = (head_ + 1) % kSlots;
 }
 
 void CudaStepTiming::on_sample_done() {
-  const bool graph_step = replayed_ && end_recorded_;
-  if (graph_step && prev_graph_) {
+  if (tail_ == head_) return;  // nothing enqueued
+  const Slot& slot = slots_[tail_];
+  const Slot& prev = slots_[(tail_ + kSlots - 1) % kSlots];
+  if (slot.graph && prev_graph_) {
     float busy = 0.0f, period = 0.0f;
-    if (cudaEventElapsedTime(&busy, starts_[current_], end_) == cudaSuccess &&
-        cudaEventElapsedTime(&period, starts_[current_ ^ 1], starts_[current_]) == cudaSuccess) {
+    if (cudaEventElapsedTime(&busy, slot.start, slot.end) == cudaSuccess &&
+        cudaEventElapsedTime(&period, prev.start, slot.start) == cudaSuccess) {
       busy_ms_ += busy;
       period_ms_ += period;
       ++steps_;
     }
   }
   cudaGetLastError();  // a failed query is not the backend's error
-  prev_graph_ = graph_step;
-  replayed_ = end_recorded_ = false;
+  prev_graph_ = slot.graph;
+  tail_ = (tail_ + 1) % kSlots;
 }
 
 }  // namespace bw

@@ -2,7 +2,9 @@
 //
 // A decode step replays a CUDA graph and then samples on the device; the host waits for
 // the sampled ids, does the engine's bookkeeping, uploads the next step's inputs and
-// replays again. Events on the stream mark each replay's start and each sample's end, so
+// replays again (with async scheduling it enqueues the next step first, and the GPU's idle
+// time is what the overlap did not hide). Events on the stream mark each replay's start
+// and each sample's end, so
 // per pair of consecutive graph steps: busy = replay start -> ids copied back, period =
 // replay start -> next replay start, and period - busy is the time the GPU had nothing to
 // do (host work, API calls, graph launch latency). Printed to stderr at exit.
@@ -30,13 +32,21 @@ class CudaStepTiming {
   void on_sample_done();
 
  private:
-  CUevent_st* starts_[2] = {nullptr, nullptr};  // this step's and the previous step's replay
-  CUevent_st* end_ = nullptr;
-  int current_ = 0;
-  bool replayed_ = false;    // a replay since the last sample
-  bool prev_graph_ = false;  // the previous step was a replayed graph that sampled
-  bool end_recorded_ = false;
-  int64_t steps_ = 0;  // pairs of consecutive graph steps measured
+  // One slot per sampled step, filled in launch order and read in the same order when its
+  // ids are waited for: with overlapped steps the next replay is enqueued before the
+  // previous step's ids are back (at most two outstanding; four slots leave room).
+  struct Slot {
+    CUevent_st* start = nullptr;  // the replay
+    CUevent_st* end = nullptr;    // the ids copied back
+    bool graph = false;           // a replayed graph that sampled
+  };
+  static constexpr int kSlots = 4;
+  Slot slots_[kSlots];
+  int head_ = 0;             // the step being enqueued
+  int tail_ = 0;             // the oldest step not yet waited for
+  bool replayed_ = false;    // a replay since the last sample enqueued
+  bool prev_graph_ = false;  // the last step waited for was a graph step
+  int64_t steps_ = 0;        // pairs of consecutive graph steps measured
   double busy_ms_ = 0.0;
   double period_ms_ = 0.0;
 };

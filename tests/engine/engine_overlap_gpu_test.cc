@@ -1,0 +1,198 @@
+// The engine's overlapped decoding (EngineConfig::async_scheduling) on a real CUDA backend:
+// the next decode step is enqueued, its input tokens taken on the device, before the host
+// has seen the tokens of the step still running. With and without it the same requests
+// must give the same tokens and finish reasons: greedy and seeded sampling, staggered
+// max_tokens, stop token ids hit mid-way (the step scheduled ahead computed one token too
+// many for those), a request with a penalty (whose steps cannot overlap); late arrivals and
+// a cancel must not lose or corrupt a request. Skips without a CUDA device.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <thread>
+
+#include "backend/backend_factory.h"
+#include "engine/engine.h"
+#include "model/checkpoint.h"
+#include "support/test_support.h"
+#include "support/tiny_model.h"
+
+namespace bw {
+namespace {
+
+using namespace std::chrono_literals;
+
+class EngineOverlapGpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto backend = create_backend("cuda", 0, DType::kF32);
+    if (!backend.ok()) GTEST_SKIP() << "no CUDA device: " << backend.status().to_string();
+    backend_ = std::move(*backend);
+    auto path = test::write_tiny_model(dir_, "tiny-llama", 11);
+    ASSERT_TRUE(path.ok()) << path.status().to_string();
+    auto ckpt = Checkpoint::open(*path);
+    ASSERT_TRUE(ckpt.ok()) << ckpt.status().to_string();
+    WeightLoadOptions load;
+    load.weight_dtype = DType::kF32;
+    auto model = load_causal_lm(*ckpt, *backend_, load);
+    ASSERT_TRUE(model.ok()) << model.status().to_string();
+    model_ = std::move(*model);
+  }
+
+  std::unique_ptr<Engine> make_engine(bool overlap) {
+    EngineConfig config;
+    config.scheduler.max_model_len = 256;
+    config.scheduler.max_num_seqs = 16;
+    config.kv_num_blocks = 256;
+    config.kv_dtype = DType::kF32;
+    config.async_scheduling = overlap;
+    auto engine = Engine::create(*model_, *backend_, nullptr, config, make_stderr_logger("overlap-test", "warn"));
+    EXPECT_TRUE(engine.ok()) << engine.status().to_string();
+    return engine.ok() ? std::move(*engine) : nullptr;
+  }
+
+  // Submits every request at once and collects each one's completion.
+  static std::vector<Completion> run_all(Engine& engine, const std::vector<GenerationRequest>& requests) {
+    std::vector<std::unique_ptr<EventQueue>> queues;
+    for (const GenerationRequest& r : requests) {
+      queues.push_back(std::make_unique<EventQueue>());
+      auto id = engine.submit(r, queues.back()->sink());
+      EXPECT_TRUE(id.ok()) << id.status().to_string();
+    }
+    std::vector<Completion> results(requests.size());
+    for (size_t i = 0; i < requests.size(); ++i) {
+      for (;;) {
+        auto event = queues[i]->pop(60s);
+        EXPECT_TRUE(event.has_value()) << "request " << i << " timed out";
+        if (!event) break;
+        accumulate_event(*event, &results[i]);
+        if (event->done) break;
+      }
+    }
+    return results;
+  }
+
+  std::vector<GenerationRequest> mixed_requests(std::mt19937& rng) const {
+    const int64_t vocab = model_->config().vocab_size;
+    std::uniform_int_distribution<int32_t> token(3, static_cast<int32_t>(vocab - 1));
+    std::vector<GenerationRequest> requests;
+    for (int i = 0; i < 10; ++i) {
+      GenerationRequest r;
+      r.prompt_ids.resize(static_cast<size_t>(5 + 9 * i));
+      for (auto& id : r.prompt_ids)
+        id = token(rng);
+      r.stop.max_tokens = 12 + 7 * i;
+      r.stop.ignore_eos = true;
+      r.detokenize = false;
+      if (i % 2 == 1) {
+        r.sampling.temperature = 0.9f;
+        r.sampling.top_k = 40;
+        r.sampling.seed = 100 + i;
+      }
+      requests.push_back(std::move(r));
+    }
+    return requests;
+  }
+
+  test::TempDir dir_;
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<CausalLM> model_;
+};
+
+void expect_same(const std::vector<Completion>& got, const std::vector<Completion>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(got[i].choices.size(), 1u) << i;
+    ASSERT_EQ(want[i].choices.size(), 1u) << i;
+    EXPECT_EQ(got[i].choices[0].token_ids, want[i].choices[0].token_ids) << "request " << i;
+    EXPECT_EQ(got[i].choices[0].finish_reason, want[i].choices[0].finish_reason) << "request " << i;
+  }
+}
+
+TEST_F(EngineOverlapGpuTest, OverlappedStepsGiveTheSameTokens) {
+  std::mt19937 rng(5);
+  std::vector<GenerationRequest> requests = mixed_requests(rng);
+  auto sync = make_engine(false);
+  const std::vector<Completion> plain = run_all(*sync, requests);
+  EXPECT_EQ(sync->stats().num_overlapped_steps, 0);
+
+  auto overlapped = make_engine(true);
+  const std::vector<Completion> got = run_all(*overlapped, requests);
+  expect_same(got, plain);
+  for (size_t i = 0; i < got.size(); ++i)
+    EXPECT_EQ(got[i].choices[0].token_ids.size(), static_cast<size_t>(requests[i].stop.max_tokens)) << i;
+  // Most decode steps ran overlapped (the first of each batch composition does not).
+  const EngineStats stats = overlapped->stats();
+  EXPECT_GT(stats.num_overlapped_steps, stats.num_steps / 2) << stats.num_steps;
+  EXPECT_EQ(stats.kv_used_blocks, 0);
+
+  // Stop tokens mid-way (the 6th token of the plain run, for every other request) and a
+  // penalty on a request that runs to its limit (no overlap while it runs): the plain
+  // engine again is the reference.
+  for (size_t i = 0; i < requests.size(); i += 2)
+    requests[i].stop.stop_token_ids = {plain[i].choices[0].token_ids[5]};
+  requests[3].sampling.repetition_penalty = 1.3f;
+  const std::vector<Completion> plain_stops = run_all(*sync, requests);
+  const int64_t overlapped_before = overlapped->stats().num_overlapped_steps;
+  const std::vector<Completion> got_stops = run_all(*overlapped, requests);
+  expect_same(got_stops, plain_stops);
+  int stopped = 0;
+  for (const Completion& c : got_stops)
+    stopped += c.choices[0].finish_reason == FinishReason::kStop ? 1 : 0;
+  EXPECT_GE(stopped, 4);
+  EXPECT_GT(overlapped->stats().num_overlapped_steps, overlapped_before);
+  EXPECT_EQ(overlapped->stats().kv_used_blocks, 0);
+}
+
+TEST_F(EngineOverlapGpuTest, LateArrivalsAndCancelsLoseNothing) {
+  std::mt19937 rng(8);
+  const std::vector<GenerationRequest> requests = mixed_requests(rng);
+  auto engine = make_engine(true);
+  std::vector<std::unique_ptr<EventQueue>> queues;
+  std::vector<RequestId> ids;
+  auto submit = [&](const GenerationRequest& r) {
+    queues.push_back(std::make_unique<EventQueue>());
+    auto id = engine->submit(r, queues.back()->sink());
+    ASSERT_TRUE(id.ok()) << id.status().to_string();
+    ids.push_back(*id);
+  };
+  for (size_t i = 0; i < 5; ++i)
+    submit(requests[i]);
+  // Wait until the first wave decodes, then add the rest one by one and cancel one.
+  auto first = queues[0]->pop(60s);
+  ASSERT_TRUE(first.has_value());
+  std::vector<Completion> results(requests.size());
+  accumulate_event(*first, &results[0]);
+  for (size_t i = 5; i < requests.size(); ++i) {
+    submit(requests[i]);
+    std::this_thread::sleep_for(1ms);
+  }
+  engine->cancel(ids[2]);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (i == 0 && results[0].choices.size() == 1 && first->done) continue;
+    for (;;) {
+      auto event = queues[i]->pop(60s);
+      ASSERT_TRUE(event.has_value()) << "request " << i << " timed out";
+      accumulate_event(*event, &results[i]);
+      if (event->done) break;
+    }
+  }
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_EQ(results[i].choices.size(), 1u) << i;
+    const Completion::Choice& c = results[i].choices[0];
+    if (i == 2 && c.finish_reason == FinishReason::kAbort) {
+      EXPECT_LT(c.token_ids.size(), static_cast<size_t>(requests[i].stop.max_tokens));
+      continue;
+    }
+    EXPECT_EQ(c.finish_reason, FinishReason::kLength) << i;
+    EXPECT_EQ(c.token_ids.size(), static_cast<size_t>(requests[i].stop.max_tokens)) << i;
+    for (int32_t id : c.token_ids)
+      EXPECT_TRUE(id >= 0 && id < model_->config().vocab_size) << i;
+  }
+  const EngineStats stats = engine->stats();
+  EXPECT_GT(stats.num_overlapped_steps, 0);
+  EXPECT_EQ(stats.requests_failed, 0);
+  EXPECT_EQ(stats.kv_used_blocks, 0);
+}
+
+}  // namespace
+}  // namespace bw
