@@ -1,7 +1,8 @@
 #!/bin/bash
 # serve --device cuda as a real HTTP server (device machine; see scripts/cuda_device_run.sh for
 # the carry layout: .carry/fin/{bin.tgz,lib}, and .carry/srv/stories260K.gguf copied from
-# the shared test data): stories260K (text, greedy: CPU vs CUDA text) and
+# the shared test data): stories260K (text, greedy: CPU vs CUDA text, also cut by a stop
+# string while streaming) and
 # the 1.5B shape (token prompts, streaming, 16 concurrent requests).
 set -u
 C=$PWD/.carry/srv  # stories260K.gguf
@@ -17,9 +18,14 @@ start() {  # port, log, args...
   echo "server did not come up:"; tail -5 $log; return 1
 }
 req='{"prompt":"Once upon a time","max_tokens":40,"temperature":0}'
+req_stop='{"prompt":"Once upon a time","max_tokens":40,"temperature":0,"stop":[" she"],"stream":true}'
 for d in cpu $DEV; do
   start 8391 /tmp/s_$d.log --model $C/stories260K.gguf --device $d --served-model-name s || continue
   echo "$d: $(curl -s localhost:8391/v1/completions -H 'Content-Type: application/json' -d "$req" | python3 -c 'import json,sys; j=json.load(sys.stdin); print(repr(j["choices"][0]["text"]), j["usage"])')"
+  # A stop string mid-way, streamed (on a GPU the step after the stop is already enqueued).
+  echo "$d stop: $(curl -sN localhost:8391/v1/completions -H 'Content-Type: application/json' -d "$req_stop" | python3 -c 'import json,sys
+chunks = [json.loads(l[6:]) for l in sys.stdin if l.startswith("data: {")]
+print(repr("".join(c["text"] for ch in chunks for c in ch["choices"])), [c["finish_reason"] for ch in chunks for c in ch["choices"] if c.get("finish_reason")])')"
   kill -TERM %1; wait
 done
 M=${M15:-/tmp/q15}; [ -d $M ] || $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1
