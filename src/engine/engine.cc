@@ -475,7 +475,7 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
     sampled.push_back(std::move(tokens));
   }
   const std::vector<SequenceOutput> outputs =
-      advanced ? scheduler_->resolve(output, sampled) : scheduler_->update(output, sampled);
+      advanced ? scheduler_->resolve(sampled) : scheduler_->update(output, sampled);
   for (const SequenceOutput& out : outputs) {
     auto it = details.find(out.request_id);
     handle_output(out, it == details.end() ? nullptr : &it->second);

@@ -177,9 +177,12 @@ std::optional<FinishReason> Scheduler::check_stop(const Request& request) const 
   if (std::find(stops.begin(), stops.end(), last) != stops.end()) return FinishReason::kStop;
   if (!request.stop.ignore_eos && std::find(eos_token_ids_.begin(), eos_token_ids_.end(), last) != eos_token_ids_.end())
     return FinishReason::kStop;
-  if (request.num_output_tokens() >= request.stop.max_tokens) return FinishReason::kLength;
-  if (request.num_tokens() >= config_.max_model_len) return FinishReason::kLength;
+  if (ends_by_length(request)) return FinishReason::kLength;
   return std::nullopt;
+}
+
+bool Scheduler::ends_by_length(const Request& request) const {
+  return request.num_output_tokens() >= request.stop.max_tokens || request.num_tokens() >= config_.max_model_len;
 }
 
 void Scheduler::append_token(Request& request, int32_t token_id, std::vector<SequenceOutput>* outputs) {
@@ -235,12 +238,22 @@ std::vector<SequenceOutput> Scheduler::update(const SchedulerOutput& output, std
     request.num_computed_tokens += static_cast<int32_t>(seq.token_ids.size());
     kv_.commit_computed(request.kv_view());
   }
+  return take_tokens(sampled, /*placeholders=*/false);
+}
+
+std::vector<SequenceOutput> Scheduler::take_tokens(std::span<const SampledTokens> sampled, bool placeholders) {
   std::vector<SequenceOutput> outputs;
   outputs.reserve(sampled.size());
   for (const SampledTokens& s : sampled) {
     auto it = requests_.find(s.request_id);
     if (it == requests_.end() || s.token_ids.empty()) continue;
     Request& request = it->second;
+    if (placeholders) {
+      if (request.token_ids.back() != kPendingToken) continue;  // not advanced by schedule_ahead
+      request.token_ids.back() = s.token_ids.front();
+      record_token(request, &outputs);
+      continue;
+    }
     if (request.num_pending_forks > 0) {
       assert(static_cast<int32_t>(s.token_ids.size()) == request.num_pending_forks + 1);
       fork_choices(request, std::span<const int32_t>(s.token_ids).subspan(1), &outputs);
@@ -279,29 +292,15 @@ SchedulerOutput Scheduler::schedule_ahead(const SchedulerOutput& in_flight) {
     request.num_computed_tokens += 1;
     kv_.commit_computed(request.kv_view());
     request.token_ids.push_back(kPendingToken);
-    // Ends by length whatever it samples: nothing to compute for it next.
-    if (request.num_output_tokens() >= request.stop.max_tokens || request.num_tokens() >= config_.max_model_len)
-      continue;
+    if (ends_by_length(request)) continue;  // whatever it samples: nothing to compute next
     if (!kv_.allocate_slots(request.kv_view(), 1).has_value()) continue;  // schedule() will preempt
     emit(request, 1, &output);
   }
   return output;
 }
 
-std::vector<SequenceOutput> Scheduler::resolve(const SchedulerOutput& in_flight,
-                                               std::span<const SampledTokens> sampled) {
-  (void)in_flight;  // advanced by schedule_ahead already
-  std::vector<SequenceOutput> outputs;
-  outputs.reserve(sampled.size());
-  for (const SampledTokens& s : sampled) {
-    auto it = requests_.find(s.request_id);
-    if (it == requests_.end() || s.token_ids.empty()) continue;
-    Request& request = it->second;
-    if (request.token_ids.back() != kPendingToken) continue;  // not advanced by schedule_ahead
-    request.token_ids.back() = s.token_ids.front();
-    record_token(request, &outputs);
-  }
-  return outputs;
+std::vector<SequenceOutput> Scheduler::resolve(std::span<const SampledTokens> sampled) {
+  return take_tokens(sampled, /*placeholders=*/true);
 }
 
 bool Scheduler::finish_request(RequestId request_id, FinishReason reason) {

@@ -125,7 +125,7 @@ class Scheduler {
   // update() for a step that schedule_ahead() advanced: the sampled tokens replace the
   // placeholders and sequences that stop end here (the step scheduled ahead computed
   // one token too many for them; its tokens for ended sequences are ignored).
-  std::vector<SequenceOutput> resolve(const SchedulerOutput& in_flight, std::span<const SampledTokens> sampled);
+  std::vector<SequenceOutput> resolve(std::span<const SampledTokens> sampled);
   static constexpr int32_t kPendingToken = -1;
 
   // Ends a queued or running sequence from outside (cancel, deadline, stop string): its
@@ -154,6 +154,11 @@ class Scheduler {
   // The output for the request's last token; ends the request when it stops there.
   void record_token(Request& request, std::vector<SequenceOutput>* outputs);
   std::optional<FinishReason> check_stop(const Request& request) const;
+  // max_tokens or the context length reached with the request's last token.
+  bool ends_by_length(const Request& request) const;
+  // update() and resolve() after the sequences advanced: each sampled token is appended
+  // (forking n > 1 requests), or with `placeholders` put in place of kPendingToken.
+  std::vector<SequenceOutput> take_tokens(std::span<const SampledTokens> sampled, bool placeholders);
   void remove(RequestId request_id);
 
   SchedulerConfig config_;

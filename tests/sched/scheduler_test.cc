@@ -325,7 +325,7 @@ int run_ahead(Harness& h, const std::map<RequestId, int32_t>& eos_at, Produced* 
     }
     // The tokens of `in_flight` become known only now.
     const std::vector<SampledTokens> sampled = sample_step(h.scheduler, in_flight, eos_at);
-    p->record(advanced ? h.scheduler.resolve(in_flight, sampled) : h.scheduler.update(in_flight, sampled));
+    p->record(advanced ? h.scheduler.resolve(sampled) : h.scheduler.update(in_flight, sampled));
     EXPECT_TRUE(h.scheduler.kv_cache().check_invariants().ok());
     if (!advanced || next.empty()) next = h.scheduler.schedule();
     in_flight = std::move(next);
@@ -371,7 +371,7 @@ TEST(SchedulerTest, SchedulesAheadOnlyWhatScheduleWould) {
   EXPECT_EQ(ahead.sequences[0].start_pos, decode2.sequences[0].start_pos + 1);
   EXPECT_EQ(h.scheduler.find(1)->token_ids.back(), Scheduler::kPendingToken);
   // Request 1 stops at EOS: it ends at resolve(); its token in `ahead` is dropped later.
-  auto outputs = h.scheduler.resolve(decode2, {{SampledTokens{1, {kEos}}, SampledTokens{2, {11}}}});
+  auto outputs = h.scheduler.resolve({{SampledTokens{1, {kEos}}, SampledTokens{2, {11}}}});
   ASSERT_EQ(outputs.size(), 2u);
   EXPECT_EQ(outputs[0].finish_reason, FinishReason::kStop);
   EXPECT_EQ(h.scheduler.find(1), nullptr);
