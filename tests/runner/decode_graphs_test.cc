@@ -13,119 +13,14 @@
 #include "engine/engine.h"
 #include "model/checkpoint.h"
 #include "runner/kv_cache_storage.h"
+#include "support/recording_backend.h"
 #include "support/test_support.h"
 #include "support/tiny_model.h"
 
 namespace bw {
 namespace {
 
-// Forwards to `inner`; inside capture() it records each op (arguments by value) instead.
-class RecordingBackend final : public Backend {
- public:
-  explicit RecordingBackend(Backend& inner) : inner_(inner) {}
-
-  std::string name() const override { return "recording(" + inner_.name() + ")"; }
-  DType activation_dtype() const override { return inner_.activation_dtype(); }
-  bool is_host_memory() const override { return inner_.is_host_memory(); }
-
-  Result<DeviceBuffer> allocate(size_t bytes) override {
-    RETURN_IF_ERROR(not_recording("allocate"));
-    return inner_.allocate(bytes);
-  }
-  Status copy_to_device(void* dst, const void* src, size_t bytes) override {
-    RETURN_IF_ERROR(not_recording("copy_to_device"));
-    return inner_.copy_to_device(dst, src, bytes);
-  }
-  Status copy_to_host(void* dst, const void* src, size_t bytes) override {
-    RETURN_IF_ERROR(not_recording("copy_to_host"));
-    return inner_.copy_to_host(dst, src, bytes);
-  }
-  Status copy_on_device(void* dst, const void* src, size_t bytes) override {
-    RETURN_IF_ERROR(not_recording("copy_on_device"));
-    return inner_.copy_on_device(dst, src, bytes);
-  }
-  Status synchronize() override {
-    RETURN_IF_ERROR(not_recording("synchronize"));
-    return inner_.synchronize();
-  }
-
-  Status embedding(TensorView out, const TensorView& table, const TensorView& ids) override {
-    return op([=, this] { return inner_.embedding(out, table, ids); });
-  }
-  Status matmul(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias) override {
-    return op([=, this] { return inner_.matmul(out, x, w, bias); });
-  }
-  Status rms_norm(TensorView out, const TensorView& x, const TensorView& weight, float eps) override {
-    return op([=, this] { return inner_.rms_norm(out, x, weight, eps); });
-  }
-  Status add_rms_norm(TensorView out, TensorView residual, const TensorView& x, const TensorView& weight,
-                      float eps) override {
-    return op([=, this] { return inner_.add_rms_norm(out, residual, x, weight, eps); });
-  }
-  Status add(TensorView out, const TensorView& a, const TensorView& b) override {
-    return op([=, this] { return inner_.add(out, a, b); });
-  }
-  Status rope_write_kv(TensorView qkv, const AttentionParams& attn, const RopeParams& rope,
-                       const AttentionMetadata& meta, const KvCacheLayer& cache) override {
-    return op([=, this] { return inner_.rope_write_kv(qkv, attn, rope, meta, cache); });
-  }
-  Status paged_attention(TensorView out, const TensorView& qkv, const AttentionParams& attn,
-                         const AttentionMetadata& meta, const KvCacheLayer& cache) override {
-    return op([=, this] { return inner_.paged_attention(out, qkv, attn, meta, cache); });
-  }
-  Status silu_mul(TensorView out, const TensorView& gate_up) override {
-    return op([=, this] { return inner_.silu_mul(out, gate_up); });
-  }
-
-  bool supports_graphs() const override { return true; }
-  Result<std::unique_ptr<CapturedGraph>> capture(const std::function<Status()>& body) override {
-    recording_ = true;
-    ops_.clear();
-    const Status status = body();
-    recording_ = false;
-    RETURN_IF_ERROR(status);
-    ++captures;
-    return std::unique_ptr<CapturedGraph>(new Replay(this, std::move(ops_)));
-  }
-
-  int64_t captures = 0;
-  int64_t replays = 0;
-  int64_t recorded_ops = 0;
-
- protected:
-  void free(void* /*data*/, size_t /*bytes*/) override {}  // buffers belong to inner_
-
- private:
-  class Replay final : public CapturedGraph {
-   public:
-    Replay(RecordingBackend* owner, std::vector<std::function<Status()>> ops) : owner_(owner), ops_(std::move(ops)) {}
-    Status replay() override {
-      ++owner_->replays;
-      for (const auto& f : ops_)
-        RETURN_IF_ERROR(f());
-      return OkStatus();
-    }
-
-   private:
-    RecordingBackend* owner_;
-    std::vector<std::function<Status()>> ops_;
-  };
-
-  Status not_recording(const char* what) const {
-    if (!recording_) return OkStatus();
-    return FailedPrecondition("recording: {} inside a capture", what);
-  }
-  Status op(std::function<Status()> f) {
-    if (!recording_) return f();
-    ops_.push_back(std::move(f));
-    ++recorded_ops;
-    return OkStatus();
-  }
-
-  Backend& inner_;
-  bool recording_ = false;
-  std::vector<std::function<Status()>> ops_;
-};
+using test::RecordingBackend;
 
 class DecodeGraphsTest : public ::testing::Test {
  protected:

@@ -1,0 +1,260 @@
+// The engine's overlapped decoding (EngineConfig::async_scheduling) in CI: a recording
+// backend over the CPU backend stands in for CUDA graphs and asynchronous device sampling
+// (tests/support/recording_backend.h), so the engine takes the same path as on a GPU: the
+// next decode step is enqueued, its input tokens taken from the last step's sampled ids,
+// before the host has seen them. The CPU backend is batch invariant, so every request must
+// produce exactly the tokens it produces without overlap, whatever else runs with it:
+// greedy and seeded sampling, staggered max_tokens, stop tokens and stop strings mid-way,
+// a penalty (no overlap while it runs), late arrivals, a cancel and a deadline.
+// tests/engine/engine_overlap_gpu_test.cc runs the same comparisons on CUDA.
+#include <gtest/gtest.h>
+
+#include <random>
+#include <thread>
+
+#include "backend/cpu/cpu_backend.h"
+#include "engine/engine.h"
+#include "model/checkpoint.h"
+#include "support/recording_backend.h"
+#include "support/test_support.h"
+#include "support/tiny_model.h"
+#include "tokenizer/open_tokenizer.h"
+
+namespace bw {
+namespace {
+
+using namespace std::chrono_literals;
+using test::RecordingBackend;
+
+struct OverlapRig {
+  CpuBackend cpu{2};
+  RecordingBackend backend{cpu, RecordingBackend::Sampling::kEmulated};
+  std::unique_ptr<CausalLM> model;
+  std::unique_ptr<Tokenizer> tokenizer;  // stories260K only
+
+  Status load(const std::string& path, bool with_tokenizer) {
+    ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::open(path));
+    WeightLoadOptions load;
+    load.weight_dtype = DType::kF32;
+    ASSIGN_OR_RETURN(model, load_causal_lm(ckpt, backend, load));
+    if (with_tokenizer) {
+      ASSIGN_OR_RETURN(tokenizer, open_tokenizer(path));
+    }
+    return OkStatus();
+  }
+
+  std::unique_ptr<Engine> engine(bool overlap, std::chrono::milliseconds step_delay = {}) {
+    EngineConfig config;
+    config.debug_step_delay = step_delay;
+    config.scheduler.max_model_len = 128;
+    config.scheduler.max_num_seqs = 16;
+    config.kv_num_blocks = 256;
+    config.async_scheduling = overlap;
+    auto e = Engine::create(*model, backend, tokenizer.get(), config, make_stderr_logger("overlap-test", "warn"));
+    EXPECT_TRUE(e.ok()) << e.status().to_string();
+    return e.ok() ? std::move(*e) : nullptr;
+  }
+};
+
+// Submits the requests (the ones in `late` after the others have started decoding), cancels
+// `cancel` once it has a token, and collects every completion.
+std::vector<Completion> run_all(Engine& engine, const std::vector<GenerationRequest>& requests,
+                                const std::vector<size_t>& late = {}, std::optional<size_t> cancel = {}) {
+  std::vector<std::unique_ptr<EventQueue>> queues(requests.size());
+  std::vector<RequestId> ids(requests.size(), 0);
+  auto submit = [&](size_t i) {
+    queues[i] = std::make_unique<EventQueue>();
+    auto id = engine.submit(requests[i], queues[i]->sink());
+    EXPECT_TRUE(id.ok()) << id.status().to_string();
+    ids[i] = id.ok() ? *id : 0;
+  };
+  auto is_late = [&](size_t i) { return std::find(late.begin(), late.end(), i) != late.end(); };
+  for (size_t i = 0; i < requests.size(); ++i)
+    if (!is_late(i)) submit(i);
+  std::vector<Completion> results(requests.size());
+  std::vector<bool> done(requests.size(), false);
+  auto drain = [&](size_t i, bool until_done) {
+    for (;;) {
+      auto event = queues[i]->pop(until_done ? 60s : 0ms);
+      if (!event) {
+        EXPECT_FALSE(until_done) << "request " << i << " timed out";
+        return;
+      }
+      accumulate_event(*event, &results[i]);
+      if (event->done) {
+        done[i] = true;
+        return;
+      }
+      if (!until_done) return;
+    }
+  };
+  if (!late.empty() || cancel) {
+    const size_t first = cancel.value_or(0);
+    drain(first, false);  // blocks for its first token only when it is not late
+    while (results[first].choices.empty() && !done[first]) {
+      std::this_thread::sleep_for(1ms);
+      drain(first, false);
+    }
+    if (cancel) engine.cancel(ids[*cancel]);
+    for (size_t i : late) {
+      submit(i);
+      std::this_thread::sleep_for(2ms);
+    }
+  }
+  for (size_t i = 0; i < requests.size(); ++i)
+    if (!done[i]) drain(i, true);
+  return results;
+}
+
+std::vector<GenerationRequest> mixed_requests(int count, int32_t vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int32_t> token(3, vocab - 1);
+  std::vector<GenerationRequest> requests;
+  for (int i = 0; i < count; ++i) {
+    GenerationRequest r;
+    r.prompt_ids.resize(static_cast<size_t>(3 + 7 * i));
+    for (auto& id : r.prompt_ids)
+      id = token(rng);
+    r.stop.max_tokens = 9 + 5 * i;
+    r.stop.ignore_eos = true;
+    r.detokenize = false;
+    if (i % 2 == 1) {
+      r.sampling.temperature = 0.8f;
+      r.sampling.seed = 40 + i;
+    }
+    requests.push_back(std::move(r));
+  }
+  return requests;
+}
+
+void expect_same_tokens(const std::vector<Completion>& got, const std::vector<Completion>& want,
+                        const std::string& what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(got[i].choices.size(), 1u) << what << " " << i;
+    ASSERT_EQ(want[i].choices.size(), 1u) << what << " " << i;
+    EXPECT_EQ(got[i].choices[0].token_ids, want[i].choices[0].token_ids) << what << " request " << i;
+    EXPECT_EQ(got[i].choices[0].finish_reason, want[i].choices[0].finish_reason) << what << " request " << i;
+    EXPECT_EQ(got[i].choices[0].text, want[i].choices[0].text) << what << " request " << i;
+  }
+}
+
+class EngineOverlapTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto path = test::write_tiny_model(dir_, "tiny-llama", 13);
+    ASSERT_TRUE(path.ok()) << path.status().to_string();
+    const Status loaded = setup_.load(*path, false);
+    ASSERT_TRUE(loaded.ok()) << loaded.to_string();
+  }
+  int32_t vocab() const { return static_cast<int32_t>(setup_.model->config().vocab_size); }
+
+  test::TempDir dir_;
+  OverlapRig setup_;
+};
+
+TEST_F(EngineOverlapTest, SameTokensWithAndWithoutOverlap) {
+  std::vector<GenerationRequest> requests = mixed_requests(10, vocab(), 1);
+  auto plain_engine = setup_.engine(false);
+  auto overlapped_engine = setup_.engine(true);
+  const std::vector<Completion> plain = run_all(*plain_engine, requests);
+  EXPECT_EQ(plain_engine->stats().num_overlapped_steps, 0);
+  const int64_t samples_before = setup_.backend.async_samples;
+  expect_same_tokens(run_all(*overlapped_engine, requests), plain, "limits");
+  EngineStats stats = overlapped_engine->stats();
+  EXPECT_GT(stats.num_overlapped_steps, stats.num_steps / 2) << stats.num_steps;
+  EXPECT_GT(setup_.backend.async_samples, samples_before);
+  EXPECT_GT(setup_.backend.selects, 0);
+  EXPECT_EQ(stats.kv_used_blocks, 0);
+
+  // Stop tokens mid-way for every other request, and a penalty on one that runs to its end.
+  for (size_t i = 0; i < requests.size(); i += 2)
+    requests[i].stop.stop_token_ids = {plain[i].choices[0].token_ids[4]};
+  requests[5].sampling.repetition_penalty = 1.2f;
+  const std::vector<Completion> plain_stops = run_all(*plain_engine, requests);
+  const int64_t overlapped_before = overlapped_engine->stats().num_overlapped_steps;
+  expect_same_tokens(run_all(*overlapped_engine, requests), plain_stops, "stops");
+  int stopped = 0;
+  for (const Completion& c : plain_stops)
+    stopped += c.choices[0].finish_reason == FinishReason::kStop ? 1 : 0;
+  EXPECT_GE(stopped, 4);
+  stats = overlapped_engine->stats();
+  EXPECT_GT(stats.num_overlapped_steps, overlapped_before);
+  EXPECT_EQ(stats.kv_used_blocks, 0);
+  EXPECT_EQ(stats.requests_failed, 0);
+}
+
+TEST_F(EngineOverlapTest, LateArrivalsCancelsAndDeadlinesLoseNothing) {
+  std::vector<GenerationRequest> requests = mixed_requests(12, vocab(), 2);
+  requests[7].deadline = SteadyClock::now() + 1h;  // far away: it must not fire
+  auto plain_engine = setup_.engine(false);
+  const std::vector<Completion> plain = run_all(*plain_engine, requests);
+  auto overlapped_engine = setup_.engine(true);
+  const std::vector<Completion> got = run_all(*overlapped_engine, requests, {8, 9, 10, 11}, 3);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_EQ(got[i].choices.size(), 1u) << i;
+    const Completion::Choice& c = got[i].choices[0];
+    if (i == 3) {  // cancelled: a prefix of its tokens, ended as abort (unless it was done)
+      const auto& full = plain[i].choices[0].token_ids;
+      ASSERT_LE(c.token_ids.size(), full.size());
+      EXPECT_TRUE(std::equal(c.token_ids.begin(), c.token_ids.end(), full.begin()));
+      if (c.finish_reason != FinishReason::kLength) {
+        EXPECT_EQ(c.finish_reason, FinishReason::kAbort);
+      }
+      continue;
+    }
+    EXPECT_EQ(c.token_ids, plain[i].choices[0].token_ids) << "request " << i;
+    EXPECT_EQ(c.finish_reason, FinishReason::kLength) << "request " << i;
+  }
+  // A deadline that passes while the request decodes overlapped (each step made to last
+  // 2 ms longer, so 100 tokens take longer than the deadline).
+  GenerationRequest slow = requests[0];
+  slow.stop.max_tokens = 100;
+  slow.deadline = SteadyClock::now() + 50ms;
+  auto slow_engine = setup_.engine(true, 2ms);
+  const Completion timed_out = run_all(*slow_engine, {slow})[0];
+  ASSERT_EQ(timed_out.choices.size(), 1u);
+  EXPECT_EQ(timed_out.choices[0].finish_reason, FinishReason::kTimeout);
+  EXPECT_LT(timed_out.choices[0].token_ids.size(), 100u);
+  EXPECT_GT(slow_engine->stats().num_overlapped_steps, 0);
+  EXPECT_EQ(slow_engine->stats().kv_used_blocks, 0);
+  const EngineStats stats = overlapped_engine->stats();
+  EXPECT_GT(stats.num_overlapped_steps, 0);
+  EXPECT_EQ(stats.requests_failed, 0);
+  EXPECT_EQ(stats.kv_used_blocks, 0);
+  EXPECT_EQ(stats.num_running, 0);
+}
+
+// Stop strings on a trained model with its tokenizer: the text is cut at the match whether
+// or not the step after it was already enqueued.
+TEST(EngineOverlapTextTest, StopStringsCutTheSameText) {
+  BW_TESTDATA_OR_SKIP(path, "models/stories260K.gguf");
+  OverlapRig setup;
+  const Status loaded = setup.load(path.string(), true);
+  ASSERT_TRUE(loaded.ok()) << loaded.to_string();
+  std::vector<GenerationRequest> requests;
+  for (const char* prompt : {"Once upon a time", "The little dog", "Lily and Ben"}) {
+    GenerationRequest r;
+    r.prompt_ids = setup.tokenizer->encode(prompt, true, false);
+    r.stop.max_tokens = 60;
+    requests.push_back(std::move(r));
+  }
+  auto plain_engine = setup.engine(false);
+  const std::vector<Completion> full = run_all(*plain_engine, requests);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const std::string& text = full[i].choices[0].text;
+    ASSERT_GT(text.size(), 30u) << text;
+    const size_t at = text.find(' ', 15 + 5 * i);
+    ASSERT_NE(at, std::string::npos);
+    requests[i].stop_strings = {text.substr(at, 4)};
+  }
+  const std::vector<Completion> plain = run_all(*plain_engine, requests);
+  auto overlapped_engine = setup.engine(true);
+  expect_same_tokens(run_all(*overlapped_engine, requests), plain, "stop strings");
+  for (const Completion& c : plain)
+    EXPECT_EQ(c.choices[0].finish_reason, FinishReason::kStop);
+  EXPECT_GT(overlapped_engine->stats().num_overlapped_steps, 0);
+}
+
+}  // namespace
+}  // namespace bw
