@@ -25,7 +25,10 @@ void add_engine_flags(CLI::App& app, EngineFlags* f) {
   app.add_flag("--no-async-scheduling", f->no_async_scheduling,
                "GPU backends: wait for each decode step's tokens before scheduling the next (no overlap of the "
                "host's work with the device's)");
-  app.add_option("--kv-dtype", f->kv_dtype, "KV cache dtype: f32, f16, bf16")->capture_default_str();
+  app.add_option("--kv-dtype", f->kv_dtype,
+                 "KV cache dtype: auto (the activations': f32 on the CPU, bf16 on a GPU unless the weights are f32), "
+                 "f32, f16, bf16")
+      ->capture_default_str();
   app.add_flag("--no-prefix-caching", f->no_prefix_caching, "Do not reuse KV blocks of earlier prompts");
   app.add_flag("--no-chunked-prefill", f->no_chunked_prefill, "Prefill each prompt in one step");
   app.add_option("--batch-window-ms", f->batch_window_ms,
@@ -67,7 +70,14 @@ Result<uint64_t> parse_byte_size(const std::string& text) {
   return value << shift;
 }
 
-Result<EngineConfig> engine_config_from_flags(const EngineFlags& f) {
+Result<DType> kv_dtype_from_flag(const std::string& flag, DType activation_dtype) {
+  if (flag == "auto") return activation_dtype;
+  auto kv_dtype = dtype_from_name(flag);
+  if (!kv_dtype || !is_float(*kv_dtype)) return InvalidArgument("--kv-dtype must be auto, f32, f16 or bf16");
+  return *kv_dtype;
+}
+
+Result<EngineConfig> engine_config_from_flags(const EngineFlags& f, DType activation_dtype) {
   EngineConfig config;
   config.scheduler.max_num_seqs = f.max_num_seqs;
   config.scheduler.max_num_batched_tokens = f.max_num_batched_tokens;
@@ -79,9 +89,7 @@ Result<EngineConfig> engine_config_from_flags(const EngineFlags& f) {
     ASSIGN_OR_RETURN(config.kv_cache_bytes, parse_byte_size(f.kv_cache_bytes));
     if (config.kv_cache_bytes == 0) return InvalidArgument("--kv-cache-bytes must be positive");
   }
-  auto kv_dtype = dtype_from_name(f.kv_dtype);
-  if (!kv_dtype || !is_float(*kv_dtype)) return InvalidArgument("--kv-dtype must be f32, f16 or bf16");
-  config.kv_dtype = *kv_dtype;
+  ASSIGN_OR_RETURN(config.kv_dtype, kv_dtype_from_flag(f.kv_dtype, activation_dtype));
   config.enable_prefix_caching = !f.no_prefix_caching;
   if (!(f.kv_memory_fraction > 0.0 && f.kv_memory_fraction <= 1.0))
     return InvalidArgument("--kv-memory-fraction must be in (0, 1]");

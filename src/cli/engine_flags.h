@@ -21,7 +21,7 @@ struct EngineFlags {
   double gpu_memory_utilization = 0.90;
   bool enforce_eager = false;
   bool no_async_scheduling = false;
-  std::string kv_dtype = "f32";
+  std::string kv_dtype = "auto";  // auto: the backend's activation dtype
   bool no_prefix_caching = false;
   bool no_chunked_prefill = false;
   int64_t batch_window_ms = 0;
@@ -30,7 +30,11 @@ struct EngineFlags {
 };
 
 void add_engine_flags(CLI::App& app, EngineFlags* flags);
-Result<EngineConfig> engine_config_from_flags(const EngineFlags& flags);
+// `activation_dtype`: the backend's (Backend::activation_dtype), which --kv-dtype auto takes.
+Result<EngineConfig> engine_config_from_flags(const EngineFlags& flags, DType activation_dtype);
+// --kv-dtype: f32, f16, bf16, or auto (= activation_dtype: f32 on the CPU; on a GPU bf16,
+// or f32 for f32 weights), as vLLM's --kv-cache-dtype auto follows the model's dtype.
+Result<DType> kv_dtype_from_flag(const std::string& flag, DType activation_dtype);
 
 // "4GiB" -> 4294967296; plain digits are bytes; K/M/G/T with or without "iB"/"B" are
 // powers of 1024.

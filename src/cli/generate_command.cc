@@ -77,8 +77,7 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
   if (args.chat && !args.prompts_file.empty()) return InvalidArgument("--chat works with --prompt only");
   if (args.chat && args.prompt.empty()) return InvalidArgument("--chat needs --prompt TEXT");
   ASSIGN_OR_RETURN(std::optional<DType> weight_dtype, parse_weight_dtype(args.weight_dtype));
-  auto kv_dtype = dtype_from_name(args.engine.kv_dtype);
-  if (!kv_dtype || !is_float(*kv_dtype)) return InvalidArgument("--kv-dtype must be f32, f16 or bf16");
+  RETURN_IF_ERROR(kv_dtype_from_flag(args.engine.kv_dtype, DType::kF32).status());  // before the slow load
   if (args.max_tokens < 0) return InvalidArgument("--max-tokens must be >= 0");
   if (args.temperature < 0) return InvalidArgument("--temperature must be >= 0");
 
@@ -88,6 +87,7 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
                    create_backend(args.device, args.threads, weight_dtype.value_or(checkpoint.config().weight_dtype)));
   log->info("{}: {}", args.model, checkpoint.config().summary());
+  ASSIGN_OR_RETURN(const DType kv_dtype, kv_dtype_from_flag(args.engine.kv_dtype, backend->activation_dtype()));
   std::unique_ptr<Tokenizer> tokenizer;
   if (auto t = model_tokenizer(checkpoint, args.model); t.ok()) {
     tokenizer = std::move(*t);
@@ -111,7 +111,7 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
   const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
   if (!args.prompts_file.empty()) {
-    ASSIGN_OR_RETURN(EngineConfig config, engine_config_from_flags(args.engine));
+    ASSIGN_OR_RETURN(EngineConfig config, engine_config_from_flags(args.engine, backend->activation_dtype()));
     config.model_name = args.model;
     ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::create(*model, *backend, tokenizer.get(), config, log));
     GenerationRequest base;
@@ -134,7 +134,7 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
   options.sampling.seed = args.seed;
   options.ignore_eos = args.ignore_eos;
   options.kv_block_size = args.engine.kv_block_size;
-  options.kv_dtype = *kv_dtype;
+  options.kv_dtype = kv_dtype;
   Generator generator(*model, *backend);
   // Text is streamed to the terminal as tokens arrive (never a broken UTF-8 sequence).
   std::optional<StreamingDetokenizer> detok;

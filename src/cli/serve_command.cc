@@ -68,13 +68,13 @@ struct LoadedModel {
 Result<LoadedModel> load_model(const ServeArgs& args, const Logger& log, server::ServedModel* served) {
   LoadedModel loaded;
   ASSIGN_OR_RETURN(std::optional<DType> weight_dtype, parse_weight_dtype(args.weight_dtype));
-  ASSIGN_OR_RETURN(EngineConfig config, engine_config_from_flags(args.engine));
-  config.model_name = args.served_model_name;
-  config.max_pending_requests = config.scheduler.max_num_seqs + args.max_queue;
   ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::open(args.model));
   // The CUDA backend computes in f32 for f32 weights and in bf16 otherwise.
   ASSIGN_OR_RETURN(loaded.backend,
                    create_backend(args.device, args.threads, weight_dtype.value_or(checkpoint.config().weight_dtype)));
+  ASSIGN_OR_RETURN(EngineConfig config, engine_config_from_flags(args.engine, loaded.backend->activation_dtype()));
+  config.model_name = args.served_model_name;
+  config.max_pending_requests = config.scheduler.max_num_seqs + args.max_queue;
   log->info("{}: {}", args.model, checkpoint.config().summary());
   if (auto t = model_tokenizer(checkpoint, args.model); t.ok()) {
     loaded.tokenizer = std::move(*t);

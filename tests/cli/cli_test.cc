@@ -66,6 +66,10 @@ TEST(CliTest, BadInputGivesAClearErrorAndNonZeroExit) {
   auto out_of_vocab = run("generate --model " + out + " --prompt-ids 1,100000");
   EXPECT_NE(out_of_vocab.exit_code, 0);
   EXPECT_NE(out_of_vocab.output.find("outside the vocabulary"), std::string::npos) << out_of_vocab.output;
+  auto kv = run("generate --model " + out + " --prompt-ids 1,2 --kv-dtype f8");
+  EXPECT_NE(kv.exit_code, 0);
+  EXPECT_NE(kv.output.find("--kv-dtype must be auto, f32, f16 or bf16"), std::string::npos) << kv.output;
+  EXPECT_EQ(run("generate --model " + out + " --prompt-ids 1,2 --max-tokens 2 --kv-dtype auto").exit_code, 0);
   auto preset = run("make-model --preset no-such-model --out " + tmp.file("x"));
   EXPECT_NE(preset.exit_code, 0);
   EXPECT_NE(preset.output.find("deepseek-r1-distill-qwen-7b"), std::string::npos) << preset.output;
