@@ -439,8 +439,7 @@ bool Engine::samples_without_history(const SchedulerOutput& output) const {
   for (const ScheduledSequence& seq : output.sequences) {
     auto it = sequences_.find(seq.request_id);
     if (it == sequences_.end()) continue;
-    const SamplingParams& p = it->second->sampler.params();
-    if (p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) return false;
+    if (it->second->sampler.params().has_penalty()) return false;
   }
   return true;
 }

@@ -29,7 +29,7 @@ void DeviceSamplingBatchBuilder::add_row(const SamplingParams& params, uint64_t 
   rows_.push_back(row);
 
   const bool use_repetition = params.repetition_penalty != 1.0f;
-  const bool any_penalty = use_repetition || params.presence_penalty != 0.0f || params.frequency_penalty != 0.0f;
+  const bool any_penalty = params.has_penalty();
   const size_t num_ids = (use_repetition ? prompt_ids.size() : 0) + output_ids.size();
   if (any_penalty && num_ids > 0) {
     // Distinct tokens through a small open-addressing table (as Sampler::apply_penalties).

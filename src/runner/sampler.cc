@@ -304,8 +304,7 @@ SampledToken Sampler::sample(std::span<float> logits, std::span<const int32_t> p
 }
 
 bool Sampler::modifies_logits() const {
-  return !params_.is_greedy() || !params_.logit_bias.empty() || params_.repetition_penalty != 1.0f ||
-         params_.presence_penalty != 0.0f || params_.frequency_penalty != 0.0f;
+  return !params_.is_greedy() || !params_.logit_bias.empty() || params_.has_penalty();
 }
 
 void Sampler::apply_logit_bias(std::span<float> logits) const {

@@ -32,6 +32,10 @@ struct SamplingParams {
   int32_t logprobs = -1;
 
   bool is_greedy() const { return temperature <= 0.0f; }
+  // A repetition, presence or frequency penalty: the token depends on the history.
+  bool has_penalty() const {
+    return repetition_penalty != 1.0f || presence_penalty != 0.0f || frequency_penalty != 0.0f;
+  }
 
   // InvalidArgument naming the field when a value is out of range (token ids against
   // vocab_size; logprobs at most 20, as OpenAI allows).

@@ -8,18 +8,19 @@
 #include <gtest/gtest.h>
 
 #include <random>
-#include <thread>
 
 #include "backend/backend_factory.h"
 #include "engine/engine.h"
 #include "model/checkpoint.h"
+#include "support/engine_runs.h"
 #include "support/test_support.h"
 #include "support/tiny_model.h"
 
 namespace bw {
 namespace {
 
-using namespace std::chrono_literals;
+using test::expect_same_tokens;
+using test::run_all;
 
 class EngineOverlapGpuTest : public ::testing::Test {
  protected:
@@ -50,27 +51,6 @@ class EngineOverlapGpuTest : public ::testing::Test {
     return engine.ok() ? std::move(*engine) : nullptr;
   }
 
-  // Submits every request at once and collects each one's completion.
-  static std::vector<Completion> run_all(Engine& engine, const std::vector<GenerationRequest>& requests) {
-    std::vector<std::unique_ptr<EventQueue>> queues;
-    for (const GenerationRequest& r : requests) {
-      queues.push_back(std::make_unique<EventQueue>());
-      auto id = engine.submit(r, queues.back()->sink());
-      EXPECT_TRUE(id.ok()) << id.status().to_string();
-    }
-    std::vector<Completion> results(requests.size());
-    for (size_t i = 0; i < requests.size(); ++i) {
-      for (;;) {
-        auto event = queues[i]->pop(60s);
-        EXPECT_TRUE(event.has_value()) << "request " << i << " timed out";
-        if (!event) break;
-        accumulate_event(*event, &results[i]);
-        if (event->done) break;
-      }
-    }
-    return results;
-  }
-
   std::vector<GenerationRequest> mixed_requests(std::mt19937& rng) const {
     const int64_t vocab = model_->config().vocab_size;
     std::uniform_int_distribution<int32_t> token(3, static_cast<int32_t>(vocab - 1));
@@ -98,16 +78,6 @@ class EngineOverlapGpuTest : public ::testing::Test {
   std::unique_ptr<CausalLM> model_;
 };
 
-void expect_same(const std::vector<Completion>& got, const std::vector<Completion>& want) {
-  ASSERT_EQ(got.size(), want.size());
-  for (size_t i = 0; i < got.size(); ++i) {
-    ASSERT_EQ(got[i].choices.size(), 1u) << i;
-    ASSERT_EQ(want[i].choices.size(), 1u) << i;
-    EXPECT_EQ(got[i].choices[0].token_ids, want[i].choices[0].token_ids) << "request " << i;
-    EXPECT_EQ(got[i].choices[0].finish_reason, want[i].choices[0].finish_reason) << "request " << i;
-  }
-}
-
 TEST_F(EngineOverlapGpuTest, OverlappedStepsGiveTheSameTokens) {
   std::mt19937 rng(5);
   std::vector<GenerationRequest> requests = mixed_requests(rng);
@@ -117,7 +87,7 @@ TEST_F(EngineOverlapGpuTest, OverlappedStepsGiveTheSameTokens) {
 
   auto overlapped = make_engine(true);
   const std::vector<Completion> got = run_all(*overlapped, requests);
-  expect_same(got, plain);
+  expect_same_tokens(got, plain, "limits");
   for (size_t i = 0; i < got.size(); ++i)
     EXPECT_EQ(got[i].choices[0].token_ids.size(), static_cast<size_t>(requests[i].stop.max_tokens)) << i;
   // Most decode steps ran overlapped (the first of each batch composition does not).
@@ -134,7 +104,7 @@ TEST_F(EngineOverlapGpuTest, OverlappedStepsGiveTheSameTokens) {
   const std::vector<Completion> plain_stops = run_all(*sync, requests);
   const int64_t overlapped_before = overlapped->stats().num_overlapped_steps;
   const std::vector<Completion> got_stops = run_all(*overlapped, requests);
-  expect_same(got_stops, plain_stops);
+  expect_same_tokens(got_stops, plain_stops, "stops");
   int stopped = 0;
   for (const Completion& c : got_stops)
     stopped += c.choices[0].finish_reason == FinishReason::kStop ? 1 : 0;
@@ -147,35 +117,8 @@ TEST_F(EngineOverlapGpuTest, LateArrivalsAndCancelsLoseNothing) {
   std::mt19937 rng(8);
   const std::vector<GenerationRequest> requests = mixed_requests(rng);
   auto engine = make_engine(true);
-  std::vector<std::unique_ptr<EventQueue>> queues;
-  std::vector<RequestId> ids;
-  auto submit = [&](const GenerationRequest& r) {
-    queues.push_back(std::make_unique<EventQueue>());
-    auto id = engine->submit(r, queues.back()->sink());
-    ASSERT_TRUE(id.ok()) << id.status().to_string();
-    ids.push_back(*id);
-  };
-  for (size_t i = 0; i < 5; ++i)
-    submit(requests[i]);
-  // Wait until the first wave decodes, then add the rest one by one and cancel one.
-  auto first = queues[0]->pop(60s);
-  ASSERT_TRUE(first.has_value());
-  std::vector<Completion> results(requests.size());
-  accumulate_event(*first, &results[0]);
-  for (size_t i = 5; i < requests.size(); ++i) {
-    submit(requests[i]);
-    std::this_thread::sleep_for(1ms);
-  }
-  engine->cancel(ids[2]);
-  for (size_t i = 0; i < requests.size(); ++i) {
-    if (i == 0 && results[0].choices.size() == 1 && first->done) continue;
-    for (;;) {
-      auto event = queues[i]->pop(60s);
-      ASSERT_TRUE(event.has_value()) << "request " << i << " timed out";
-      accumulate_event(*event, &results[i]);
-      if (event->done) break;
-    }
-  }
+  // The first wave decodes, then the rest arrive one by one and one request is cancelled.
+  const std::vector<Completion> results = run_all(*engine, requests, {5, 6, 7, 8, 9}, 2);
   for (size_t i = 0; i < requests.size(); ++i) {
     ASSERT_EQ(results[i].choices.size(), 1u) << i;
     const Completion::Choice& c = results[i].choices[0];

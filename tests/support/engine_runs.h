@@ -1,0 +1,81 @@
+// Helpers for engine tests that compare runs: submit a set of requests (some late, one
+// cancelled) and gather every completion; check two runs produced the same tokens.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/engine_client.h"
+
+namespace bw::test {
+
+// Submits the requests (the ones in `late` after the others have started decoding), cancels
+// `cancel` once it has a token, and collects every completion.
+inline std::vector<Completion> run_all(EngineClient& engine, const std::vector<GenerationRequest>& requests,
+                                       const std::vector<size_t>& late = {}, std::optional<size_t> cancel = {}) {
+  std::vector<std::unique_ptr<EventQueue>> queues(requests.size());
+  std::vector<RequestId> ids(requests.size(), 0);
+  auto submit = [&](size_t i) {
+    queues[i] = std::make_unique<EventQueue>();
+    auto id = engine.submit(requests[i], queues[i]->sink());
+    EXPECT_TRUE(id.ok()) << id.status().to_string();
+    ids[i] = id.ok() ? *id : 0;
+  };
+  auto is_late = [&](size_t i) { return std::find(late.begin(), late.end(), i) != late.end(); };
+  for (size_t i = 0; i < requests.size(); ++i)
+    if (!is_late(i)) submit(i);
+  std::vector<Completion> results(requests.size());
+  std::vector<bool> done(requests.size(), false);
+  auto drain = [&](size_t i, bool until_done) {
+    for (;;) {
+      auto event = queues[i]->pop(until_done ? std::chrono::seconds(60) : std::chrono::milliseconds(0));
+      if (!event) {
+        EXPECT_FALSE(until_done) << "request " << i << " timed out";
+        return;
+      }
+      accumulate_event(*event, &results[i]);
+      if (event->done) {
+        done[i] = true;
+        return;
+      }
+      if (!until_done) return;
+    }
+  };
+  if (!late.empty() || cancel) {
+    const size_t first = cancel.value_or(0);
+    drain(first, false);  // blocks for its first token only when it is not late
+    while (results[first].choices.empty() && !done[first]) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      drain(first, false);
+    }
+    if (cancel) engine.cancel(ids[*cancel]);
+    for (size_t i : late) {
+      submit(i);
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+  for (size_t i = 0; i < requests.size(); ++i)
+    if (!done[i]) drain(i, true);
+  return results;
+}
+
+inline void expect_same_tokens(const std::vector<Completion>& got, const std::vector<Completion>& want,
+                               const std::string& what) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(got[i].choices.size(), 1u) << what << " " << i;
+    ASSERT_EQ(want[i].choices.size(), 1u) << what << " " << i;
+    EXPECT_EQ(got[i].choices[0].token_ids, want[i].choices[0].token_ids) << what << " request " << i;
+    EXPECT_EQ(got[i].choices[0].finish_reason, want[i].choices[0].finish_reason) << what << " request " << i;
+    EXPECT_EQ(got[i].choices[0].text, want[i].choices[0].text) << what << " request " << i;
+  }
+}
+
+}  // namespace bw::test
