@@ -129,17 +129,31 @@ struct DeviceSamplingRow {
   float frequency_penalty = 0.0f;
   uint64_t seed = 0;  // with `step`, selects the random draw
   uint64_t step = 0;  // the output index of the token being sampled
+  // >= 0: the row's newest output token is not in its penalty history yet (an overlapped
+  // step samples before the host has seen it): it is DeviceSamplingBatch::pending's
+  // ids[pending_row], and the penalties count it as one more output occurrence.
+  int32_t pending_row = -1;
+};
+
+// A sample_async in flight: its ids [rows] i32 in backend memory, and the staging slot
+// they came through.
+struct AsyncSample {
+  const int32_t* ids = nullptr;
+  int64_t rows = 0;
+  int slot = -1;
 };
 
 // A batch for Backend::sample, all in host memory. The penalty history is CSR: row r's
 // distinct token ids are penalty_tokens[penalty_offsets[r], penalty_offsets[r + 1]), each
 // with its count in the output so far (penalty_output_counts; 0 = in the prompt only).
-// The offsets may be empty when no row has any history.
+// The offsets may be empty when no row has any history. `pending`: the earlier
+// sample_async whose ids the rows' pending_row index (set when any row has one).
 struct DeviceSamplingBatch {
   std::span<const DeviceSamplingRow> rows;
   std::span<const int32_t> penalty_offsets;        // [rows + 1] or empty
   std::span<const int32_t> penalty_tokens;         // distinct per row, in [0, V)
   std::span<const int32_t> penalty_output_counts;  // [penalty_tokens.size()], >= 0
+  AsyncSample pending;
 };
 
 // The input of a projection that starts with an RMS norm: the projection reads
@@ -150,14 +164,6 @@ struct NormedInput {
   TensorView norm_weight;
   float eps = 0.0f;
   TensorView scratch;
-};
-
-// A sample_async in flight: its ids [rows] i32 in backend memory, and the staging slot
-// they came through.
-struct AsyncSample {
-  const int32_t* ids = nullptr;
-  int64_t rows = 0;
-  int slot = -1;
 };
 
 // One decoder layer's weights (model/arch/dense_decoder.h builds them): what
@@ -300,7 +306,8 @@ class Backend {
   // as scratch, modified) under batch.rows[i]: penalties, then greedy argmax (lowest id on
   // ties) or temperature, min-p, top-k, top-p and one draw that depends only on the row's
   // logits, seed and step. Blocks until the ids are on the host. InvalidArgument on bad
-  // shapes or parameters.
+  // shapes or parameters. Rows with a pending_row read batch.pending's ids, which must
+  // still be in backend memory (see sample_async).
   virtual Status sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch) {
     (void)tokens;
     (void)logits;

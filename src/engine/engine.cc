@@ -368,8 +368,7 @@ void Engine::step_overlapped() {
   in_flight_.reset();
   // The next step, scheduled and enqueued before this one's tokens are back.
   bool advanced = false;
-  if (config_.async_scheduling && scheduler_->can_schedule_ahead(current.output) &&
-      samples_without_history(current.output)) {
+  if (config_.async_scheduling && scheduler_->can_schedule_ahead(current.output)) {
     const auto start = SteadyClock::now();
     SchedulerOutput ahead = scheduler_->schedule_ahead(current.output);
     advanced = true;
@@ -383,11 +382,14 @@ void Engine::step_overlapped() {
       for (const ScheduledSequence& seq : ahead.sequences)
         rows.push_back(row_of.at(seq.request_id));
       const TokenSource source{current.pending.sample, rows};
-      Status status = prepare_device_sampling(ahead)
+      // Penalty rows count their pending token on the device too.
+      Status status = prepare_device_sampling(ahead, rows)
                           ? OkStatus()
                           : Internal("a step scheduled ahead cannot be sampled on the device");
-      Result<ModelRunner::PendingStep> launched = status.ok() ? runner_->launch(ahead, device_batch_.batch(), &source)
-                                                              : Result<ModelRunner::PendingStep>(status);
+      DeviceSamplingBatch batch = device_batch_.batch();
+      batch.pending = source.from;
+      Result<ModelRunner::PendingStep> launched =
+          status.ok() ? runner_->launch(ahead, batch, &source) : Result<ModelRunner::PendingStep>(status);
       if (launched.ok()) {
         counters_.num_overlapped_steps += 1;
         in_flight_ = InFlight{std::move(ahead), std::move(*launched), start};
@@ -435,15 +437,6 @@ void Engine::fail_step(const SchedulerOutput& output, const Status& status) {
   }
 }
 
-bool Engine::samples_without_history(const SchedulerOutput& output) const {
-  for (const ScheduledSequence& seq : output.sequences) {
-    auto it = sequences_.find(seq.request_id);
-    if (it == sequences_.end()) continue;
-    if (it->second->sampler.params().has_penalty()) return false;
-  }
-  return true;
-}
-
 void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bool advanced,
                          SteadyClock::time_point start) {
   std::vector<SampledTokens> sampled;
@@ -489,10 +482,11 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
   last_step_end_ = now;
 }
 
-bool Engine::prepare_device_sampling(const SchedulerOutput& output) {
+bool Engine::prepare_device_sampling(const SchedulerOutput& output, std::span<const int32_t> pending_rows) {
   if (!runner_->samples_on_device()) return false;
   device_batch_.clear();
-  for (const ScheduledSequence& seq : output.sequences) {
+  for (size_t i = 0; i < output.sequences.size(); ++i) {
+    const ScheduledSequence& seq = output.sequences[i];
     if (!seq.sample) continue;
     const Request* request = scheduler_->find(seq.request_id);
     auto it = sequences_.find(seq.request_id);
@@ -500,7 +494,7 @@ bool Engine::prepare_device_sampling(const SchedulerOutput& output) {
     const SequenceState& state = *it->second;
     if (!device_samplable(state.sampler.params())) return false;
     device_batch_.add_row(state.sampler.params(), state.seed, request->output_ids().size(), request->prompt_ids(),
-                          request->output_ids());
+                          request->output_ids(), pending_rows.empty() ? -1 : pending_rows[i]);
   }
   return device_batch_.num_rows() > 0;
 }

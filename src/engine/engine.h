@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -53,8 +54,8 @@ struct EngineConfig {
   // Overlapped decoding: while a decode step runs on the device, the next one is scheduled
   // and enqueued (its input tokens taken on the device from this step's samples), and this
   // step's outputs are handled while the next runs. Only where the backend samples
-  // asynchronously (CUDA), for graph-replayed decode steps whose rows need no token history
-  // (no penalties, logprobs or logit bias); other steps run one after another.
+  // asynchronously (CUDA), for graph-replayed decode steps whose rows sample on the device
+  // (penalties included; not logprobs or logit bias); other steps run one after another.
   bool async_scheduling = true;
   DType kv_dtype = DType::kF32;
   bool enable_prefix_caching = true;
@@ -112,14 +113,13 @@ class Engine final : public EngineClient {
   void note_scheduled(const SchedulerOutput& output, SteadyClock::time_point start);
   // A failed step fails the requests in it; the engine keeps serving the others.
   void fail_step(const SchedulerOutput& output, const Status& status);
-  // Whether every row of a decode step can be sampled without the token it is waiting for
-  // (no penalty history), so the next step can be scheduled before its tokens are known.
-  bool samples_without_history(const SchedulerOutput& output) const;
   // Scheduler outputs for the sampled tokens, then events and counters for the step.
   void finish_step(const SchedulerOutput& output, RunnerOutput& logits, bool advanced, SteadyClock::time_point start);
   // Fills device_batch_ for this step's sampled rows; false when a row needs the host
   // Sampler (logprobs, logit bias, n > 1 forks) or the backend cannot sample.
-  bool prepare_device_sampling(const SchedulerOutput& output);
+  // pending_rows (one per sequence of a step scheduled ahead, or empty): the row of the
+  // in-flight sample that holds each sequence's newest token.
+  bool prepare_device_sampling(const SchedulerOutput& output, std::span<const int32_t> pending_rows = {});
   void handle_output(const SequenceOutput& output, const SampledToken* sampled);
   void finish_group_sequences(RequestId group_id, FinishReason reason, const Status& error = OkStatus());
   void end_sequence(SequenceState& seq, FinishReason reason, EngineEvent* event);

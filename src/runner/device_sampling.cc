@@ -15,7 +15,8 @@ void DeviceSamplingBatchBuilder::clear() {
 }
 
 void DeviceSamplingBatchBuilder::add_row(const SamplingParams& params, uint64_t seed, uint64_t step,
-                                         std::span<const int32_t> prompt_ids, std::span<const int32_t> output_ids) {
+                                         std::span<const int32_t> prompt_ids, std::span<const int32_t> output_ids,
+                                         int32_t pending_row) {
   DeviceSamplingRow row;
   row.temperature = params.temperature;
   row.top_k = params.top_k;
@@ -26,10 +27,11 @@ void DeviceSamplingBatchBuilder::add_row(const SamplingParams& params, uint64_t 
   row.frequency_penalty = params.frequency_penalty;
   row.seed = seed;
   row.step = step;
+  const bool any_penalty = params.has_penalty();
+  if (any_penalty) row.pending_row = pending_row;
   rows_.push_back(row);
 
   const bool use_repetition = params.repetition_penalty != 1.0f;
-  const bool any_penalty = params.has_penalty();
   const size_t num_ids = (use_repetition ? prompt_ids.size() : 0) + output_ids.size();
   if (any_penalty && num_ids > 0) {
     // Distinct tokens through a small open-addressing table (as Sampler::apply_penalties).

@@ -34,8 +34,11 @@ class DeviceSamplingBatchBuilder {
   // Appends one row. `seed` is the row's resolved seed (params.seed, or the one the engine
   // drew for the request), `step` the output index of the token being sampled (usually
   // output_ids.size()). params.logit_bias and params.logprobs are not looked at.
+  // pending_row >= 0: the newest output token is still on the device, at that row of the
+  // batch's `pending` sample (output_ids holds a placeholder outside the vocabulary for
+  // it); the row keeps it only when it has a penalty to apply.
   void add_row(const SamplingParams& params, uint64_t seed, uint64_t step, std::span<const int32_t> prompt_ids,
-               std::span<const int32_t> output_ids);
+               std::span<const int32_t> output_ids, int32_t pending_row = -1);
 
   size_t num_rows() const { return rows_.size(); }
 

@@ -491,6 +491,88 @@ TEST_F(CudaSamplingTest, AsyncSamplesAndSelectedTokens) {
   buffers_.clear();
 }
 
+// An overlapped step samples before the host has its rows' newest tokens: the penalties
+// count each row's pending token (read on the device from the previous sample's ids) as
+// one more output occurrence, giving the tokens of the full history.
+TEST_F(CudaSamplingTest, PendingTokenCountsAsOneMoreOutput) {
+  constexpr int64_t kVocab = 5000;
+  constexpr size_t kRows = 64;
+  const std::vector<float> logits = random_logits(kRows, kVocab, 81, 2.0f);
+  std::mt19937 rng(82);
+  std::vector<SamplingParams> params(kRows);
+  std::vector<std::vector<int32_t>> prompts(kRows), outputs(kRows);
+  std::vector<int32_t> newest(kRows);
+  for (size_t r = 0; r < kRows; ++r) {
+    SamplingParams& p = params[r];
+    if (r % 2 == 1) p.temperature = 0.9f;
+    switch (r % 3) {
+      case 0:
+        p.frequency_penalty = 1.3f;
+        break;
+      case 1:
+        p.presence_penalty = 1.8f;
+        break;
+      default:
+        p.repetition_penalty = 2.5f;
+        break;
+    }
+    // Newest tokens among the row's top ones, sometimes already in the history.
+    std::span<const float> row = row_of(logits, kVocab, r);
+    std::vector<int32_t> order(static_cast<size_t>(kVocab));
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + 4, order.end(),
+                      [&](int32_t a, int32_t b) { return row[static_cast<size_t>(a)] > row[static_cast<size_t>(b)]; });
+    prompts[r].resize(r % 9);
+    outputs[r].resize(1 + r % 6);
+    for (int32_t& t : prompts[r])
+      t = rng() % 3 == 0 ? order[rng() % 4] : static_cast<int32_t>(rng() % kVocab);
+    for (int32_t& t : outputs[r])
+      t = rng() % 3 == 0 ? order[rng() % 4] : static_cast<int32_t>(rng() % kVocab);
+    newest[r] = order[rng() % 2];
+    outputs[r].back() = newest[r];
+  }
+  // Wanted: the full histories, one synchronous call. Also the histories without the
+  // newest token, to show it matters.
+  DeviceSamplingBatchBuilder full(kVocab), short_by_one(kVocab), pending(kVocab);
+  // The pending sample: row k's argmax is the newest token of row (k * 5) % kRows.
+  std::vector<float> one_hot(kRows * static_cast<size_t>(kVocab), 0.0f);
+  std::vector<int32_t> pending_row_of(kRows);
+  for (size_t k = 0; k < kRows; ++k) {
+    const size_t r = (k * 5) % kRows;
+    one_hot[k * static_cast<size_t>(kVocab) + static_cast<size_t>(newest[r])] = 1.0f;
+    pending_row_of[r] = static_cast<int32_t>(k);
+  }
+  for (size_t r = 0; r < kRows; ++r) {
+    const uint64_t step = outputs[r].size();
+    std::vector<int32_t> placeholder = outputs[r];
+    placeholder.back() = -1;
+    full.add_row(params[r], 9 + r, step, prompts[r], outputs[r]);
+    short_by_one.add_row(params[r], 9 + r, step, prompts[r], placeholder);
+    pending.add_row(params[r], 9 + r, step, prompts[r], placeholder, pending_row_of[r]);
+  }
+  const std::vector<int32_t> want = sample(logits, kVocab, full.batch());
+  const std::vector<int32_t> without = sample(logits, kVocab, short_by_one.batch());
+  int differ = 0;
+  for (size_t r = 0; r < kRows; ++r)
+    differ += want[r] != without[r] ? 1 : 0;
+  EXPECT_GT(differ, static_cast<int>(kRows / 4));
+
+  std::vector<DeviceSamplingRow> greedy_rows(kRows);
+  auto in_flight = gpu_->sample_async(upload(one_hot, kVocab), rows_only(greedy_rows));
+  ASSERT_TRUE(in_flight.ok()) << in_flight.status().to_string();
+  DeviceSamplingBatch batch = pending.batch();
+  batch.pending = *in_flight;
+  auto next = gpu_->sample_async(upload(logits, kVocab), batch);
+  ASSERT_TRUE(next.ok()) << next.status().to_string();
+  std::vector<int32_t> got_first(kRows), got(kRows);
+  ASSERT_TRUE(gpu_->wait_sampled(*in_flight, got_first).ok());
+  ASSERT_TRUE(gpu_->wait_sampled(*next, got).ok());
+  for (size_t k = 0; k < kRows; ++k)
+    ASSERT_EQ(got_first[k], newest[(k * 5) % kRows]) << k;
+  EXPECT_EQ(got, want);
+  buffers_.clear();
+}
+
 TEST_F(CudaSamplingTest, BadInputIsInvalidArgument) {
   constexpr int64_t kVocab = 100;
   const std::vector<float> logits = random_logits(2, kVocab, 61);
@@ -526,6 +608,8 @@ TEST_F(CudaSamplingTest, BadInputIsInvalidArgument) {
   EXPECT_EQ(with([](DeviceSamplingRow& r) { r.temperature = std::nanf(""); }), StatusCode::kInvalidArgument);
   EXPECT_EQ(with([](DeviceSamplingRow& r) { r.repetition_penalty = 0.0f; }), StatusCode::kInvalidArgument);
   EXPECT_EQ(with([](DeviceSamplingRow& r) { r.presence_penalty = kInf; }), StatusCode::kInvalidArgument);
+  // A pending token without a pending sample to read it from.
+  EXPECT_EQ(with([](DeviceSamplingRow& r) { r.pending_row = 0; }), StatusCode::kInvalidArgument);
   // The history.
   const std::vector<int32_t> offsets = {0, 1, 2}, ids = {3, 4}, counts = {0, 2};
   const auto history = [&](std::vector<int32_t> o, std::vector<int32_t> i, std::vector<int32_t> c) {

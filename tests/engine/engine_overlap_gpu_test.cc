@@ -3,8 +3,8 @@
 // has seen the tokens of the step still running. With and without it the same requests
 // must give the same tokens and finish reasons: greedy and seeded sampling, staggered
 // max_tokens, stop token ids hit mid-way (the step scheduled ahead computed one token too
-// many for those), a request with a penalty (whose steps cannot overlap); late arrivals and
-// a cancel must not lose or corrupt a request. Skips without a CUDA device.
+// many for those), penalties (each row's pending token counted on the device); late
+// arrivals and a cancel must not lose or corrupt a request. Skips without a CUDA device.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -96,8 +96,7 @@ TEST_F(EngineOverlapGpuTest, OverlappedStepsGiveTheSameTokens) {
   EXPECT_EQ(stats.kv_used_blocks, 0);
 
   // Stop tokens mid-way (the 6th token of the plain run, for every other request) and a
-  // penalty on a request that runs to its limit (no overlap while it runs): the plain
-  // engine again is the reference.
+  // penalty on a request that runs to its limit: the plain engine again is the reference.
   for (size_t i = 0; i < requests.size(); i += 2)
     requests[i].stop.stop_token_ids = {plain[i].choices[0].token_ids[5]};
   requests[3].sampling.repetition_penalty = 1.3f;
@@ -111,6 +110,27 @@ TEST_F(EngineOverlapGpuTest, OverlappedStepsGiveTheSameTokens) {
   EXPECT_GE(stopped, 4);
   EXPECT_GT(overlapped->stats().num_overlapped_steps, overlapped_before);
   EXPECT_EQ(overlapped->stats().kv_used_blocks, 0);
+}
+
+TEST_F(EngineOverlapGpuTest, PenaltiesOverlapWithTheSameTokens) {
+  std::mt19937 rng(6);
+  std::vector<GenerationRequest> requests = mixed_requests(rng);
+  auto sync = make_engine(false);
+  const std::vector<Completion> unpenalized = run_all(*sync, requests);
+  for (size_t i = 0; i < requests.size(); ++i)
+    test::set_strong_penalty(requests[i], i);
+  const std::vector<Completion> plain = run_all(*sync, requests);
+  int changed = 0;
+  for (size_t i = 0; i < requests.size(); ++i)
+    changed += plain[i].choices[0].token_ids != unpenalized[i].choices[0].token_ids ? 1 : 0;
+  EXPECT_GE(changed, static_cast<int>(requests.size() / 2));  // the penalties matter
+
+  auto overlapped = make_engine(true);
+  expect_same_tokens(run_all(*overlapped, requests), plain, "penalties");
+  const EngineStats stats = overlapped->stats();
+  EXPECT_GT(stats.num_overlapped_steps, stats.num_steps / 2) << stats.num_steps;
+  EXPECT_EQ(stats.kv_used_blocks, 0);
+  EXPECT_EQ(stats.requests_failed, 0);
 }
 
 TEST_F(EngineOverlapGpuTest, LateArrivalsAndCancelsLoseNothing) {

@@ -5,7 +5,8 @@
 // before the host has seen them. The CPU backend is batch invariant, so every request must
 // produce exactly the tokens it produces without overlap, whatever else runs with it:
 // greedy and seeded sampling, staggered max_tokens, stop tokens and stop strings mid-way,
-// a penalty (no overlap while it runs), late arrivals, a cancel and a deadline.
+// penalties (their pending token counted on the device), late arrivals, a cancel and a
+// deadline.
 // tests/engine/engine_overlap_gpu_test.cc runs the same comparisons on CUDA.
 #include <gtest/gtest.h>
 
@@ -121,6 +122,29 @@ TEST_F(EngineOverlapTest, SameTokensWithAndWithoutOverlap) {
   EXPECT_GE(stopped, 4);
   stats = overlapped_engine->stats();
   EXPECT_GT(stats.num_overlapped_steps, overlapped_before);
+  EXPECT_EQ(stats.kv_used_blocks, 0);
+  EXPECT_EQ(stats.requests_failed, 0);
+}
+
+// Penalty rows overlap too: the step scheduled ahead samples before the host has its newest
+// token, so the sampling counts that token from the in-flight step's ids. Penalties strong
+// enough to change most tokens of the tiny model, so a history one token short would show.
+TEST_F(EngineOverlapTest, PenaltiesOverlapWithTheSameTokens) {
+  std::vector<GenerationRequest> requests = mixed_requests(8, vocab(), 4);
+  auto plain_engine = setup_.engine(false);
+  const std::vector<Completion> unpenalized = run_all(*plain_engine, requests);
+  for (size_t i = 0; i < requests.size(); ++i)
+    test::set_strong_penalty(requests[i], i);
+  const std::vector<Completion> plain = run_all(*plain_engine, requests);
+  int changed = 0;
+  for (size_t i = 0; i < requests.size(); ++i)
+    changed += plain[i].choices[0].token_ids != unpenalized[i].choices[0].token_ids ? 1 : 0;
+  EXPECT_GE(changed, 4);  // the penalties matter
+
+  auto overlapped_engine = setup_.engine(true);
+  expect_same_tokens(run_all(*overlapped_engine, requests), plain, "penalties");
+  const EngineStats stats = overlapped_engine->stats();
+  EXPECT_GT(stats.num_overlapped_steps, stats.num_steps / 2) << stats.num_steps;
   EXPECT_EQ(stats.kv_used_blocks, 0);
   EXPECT_EQ(stats.requests_failed, 0);
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "runner/sampler.h"
+#include "support/device_penalties.h"
 
 namespace bw {
 namespace {
@@ -63,11 +64,12 @@ TEST(DeviceSamplingTest, BuildsRowsAndDistinctHistory) {
   builder.add_row(none, 42, 6, prompt, output);
   builder.add_row(repetition, 43, 0, prompt, output);
   builder.add_row(presence, 44, 3, prompt, output);
-  builder.add_row(repetition, 45, 0, {}, {});
-  ASSERT_EQ(builder.num_rows(), 4u);
+  builder.add_row(repetition, 45, 0, {}, {}, /*pending_row=*/3);
+  builder.add_row(none, 46, 0, {}, {}, /*pending_row=*/2);  // nothing to count it for
+  ASSERT_EQ(builder.num_rows(), 5u);
   const DeviceSamplingBatch b = builder.batch();
-  ASSERT_EQ(b.rows.size(), 4u);
-  ASSERT_EQ(b.penalty_offsets.size(), 5u);
+  ASSERT_EQ(b.rows.size(), 5u);
+  ASSERT_EQ(b.penalty_offsets.size(), 6u);
   ASSERT_EQ(b.penalty_tokens.size(), b.penalty_output_counts.size());
   EXPECT_EQ(b.penalty_offsets.front(), 0);
   EXPECT_EQ(static_cast<size_t>(b.penalty_offsets.back()), b.penalty_tokens.size());
@@ -83,6 +85,9 @@ TEST(DeviceSamplingTest, BuildsRowsAndDistinctHistory) {
   EXPECT_EQ(b.rows[2].frequency_penalty, 0.2f);
   EXPECT_EQ(b.rows[2].seed, 44u);
   EXPECT_EQ(b.rows[2].step, 3u);
+  EXPECT_EQ(b.rows[2].pending_row, -1);
+  EXPECT_EQ(b.rows[3].pending_row, 3);
+  EXPECT_EQ(b.rows[4].pending_row, -1);
 
   EXPECT_TRUE(history_of(b, 0).empty());
   // Repetition: prompt (count 0) + output; 200 and -1 are outside the vocabulary.
@@ -90,6 +95,7 @@ TEST(DeviceSamplingTest, BuildsRowsAndDistinctHistory) {
   // Presence/frequency only: the output alone.
   EXPECT_EQ(history_of(b, 2), (std::map<int32_t, int32_t>{{9, 3}, {12, 2}}));
   EXPECT_TRUE(history_of(b, 3).empty());
+  EXPECT_TRUE(history_of(b, 4).empty());
   // First occurrence order.
   EXPECT_EQ(b.penalty_tokens[static_cast<size_t>(b.penalty_offsets[1])], 5);
 
@@ -99,18 +105,6 @@ TEST(DeviceSamplingTest, BuildsRowsAndDistinctHistory) {
   EXPECT_TRUE(empty.rows.empty());
   ASSERT_EQ(empty.penalty_offsets.size(), 1u);
   EXPECT_TRUE(empty.penalty_tokens.empty());
-}
-
-// What the kernel does with a row's history (cuda_sampling.cu, step 1).
-void apply_csr_penalties(std::vector<float>& logits, const DeviceSamplingRow& row, const DeviceSamplingBatch& b,
-                         size_t r) {
-  const bool use_repetition = row.repetition_penalty != 1.0f;
-  for (int32_t j = b.penalty_offsets[r]; j < b.penalty_offsets[r + 1]; ++j) {
-    float& v = logits[static_cast<size_t>(b.penalty_tokens[static_cast<size_t>(j)])];
-    const int32_t count = b.penalty_output_counts[static_cast<size_t>(j)];
-    if (use_repetition) v = v > 0.0f ? v / row.repetition_penalty : v * row.repetition_penalty;
-    if (count > 0) v -= row.frequency_penalty * static_cast<float>(count) + row.presence_penalty;
-  }
 }
 
 TEST(DeviceSamplingTest, CsrPenaltiesMatchTheHostSampler) {
@@ -153,13 +147,29 @@ TEST(DeviceSamplingTest, CsrPenaltiesMatchTheHostSampler) {
     builder.add_row(p, 1, output.size(), prompt, output);
     const DeviceSamplingBatch b = builder.batch();
     std::vector<float> device_row = logits;
-    apply_csr_penalties(device_row, b.rows[0], b, 0);
+    test::apply_device_penalties(device_row, b, 0);
 
     Sampler sampler(p, 1);
     std::vector<float> host_row = logits;
     const int32_t want = sampler.sample(host_row, prompt, output).token_id;
     EXPECT_EQ(argmax(device_row), want) << "trial " << trial;
     if (want != top) ++changed;
+
+    // The same with the newest output token still pending (an overlapped step): the row's
+    // history holds a placeholder, the token comes from the pending sample's ids.
+    if (output.empty()) continue;
+    const int32_t newest = output.back();
+    std::vector<int32_t> placeholder = output;
+    placeholder.back() = -1;
+    builder.clear();
+    builder.add_row(p, 1, output.size(), prompt, placeholder, /*pending_row=*/1);
+    DeviceSamplingBatch pending_batch = builder.batch();
+    const int32_t pending_ids[2] = {kVocab - 1, newest};
+    pending_batch.pending = AsyncSample{pending_ids, 2, 0};
+    EXPECT_EQ(pending_batch.rows[0].pending_row, 1);
+    std::vector<float> pending_logits = logits;
+    test::apply_device_penalties(pending_logits, pending_batch, 0);
+    EXPECT_EQ(pending_logits, device_row) << "trial " << trial;
   }
   EXPECT_GT(changed, 50);  // the penalties mattered
 }

@@ -1,5 +1,6 @@
 // Helpers for engine tests that compare runs: submit a set of requests (some late, one
-// cancelled) and gather every completion; check two runs produced the same tokens.
+// cancelled) and gather every completion; give requests penalties; check two runs produced
+// the same tokens.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "engine/engine_client.h"
+#include "sched/sampling_params.h"
 
 namespace bw::test {
 
@@ -64,6 +66,28 @@ inline std::vector<Completion> run_all(EngineClient& engine, const std::vector<G
   for (size_t i = 0; i < requests.size(); ++i)
     if (!done[i]) drain(i, true);
   return results;
+}
+
+// The i-th of four penalty mixes (frequency, presence, repetition, all three with odd
+// signs), strong enough to change most tokens of a tiny model.
+inline void set_strong_penalty(GenerationRequest& r, size_t i) {
+  SamplingParams& p = r.sampling;
+  switch (i % 4) {
+    case 0:
+      p.frequency_penalty = 1.5f;
+      break;
+    case 1:
+      p.presence_penalty = 2.0f;
+      break;
+    case 2:
+      p.repetition_penalty = 3.0f;
+      break;
+    default:
+      p.repetition_penalty = 0.5f;
+      p.frequency_penalty = -0.5f;
+      p.presence_penalty = 1.0f;
+      break;
+  }
 }
 
 inline void expect_same_tokens(const std::vector<Completion>& got, const std::vector<Completion>& want,

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "backend/backend.h"
+#include "support/device_penalties.h"
 
 namespace bw::test {
 
@@ -22,10 +23,11 @@ namespace bw::test {
 class RecordingBackend final : public Backend {
  public:
   // kEmulated adds a stand-in for device sampling, synchronous and asynchronous, on
-  // host-memory logits: greedy rows take the argmax (lowest id on ties), others the
-  // Gumbel-max draw of logits / temperature seeded by (seed, step, id); penalties, top-k,
-  // top-p and min-p are ignored. Not the real distribution: enough for the engine's
-  // overlapped steps (which need asynchronous sampling) to run in CPU tests.
+  // host-memory logits: the penalties as the CUDA kernel applies them (a row's pending
+  // token read from the earlier sample's ids), then greedy rows take the argmax (lowest id
+  // on ties), others the Gumbel-max draw of logits / temperature seeded by (seed, step,
+  // id); top-k, top-p and min-p are ignored. Not the real distribution: enough for the
+  // engine's overlapped steps (which need asynchronous sampling) to run in CPU tests.
   enum class Sampling { kNone, kEmulated };
   explicit RecordingBackend(Backend& inner, Sampling sampling = Sampling::kNone)
       : inner_(inner), emulate_sampling_(sampling == Sampling::kEmulated) {}
@@ -111,9 +113,12 @@ class RecordingBackend final : public Backend {
     next_slot_ ^= 1;
     std::vector<int32_t>& ids = sampled_[slot];
     ids.resize(static_cast<size_t>(rows));
-    for (int64_t r = 0; r < rows; ++r)
-      ids[static_cast<size_t>(r)] =
-          pick(logits.as<const float>() + r * vocab, vocab, batch.rows[static_cast<size_t>(r)]);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* row_logits = logits.as<const float>() + r * vocab;
+      penalized_.assign(row_logits, row_logits + vocab);
+      apply_device_penalties(penalized_, batch, static_cast<size_t>(r));
+      ids[static_cast<size_t>(r)] = pick(penalized_.data(), vocab, batch.rows[static_cast<size_t>(r)]);
+    }
     ++async_samples;
     return AsyncSample{ids.data(), rows, slot};
   }
@@ -198,6 +203,7 @@ class RecordingBackend final : public Backend {
   bool recording_ = false;
   std::vector<std::function<Status()>> ops_;
   std::vector<int32_t> sampled_[2];  // the ids of the last two sample_async calls
+  std::vector<float> penalized_;     // scratch: one row's logits with its penalties
   int next_slot_ = 0;
 };
 

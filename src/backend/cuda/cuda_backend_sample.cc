@@ -23,7 +23,7 @@ constexpr size_t kAlign = 256;
 
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
-Status check_row(size_t r, const DeviceSamplingRow& row) {
+Status check_row(size_t r, const DeviceSamplingRow& row, const AsyncSample& pending) {
   if (std::isnan(row.temperature) || std::isinf(row.temperature)) {
     return InvalidArgument("sample: rows[{}].temperature {} must be a finite number", r, row.temperature);
   }
@@ -40,6 +40,10 @@ Status check_row(size_t r, const DeviceSamplingRow& row) {
   if (!std::isfinite(row.presence_penalty) || !std::isfinite(row.frequency_penalty)) {
     return InvalidArgument("sample: rows[{}] presence_penalty {} and frequency_penalty {} must be finite", r,
                            row.presence_penalty, row.frequency_penalty);
+  }
+  if (row.pending_row >= 0 && (pending.ids == nullptr || row.pending_row >= pending.rows)) {
+    return InvalidArgument("sample: rows[{}].pending_row {} is not a row of the pending sample ({} rows)", r,
+                           row.pending_row, pending.ids == nullptr ? 0 : pending.rows);
   }
   return OkStatus();
 }
@@ -163,7 +167,7 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
                            logits.shape.to_string(), rows);
   }
   for (size_t r = 0; r < num_rows; ++r)
-    RETURN_IF_ERROR(check_row(r, batch.rows[r]));
+    RETURN_IF_ERROR(check_row(r, batch.rows[r], batch.pending));
   RETURN_IF_ERROR(check_history(batch, num_rows, vocab));
 
   // Staging: the same layout on both sides.
@@ -196,6 +200,7 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
     a.frequency_penalty = row.frequency_penalty;
     a.penalty_begin = batch.penalty_offsets.empty() ? 0 : batch.penalty_offsets[r];
     a.penalty_end = batch.penalty_offsets.empty() ? 0 : batch.penalty_offsets[r + 1];
+    a.pending_row = row.pending_row;
     a.seed = row.seed;
     a.step = row.step;
   }
@@ -214,15 +219,14 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
   bool argmax_only = rows <= 65535;  // its grid's y dimension holds the rows
   for (size_t r = 0; r < num_rows && argmax_only; ++r) {
     const cuda::SamplingRowArgs& a = args[r];
-    const bool penalties = a.penalty_end > a.penalty_begin && cuda::sampling_has_penalty(a);
-    argmax_only = cuda::sampling_is_greedy(a.temperature) && !penalties;
+    argmax_only = cuda::sampling_is_greedy(a.temperature) && !cuda::sampling_applies_penalty(a);
   }
   const cudaError_t launched =
       argmax_only ? cuda::launch_greedy_argmax(dev_out, static_cast<const float*>(logits.data), rows, vocab,
                                                dev + upload_bytes + ids_bytes, num_sms_, stream_)
                   : cuda::launch_sample(dev_out, static_cast<float*>(logits.data), rows, vocab,
                                         reinterpret_cast<const cuda::SamplingRowArgs*>(dev), dev_history,
-                                        dev_history + num_history, stream_);
+                                        dev_history + num_history, batch.pending.ids, stream_);
   RETURN_IF_ERROR(check_launch(static_cast<int>(launched), "sample"));
   const cudaError_t down =
       cudaMemcpyAsync(host + upload_bytes, dev_out, num_rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_);

@@ -277,7 +277,7 @@ struct SamplingRowArgs {
   float frequency_penalty = 0.0f;
   int32_t penalty_begin = 0;  // [penalty_begin, penalty_end) of penalty_tokens / counts
   int32_t penalty_end = 0;
-  int32_t reserved = 0;
+  int32_t pending_row = -1;  // >= 0: pending_ids[pending_row] is one more output token
   uint64_t seed = 0;
   uint64_t step = 0;
 };
@@ -286,11 +286,17 @@ struct SamplingRowArgs {
 __host__ __device__ inline bool sampling_has_penalty(const SamplingRowArgs& a) {
   return a.repetition_penalty != 1.0f || a.presence_penalty != 0.0f || a.frequency_penalty != 0.0f;
 }
+// Whether the row has a penalty and a history (listed or pending) to apply it to.
+__host__ __device__ inline bool sampling_applies_penalty(const SamplingRowArgs& a) {
+  return (a.penalty_end > a.penalty_begin || a.pending_row >= 0) && sampling_has_penalty(a);
+}
 // out[r] <- the token sampled from row r of logits [rows, vocab] f32 (modified: penalties,
 // then probabilities). One thread block per row; penalty_tokens are distinct per row and
-// in [0, vocab). All pointers are device memory.
+// in [0, vocab); a row's pending token (pending_ids[pending_row], ignored outside [0,
+// vocab)) counts as one more output occurrence. All pointers are device memory.
 cudaError_t launch_sample(int32_t* out, float* logits, int64_t rows, int64_t vocab, const SamplingRowArgs* row_args,
-                          const int32_t* penalty_tokens, const int32_t* penalty_output_counts, cudaStream_t stream);
+                          const int32_t* penalty_tokens, const int32_t* penalty_output_counts,
+                          const int32_t* pending_ids, cudaStream_t stream);
 // The same token for a call whose rows are all greedy without penalties (logits not
 // modified), the rows split over many blocks; workspace: argmax_workspace_bytes(rows).
 int64_t argmax_workspace_bytes(int64_t rows);

@@ -304,7 +304,7 @@ __device__ int64_t id_cut(Shared& sh, int64_t vocab, int64_t need, Pred pred) {
 
 __global__ void __launch_bounds__(kThreads)
     sample_kernel(int32_t* out, float* logits, int64_t vocab, const SamplingRowArgs* row_args,
-                  const int32_t* penalty_tokens, const int32_t* penalty_output_counts) {
+                  const int32_t* penalty_tokens, const int32_t* penalty_output_counts, const int32_t* pending_ids) {
   pdl_wait();
   __shared__ Shared sh;
   const int64_t row = blockIdx.x;
@@ -312,18 +312,31 @@ __global__ void __launch_bounds__(kThreads)
   const SamplingRowArgs a = row_args[row];
 
   // 1. Penalties (the tokens are distinct, so each logit has one writer).
-  const bool use_repetition = a.repetition_penalty != 1.0f;
   if (sampling_has_penalty(a)) {
-    for (int32_t j = a.penalty_begin + static_cast<int32_t>(threadIdx.x); j < a.penalty_end; j += kThreads) {
-      float& logit = x[penalty_tokens[j]];
+    const bool use_repetition = a.repetition_penalty != 1.0f;
+    const auto penalize = [&](float& logit, int32_t count) {
       float v = logit;
-      const int32_t count = penalty_output_counts[j];
       if (use_repetition) v = v > 0.0f ? __fdiv_rn(v, a.repetition_penalty) : __fmul_rn(v, a.repetition_penalty);
       if (count > 0) {
         v = __fsub_rn(v, __fadd_rn(__fmul_rn(a.frequency_penalty, static_cast<float>(count)), a.presence_penalty));
       }
       logit = v;
+    };
+    // The newest output token, still on the device: one more occurrence of a listed token,
+    // or a token of its own.
+    int32_t pending = -1;
+    if (a.pending_row >= 0) {
+      pending = pending_ids[a.pending_row];
+      if (pending >= vocab) pending = -1;
     }
+    bool listed = false;
+    for (int32_t j = a.penalty_begin + static_cast<int32_t>(threadIdx.x); j < a.penalty_end; j += kThreads) {
+      const int32_t token = penalty_tokens[j];
+      const bool is_pending = token == pending;
+      listed |= is_pending;
+      penalize(x[token], penalty_output_counts[j] + (is_pending ? 1 : 0));
+    }
+    if (__syncthreads_or(listed) == 0 && pending >= 0 && threadIdx.x == 0) penalize(x[pending], 1);
     __syncthreads();
   }
 
@@ -630,10 +643,11 @@ int argmax_chunks(int64_t rows, int64_t vocab, int num_sms) {
 }  // namespace
 
 cudaError_t launch_sample(int32_t* out, float* logits, int64_t rows, int64_t vocab, const SamplingRowArgs* row_args,
-                          const int32_t* penalty_tokens, const int32_t* penalty_output_counts, cudaStream_t stream) {
+                          const int32_t* penalty_tokens, const int32_t* penalty_output_counts,
+                          const int32_t* pending_ids, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   launch_kernel(sample_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, out, logits, vocab, row_args,
-                penalty_tokens, penalty_output_counts);
+                penalty_tokens, penalty_output_counts, pending_ids);
   return cudaGetLastError();
 }
 
