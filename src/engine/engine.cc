@@ -166,6 +166,10 @@ Engine::Engine(const ModelConfig& model_config, const Tokenizer* tokenizer, cons
     }
   }
   scheduler_ = std::make_unique<Scheduler>(config.scheduler, kv_config_, model_info_.eos_token_ids);
+  // Steps scheduled ahead sample on the device: requests that need the host Sampler (and
+  // n > 1 requests until their choices fork) wait for an ordinary step.
+  scheduler_->set_schedule_ahead_filter(
+      [](const Request& r) { return r.num_pending_forks == 0 && device_samplable(r.sampling); });
   counters_.kv_block_size = config.kv_block_size;
   publish_stats();
 }
@@ -358,7 +362,8 @@ void Engine::step() {
     in_flight_ = InFlight{std::move(output), std::move(*launched), start};
     return step_overlapped();
   }
-  Result<RunnerOutput> result = runner_->execute(output, device_sampling ? &device_batch : nullptr);
+  const bool sample_on_device = device_sampling && device_batch_.num_rows() > 0;
+  Result<RunnerOutput> result = runner_->execute(output, sample_on_device ? &device_batch : nullptr);
   if (!result.ok()) return fail_step(output, result.status());
   finish_step(output, *result, /*advanced=*/false, start);
 }
@@ -373,14 +378,16 @@ void Engine::step_overlapped() {
     SchedulerOutput ahead = scheduler_->schedule_ahead(current.output);
     advanced = true;
     if (!ahead.empty()) {
-      // Each sequence's input token is its sample in `current` (all of current's rows sample).
+      note_scheduled(ahead, start);
+      // A sequence whose last token is still being sampled takes it from current's ids.
       std::unordered_map<RequestId, int32_t> row_of;
-      for (size_t i = 0; i < current.output.sequences.size(); ++i)
-        row_of.emplace(current.output.sequences[i].request_id, static_cast<int32_t>(i));
+      const std::vector<RequestId>& sampled_ids = current.pending.output.request_ids;
+      for (size_t i = 0; i < sampled_ids.size(); ++i)
+        row_of.emplace(sampled_ids[i], static_cast<int32_t>(i));
       std::vector<int32_t> rows;
       rows.reserve(ahead.sequences.size());
       for (const ScheduledSequence& seq : ahead.sequences)
-        rows.push_back(row_of.at(seq.request_id));
+        rows.push_back(seq.token_ids.back() == Scheduler::kPendingToken ? row_of.at(seq.request_id) : -1);
       const TokenSource source{current.pending.sample, rows};
       // Penalty rows count their pending token on the device too.
       Status status = prepare_device_sampling(ahead, rows)
@@ -483,8 +490,8 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
 }
 
 bool Engine::prepare_device_sampling(const SchedulerOutput& output, std::span<const int32_t> pending_rows) {
-  if (!runner_->samples_on_device()) return false;
   device_batch_.clear();
+  if (!runner_->samples_on_device()) return false;
   for (size_t i = 0; i < output.sequences.size(); ++i) {
     const ScheduledSequence& seq = output.sequences[i];
     if (!seq.sample) continue;
@@ -496,7 +503,7 @@ bool Engine::prepare_device_sampling(const SchedulerOutput& output, std::span<co
     device_batch_.add_row(state.sampler.params(), state.seed, request->output_ids().size(), request->prompt_ids(),
                           request->output_ids(), pending_rows.empty() ? -1 : pending_rows[i]);
   }
-  return device_batch_.num_rows() > 0;
+  return true;
 }
 
 void Engine::handle_output(const SequenceOutput& output, const SampledToken* sampled) {

@@ -115,8 +115,8 @@ class Engine final : public EngineClient {
   void fail_step(const SchedulerOutput& output, const Status& status);
   // Scheduler outputs for the sampled tokens, then events and counters for the step.
   void finish_step(const SchedulerOutput& output, RunnerOutput& logits, bool advanced, SteadyClock::time_point start);
-  // Fills device_batch_ for this step's sampled rows; false when a row needs the host
-  // Sampler (logprobs, logit bias, n > 1 forks) or the backend cannot sample.
+  // Fills device_batch_ for this step's sampled rows (maybe none); false when a row needs
+  // the host Sampler (logprobs, logit bias, n > 1 forks) or the backend cannot sample.
   // pending_rows (one per sequence of a step scheduled ahead, or empty): the row of the
   // in-flight sample that holds each sequence's newest token.
   bool prepare_device_sampling(const SchedulerOutput& output, std::span<const int32_t> pending_rows = {});

@@ -40,28 +40,58 @@ Status ModelRunner::finish(const TensorView& logits, const DeviceSamplingBatch* 
 }
 
 bool ModelRunner::can_launch(const SchedulerOutput& output) const {
-  return graphs_ != nullptr && backend_.supports_async_sampling() && graphs_->accepts(output.sequences);
+  return backend_.supports_async_sampling() && !output.empty();
+}
+
+Result<TensorView> ModelRunner::forward(const SchedulerOutput& output, const TokenSource* source) {
+  if (graphs_ != nullptr && graphs_->accepts(output.sequences))
+    return graphs_->run(output.sequences, kv_cache_.layers(), source);
+  const std::span<const int32_t> source_rows = source != nullptr ? source->rows : std::span<const int32_t>();
+  RETURN_IF_ERROR(inputs_.build(backend_, output.sequences, static_cast<int32_t>(kv_cache_.block_size()),
+                                /*all_logits=*/false, source_rows));
+  if (source != nullptr) {
+    RETURN_IF_ERROR(backend_.select_tokens(inputs_.input().token_ids, source->from, inputs_.token_sources()));
+  }
+  const int64_t rows = inputs_.num_logits_rows();
+  const int64_t vocab = model_.config().vocab_size;
+  // Logits are always f32 (the LM head writes f32 even from bf16 activations).
+  const uint64_t bytes = *dtype_bytes(DType::kF32, static_cast<uint64_t>(std::max<int64_t>(rows, 1) * vocab));
+  if (logits_buffer_.size() < bytes) {
+    ASSIGN_OR_RETURN(logits_buffer_, backend_.allocate(bytes));
+  }
+  TensorView logits = logits_buffer_.view(DType::kF32, {rows, vocab});
+  RETURN_IF_ERROR(model_.forward(inputs_.input(), kv_cache_.layers(), logits));
+  return logits;
 }
 
 Result<ModelRunner::PendingStep> ModelRunner::launch(const SchedulerOutput& output, const DeviceSamplingBatch& sampling,
                                                      const TokenSource* source) {
   if (!can_launch(output)) return FailedPrecondition("runner: this step cannot be launched asynchronously");
-  if (sampling.rows.size() != output.sequences.size()) {
-    return InvalidArgument("runner: {} sampling rows for {} sequences", sampling.rows.size(), output.sequences.size());
-  }
   PendingStep step;
   step.output.vocab_size = model_.config().vocab_size;
+  for (const ScheduledSequence& seq : output.sequences) {
+    if (seq.sample) step.output.request_ids.push_back(seq.request_id);
+  }
+  if (sampling.rows.size() != step.output.request_ids.size()) {
+    return InvalidArgument("runner: {} sampling rows for {} sampled sequences", sampling.rows.size(),
+                           step.output.request_ids.size());
+  }
+  if (source != nullptr && source->rows.size() != output.sequences.size()) {
+    return InvalidArgument("runner: {} token source rows for {} sequences", source->rows.size(),
+                           output.sequences.size());
+  }
   if (!output.block_copies.empty()) RETURN_IF_ERROR(kv_cache_.copy_blocks(backend_, output.block_copies));
-  for (const ScheduledSequence& seq : output.sequences)
-    step.output.request_ids.push_back(seq.request_id);
-  ASSIGN_OR_RETURN(TensorView logits, graphs_->run(output.sequences, kv_cache_.layers(), source));
-  ASSIGN_OR_RETURN(step.sample, backend_.sample_async(logits, sampling));
+  ASSIGN_OR_RETURN(TensorView logits, forward(output, source));
+  // A step that samples nothing (a prompt chunk) has nothing to wait for.
+  if (!sampling.rows.empty()) {
+    ASSIGN_OR_RETURN(step.sample, backend_.sample_async(logits, sampling));
+  }
   return step;
 }
 
 Result<RunnerOutput> ModelRunner::wait(PendingStep step) {
   step.output.sampled.resize(step.output.request_ids.size());
-  RETURN_IF_ERROR(backend_.wait_sampled(step.sample, step.output.sampled));
+  if (!step.output.sampled.empty()) RETURN_IF_ERROR(backend_.wait_sampled(step.sample, step.output.sampled));
   return std::move(step.output);
 }
 
@@ -70,26 +100,10 @@ Result<RunnerOutput> ModelRunner::execute(const SchedulerOutput& output, const D
   result.vocab_size = model_.config().vocab_size;
   if (!output.block_copies.empty()) RETURN_IF_ERROR(kv_cache_.copy_blocks(backend_, output.block_copies));
   if (output.empty()) return result;
-  if (graphs_ != nullptr && graphs_->accepts(output.sequences)) {
-    for (const ScheduledSequence& seq : output.sequences)
-      result.request_ids.push_back(seq.request_id);
-    ASSIGN_OR_RETURN(TensorView logits, graphs_->run(output.sequences, kv_cache_.layers()));
-    RETURN_IF_ERROR(finish(logits, sampling, &result));
-    return result;
-  }
-  RETURN_IF_ERROR(inputs_.build(backend_, output.sequences, static_cast<int32_t>(kv_cache_.block_size())));
   for (const ScheduledSequence& seq : output.sequences) {
     if (seq.sample) result.request_ids.push_back(seq.request_id);
   }
-  const int64_t rows = inputs_.num_logits_rows();
-  // Logits are always f32 (the LM head writes f32 even from bf16 activations).
-  const DType act = DType::kF32;
-  const uint64_t bytes = *dtype_bytes(act, static_cast<uint64_t>(std::max<int64_t>(rows, 1) * result.vocab_size));
-  if (logits_buffer_.size() < bytes) {
-    ASSIGN_OR_RETURN(logits_buffer_, backend_.allocate(bytes));
-  }
-  TensorView logits = logits_buffer_.view(act, {rows, result.vocab_size});
-  RETURN_IF_ERROR(model_.forward(inputs_.input(), kv_cache_.layers(), logits));
+  ASSIGN_OR_RETURN(TensorView logits, forward(output, nullptr));
   RETURN_IF_ERROR(finish(logits, sampling, &result));
   return result;
 }

@@ -52,11 +52,13 @@ class ModelRunner {
   Result<RunnerOutput> execute(const SchedulerOutput& output, const DeviceSamplingBatch* sampling = nullptr);
   bool samples_on_device() const { return backend_.supports_device_sampling(); }
 
-  // Overlapped steps (the engine's async scheduling): launch() enqueues a step and its
-  // device sampling and returns before the ids are back; wait() returns them. Only for
-  // steps the decode graphs take, on a backend with asynchronous sampling (can_launch); at
-  // most two launched steps may be outstanding, waited for in order. `source` names the
-  // input tokens still on the device (the previous launched step's ids).
+  // Overlapped steps (the engine's async scheduling): launch() enqueues a step (replayed
+  // from a decode graph or run eagerly) and its device sampling and returns before the ids
+  // are back; wait() returns them. Only on a backend with asynchronous sampling
+  // (can_launch); at most two launched steps may be outstanding, waited for in order.
+  // `sampling` has one row per sequence with `sample` set (none: nothing to wait for).
+  // `source` names the input tokens still on the device: per sequence, the row of the
+  // previous launched step's ids that is its last token, or -1.
   struct PendingStep {
     RunnerOutput output;  // request_ids and vocab_size; sampled filled by wait()
     AsyncSample sample;
@@ -75,6 +77,9 @@ class ModelRunner {
   ModelRunner(CausalLM& model, Backend& backend, KvCacheStorage kv_cache, std::unique_ptr<DecodeGraphs> graphs)
       : model_(model), backend_(backend), kv_cache_(std::move(kv_cache)), graphs_(std::move(graphs)) {}
 
+  // Enqueues the step's forward pass (a graph replay when the graphs take it); the logits
+  // of its sampled sequences, in order.
+  Result<TensorView> forward(const SchedulerOutput& output, const TokenSource* source);
   // Reads the logits back, or samples them on the device when `sampling` is given.
   Status finish(const TensorView& logits, const DeviceSamplingBatch* sampling, RunnerOutput* result);
 

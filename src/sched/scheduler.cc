@@ -149,12 +149,18 @@ SchedulerOutput Scheduler::schedule() {
     ++i;
   }
 
-  // 2. Waiting sequences, by priority then arrival. None are admitted in a step that had
-  // to preempt: memory is short, and the preempted ones come first anyway.
-  while (output.preempted_ids.empty() && !waiting_.empty() && budget > 0 &&
-         static_cast<int32_t>(running_.size()) < config_.max_num_seqs) {
+  // 2. Waiting sequences. None are admitted in a step that had to preempt: memory is short,
+  // and the preempted ones come first anyway.
+  if (output.preempted_ids.empty()) admit_waiting(budget, &output);
+  return output;
+}
+
+void Scheduler::admit_waiting(int32_t budget, SchedulerOutput* output, bool ahead) {
+  // By priority then arrival, while the step has tokens and the batch has seats.
+  while (!waiting_.empty() && budget > 0 && static_cast<int32_t>(running_.size()) < config_.max_num_seqs) {
     const RequestId id = std::get<2>(*waiting_.begin());
     Request& request = requests_.at(id);
+    if (ahead && ahead_filter_ && !ahead_filter_(request)) break;
     const ComputedPrefix prefix = kv_.find_cached_prefix(request.kv_view());
     const int32_t num_remaining = request.num_tokens() - prefix.num_tokens;
     if (!config_.enable_chunked_prefill && num_remaining > budget) break;
@@ -165,10 +171,9 @@ SchedulerOutput Scheduler::schedule() {
     request.status = RequestStatus::kRunning;
     waiting_.erase(waiting_.begin());
     running_.push_back(id);
-    emit(request, num_new, &output);
+    emit(request, num_new, output);
     budget -= num_new;
   }
-  return output;
 }
 
 std::optional<FinishReason> Scheduler::check_stop(const Request& request) const {
@@ -265,37 +270,59 @@ std::vector<SequenceOutput> Scheduler::take_tokens(std::span<const SampledTokens
 
 bool Scheduler::can_schedule_ahead(const SchedulerOutput& in_flight) const {
   if (in_flight.empty() || !pending_copies_.empty()) return false;
-  if (!waiting_.empty() && static_cast<int32_t>(running_.size()) < config_.max_num_seqs) return false;
+  // The next request to admit may not be scheduled ahead: schedule() admits it.
+  if (!waiting_.empty() && static_cast<int32_t>(running_.size()) < config_.max_num_seqs && ahead_filter_ &&
+      !ahead_filter_(requests_.at(std::get<2>(*waiting_.begin())))) {
+    return false;
+  }
   size_t num_running = 0;
   for (const ScheduledSequence& seq : in_flight.sequences) {
-    if (seq.token_ids.size() != 1 || !seq.sample) return false;
     const Request* request = find(seq.request_id);
     if (request == nullptr) continue;  // finished since
+    const int32_t end = seq.start_pos + static_cast<int32_t>(seq.token_ids.size());
+    // As schedule() left it: computed up to the step, and a step that samples ends at the
+    // request's last token (a prompt chunk before it).
     if (request->status != RequestStatus::kRunning || request->num_pending_forks > 0 ||
-        request->num_computed_tokens != seq.start_pos || request->num_tokens() != seq.start_pos + 1 ||
-        request->token_ids.back() == kPendingToken) {
+        (ahead_filter_ && !ahead_filter_(*request)) ||
+        request->num_computed_tokens != seq.start_pos || request->token_ids.back() == kPendingToken ||
+        (seq.sample ? end != request->num_tokens() : end >= request->num_tokens())) {
       return false;
     }
     ++num_running;
   }
-  return num_running == running_.size() && num_running <= static_cast<size_t>(config_.max_num_batched_tokens);
+  // Every running sequence is in the step: none waits for tokens of the budget or for
+  // memory (schedule() then decides, and may preempt).
+  return num_running == running_.size();
 }
 
 SchedulerOutput Scheduler::schedule_ahead(const SchedulerOutput& in_flight) {
   assert(can_schedule_ahead(in_flight));
-  SchedulerOutput output;
   for (const ScheduledSequence& seq : in_flight.sequences) {
     auto it = requests_.find(seq.request_id);
     if (it == requests_.end()) continue;
     Request& request = it->second;
-    // What update() does with the step's computed token, then a placeholder for its sample.
-    request.num_computed_tokens += 1;
+    // What update() does with the step's computed tokens, then a placeholder for its sample.
+    request.num_computed_tokens += static_cast<int32_t>(seq.token_ids.size());
     kv_.commit_computed(request.kv_view());
-    request.token_ids.push_back(kPendingToken);
-    if (ends_by_length(request)) continue;  // whatever it samples: nothing to compute next
-    if (!kv_.allocate_slots(request.kv_view(), 1).has_value()) continue;  // schedule() will preempt
-    emit(request, 1, &output);
+    if (seq.sample) request.token_ids.push_back(kPendingToken);
   }
+  // schedule() without preemption: running sequences in order, then waiting ones.
+  SchedulerOutput output;
+  int32_t budget = config_.max_num_batched_tokens;
+  bool short_of_blocks = false;
+  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+    Request& request = requests_.at(running_[i]);
+    const bool pending = request.token_ids.back() == kPendingToken;
+    if (pending && ends_by_length(request)) continue;  // whatever it samples: nothing to compute next
+    const int32_t num_new = std::min(request.num_tokens() - request.num_computed_tokens, budget);
+    if (!kv_.allocate_slots(request.kv_view(), num_new).has_value()) {
+      short_of_blocks = true;  // schedule() will preempt
+      continue;
+    }
+    emit(request, num_new, &output);
+    budget -= num_new;
+  }
+  if (!short_of_blocks) admit_waiting(budget, &output, /*ahead=*/true);
   return output;
 }
 

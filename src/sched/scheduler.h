@@ -17,6 +17,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <set>
 #include <span>
@@ -109,18 +110,25 @@ class Scheduler {
   std::vector<SequenceOutput> update(const SchedulerOutput& output, std::span<const SampledTokens> sampled);
 
   // Overlapped decoding (the engine's async scheduling): the next step is scheduled while
-  // `in_flight`, a decode-only step (one token per sequence, each sampled), still runs and
-  // before its tokens are known, so the host's work between steps overlaps the device's.
+  // `in_flight` still runs and before the tokens it samples are known, so the host's work
+  // between steps overlaps the device's.
   //
-  // can_schedule_ahead: whether schedule() would schedule exactly in_flight's sequences
-  // again: each of them still running (or finished since), every running sequence among
-  // them, and no waiting request that schedule() could admit now.
+  // can_schedule_ahead: whether in_flight is as schedule() left it (each sequence still
+  // running, or finished since, computed up to the step; no forks pending) and holds every
+  // running sequence (none is waiting for budget or memory, where schedule() must decide).
   bool can_schedule_ahead(const SchedulerOutput& in_flight) const;
-  // Advances in_flight's sequences as update() would, each with kPendingToken in place of
-  // the token still being sampled, and schedules the next step: one kPendingToken per
-  // sequence that goes on whatever it samples (not ended by length) and gets its KV slot
-  // without preempting (the others wait for schedule()). Only after can_schedule_ahead;
-  // in_flight's tokens must then be given to resolve(), not update().
+  // Which requests may be scheduled ahead at all (default: all): the engine's overlapped
+  // steps sample on the device, so it keeps out requests that need the host sampler. A
+  // step with one that fails it is not scheduled ahead, and admission ahead stops at the
+  // first waiting one that fails it.
+  void set_schedule_ahead_filter(std::function<bool(const Request&)> filter) { ahead_filter_ = std::move(filter); }
+  // Advances in_flight's sequences as update() would, each sampling one with kPendingToken
+  // in place of the token still being sampled, and schedules the next step as schedule()
+  // would but without preempting: the running sequences (each kPendingToken is the last
+  // token of its sequence; one that ends by length whatever it samples is left out, as is
+  // one short of KV blocks), then, when no sequence was short of blocks, waiting requests.
+  // Only after can_schedule_ahead; in_flight's tokens must then be given to resolve(), not
+  // update().
   SchedulerOutput schedule_ahead(const SchedulerOutput& in_flight);
   // update() for a step that schedule_ahead() advanced: the sampled tokens replace the
   // placeholders and sequences that stop end here (the step scheduled ahead computed
@@ -148,6 +156,9 @@ class Scheduler {
   void preempt(Request& request);
   // Schedules up to `budget` tokens of the request (KV blocks already allocated).
   void emit(Request& request, int32_t num_new_tokens, SchedulerOutput* output);
+  // Admits waiting requests (by priority, then arrival) into `output` within `budget`
+  // tokens and max_num_seqs; with `ahead`, not past one that ahead_filter_ refuses.
+  void admit_waiting(int32_t budget, SchedulerOutput* output, bool ahead = false);
   void fork_choices(Request& parent, std::span<const int32_t> child_tokens, std::vector<SequenceOutput>* outputs);
   // Appends a sampled token, decides whether the sequence ends; records the output.
   void append_token(Request& request, int32_t token_id, std::vector<SequenceOutput>* outputs);
@@ -170,6 +181,7 @@ class Scheduler {
   std::set<WaitingKey> waiting_;
   std::vector<BlockCopy> pending_copies_;
   uint64_t next_arrival_seq_ = 0;
+  std::function<bool(const Request&)> ahead_filter_;
   int64_t num_preemptions_ = 0;
 };
 

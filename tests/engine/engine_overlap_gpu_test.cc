@@ -3,8 +3,9 @@
 // has seen the tokens of the step still running. With and without it the same requests
 // must give the same tokens and finish reasons: greedy and seeded sampling, staggered
 // max_tokens, stop token ids hit mid-way (the step scheduled ahead computed one token too
-// many for those), penalties (each row's pending token counted on the device); late
-// arrivals and a cancel must not lose or corrupt a request. Skips without a CUDA device.
+// many for those), penalties (each row's pending token counted on the device), prompt
+// chunks and admissions in steps scheduled ahead; late arrivals and a cancel must not lose
+// or corrupt a request. Skips without a CUDA device.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -39,8 +40,9 @@ class EngineOverlapGpuTest : public ::testing::Test {
     model_ = std::move(*model);
   }
 
-  std::unique_ptr<Engine> make_engine(bool overlap) {
+  std::unique_ptr<Engine> make_engine(bool overlap, int32_t max_batched_tokens = 2048) {
     EngineConfig config;
+    config.scheduler.max_num_batched_tokens = max_batched_tokens;
     config.scheduler.max_model_len = 256;
     config.scheduler.max_num_seqs = 16;
     config.kv_num_blocks = 256;
@@ -129,6 +131,22 @@ TEST_F(EngineOverlapGpuTest, PenaltiesOverlapWithTheSameTokens) {
   expect_same_tokens(run_all(*overlapped, requests), plain, "penalties");
   const EngineStats stats = overlapped->stats();
   EXPECT_GT(stats.num_overlapped_steps, stats.num_steps / 2) << stats.num_steps;
+  EXPECT_EQ(stats.kv_used_blocks, 0);
+  EXPECT_EQ(stats.requests_failed, 0);
+}
+
+// Prompt chunks (16 tokens a step) and admissions are scheduled ahead too, eagerly run
+// (not graph) steps taking their pending tokens on the device.
+TEST_F(EngineOverlapGpuTest, PromptChunksAndAdmissionsOverlapToo) {
+  std::mt19937 rng(7);
+  const std::vector<GenerationRequest> requests = mixed_requests(rng);
+  auto sync = make_engine(false, 16);
+  const std::vector<Completion> plain = run_all(*sync, requests);
+  auto overlapped = make_engine(true, 16);
+  expect_same_tokens(run_all(*overlapped, requests, {6, 7, 8, 9}), plain, "chunks");
+  const EngineStats stats = overlapped->stats();
+  EXPECT_GE(stats.num_overlapped_steps, stats.num_steps - 2) << stats.num_steps;
+  EXPECT_GT(stats.num_steps, 40);
   EXPECT_EQ(stats.kv_used_blocks, 0);
   EXPECT_EQ(stats.requests_failed, 0);
 }

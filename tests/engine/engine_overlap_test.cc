@@ -47,9 +47,11 @@ struct OverlapRig {
     return OkStatus();
   }
 
-  std::unique_ptr<Engine> engine(bool overlap, std::chrono::milliseconds step_delay = {}) {
+  std::unique_ptr<Engine> engine(bool overlap, std::chrono::milliseconds step_delay = {},
+                                 int32_t max_batched_tokens = 2048) {
     EngineConfig config;
     config.debug_step_delay = step_delay;
+    config.scheduler.max_num_batched_tokens = max_batched_tokens;
     config.scheduler.max_model_len = 128;
     config.scheduler.max_num_seqs = 16;
     config.kv_num_blocks = 256;
@@ -145,6 +147,23 @@ TEST_F(EngineOverlapTest, PenaltiesOverlapWithTheSameTokens) {
   expect_same_tokens(run_all(*overlapped_engine, requests), plain, "penalties");
   const EngineStats stats = overlapped_engine->stats();
   EXPECT_GT(stats.num_overlapped_steps, stats.num_steps / 2) << stats.num_steps;
+  EXPECT_EQ(stats.kv_used_blocks, 0);
+  EXPECT_EQ(stats.requests_failed, 0);
+}
+
+// Not only decode steps: prompt chunks (16 tokens a step here, so long prompts take several
+// steps beside the decoding ones) and admissions are scheduled ahead too, the sequences
+// whose token is still being sampled taking it on the device as in decode steps.
+TEST_F(EngineOverlapTest, PromptChunksAndAdmissionsOverlapToo) {
+  std::vector<GenerationRequest> requests = mixed_requests(10, vocab(), 5);
+  auto plain_engine = setup_.engine(false, {}, 16);
+  auto overlapped_engine = setup_.engine(true, {}, 16);
+  const std::vector<Completion> plain = run_all(*plain_engine, requests);
+  expect_same_tokens(run_all(*overlapped_engine, requests, {6, 7, 8, 9}), plain, "chunks");
+  const EngineStats stats = overlapped_engine->stats();
+  // Every step but the first of a run overlaps (a second only if the engine went idle).
+  EXPECT_GE(stats.num_overlapped_steps, stats.num_steps - 2) << stats.num_steps;
+  EXPECT_GT(stats.num_steps, 40);
   EXPECT_EQ(stats.kv_used_blocks, 0);
   EXPECT_EQ(stats.requests_failed, 0);
 }

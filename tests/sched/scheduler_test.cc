@@ -4,6 +4,7 @@
 
 #include <map>
 #include <numeric>
+#include <string>
 
 namespace bw {
 namespace {
@@ -308,20 +309,32 @@ Produced run_sync(Harness& h, const std::map<RequestId, int32_t>& eos_at) {
 }
 
 // The engine's overlapped loop: while a step "runs", the next is scheduled ahead when it
-// can be; the step's tokens arrive afterwards. Returns the steps scheduled ahead.
-int run_ahead(Harness& h, const std::map<RequestId, int32_t>& eos_at, Produced* p) {
-  int ahead = 0;
+// can be; the step's tokens arrive afterwards.
+struct AheadCounts {
+  int steps = 0;              // scheduled ahead
+  int steps_with_prompt = 0;  // of those, with prompt tokens (a chunk or an admission)
+};
+AheadCounts run_ahead(Harness& h, const std::map<RequestId, int32_t>& eos_at, Produced* p) {
+  AheadCounts counts;
   SchedulerOutput in_flight = h.scheduler.schedule();
   while (!in_flight.empty() || h.scheduler.has_unfinished_requests()) {
     SchedulerOutput next;
     const bool advanced = h.scheduler.can_schedule_ahead(in_flight);
     if (advanced) {
       next = h.scheduler.schedule_ahead(in_flight);
-      ahead += next.empty() ? 0 : 1;
+      counts.steps += next.empty() ? 0 : 1;
+      bool with_prompt = false;
       for (const ScheduledSequence& seq : next.sequences) {
-        EXPECT_EQ(seq.token_ids, std::vector<int32_t>{Scheduler::kPendingToken});
-        EXPECT_TRUE(seq.sample);
+        if (seq.token_ids.back() == Scheduler::kPendingToken) {  // a token still being sampled: alone
+          EXPECT_EQ(seq.token_ids.size(), 1u);
+          EXPECT_TRUE(seq.sample);
+          continue;
+        }
+        for (int32_t t : seq.token_ids)
+          EXPECT_NE(t, Scheduler::kPendingToken);
+        with_prompt = true;
       }
+      counts.steps_with_prompt += with_prompt ? 1 : 0;
     }
     // The tokens of `in_flight` become known only now.
     const std::vector<SampledTokens> sampled = sample_step(h.scheduler, in_flight, eos_at);
@@ -330,56 +343,109 @@ int run_ahead(Harness& h, const std::map<RequestId, int32_t>& eos_at, Produced* 
     if (!advanced || next.empty()) next = h.scheduler.schedule();
     in_flight = std::move(next);
   }
-  return ahead;
+  return counts;
 }
 
 TEST(SchedulerTest, SchedulingAheadProducesWhatUpdateDoes) {
   for (int num_blocks : {64, 12}) {  // 12: sequences are preempted or wait for blocks
-    Harness sync(config(8, 32, 64), num_blocks);
-    Harness overlapped(config(8, 32, 64), num_blocks);
-    const std::map<RequestId, int32_t> eos_at = add_mixed(sync, 10);
-    add_mixed(overlapped, 10);
-    const Produced expected = run_sync(sync, eos_at);
-    Produced got;
-    const int ahead = run_ahead(overlapped, eos_at, &got);
-    EXPECT_GT(ahead, 3) << num_blocks;
-    EXPECT_EQ(got.tokens, expected.tokens) << num_blocks;
-    EXPECT_EQ(got.reasons, expected.reasons) << num_blocks;
-    EXPECT_EQ(overlapped.scheduler.kv_cache().stats().num_used_blocks, 0) << num_blocks;
+    for (bool filtered : {false, true}) {  // request 9 may not be scheduled ahead
+      const std::string what = std::to_string(num_blocks) + (filtered ? " blocks, filtered" : " blocks");
+      Harness sync(config(8, 32, 64), num_blocks);
+      Harness overlapped(config(8, 32, 64), num_blocks);
+      if (filtered) overlapped.scheduler.set_schedule_ahead_filter([](const Request& r) { return r.request_id != 9; });
+      const std::map<RequestId, int32_t> eos_at = add_mixed(sync, 10);
+      add_mixed(overlapped, 10);
+      const Produced expected = run_sync(sync, eos_at);
+      Produced got;
+      const AheadCounts ahead = run_ahead(overlapped, eos_at, &got);
+      EXPECT_GT(ahead.steps, 2) << what;
+      EXPECT_GT(ahead.steps_with_prompt, 0) << what;
+      EXPECT_EQ(got.tokens, expected.tokens) << what;
+      EXPECT_EQ(got.reasons, expected.reasons) << what;
+      EXPECT_EQ(overlapped.scheduler.kv_cache().stats().num_used_blocks, 0) << what;
+    }
   }
 }
 
-TEST(SchedulerTest, SchedulesAheadOnlyWhatScheduleWould) {
-  Harness h(config(2, 32), 64);
+TEST(SchedulerTest, SchedulesAheadAsScheduleWouldWithoutPreempting) {
+  Harness h(config(2, 8), 64);
   h.add(make_request(1, 5, 10));
+  // A whole prompt that samples: scheduled ahead, its first output token pending.
   SchedulerOutput prefill = h.scheduler.schedule();
-  EXPECT_FALSE(h.scheduler.can_schedule_ahead(prefill));  // not a decode step
-  h.scheduler.update(prefill, {{SampledTokens{1, {7}}}});
-  SchedulerOutput decode = h.scheduler.schedule();
-  ASSERT_TRUE(h.scheduler.can_schedule_ahead(decode));
-  h.add(make_request(2, 5, 10));  // waiting, and a slot is free: schedule() must admit it
-  EXPECT_FALSE(h.scheduler.can_schedule_ahead(decode));
-  h.scheduler.update(decode, {{SampledTokens{1, {8}}}});
-  SchedulerOutput both = h.scheduler.schedule();
-  h.scheduler.update(both, {{SampledTokens{1, {9}}, SampledTokens{2, {9}}}});
-  SchedulerOutput decode2 = h.scheduler.schedule();
-  ASSERT_EQ(decode2.sequences.size(), 2u);
-  h.add(make_request(3, 5, 10));  // waits: max_num_seqs is reached
-  ASSERT_TRUE(h.scheduler.can_schedule_ahead(decode2));
-  SchedulerOutput ahead = h.scheduler.schedule_ahead(decode2);
+  ASSERT_TRUE(h.scheduler.can_schedule_ahead(prefill));
+  h.add(make_request(2, 12, 10, 50));  // waiting, a seat free: admitted ahead, chunked by the budget
+  SchedulerOutput ahead = h.scheduler.schedule_ahead(prefill);
   ASSERT_EQ(ahead.sequences.size(), 2u);
-  EXPECT_EQ(ahead.sequences[0].start_pos, decode2.sequences[0].start_pos + 1);
-  EXPECT_EQ(h.scheduler.find(1)->token_ids.back(), Scheduler::kPendingToken);
-  // Request 1 stops at EOS: it ends at resolve(); its token in `ahead` is dropped later.
+  EXPECT_EQ(ahead.sequences[0].request_id, 1);
+  EXPECT_EQ(ahead.sequences[0].token_ids, std::vector<int32_t>{Scheduler::kPendingToken});
+  EXPECT_EQ(ahead.sequences[0].start_pos, 5);
+  EXPECT_EQ(ahead.sequences[1].request_id, 2);
+  EXPECT_EQ(ahead.sequences[1].token_ids.size(), 7u);  // 8 tokens of budget, 1 taken by request 1
+  EXPECT_FALSE(ahead.sequences[1].sample);
+  h.scheduler.resolve({{SampledTokens{1, {7}}}});
+  EXPECT_EQ(h.scheduler.find(1)->token_ids.back(), 7);
+
+  // Request 2's next chunk is ahead too; request 1 ends by length at max_tokens 10 later.
+  ASSERT_TRUE(h.scheduler.can_schedule_ahead(ahead));
+  SchedulerOutput ahead2 = h.scheduler.schedule_ahead(ahead);
+  ASSERT_EQ(ahead2.sequences.size(), 2u);
+  EXPECT_EQ(ahead2.sequences[1].start_pos, 7);
+  EXPECT_EQ(ahead2.sequences[1].token_ids.size(), 5u);
+  EXPECT_TRUE(ahead2.sequences[1].sample);
+  h.scheduler.resolve({{SampledTokens{1, {8}}}});
+
+  // A waiting request that the filter keeps out: not scheduled ahead while it could be
+  // admitted, so schedule() admits it; with no seat free it does not matter.
+  h.scheduler.set_schedule_ahead_filter([](const Request& r) { return r.request_id != 3; });
+  h.add(make_request(3, 5, 10));
+  EXPECT_TRUE(h.scheduler.can_schedule_ahead(ahead2));  // max_num_seqs 2: no seat for it
+  SchedulerOutput ahead3 = h.scheduler.schedule_ahead(ahead2);
+  ASSERT_EQ(ahead3.sequences.size(), 2u);
+  // Request 1 stops at EOS: it ends at resolve(); its token in ahead3 is dropped later, and
+  // its seat goes to request 3, which only schedule() may admit.
   auto outputs = h.scheduler.resolve({{SampledTokens{1, {kEos}}, SampledTokens{2, {11}}}});
   ASSERT_EQ(outputs.size(), 2u);
   EXPECT_EQ(outputs[0].finish_reason, FinishReason::kStop);
   EXPECT_EQ(h.scheduler.find(1), nullptr);
-  EXPECT_EQ(h.scheduler.find(2)->token_ids.back(), 11);
-  EXPECT_FALSE(h.scheduler.can_schedule_ahead(ahead));  // request 3 can be admitted now
-  outputs = h.scheduler.update(ahead, {{SampledTokens{1, {5}}, SampledTokens{2, {12}}}});
-  ASSERT_EQ(outputs.size(), 1u);
-  EXPECT_EQ(outputs[0].request_id, 2);
+  EXPECT_FALSE(h.scheduler.can_schedule_ahead(ahead3));
+  h.scheduler.update(ahead3, {{SampledTokens{1, {5}}, SampledTokens{2, {12}}}});
+  SchedulerOutput with3 = h.scheduler.schedule();
+  ASSERT_EQ(with3.sequences.size(), 2u);
+  EXPECT_EQ(with3.sequences[1].request_id, 3);
+  EXPECT_FALSE(h.scheduler.can_schedule_ahead(with3));  // request 3 is in it
+  h.scheduler.update(with3, {{SampledTokens{2, {13}}, SampledTokens{3, {13}}}});
+
+  // A running sequence left out of a step (no budget for it) is schedule()'s to decide.
+  h.scheduler.set_schedule_ahead_filter(nullptr);
+  SchedulerOutput both = h.scheduler.schedule();
+  ASSERT_EQ(both.sequences.size(), 2u);
+  SchedulerOutput only_first = both;
+  only_first.sequences.pop_back();
+  EXPECT_FALSE(h.scheduler.can_schedule_ahead(only_first));
+  EXPECT_TRUE(h.scheduler.can_schedule_ahead(both));
+  EXPECT_TRUE(h.scheduler.kv_cache().check_invariants().ok());
+}
+
+TEST(SchedulerTest, SchedulesAheadWithoutPreemptingShortOfBlocks) {
+  // Two sequences of 4-token blocks, 3 blocks in all: the second cannot grow past its block
+  // without preempting, so the step ahead leaves it out and admits nobody.
+  Harness h(config(4, 64), 3);
+  h.add(make_request(1, 4, 8));
+  h.add(make_request(2, 3, 8));
+  SchedulerOutput prefill = h.scheduler.schedule();
+  ASSERT_EQ(prefill.sequences.size(), 2u);
+  h.scheduler.update(prefill, {{SampledTokens{1, {7}}, SampledTokens{2, {7}}}});
+  SchedulerOutput decode = h.scheduler.schedule();  // request 1: a second block; 2 fits its first
+  ASSERT_EQ(decode.sequences.size(), 2u);
+  h.add(make_request(3, 2, 4));
+  ASSERT_TRUE(h.scheduler.can_schedule_ahead(decode));
+  SchedulerOutput ahead = h.scheduler.schedule_ahead(decode);
+  ASSERT_EQ(ahead.sequences.size(), 1u);
+  EXPECT_EQ(ahead.sequences[0].request_id, 1);
+  EXPECT_EQ(h.scheduler.num_waiting(), 1);  // request 3 not admitted
+  h.scheduler.resolve({{SampledTokens{1, {8}}, SampledTokens{2, {8}}}});
+  EXPECT_FALSE(h.scheduler.can_schedule_ahead(ahead));  // request 2 is not in it
+  EXPECT_EQ(h.scheduler.stats().num_preemptions, 0);
   EXPECT_TRUE(h.scheduler.kv_cache().check_invariants().ok());
 }
 
