@@ -386,8 +386,13 @@ void Engine::step_overlapped() {
         row_of.emplace(sampled_ids[i], static_cast<int32_t>(i));
       std::vector<int32_t> rows;
       rows.reserve(ahead.sequences.size());
-      for (const ScheduledSequence& seq : ahead.sequences)
-        rows.push_back(seq.token_ids.back() == Scheduler::kPendingToken ? row_of.at(seq.request_id) : -1);
+      bool any_pending = false;
+      for (const ScheduledSequence& seq : ahead.sequences) {
+        const bool pending = seq.token_ids.back() == Scheduler::kPendingToken;
+        rows.push_back(pending ? row_of.at(seq.request_id) : -1);
+        any_pending |= pending;
+      }
+      // (After a prompt chunk that sampled nothing, every token is known.)
       const TokenSource source{current.pending.sample, rows};
       // Penalty rows count their pending token on the device too.
       Status status = prepare_device_sampling(ahead, rows)
@@ -396,7 +401,8 @@ void Engine::step_overlapped() {
       DeviceSamplingBatch batch = device_batch_.batch();
       batch.pending = source.from;
       Result<ModelRunner::PendingStep> launched =
-          status.ok() ? runner_->launch(ahead, batch, &source) : Result<ModelRunner::PendingStep>(status);
+          status.ok() ? runner_->launch(ahead, batch, any_pending ? &source : nullptr)
+                      : Result<ModelRunner::PendingStep>(status);
       if (launched.ok()) {
         counters_.num_overlapped_steps += 1;
         in_flight_ = InFlight{std::move(ahead), std::move(*launched), start};

@@ -51,11 +51,12 @@ struct EngineConfig {
   // Decode-only steps of up to this many sequences replay CUDA graphs (when the backend has
   // them); 0 runs every step eagerly (--enforce-eager).
   int32_t max_graph_batch = 256;
-  // Overlapped decoding: while a decode step runs on the device, the next one is scheduled
-  // and enqueued (its input tokens taken on the device from this step's samples), and this
-  // step's outputs are handled while the next runs. Only where the backend samples
-  // asynchronously (CUDA), for graph-replayed decode steps whose rows sample on the device
-  // (penalties included; not logprobs or logit bias); other steps run one after another.
+  // Overlapped steps: while a step runs on the device, the next one is scheduled and
+  // enqueued (input tokens still being sampled taken on the device from this step's
+  // samples), and this step's outputs are handled while the next runs. Only where the
+  // backend samples asynchronously (CUDA), for steps whose rows sample on the device
+  // (penalties included; not logprobs or logit bias) and that schedule() would not have
+  // to preempt for; other steps run one after another (docs/ENGINE.md).
   bool async_scheduling = true;
   DType kv_dtype = DType::kF32;
   bool enable_prefix_caching = true;

@@ -109,7 +109,7 @@ class Scheduler {
   // sampled token; sequences that finished are removed and their blocks freed.
   std::vector<SequenceOutput> update(const SchedulerOutput& output, std::span<const SampledTokens> sampled);
 
-  // Overlapped decoding (the engine's async scheduling): the next step is scheduled while
+  // Overlapped steps (the engine's async scheduling): the next step is scheduled while
   // `in_flight` still runs and before the tokens it samples are known, so the host's work
   // between steps overlaps the device's.
   //

@@ -166,6 +166,47 @@ TEST_F(EngineOverlapTest, PromptChunksAndAdmissionsOverlapToo) {
   EXPECT_GT(stats.num_steps, 40);
   EXPECT_EQ(stats.kv_used_blocks, 0);
   EXPECT_EQ(stats.requests_failed, 0);
+
+  // One long prompt alone (not in the prefix cache): its first chunks sample nothing, and
+  // the steps after them have no token to take from the device.
+  GenerationRequest long_prompt = requests[9];
+  long_prompt.prompt_ids.resize(60);
+  for (size_t i = 0; i < long_prompt.prompt_ids.size(); ++i)
+    long_prompt.prompt_ids[i] = 3 + static_cast<int32_t>(i * 13) % (vocab() - 3);
+  const Completion alone = run_all(*plain_engine, {long_prompt})[0];
+  const int64_t steps_before = overlapped_engine->stats().num_steps;
+  const int64_t overlapped_before = overlapped_engine->stats().num_overlapped_steps;
+  expect_same_tokens(run_all(*overlapped_engine, {long_prompt}), {alone}, "long prompt");
+  const EngineStats after = overlapped_engine->stats();
+  EXPECT_EQ(after.num_overlapped_steps - overlapped_before, after.num_steps - steps_before - 1);
+  EXPECT_EQ(after.requests_failed, 0);
+}
+
+// Requests that need the host sampler (logprobs; n > 1 until its choices fork) arriving
+// while others decode overlapped: they run in ordinary steps, and nothing fails or changes.
+// All greedy: a step with a host-sampled row samples every row on the host, whose seeded
+// draws differ from the device's, and which steps those are depends on arrival times.
+TEST_F(EngineOverlapTest, HostSampledRequestsRunInOrdinarySteps) {
+  std::vector<GenerationRequest> requests = mixed_requests(8, vocab(), 6);
+  for (GenerationRequest& r : requests)
+    r.sampling.temperature = 0.0f;
+  requests[5].sampling.logprobs = 2;
+  requests[6].n = 2;
+  auto plain_engine = setup_.engine(false);
+  const std::vector<Completion> plain = run_all(*plain_engine, requests);
+  auto overlapped_engine = setup_.engine(true);
+  const std::vector<Completion> got = run_all(*overlapped_engine, requests, {5, 6});
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_EQ(got[i].choices.size(), plain[i].choices.size()) << i;
+    for (size_t c = 0; c < got[i].choices.size(); ++c)
+      EXPECT_EQ(got[i].choices[c].token_ids, plain[i].choices[c].token_ids) << "request " << i << " choice " << c;
+  }
+  EXPECT_EQ(got[5].choices[0].logprobs.size(), got[5].choices[0].token_ids.size());
+  const EngineStats stats = overlapped_engine->stats();
+  EXPECT_GT(stats.num_overlapped_steps, 0);
+  EXPECT_LT(stats.num_overlapped_steps, stats.num_steps - 2);  // not while the logprobs request ran
+  EXPECT_EQ(stats.requests_failed, 0);
+  EXPECT_EQ(stats.kv_used_blocks, 0);
 }
 
 TEST_F(EngineOverlapTest, LateArrivalsCancelsAndDeadlinesLoseNothing) {

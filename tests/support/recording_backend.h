@@ -132,6 +132,7 @@ class RecordingBackend final : public Backend {
   Status select_tokens(TensorView ids, const AsyncSample& from, const TensorView& rows) override {
     if (!emulate_sampling_) return Backend::select_tokens(ids, from, rows);
     RETURN_IF_ERROR(not_recording("select_tokens"));
+    if (from.ids == nullptr || from.rows <= 0) return InvalidArgument("recording: select_tokens from no sampled ids");
     for (int64_t i = 0; i < ids.dim(0); ++i) {
       const int32_t r = rows.as<const int32_t>()[i];
       if (r >= 0 && r < from.rows) ids.as<int32_t>()[i] = from.ids[r];
