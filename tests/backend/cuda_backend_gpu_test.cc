@@ -120,6 +120,15 @@ TEST_F(CudaTest, AddAndSiluMul) {
         expect_close(download(out2), ref, 1e-6, act == DType::kF32 ? 1e-5 : 0x1p-8, "silu_mul");
       }
     }
+    // More rows than a grid's y dimension holds (the kernel loops over them), 16-byte
+    // vectors per row.
+    const int64_t rows = 70001, f = 8;
+    const auto gu = rounded(test::random_floats(static_cast<size_t>(rows * 2 * f), 14, -6, 6), act);
+    TensorView out = poisoned(act, {rows, f});
+    ASSERT_TRUE(gpu_->silu_mul(out, upload(Stored(gu, act), {rows, 2 * f})).ok());
+    std::vector<float> ref(static_cast<size_t>(rows * f)), gu_copy = gu;
+    ASSERT_TRUE(cpu_.silu_mul(test::f32_view(ref, {rows, f}), test::f32_view(gu_copy, {rows, 2 * f})).ok());
+    expect_close(download(out), ref, 1e-6, act == DType::kF32 ? 1e-5 : 0x1p-8, "silu_mul, many rows");
   }
 }
 
@@ -208,6 +217,14 @@ TEST_F(CudaMatmulTest, GemvAndCublasLtMatchTheCpu) {
       }
     }
   }
+}
+
+// The bias added over more rows than a grid's y dimension holds, and with a row length
+// that is not a whole number of 16-byte vectors.
+TEST_F(CudaMatmulTest, BiasOverManyRows) {
+  run(DType::kBF16, DType::kBF16, 70001, 16, 32, true, 60);
+  run(DType::kF32, DType::kF32, 70001, 12, 32, true, 61);
+  run(DType::kBF16, DType::kBF16, 300, 13, 32, true, 62);
 }
 
 TEST_F(CudaMatmulTest, F32OutputFromBf16Activations) {
