@@ -400,9 +400,9 @@ void Engine::step_overlapped() {
                           : Internal("a step scheduled ahead cannot be sampled on the device");
       DeviceSamplingBatch batch = device_batch_.batch();
       batch.pending = source.from;
-      Result<ModelRunner::PendingStep> launched =
-          status.ok() ? runner_->launch(ahead, batch, any_pending ? &source : nullptr)
-                      : Result<ModelRunner::PendingStep>(status);
+      Result<ModelRunner::PendingStep> launched = status.ok()
+                                                      ? runner_->launch(ahead, batch, any_pending ? &source : nullptr)
+                                                      : Result<ModelRunner::PendingStep>(status);
       if (launched.ok()) {
         counters_.num_overlapped_steps += 1;
         in_flight_ = InFlight{std::move(ahead), std::move(*launched), start};

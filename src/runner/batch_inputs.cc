@@ -14,7 +14,8 @@ Status BatchInputs::build(Backend& backend, std::span<const ScheduledSequence> s
   size_t width = 1;
   for (const ScheduledSequence& seq : sequences)
     width = std::max(width, seq.block_table.size());
-  for (auto* v : {&token_ids_, &positions_, &slots_, &query_start_, &kv_lens_, &block_tables_, &logits_rows_, &sources_})
+  for (auto* v :
+       {&token_ids_, &positions_, &slots_, &query_start_, &kv_lens_, &block_tables_, &logits_rows_, &sources_})
     v->clear();
   query_start_.push_back(0);
   int32_t max_query_len = 0;
@@ -50,7 +51,7 @@ Status BatchInputs::build(Backend& backend, std::span<const ScheduledSequence> s
   num_tokens_ = token_ids_.size();
 
   // One host array, one buffer, one copy; each field a view at its offset.
-  const std::vector<int32_t>* fields[] = {&token_ids_, &positions_, &slots_,        &query_start_,
+  const std::vector<int32_t>* fields[] = {&token_ids_, &positions_,    &slots_,       &query_start_,
                                           &kv_lens_,   &block_tables_, &logits_rows_, &sources_};
   size_t offsets[std::size(fields)];
   packed_.clear();

@@ -37,8 +37,7 @@ class BatchInputs {
   const TensorView& token_sources() const { return token_sources_; }
 
  private:
-  std::vector<int32_t> token_ids_, positions_, slots_, query_start_, kv_lens_, block_tables_, logits_rows_,
-      sources_;
+  std::vector<int32_t> token_ids_, positions_, slots_, query_start_, kv_lens_, block_tables_, logits_rows_, sources_;
   std::vector<int32_t> packed_;  // every field, one after another, as uploaded
   size_t num_tokens_ = 0;
   DeviceBuffer buffer_;

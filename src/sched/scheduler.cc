@@ -283,8 +283,8 @@ bool Scheduler::can_schedule_ahead(const SchedulerOutput& in_flight) const {
     // As schedule() left it: computed up to the step, and a step that samples ends at the
     // request's last token (a prompt chunk before it).
     if (request->status != RequestStatus::kRunning || request->num_pending_forks > 0 ||
-        (ahead_filter_ && !ahead_filter_(*request)) ||
-        request->num_computed_tokens != seq.start_pos || request->token_ids.back() == kPendingToken ||
+        (ahead_filter_ && !ahead_filter_(*request)) || request->num_computed_tokens != seq.start_pos ||
+        request->token_ids.back() == kPendingToken ||
         (seq.sample ? end != request->num_tokens() : end >= request->num_tokens())) {
       return false;
     }

@@ -347,7 +347,7 @@ AheadCounts run_ahead(Harness& h, const std::map<RequestId, int32_t>& eos_at, Pr
 }
 
 TEST(SchedulerTest, SchedulingAheadProducesWhatUpdateDoes) {
-  for (int num_blocks : {64, 12}) {  // 12: sequences are preempted or wait for blocks
+  for (int num_blocks : {64, 12}) {        // 12: sequences are preempted or wait for blocks
     for (bool filtered : {false, true}) {  // request 9 may not be scheduled ahead
       const std::string what = std::to_string(num_blocks) + (filtered ? " blocks, filtered" : " blocks");
       Harness sync(config(8, 32, 64), num_blocks);

@@ -195,8 +195,7 @@ cudaError_t launch_add_bias(void* out, ElemType out_type, const void* bias, Elem
       launch_kernel(add_bias_kernel<A, true>, rows_grid(rows, n / kVec<A>, 256), 256, 0, stream, o, bias, bias_type,
                     rows, cols);
     } else {
-      launch_kernel(add_bias_kernel<A, false>, rows_grid(rows, n, 256), 256, 0, stream, o, bias, bias_type, rows,
-                    cols);
+      launch_kernel(add_bias_kernel<A, false>, rows_grid(rows, n, 256), 256, 0, stream, o, bias, bias_type, rows, cols);
     }
   });
   return cudaGetLastError();
