@@ -116,23 +116,9 @@ TEST_F(EngineOverlapGpuTest, OverlappedStepsGiveTheSameTokens) {
 
 TEST_F(EngineOverlapGpuTest, PenaltiesOverlapWithTheSameTokens) {
   std::mt19937 rng(6);
-  std::vector<GenerationRequest> requests = mixed_requests(rng);
   auto sync = make_engine(false);
-  const std::vector<Completion> unpenalized = run_all(*sync, requests);
-  for (size_t i = 0; i < requests.size(); ++i)
-    test::set_strong_penalty(requests[i], i);
-  const std::vector<Completion> plain = run_all(*sync, requests);
-  int changed = 0;
-  for (size_t i = 0; i < requests.size(); ++i)
-    changed += plain[i].choices[0].token_ids != unpenalized[i].choices[0].token_ids ? 1 : 0;
-  EXPECT_GE(changed, static_cast<int>(requests.size() / 2));  // the penalties matter
-
   auto overlapped = make_engine(true);
-  expect_same_tokens(run_all(*overlapped, requests), plain, "penalties");
-  const EngineStats stats = overlapped->stats();
-  EXPECT_GT(stats.num_overlapped_steps, stats.num_steps / 2) << stats.num_steps;
-  EXPECT_EQ(stats.kv_used_blocks, 0);
-  EXPECT_EQ(stats.requests_failed, 0);
+  test::expect_penalties_overlap(*sync, *overlapped, mixed_requests(rng), 5);
 }
 
 // Prompt chunks (16 tokens a step) and admissions are scheduled ahead too, eagerly run

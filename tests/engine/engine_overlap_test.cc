@@ -132,23 +132,9 @@ TEST_F(EngineOverlapTest, SameTokensWithAndWithoutOverlap) {
 // token, so the sampling counts that token from the in-flight step's ids. Penalties strong
 // enough to change most tokens of the tiny model, so a history one token short would show.
 TEST_F(EngineOverlapTest, PenaltiesOverlapWithTheSameTokens) {
-  std::vector<GenerationRequest> requests = mixed_requests(8, vocab(), 4);
   auto plain_engine = setup_.engine(false);
-  const std::vector<Completion> unpenalized = run_all(*plain_engine, requests);
-  for (size_t i = 0; i < requests.size(); ++i)
-    test::set_strong_penalty(requests[i], i);
-  const std::vector<Completion> plain = run_all(*plain_engine, requests);
-  int changed = 0;
-  for (size_t i = 0; i < requests.size(); ++i)
-    changed += plain[i].choices[0].token_ids != unpenalized[i].choices[0].token_ids ? 1 : 0;
-  EXPECT_GE(changed, 4);  // the penalties matter
-
   auto overlapped_engine = setup_.engine(true);
-  expect_same_tokens(run_all(*overlapped_engine, requests), plain, "penalties");
-  const EngineStats stats = overlapped_engine->stats();
-  EXPECT_GT(stats.num_overlapped_steps, stats.num_steps / 2) << stats.num_steps;
-  EXPECT_EQ(stats.kv_used_blocks, 0);
-  EXPECT_EQ(stats.requests_failed, 0);
+  test::expect_penalties_overlap(*plain_engine, *overlapped_engine, mixed_requests(8, vocab(), 4), 4);
 }
 
 // Not only decode steps: prompt chunks (16 tokens a step here, so long prompts take several

@@ -1,6 +1,6 @@
 // Helpers for engine tests that compare runs: submit a set of requests (some late, one
 // cancelled) and gather every completion; give requests penalties; check two runs produced
-// the same tokens.
+// the same tokens, and that penalties give the same tokens with overlapped steps.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -100,6 +100,26 @@ inline void expect_same_tokens(const std::vector<Completion>& got, const std::ve
     EXPECT_EQ(got[i].choices[0].finish_reason, want[i].choices[0].finish_reason) << what << " request " << i;
     EXPECT_EQ(got[i].choices[0].text, want[i].choices[0].text) << what << " request " << i;
   }
+}
+
+// Gives the requests strong penalties and checks that they change the tokens of at least
+// `min_changed` requests on `plain`, and that `overlapped` (async scheduling on) gives
+// `plain`'s tokens while overlapping most of its steps.
+inline void expect_penalties_overlap(EngineClient& plain, EngineClient& overlapped,
+                                     std::vector<GenerationRequest> requests, int min_changed) {
+  const std::vector<Completion> unpenalized = run_all(plain, requests);
+  for (size_t i = 0; i < requests.size(); ++i)
+    set_strong_penalty(requests[i], i);
+  const std::vector<Completion> want = run_all(plain, requests);
+  int changed = 0;
+  for (size_t i = 0; i < requests.size(); ++i)
+    changed += want[i].choices[0].token_ids != unpenalized[i].choices[0].token_ids ? 1 : 0;
+  EXPECT_GE(changed, min_changed);  // the penalties matter
+  expect_same_tokens(run_all(overlapped, requests), want, "penalties");
+  const EngineStats stats = overlapped.stats();
+  EXPECT_GT(stats.num_overlapped_steps, stats.num_steps / 2) << stats.num_steps;
+  EXPECT_EQ(stats.kv_used_blocks, 0);
+  EXPECT_EQ(stats.requests_failed, 0);
 }
 
 }  // namespace bw::test
