@@ -356,14 +356,14 @@ void Engine::step() {
   DeviceSamplingBatch device_batch;
   const bool device_sampling = prepare_device_sampling(output);
   if (device_sampling) device_batch = device_batch_.batch();
-  if (device_sampling && config_.async_scheduling && runner_->can_launch(output)) {
+  if (device_sampling && host_rows_.empty() && config_.async_scheduling && runner_->can_launch(output)) {
     Result<ModelRunner::PendingStep> launched = runner_->launch(output, device_batch);
     if (!launched.ok()) return fail_step(output, launched.status());
     in_flight_ = InFlight{std::move(output), std::move(*launched), start};
     return step_overlapped();
   }
   const bool sample_on_device = device_sampling && device_batch_.num_rows() > 0;
-  Result<RunnerOutput> result = runner_->execute(output, sample_on_device ? &device_batch : nullptr);
+  Result<RunnerOutput> result = runner_->execute(output, sample_on_device ? &device_batch : nullptr, host_rows_);
   if (!result.ok()) return fail_step(output, result.status());
   finish_step(output, *result, /*advanced=*/false, start);
 }
@@ -395,7 +395,7 @@ void Engine::step_overlapped() {
       // (After a prompt chunk that sampled nothing, every token is known.)
       const TokenSource source{current.pending.sample, rows};
       // Penalty rows count their pending token on the device too.
-      Status status = prepare_device_sampling(ahead, rows)
+      Status status = prepare_device_sampling(ahead, rows) && host_rows_.empty()
                           ? OkStatus()
                           : Internal("a step scheduled ahead cannot be sampled on the device");
       DeviceSamplingBatch batch = device_batch_.batch();
@@ -455,11 +455,17 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
   std::vector<SampledTokens> sampled;
   std::unordered_map<RequestId, SampledToken> details;
   std::vector<float> scratch;
+  size_t next_host_row = 0;  // into logits.host_rows
   for (size_t i = 0; i < logits.request_ids.size(); ++i) {
     const RequestId id = logits.request_ids[i];
+    // Sampled on the device unless the runner gave this row's logits for the host Sampler.
+    const bool on_host = logits.sampled.empty() || (next_host_row < logits.host_rows.size() &&
+                                                    logits.host_rows[next_host_row] == static_cast<int32_t>(i));
+    const size_t logits_row = logits.sampled.empty() ? i : next_host_row;
+    if (on_host && !logits.sampled.empty()) ++next_host_row;
     const Request* request = scheduler_->find(id);
     if (request == nullptr) continue;
-    if (!logits.sampled.empty()) {  // sampled on the device
+    if (!on_host) {
       sampled.push_back(SampledTokens{id, {logits.sampled[i]}});
       continue;
     }
@@ -467,7 +473,7 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
     const int32_t num_choices = request->num_pending_forks + 1;
     for (int32_t c = 0; c < num_choices; ++c) {
       SequenceState& seq = *sequences_.at(id + c);
-      std::span<float> row = logits.row(i);
+      std::span<float> row = logits.row(logits_row);
       if (num_choices > 1) {  // the sampler uses its row as scratch; each choice needs the original
         scratch.assign(row.begin(), row.end());
         row = scratch;
@@ -497,17 +503,25 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
 
 bool Engine::prepare_device_sampling(const SchedulerOutput& output, std::span<const int32_t> pending_rows) {
   device_batch_.clear();
+  host_rows_.clear();
   if (!runner_->samples_on_device()) return false;
+  int32_t row = 0;
   for (size_t i = 0; i < output.sequences.size(); ++i) {
     const ScheduledSequence& seq = output.sequences[i];
     if (!seq.sample) continue;
     const Request* request = scheduler_->find(seq.request_id);
     auto it = sequences_.find(seq.request_id);
-    if (request == nullptr || it == sequences_.end() || request->num_pending_forks > 0) return false;
+    if (request == nullptr || it == sequences_.end() || request->num_pending_forks > 0 ||
+        !device_samplable(it->second->sampler.params())) {
+      // The host Sampler takes this row; the device samples a greedy stand-in.
+      host_rows_.push_back(row++);
+      device_batch_.add_row(SamplingParams{}, 0, 0, {}, {});
+      continue;
+    }
     const SequenceState& state = *it->second;
-    if (!device_samplable(state.sampler.params())) return false;
     device_batch_.add_row(state.sampler.params(), state.seed, request->output_ids().size(), request->prompt_ids(),
                           request->output_ids(), pending_rows.empty() ? -1 : pending_rows[i]);
+    ++row;
   }
   return true;
 }

@@ -116,8 +116,10 @@ class Engine final : public EngineClient {
   void fail_step(const SchedulerOutput& output, const Status& status);
   // Scheduler outputs for the sampled tokens, then events and counters for the step.
   void finish_step(const SchedulerOutput& output, RunnerOutput& logits, bool advanced, SteadyClock::time_point start);
-  // Fills device_batch_ for this step's sampled rows (maybe none); false when a row needs
-  // the host Sampler (logprobs, logit bias, n > 1 forks) or the backend cannot sample.
+  // Fills device_batch_ for this step's sampled rows (maybe none); false when the backend
+  // cannot sample. Rows that need the host Sampler (logprobs, logit bias, n > 1 forks) get
+  // a greedy stand-in there and are listed in host_rows_: the other rows still sample on
+  // the device, so a seeded request draws the same tokens whatever shares its steps.
   // pending_rows (one per sequence of a step scheduled ahead, or empty): the row of the
   // in-flight sample that holds each sequence's newest token.
   bool prepare_device_sampling(const SchedulerOutput& output, std::span<const int32_t> pending_rows = {});
@@ -138,6 +140,7 @@ class Engine final : public EngineClient {
   ModelInfo model_info_;
   std::unique_ptr<ModelRunner> runner_;
   DeviceSamplingBatchBuilder device_batch_;
+  std::vector<int32_t> host_rows_;        // the sampled rows device_batch_ left to the host Sampler
   std::unique_ptr<Scheduler> scheduler_;  // loop thread only
 
   // A step launched on the device whose tokens are not back yet (async_scheduling).

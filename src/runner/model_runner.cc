@@ -1,5 +1,7 @@
 #include "runner/model_runner.h"
 
+#include <algorithm>
+
 namespace bw {
 
 Status read_logits(Backend& backend, const TensorView& logits, std::vector<float>* out) {
@@ -29,12 +31,24 @@ Result<std::unique_ptr<ModelRunner>> ModelRunner::create(CausalLM& model, Backen
   return std::unique_ptr<ModelRunner>(new ModelRunner(model, backend, std::move(storage), std::move(graphs)));
 }
 
-Status ModelRunner::finish(const TensorView& logits, const DeviceSamplingBatch* sampling, RunnerOutput* result) {
+Status ModelRunner::finish(const TensorView& logits, const DeviceSamplingBatch* sampling,
+                           std::span<const int32_t> host_rows, RunnerOutput* result) {
   if (sampling == nullptr || !backend_.supports_device_sampling())
     return read_logits(backend_, logits, &result->logits);
-  if (sampling->rows.size() != static_cast<size_t>(logits.dim(0))) {
-    return InvalidArgument("runner: {} sampling rows for {} logits rows", sampling->rows.size(), logits.dim(0));
+  const int64_t rows = logits.dim(0), vocab = logits.dim(1);
+  if (sampling->rows.size() != static_cast<size_t>(rows)) {
+    return InvalidArgument("runner: {} sampling rows for {} logits rows", sampling->rows.size(), rows);
   }
+  // Rows for the host Sampler: their logits come back before sampling uses them as scratch.
+  result->logits.resize(host_rows.size() * static_cast<size_t>(vocab));
+  for (size_t k = 0; k < host_rows.size(); ++k) {
+    const int32_t r = host_rows[k];
+    if (r < 0 || r >= rows || (k > 0 && r <= host_rows[k - 1]))
+      return InvalidArgument("runner: host row {} out of order or outside {} rows", r, rows);
+    RETURN_IF_ERROR(read_logits(backend_, logits.slice_rows(r, r + 1), &row_scratch_));
+    std::copy(row_scratch_.begin(), row_scratch_.end(), result->logits.begin() + static_cast<int64_t>(k) * vocab);
+  }
+  result->host_rows.assign(host_rows.begin(), host_rows.end());
   result->sampled.resize(sampling->rows.size());
   return backend_.sample(result->sampled, logits, *sampling);
 }
@@ -95,7 +109,8 @@ Result<RunnerOutput> ModelRunner::wait(PendingStep step) {
   return std::move(step.output);
 }
 
-Result<RunnerOutput> ModelRunner::execute(const SchedulerOutput& output, const DeviceSamplingBatch* sampling) {
+Result<RunnerOutput> ModelRunner::execute(const SchedulerOutput& output, const DeviceSamplingBatch* sampling,
+                                          std::span<const int32_t> host_rows) {
   RunnerOutput result;
   result.vocab_size = model_.config().vocab_size;
   if (!output.block_copies.empty()) RETURN_IF_ERROR(kv_cache_.copy_blocks(backend_, output.block_copies));
@@ -104,7 +119,7 @@ Result<RunnerOutput> ModelRunner::execute(const SchedulerOutput& output, const D
     if (seq.sample) result.request_ids.push_back(seq.request_id);
   }
   ASSIGN_OR_RETURN(TensorView logits, forward(output, nullptr));
-  RETURN_IF_ERROR(finish(logits, sampling, &result));
+  RETURN_IF_ERROR(finish(logits, sampling, host_rows, &result));
   return result;
 }
 

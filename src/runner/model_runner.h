@@ -34,8 +34,11 @@ struct ModelRunnerConfig {
 struct RunnerOutput {
   std::vector<RequestId> request_ids;  // the sequences with `sample` set, in output order
   int64_t vocab_size = 0;
-  std::vector<float> logits;     // [request_ids.size(), vocab_size]; empty when sampled on the device
-  std::vector<int32_t> sampled;  // [request_ids.size()] when sampled on the device
+  // Sampled on the host: [request_ids.size(), vocab_size]. Sampled on the device: the
+  // rows listed in host_rows only ([host_rows.size(), vocab_size]), for the host Sampler.
+  std::vector<float> logits;
+  std::vector<int32_t> sampled;    // [request_ids.size()] when sampled on the device
+  std::vector<int32_t> host_rows;  // increasing indices into request_ids
 
   std::span<float> row(size_t i) {
     return std::span<float>(logits).subspan(i * static_cast<size_t>(vocab_size), static_cast<size_t>(vocab_size));
@@ -48,8 +51,10 @@ class ModelRunner {
                                                      const ModelRunnerConfig& config);
 
   // With `sampling` (one row per sequence with `sample` set, in order) and a backend that
-  // samples on the device, returns the sampled tokens instead of the logits.
-  Result<RunnerOutput> execute(const SchedulerOutput& output, const DeviceSamplingBatch* sampling = nullptr);
+  // samples on the device, returns the sampled tokens instead of the logits, and the logits
+  // of `host_rows` (increasing row indices) besides.
+  Result<RunnerOutput> execute(const SchedulerOutput& output, const DeviceSamplingBatch* sampling = nullptr,
+                               std::span<const int32_t> host_rows = {});
   bool samples_on_device() const { return backend_.supports_device_sampling(); }
 
   // Overlapped steps (the engine's async scheduling): launch() enqueues a step (replayed
@@ -80,15 +85,18 @@ class ModelRunner {
   // Enqueues the step's forward pass (a graph replay when the graphs take it); the logits
   // of its sampled sequences, in order.
   Result<TensorView> forward(const SchedulerOutput& output, const TokenSource* source);
-  // Reads the logits back, or samples them on the device when `sampling` is given.
-  Status finish(const TensorView& logits, const DeviceSamplingBatch* sampling, RunnerOutput* result);
+  // Reads the logits back, or samples them on the device when `sampling` is given (and
+  // reads back the host_rows' logits first).
+  Status finish(const TensorView& logits, const DeviceSamplingBatch* sampling, std::span<const int32_t> host_rows,
+                RunnerOutput* result);
 
   CausalLM& model_;
   Backend& backend_;
   KvCacheStorage kv_cache_;
   std::unique_ptr<DecodeGraphs> graphs_;
   BatchInputs inputs_;
-  DeviceBuffer logits_buffer_;  // [rows, vocab], activation dtype
+  DeviceBuffer logits_buffer_;      // [rows, vocab], activation dtype
+  std::vector<float> row_scratch_;  // one row of logits on its way to RunnerOutput::logits
 };
 
 // Copies `rows` x vocab logits in the backend's activation dtype to f32 on the host.

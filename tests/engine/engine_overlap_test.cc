@@ -147,8 +147,9 @@ TEST_F(EngineOverlapTest, PromptChunksAndAdmissionsOverlapToo) {
   const std::vector<Completion> plain = run_all(*plain_engine, requests);
   expect_same_tokens(run_all(*overlapped_engine, requests, {6, 7, 8, 9}), plain, "chunks");
   const EngineStats stats = overlapped_engine->stats();
-  // Every step but the first of a run overlaps (a second only if the engine went idle).
-  EXPECT_GE(stats.num_overlapped_steps, stats.num_steps - 2) << stats.num_steps;
+  // Nearly every step overlaps: not the first of a run, nor one after a step that left a
+  // running sequence out for lack of budget (arrival times decide how often that happens).
+  EXPECT_GE(stats.num_overlapped_steps, stats.num_steps * 9 / 10) << stats.num_steps;
   EXPECT_GT(stats.num_steps, 40);
   EXPECT_EQ(stats.kv_used_blocks, 0);
   EXPECT_EQ(stats.requests_failed, 0);
@@ -193,6 +194,35 @@ TEST_F(EngineOverlapTest, HostSampledRequestsRunInOrdinarySteps) {
   EXPECT_LT(stats.num_overlapped_steps, stats.num_steps - 2);  // not while the logprobs request ran
   EXPECT_EQ(stats.requests_failed, 0);
   EXPECT_EQ(stats.kv_used_blocks, 0);
+}
+
+// A step with rows for the host Sampler (logprobs, n > 1) still samples its other rows on
+// the device: a seeded request draws the same tokens whether or not such a request shares
+// its steps.
+TEST_F(EngineOverlapTest, SeededRowsDrawTheSameBesideHostSampledRows) {
+  std::vector<GenerationRequest> seeded = mixed_requests(6, vocab(), 7);
+  for (size_t i = 0; i < seeded.size(); ++i) {
+    seeded[i].sampling.temperature = 0.9f;
+    seeded[i].sampling.seed = 500 + i;
+  }
+  for (bool overlap : {false, true}) {
+    auto engine = setup_.engine(overlap);
+    const std::vector<Completion> alone = run_all(*engine, seeded);
+    std::vector<GenerationRequest> mixed = seeded;
+    GenerationRequest with_logprobs = seeded[5];
+    with_logprobs.sampling.logprobs = 1;
+    with_logprobs.stop.max_tokens = 60;
+    GenerationRequest two_choices = seeded[4];
+    two_choices.n = 2;
+    mixed.insert(mixed.begin(), {with_logprobs, two_choices});
+    const std::vector<Completion> beside = run_all(*engine, mixed);
+    for (size_t i = 0; i < seeded.size(); ++i)
+      EXPECT_EQ(beside[i + 2].choices[0].token_ids, alone[i].choices[0].token_ids) << "request " << i << " " << overlap;
+    ASSERT_EQ(beside[0].choices.size(), 1u);
+    EXPECT_EQ(beside[0].choices[0].logprobs.size(), beside[0].choices[0].token_ids.size());
+    EXPECT_EQ(beside[1].choices.size(), 2u);
+    EXPECT_EQ(engine->stats().requests_failed, 0);
+  }
 }
 
 TEST_F(EngineOverlapTest, LateArrivalsCancelsAndDeadlinesLoseNothing) {
