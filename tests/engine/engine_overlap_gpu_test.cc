@@ -143,25 +143,8 @@ TEST_F(EngineOverlapGpuTest, SeededRowsDrawTheSameBesideHostSampledRows) {
   std::mt19937 rng(9);
   std::vector<GenerationRequest> seeded = mixed_requests(rng);
   seeded.resize(6);
-  for (size_t i = 0; i < seeded.size(); ++i) {
-    seeded[i].sampling.temperature = 0.9f;
-    seeded[i].sampling.seed = 700 + i;
-  }
   auto engine = make_engine(true);
-  const std::vector<Completion> alone = run_all(*engine, seeded);
-  std::vector<GenerationRequest> mixed = seeded;
-  GenerationRequest with_logprobs = seeded[5];
-  with_logprobs.sampling.logprobs = 1;
-  with_logprobs.stop.max_tokens = 60;
-  GenerationRequest two_choices = seeded[4];
-  two_choices.n = 2;
-  mixed.insert(mixed.begin(), {with_logprobs, two_choices});
-  const std::vector<Completion> beside = run_all(*engine, mixed);
-  for (size_t i = 0; i < seeded.size(); ++i)
-    EXPECT_EQ(beside[i + 2].choices[0].token_ids, alone[i].choices[0].token_ids) << "request " << i;
-  EXPECT_EQ(beside[0].choices[0].logprobs.size(), beside[0].choices[0].token_ids.size());
-  EXPECT_EQ(beside[1].choices.size(), 2u);
-  EXPECT_EQ(engine->stats().requests_failed, 0);
+  test::expect_seeded_draws_beside_host_rows(*engine, seeded, 700);
 }
 
 TEST_F(EngineOverlapGpuTest, LateArrivalsAndCancelsLoseNothing) {

@@ -1,6 +1,7 @@
 // Helpers for engine tests that compare runs: submit a set of requests (some late, one
 // cancelled) and gather every completion; give requests penalties; check two runs produced
-// the same tokens, and that penalties give the same tokens with overlapped steps.
+// the same tokens, that penalties give the same tokens with overlapped steps, and that
+// seeded requests draw the same tokens beside host-sampled ones.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -120,6 +121,32 @@ inline void expect_penalties_overlap(EngineClient& plain, EngineClient& overlapp
   EXPECT_GT(stats.num_overlapped_steps, stats.num_steps / 2) << stats.num_steps;
   EXPECT_EQ(stats.kv_used_blocks, 0);
   EXPECT_EQ(stats.requests_failed, 0);
+}
+
+// Gives the requests seeds and a temperature, runs them alone, then beside a request with
+// logprobs and one with n = 2 (rows for the host sampler): each must draw the same tokens.
+inline void expect_seeded_draws_beside_host_rows(EngineClient& engine, std::vector<GenerationRequest> seeded,
+                                                 uint64_t first_seed) {
+  ASSERT_GE(seeded.size(), 2u);
+  for (size_t i = 0; i < seeded.size(); ++i) {
+    seeded[i].sampling.temperature = 0.9f;
+    seeded[i].sampling.seed = first_seed + i;
+  }
+  const std::vector<Completion> alone = run_all(engine, seeded);
+  GenerationRequest with_logprobs = seeded.back();
+  with_logprobs.sampling.logprobs = 1;
+  with_logprobs.stop.max_tokens = 60;
+  GenerationRequest two_choices = seeded.front();
+  two_choices.n = 2;
+  std::vector<GenerationRequest> mixed = {with_logprobs, two_choices};
+  mixed.insert(mixed.end(), seeded.begin(), seeded.end());
+  const std::vector<Completion> beside = run_all(engine, mixed);
+  for (size_t i = 0; i < seeded.size(); ++i)
+    EXPECT_EQ(beside[i + 2].choices[0].token_ids, alone[i].choices[0].token_ids) << "request " << i;
+  ASSERT_EQ(beside[0].choices.size(), 1u);
+  EXPECT_EQ(beside[0].choices[0].logprobs.size(), beside[0].choices[0].token_ids.size());
+  EXPECT_EQ(beside[1].choices.size(), 2u);
+  EXPECT_EQ(engine.stats().requests_failed, 0);
 }
 
 }  // namespace bw::test
