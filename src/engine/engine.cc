@@ -362,7 +362,8 @@ void Engine::step() {
     in_flight_ = InFlight{std::move(output), std::move(*launched), start};
     return step_overlapped();
   }
-  const bool sample_on_device = device_sampling && device_batch_.num_rows() > 0;
+  // (Every row for the host Sampler: the logits come back in one copy.)
+  const bool sample_on_device = device_sampling && device_batch_.num_rows() > host_rows_.size();
   Result<RunnerOutput> result = runner_->execute(output, sample_on_device ? &device_batch : nullptr, host_rows_);
   if (!result.ok()) return fail_step(output, result.status());
   finish_step(output, *result, /*advanced=*/false, start);
