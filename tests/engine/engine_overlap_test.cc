@@ -48,13 +48,13 @@ struct OverlapRig {
   }
 
   std::unique_ptr<Engine> engine(bool overlap, std::chrono::milliseconds step_delay = {},
-                                 int32_t max_batched_tokens = 2048) {
+                                 int32_t max_batched_tokens = 2048, int32_t kv_blocks = 256) {
     EngineConfig config;
     config.debug_step_delay = step_delay;
     config.scheduler.max_num_batched_tokens = max_batched_tokens;
     config.scheduler.max_model_len = 128;
     config.scheduler.max_num_seqs = 16;
-    config.kv_num_blocks = 256;
+    config.kv_num_blocks = kv_blocks;
     config.async_scheduling = overlap;
     auto e = Engine::create(*model, backend, tokenizer.get(), config, make_stderr_logger("overlap-test", "warn"));
     EXPECT_TRUE(e.ok()) << e.status().to_string();
@@ -167,6 +167,21 @@ TEST_F(EngineOverlapTest, PromptChunksAndAdmissionsOverlapToo) {
   const EngineStats after = overlapped_engine->stats();
   EXPECT_EQ(after.num_overlapped_steps - overlapped_before, after.num_steps - steps_before - 1);
   EXPECT_EQ(after.requests_failed, 0);
+}
+
+// A KV pool too small for every request at once: sequences wait for blocks or are
+// preempted (and recomputed) between overlapped steps; every request still gets its tokens.
+TEST_F(EngineOverlapTest, PreemptionsBetweenOverlappedSteps) {
+  const std::vector<GenerationRequest> requests = mixed_requests(10, vocab(), 8);
+  auto plain_engine = setup_.engine(false, {}, 2048, 256);
+  const std::vector<Completion> plain = run_all(*plain_engine, requests);
+  auto tight_engine = setup_.engine(true, {}, 32, 16);  // 16 blocks of 16 tokens
+  expect_same_tokens(run_all(*tight_engine, requests, {7, 8, 9}), plain, "tight pool");
+  const EngineStats stats = tight_engine->stats();
+  EXPECT_GT(stats.num_preemptions, 0);
+  EXPECT_GT(stats.num_overlapped_steps, stats.num_steps / 3) << stats.num_steps;
+  EXPECT_EQ(stats.kv_used_blocks, 0);
+  EXPECT_EQ(stats.requests_failed, 0);
 }
 
 // Requests that need the host sampler (logprobs; n > 1 until its choices fork) arriving
