@@ -117,8 +117,8 @@ class CapturedGraph {
   virtual Status replay() = 0;
 };
 
-// Per-row parameters of Backend::sample: SamplingParams (sched/sampling_params.h) without
-// logit_bias and logprobs, which stay on the host path (runner/device_sampling.h builds these).
+// Per-row parameters of Backend::sample: SamplingParams (sched/sampling_params.h); the
+// logit bias is in DeviceSamplingBatch (runner/device_sampling.h builds both).
 struct DeviceSamplingRow {
   float temperature = 0.0f;         // <= 0, or so small that 1 / temperature overflows: greedy
   int32_t top_k = 0;                // <= 0: off
@@ -133,7 +133,23 @@ struct DeviceSamplingRow {
   // step samples before the host has seen it): it is DeviceSamplingBatch::pending's
   // ids[pending_row], and the penalties count it as one more output occurrence.
   int32_t pending_row = -1;
+  // -1: none; 0: the sampled token's log-probability; k in [1, kMaxDeviceTopLogprobs]: and
+  // the k most likely tokens'. Of the raw distribution (before bias, penalties and
+  // temperature), as the host Sampler reports them.
+  int32_t logprobs = -1;
 };
+
+// The most top log-probabilities a row may ask for (OpenAI's top_logprobs limit).
+constexpr int32_t kMaxDeviceTopLogprobs = 20;
+struct DeviceTokenLogprob {
+  int32_t token_id = -1;  // -1: no token (a row with fewer finite logits than asked for)
+  float logprob = 0.0f;
+};
+// Backend::sample writes each row's log-probabilities as one record of this many entries:
+// [0] the sampled token, [1 + j] the j-th most likely token (value descending, ties by
+// lower id; finite logits only), up to the row's `logprobs`. Rows that asked for none are
+// left as they were.
+constexpr size_t kLogprobsRecord = 1 + kMaxDeviceTopLogprobs;
 
 // A sample_async in flight: its ids [rows] i32 in backend memory, and the staging slot
 // they came through.
@@ -141,18 +157,24 @@ struct AsyncSample {
   const int32_t* ids = nullptr;
   int64_t rows = 0;
   int slot = -1;
+  bool logprobs = false;  // some row asked for log-probabilities
 };
 
 // A batch for Backend::sample, all in host memory. The penalty history is CSR: row r's
 // distinct token ids are penalty_tokens[penalty_offsets[r], penalty_offsets[r + 1]), each
 // with its count in the output so far (penalty_output_counts; 0 = in the prompt only).
-// The offsets may be empty when no row has any history. `pending`: the earlier
-// sample_async whose ids the rows' pending_row index (set when any row has one).
+// The offsets may be empty when no row has any history. The logit bias is CSR too: row
+// r adds bias_values[j] to the logit of bias_tokens[j] for j in [bias_offsets[r],
+// bias_offsets[r + 1]), before its penalties. `pending`: the earlier sample_async whose ids
+// the rows' pending_row index (set when any row has one).
 struct DeviceSamplingBatch {
   std::span<const DeviceSamplingRow> rows;
   std::span<const int32_t> penalty_offsets;        // [rows + 1] or empty
   std::span<const int32_t> penalty_tokens;         // distinct per row, in [0, V)
   std::span<const int32_t> penalty_output_counts;  // [penalty_tokens.size()], >= 0
+  std::span<const int32_t> bias_offsets;           // [rows + 1] or empty
+  std::span<const int32_t> bias_tokens;            // distinct per row, in [0, V)
+  std::span<const float> bias_values;              // [bias_tokens.size()], finite
   AsyncSample pending;
 };
 
@@ -303,15 +325,18 @@ class Backend {
   // Whether sample() works (the runner otherwise copies logits to the host Sampler).
   virtual bool supports_device_sampling() const { return false; }
   // tokens[i] <- the token sampled from row i of logits [rows, V] f32 (backend memory; used
-  // as scratch, modified) under batch.rows[i]: penalties, then greedy argmax (lowest id on
-  // ties) or temperature, min-p, top-k, top-p and one draw that depends only on the row's
-  // logits, seed and step. Blocks until the ids are on the host. InvalidArgument on bad
-  // shapes or parameters. Rows with a pending_row read batch.pending's ids, which must
-  // still be in backend memory (see sample_async).
-  virtual Status sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch) {
+  // as scratch, modified) under batch.rows[i]: logit bias, penalties, then greedy argmax
+  // (lowest id on ties) or temperature, min-p, top-k, top-p and one draw that depends only
+  // on the row's logits, seed and step. Blocks until the ids are on the host. InvalidArgument
+  // on bad shapes or parameters. Rows with a pending_row read batch.pending's ids, which
+  // must still be in backend memory (see sample_async). `logprobs`: empty, or [rows *
+  // kLogprobsRecord] for the records of the rows that ask for log-probabilities.
+  virtual Status sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch,
+                        std::span<DeviceTokenLogprob> logprobs = {}) {
     (void)tokens;
     (void)logits;
     (void)batch;
+    (void)logprobs;
     return Unimplemented("device sampling is not supported by {}", name());
   }
 
@@ -326,9 +351,12 @@ class Backend {
     (void)batch;
     return Unimplemented("asynchronous sampling is not supported by {}", name());
   }
-  virtual Status wait_sampled(const AsyncSample& sample, std::span<int32_t> tokens) {
+  // `logprobs` as in sample(); it may stay empty when sample.logprobs is false.
+  virtual Status wait_sampled(const AsyncSample& sample, std::span<int32_t> tokens,
+                              std::span<DeviceTokenLogprob> logprobs = {}) {
     (void)sample;
     (void)tokens;
+    (void)logprobs;
     return Unimplemented("asynchronous sampling is not supported by {}", name());
   }
   // ids[i] <- from.ids[rows[i]] for every i with 0 <= rows[i] < from.rows (ids, rows: [n] i32

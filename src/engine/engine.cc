@@ -468,6 +468,11 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
     if (request == nullptr) continue;
     if (!on_host) {
       sampled.push_back(SampledTokens{id, {logits.sampled[i]}});
+      const int32_t num_top = sequences_.at(id)->sampler.params().logprobs;
+      if (num_top >= 0 && !logits.logprobs.empty()) {
+        details.emplace(id, device_logprobs(logits.sampled[i], num_top,
+                                            std::span(logits.logprobs).subspan(i * kLogprobsRecord, kLogprobsRecord)));
+      }
       continue;
     }
     SampledTokens tokens{id, {}};

@@ -19,6 +19,14 @@ Status read_logits(Backend& backend, const TensorView& logits, std::vector<float
   return OkStatus();
 }
 
+namespace {
+
+bool wants_logprobs(const DeviceSamplingBatch& batch) {
+  return std::any_of(batch.rows.begin(), batch.rows.end(), [](const DeviceSamplingRow& row) { return row.logprobs >= 0; });
+}
+
+}  // namespace
+
 Result<std::unique_ptr<ModelRunner>> ModelRunner::create(CausalLM& model, Backend& backend,
                                                          const ModelRunnerConfig& config) {
   ASSIGN_OR_RETURN(KvCacheStorage storage, KvCacheStorage::create(backend, model.config(), config.kv_num_blocks,
@@ -39,18 +47,20 @@ Status ModelRunner::finish(const TensorView& logits, const DeviceSamplingBatch* 
   if (sampling->rows.size() != static_cast<size_t>(rows)) {
     return InvalidArgument("runner: {} sampling rows for {} logits rows", sampling->rows.size(), rows);
   }
-  // Rows for the host Sampler: their logits come back before sampling uses them as scratch.
+  // Rows for the host Sampler: their logits (always f32) come back before sampling uses
+  // them as scratch.
+  const size_t row_bytes = static_cast<size_t>(vocab) * sizeof(float);
   result->logits.resize(host_rows.size() * static_cast<size_t>(vocab));
   for (size_t k = 0; k < host_rows.size(); ++k) {
     const int32_t r = host_rows[k];
     if (r < 0 || r >= rows || (k > 0 && r <= host_rows[k - 1]))
       return InvalidArgument("runner: host row {} out of order or outside {} rows", r, rows);
-    RETURN_IF_ERROR(read_logits(backend_, logits.slice_rows(r, r + 1), &row_scratch_));
-    std::copy(row_scratch_.begin(), row_scratch_.end(), result->logits.begin() + static_cast<int64_t>(k) * vocab);
+    RETURN_IF_ERROR(backend_.copy_to_host(result->row(k).data(), logits.slice_rows(r, r + 1).data, row_bytes));
   }
   result->host_rows.assign(host_rows.begin(), host_rows.end());
   result->sampled.resize(sampling->rows.size());
-  return backend_.sample(result->sampled, logits, *sampling);
+  if (wants_logprobs(*sampling)) result->logprobs.resize(sampling->rows.size() * kLogprobsRecord);
+  return backend_.sample(result->sampled, logits, *sampling, result->logprobs);
 }
 
 bool ModelRunner::can_launch(const SchedulerOutput& output) const {
@@ -104,8 +114,10 @@ Result<ModelRunner::PendingStep> ModelRunner::launch(const SchedulerOutput& outp
 }
 
 Result<RunnerOutput> ModelRunner::wait(PendingStep step) {
-  step.output.sampled.resize(step.output.request_ids.size());
-  if (!step.output.sampled.empty()) RETURN_IF_ERROR(backend_.wait_sampled(step.sample, step.output.sampled));
+  RunnerOutput& out = step.output;
+  out.sampled.resize(out.request_ids.size());
+  if (step.sample.logprobs) out.logprobs.resize(out.request_ids.size() * kLogprobsRecord);
+  if (!out.sampled.empty()) RETURN_IF_ERROR(backend_.wait_sampled(step.sample, out.sampled, out.logprobs));
   return std::move(step.output);
 }
 

@@ -39,6 +39,9 @@ struct RunnerOutput {
   std::vector<float> logits;
   std::vector<int32_t> sampled;    // [request_ids.size()] when sampled on the device
   std::vector<int32_t> host_rows;  // increasing indices into request_ids
+  // Sampled on the device with a row that asked for log-probabilities: [request_ids.size()
+  // * kLogprobsRecord] records (Backend::sample; only those rows' are written). Else empty.
+  std::vector<DeviceTokenLogprob> logprobs;
 
   std::span<float> row(size_t i) {
     return std::span<float>(logits).subspan(i * static_cast<size_t>(vocab_size), static_cast<size_t>(vocab_size));
@@ -95,8 +98,7 @@ class ModelRunner {
   KvCacheStorage kv_cache_;
   std::unique_ptr<DecodeGraphs> graphs_;
   BatchInputs inputs_;
-  DeviceBuffer logits_buffer_;      // [rows, vocab], activation dtype
-  std::vector<float> row_scratch_;  // one row of logits on its way to RunnerOutput::logits
+  DeviceBuffer logits_buffer_;  // [rows, vocab], activation dtype
 };
 
 // Copies `rows` x vocab logits in the backend's activation dtype to f32 on the host.

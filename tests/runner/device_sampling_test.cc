@@ -1,11 +1,14 @@
-// The host side of device sampling: which params it takes, and the batch (rows and the
-// CSR penalty history) the builder makes, checked field by field and against the host
-// Sampler: the penalties a kernel applies from the CSR history give the Sampler's greedy
-// token on random rows and histories.
+// The host side of device sampling: which params it takes, and the batch (rows, the CSR
+// penalty history and logit bias) the builder makes, checked field by field and against
+// the host Sampler: the bias and penalties a kernel applies from the CSR lists give the
+// Sampler's greedy token on random rows and histories, and log-probability records read
+// back as the Sampler reports them.
 #include "runner/device_sampling.h"
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <limits>
 #include <map>
 #include <random>
 #include <vector>
@@ -16,7 +19,7 @@
 namespace bw {
 namespace {
 
-TEST(DeviceSamplingTest, SamplableWithoutLogitBiasOrLogprobs) {
+TEST(DeviceSamplingTest, SamplableWithLogitBiasAndLogprobs) {
   SamplingParams p;
   p.temperature = 0.7f;
   p.top_k = 40;
@@ -29,12 +32,77 @@ TEST(DeviceSamplingTest, SamplableWithoutLogitBiasOrLogprobs) {
   EXPECT_TRUE(device_samplable(p));
   SamplingParams biased = p;
   biased.logit_bias = {{3, 1.0f}};
-  EXPECT_FALSE(device_samplable(biased));
+  EXPECT_TRUE(device_samplable(biased));
   SamplingParams logprobs = p;
-  logprobs.logprobs = 0;
+  for (const int32_t n : {0, 5, kMaxDeviceTopLogprobs}) {
+    logprobs.logprobs = n;
+    EXPECT_TRUE(device_samplable(logprobs)) << n;
+  }
+  logprobs.logprobs = kMaxDeviceTopLogprobs + 1;  // (validate() refuses it)
   EXPECT_FALSE(device_samplable(logprobs));
-  logprobs.logprobs = 5;
-  EXPECT_FALSE(device_samplable(logprobs));
+}
+
+TEST(DeviceSamplingTest, BuildsTheBiasOnceForEachToken) {
+  DeviceSamplingBatchBuilder builder(100);
+  SamplingParams plain;
+  SamplingParams biased;
+  biased.logit_bias = {{7, 2.0f}, {-1, 5.0f}, {3, -1.5f}, {7, 0.5f}, {100, 9.0f}, {99, -100.0f}};
+  biased.logprobs = 4;
+  builder.add_row(plain, 1, 0, {}, {});
+  builder.add_row(biased, 2, 0, {}, {});
+  builder.add_row(plain, 3, 0, {}, {});
+  const DeviceSamplingBatch b = builder.batch();
+  ASSERT_EQ(b.bias_offsets.size(), 4u);
+  EXPECT_EQ(b.bias_offsets[0], 0);
+  EXPECT_EQ(b.bias_offsets[1], 0);
+  EXPECT_EQ(b.bias_offsets[2], 3);
+  EXPECT_EQ(b.bias_offsets[3], 3);
+  // Out-of-vocabulary ids dropped, token 7's two entries summed, first-listing order.
+  EXPECT_EQ(std::vector<int32_t>(b.bias_tokens.begin(), b.bias_tokens.end()), (std::vector<int32_t>{7, 3, 99}));
+  EXPECT_EQ(std::vector<float>(b.bias_values.begin(), b.bias_values.end()),
+            (std::vector<float>{2.5f, -1.5f, -100.0f}));
+  EXPECT_EQ(b.rows[0].logprobs, -1);
+  EXPECT_EQ(b.rows[1].logprobs, 4);
+  builder.clear();
+  EXPECT_EQ(builder.batch().bias_offsets.size(), 1u);
+  EXPECT_TRUE(builder.batch().bias_tokens.empty());
+}
+
+// The records the device writes, read back as the host Sampler reports log-probabilities:
+// the same tokens, and values within float rounding, on random rows with ties, -inf and
+// fewer finite logits than asked for.
+TEST(DeviceSamplingTest, LogprobsRecordsReadAsTheHostSamplerReportsThem) {
+  constexpr int64_t kVocab = 500;
+  std::mt19937 rng(99);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int trial = 0; trial < 60; ++trial) {
+    std::vector<float> logits(kVocab);
+    for (float& x : logits)
+      x = std::round(normal(rng) * 4.0f) / 4.0f;  // many ties
+    if (trial % 5 == 0) {
+      // Only a handful of finite logits.
+      for (size_t i = 0; i < logits.size(); ++i) {
+        if (i % 97 != 3) logits[i] = -std::numeric_limits<float>::infinity();
+      }
+    }
+    SamplingParams p;
+    p.logprobs = trial % (kMaxDeviceTopLogprobs + 1);
+    if (trial % 3 == 1) p.logit_bias = {{static_cast<int32_t>(trial), 50.0f}};  // bias: not in the raw record
+    Sampler sampler(p, 1);
+    std::vector<float> host_row = logits;
+    const SampledToken want = sampler.sample(host_row, {}, {});
+
+    std::vector<DeviceTokenLogprob> record(kLogprobsRecord);
+    test::device_logprobs_record(logits, want.token_id, p.logprobs, record);
+    const SampledToken got = device_logprobs(want.token_id, p.logprobs, record);
+    EXPECT_EQ(got.token_id, want.token_id);
+    EXPECT_NEAR(got.logprob, want.logprob, 1e-5) << "trial " << trial;
+    ASSERT_EQ(got.top.size(), want.top.size()) << "trial " << trial;
+    for (size_t j = 0; j < want.top.size(); ++j) {
+      EXPECT_EQ(got.top[j].token_id, want.top[j].token_id) << "trial " << trial << " rank " << j;
+      EXPECT_NEAR(got.top[j].logprob, want.top[j].logprob, 1e-5) << "trial " << trial << " rank " << j;
+    }
+  }
 }
 
 // The row's history as token -> output count.
@@ -143,10 +211,13 @@ TEST(DeviceSamplingTest, CsrPenaltiesMatchTheHostSampler) {
     for (int32_t& t : output)
       t = rng() % 3 == 0 ? top : token(rng);
 
+    if (trial % 3 == 0) p.logit_bias = {{top, -0.5f}, {token(rng), 1.0f}, {token(rng), 0.25f}};
+
     DeviceSamplingBatchBuilder builder(kVocab);
     builder.add_row(p, 1, output.size(), prompt, output);
     const DeviceSamplingBatch b = builder.batch();
     std::vector<float> device_row = logits;
+    test::apply_device_bias(device_row, b, 0);
     test::apply_device_penalties(device_row, b, 0);
 
     Sampler sampler(p, 1);
@@ -168,6 +239,7 @@ TEST(DeviceSamplingTest, CsrPenaltiesMatchTheHostSampler) {
     pending_batch.pending = AsyncSample{pending_ids, 2, 0};
     EXPECT_EQ(pending_batch.rows[0].pending_row, 1);
     std::vector<float> pending_logits = logits;
+    test::apply_device_bias(pending_logits, pending_batch, 0);
     test::apply_device_penalties(pending_logits, pending_batch, 0);
     EXPECT_EQ(pending_logits, device_row) << "trial " << trial;
   }

@@ -1,11 +1,16 @@
-// What the CUDA sampling kernel does with a row's penalty history (cuda_sampling.cu, step
-// 1), on the host: host tests check the builder's batches against the Sampler with it, and
-// the recording backend's stand-in for device sampling applies it.
+// What the CUDA sampling kernel does with a row's logit bias and penalty history
+// (cuda_sampling.cu, steps 0 and 1) and the log-probabilities it reports, on the host:
+// host tests check the builder's batches against the Sampler with it, and the recording
+// backend's stand-in for device sampling applies it.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <span>
+#include <vector>
 
 #include "backend/backend.h"
 
@@ -33,6 +38,44 @@ inline void apply_device_penalties(std::span<float> logits, const DeviceSampling
     }
   }
   if (!listed && pending >= 0) penalize(pending, 1);
+}
+
+// Row r's logit bias.
+inline void apply_device_bias(std::span<float> logits, const DeviceSamplingBatch& batch, size_t r) {
+  if (batch.bias_offsets.empty()) return;
+  for (int32_t j = batch.bias_offsets[r]; j < batch.bias_offsets[r + 1]; ++j)
+    logits[static_cast<size_t>(batch.bias_tokens[static_cast<size_t>(j)])] += batch.bias_values[static_cast<size_t>(j)];
+}
+
+// The record Backend::sample writes for a row with logprobs >= 0 (raw: the row's logits
+// before bias and penalties), in double.
+inline void device_logprobs_record(std::span<const float> raw, int32_t token, int32_t num_top,
+                                   std::span<DeviceTokenLogprob> record) {
+  float max = -std::numeric_limits<float>::infinity();
+  for (const float v : raw)
+    max = v > max ? v : max;
+  const bool finite = std::isfinite(max);
+  double sum = 0.0;
+  for (const float v : raw)
+    sum += finite && v > -std::numeric_limits<float>::infinity() ? std::exp(static_cast<double>(v) - max) : 0.0;
+  const double log_normaliser = finite ? max + std::log(sum) : 0.0;
+  const auto logprob = [&](float v) {
+    if (!finite) return v == max ? 0.0f : -std::numeric_limits<float>::infinity();
+    return static_cast<float>(static_cast<double>(v) - log_normaliser);
+  };
+  record[0] = {token, logprob(raw[static_cast<size_t>(token)])};
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < raw.size() && finite; ++i) {
+    if (raw[i] > -std::numeric_limits<float>::infinity()) ids.push_back(static_cast<int32_t>(i));
+  }
+  const auto better = [&](int32_t a, int32_t b) {
+    return raw[static_cast<size_t>(a)] > raw[static_cast<size_t>(b)] ||
+           (raw[static_cast<size_t>(a)] == raw[static_cast<size_t>(b)] && a < b);
+  };
+  const size_t n = std::min(ids.size(), static_cast<size_t>(num_top));
+  std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(n), ids.end(), better);
+  for (size_t j = 0; j < static_cast<size_t>(num_top); ++j)
+    record[1 + j] = j < n ? DeviceTokenLogprob{ids[j], logprob(raw[static_cast<size_t>(ids[j])])} : DeviceTokenLogprob{};
 }
 
 }  // namespace bw::test

@@ -124,7 +124,9 @@ inline void expect_penalties_overlap(EngineClient& plain, EngineClient& overlapp
 }
 
 // Gives the requests seeds and a temperature, runs them alone, then beside a request with
-// logprobs and one with n = 2 (rows for the host sampler): each must draw the same tokens.
+// logprobs (sampled on the device) and one with n = 2 (rows for the host sampler until it
+// forks): each must draw the same tokens, and so must the one with logprobs as its twin
+// without them.
 inline void expect_seeded_draws_beside_host_rows(EngineClient& engine, std::vector<GenerationRequest> seeded,
                                                  uint64_t first_seed) {
   ASSERT_GE(seeded.size(), 2u);
@@ -145,6 +147,10 @@ inline void expect_seeded_draws_beside_host_rows(EngineClient& engine, std::vect
     EXPECT_EQ(beside[i + 2].choices[0].token_ids, alone[i].choices[0].token_ids) << "request " << i;
   ASSERT_EQ(beside[0].choices.size(), 1u);
   EXPECT_EQ(beside[0].choices[0].logprobs.size(), beside[0].choices[0].token_ids.size());
+  const std::vector<int32_t>& twin = alone.back().choices[0].token_ids;
+  ASSERT_GE(beside[0].choices[0].token_ids.size(), twin.size());
+  EXPECT_TRUE(std::equal(twin.begin(), twin.end(), beside[0].choices[0].token_ids.begin()))
+      << "a seeded request's tokens changed with logprobs";
   EXPECT_EQ(beside[1].choices.size(), 2u);
   EXPECT_EQ(engine.stats().requests_failed, 0);
 }

@@ -23,8 +23,9 @@ namespace bw::test {
 class RecordingBackend final : public Backend {
  public:
   // kEmulated adds a stand-in for device sampling, synchronous and asynchronous, on
-  // host-memory logits: the penalties as the CUDA kernel applies them (a row's pending
-  // token read from the earlier sample's ids), then greedy rows take the argmax (lowest id
+  // host-memory logits: the bias and penalties as the CUDA kernel applies them (a row's
+  // pending token read from the earlier sample's ids) and its log-probability records of
+  // the raw rows, then greedy rows take the argmax (lowest id
   // on ties), others the Gumbel-max draw of logits / temperature seeded by (seed, step,
   // id); top-k, top-p and min-p are ignored. Not the real distribution: enough for the
   // engine's overlapped steps (which need asynchronous sampling) to run in CPU tests.
@@ -97,9 +98,10 @@ class RecordingBackend final : public Backend {
   }
 
   bool supports_device_sampling() const override { return emulate_sampling_; }
-  Status sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch) override {
+  Status sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch,
+                std::span<DeviceTokenLogprob> logprobs = {}) override {
     ASSIGN_OR_RETURN(AsyncSample pending, sample_async(logits, batch));
-    return wait_sampled(pending, tokens);
+    return wait_sampled(pending, tokens, logprobs);
   }
   bool supports_async_sampling() const override { return emulate_sampling_; }
   Result<AsyncSample> sample_async(TensorView logits, const DeviceSamplingBatch& batch) override {
@@ -113,20 +115,36 @@ class RecordingBackend final : public Backend {
     next_slot_ ^= 1;
     std::vector<int32_t>& ids = sampled_[slot];
     ids.resize(static_cast<size_t>(rows));
+    std::vector<DeviceTokenLogprob>& records = records_[slot];
+    records.assign(static_cast<size_t>(rows) * kLogprobsRecord, DeviceTokenLogprob{});
+    bool any_logprobs = false;
     for (int64_t r = 0; r < rows; ++r) {
+      const size_t i = static_cast<size_t>(r);
       const float* row_logits = logits.as<const float>() + r * vocab;
       penalized_.assign(row_logits, row_logits + vocab);
-      apply_device_penalties(penalized_, batch, static_cast<size_t>(r));
-      ids[static_cast<size_t>(r)] = pick(penalized_.data(), vocab, batch.rows[static_cast<size_t>(r)]);
+      apply_device_bias(penalized_, batch, i);
+      apply_device_penalties(penalized_, batch, i);
+      ids[i] = pick(penalized_.data(), vocab, batch.rows[i]);
+      if (batch.rows[i].logprobs >= 0) {
+        any_logprobs = true;
+        device_logprobs_record(std::span(row_logits, static_cast<size_t>(vocab)), ids[i], batch.rows[i].logprobs,
+                               std::span(records).subspan(i * kLogprobsRecord, kLogprobsRecord));
+      }
     }
     ++async_samples;
-    return AsyncSample{ids.data(), rows, slot};
+    return AsyncSample{ids.data(), rows, slot, any_logprobs};
   }
-  Status wait_sampled(const AsyncSample& pending, std::span<int32_t> tokens) override {
-    if (!emulate_sampling_) return Backend::wait_sampled(pending, tokens);
+  Status wait_sampled(const AsyncSample& pending, std::span<int32_t> tokens,
+                      std::span<DeviceTokenLogprob> logprobs = {}) override {
+    if (!emulate_sampling_) return Backend::wait_sampled(pending, tokens, logprobs);
     if (pending.slot < 0 || pending.slot > 1 || tokens.size() != static_cast<size_t>(pending.rows))
       return InvalidArgument("recording: wait_sampled of {} rows into {} tokens", pending.rows, tokens.size());
     std::copy_n(sampled_[pending.slot].begin(), tokens.size(), tokens.begin());
+    if (pending.logprobs) {
+      if (logprobs.size() != records_[pending.slot].size())
+        return InvalidArgument("recording: {} log-probability entries for {} rows", logprobs.size(), pending.rows);
+      std::copy(records_[pending.slot].begin(), records_[pending.slot].end(), logprobs.begin());
+    }
     return OkStatus();
   }
   Status select_tokens(TensorView ids, const AsyncSample& from, const TensorView& rows) override {
@@ -204,6 +222,7 @@ class RecordingBackend final : public Backend {
   bool recording_ = false;
   std::vector<std::function<Status()>> ops_;
   std::vector<int32_t> sampled_[2];  // the ids of the last two sample_async calls
+  std::vector<DeviceTokenLogprob> records_[2];  // and their log-probability records
   std::vector<float> penalized_;     // scratch: one row's logits with its penalties
   int next_slot_ = 0;
 };

@@ -342,7 +342,7 @@ CudaBackend::~CudaBackend() {
   if (inv_freq_dev_ != nullptr) cudaFreeAsync(inv_freq_dev_, stream_);
   if (attn_ws_ != nullptr) cudaFreeAsync(attn_ws_, stream_);
   if (attn_counters_ != nullptr) cudaFreeAsync(attn_counters_, stream_);
-  for (void* p : {stack_layers_, stack_partials_, stack_counters_})
+  for (void* p : {stack_layers_, stack_partials_, stack_counters_, sample_work_})
     if (p != nullptr) cudaFreeAsync(p, stream_);
   for (SampleStaging& slot : sample_staging_)
     if (slot.dev != nullptr) cudaFreeAsync(slot.dev, stream_);

@@ -115,10 +115,12 @@ class CudaBackend final : public Backend {
   // the rows and the penalty history through pinned memory, one kernel, one download of
   // the ids.
   bool supports_device_sampling() const override { return true; }
-  Status sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch) override;
+  Status sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch,
+                std::span<DeviceTokenLogprob> logprobs = {}) override;
   bool supports_async_sampling() const override { return true; }
   Result<AsyncSample> sample_async(TensorView logits, const DeviceSamplingBatch& batch) override;
-  Status wait_sampled(const AsyncSample& sample, std::span<int32_t> tokens) override;
+  Status wait_sampled(const AsyncSample& sample, std::span<int32_t> tokens,
+                      std::span<DeviceTokenLogprob> logprobs = {}) override;
   Status select_tokens(TensorView ids, const AsyncSample& from, const TensorView& rows) override;
 
   // The whole decode step of one bf16 token as one persistent kernel on Hopper
@@ -219,12 +221,17 @@ class CudaBackend final : public Backend {
     void* dev = nullptr;
     size_t dev_capacity = 0;
     CUevent_st* done = nullptr;
-    size_t ids_offset = 0;  // where the ids are, in both
+    size_t ids_offset = 0;       // where the ids are, in both
+    size_t logprobs_offset = 0;  // where the log-probability records are (0: none asked)
   };
   // Makes `slot` hold `bytes`, once its last use is complete.
   Status reserve_sample_staging(SampleStaging& slot, size_t bytes);
   SampleStaging sample_staging_[2];
   int next_sample_slot_ = 0;
+  // The rows that sampling modifies while their raw logits must stay for log-probabilities
+  // work on copies here ([rows, V] f32; grown as needed, in stream order).
+  void* sample_work_ = nullptr;
+  size_t sample_work_capacity_ = 0;
   // staged_upload(): pinned slots (each with the event after its last copy).
   struct UploadSlot {
     void* host = nullptr;

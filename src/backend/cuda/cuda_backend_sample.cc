@@ -2,14 +2,17 @@
 // kernel launch (cuda_sampling.cu) and the read-back of the ids.
 //
 // Staging layout (the same in the pinned host buffer and its device copy):
-//   [rows x SamplingRowArgs][penalty tokens, i32][penalty output counts, i32][ids out, i32]
-// The first three parts go up in one copy; the ids come back in one copy.
+//   [rows x SamplingRowArgs][penalty tokens, i32][penalty output counts, i32]
+//   [bias tokens, i32][bias values, f32][ids out, i32][log-probability records out]
+// The first five parts go up in one copy; the ids and records come back in one copy (the
+// records only when some row asks for them).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_kernels.h"
@@ -20,6 +23,8 @@ namespace bw {
 namespace {
 
 constexpr size_t kAlign = 256;
+static_assert(sizeof(DeviceTokenLogprob) == sizeof(cuda::LogprobEntry) && cuda::kLogprobsRecord == kLogprobsRecord,
+              "the kernel writes the records Backend::sample returns");
 
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
@@ -40,6 +45,9 @@ Status check_row(size_t r, const DeviceSamplingRow& row, const AsyncSample& pend
   if (!std::isfinite(row.presence_penalty) || !std::isfinite(row.frequency_penalty)) {
     return InvalidArgument("sample: rows[{}] presence_penalty {} and frequency_penalty {} must be finite", r,
                            row.presence_penalty, row.frequency_penalty);
+  }
+  if (row.logprobs < -1 || row.logprobs > kMaxDeviceTopLogprobs) {
+    return InvalidArgument("sample: rows[{}].logprobs {} must be in [-1, {}]", r, row.logprobs, kMaxDeviceTopLogprobs);
   }
   if (row.pending_row >= 0 && (pending.ids == nullptr || row.pending_row >= pending.rows)) {
     return InvalidArgument("sample: rows[{}].pending_row {} is not a row of the pending sample ({} rows)", r,
@@ -86,9 +94,49 @@ Status check_history(const DeviceSamplingBatch& batch, size_t rows, int64_t voca
   return OkStatus();
 }
 
+// The logit bias: CSR as the penalty history, tokens distinct per row (each logit has
+// one writer in the kernel), values finite.
+Status check_bias(const DeviceSamplingBatch& batch, size_t rows, int64_t vocab) {
+  const auto& offsets = batch.bias_offsets;
+  const size_t num_tokens = batch.bias_tokens.size();
+  if (batch.bias_values.size() != num_tokens) {
+    return InvalidArgument("sample: bias_values has {} entries for {} bias_tokens", batch.bias_values.size(),
+                           num_tokens);
+  }
+  if (offsets.empty()) {
+    if (num_tokens != 0) return InvalidArgument("sample: bias_tokens without bias_offsets");
+    return OkStatus();
+  }
+  if (offsets.size() != rows + 1 || offsets.front() != 0 || static_cast<size_t>(offsets.back()) != num_tokens) {
+    return InvalidArgument("sample: bias_offsets ({} entries, {} to {}) must have rows + 1 = {} entries from 0 to {}",
+                           offsets.size(), offsets.front(), offsets.back(), rows + 1, num_tokens);
+  }
+  std::vector<int32_t> sorted;
+  for (size_t r = 0; r < rows; ++r) {
+    if (offsets[r + 1] < offsets[r]) {
+      return InvalidArgument("sample: bias_offsets decreases at row {} ({} > {})", r, offsets[r], offsets[r + 1]);
+    }
+    sorted.assign(batch.bias_tokens.begin() + offsets[r], batch.bias_tokens.begin() + offsets[r + 1]);
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
+      return InvalidArgument("sample: row {} lists a bias token twice", r);
+    }
+    if (!sorted.empty() && (sorted.front() < 0 || sorted.back() >= vocab)) {
+      return InvalidArgument("sample: row {} has a bias token outside [0, {})", r, vocab);
+    }
+  }
+  for (size_t j = 0; j < num_tokens; ++j) {
+    if (!std::isfinite(batch.bias_values[j])) {
+      return InvalidArgument("sample: bias_values[{}] = {} is not finite", j, batch.bias_values[j]);
+    }
+  }
+  return OkStatus();
+}
+
 }  // namespace
 
-Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch) {
+Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch,
+                           std::span<DeviceTokenLogprob> logprobs) {
   if (logits.dtype == DType::kF32 && logits.rank() == 2 && logits.dim(0) == 0) {
     if (!tokens.empty() || !batch.rows.empty()) {
       return InvalidArgument("sample: {} tokens and {} rows of parameters for 0 logits rows", tokens.size(),
@@ -102,7 +150,7 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
                            batch.rows.size(), logits.shape.to_string(), logits.dim(0));
   }
   ASSIGN_OR_RETURN(AsyncSample pending, sample_async(logits, batch));
-  return wait_sampled(pending, tokens);
+  return wait_sampled(pending, tokens, logprobs);
 }
 
 Status CudaBackend::reserve_sample_staging(SampleStaging& slot, size_t bytes) {
@@ -169,17 +217,23 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
   for (size_t r = 0; r < num_rows; ++r)
     RETURN_IF_ERROR(check_row(r, batch.rows[r], batch.pending));
   RETURN_IF_ERROR(check_history(batch, num_rows, vocab));
+  RETURN_IF_ERROR(check_bias(batch, num_rows, vocab));
 
   // Staging: the same layout on both sides.
   const size_t num_history = batch.penalty_tokens.size();
+  const size_t num_bias = batch.bias_tokens.size();
+  const bool any_logprobs =
+      std::any_of(batch.rows.begin(), batch.rows.end(), [](const DeviceSamplingRow& row) { return row.logprobs >= 0; });
   const size_t args_bytes = align_up(num_rows * sizeof(cuda::SamplingRowArgs));
   const size_t history_bytes = align_up(2 * num_history * sizeof(int32_t));
-  const size_t upload_bytes = args_bytes + history_bytes;
+  const size_t bias_bytes = align_up(num_bias * (sizeof(int32_t) + sizeof(float)));
+  const size_t upload_bytes = args_bytes + history_bytes + bias_bytes;
   const size_t ids_bytes = align_up(num_rows * sizeof(int32_t));
-  // Device only, after the ids: the greedy argmax's per-chunk partials (the host copy's
-  // bytes there go unused).
-  const size_t total_bytes =
-      upload_bytes + ids_bytes + align_up(static_cast<size_t>(cuda::argmax_workspace_bytes(rows)));
+  const size_t records_bytes = any_logprobs ? align_up(num_rows * kLogprobsRecord * sizeof(DeviceTokenLogprob)) : 0;
+  // Device only, after the ids and records: the greedy argmax's per-chunk partials (the
+  // host copy's bytes there go unused).
+  const size_t total_bytes = upload_bytes + ids_bytes + records_bytes +
+                             align_up(static_cast<size_t>(cuda::argmax_workspace_bytes(rows)));
   const int slot_index = next_sample_slot_;
   SampleStaging& slot = sample_staging_[slot_index];
   RETURN_IF_ERROR(reserve_sample_staging(slot, total_bytes));
@@ -187,6 +241,7 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
 
   auto* host = static_cast<char*>(slot.host);
   auto* args = reinterpret_cast<cuda::SamplingRowArgs*>(host);
+  int32_t work_rows = 0;
   for (size_t r = 0; r < num_rows; ++r) {
     const DeviceSamplingRow& row = batch.rows[r];
     cuda::SamplingRowArgs& a = args[r];
@@ -201,6 +256,10 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
     a.penalty_begin = batch.penalty_offsets.empty() ? 0 : batch.penalty_offsets[r];
     a.penalty_end = batch.penalty_offsets.empty() ? 0 : batch.penalty_offsets[r + 1];
     a.pending_row = row.pending_row;
+    a.bias_begin = batch.bias_offsets.empty() ? 0 : batch.bias_offsets[r];
+    a.bias_end = batch.bias_offsets.empty() ? 0 : batch.bias_offsets[r + 1];
+    a.logprobs = row.logprobs;
+    a.work_row = row.logprobs >= 0 && cuda::sampling_modifies_row(a) ? work_rows++ : -1;
     a.seed = row.seed;
     a.step = row.step;
   }
@@ -210,34 +269,76 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
     std::memcpy(history + num_history * sizeof(int32_t), batch.penalty_output_counts.data(),
                 num_history * sizeof(int32_t));
   }
+  char* bias = history + history_bytes;
+  if (num_bias > 0) {
+    std::memcpy(bias, batch.bias_tokens.data(), num_bias * sizeof(int32_t));
+    std::memcpy(bias + num_bias * sizeof(int32_t), batch.bias_values.data(), num_bias * sizeof(float));
+  }
+  // Copies of the raw rows that sampling modifies but log-probabilities still read: in
+  // stream order, so one buffer serves every call (a smaller one is freed after its last
+  // kernel).
+  const size_t work_bytes = static_cast<size_t>(work_rows) * static_cast<size_t>(vocab) * sizeof(float);
+  if (sample_work_capacity_ < work_bytes) {
+    if (sample_work_ != nullptr) BW_CUDA_TRY(cudaFreeAsync(sample_work_, stream_));
+    sample_work_ = nullptr;
+    sample_work_capacity_ = 0;
+    const cudaError_t err = cudaMallocAsync(&sample_work_, work_bytes, stream_);
+    if (err != cudaSuccess) {
+      sample_work_ = nullptr;
+      cudaGetLastError();
+      return ResourceExhausted("sample: cannot allocate {} bytes of GPU memory for {} rows with log-probabilities: {}",
+                               work_bytes, work_rows, cudaGetErrorString(err));
+    }
+    sample_work_capacity_ = work_bytes;
+  }
   auto* dev = static_cast<char*>(slot.dev);
   const cudaError_t up = cudaMemcpyAsync(dev, host, upload_bytes, cudaMemcpyHostToDevice, stream_);
   if (up != cudaSuccess) return fail(static_cast<int>(up), "cudaMemcpyAsync (sample upload)", __FILE__, __LINE__);
   const auto* dev_history = reinterpret_cast<const int32_t*>(dev + args_bytes);
+  const char* dev_bias = dev + args_bytes + history_bytes;
   auto* dev_out = reinterpret_cast<int32_t*>(dev + upload_bytes);
-  // Every row greedy and none with a penalty to apply: the argmax alone, over many blocks.
+  // Every row greedy with nothing to change its logits or report: the argmax alone, over
+  // many blocks.
   bool argmax_only = rows <= 65535;  // its grid's y dimension holds the rows
   for (size_t r = 0; r < num_rows && argmax_only; ++r) {
     const cuda::SamplingRowArgs& a = args[r];
-    argmax_only = cuda::sampling_is_greedy(a.temperature) && !cuda::sampling_applies_penalty(a);
+    argmax_only = !cuda::sampling_modifies_row(a) && a.logprobs < 0;
   }
-  const cudaError_t launched =
-      argmax_only ? cuda::launch_greedy_argmax(dev_out, static_cast<const float*>(logits.data), rows, vocab,
-                                               dev + upload_bytes + ids_bytes, num_sms_, stream_)
-                  : cuda::launch_sample(dev_out, static_cast<float*>(logits.data), rows, vocab,
-                                        reinterpret_cast<const cuda::SamplingRowArgs*>(dev), dev_history,
-                                        dev_history + num_history, batch.pending.ids, stream_);
+  cudaError_t launched = cudaSuccess;
+  if (argmax_only) {
+    launched = cuda::launch_greedy_argmax(dev_out, static_cast<const float*>(logits.data), rows, vocab,
+                                          dev + upload_bytes + ids_bytes + records_bytes, num_sms_, stream_);
+  } else {
+    cuda::SampleKernelArgs k;
+    k.out = dev_out;
+    k.logits = static_cast<float*>(logits.data);
+    k.rows = rows;
+    k.vocab = vocab;
+    k.row_args = reinterpret_cast<const cuda::SamplingRowArgs*>(dev);
+    k.penalty_tokens = dev_history;
+    k.penalty_output_counts = dev_history + num_history;
+    k.pending_ids = batch.pending.ids;
+    k.bias_tokens = reinterpret_cast<const int32_t*>(dev_bias);
+    k.bias_values = reinterpret_cast<const float*>(dev_bias + num_bias * sizeof(int32_t));
+    k.logprobs_out = any_logprobs ? reinterpret_cast<cuda::LogprobEntry*>(dev + upload_bytes + ids_bytes) : nullptr;
+    k.work = static_cast<float*>(sample_work_);
+    launched = cuda::launch_sample(k, stream_);
+  }
   RETURN_IF_ERROR(check_launch(static_cast<int>(launched), "sample"));
-  const cudaError_t down =
-      cudaMemcpyAsync(host + upload_bytes, dev_out, num_rows * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_);
+  // The ids and the records after them come back in one copy.
+  const size_t down_bytes = any_logprobs ? ids_bytes + num_rows * kLogprobsRecord * sizeof(DeviceTokenLogprob)
+                                         : num_rows * sizeof(int32_t);
+  const cudaError_t down = cudaMemcpyAsync(host + upload_bytes, dev_out, down_bytes, cudaMemcpyDeviceToHost, stream_);
   if (down != cudaSuccess) return fail(static_cast<int>(down), "cudaMemcpyAsync (sample ids)", __FILE__, __LINE__);
   BW_CUDA_TRY(cudaEventRecord(slot.done, stream_));
   slot.ids_offset = upload_bytes;
+  slot.logprobs_offset = any_logprobs ? upload_bytes + ids_bytes : 0;
   if (step_timing_ != nullptr) step_timing_->on_sample_enqueued(stream_);
-  return AsyncSample{dev_out, rows, slot_index};
+  return AsyncSample{dev_out, rows, slot_index, any_logprobs};
 }
 
-Status CudaBackend::wait_sampled(const AsyncSample& sample, std::span<int32_t> tokens) {
+Status CudaBackend::wait_sampled(const AsyncSample& sample, std::span<int32_t> tokens,
+                                 std::span<DeviceTokenLogprob> logprobs) {
   RETURN_IF_ERROR(sticky_);
   if (sample.slot < 0 || sample.slot > 1 || sample.rows <= 0) {
     return InvalidArgument("wait_sampled: not a pending sample (slot {}, {} rows)", sample.slot, sample.rows);
@@ -245,11 +346,27 @@ Status CudaBackend::wait_sampled(const AsyncSample& sample, std::span<int32_t> t
   if (tokens.size() != static_cast<size_t>(sample.rows)) {
     return InvalidArgument("wait_sampled: {} tokens for {} sampled rows", tokens.size(), sample.rows);
   }
+  const size_t num_records = static_cast<size_t>(sample.rows) * kLogprobsRecord;
+  if (sample.logprobs && logprobs.size() != num_records) {
+    return InvalidArgument("wait_sampled: {} log-probability entries for {} rows; it must be {}", logprobs.size(),
+                           sample.rows, num_records);
+  }
   const SampleStaging& slot = sample_staging_[sample.slot];
   BW_CUDA_TRY(cudaEventSynchronize(slot.done));
   if (step_timing_ != nullptr) step_timing_->on_sample_done();
   RETURN_IF_ERROR(take_kernel_error());
   std::memcpy(tokens.data(), static_cast<const char*>(slot.host) + slot.ids_offset, tokens.size() * sizeof(int32_t));
+  if (sample.logprobs) {
+    // Only the rows that asked are written: the others keep what the caller had.
+    const auto* records = reinterpret_cast<const DeviceTokenLogprob*>(static_cast<const char*>(slot.host) +
+                                                                      slot.logprobs_offset);
+    const auto* args = static_cast<const cuda::SamplingRowArgs*>(slot.host);
+    for (size_t r = 0; r < static_cast<size_t>(sample.rows); ++r) {
+      if (args[r].logprobs >= 0) {
+        std::copy_n(records + r * kLogprobsRecord, kLogprobsRecord, logprobs.begin() + r * kLogprobsRecord);
+      }
+    }
+  }
   return OkStatus();
 }
 

@@ -278,8 +278,18 @@ struct SamplingRowArgs {
   int32_t penalty_begin = 0;  // [penalty_begin, penalty_end) of penalty_tokens / counts
   int32_t penalty_end = 0;
   int32_t pending_row = -1;  // >= 0: pending_ids[pending_row] is one more output token
+  int32_t bias_begin = 0;    // [bias_begin, bias_end) of bias_tokens / bias_values
+  int32_t bias_end = 0;
+  int32_t logprobs = -1;  // -1: none; else the record's top entries (<= kMaxTopLogprobs)
+  int32_t work_row = -1;  // >= 0: the row is modified in work[work_row] (logits keep the raw row)
   uint64_t seed = 0;
   uint64_t step = 0;
+};
+constexpr int kMaxTopLogprobs = 20;
+constexpr int kLogprobsRecord = 1 + kMaxTopLogprobs;
+struct LogprobEntry {  // the layout of bw::DeviceTokenLogprob
+  int32_t token_id;
+  float logprob;
 };
 // Whether the row sets any penalty (applied to its history tokens, if it has any). One
 // definition for the kernel and for the host's argmax dispatch, as sampling_is_greedy.
@@ -290,13 +300,32 @@ __host__ __device__ inline bool sampling_has_penalty(const SamplingRowArgs& a) {
 __host__ __device__ inline bool sampling_applies_penalty(const SamplingRowArgs& a) {
   return (a.penalty_end > a.penalty_begin || a.pending_row >= 0) && sampling_has_penalty(a);
 }
-// out[r] <- the token sampled from row r of logits [rows, vocab] f32 (modified: penalties,
-// then probabilities). One thread block per row; penalty_tokens are distinct per row and
-// in [0, vocab); a row's pending token (pending_ids[pending_row], ignored outside [0,
-// vocab)) counts as one more output occurrence. All pointers are device memory.
-cudaError_t launch_sample(int32_t* out, float* logits, int64_t rows, int64_t vocab, const SamplingRowArgs* row_args,
-                          const int32_t* penalty_tokens, const int32_t* penalty_output_counts,
-                          const int32_t* pending_ids, cudaStream_t stream);
+// Whether sampling the row changes its logits (bias, penalties, or probabilities for a
+// draw): a row that also wants log-probabilities of the raw row works on a copy.
+__host__ __device__ inline bool sampling_modifies_row(const SamplingRowArgs& a) {
+  return !sampling_is_greedy(a.temperature) || a.bias_end > a.bias_begin || sampling_applies_penalty(a);
+}
+// out[r] <- the token sampled from row r of logits [rows, vocab] f32 (modified: bias,
+// penalties, then probabilities; in work[work_row] instead for a row with a work_row). One
+// thread block per row; penalty_tokens and bias_tokens are distinct per row and in [0,
+// vocab); a row's pending token (pending_ids[pending_row], ignored outside [0, vocab))
+// counts as one more output occurrence. Rows with logprobs >= 0 write their record
+// (Backend::sample) at logprobs_out[r * kLogprobsRecord]. All pointers are device memory.
+struct SampleKernelArgs {
+  int32_t* out = nullptr;
+  float* logits = nullptr;
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  const SamplingRowArgs* row_args = nullptr;
+  const int32_t* penalty_tokens = nullptr;
+  const int32_t* penalty_output_counts = nullptr;
+  const int32_t* pending_ids = nullptr;
+  const int32_t* bias_tokens = nullptr;
+  const float* bias_values = nullptr;
+  LogprobEntry* logprobs_out = nullptr;
+  float* work = nullptr;  // [rows with a work_row, vocab]
+};
+cudaError_t launch_sample(const SampleKernelArgs& args, cudaStream_t stream);
 // The same token for a call whose rows are all greedy without penalties (logits not
 // modified), the rows split over many blocks; workspace: argmax_workspace_bytes(rows).
 int64_t argmax_workspace_bytes(int64_t rows);

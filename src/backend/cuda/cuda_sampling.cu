@@ -1,8 +1,14 @@
 // Token sampling on the device (Backend::sample): one thread block per logits row. (A call
-// whose rows are all greedy without penalties takes the split argmax near the end of this
-// file instead: the same tokens, many blocks a row.)
+// whose rows are all greedy with nothing to modify or report takes the split argmax near
+// the end of this file instead: the same tokens, many blocks a row.)
 //
 // The steps follow the host Sampler (runner/sampler.cc):
+//   0. for a row that reports log-probabilities, from the raw row: its maximum, the
+//      log-normaliser (sum of exp in float per thread, then double) and the top tokens
+//      (the same radix select as top-k, then a sort of at most 20); a row that the next
+//      steps modify is first copied to a work row, so the raw row stays for the sampled
+//      token's log-probability at the end. Then the logit bias (distinct tokens, one writer
+//      each);
 //   1. penalties on the row's distinct history tokens (repetition: divide positive /
 //      multiply negative logits; presence + frequency * count for tokens in the output);
 //   2. one pass for the maximum and the argmax (lowest id on ties); greedy rows stop here,
@@ -150,6 +156,10 @@ struct Shared {
   int bin;
   uint64_t above;  // count or mass of the bins above `bin`
   int64_t id_cut;
+  // The raw row's most likely tokens, for a log-probabilities record (unordered).
+  int32_t top_ids[kMaxTopLogprobs];
+  float top_values[kMaxTopLogprobs];
+  int top_count;
 };
 
 // The block's best (value, id); every thread gets it.
@@ -196,6 +206,24 @@ __device__ uint64_t block_sum(Shared& sh, uint64_t v) {
   }
   __syncthreads();
   const uint64_t total = sh.total;
+  __syncthreads();
+  return total;
+}
+
+__device__ double block_sum_double(Shared& sh, double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x % 32 == 0) sh.red_sum[threadIdx.x / 32] = static_cast<uint64_t>(__double_as_longlong(v));
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double total = 0.0;
+    for (int w = 0; w < kWarps; ++w)
+      total += __longlong_as_double(static_cast<long long>(sh.red_sum[w]));
+    sh.total = static_cast<uint64_t>(__double_as_longlong(total));
+  }
+  __syncthreads();
+  const double total = __longlong_as_double(static_cast<long long>(sh.total));
   __syncthreads();
   return total;
 }
@@ -302,14 +330,160 @@ __device__ int64_t id_cut(Shared& sh, int64_t vocab, int64_t need, Pred pred) {
   return cut;
 }
 
+// The k-th largest finite value of x by (value descending, id ascending): its order key
+// (*key_k) and, when ties at that key cross the k-th place, the id below which the tied
+// ones are kept (*cut_k, else vocab). False when x has k or fewer finite values (no cut).
+// max_x: the row's maximum, for the prefilter.
+__device__ bool kth_largest(Shared& sh, const float* x, int64_t vocab, int64_t k, float max_x, uint32_t* key_k,
+                            int64_t* cut_k) {
+  // The tightest max - gap with at least k logits at or above it bounds the k-th largest.
+  uint32_t near[kNumGaps] = {};
+  for_each(x, vocab, [&](int64_t, float v) {
+#pragma unroll
+    for (int j = 0; j < kNumGaps; ++j)
+      near[j] += v >= max_x - kTopKGaps[j] ? 1u : 0u;
+  });
+  float floor_x = -INFINITY;
+  for (int j = 0; j < kNumGaps; ++j) {
+    if (block_sum(sh, near[j]) >= static_cast<uint64_t>(k)) {
+      floor_x = max_x - kTopKGaps[j];
+      break;
+    }
+  }
+  uint32_t prefix = 0;
+  uint32_t mask = 0;
+  uint64_t remaining = static_cast<uint64_t>(k);
+  *cut_k = vocab;
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    clear_histograms(sh);
+    for_each_uniform(x, vocab, [&](int64_t, float v, bool valid) {
+      int bin = kNoBin;
+      if (valid) {
+        const uint32_t key = order_key(v);
+        if (v > -INFINITY && v >= floor_x && (key & mask) == prefix) bin = static_cast<int>((key >> shift) & 0xFFu);
+      }
+      if (__any_sync(0xffffffffu, bin != kNoBin)) histogram_add<false>(sh, bin, 1);
+    });
+    __syncthreads();
+    find_bin<false>(sh, static_cast<double>(remaining));
+    if (sh.bin < 0) return false;  // k or fewer finite logits
+    prefix |= static_cast<uint32_t>(sh.bin) << shift;
+    mask |= 0xFFu << shift;
+    remaining -= sh.above;
+    const uint64_t tied = sh.count[sh.bin];
+    __syncthreads();
+    if (shift == 0 && tied > remaining) {
+      const uint32_t key = prefix;
+      *cut_k = id_cut(sh, vocab, static_cast<int64_t>(remaining),
+                      [&](int64_t i) { return order_key(x[i]) == key && x[i] > -INFINITY; });
+    }
+  }
+  *key_k = prefix;
+  return true;
+}
+
+// The raw row's log-probabilities: log p_i = x_i - log_normaliser when the maximum is finite;
+// otherwise (no distribution) 0 for the maximum's value and -inf for others, as the host
+// Sampler reports them.
+struct RawDistribution {
+  float max = -INFINITY;
+  double log_normaliser = 0.0;
+  __device__ float logprob(float v) const {
+    if (!isfinite(max)) return v == max ? 0.0f : -INFINITY;
+    return static_cast<float>(static_cast<double>(v) - log_normaliser);
+  }
+};
+
+// Before anything modifies the row: its maximum and log-normaliser, a copy into `work`
+// when non-null (the row sampling modifies), and the `top` most likely tokens into
+// top_out[0, top) (best first, ties by lower id; token -1 past the finite ones; none at
+// all when the maximum is not finite).
+__device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t vocab, int top,
+                                            LogprobEntry* top_out, float* work) {
+  RawDistribution d;
+  int64_t max_id = 0;
+  for_each(x, vocab, [&](int64_t i, float v) {
+    if (work != nullptr) work[i] = v;
+    if (v > d.max) {
+      d.max = v;
+      max_id = i;
+    }
+  });
+  block_best(sh, &d.max, &max_id);
+  if (!isfinite(d.max)) {
+    for (int j = threadIdx.x; j < top; j += kThreads)
+      top_out[j] = LogprobEntry{-1, 0.0f};
+    __syncthreads();  // (work fully written before the caller modifies it)
+    return d;
+  }
+  float part = 0.0f;
+  for_each(x, vocab, [&](int64_t, float v) {
+    if (v > -INFINITY) part += expf(v - d.max);  // (NaN counts for nothing, as on the host)
+  });
+  d.log_normaliser = static_cast<double>(d.max) + log(block_sum_double(sh, static_cast<double>(part)));
+  if (top <= 0) return d;
+  uint32_t key_k = 0;
+  int64_t cut_k = vocab;
+  const bool cut = kth_largest(sh, x, vocab, top, d.max, &key_k, &cut_k);
+  if (threadIdx.x == 0) sh.top_count = 0;
+  __syncthreads();
+  for_each(x, vocab, [&](int64_t i, float v) {
+    if (!(v > -INFINITY)) return;
+    const uint32_t key = order_key(v);
+    if (cut && (key < key_k || (key == key_k && i >= cut_k))) return;
+    const int slot = atomicAdd(&sh.top_count, 1);
+    if (slot < kMaxTopLogprobs) {
+      sh.top_ids[slot] = static_cast<int32_t>(i);
+      sh.top_values[slot] = v;
+    }
+  });
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int n = min(sh.top_count, top);
+    for (int a = 1; a < n; ++a) {  // insertion sort: value descending, then id ascending
+      const int32_t id = sh.top_ids[a];
+      const float v = sh.top_values[a];
+      int b = a;
+      for (; b > 0 && beats(v, id, sh.top_values[b - 1], sh.top_ids[b - 1]); --b) {
+        sh.top_ids[b] = sh.top_ids[b - 1];
+        sh.top_values[b] = sh.top_values[b - 1];
+      }
+      sh.top_ids[b] = id;
+      sh.top_values[b] = v;
+    }
+    for (int j = 0; j < top; ++j)
+      top_out[j] = j < n ? LogprobEntry{sh.top_ids[j], d.logprob(sh.top_values[j])} : LogprobEntry{-1, 0.0f};
+  }
+  __syncthreads();
+  return d;
+}
+
 __global__ void __launch_bounds__(kThreads)
-    sample_kernel(int32_t* out, float* logits, int64_t vocab, const SamplingRowArgs* row_args,
-                  const int32_t* penalty_tokens, const int32_t* penalty_output_counts, const int32_t* pending_ids) {
+    sample_kernel(SampleKernelArgs p) {
   pdl_wait();
   __shared__ Shared sh;
   const int64_t row = blockIdx.x;
-  float* x = logits + row * vocab;
-  const SamplingRowArgs a = row_args[row];
+  const int64_t vocab = p.vocab;
+  const SamplingRowArgs a = p.row_args[row];
+  const float* raw = p.logits + row * vocab;
+  float* x = a.work_row >= 0 ? p.work + a.work_row * vocab : p.logits + row * vocab;
+  const int32_t* penalty_tokens = p.penalty_tokens;
+  const int32_t* penalty_output_counts = p.penalty_output_counts;
+
+  // 0. Log-probabilities of the raw row (before it changes), and the bias.
+  LogprobEntry* record = a.logprobs >= 0 ? p.logprobs_out + row * kLogprobsRecord : nullptr;
+  RawDistribution dist;
+  if (record != nullptr) dist = raw_distribution(sh, raw, vocab, a.logprobs, record + 1, a.work_row >= 0 ? x : nullptr);
+  // The one thread that knows the token writes it (and its log-probability).
+  const auto emit = [&](int64_t token) {
+    p.out[row] = static_cast<int32_t>(token);
+    if (record != nullptr) record[0] = LogprobEntry{static_cast<int32_t>(token), dist.logprob(raw[token])};
+  };
+  if (a.bias_end > a.bias_begin) {
+    for (int32_t j = a.bias_begin + static_cast<int32_t>(threadIdx.x); j < a.bias_end; j += kThreads)
+      x[p.bias_tokens[j]] += p.bias_values[j];
+    __syncthreads();
+  }
 
   // 1. Penalties (the tokens are distinct, so each logit has one writer).
   if (sampling_has_penalty(a)) {
@@ -326,7 +500,7 @@ __global__ void __launch_bounds__(kThreads)
     // or a token of its own.
     int32_t pending = -1;
     if (a.pending_row >= 0) {
-      pending = pending_ids[a.pending_row];
+      pending = p.pending_ids[a.pending_row];
       if (pending >= vocab) pending = -1;
     }
     bool listed = false;
@@ -352,61 +526,15 @@ __global__ void __launch_bounds__(kThreads)
   block_best(sh, &max_logit, &max_id);
   const float inv_temperature = 1.0f / a.temperature;
   if (sampling_is_greedy(a.temperature) || !isfinite(max_logit)) {
-    if (threadIdx.x == 0) out[row] = static_cast<int32_t>(max_id);
+    if (threadIdx.x == 0) emit(max_id);
     return;
   }
 
   // 3. Top-k over the finite logits: key_k = the k-th largest key, ties below id_cut_k.
-  bool use_top_k = a.top_k > 0 && a.top_k < vocab;
   uint32_t key_k = 0;
   int64_t cut_k = vocab;
-  if (use_top_k) {
-    // The tightest max - gap with at least k logits at or above it bounds the k-th largest.
-    uint32_t near[kNumGaps] = {};
-    for_each(x, vocab, [&](int64_t, float v) {
-#pragma unroll
-      for (int j = 0; j < kNumGaps; ++j)
-        near[j] += v >= max_logit - kTopKGaps[j] ? 1u : 0u;
-    });
-    float floor_x = -INFINITY;
-    for (int j = 0; j < kNumGaps; ++j) {
-      if (block_sum(sh, near[j]) >= static_cast<uint64_t>(a.top_k)) {
-        floor_x = max_logit - kTopKGaps[j];
-        break;
-      }
-    }
-    uint32_t prefix = 0;
-    uint32_t mask = 0;
-    uint64_t remaining = static_cast<uint64_t>(a.top_k);
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      clear_histograms(sh);
-      for_each_uniform(x, vocab, [&](int64_t, float v, bool valid) {
-        int bin = kNoBin;
-        if (valid) {
-          const uint32_t key = order_key(v);
-          if (v > -INFINITY && v >= floor_x && (key & mask) == prefix) bin = static_cast<int>((key >> shift) & 0xFFu);
-        }
-        if (__any_sync(0xffffffffu, bin != kNoBin)) histogram_add<false>(sh, bin, 1);
-      });
-      __syncthreads();
-      find_bin<false>(sh, static_cast<double>(remaining));
-      if (sh.bin < 0) {  // k or fewer finite logits: no cut
-        use_top_k = false;
-        break;
-      }
-      prefix |= static_cast<uint32_t>(sh.bin) << shift;
-      mask |= 0xFFu << shift;
-      remaining -= sh.above;
-      const uint64_t tied = sh.count[sh.bin];
-      __syncthreads();
-      if (shift == 0 && tied > remaining) {
-        const uint32_t k = prefix;
-        cut_k = id_cut(sh, vocab, static_cast<int64_t>(remaining),
-                       [&](int64_t i) { return order_key(x[i]) == k && x[i] > -INFINITY; });
-      }
-    }
-    key_k = prefix;
-  }
+  const bool use_top_k =
+      a.top_k > 0 && a.top_k < vocab && kth_largest(sh, x, vocab, a.top_k, max_logit, &key_k, &cut_k);
 
   // 4. Probabilities relative to the top token's; zero for tokens min-p or top-k drop.
   const float min_p = a.min_p > 0.0f ? fminf(a.min_p, 1.0f) : 0.0f;
@@ -548,7 +676,7 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
   const int chosen = sh.bin;
   if (chosen < 0) {
-    if (threadIdx.x == 0) out[row] = static_cast<int32_t>(max_id);  // (cannot happen: kept_total > 0)
+    if (threadIdx.x == 0) emit(max_id);  // (cannot happen: kept_total > 0)
   } else if (static_cast<int>(threadIdx.x) == chosen) {
     const uint64_t target = sh.above;
     int64_t token = max_id;
@@ -561,7 +689,7 @@ __global__ void __launch_bounds__(kThreads)
         break;
       }
     }
-    out[row] = static_cast<int32_t>(token);
+    emit(token);
   }
 }
 
@@ -642,12 +770,9 @@ int argmax_chunks(int64_t rows, int64_t vocab, int num_sms) {
 
 }  // namespace
 
-cudaError_t launch_sample(int32_t* out, float* logits, int64_t rows, int64_t vocab, const SamplingRowArgs* row_args,
-                          const int32_t* penalty_tokens, const int32_t* penalty_output_counts,
-                          const int32_t* pending_ids, cudaStream_t stream) {
-  if (rows <= 0) return cudaSuccess;
-  launch_kernel(sample_kernel, static_cast<unsigned>(rows), kThreads, 0, stream, out, logits, vocab, row_args,
-                penalty_tokens, penalty_output_counts, pending_ids);
+cudaError_t launch_sample(const SampleKernelArgs& args, cudaStream_t stream) {
+  if (args.rows <= 0) return cudaSuccess;
+  launch_kernel(sample_kernel, static_cast<unsigned>(args.rows), kThreads, 0, stream, args);
   return cudaGetLastError();
 }
 
