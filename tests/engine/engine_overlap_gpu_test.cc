@@ -4,8 +4,9 @@
 // must give the same tokens and finish reasons: greedy and seeded sampling, staggered
 // max_tokens, stop token ids hit mid-way (the step scheduled ahead computed one token too
 // many for those), penalties (each row's pending token counted on the device), prompt
-// chunks and admissions in steps scheduled ahead; late arrivals and a cancel must not lose
-// or corrupt a request. Skips without a CUDA device.
+// chunks and admissions in steps scheduled ahead; logprobs and logit bias sampled on the
+// device must match the host Sampler; late arrivals and a cancel must not lose or corrupt
+// a request. Skips without a CUDA device.
 #include <gtest/gtest.h>
 
 #include <random>
@@ -14,6 +15,7 @@
 #include "engine/engine.h"
 #include "model/checkpoint.h"
 #include "support/engine_runs.h"
+#include "support/recording_backend.h"
 #include "support/test_support.h"
 #include "support/tiny_model.h"
 
@@ -31,6 +33,7 @@ class EngineOverlapGpuTest : public ::testing::Test {
     backend_ = std::move(*backend);
     auto path = test::write_tiny_model(dir_, "tiny-llama", 11);
     ASSERT_TRUE(path.ok()) << path.status().to_string();
+    path_ = *path;
     auto ckpt = Checkpoint::open(*path);
     ASSERT_TRUE(ckpt.ok()) << ckpt.status().to_string();
     WeightLoadOptions load;
@@ -40,7 +43,7 @@ class EngineOverlapGpuTest : public ::testing::Test {
     model_ = std::move(*model);
   }
 
-  std::unique_ptr<Engine> make_engine(bool overlap, int32_t max_batched_tokens = 2048) {
+  static EngineConfig engine_config(bool overlap, int32_t max_batched_tokens = 2048) {
     EngineConfig config;
     config.scheduler.max_num_batched_tokens = max_batched_tokens;
     config.scheduler.max_model_len = 256;
@@ -48,6 +51,11 @@ class EngineOverlapGpuTest : public ::testing::Test {
     config.kv_num_blocks = 256;
     config.kv_dtype = DType::kF32;
     config.async_scheduling = overlap;
+    return config;
+  }
+
+  std::unique_ptr<Engine> make_engine(bool overlap, int32_t max_batched_tokens = 2048) {
+    const EngineConfig config = engine_config(overlap, max_batched_tokens);
     auto engine = Engine::create(*model_, *backend_, nullptr, config, make_stderr_logger("overlap-test", "warn"));
     EXPECT_TRUE(engine.ok()) << engine.status().to_string();
     return engine.ok() ? std::move(*engine) : nullptr;
@@ -76,6 +84,7 @@ class EngineOverlapGpuTest : public ::testing::Test {
   }
 
   test::TempDir dir_;
+  std::string path_;
   std::unique_ptr<Backend> backend_;
   std::unique_ptr<CausalLM> model_;
 };
@@ -137,14 +146,33 @@ TEST_F(EngineOverlapGpuTest, PromptChunksAndAdmissionsOverlapToo) {
   EXPECT_EQ(stats.requests_failed, 0);
 }
 
-// Rows for the host Sampler (logprobs, n > 1) beside seeded rows: the seeded ones still
-// sample on the device and draw what they draw alone.
+// Rows for the host Sampler (n > 1) and a row with logprobs beside seeded rows: the seeded
+// ones draw what they draw alone, and so does the one with logprobs.
 TEST_F(EngineOverlapGpuTest, SeededRowsDrawTheSameBesideHostSampledRows) {
   std::mt19937 rng(9);
   std::vector<GenerationRequest> seeded = mixed_requests(rng);
   seeded.resize(6);
   auto engine = make_engine(true);
   test::expect_seeded_draws_beside_host_rows(*engine, seeded, 700);
+}
+
+// Logprobs and logit bias sample on the device: greedy requests get what the host Sampler
+// gives from the same CUDA logits (a recording backend that does not sample over the same
+// device is the reference), a seeded request the same draws with and without logprobs.
+TEST_F(EngineOverlapGpuTest, LogprobsAndLogitBiasSampleOnTheDevice) {
+  test::RecordingBackend host_sampling(*backend_, test::RecordingBackend::Sampling::kNone);
+  auto ckpt = Checkpoint::open(path_);
+  ASSERT_TRUE(ckpt.ok());
+  WeightLoadOptions load;
+  load.weight_dtype = DType::kF32;
+  auto host_model = load_causal_lm(*ckpt, host_sampling, load);
+  ASSERT_TRUE(host_model.ok()) << host_model.status().to_string();
+  EngineConfig config = engine_config(false);
+  auto host = Engine::create(**host_model, host_sampling, nullptr, config, make_stderr_logger("overlap-test", "warn"));
+  ASSERT_TRUE(host.ok()) << host.status().to_string();
+  std::mt19937 rng(10);
+  auto device = make_engine(true);
+  test::expect_logprobs_and_bias_on_device(*device, **host, mixed_requests(rng));
 }
 
 TEST_F(EngineOverlapGpuTest, LateArrivalsAndCancelsLoseNothing) {

@@ -218,63 +218,18 @@ TEST_F(EngineOverlapTest, HostSampledRequestsRunInOrdinarySteps) {
 // does not sample, so every row goes to the host Sampler, is the reference), and a seeded
 // request draws the same tokens with and without logprobs.
 TEST_F(EngineOverlapTest, LogprobsAndLogitBiasSampleOnTheDevice) {
-  std::vector<GenerationRequest> requests = mixed_requests(8, vocab(), 8);
-  for (size_t i = 0; i < requests.size(); ++i) {
-    SamplingParams& p = requests[i].sampling;
-    if (i % 2 == 0) p.logprobs = static_cast<int32_t>(i * 3 % (kMaxDeviceTopLogprobs + 1));
-    if (i % 3 == 0) p.logit_bias = {{static_cast<int32_t>(5 + i), 4.0f}, {9, -100.0f}};
-    if (i == 1) p.logprobs = 4;  // seeded, with logprobs
-    if (i == 4) p.frequency_penalty = 0.5f;
-  }
-  auto device_engine = setup_.engine(true);
-  const std::vector<Completion> got = run_all(*device_engine, requests);
-  const EngineStats stats = device_engine->stats();
-  EXPECT_GT(stats.num_overlapped_steps, stats.num_steps * 3 / 4) << stats.num_steps;
-  EXPECT_EQ(stats.requests_failed, 0);
-
   OverlapRig host_rig(RecordingBackend::Sampling::kNone);
   auto path = test::write_tiny_model(dir_, "tiny-llama", 13);
   ASSERT_TRUE(path.ok());
   ASSERT_TRUE(host_rig.load(*path, false).ok());
+  auto device_engine = setup_.engine(true);
   auto host_engine = host_rig.engine(false);
-  const std::vector<Completion> want = run_all(*host_engine, requests);
-  int biased_tokens = 0;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    const SamplingParams& p = requests[i].sampling;
-    const Completion::Choice& g = got[i].choices.at(0);
-    const Completion::Choice& w = want[i].choices.at(0);
-    if (!p.logit_bias.empty()) {
-      EXPECT_EQ(std::count(g.token_ids.begin(), g.token_ids.end(), 9), 0) << "request " << i;
-      biased_tokens += static_cast<int>(std::count(g.token_ids.begin(), g.token_ids.end(), 5 + static_cast<int>(i)));
-    }
-    if (!p.is_greedy()) continue;  // (the stand-in's draws are not the host Sampler's)
-    EXPECT_EQ(g.token_ids, w.token_ids) << "request " << i;
-    ASSERT_EQ(g.logprobs.size(), p.logprobs >= 0 ? g.token_ids.size() : 0u) << "request " << i;
-    ASSERT_EQ(g.logprobs.size(), w.logprobs.size()) << "request " << i;
-    for (size_t t = 0; t < g.logprobs.size(); ++t) {
-      EXPECT_EQ(g.logprobs[t].token_id, w.logprobs[t].token_id);
-      EXPECT_NEAR(g.logprobs[t].logprob, w.logprobs[t].logprob, 1e-4) << "request " << i << " token " << t;
-      ASSERT_EQ(g.logprobs[t].top.size(), static_cast<size_t>(p.logprobs)) << "request " << i << " token " << t;
-      ASSERT_EQ(w.logprobs[t].top.size(), g.logprobs[t].top.size());
-      for (size_t j = 0; j < g.logprobs[t].top.size(); ++j) {
-        EXPECT_EQ(g.logprobs[t].top[j].token_id, w.logprobs[t].top[j].token_id) << "request " << i << " token " << t;
-        EXPECT_NEAR(g.logprobs[t].top[j].logprob, w.logprobs[t].top[j].logprob, 1e-4);
-      }
-    }
-  }
-  EXPECT_GT(biased_tokens, 5);  // the positive bias mattered
-
-  // Request 1 (seeded) again without logprobs: the same draws.
-  std::vector<GenerationRequest> again = {requests[1]};
-  again[0].sampling.logprobs = -1;
-  EXPECT_EQ(run_all(*device_engine, again)[0].choices[0].token_ids, got[1].choices[0].token_ids);
-  ASSERT_EQ(got[1].choices[0].logprobs.size(), got[1].choices[0].token_ids.size());
-  EXPECT_EQ(got[1].choices[0].logprobs[0].top.size(), 4u);
+  test::expect_logprobs_and_bias_on_device(*device_engine, *host_engine, mixed_requests(8, vocab(), 8));
 }
 
-// A step with rows for the host Sampler (logprobs, n > 1) still samples its other rows on
-// the device: a seeded request draws the same tokens whether or not such a request shares
-// its steps.
+// A step with rows for the host Sampler (n > 1 before its fork) still samples its other
+// rows on the device: a seeded request draws the same tokens whether or not such a request
+// shares its steps, and whether or not it asks for logprobs.
 TEST_F(EngineOverlapTest, SeededRowsDrawTheSameBesideHostSampledRows) {
   for (bool overlap : {false, true}) {
     SCOPED_TRACE(overlap ? "overlapped" : "one step after another");

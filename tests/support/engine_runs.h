@@ -1,7 +1,8 @@
 // Helpers for engine tests that compare runs: submit a set of requests (some late, one
 // cancelled) and gather every completion; give requests penalties; check two runs produced
-// the same tokens, that penalties give the same tokens with overlapped steps, and that
-// seeded requests draw the same tokens beside host-sampled ones.
+// the same tokens, that penalties give the same tokens with overlapped steps, that seeded
+// requests draw the same tokens beside host-sampled ones, and that logprobs and logit bias
+// on the device match the host Sampler.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "backend/backend.h"
 #include "engine/engine_client.h"
 #include "sched/sampling_params.h"
 
@@ -153,6 +155,61 @@ inline void expect_seeded_draws_beside_host_rows(EngineClient& engine, std::vect
       << "a seeded request's tokens changed with logprobs";
   EXPECT_EQ(beside[1].choices.size(), 2u);
   EXPECT_EQ(engine.stats().requests_failed, 0);
+}
+
+// Gives the requests logprobs (0 to 20 top tokens) and logit biases (+4 on one token, -100
+// on token 9), request 1 (seeded) logprobs too, and runs them on `device` (async
+// scheduling, device sampling) and `host` (every row for the host Sampler): most steps
+// must overlap, greedy requests must get the host's tokens, log-probabilities and top
+// tokens, biased requests never token 9, and request 1 the same draws without logprobs.
+inline void expect_logprobs_and_bias_on_device(EngineClient& device, EngineClient& host,
+                                               std::vector<GenerationRequest> requests) {
+  ASSERT_GE(requests.size(), 6u);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SamplingParams& p = requests[i].sampling;
+    if (i % 2 == 0) p.logprobs = static_cast<int32_t>(i * 3 % (kMaxDeviceTopLogprobs + 1));
+    if (i % 3 == 0) p.logit_bias = {{static_cast<int32_t>(5 + i), 4.0f}, {9, -100.0f}};
+    if (i == 1) p.logprobs = 4;
+    if (i == 4) p.frequency_penalty = 0.5f;
+  }
+  ASSERT_FALSE(requests[1].sampling.is_greedy());
+  const std::vector<Completion> got = run_all(device, requests);
+  const EngineStats stats = device.stats();
+  EXPECT_GT(stats.num_overlapped_steps, stats.num_steps * 3 / 4) << stats.num_steps;
+  EXPECT_EQ(stats.requests_failed, 0);
+
+  const std::vector<Completion> want = run_all(host, requests);
+  int biased_tokens = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const SamplingParams& p = requests[i].sampling;
+    const Completion::Choice& g = got[i].choices.at(0);
+    const Completion::Choice& w = want[i].choices.at(0);
+    if (!p.logit_bias.empty()) {
+      EXPECT_EQ(std::count(g.token_ids.begin(), g.token_ids.end(), 9), 0) << "request " << i;
+      biased_tokens += static_cast<int>(std::count(g.token_ids.begin(), g.token_ids.end(), 5 + static_cast<int>(i)));
+    }
+    if (!p.is_greedy()) continue;  // (the device's draws are not the host Sampler's)
+    EXPECT_EQ(g.token_ids, w.token_ids) << "request " << i;
+    ASSERT_EQ(g.logprobs.size(), p.logprobs >= 0 ? g.token_ids.size() : 0u) << "request " << i;
+    ASSERT_EQ(g.logprobs.size(), w.logprobs.size()) << "request " << i;
+    for (size_t t = 0; t < g.logprobs.size(); ++t) {
+      EXPECT_EQ(g.logprobs[t].token_id, w.logprobs[t].token_id);
+      EXPECT_NEAR(g.logprobs[t].logprob, w.logprobs[t].logprob, 1e-4) << "request " << i << " token " << t;
+      ASSERT_EQ(g.logprobs[t].top.size(), static_cast<size_t>(p.logprobs)) << "request " << i << " token " << t;
+      ASSERT_EQ(w.logprobs[t].top.size(), g.logprobs[t].top.size());
+      for (size_t j = 0; j < g.logprobs[t].top.size(); ++j) {
+        EXPECT_EQ(g.logprobs[t].top[j].token_id, w.logprobs[t].top[j].token_id) << "request " << i << " token " << t;
+        EXPECT_NEAR(g.logprobs[t].top[j].logprob, w.logprobs[t].top[j].logprob, 1e-4);
+      }
+    }
+  }
+  EXPECT_GT(biased_tokens, 5);  // the positive bias mattered
+
+  std::vector<GenerationRequest> again = {requests[1]};
+  again[0].sampling.logprobs = -1;
+  EXPECT_EQ(run_all(device, again)[0].choices[0].token_ids, got[1].choices[0].token_ids);
+  ASSERT_EQ(got[1].choices[0].logprobs.size(), got[1].choices[0].token_ids.size());
+  EXPECT_EQ(got[1].choices[0].logprobs[0].top.size(), 4u);
 }
 
 }  // namespace bw::test
