@@ -2,7 +2,7 @@
 # serve --device cuda as a real HTTP server (device machine; see scripts/cuda_device_run.sh for
 # the carry layout: .carry/fin/{bin.tgz,lib}, and .carry/srv/stories260K.gguf copied from
 # the shared test data): stories260K (text, greedy: CPU vs CUDA text, also cut by a stop
-# string while streaming) and
+# string while streaming; logprobs; a seeded draw with and without logprobs) and
 # the 1.5B shape (token prompts, streaming, 16 concurrent requests).
 set -u
 C=$PWD/.carry/srv  # stories260K.gguf
@@ -26,6 +26,11 @@ for d in cpu $DEV; do
   echo "$d stop: $(curl -sN localhost:8391/v1/completions -H 'Content-Type: application/json' -d "$req_stop" | python3 -c 'import json,sys
 chunks = [json.loads(l[6:]) for l in sys.stdin if l.startswith("data: {")]
 print(repr("".join(c["text"] for ch in chunks for c in ch["choices"])), [c["finish_reason"] for ch in chunks for c in ch["choices"] if c.get("finish_reason")])')"
+  # Log-probabilities (sampled on the device on a GPU) and a seeded draw with and without them.
+  echo "$d logprobs: $(curl -s localhost:8391/v1/completions -H 'Content-Type: application/json' -d '{"prompt":"Once upon a time","max_tokens":4,"temperature":0,"logprobs":3}' | python3 -c 'import json,sys; lp=json.load(sys.stdin)["choices"][0]["logprobs"]; print([round(x,3) for x in lp["token_logprobs"]], [{k: round(v,3) for k,v in t.items()} for t in lp["top_logprobs"][:2]])')"
+  for lp in '' ',"logprobs":2'; do
+    echo "$d seeded${lp:+ with logprobs}: $(curl -s localhost:8391/v1/completions -H 'Content-Type: application/json' -d "{\"prompt\":\"Once upon a time\",\"max_tokens\":24,\"temperature\":0.9,\"seed\":11$lp}" | python3 -c 'import json,sys; print(repr(json.load(sys.stdin)["choices"][0]["text"]))')"
+  done
   kill -TERM %1; wait
 done
 M=${M15:-/tmp/q15}; [ -d $M ] || $BW make-model --preset deepseek-r1-distill-qwen-1.5b --out $M --dtype bf16 > /dev/null 2>&1

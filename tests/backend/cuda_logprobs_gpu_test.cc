@@ -183,17 +183,23 @@ TEST_F(CudaLogprobsTest, RecordsMatchTheRawDistribution) {
 
 TEST_F(CudaLogprobsTest, NonFiniteRowsReportCertaintyOrNothing) {
   constexpr int64_t kVocab = 300;
-  std::vector<float> logits(3 * kVocab, -kInf);  // row 0: all -inf
+  std::vector<float> logits(4 * kVocab, -kInf);  // row 0: all -inf
   logits[kVocab + 7] = kInf;                      // row 1: one +inf
-  for (int64_t i = 0; i < kVocab; ++i)
+  for (int64_t i = 0; i < kVocab; ++i) {
     logits[2 * kVocab + i] = static_cast<float>(i % 5);  // row 2: finite, ties
+    logits[3 * kVocab + i] = -1.0f;                      // row 3: -0 and +0 tie
+  }
+  logits[3 * kVocab + 1] = -0.0f;
+  logits[3 * kVocab + 2] = 0.0f;
+  logits[3 * kVocab + 4] = -0.0f;
+  logits[3 * kVocab + 5] = 0.0f;
   Batch batch(kVocab);
-  for (int r = 0; r < 3; ++r) {
+  for (int r = 0; r < 4; ++r) {
     SamplingParams p;
     p.logprobs = 6;
     batch.params.push_back(p);
   }
-  const Sampled got = sample(logits, kVocab, batch.build({{}, {}, {}}));
+  const Sampled got = sample(logits, kVocab, batch.build({{}, {}, {}, {}}));
   EXPECT_EQ(got.tokens[0], 0);
   EXPECT_EQ(record_of(got, 0)[0].logprob, 0.0f);  // -inf == the maximum
   EXPECT_EQ(got.tokens[1], 7);
@@ -208,6 +214,37 @@ TEST_F(CudaLogprobsTest, NonFiniteRowsReportCertaintyOrNothing) {
   for (size_t j = 0; j < want_top.size(); ++j)
     EXPECT_EQ(record_of(got, 2)[1 + j].token_id, want_top[j]);
   EXPECT_NEAR(record_of(got, 2)[1].logprob, record_of(got, 2)[6].logprob, 0.0);
+  // -0 and +0 are equal values, ordered by id.
+  EXPECT_EQ(got.tokens[3], 1);
+  const std::vector<int32_t> zeros = {1, 2, 4, 5, 0, 3};
+  for (size_t j = 0; j < zeros.size(); ++j)
+    EXPECT_EQ(record_of(got, 3)[1 + j].token_id, zeros[j]) << j;
+}
+
+// Rows too flat for the shared-memory ranking (more than 1,024 logits within 0.5 of the
+// maximum) take the radix select: all-equal logits list the lowest ids, and N(0, 0.01)
+// logits the host's top 20.
+TEST_F(CudaLogprobsTest, FlatRowsTakeTheRadixSelect) {
+  std::vector<float> logits = random_logits(3, kQwenVocab, 41, 0.01f);
+  std::fill(logits.begin(), logits.begin() + kQwenVocab, 1.0f);
+  Batch batch(kQwenVocab);
+  for (int r = 0; r < 3; ++r) {
+    SamplingParams p;
+    p.logprobs = kMaxDeviceTopLogprobs;
+    if (r == 2) {
+      p.temperature = 0.7f;
+      p.top_k = 30;
+    }
+    batch.params.push_back(p);
+  }
+  const Sampled got = sample(logits, kQwenVocab, batch.build({{}, {}, {}}));
+  for (int j = 0; j < kMaxDeviceTopLogprobs; ++j) {
+    EXPECT_EQ(record_of(got, 0)[1 + static_cast<size_t>(j)].token_id, j);
+    EXPECT_NEAR(record_of(got, 0)[1 + static_cast<size_t>(j)].logprob, -std::log(static_cast<double>(kQwenVocab)),
+                1e-4);
+  }
+  EXPECT_EQ(got.tokens[0], 0);
+  EXPECT_GE(expect_records(logits, kQwenVocab, got, batch.params), 60u);
 }
 
 // The draw depends on the row, its seed and step, never on whether it reports
@@ -248,7 +285,7 @@ TEST_F(CudaLogprobsTest, BiasDrawsAsTheBiasedRow) {
     p.top_p = r % 2 == 0 ? 1.0f : 0.95f;
     plain.params.push_back(p);
     boosted[r] = token(rng);
-    p.logit_bias = {{boosted[r], 8.0f}, {token(rng), -100.0f}, {token(rng), 0.5f}};
+    p.logit_bias = {{boosted[r], 12.0f}, {token(rng), -100.0f}, {token(rng), 0.5f}};
     for (const auto& [t, bias] : p.logit_bias)
       biased[r * kVocab + static_cast<size_t>(t)] += bias;
     with.params.push_back(p);
@@ -259,7 +296,7 @@ TEST_F(CudaLogprobsTest, BiasDrawsAsTheBiasedRow) {
   EXPECT_EQ(a.tokens, b.tokens);
   for (size_t r = 0; r < kRows; ++r)
     favoured += a.tokens[r] == boosted[r] ? 1 : 0;
-  EXPECT_GT(favoured, static_cast<int>(kRows) / 2);  // +8 over N(0, 1) logits of 5,000
+  EXPECT_GT(favoured, static_cast<int>(kRows) / 2);  // +12 over N(0, 1) logits of 5,000: ~95%
 }
 
 TEST_F(CudaLogprobsTest, BadBiasAndRecordsAreInvalidArgument) {

@@ -117,6 +117,7 @@ class RecordingBackend final : public Backend {
     ids.resize(static_cast<size_t>(rows));
     std::vector<DeviceTokenLogprob>& records = records_[slot];
     records.assign(static_cast<size_t>(rows) * kLogprobsRecord, DeviceTokenLogprob{});
+    record_sizes_[slot].assign(static_cast<size_t>(rows), 0);
     bool any_logprobs = false;
     for (int64_t r = 0; r < rows; ++r) {
       const size_t i = static_cast<size_t>(r);
@@ -127,6 +128,7 @@ class RecordingBackend final : public Backend {
       ids[i] = pick(penalized_.data(), vocab, batch.rows[i]);
       if (batch.rows[i].logprobs >= 0) {
         any_logprobs = true;
+        record_sizes_[slot][i] = 1 + batch.rows[i].logprobs;
         device_logprobs_record(std::span(row_logits, static_cast<size_t>(vocab)), ids[i], batch.rows[i].logprobs,
                                std::span(records).subspan(i * kLogprobsRecord, kLogprobsRecord));
       }
@@ -141,9 +143,14 @@ class RecordingBackend final : public Backend {
       return InvalidArgument("recording: wait_sampled of {} rows into {} tokens", pending.rows, tokens.size());
     std::copy_n(sampled_[pending.slot].begin(), tokens.size(), tokens.begin());
     if (pending.logprobs) {
-      if (logprobs.size() != records_[pending.slot].size())
+      const std::vector<DeviceTokenLogprob>& records = records_[pending.slot];
+      if (logprobs.size() != records.size())
         return InvalidArgument("recording: {} log-probability entries for {} rows", logprobs.size(), pending.rows);
-      std::copy(records_[pending.slot].begin(), records_[pending.slot].end(), logprobs.begin());
+      // As the CUDA backend: only the entries each row asked for.
+      for (size_t r = 0; r < static_cast<size_t>(pending.rows); ++r) {
+        const int32_t n = record_sizes_[pending.slot][r];
+        std::copy_n(records.begin() + r * kLogprobsRecord, n, logprobs.begin() + r * kLogprobsRecord);
+      }
     }
     return OkStatus();
   }
@@ -223,6 +230,7 @@ class RecordingBackend final : public Backend {
   std::vector<std::function<Status()>> ops_;
   std::vector<int32_t> sampled_[2];  // the ids of the last two sample_async calls
   std::vector<DeviceTokenLogprob> records_[2];  // and their log-probability records
+  std::vector<int32_t> record_sizes_[2];        // entries written per row
   std::vector<float> penalized_;     // scratch: one row's logits with its penalties
   int next_slot_ = 0;
 };

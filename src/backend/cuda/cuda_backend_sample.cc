@@ -357,13 +357,13 @@ Status CudaBackend::wait_sampled(const AsyncSample& sample, std::span<int32_t> t
   RETURN_IF_ERROR(take_kernel_error());
   std::memcpy(tokens.data(), static_cast<const char*>(slot.host) + slot.ids_offset, tokens.size() * sizeof(int32_t));
   if (sample.logprobs) {
-    // Only the rows that asked are written: the others keep what the caller had.
+    // Only what the rows asked for is written: other entries keep what the caller had.
     const auto* records = reinterpret_cast<const DeviceTokenLogprob*>(static_cast<const char*>(slot.host) +
                                                                       slot.logprobs_offset);
     const auto* args = static_cast<const cuda::SamplingRowArgs*>(slot.host);
     for (size_t r = 0; r < static_cast<size_t>(sample.rows); ++r) {
       if (args[r].logprobs >= 0) {
-        std::copy_n(records + r * kLogprobsRecord, kLogprobsRecord, logprobs.begin() + r * kLogprobsRecord);
+        std::copy_n(records + r * kLogprobsRecord, 1 + args[r].logprobs, logprobs.begin() + r * kLogprobsRecord);
       }
     }
   }

@@ -13,8 +13,10 @@
 //      multiply negative logits; presence + frequency * count for tokens in the output);
 //   2. one pass for the maximum and the argmax (lowest id on ties); greedy rows stop here,
 //      and so does any row whose maximum is not finite (as the host does);
-//   3. top-k: the k-th largest logit by radix select (8 bits a pass, 256-bin histograms of
-//      counts over order-preserving keys), ties at the boundary kept by lowest id;
+//   3. top-k: the k-th largest logit, ties at the boundary kept by lowest id: the logits
+//      within a gap of the maximum that holds k of them, ranked in shared memory when at
+//      most 1,024, else by radix select (8 bits a pass, 256-bin histograms of counts over
+//      order-preserving keys);
 //   4. one pass turning the row into probabilities relative to the top token's,
 //      exp((x - max) / temperature), zero for tokens dropped by min-p or top-k; their total
 //      in 2^-44 fixed point (integer sums: the same total in any order);
@@ -66,9 +68,10 @@ __device__ __forceinline__ float mass_floor(int j) {
   return __uint_as_float(static_cast<uint32_t>(127 - 4 * (j + 1)) << 23);
 }
 
-// Order-preserving unsigned key of a float (larger float, larger key).
+// Order-preserving unsigned key of a float (larger float, larger key; -0 and +0 equal, as
+// the host compares them, so their ties go by id).
 __device__ __forceinline__ uint32_t order_key(float x) {
-  const uint32_t bits = __float_as_uint(x);
+  const uint32_t bits = __float_as_uint(x == 0.0f ? 0.0f : x);
   return (bits & 0x80000000u) != 0 ? ~bits : (bits | 0x80000000u);
 }
 
@@ -104,9 +107,41 @@ __device__ __forceinline__ void warp_best(float& v, int64_t& i) {
   }
 }
 
+// Rows that start on 16 bytes and hold a multiple of 4 logits (every vocabulary of the
+// supported models) are read as float4: four times the bytes in flight per load, which is
+// what bounds a pass of one block over a row.
+constexpr int kUnroll4 = 4;
+constexpr int64_t kTile4 = int64_t{kThreads} * kUnroll4;  // float4s per tile
+__device__ __forceinline__ bool vector_row(const float* x, int64_t vocab) {
+  return (reinterpret_cast<uintptr_t>(x) & 15u) == 0 && (vocab & 3) == 0;
+}
+
 // Calls fn(i, x[i]) for each id i of this thread's share of [0, vocab), in increasing order.
 template <typename Fn>
 __device__ __forceinline__ void for_each(const float* x, int64_t vocab, Fn&& fn) {
+  if (vector_row(x, vocab)) {
+    const auto* x4 = reinterpret_cast<const float4*>(x);
+    const int64_t n4 = vocab / 4;
+    for (int64_t base = threadIdx.x; base < n4; base += kTile4) {
+      float4 v[kUnroll4];
+#pragma unroll
+      for (int u = 0; u < kUnroll4; ++u) {
+        const int64_t j = base + int64_t{u} * kThreads;
+        v[u] = j < n4 ? x4[j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll4; ++u) {
+        const int64_t j = base + int64_t{u} * kThreads;
+        if (j < n4) {
+          fn(4 * j, v[u].x);
+          fn(4 * j + 1, v[u].y);
+          fn(4 * j + 2, v[u].z);
+          fn(4 * j + 3, v[u].w);
+        }
+      }
+    }
+    return;
+  }
   for (int64_t base = threadIdx.x; base < vocab; base += kTile) {
     float v[kUnroll];
 #pragma unroll
@@ -126,6 +161,28 @@ __device__ __forceinline__ void for_each(const float* x, int64_t vocab, Fn&& fn)
 // ids past the row: for bodies with warp-wide intrinsics.
 template <typename Fn>
 __device__ __forceinline__ void for_each_uniform(const float* x, int64_t vocab, Fn&& fn) {
+  if (vector_row(x, vocab)) {
+    const auto* x4 = reinterpret_cast<const float4*>(x);
+    const int64_t n4 = vocab / 4;
+    for (int64_t tile = 0; tile < n4; tile += kTile4) {
+      float4 v[kUnroll4];
+#pragma unroll
+      for (int u = 0; u < kUnroll4; ++u) {
+        const int64_t j = tile + int64_t{u} * kThreads + threadIdx.x;
+        v[u] = j < n4 ? x4[j] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll4; ++u) {
+        const int64_t j = tile + int64_t{u} * kThreads + threadIdx.x;
+        const bool valid = j < n4;
+        fn(4 * j, v[u].x, valid);
+        fn(4 * j + 1, v[u].y, valid);
+        fn(4 * j + 2, v[u].z, valid);
+        fn(4 * j + 3, v[u].w, valid);
+      }
+    }
+    return;
+  }
   for (int64_t tile = 0; tile < vocab; tile += kTile) {
     float v[kUnroll];
 #pragma unroll
@@ -140,6 +197,9 @@ __device__ __forceinline__ void for_each_uniform(const float* x, int64_t vocab, 
     }
   }
 }
+
+// kth_largest ranks up to this many candidates in shared memory (beyond: radix select).
+constexpr int kMaxCandidates = 2 * kThreads;
 
 struct Shared {
   uint64_t segment_mass[kThreads];
@@ -156,10 +216,16 @@ struct Shared {
   int bin;
   uint64_t above;  // count or mass of the bins above `bin`
   int64_t id_cut;
-  // The raw row's most likely tokens, for a log-probabilities record (unordered).
+  // kth_largest's candidates (the logits within a gap of the maximum), when they fit.
+  int32_t candidate_ids[kMaxCandidates];
+  float candidate_values[kMaxCandidates];
+  int num_candidates;
+  // The best few of them by rank (for a log-probabilities record), and the k-th.
   int32_t top_ids[kMaxTopLogprobs];
   float top_values[kMaxTopLogprobs];
   int top_count;
+  int32_t kth_id;
+  float kth_value;
 };
 
 // The block's best (value, id); every thread gets it.
@@ -333,10 +399,17 @@ __device__ int64_t id_cut(Shared& sh, int64_t vocab, int64_t need, Pred pred) {
 // The k-th largest finite value of x by (value descending, id ascending): its order key
 // (*key_k) and, when ties at that key cross the k-th place, the id below which the tied
 // ones are kept (*cut_k, else vocab). False when x has k or fewer finite values (no cut).
-// max_x: the row's maximum, for the prefilter.
+// max_x: the row's maximum, for the prefilter. With top_n > 0, also leaves the best
+// min(k, top_n) values (best first) in sh.top_ids / sh.top_values, sh.top_count of them.
+//
+// The tightest max - gap with at least k logits at or above it bounds the k-th largest.
+// When at most kMaxCandidates logits lie there (the usual case for a language model's
+// row and k <= ~100), one more pass gathers them into shared memory, where each one's
+// rank is the number of candidates that beat it (a strict order: every rank is unique).
+// Otherwise a radix select over order keys, 8 bits a pass, finds the k-th key, and
+// id_cut the ties' cut.
 __device__ bool kth_largest(Shared& sh, const float* x, int64_t vocab, int64_t k, float max_x, uint32_t* key_k,
-                            int64_t* cut_k) {
-  // The tightest max - gap with at least k logits at or above it bounds the k-th largest.
+                            int64_t* cut_k, int top_n = 0) {
   uint32_t near[kNumGaps] = {};
   for_each(x, vocab, [&](int64_t, float v) {
 #pragma unroll
@@ -344,16 +417,55 @@ __device__ bool kth_largest(Shared& sh, const float* x, int64_t vocab, int64_t k
       near[j] += v >= max_x - kTopKGaps[j] ? 1u : 0u;
   });
   float floor_x = -INFINITY;
+  uint64_t num_near = 0;
   for (int j = 0; j < kNumGaps; ++j) {
-    if (block_sum(sh, near[j]) >= static_cast<uint64_t>(k)) {
+    num_near = block_sum(sh, near[j]);
+    if (num_near >= static_cast<uint64_t>(k)) {
       floor_x = max_x - kTopKGaps[j];
       break;
     }
   }
+  *cut_k = vocab;
+  if (floor_x > -INFINITY && num_near <= static_cast<uint64_t>(kMaxCandidates)) {
+    if (threadIdx.x == 0) sh.num_candidates = 0;
+    __syncthreads();
+    for_each(x, vocab, [&](int64_t i, float v) {
+      if (v >= floor_x) {  // (the same test as the count: at most num_near of them)
+        const int slot = atomicAdd(&sh.num_candidates, 1);
+        if (slot < kMaxCandidates) {
+          sh.candidate_ids[slot] = static_cast<int32_t>(i);
+          sh.candidate_values[slot] = v;
+        }
+      }
+    });
+    __syncthreads();
+    const int n = min(sh.num_candidates, kMaxCandidates);
+    for (int c = threadIdx.x; c < n; c += kThreads) {
+      const float v = sh.candidate_values[c];
+      const int32_t id = sh.candidate_ids[c];
+      int rank = 0;
+      for (int o = 0; o < n; ++o)
+        rank += beats(sh.candidate_values[o], sh.candidate_ids[o], v, id) ? 1 : 0;
+      if (rank < top_n && rank < kMaxTopLogprobs) {
+        sh.top_ids[rank] = id;
+        sh.top_values[rank] = v;
+      }
+      if (rank == k - 1) {
+        sh.kth_id = id;
+        sh.kth_value = v;
+      }
+    }
+    if (threadIdx.x == 0) sh.top_count = static_cast<int>(min(k, static_cast<int64_t>(top_n)));
+    __syncthreads();
+    *key_k = order_key(sh.kth_value);
+    *cut_k = static_cast<int64_t>(sh.kth_id) + 1;
+    __syncthreads();
+    return true;
+  }
   uint32_t prefix = 0;
   uint32_t mask = 0;
   uint64_t remaining = static_cast<uint64_t>(k);
-  *cut_k = vocab;
+  bool cut = true;
   for (int shift = 24; shift >= 0; shift -= 8) {
     clear_histograms(sh);
     for_each_uniform(x, vocab, [&](int64_t, float v, bool valid) {
@@ -366,7 +478,10 @@ __device__ bool kth_largest(Shared& sh, const float* x, int64_t vocab, int64_t k
     });
     __syncthreads();
     find_bin<false>(sh, static_cast<double>(remaining));
-    if (sh.bin < 0) return false;  // k or fewer finite logits
+    if (sh.bin < 0) {  // k or fewer finite logits
+      cut = false;
+      break;
+    }
     prefix |= static_cast<uint32_t>(sh.bin) << shift;
     mask |= 0xFFu << shift;
     remaining -= sh.above;
@@ -379,58 +494,16 @@ __device__ bool kth_largest(Shared& sh, const float* x, int64_t vocab, int64_t k
     }
   }
   *key_k = prefix;
-  return true;
-}
-
-// The raw row's log-probabilities: log p_i = x_i - log_normaliser when the maximum is finite;
-// otherwise (no distribution) 0 for the maximum's value and -inf for others, as the host
-// Sampler reports them.
-struct RawDistribution {
-  float max = -INFINITY;
-  double log_normaliser = 0.0;
-  __device__ float logprob(float v) const {
-    if (!isfinite(max)) return v == max ? 0.0f : -INFINITY;
-    return static_cast<float>(static_cast<double>(v) - log_normaliser);
-  }
-};
-
-// Before anything modifies the row: its maximum and log-normaliser, a copy into `work`
-// when non-null (the row sampling modifies), and the `top` most likely tokens into
-// top_out[0, top) (best first, ties by lower id; token -1 past the finite ones; none at
-// all when the maximum is not finite).
-__device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t vocab, int top,
-                                            LogprobEntry* top_out, float* work) {
-  RawDistribution d;
-  int64_t max_id = 0;
-  for_each(x, vocab, [&](int64_t i, float v) {
-    if (work != nullptr) work[i] = v;
-    if (v > d.max) {
-      d.max = v;
-      max_id = i;
-    }
-  });
-  block_best(sh, &d.max, &max_id);
-  if (!isfinite(d.max)) {
-    for (int j = threadIdx.x; j < top; j += kThreads)
-      top_out[j] = LogprobEntry{-1, 0.0f};
-    __syncthreads();  // (work fully written before the caller modifies it)
-    return d;
-  }
-  float part = 0.0f;
-  for_each(x, vocab, [&](int64_t, float v) {
-    if (v > -INFINITY) part += expf(v - d.max);  // (NaN counts for nothing, as on the host)
-  });
-  d.log_normaliser = static_cast<double>(d.max) + log(block_sum_double(sh, static_cast<double>(part)));
-  if (top <= 0) return d;
-  uint32_t key_k = 0;
-  int64_t cut_k = vocab;
-  const bool cut = kth_largest(sh, x, vocab, top, d.max, &key_k, &cut_k);
+  if (top_n <= 0) return cut;
+  // The kept set (at most k <= kMaxTopLogprobs tokens here), gathered and sorted.
   if (threadIdx.x == 0) sh.top_count = 0;
   __syncthreads();
+  const uint32_t kk = prefix;
+  const int64_t ck = *cut_k;
   for_each(x, vocab, [&](int64_t i, float v) {
     if (!(v > -INFINITY)) return;
     const uint32_t key = order_key(v);
-    if (cut && (key < key_k || (key == key_k && i >= cut_k))) return;
+    if (cut && (key < kk || (key == kk && i >= ck))) return;
     const int slot = atomicAdd(&sh.top_count, 1);
     if (slot < kMaxTopLogprobs) {
       sh.top_ids[slot] = static_cast<int32_t>(i);
@@ -439,7 +512,7 @@ __device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t 
   });
   __syncthreads();
   if (threadIdx.x == 0) {
-    const int n = min(sh.top_count, top);
+    const int n = min(sh.top_count, top_n);
     for (int a = 1; a < n; ++a) {  // insertion sort: value descending, then id ascending
       const int32_t id = sh.top_ids[a];
       const float v = sh.top_values[a];
@@ -451,8 +524,66 @@ __device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t 
       sh.top_ids[b] = id;
       sh.top_values[b] = v;
     }
-    for (int j = 0; j < top; ++j)
-      top_out[j] = j < n ? LogprobEntry{sh.top_ids[j], d.logprob(sh.top_values[j])} : LogprobEntry{-1, 0.0f};
+    sh.top_count = n;
+  }
+  __syncthreads();
+  return cut;
+}
+
+// The raw row's log-probabilities: log p_i = x_i - log_normaliser when the maximum is finite;
+// otherwise (no distribution) 0 for the maximum's value and -inf for others, as the host
+// Sampler reports them.
+struct RawDistribution {
+  float max = -INFINITY;
+  int64_t max_id = 0;  // lowest id on ties, as step 2
+  double log_normaliser = 0.0;
+  __device__ float logprob(float v) const {
+    if (!isfinite(max)) return v == max ? 0.0f : -INFINITY;
+    return static_cast<float>(static_cast<double>(v) - log_normaliser);
+  }
+};
+
+// Before anything modifies the row: its maximum and log-normaliser (one pass: each thread
+// keeps a running maximum and its sum of exp relative to it), a copy into `work` when
+// non-null (the row sampling modifies), and the `top` most likely tokens into top_out[0,
+// top) (best first, ties by lower id; token -1 past the finite ones; none at all when the
+// maximum is not finite).
+__device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t vocab, int top,
+                                            LogprobEntry* top_out, float* work) {
+  RawDistribution d;
+  float thread_max = -INFINITY;
+  float thread_sum = 0.0f;  // of exp(v - thread_max)
+  int64_t max_id = 0;
+  for_each(x, vocab, [&](int64_t i, float v) {
+    if (work != nullptr) work[i] = v;
+    if (v > thread_max) {
+      thread_sum = thread_sum * expf(thread_max - v) + 1.0f;  // (0 * 0 from -inf)
+      thread_max = v;
+      max_id = i;
+    } else if (v > -INFINITY) {
+      thread_sum += expf(v - thread_max);  // (NaN counts for nothing, as on the host)
+    }
+  });
+  d.max = thread_max;
+  block_best(sh, &d.max, &max_id);
+  d.max_id = max_id;
+  if (!isfinite(d.max)) {
+    for (int j = threadIdx.x; j < top; j += kThreads)
+      top_out[j] = LogprobEntry{-1, 0.0f};
+    __syncthreads();  // (work fully written before the caller modifies it)
+    return d;
+  }
+  const double part = thread_max > -INFINITY ? static_cast<double>(thread_sum) * exp(static_cast<double>(thread_max) -
+                                                                                       static_cast<double>(d.max))
+                                             : 0.0;
+  d.log_normaliser = static_cast<double>(d.max) + log(block_sum_double(sh, part));
+  if (top <= 0) return d;
+  uint32_t key_k = 0;
+  int64_t cut_k = vocab;
+  kth_largest(sh, x, vocab, top, d.max, &key_k, &cut_k, top);
+  for (int j = threadIdx.x; j < top; j += kThreads) {
+    top_out[j] =
+        j < sh.top_count ? LogprobEntry{sh.top_ids[j], d.logprob(sh.top_values[j])} : LogprobEntry{-1, 0.0f};
   }
   __syncthreads();
   return d;
@@ -514,16 +645,21 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
   }
 
-  // 2. The maximum and its lowest id (NaN never wins; 0 when nothing beats -inf).
-  float max_logit = -INFINITY;
-  int64_t max_id = 0;
-  for_each(x, vocab, [&](int64_t i, float v) {
-    if (v > max_logit) {
-      max_logit = v;
-      max_id = i;
-    }
-  });
-  block_best(sh, &max_logit, &max_id);
+  // 2. The maximum and its lowest id (NaN never wins; 0 when nothing beats -inf): the raw
+  // row's when nothing has changed it.
+  float max_logit = dist.max;
+  int64_t max_id = dist.max_id;
+  if (record == nullptr || sampling_modifies_row(a)) {
+    max_logit = -INFINITY;
+    max_id = 0;
+    for_each(x, vocab, [&](int64_t i, float v) {
+      if (v > max_logit) {
+        max_logit = v;
+        max_id = i;
+      }
+    });
+    block_best(sh, &max_logit, &max_id);
+  }
   const float inv_temperature = 1.0f / a.temperature;
   if (sampling_is_greedy(a.temperature) || !isfinite(max_logit)) {
     if (threadIdx.x == 0) emit(max_id);
