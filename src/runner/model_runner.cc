@@ -22,7 +22,8 @@ Status read_logits(Backend& backend, const TensorView& logits, std::vector<float
 namespace {
 
 bool wants_logprobs(const DeviceSamplingBatch& batch) {
-  return std::any_of(batch.rows.begin(), batch.rows.end(), [](const DeviceSamplingRow& row) { return row.logprobs >= 0; });
+  return std::any_of(batch.rows.begin(), batch.rows.end(),
+                     [](const DeviceSamplingRow& row) { return row.logprobs >= 0; });
 }
 
 }  // namespace

@@ -184,7 +184,7 @@ TEST_F(CudaLogprobsTest, RecordsMatchTheRawDistribution) {
 TEST_F(CudaLogprobsTest, NonFiniteRowsReportCertaintyOrNothing) {
   constexpr int64_t kVocab = 300;
   std::vector<float> logits(4 * kVocab, -kInf);  // row 0: all -inf
-  logits[kVocab + 7] = kInf;                      // row 1: one +inf
+  logits[kVocab + 7] = kInf;                     // row 1: one +inf
   for (int64_t i = 0; i < kVocab; ++i) {
     logits[2 * kVocab + i] = static_cast<float>(i % 5);  // row 2: finite, ties
     logits[3 * kVocab + i] = -1.0f;                      // row 3: -0 and +0 tie
@@ -317,14 +317,14 @@ TEST_F(CudaLogprobsTest, BadBiasAndRecordsAreInvalidArgument) {
     return gpu_->sample(tokens, t, b).code();
   };
   EXPECT_EQ(bias({0, 1, 3}, {3, 4, 5}, {1, 2, 3}), StatusCode::kOk);
-  EXPECT_EQ(bias({0, 1, 3}, {3, 4, 4}, {1, 2, 3}), StatusCode::kInvalidArgument);        // a token twice
-  EXPECT_EQ(bias({0, 1, 3}, {3, 4, 100}, {1, 2, 3}), StatusCode::kInvalidArgument);      // outside V
-  EXPECT_EQ(bias({0, 1, 3}, {-1, 4, 5}, {1, 2, 3}), StatusCode::kInvalidArgument);       // outside V
-  EXPECT_EQ(bias({0, 1, 3}, {3, 4, 5}, {1, kInf, 3}), StatusCode::kInvalidArgument);     // not finite
-  EXPECT_EQ(bias({0, 1, 3}, {3, 4, 5}, {1, 2}), StatusCode::kInvalidArgument);           // values size
-  EXPECT_EQ(bias({0, 3}, {3, 4, 5}, {1, 2, 3}), StatusCode::kInvalidArgument);           // not rows + 1
-  EXPECT_EQ(bias({0, 2, 1}, {3, 4}, {1, 2}), StatusCode::kInvalidArgument);              // decreasing
-  EXPECT_EQ(bias({}, {3}, {1}), StatusCode::kInvalidArgument);                           // no offsets
+  EXPECT_EQ(bias({0, 1, 3}, {3, 4, 4}, {1, 2, 3}), StatusCode::kInvalidArgument);     // a token twice
+  EXPECT_EQ(bias({0, 1, 3}, {3, 4, 100}, {1, 2, 3}), StatusCode::kInvalidArgument);   // outside V
+  EXPECT_EQ(bias({0, 1, 3}, {-1, 4, 5}, {1, 2, 3}), StatusCode::kInvalidArgument);    // outside V
+  EXPECT_EQ(bias({0, 1, 3}, {3, 4, 5}, {1, kInf, 3}), StatusCode::kInvalidArgument);  // not finite
+  EXPECT_EQ(bias({0, 1, 3}, {3, 4, 5}, {1, 2}), StatusCode::kInvalidArgument);        // values size
+  EXPECT_EQ(bias({0, 3}, {3, 4, 5}, {1, 2, 3}), StatusCode::kInvalidArgument);        // not rows + 1
+  EXPECT_EQ(bias({0, 2, 1}, {3, 4}, {1, 2}), StatusCode::kInvalidArgument);           // decreasing
+  EXPECT_EQ(bias({}, {3}, {1}), StatusCode::kInvalidArgument);                        // no offsets
   rows[1].logprobs = kMaxDeviceTopLogprobs + 1;
   DeviceSamplingBatch b;
   b.rows = rows;
@@ -369,7 +369,8 @@ TEST_F(CudaLogprobsTest, PrintsSampleTimes) {
           ASSERT_TRUE(gpu_->synchronize().ok());
           const auto start = std::chrono::steady_clock::now();
           ASSERT_TRUE(gpu_->sample(tokens, t, b, records).ok());
-          best = std::min(best, std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
+          best = std::min(best,
+                          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count());
         }
         std::printf("[ sample ] %3zu rows, temperature %.1f, logprobs %2d: %7.1f us\n", rows, temperature, logprobs,
                     best);

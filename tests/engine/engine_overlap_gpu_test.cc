@@ -134,16 +134,9 @@ TEST_F(EngineOverlapGpuTest, PenaltiesOverlapWithTheSameTokens) {
 // (not graph) steps taking their pending tokens on the device.
 TEST_F(EngineOverlapGpuTest, PromptChunksAndAdmissionsOverlapToo) {
   std::mt19937 rng(7);
-  const std::vector<GenerationRequest> requests = mixed_requests(rng);
   auto sync = make_engine(false, 16);
-  const std::vector<Completion> plain = run_all(*sync, requests);
   auto overlapped = make_engine(true, 16);
-  expect_same_tokens(run_all(*overlapped, requests, {6, 7, 8, 9}), plain, "chunks");
-  const EngineStats stats = overlapped->stats();
-  EXPECT_GE(stats.num_overlapped_steps, stats.num_steps * 9 / 10) << stats.num_steps;
-  EXPECT_GT(stats.num_steps, 40);
-  EXPECT_EQ(stats.kv_used_blocks, 0);
-  EXPECT_EQ(stats.requests_failed, 0);
+  test::expect_chunks_overlap(*sync, *overlapped, mixed_requests(rng));
 }
 
 // Rows for the host Sampler (n > 1) and a row with logprobs beside seeded rows: the seeded

@@ -146,15 +146,7 @@ TEST_F(EngineOverlapTest, PromptChunksAndAdmissionsOverlapToo) {
   std::vector<GenerationRequest> requests = mixed_requests(10, vocab(), 5);
   auto plain_engine = setup_.engine(false, {}, 16);
   auto overlapped_engine = setup_.engine(true, {}, 16);
-  const std::vector<Completion> plain = run_all(*plain_engine, requests);
-  expect_same_tokens(run_all(*overlapped_engine, requests, {6, 7, 8, 9}), plain, "chunks");
-  const EngineStats stats = overlapped_engine->stats();
-  // Nearly every step overlaps: not the first of a run, nor one after a step that left a
-  // running sequence out for lack of budget (arrival times decide how often that happens).
-  EXPECT_GE(stats.num_overlapped_steps, stats.num_steps * 9 / 10) << stats.num_steps;
-  EXPECT_GT(stats.num_steps, 40);
-  EXPECT_EQ(stats.kv_used_blocks, 0);
-  EXPECT_EQ(stats.requests_failed, 0);
+  test::expect_chunks_overlap(*plain_engine, *overlapped_engine, requests);
 
   // One long prompt alone (not in the prefix cache): its first chunks sample nothing, and
   // the steps after them have no token to take from the device.

@@ -59,8 +59,7 @@ TEST(DeviceSamplingTest, BuildsTheBiasOnceForEachToken) {
   EXPECT_EQ(b.bias_offsets[3], 3);
   // Out-of-vocabulary ids dropped, token 7's two entries summed, first-listing order.
   EXPECT_EQ(std::vector<int32_t>(b.bias_tokens.begin(), b.bias_tokens.end()), (std::vector<int32_t>{7, 3, 99}));
-  EXPECT_EQ(std::vector<float>(b.bias_values.begin(), b.bias_values.end()),
-            (std::vector<float>{2.5f, -1.5f, -100.0f}));
+  EXPECT_EQ(std::vector<float>(b.bias_values.begin(), b.bias_values.end()), (std::vector<float>{2.5f, -1.5f, -100.0f}));
   EXPECT_EQ(b.rows[0].logprobs, -1);
   EXPECT_EQ(b.rows[1].logprobs, 4);
   builder.clear();

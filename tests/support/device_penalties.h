@@ -75,7 +75,8 @@ inline void device_logprobs_record(std::span<const float> raw, int32_t token, in
   const size_t n = std::min(ids.size(), static_cast<size_t>(num_top));
   std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(n), ids.end(), better);
   for (size_t j = 0; j < static_cast<size_t>(num_top); ++j)
-    record[1 + j] = j < n ? DeviceTokenLogprob{ids[j], logprob(raw[static_cast<size_t>(ids[j])])} : DeviceTokenLogprob{};
+    record[1 + j] =
+        j < n ? DeviceTokenLogprob{ids[j], logprob(raw[static_cast<size_t>(ids[j])])} : DeviceTokenLogprob{};
 }
 
 }  // namespace bw::test

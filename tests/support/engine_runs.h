@@ -125,6 +125,26 @@ inline void expect_penalties_overlap(EngineClient& plain, EngineClient& overlapp
   EXPECT_EQ(stats.requests_failed, 0);
 }
 
+// Runs `requests` on `plain` and on `overlapped` (engines with a small token budget, so
+// prompts go in chunks beside decoding sequences), the last four arriving late on
+// `overlapped`: the same tokens, and nearly every step overlapped: not the first of a run,
+// nor one after a step that left a running sequence out for lack of budget (arrival times
+// decide how often that happens).
+inline void expect_chunks_overlap(EngineClient& plain, EngineClient& overlapped,
+                                  const std::vector<GenerationRequest>& requests) {
+  ASSERT_GE(requests.size(), 8u);
+  const std::vector<Completion> want = run_all(plain, requests);
+  std::vector<size_t> late;
+  for (size_t i = requests.size() - 4; i < requests.size(); ++i)
+    late.push_back(i);
+  expect_same_tokens(run_all(overlapped, requests, late), want, "chunks");
+  const EngineStats stats = overlapped.stats();
+  EXPECT_GE(stats.num_overlapped_steps, stats.num_steps * 9 / 10) << stats.num_steps;
+  EXPECT_GT(stats.num_steps, 40);
+  EXPECT_EQ(stats.kv_used_blocks, 0);
+  EXPECT_EQ(stats.requests_failed, 0);
+}
+
 // Gives the requests seeds and a temperature, runs them alone, then beside a request with
 // logprobs (sampled on the device) and one with n = 2 (rows for the host sampler until it
 // forks): each must draw the same tokens, and so must the one with logprobs as its twin

@@ -228,10 +228,10 @@ class RecordingBackend final : public Backend {
   bool emulate_sampling_ = false;
   bool recording_ = false;
   std::vector<std::function<Status()>> ops_;
-  std::vector<int32_t> sampled_[2];  // the ids of the last two sample_async calls
+  std::vector<int32_t> sampled_[2];             // the ids of the last two sample_async calls
   std::vector<DeviceTokenLogprob> records_[2];  // and their log-probability records
   std::vector<int32_t> record_sizes_[2];        // entries written per row
-  std::vector<float> penalized_;     // scratch: one row's logits with its penalties
+  std::vector<float> penalized_;                // scratch: one row's logits with its penalties
   int next_slot_ = 0;
 };
 

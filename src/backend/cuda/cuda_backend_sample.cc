@@ -232,8 +232,8 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
   const size_t records_bytes = any_logprobs ? align_up(num_rows * kLogprobsRecord * sizeof(DeviceTokenLogprob)) : 0;
   // Device only, after the ids and records: the greedy argmax's per-chunk partials (the
   // host copy's bytes there go unused).
-  const size_t total_bytes = upload_bytes + ids_bytes + records_bytes +
-                             align_up(static_cast<size_t>(cuda::argmax_workspace_bytes(rows)));
+  const size_t total_bytes =
+      upload_bytes + ids_bytes + records_bytes + align_up(static_cast<size_t>(cuda::argmax_workspace_bytes(rows)));
   const int slot_index = next_sample_slot_;
   SampleStaging& slot = sample_staging_[slot_index];
   RETURN_IF_ERROR(reserve_sample_staging(slot, total_bytes));
@@ -326,8 +326,8 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
   }
   RETURN_IF_ERROR(check_launch(static_cast<int>(launched), "sample"));
   // The ids and the records after them come back in one copy.
-  const size_t down_bytes = any_logprobs ? ids_bytes + num_rows * kLogprobsRecord * sizeof(DeviceTokenLogprob)
-                                         : num_rows * sizeof(int32_t);
+  const size_t down_bytes =
+      any_logprobs ? ids_bytes + num_rows * kLogprobsRecord * sizeof(DeviceTokenLogprob) : num_rows * sizeof(int32_t);
   const cudaError_t down = cudaMemcpyAsync(host + upload_bytes, dev_out, down_bytes, cudaMemcpyDeviceToHost, stream_);
   if (down != cudaSuccess) return fail(static_cast<int>(down), "cudaMemcpyAsync (sample ids)", __FILE__, __LINE__);
   BW_CUDA_TRY(cudaEventRecord(slot.done, stream_));
@@ -358,8 +358,8 @@ Status CudaBackend::wait_sampled(const AsyncSample& sample, std::span<int32_t> t
   std::memcpy(tokens.data(), static_cast<const char*>(slot.host) + slot.ids_offset, tokens.size() * sizeof(int32_t));
   if (sample.logprobs) {
     // Only what the rows asked for is written: other entries keep what the caller had.
-    const auto* records = reinterpret_cast<const DeviceTokenLogprob*>(static_cast<const char*>(slot.host) +
-                                                                      slot.logprobs_offset);
+    const auto* records =
+        reinterpret_cast<const DeviceTokenLogprob*>(static_cast<const char*>(slot.host) + slot.logprobs_offset);
     const auto* args = static_cast<const cuda::SamplingRowArgs*>(slot.host);
     for (size_t r = 0; r < static_cast<size_t>(sample.rows); ++r) {
       if (args[r].logprobs >= 0) {

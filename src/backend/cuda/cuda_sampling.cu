@@ -548,8 +548,8 @@ struct RawDistribution {
 // non-null (the row sampling modifies), and the `top` most likely tokens into top_out[0,
 // top) (best first, ties by lower id; token -1 past the finite ones; none at all when the
 // maximum is not finite).
-__device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t vocab, int top,
-                                            LogprobEntry* top_out, float* work) {
+__device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t vocab, int top, LogprobEntry* top_out,
+                                            float* work) {
   RawDistribution d;
   float thread_max = -INFINITY;
   float thread_sum = 0.0f;  // of exp(v - thread_max)
@@ -573,8 +573,8 @@ __device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t 
     __syncthreads();  // (work fully written before the caller modifies it)
     return d;
   }
-  const double part = thread_max > -INFINITY ? static_cast<double>(thread_sum) * exp(static_cast<double>(thread_max) -
-                                                                                       static_cast<double>(d.max))
+  const double part = thread_max > -INFINITY ? static_cast<double>(thread_sum) *
+                                                   exp(static_cast<double>(thread_max) - static_cast<double>(d.max))
                                              : 0.0;
   d.log_normaliser = static_cast<double>(d.max) + log(block_sum_double(sh, part));
   if (top <= 0) return d;
@@ -582,15 +582,13 @@ __device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t 
   int64_t cut_k = vocab;
   kth_largest(sh, x, vocab, top, d.max, &key_k, &cut_k, top);
   for (int j = threadIdx.x; j < top; j += kThreads) {
-    top_out[j] =
-        j < sh.top_count ? LogprobEntry{sh.top_ids[j], d.logprob(sh.top_values[j])} : LogprobEntry{-1, 0.0f};
+    top_out[j] = j < sh.top_count ? LogprobEntry{sh.top_ids[j], d.logprob(sh.top_values[j])} : LogprobEntry{-1, 0.0f};
   }
   __syncthreads();
   return d;
 }
 
-__global__ void __launch_bounds__(kThreads)
-    sample_kernel(SampleKernelArgs p) {
+__global__ void __launch_bounds__(kThreads) sample_kernel(SampleKernelArgs p) {
   pdl_wait();
   __shared__ Shared sh;
   const int64_t row = blockIdx.x;
