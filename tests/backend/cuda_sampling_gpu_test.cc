@@ -4,7 +4,8 @@
 // temperature / top-k / top-p / min-p the token lies in the set the definitions allow
 // (computed here in double); on a 40-token vocabulary the frequencies of 20,000 draws
 // match the renormalised probabilities; the same (seed, step) gives the same token, and a
-// row's token does not depend on the other rows; V = 151,936 works; bad input is
+// row's token does not depend on the other rows; the selections ranked in shared memory
+// draw what the radix select draws; V = 151,936 works; bad input is
 // InvalidArgument. A last test prints the time to sample 1, 64 and 256 rows of 151,936
 // (never pass/fail on time). Skips when no CUDA device is present.
 #include <gtest/gtest.h>
@@ -13,6 +14,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -432,6 +434,62 @@ TEST_F(CudaSamplingTest, SameSeedAndStepSameTokenWhateverTheBatch) {
   std::sort(distinct.begin(), distinct.end());
   distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
   EXPECT_GT(distinct.size(), 8u);
+}
+
+// The selections ranked in shared memory (top-k, top-p and the draw among the kept tokens
+// when the logits near the maximum fit) give the tokens of the radix select and the row
+// walk (BW_CUDA_SAMPLE_RADIX=1): on peaked rows (the shared paths), flat rows (the radix
+// select), rows with ties at the boundary, under every mix of top-k, top-p and min-p.
+TEST_F(CudaSamplingTest, SharedMemorySelectionsDrawAsTheRadixSelect) {
+  ASSERT_EQ(setenv("BW_CUDA_SAMPLE_RADIX", "1", 1), 0);
+  auto radix_backend = CudaBackend::create({});
+  unsetenv("BW_CUDA_SAMPLE_RADIX");
+  ASSERT_TRUE(radix_backend.ok()) << radix_backend.status().to_string();
+  for (const int64_t vocab : {kQwenVocab, int64_t{3000}}) {
+    SCOPED_TRACE(vocab);
+    constexpr size_t kRows = 96;
+    std::vector<float> logits = random_logits(kRows, vocab, 83, 1.0f);
+    std::mt19937 rng(7);
+    std::uniform_int_distribution<int64_t> token(0, vocab - 1);
+    std::uniform_real_distribution<float> boost(2.0f, 9.0f);
+    std::vector<DeviceSamplingRow> params;
+    for (size_t r = 0; r < kRows; ++r) {
+      float* row = logits.data() + r * static_cast<size_t>(vocab);
+      const size_t shape = r % 3;  // peaked, flat, peaked with ties
+      if (shape != 1) {
+        for (int j = 0; j < 40; ++j)
+          row[token(rng)] += boost(rng);
+      } else {
+        for (int64_t i = 0; i < vocab; ++i)
+          row[i] *= 0.05f;
+      }
+      if (shape == 2) {
+        for (int64_t i = 0; i < vocab; ++i)
+          row[i] = std::round(row[i] * 2.0f) / 2.0f;
+      }
+      const size_t mix = (r / 3) % 8;
+      const float temperature = 0.5f + 0.1f * static_cast<float>(r % 7);
+      const int32_t top_k = mix == 0 || mix == 3 ? 40 : mix == 4 ? 2000 : mix == 5 ? 3 : 0;
+      const float top_p = mix == 1 || mix == 3 ? 0.9f : mix == 6 ? 0.5f : mix == 7 ? 0.99f : 1.0f;
+      const float min_p = mix == 2 || mix == 7 ? 0.02f : 0.0f;
+      params.push_back(random_row(temperature, top_k, top_p, min_p, 500 + r, r % 5));
+    }
+    const std::vector<int32_t> shared = sample(logits, vocab, rows_only(params));
+    std::vector<int32_t> radix(kRows, -7);
+    auto buf = (*radix_backend)->allocate(logits.size() * sizeof(float));
+    ASSERT_TRUE(buf.ok());
+    ASSERT_TRUE((*radix_backend)->copy_to_device(buf->data(), logits.data(), logits.size() * sizeof(float)).ok());
+    const Status s =
+        (*radix_backend)
+            ->sample(radix, buf->view(DType::kF32, {static_cast<int64_t>(kRows), vocab}), rows_only(params));
+    ASSERT_TRUE(s.ok()) << s.to_string();
+    EXPECT_EQ(shared, radix);
+    for (size_t r = 0; r < kRows; ++r) {
+      if (r % 3 == 2) continue;  // (ties: BoundaryTiesKeepTheLowestIds checks those)
+      const Reference ref = reference(row_of(logits, vocab, r), params[r], 1e-4);
+      EXPECT_TRUE(ref.allowed[static_cast<size_t>(shared[r])]) << "row " << r;
+    }
+  }
 }
 
 // Overlapped steps: two sample_async calls outstanding give what sample() gives, and

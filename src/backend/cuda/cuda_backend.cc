@@ -393,6 +393,9 @@ Status CudaBackend::init() {
   // BW_CUDA_STACK=0 runs batch-1 decode steps op by op (A/B runs).
   const char* stack = std::getenv("BW_CUDA_STACK");
   decoder_stack_ = (stack == nullptr || std::string_view(stack) != "0") && hopper_kernels;
+  // BW_CUDA_SAMPLE_RADIX=1 keeps sampling's selections off shared memory (tests, A/B runs).
+  const char* radix = std::getenv("BW_CUDA_SAMPLE_RADIX");
+  sample_shared_select_ = radix == nullptr || std::string_view(radix) != "1";
   cudaStream_t stream = nullptr;
   BW_CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   stream_ = stream;

@@ -232,6 +232,7 @@ class CudaBackend final : public Backend {
   // work on copies here ([rows, V] f32; grown as needed, in stream order).
   void* sample_work_ = nullptr;
   size_t sample_work_capacity_ = 0;
+  bool sample_shared_select_ = true;  // BW_CUDA_SAMPLE_RADIX=1: false
   // staged_upload(): pinned slots (each with the event after its last copy).
   struct UploadSlot {
     void* host = nullptr;

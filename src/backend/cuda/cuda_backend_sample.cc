@@ -322,6 +322,7 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
     k.bias_values = reinterpret_cast<const float*>(dev_bias + num_bias * sizeof(int32_t));
     k.logprobs_out = any_logprobs ? reinterpret_cast<cuda::LogprobEntry*>(dev + upload_bytes + ids_bytes) : nullptr;
     k.work = static_cast<float*>(sample_work_);
+    k.shared_select = sample_shared_select_;
     launched = cuda::launch_sample(k, stream_);
   }
   RETURN_IF_ERROR(check_launch(static_cast<int>(launched), "sample"));

@@ -324,6 +324,9 @@ struct SampleKernelArgs {
   const float* bias_values = nullptr;
   LogprobEntry* logprobs_out = nullptr;
   float* work = nullptr;  // [rows with a work_row, vocab]
+  // Selections among the logits near the maximum ranked in shared memory when they fit
+  // (false: always the radix select and the row walk; the same tokens, for tests).
+  bool shared_select = true;
 };
 cudaError_t launch_sample(const SampleKernelArgs& args, cudaStream_t stream);
 // The same token for a call whose rows are all greedy without penalties (logits not

@@ -219,7 +219,9 @@ struct Shared {
   // kth_largest's candidates (the logits within a gap of the maximum), when they fit.
   int32_t candidate_ids[kMaxCandidates];
   float candidate_values[kMaxCandidates];
+  uint64_t candidate_mass[kMaxCandidates];  // a draw among them: fixed-point mass, 0 if not kept
   int num_candidates;
+  int64_t chosen;
   // The best few of them by rank (for a log-probabilities record), and the k-th.
   int32_t top_ids[kMaxTopLogprobs];
   float top_values[kMaxTopLogprobs];
@@ -401,6 +403,8 @@ __device__ int64_t id_cut(Shared& sh, int64_t vocab, int64_t need, Pred pred) {
 // ones are kept (*cut_k, else vocab). False when x has k or fewer finite values (no cut).
 // max_x: the row's maximum, for the prefilter. With top_n > 0, also leaves the best
 // min(k, top_n) values (best first) in sh.top_ids / sh.top_values, sh.top_count of them.
+// *in_shared: the candidates are in sh.candidate_ids / candidate_values (the first
+// sh.num_candidates), for a draw among the kept ones (allow_shared false: never).
 //
 // The tightest max - gap with at least k logits at or above it bounds the k-th largest.
 // When at most kMaxCandidates logits lie there (the usual case for a language model's
@@ -408,8 +412,9 @@ __device__ int64_t id_cut(Shared& sh, int64_t vocab, int64_t need, Pred pred) {
 // rank is the number of candidates that beat it (a strict order: every rank is unique).
 // Otherwise a radix select over order keys, 8 bits a pass, finds the k-th key, and
 // id_cut the ties' cut.
-__device__ bool kth_largest(Shared& sh, const float* x, int64_t vocab, int64_t k, float max_x, uint32_t* key_k,
-                            int64_t* cut_k, int top_n = 0) {
+__device__ bool kth_largest(Shared& sh, const float* x, int64_t vocab, int64_t k, float max_x, bool allow_shared,
+                            bool* in_shared, uint32_t* key_k, int64_t* cut_k, int top_n = 0) {
+  *in_shared = false;
   uint32_t near[kNumGaps] = {};
   for_each(x, vocab, [&](int64_t, float v) {
 #pragma unroll
@@ -426,7 +431,8 @@ __device__ bool kth_largest(Shared& sh, const float* x, int64_t vocab, int64_t k
     }
   }
   *cut_k = vocab;
-  if (floor_x > -INFINITY && num_near <= static_cast<uint64_t>(kMaxCandidates)) {
+  if (allow_shared && floor_x > -INFINITY && num_near <= static_cast<uint64_t>(kMaxCandidates)) {
+    *in_shared = true;
     if (threadIdx.x == 0) sh.num_candidates = 0;
     __syncthreads();
     for_each(x, vocab, [&](int64_t i, float v) {
@@ -548,8 +554,8 @@ struct RawDistribution {
 // non-null (the row sampling modifies), and the `top` most likely tokens into top_out[0,
 // top) (best first, ties by lower id; token -1 past the finite ones; none at all when the
 // maximum is not finite).
-__device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t vocab, int top, LogprobEntry* top_out,
-                                            float* work) {
+__device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t vocab, int top, bool allow_shared,
+                                            LogprobEntry* top_out, float* work) {
   RawDistribution d;
   float thread_max = -INFINITY;
   float thread_sum = 0.0f;  // of exp(v - thread_max)
@@ -580,7 +586,8 @@ __device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t 
   if (top <= 0) return d;
   uint32_t key_k = 0;
   int64_t cut_k = vocab;
-  kth_largest(sh, x, vocab, top, d.max, &key_k, &cut_k, top);
+  bool in_shared = false;
+  kth_largest(sh, x, vocab, top, d.max, allow_shared, &in_shared, &key_k, &cut_k, top);
   for (int j = threadIdx.x; j < top; j += kThreads) {
     top_out[j] = j < sh.top_count ? LogprobEntry{sh.top_ids[j], d.logprob(sh.top_values[j])} : LogprobEntry{-1, 0.0f};
   }
@@ -588,29 +595,77 @@ __device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t 
   return d;
 }
 
-__global__ void __launch_bounds__(kThreads) sample_kernel(SampleKernelArgs p) {
+// A logit's probability relative to the top token's, zero under min-p: one definition for
+// the row pass (step 4) and the draws among shared candidates, so both give the same bits.
+__device__ __forceinline__ float relative_prob(float v, float max_logit, float inv_temperature, float min_p) {
+  const float p = expf((v - max_logit) * inv_temperature);
+  return !(p >= min_p) || !(p > 0.0f) ? 0.0f : p;
+}
+
+// The draw's position in [0, kept_total): u, a 53-bit uniform from Philox4x32-10 keyed by
+// the row's seed and counted by its step, times the kept total.
+__device__ uint64_t draw_target(const SamplingRowArgs& a, uint64_t kept_total) {
+  const uint4 r =
+      philox(make_uint4(static_cast<uint32_t>(a.step), static_cast<uint32_t>(a.step >> 32), 0x53414D50u, 0x4C452D31u),
+             make_uint2(static_cast<uint32_t>(a.seed), static_cast<uint32_t>(a.seed >> 32)));
+  const double u = static_cast<double>((static_cast<uint64_t>(r.x) << 21) | (r.y >> 11)) * 0x1.0p-53;  // [0, 1)
+  const uint64_t target = static_cast<uint64_t>(u * static_cast<double>(kept_total));
+  return target >= kept_total ? kept_total - 1 : target;  // (rounding)
+}
+
+// The draw of step 6 when every kept token is among the first n shared candidates (mass in
+// sh.candidate_mass, 0 for the others): the token where the kept mass, summed in id order,
+// passes the target. The same sums as the row walk, so the same token; -1 if none is kept.
+__device__ int64_t draw_in_shared(Shared& sh, int n, const SamplingRowArgs& a) {
+  uint64_t local = 0;
+  for (int c = threadIdx.x; c < n; c += kThreads)
+    local += sh.candidate_mass[c];
+  const uint64_t kept_total = block_sum(sh, local);
+  if (threadIdx.x == 0) sh.chosen = -1;
+  __syncthreads();
+  if (kept_total == 0) return -1;
+  const uint64_t target = draw_target(a, kept_total);
+  for (int c = threadIdx.x; c < n; c += kThreads) {
+    const uint64_t mass = sh.candidate_mass[c];
+    if (mass == 0) continue;
+    const int32_t id = sh.candidate_ids[c];
+    uint64_t before = 0;  // the kept mass at lower ids
+    for (int o = 0; o < n; ++o)
+      before += sh.candidate_ids[o] < id ? sh.candidate_mass[o] : 0;
+    if (before <= target && target - before < mass) sh.chosen = id;
+  }
+  __syncthreads();
+  const int64_t chosen = sh.chosen;
+  __syncthreads();
+  return chosen;
+}
+
+// Two blocks an SM (64 registers): a call of 256 rows runs in one wave on 132 SMs.
+__global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleKernelArgs args) {
   pdl_wait();
   __shared__ Shared sh;
   const int64_t row = blockIdx.x;
-  const int64_t vocab = p.vocab;
-  const SamplingRowArgs a = p.row_args[row];
-  const float* raw = p.logits + row * vocab;
-  float* x = a.work_row >= 0 ? p.work + a.work_row * vocab : p.logits + row * vocab;
-  const int32_t* penalty_tokens = p.penalty_tokens;
-  const int32_t* penalty_output_counts = p.penalty_output_counts;
+  const int64_t vocab = args.vocab;
+  const SamplingRowArgs a = args.row_args[row];
+  const float* raw = args.logits + row * vocab;
+  float* x = a.work_row >= 0 ? args.work + a.work_row * vocab : args.logits + row * vocab;
+  const int32_t* penalty_tokens = args.penalty_tokens;
+  const int32_t* penalty_output_counts = args.penalty_output_counts;
 
   // 0. Log-probabilities of the raw row (before it changes), and the bias.
-  LogprobEntry* record = a.logprobs >= 0 ? p.logprobs_out + row * kLogprobsRecord : nullptr;
+  LogprobEntry* record = a.logprobs >= 0 ? args.logprobs_out + row * kLogprobsRecord : nullptr;
   RawDistribution dist;
-  if (record != nullptr) dist = raw_distribution(sh, raw, vocab, a.logprobs, record + 1, a.work_row >= 0 ? x : nullptr);
+  if (record != nullptr) {
+    dist = raw_distribution(sh, raw, vocab, a.logprobs, args.shared_select, record + 1, a.work_row >= 0 ? x : nullptr);
+  }
   // The one thread that knows the token writes it (and its log-probability).
   const auto emit = [&](int64_t token) {
-    p.out[row] = static_cast<int32_t>(token);
+    args.out[row] = static_cast<int32_t>(token);
     if (record != nullptr) record[0] = LogprobEntry{static_cast<int32_t>(token), dist.logprob(raw[token])};
   };
   if (a.bias_end > a.bias_begin) {
     for (int32_t j = a.bias_begin + static_cast<int32_t>(threadIdx.x); j < a.bias_end; j += kThreads)
-      x[p.bias_tokens[j]] += p.bias_values[j];
+      x[args.bias_tokens[j]] += args.bias_values[j];
     __syncthreads();
   }
 
@@ -629,7 +684,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleKernelArgs p) {
     // or a token of its own.
     int32_t pending = -1;
     if (a.pending_row >= 0) {
-      pending = p.pending_ids[a.pending_row];
+      pending = args.pending_ids[a.pending_row];
       if (pending >= vocab) pending = -1;
     }
     bool listed = false;
@@ -667,17 +722,33 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleKernelArgs p) {
   // 3. Top-k over the finite logits: key_k = the k-th largest key, ties below id_cut_k.
   uint32_t key_k = 0;
   int64_t cut_k = vocab;
+  bool top_k_in_shared = false;
   const bool use_top_k =
-      a.top_k > 0 && a.top_k < vocab && kth_largest(sh, x, vocab, a.top_k, max_logit, &key_k, &cut_k);
+      a.top_k > 0 && a.top_k < vocab &&
+      kth_largest(sh, x, vocab, a.top_k, max_logit, args.shared_select, &top_k_in_shared, &key_k, &cut_k);
+  const float min_p = a.min_p > 0.0f ? fminf(a.min_p, 1.0f) : 0.0f;
+  const bool use_top_p = a.top_p < 1.0f;
+  if (use_top_k && top_k_in_shared && !use_top_p) {
+    // Every kept token is among the candidates: draw there, without steps 4 to 6's passes.
+    const int n = min(sh.num_candidates, kMaxCandidates);
+    for (int c = threadIdx.x; c < n; c += kThreads) {
+      const float v = sh.candidate_values[c];
+      const uint32_t key = order_key(v);
+      const bool kept = key > key_k || (key == key_k && sh.candidate_ids[c] < cut_k);
+      sh.candidate_mass[c] = kept ? to_fixed(relative_prob(v, max_logit, inv_temperature, min_p)) : 0;
+    }
+    __syncthreads();
+    const int64_t token = draw_in_shared(sh, n, a);
+    if (threadIdx.x == 0) emit(token >= 0 ? token : max_id);
+    return;
+  }
 
   // 4. Probabilities relative to the top token's; zero for tokens min-p or top-k drop.
-  const float min_p = a.min_p > 0.0f ? fminf(a.min_p, 1.0f) : 0.0f;
   uint64_t mass = 0;
-  const bool use_top_p = a.top_p < 1.0f;
   uint64_t floor_mass[kNumFloors] = {};
+  uint32_t floor_count[kNumFloors] = {};
   for_each(x, vocab, [&](int64_t i, float v) {
-    float p = expf((v - max_logit) * inv_temperature);
-    if (!(p >= min_p) || !(p > 0.0f)) p = 0.0f;
+    float p = relative_prob(v, max_logit, inv_temperature, min_p);
     if (use_top_k) {
       const uint32_t key = order_key(v);
       if (!(v > -INFINITY) || key < key_k || (key == key_k && i >= cut_k)) p = 0.0f;
@@ -687,8 +758,10 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleKernelArgs p) {
     mass += fixed;
     if (use_top_p) {
 #pragma unroll
-      for (int j = 0; j < kNumFloors; ++j)
+      for (int j = 0; j < kNumFloors; ++j) {
         floor_mass[j] += p >= mass_floor(j) ? fixed : 0;
+        floor_count[j] += p >= mass_floor(j) ? 1u : 0u;
+      }
     }
   });
   __syncthreads();  // the row is read back by other threads below
@@ -701,11 +774,43 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleKernelArgs p) {
     const double target = fmax(static_cast<double>(a.top_p) * static_cast<double>(total), 1.0);
     // The top-p set lies at or above the largest floor whose mass reaches the target.
     float floor_p = 0.0f;
+    uint64_t num_above_floor = 0;
     for (int j = 0; j < kNumFloors; ++j) {
       if (static_cast<double>(block_sum(sh, floor_mass[j])) >= target) {
         floor_p = mass_floor(j);
+        num_above_floor = block_sum(sh, floor_count[j]);
         break;
       }
+    }
+    if (args.shared_select && floor_p > 0.0f && num_above_floor <= static_cast<uint64_t>(kMaxCandidates)) {
+      // Few enough tokens above the floor: gather them, keep each one whose better tokens
+      // (probability, then lower id) have not reached the target yet, and draw among those:
+      // the set and the token the radix select and the row walk below would give.
+      if (threadIdx.x == 0) sh.num_candidates = 0;
+      __syncthreads();
+      for_each(x, vocab, [&](int64_t i, float q) {
+        if (q >= floor_p) {
+          const int slot = atomicAdd(&sh.num_candidates, 1);
+          if (slot < kMaxCandidates) {
+            sh.candidate_ids[slot] = static_cast<int32_t>(i);
+            sh.candidate_values[slot] = q;
+          }
+        }
+      });
+      __syncthreads();
+      const int n = min(sh.num_candidates, kMaxCandidates);
+      for (int c = threadIdx.x; c < n; c += kThreads) {
+        const float q = sh.candidate_values[c];
+        const int32_t id = sh.candidate_ids[c];
+        uint64_t better = 0;
+        for (int o = 0; o < n; ++o)
+          better += beats(sh.candidate_values[o], sh.candidate_ids[o], q, id) ? to_fixed(sh.candidate_values[o]) : 0;
+        sh.candidate_mass[c] = static_cast<double>(better) < target ? to_fixed(q) : 0;
+      }
+      __syncthreads();
+      const int64_t token = draw_in_shared(sh, n, a);
+      if (threadIdx.x == 0) emit(token >= 0 ? token : max_id);
+      return;
     }
     uint32_t prefix = 0;
     uint32_t mask = 0;
@@ -785,12 +890,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleKernelArgs p) {
       if (lane >= o) inclusive += other;
     }
     const uint64_t kept_total = __shfl_sync(0xffffffffu, inclusive, 31);  // > 0: the top token is kept
-    const uint4 r =
-        philox(make_uint4(static_cast<uint32_t>(a.step), static_cast<uint32_t>(a.step >> 32), 0x53414D50u, 0x4C452D31u),
-               make_uint2(static_cast<uint32_t>(a.seed), static_cast<uint32_t>(a.seed >> 32)));
-    const double u = static_cast<double>((static_cast<uint64_t>(r.x) << 21) | (r.y >> 11)) * 0x1.0p-53;  // [0, 1)
-    uint64_t target = static_cast<uint64_t>(u * static_cast<double>(kept_total));
-    if (target >= kept_total) target = kept_total - 1;  // (rounding)
+    const uint64_t target = draw_target(a, kept_total);
     const unsigned crossed = __ballot_sync(0xffffffffu, inclusive > target);
     if (lane == 0) sh.bin = -1;
     __syncwarp();
