@@ -55,7 +55,8 @@ struct EngineConfig {
   // enqueued (input tokens still being sampled taken on the device from this step's
   // samples), and this step's outputs are handled while the next runs. Only where the
   // backend samples asynchronously (CUDA), for steps whose rows sample on the device
-  // (penalties included; not logprobs or logit bias) and that schedule() would not have
+  // (penalties, logit bias and logprobs included; not the first token of an n > 1
+  // request, which the host samples for each choice) and that schedule() would not have
   // to preempt for; other steps run one after another (docs/ENGINE.md).
   bool async_scheduling = true;
   DType kv_dtype = DType::kF32;
@@ -117,7 +118,7 @@ class Engine final : public EngineClient {
   // Scheduler outputs for the sampled tokens, then events and counters for the step.
   void finish_step(const SchedulerOutput& output, RunnerOutput& logits, bool advanced, SteadyClock::time_point start);
   // Fills device_batch_ for this step's sampled rows (maybe none); false when the backend
-  // cannot sample. Rows that need the host Sampler (logprobs, logit bias, n > 1 forks) get
+  // cannot sample. Rows that need the host Sampler (n > 1 before the fork) get
   // a greedy stand-in there and are listed in host_rows_: the other rows still sample on
   // the device, so a seeded request draws the same tokens whatever shares its steps.
   // pending_rows (one per sequence of a step scheduled ahead, or empty): the row of the
