@@ -22,6 +22,7 @@
 #include "runner/device_sampling.h"
 #include "runner/sampler.h"
 #include "support/device_penalties.h"
+#include "support/logit_rows.h"
 
 namespace bw {
 namespace {
@@ -60,18 +61,8 @@ class CudaLogprobsTest : public ::testing::Test {
   std::unique_ptr<CudaBackend> gpu_;
 };
 
-std::vector<float> random_logits(size_t rows, int64_t vocab, uint32_t seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> v(rows * static_cast<size_t>(vocab));
-  for (float& x : v)
-    x = normal(rng);
-  return v;
-}
-
-std::span<const float> row_of(const std::vector<float>& logits, int64_t vocab, size_t r) {
-  return std::span<const float>(logits).subspan(r * static_cast<size_t>(vocab), static_cast<size_t>(vocab));
-}
+using test::random_logits;
+using test::row_of;
 
 std::span<const DeviceTokenLogprob> record_of(const Sampled& s, size_t r) {
   return std::span<const DeviceTokenLogprob>(s.records).subspan(r * kLogprobsRecord, kLogprobsRecord);

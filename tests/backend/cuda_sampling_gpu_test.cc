@@ -23,6 +23,7 @@
 #include "backend/cuda/cuda_backend.h"
 #include "runner/device_sampling.h"
 #include "runner/sampler.h"
+#include "support/logit_rows.h"
 
 namespace bw {
 namespace {
@@ -62,18 +63,8 @@ class CudaSamplingTest : public ::testing::Test {
   std::vector<DeviceBuffer> buffers_;
 };
 
-std::vector<float> random_logits(size_t rows, int64_t vocab, uint32_t seed, float scale = 3.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, scale);
-  std::vector<float> v(rows * static_cast<size_t>(vocab));
-  for (float& x : v)
-    x = normal(rng);
-  return v;
-}
-
-std::span<const float> row_of(const std::vector<float>& logits, int64_t vocab, size_t r) {
-  return std::span<const float>(logits).subspan(r * static_cast<size_t>(vocab), static_cast<size_t>(vocab));
-}
+using test::random_logits;
+using test::row_of;
 
 DeviceSamplingBatch rows_only(const std::vector<DeviceSamplingRow>& rows) {
   DeviceSamplingBatch b;

@@ -398,6 +398,27 @@ __device__ int64_t id_cut(Shared& sh, int64_t vocab, int64_t need, Pred pred) {
   return cut;
 }
 
+// The values of x at or above `floor` (NaN never), with their ids, into sh.candidate_ids /
+// candidate_values in no particular order; returns how many (at most kMaxCandidates: the
+// callers have counted them first).
+__device__ int gather_candidates(Shared& sh, const float* x, int64_t vocab, float floor) {
+  if (threadIdx.x == 0) sh.num_candidates = 0;
+  __syncthreads();
+  for_each(x, vocab, [&](int64_t i, float v) {
+    if (v >= floor) {
+      const int slot = atomicAdd(&sh.num_candidates, 1);
+      if (slot < kMaxCandidates) {
+        sh.candidate_ids[slot] = static_cast<int32_t>(i);
+        sh.candidate_values[slot] = v;
+      }
+    }
+  });
+  __syncthreads();
+  const int n = min(sh.num_candidates, kMaxCandidates);
+  __syncthreads();
+  return n;
+}
+
 // The k-th largest finite value of x by (value descending, id ascending): its order key
 // (*key_k) and, when ties at that key cross the k-th place, the id below which the tied
 // ones are kept (*cut_k, else vocab). False when x has k or fewer finite values (no cut).
@@ -433,19 +454,7 @@ __device__ bool kth_largest(Shared& sh, const float* x, int64_t vocab, int64_t k
   *cut_k = vocab;
   if (allow_shared && floor_x > -INFINITY && num_near <= static_cast<uint64_t>(kMaxCandidates)) {
     *in_shared = true;
-    if (threadIdx.x == 0) sh.num_candidates = 0;
-    __syncthreads();
-    for_each(x, vocab, [&](int64_t i, float v) {
-      if (v >= floor_x) {  // (the same test as the count: at most num_near of them)
-        const int slot = atomicAdd(&sh.num_candidates, 1);
-        if (slot < kMaxCandidates) {
-          sh.candidate_ids[slot] = static_cast<int32_t>(i);
-          sh.candidate_values[slot] = v;
-        }
-      }
-    });
-    __syncthreads();
-    const int n = min(sh.num_candidates, kMaxCandidates);
+    const int n = gather_candidates(sh, x, vocab, floor_x);  // (the count's test: num_near of them)
     for (int c = threadIdx.x; c < n; c += kThreads) {
       const float v = sh.candidate_values[c];
       const int32_t id = sh.candidate_ids[c];
@@ -786,19 +795,7 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleKernelArgs ar
       // Few enough tokens above the floor: gather them, keep each one whose better tokens
       // (probability, then lower id) have not reached the target yet, and draw among those:
       // the set and the token the radix select and the row walk below would give.
-      if (threadIdx.x == 0) sh.num_candidates = 0;
-      __syncthreads();
-      for_each(x, vocab, [&](int64_t i, float q) {
-        if (q >= floor_p) {
-          const int slot = atomicAdd(&sh.num_candidates, 1);
-          if (slot < kMaxCandidates) {
-            sh.candidate_ids[slot] = static_cast<int32_t>(i);
-            sh.candidate_values[slot] = q;
-          }
-        }
-      });
-      __syncthreads();
-      const int n = min(sh.num_candidates, kMaxCandidates);
+      const int n = gather_candidates(sh, x, vocab, floor_p);
       for (int c = threadIdx.x; c < n; c += kThreads) {
         const float q = sh.candidate_values[c];
         const int32_t id = sh.candidate_ids[c];
