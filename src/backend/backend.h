@@ -178,6 +178,14 @@ struct DeviceSamplingBatch {
   AsyncSample pending;
 };
 
+// Whether some row of the batch asks for log-probabilities (Backend::sample's records).
+inline bool wants_logprobs(const DeviceSamplingBatch& batch) {
+  for (const DeviceSamplingRow& row : batch.rows) {
+    if (row.logprobs >= 0) return true;
+  }
+  return false;
+}
+
 // The input of a projection that starts with an RMS norm: the projection reads
 // rms_norm(x) * norm_weight (x [T, K], norm_weight [K]). scratch [T, K] (activation dtype)
 // is where a backend that does not fuse the norm into the projection writes it.

@@ -1,7 +1,5 @@
 #include "runner/model_runner.h"
 
-#include <algorithm>
-
 namespace bw {
 
 Status read_logits(Backend& backend, const TensorView& logits, std::vector<float>* out) {
@@ -18,15 +16,6 @@ Status read_logits(Backend& backend, const TensorView& logits, std::vector<float
   }
   return OkStatus();
 }
-
-namespace {
-
-bool wants_logprobs(const DeviceSamplingBatch& batch) {
-  return std::any_of(batch.rows.begin(), batch.rows.end(),
-                     [](const DeviceSamplingRow& row) { return row.logprobs >= 0; });
-}
-
-}  // namespace
 
 Result<std::unique_ptr<ModelRunner>> ModelRunner::create(CausalLM& model, Backend& backend,
                                                          const ModelRunnerConfig& config) {

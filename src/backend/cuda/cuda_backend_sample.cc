@@ -12,6 +12,8 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <span>
+#include <string_view>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
@@ -56,33 +58,39 @@ Status check_row(size_t r, const DeviceSamplingRow& row, const AsyncSample& pend
   return OkStatus();
 }
 
+// A CSR list's offsets: empty (then no entries), or rows + 1 of them, non-decreasing, from
+// 0 to num_entries. `what` names the list in the messages ("penalty", "bias").
+Status check_offsets(std::string_view what, std::span<const int32_t> offsets, size_t num_entries, size_t rows) {
+  if (num_entries > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    return InvalidArgument("sample: {} {}_tokens are too many", num_entries, what);
+  }
+  if (offsets.empty()) {
+    if (num_entries != 0) return InvalidArgument("sample: {}_tokens without {}_offsets", what, what);
+    return OkStatus();
+  }
+  if (offsets.size() != rows + 1) {
+    return InvalidArgument("sample: {}_offsets has {} entries; it must be empty or have rows + 1 = {}", what,
+                           offsets.size(), rows + 1);
+  }
+  if (offsets.front() != 0 || static_cast<size_t>(offsets.back()) != num_entries) {
+    return InvalidArgument("sample: {}_offsets must run from 0 to {} (the {}_tokens), got {} to {}", what, num_entries,
+                           what, offsets.front(), offsets.back());
+  }
+  for (size_t r = 0; r < rows; ++r) {
+    if (offsets[r + 1] < offsets[r]) {
+      return InvalidArgument("sample: {}_offsets decreases at row {} ({} > {})", what, r, offsets[r], offsets[r + 1]);
+    }
+  }
+  return OkStatus();
+}
+
 Status check_history(const DeviceSamplingBatch& batch, size_t rows, int64_t vocab) {
-  const auto& offsets = batch.penalty_offsets;
   const size_t num_tokens = batch.penalty_tokens.size();
   if (batch.penalty_output_counts.size() != num_tokens) {
     return InvalidArgument("sample: penalty_output_counts has {} entries for {} penalty_tokens",
                            batch.penalty_output_counts.size(), num_tokens);
   }
-  if (num_tokens > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-    return InvalidArgument("sample: {} penalty_tokens are too many", num_tokens);
-  }
-  if (offsets.empty()) {
-    if (num_tokens != 0) return InvalidArgument("sample: penalty_tokens without penalty_offsets");
-    return OkStatus();
-  }
-  if (offsets.size() != rows + 1) {
-    return InvalidArgument("sample: penalty_offsets has {} entries; it must be empty or have rows + 1 = {}",
-                           offsets.size(), rows + 1);
-  }
-  if (offsets.front() != 0 || static_cast<size_t>(offsets.back()) != num_tokens) {
-    return InvalidArgument("sample: penalty_offsets must run from 0 to {} (the penalty_tokens), got {} to {}",
-                           num_tokens, offsets.front(), offsets.back());
-  }
-  for (size_t r = 0; r < rows; ++r) {
-    if (offsets[r + 1] < offsets[r]) {
-      return InvalidArgument("sample: penalty_offsets decreases at row {} ({} > {})", r, offsets[r], offsets[r + 1]);
-    }
-  }
+  RETURN_IF_ERROR(check_offsets("penalty", batch.penalty_offsets, num_tokens, rows));
   for (size_t j = 0; j < num_tokens; ++j) {
     if (batch.penalty_tokens[j] < 0 || batch.penalty_tokens[j] >= vocab) {
       return InvalidArgument("sample: penalty_tokens[{}] = {} is outside [0, {})", j, batch.penalty_tokens[j], vocab);
@@ -103,19 +111,9 @@ Status check_bias(const DeviceSamplingBatch& batch, size_t rows, int64_t vocab) 
     return InvalidArgument("sample: bias_values has {} entries for {} bias_tokens", batch.bias_values.size(),
                            num_tokens);
   }
-  if (offsets.empty()) {
-    if (num_tokens != 0) return InvalidArgument("sample: bias_tokens without bias_offsets");
-    return OkStatus();
-  }
-  if (offsets.size() != rows + 1 || offsets.front() != 0 || static_cast<size_t>(offsets.back()) != num_tokens) {
-    return InvalidArgument("sample: bias_offsets ({} entries, {} to {}) must have rows + 1 = {} entries from 0 to {}",
-                           offsets.size(), offsets.front(), offsets.back(), rows + 1, num_tokens);
-  }
+  RETURN_IF_ERROR(check_offsets("bias", offsets, num_tokens, rows));
   std::vector<int32_t> sorted;
-  for (size_t r = 0; r < rows; ++r) {
-    if (offsets[r + 1] < offsets[r]) {
-      return InvalidArgument("sample: bias_offsets decreases at row {} ({} > {})", r, offsets[r], offsets[r + 1]);
-    }
+  for (size_t r = 0; r + 1 < offsets.size(); ++r) {
     sorted.assign(batch.bias_tokens.begin() + offsets[r], batch.bias_tokens.begin() + offsets[r + 1]);
     std::sort(sorted.begin(), sorted.end());
     if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) {
@@ -222,8 +220,7 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
   // Staging: the same layout on both sides.
   const size_t num_history = batch.penalty_tokens.size();
   const size_t num_bias = batch.bias_tokens.size();
-  const bool any_logprobs =
-      std::any_of(batch.rows.begin(), batch.rows.end(), [](const DeviceSamplingRow& row) { return row.logprobs >= 0; });
+  const bool any_logprobs = wants_logprobs(batch);
   const size_t args_bytes = align_up(num_rows * sizeof(cuda::SamplingRowArgs));
   const size_t history_bytes = align_up(2 * num_history * sizeof(int32_t));
   const size_t bias_bytes = align_up(num_bias * (sizeof(int32_t) + sizeof(float)));

@@ -260,41 +260,40 @@ __device__ void block_best(Shared& sh, float* value, int64_t* id) {
   __syncthreads();
 }
 
-__device__ uint64_t block_sum(Shared& sh, uint64_t v) {
+// The block's total of v (every thread gets it): a warp shuffle, then one thread over the
+// warps' partials (kept as their 64 bits in shared memory).
+template <typename T>
+__device__ T block_reduce_sum(Shared& sh, T v) {
+  static_assert(sizeof(T) == sizeof(uint64_t), "partials are stored as 64-bit words");
+  const auto to_bits = [](T x) {
+    uint64_t b;
+    memcpy(&b, &x, sizeof(b));
+    return b;
+  };
+  const auto from_bits = [](uint64_t b) {
+    T x;
+    memcpy(&x, &b, sizeof(x));
+    return x;
+  };
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1)
     v += __shfl_xor_sync(0xffffffffu, v, o);
-  if (threadIdx.x % 32 == 0) sh.red_sum[threadIdx.x / 32] = v;
+  if (threadIdx.x % 32 == 0) sh.red_sum[threadIdx.x / 32] = to_bits(v);
   __syncthreads();
   if (threadIdx.x == 0) {
-    uint64_t total = 0;
+    T total = 0;
     for (int w = 0; w < kWarps; ++w)
-      total += sh.red_sum[w];
-    sh.total = total;
+      total += from_bits(sh.red_sum[w]);
+    sh.total = to_bits(total);
   }
   __syncthreads();
-  const uint64_t total = sh.total;
+  const T total = from_bits(sh.total);
   __syncthreads();
   return total;
 }
 
-__device__ double block_sum_double(Shared& sh, double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1)
-    v += __shfl_xor_sync(0xffffffffu, v, o);
-  if (threadIdx.x % 32 == 0) sh.red_sum[threadIdx.x / 32] = static_cast<uint64_t>(__double_as_longlong(v));
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double total = 0.0;
-    for (int w = 0; w < kWarps; ++w)
-      total += __longlong_as_double(static_cast<long long>(sh.red_sum[w]));
-    sh.total = static_cast<uint64_t>(__double_as_longlong(total));
-  }
-  __syncthreads();
-  const double total = __longlong_as_double(static_cast<long long>(sh.total));
-  __syncthreads();
-  return total;
-}
+__device__ uint64_t block_sum(Shared& sh, uint64_t v) { return block_reduce_sum<uint64_t>(sh, v); }
+__device__ double block_sum_double(Shared& sh, double v) { return block_reduce_sum<double>(sh, v); }
 
 // Adds `amount` (a count, or 44-bit fixed-point mass) to histogram bin `bin` (kNoBin: none),
 // once per group of lanes with the same bin. Called by all 32 lanes of each warp.
