@@ -468,8 +468,9 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
     if (request == nullptr) continue;
     if (!on_host) {
       sampled.push_back(SampledTokens{id, {logits.sampled[i]}});
-      const int32_t num_top = sequences_.at(id)->sampler.params().logprobs;
-      if (num_top >= 0 && !logits.logprobs.empty()) {
+      // (Records come back only for steps where some row asked for them.)
+      const int32_t num_top = logits.logprobs.empty() ? -1 : sequences_.at(id)->sampler.params().logprobs;
+      if (num_top >= 0) {
         details.emplace(id, device_logprobs(logits.sampled[i], num_top,
                                             std::span(logits.logprobs).subspan(i * kLogprobsRecord, kLogprobsRecord)));
       }
