@@ -5,7 +5,8 @@
 // (the remaining B * (output_len - 1) tokens over the rest of the run), time per output
 // token, and device memory in use (CUDA: total - free after the run). Each B first runs
 // an untimed round of the same prompts' shape with up to 4 output tokens in the same
-// engine (see run_batch).
+// engine (see run_batch). Tokens are greedy unless --temperature (with --top-p, --top-k)
+// asks for sampled ones, each request seeded (--seed plus its index) so reruns draw alike.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -15,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "backend/backend_factory.h"
@@ -25,6 +27,7 @@
 #include "engine/engine.h"
 #include "model/causal_lm.h"
 #include "model/checkpoint.h"
+#include "sched/sampling_params.h"
 
 namespace bw::cli {
 
@@ -41,6 +44,9 @@ struct BenchOfflineArgs {
   std::string batches = "1";
   int32_t max_batched_tokens = 2048;
   uint64_t seed = 0;
+  float temperature = 0.0f;
+  float top_p = 1.0f;
+  int32_t top_k = 0;
   bool json = false;
   bool enforce_eager = false;
   bool no_async_scheduling = false;
@@ -109,7 +115,10 @@ Result<BatchResult> run_batch(CausalLM& model, Backend& backend, const BenchOffl
         id = token(rng);
       request.stop.max_tokens = output_len;
       request.stop.ignore_eos = true;
-      request.sampling.temperature = 0.0f;
+      request.sampling.temperature = args.temperature;
+      request.sampling.top_p = args.top_p;
+      request.sampling.top_k = args.top_k;
+      request.sampling.seed = args.seed + static_cast<uint64_t>(b);
       request.detokenize = false;
       queues.push_back(std::make_unique<EventQueue>());
       ASSIGN_OR_RETURN(RequestId id, engine->submit(std::move(request), queues.back()->sink()));
@@ -157,6 +166,13 @@ Status run_bench_offline(const BenchOfflineArgs& args) {
   auto kv_dtype = dtype_from_name(args.kv_dtype);
   if (!kv_dtype || !is_float(*kv_dtype)) return InvalidArgument("--kv-dtype must be f32, f16 or bf16");
   ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::open(args.model));
+  SamplingParams sampling;
+  sampling.temperature = args.temperature;
+  sampling.top_p = args.top_p;
+  sampling.top_k = args.top_k;
+  if (Status s = sampling.validate(checkpoint.config().vocab_size); !s.ok()) {
+    return InvalidArgument("--temperature / --top-p / --top-k: {}", s.message());
+  }
   ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend,
                    create_backend(args.device, args.threads, weight_dtype.value_or(checkpoint.config().weight_dtype)));
   ThreadPool load_pool(args.threads);
@@ -182,6 +198,9 @@ Status run_bench_offline(const BenchOfflineArgs& args) {
                                 {"kv_dtype", args.kv_dtype},
                                 {"input_len", args.input_len},
                                 {"output_len", args.output_len},
+                                {"temperature", args.temperature},
+                                {"top_p", args.top_p},
+                                {"top_k", args.top_k},
                                 {"weight_gib", weight_gib},
                                 {"load_seconds", load_seconds},
                                 {"runs", nlohmann::ordered_json::array()}};
@@ -200,7 +219,10 @@ Status run_bench_offline(const BenchOfflineArgs& args) {
   std::printf("%s on %s (activations %s, KV %s): %.2f GiB of weights, loaded in %.1f s\n", args.model.c_str(),
               backend->name().c_str(), std::string(dtype_name(backend->activation_dtype())).c_str(),
               args.kv_dtype.c_str(), weight_gib, load_seconds);
-  std::printf("input %d, output %d tokens per request\n", args.input_len, args.output_len);
+  const std::string tokens = args.temperature > 0.0f ? fmt::format("sampled (temperature {}, top-p {}, top-k {})",
+                                                                   args.temperature, args.top_p, args.top_k)
+                                                     : std::string("greedy");
+  std::printf("input %d, output %d tokens per request, %s\n", args.input_len, args.output_len, tokens.c_str());
   std::printf("%8s %16s %16s %10s %12s\n", "batch", "prefill tok/s", "decode tok/s", "TPOT ms", "memory GiB");
   for (const BatchResult& r : results) {
     std::printf("%8d %16.1f %16.1f %10.3f %12.2f\n", r.batch, r.prefill_tokens_per_second, r.decode_tokens_per_second,
@@ -223,7 +245,11 @@ void add_bench_offline(CLI::App& bench, CommandRunner* runner) {
   app->add_option("--output-len", args->output_len, "Generated tokens per request")->capture_default_str();
   app->add_option("--batch", args->batches, "Batch sizes, e.g. 1,8,32")->capture_default_str();
   app->add_option("--max-batched-tokens", args->max_batched_tokens, "Tokens per engine step")->capture_default_str();
-  app->add_option("--seed", args->seed, "Seed of the random prompts")->capture_default_str();
+  app->add_option("--seed", args->seed, "Seed of the random prompts and of the sampled tokens")->capture_default_str();
+  app->add_option("--temperature", args->temperature, "Sampling temperature; 0 is greedy")->capture_default_str();
+  app->add_option("--top-p", args->top_p, "Nucleus sampling: keep the smallest set reaching this probability")
+      ->capture_default_str();
+  app->add_option("--top-k", args->top_k, "Keep the k most likely tokens (0: all)")->capture_default_str();
   app->add_flag("--json", args->json, "One JSON object instead of the table");
   app->add_flag("--enforce-eager", args->enforce_eager, "No CUDA graphs for decode steps");
   app->add_flag("--no-async-scheduling", args->no_async_scheduling,

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_kernels.h"
 #include "runner/device_sampling.h"
 #include "runner/sampler.h"
 #include "support/logit_rows.h"
@@ -483,6 +484,91 @@ TEST_F(CudaSamplingTest, SharedMemorySelectionsDrawAsTheRadixSelect) {
   }
 }
 
+// Calls in which no row asks for log-probabilities split each row over many blocks
+// (cuda_sampling_split.cu; rows whose top-k or top-p candidates do not fit in shared memory
+// fall back to one block a row); BW_CUDA_SAMPLE_SPLIT=0 samples them one block a row. Both
+// must give the same tokens: greedy and temperature rows, min-p, top-k, top-p and both, a
+// logit bias and penalties, on peaked (candidates fit), flat (they do not) and tied rows,
+// with -inf, NaN and rows with no finite logit, for one row, a few and more rows than the
+// SMs take two blocks of.
+TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
+  ASSERT_EQ(setenv("BW_CUDA_SAMPLE_SPLIT", "all", 1), 0);
+  auto split_backend = CudaBackend::create({});
+  ASSERT_EQ(setenv("BW_CUDA_SAMPLE_SPLIT", "0", 1), 0);
+  auto per_row_backend = CudaBackend::create({});
+  unsetenv("BW_CUDA_SAMPLE_SPLIT");
+  ASSERT_TRUE(split_backend.ok()) << split_backend.status().to_string();
+  ASSERT_TRUE(per_row_backend.ok()) << per_row_backend.status().to_string();
+  for (const int64_t vocab : {kQwenVocab, int64_t{3001}, int64_t{37}}) {
+    for (const size_t rows : {size_t{1}, size_t{40}, size_t{300}}) {
+      SCOPED_TRACE(testing::Message() << "vocab " << vocab << ", " << rows << " rows");
+      std::vector<float> logits = random_logits(rows, vocab, 91 + rows, 1.0f);
+      std::mt19937 rng(static_cast<uint32_t>(vocab + rows));
+      std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(vocab - 1));
+      DeviceSamplingBatchBuilder builder(vocab);
+      bool any_penalty = false;
+      for (size_t r = 0; r < rows; ++r) {
+        float* row = logits.data() + r * static_cast<size_t>(vocab);
+        const size_t shape = (r + rows) % 5;  // peaked, flat, tied, with -inf and NaN, no finite logit
+        if (shape == 0 || shape == 3) {
+          for (int j = 0; j < 30; ++j)
+            row[token(rng)] += 6.0f;
+        }
+        if (shape == 1) {
+          for (int64_t i = 0; i < vocab; ++i)
+            row[i] *= 0.05f;
+        }
+        if (shape == 2) {
+          for (int64_t i = 0; i < vocab; ++i)
+            row[i] = std::round(row[i] * 2.0f) / 2.0f;
+        }
+        if (shape == 3) {
+          for (int j = 0; j < 10; ++j) {
+            row[token(rng)] = -kInf;
+            row[token(rng)] = std::numeric_limits<float>::quiet_NaN();
+          }
+        }
+        if (shape == 4) std::fill(row, row + vocab, r % 2 == 0 ? -kInf : std::numeric_limits<float>::quiet_NaN());
+        SamplingParams p;
+        const size_t mix = rows == 1 ? 2 : (r / 5) % 8;
+        p.temperature = mix == 0 ? 0.0f : 0.4f + 0.3f * static_cast<float>(r % 4);
+        if (mix == 2 || mix == 5) p.min_p = 0.05f;
+        if (mix == 3 || mix == 5 || (mix == 0 && r % 2 == 1)) {
+          p.repetition_penalty = 1.5f;
+          p.frequency_penalty = 0.5f;
+          any_penalty = true;
+        }
+        if (mix == 4 || mix == 5) p.logit_bias = {{token(rng), 3.0f}, {token(rng), -2.0f}};
+        if (mix == 2 || mix == 6) p.top_p = r % 3 == 0 ? 0.5f : r % 3 == 1 ? 0.9f : 0.99f;
+        if (mix == 5 || mix == 6 || mix == 7) p.top_k = r % 3 == 0 ? 3 : r % 3 == 1 ? 40 : 2000;
+        std::vector<int32_t> history(r % 7);
+        for (int32_t& t : history)
+          t = token(rng);
+        builder.add_row(p, 1000 + r, r % 11, history, history);
+      }
+      const DeviceSamplingBatch& batch = builder.batch();
+      const int64_t before = cuda::split_sample_launches();
+      const auto sample_on = [&](CudaBackend& backend) {
+        std::vector<int32_t> tokens(rows, -7);
+        auto buf = backend.allocate(logits.size() * sizeof(float));
+        EXPECT_TRUE(buf.ok());
+        EXPECT_TRUE(backend.copy_to_device(buf->data(), logits.data(), logits.size() * sizeof(float)).ok());
+        const Status s = backend.sample(tokens, buf->view(DType::kF32, {static_cast<int64_t>(rows), vocab}), batch);
+        EXPECT_TRUE(s.ok()) << s.to_string();
+        return tokens;
+      };
+      const std::vector<int32_t> split = sample_on(**split_backend);
+      EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "the call did not take the split path";
+      const std::vector<int32_t> per_row = sample_on(**per_row_backend);
+      EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "BW_CUDA_SAMPLE_SPLIT=0 took the split path";
+      EXPECT_EQ(split, per_row);
+      // The default dispatch: the same tokens whichever path it takes.
+      EXPECT_EQ(sample(logits, vocab, batch), per_row);
+      EXPECT_TRUE(any_penalty || rows == 1);
+    }
+  }
+}
+
 // Overlapped steps: two sample_async calls outstanding give what sample() gives, and
 // select_tokens copies the named rows of a pending sample into a step's ids on the device
 // (rows -1 or past the sample's rows leave the id as it was).
@@ -688,8 +774,9 @@ TEST_F(CudaSamplingTest, BadInputIsInvalidArgument) {
 // Not a correctness test: the time of one sample() call (upload, kernel, read-back) for
 // 1, 64 and 256 rows of 151,936 logits, against copying those logits to the host (what the
 // host Sampler needs first). "flat" rows are N(0, 2) logits, a worst case for top-p (its
-// set holds thousands of tokens); "peaked" rows add 10 to 20 random tokens, closer to a
-// language model's. Printed; never fails on time.
+// set holds thousands of tokens); "peaked" rows add 10 to 20 random tokens; "sharp" rows
+// put 64 tokens 8 to 24 above the rest, as a trained model's rows are peaked (the
+// shared-memory selections take them). Printed; never fails on time.
 TEST_F(CudaSamplingTest, PrintsSampleTimes) {
   constexpr int64_t kVocab = kQwenVocab;
   constexpr size_t kMaxRows = 256;
@@ -700,14 +787,22 @@ TEST_F(CudaSamplingTest, PrintsSampleTimes) {
     for (int j = 0; j < 20; ++j)
       peaked[r * kVocab + rng() % kVocab] += 10.0f;
   }
-  const TensorView pristine[] = {upload(flat, kVocab), upload(peaked, kVocab)};
+  // Sharp rows, closer to a trained model's: 64 tokens far above the rest, decaying (the
+  // top-k and top-p candidates fit in shared memory).
+  std::vector<float> sharp = flat;
+  for (size_t r = 0; r < kMaxRows; ++r) {
+    for (int j = 0; j < 64; ++j)
+      sharp[r * kVocab + rng() % kVocab] += 24.0f - 0.25f * static_cast<float>(j);
+  }
+  const TensorView pristine[] = {upload(flat, kVocab), upload(peaked, kVocab), upload(sharp, kVocab)};
+  const char* const kDists[] = {"flat", "peaked", "sharp"};
   auto scratch = gpu_->allocate(flat.size() * sizeof(float));
   ASSERT_TRUE(scratch.ok());
   std::vector<float> host(flat.size());
   const char* const kModes[] = {"greedy", "top_p 0.9 temp 0.7", "temp 1.0, no cut", "top_k 50 top_p 0.95"};
-  for (size_t rows : {size_t{1}, size_t{64}, size_t{256}}) {
-    for (int dist = 0; dist < 2; ++dist) {
-      for (int mode = dist; mode < 4; ++mode) {
+  for (size_t rows : {size_t{1}, size_t{16}, size_t{64}, size_t{256}}) {
+    for (int dist = 0; dist < 3; ++dist) {
+      for (int mode = dist == 0 ? 0 : 1; mode < 4; ++mode) {
         std::vector<DeviceSamplingRow> params(rows);
         for (size_t r = 0; r < rows; ++r) {
           switch (mode) {
@@ -737,8 +832,7 @@ TEST_F(CudaSamplingTest, PrintsSampleTimes) {
         }
         std::sort(us.begin(), us.end());
         std::printf("[ sample   ] %3zu rows x %lld, %-6s %-20s median %8.1f us, min %8.1f us\n", rows,
-                    static_cast<long long>(kVocab), dist == 0 ? "flat" : "peaked", kModes[mode], us[us.size() / 2],
-                    us[0]);
+                    static_cast<long long>(kVocab), kDists[dist], kModes[mode], us[us.size() / 2], us[0]);
       }
     }
     std::vector<double> us;

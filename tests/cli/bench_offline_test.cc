@@ -46,6 +46,22 @@ TEST(BenchOfflineTest, ReportsEveryBatchSize) {
   auto bad = run("bench offline --model " + model + " --batch 2,x");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.output.find("--batch"), std::string::npos) << bad.output;
+
+  // Sampled tokens: the report says so, and bad parameters are refused before loading.
+  auto sampled = run("bench offline --model " + model +
+                     " --device cpu --threads 2 --input-len 4 --output-len 3 --temperature 0.8 --top-p 0.9 --top-k 5");
+  ASSERT_EQ(sampled.exit_code, 0) << sampled.output;
+  EXPECT_NE(sampled.output.find("sampled (temperature 0.8, top-p 0.9, top-k 5)"), std::string::npos) << sampled.output;
+  auto sampled_json = run("bench offline --model " + model +
+                          " --device cpu --threads 2 --input-len 4 --output-len 3 --temperature 1 --json");
+  ASSERT_EQ(sampled_json.exit_code, 0) << sampled_json.output;
+  auto sj = nlohmann::json::parse(sampled_json.output, nullptr, false);
+  ASSERT_FALSE(sj.is_discarded()) << sampled_json.output;
+  EXPECT_EQ(sj["temperature"], 1.0);
+  EXPECT_GT(sj["runs"][0]["decode_tokens_per_second"].get<double>(), 0.0) << sj.dump();
+  auto bad_top_p = run("bench offline --model " + model + " --temperature 1 --top-p 1.5");
+  EXPECT_NE(bad_top_p.exit_code, 0);
+  EXPECT_NE(bad_top_p.output.find("top_p"), std::string::npos) << bad_top_p.output;
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <tuple>
 #include <utility>
@@ -396,6 +397,13 @@ Status CudaBackend::init() {
   // BW_CUDA_SAMPLE_RADIX=1 keeps sampling's selections off shared memory (tests, A/B runs).
   const char* radix = std::getenv("BW_CUDA_SAMPLE_RADIX");
   sample_shared_select_ = radix == nullptr || std::string_view(radix) != "1";
+  // BW_CUDA_SAMPLE_SPLIT=0 samples every call one block a row, =all splits the rows of any
+  // call it can (tests, A/B runs).
+  const char* split = std::getenv("BW_CUDA_SAMPLE_SPLIT");
+  const std::string_view split_mode = split == nullptr ? "" : split;
+  sample_split_rows_with_cuts_ = split_mode == "0"     ? -1
+                                 : split_mode == "all" ? std::numeric_limits<int64_t>::max()
+                                                       : kSplitRowsWithCuts;
   cudaStream_t stream = nullptr;
   BW_CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   stream_ = stream;

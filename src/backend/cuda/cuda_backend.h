@@ -53,6 +53,7 @@ namespace cuda {
 struct RopeKvArgs;
 struct DecoderStackArgs;
 struct DecoderStackLayer;
+struct SamplingRowArgs;
 }  // namespace cuda
 class CudaStepTiming;
 
@@ -226,6 +227,8 @@ class CudaBackend final : public Backend {
   };
   // Makes `slot` hold `bytes`, once its last use is complete.
   Status reserve_sample_staging(SampleStaging& slot, size_t bytes);
+  enum class SamplePath { kArgmax, kSplit, kPerRow };
+  SamplePath sample_path(std::span<const cuda::SamplingRowArgs> rows, int64_t vocab) const;
   SampleStaging sample_staging_[2];
   int next_sample_slot_ = 0;
   // The rows that sampling modifies while their raw logits must stay for log-probabilities
@@ -233,6 +236,12 @@ class CudaBackend final : public Backend {
   void* sample_work_ = nullptr;
   size_t sample_work_capacity_ = 0;
   bool sample_shared_select_ = true;  // BW_CUDA_SAMPLE_RADIX=1: false
+  // Calls of at most this many rows split them over many blocks even when some row cuts
+  // (top-k, top-p): one block a row then takes ~100 us, while with more rows it is
+  // parallel enough and the split's extra passes cost more than they save (docs/PERF.md,
+  // nineteenth session). Rows without a cut always split. -1: never split.
+  static constexpr int64_t kSplitRowsWithCuts = 16;
+  int64_t sample_split_rows_with_cuts_ = kSplitRowsWithCuts;
   // staged_upload(): pinned slots (each with the event after its last copy).
   struct UploadSlot {
     void* host = nullptr;

@@ -131,7 +131,29 @@ Status check_bias(const DeviceSamplingBatch& batch, size_t rows, int64_t vocab) 
   return OkStatus();
 }
 
+// Whether the row draws from a cut set (top-k or top-p).
+bool sampling_cuts(const cuda::SamplingRowArgs& a, int64_t vocab) {
+  return !cuda::sampling_is_greedy(a.temperature) && (cuda::sampling_uses_top_k(a, vocab) || a.top_p < 1.0f);
+}
+
 }  // namespace
+
+// Which kernels sample a call: the argmax alone when every row is greedy with nothing to
+// change its logits or report; else, unless some row reports log-probabilities, each row
+// split over many blocks (when some row cuts, only for calls of few rows:
+// kSplitRowsWithCuts); else one block a row.
+CudaBackend::SamplePath CudaBackend::sample_path(std::span<const cuda::SamplingRowArgs> rows, int64_t vocab) const {
+  if (rows.size() > 65535) return SamplePath::kPerRow;  // the split grids' y dimension holds the rows
+  if (std::any_of(rows.begin(), rows.end(), [](const cuda::SamplingRowArgs& a) { return a.logprobs >= 0; })) {
+    return SamplePath::kPerRow;
+  }
+  if (std::none_of(rows.begin(), rows.end(), cuda::sampling_modifies_row)) return SamplePath::kArgmax;
+  if (sample_split_rows_with_cuts_ < 0) return SamplePath::kPerRow;
+  const bool cuts =
+      std::any_of(rows.begin(), rows.end(), [&](const cuda::SamplingRowArgs& a) { return sampling_cuts(a, vocab); });
+  return !cuts || static_cast<int64_t>(rows.size()) <= sample_split_rows_with_cuts_ ? SamplePath::kSplit
+                                                                                    : SamplePath::kPerRow;
+}
 
 Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch,
                            std::span<DeviceTokenLogprob> logprobs) {
@@ -227,10 +249,10 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
   const size_t upload_bytes = args_bytes + history_bytes + bias_bytes;
   const size_t ids_bytes = align_up(num_rows * sizeof(int32_t));
   const size_t records_bytes = any_logprobs ? align_up(num_rows * kLogprobsRecord * sizeof(DeviceTokenLogprob)) : 0;
-  // Device only, after the ids and records: the greedy argmax's per-chunk partials (the
-  // host copy's bytes there go unused).
-  const size_t total_bytes =
-      upload_bytes + ids_bytes + records_bytes + align_up(static_cast<size_t>(cuda::argmax_workspace_bytes(rows)));
+  // Device only, after the ids and records: the split paths' per-chunk partials (the host
+  // copy's bytes there go unused).
+  const size_t total_bytes = upload_bytes + ids_bytes + records_bytes +
+                             align_up(static_cast<size_t>(cuda::split_sample_workspace_bytes(rows)));
   const int slot_index = next_sample_slot_;
   SampleStaging& slot = sample_staging_[slot_index];
   RETURN_IF_ERROR(reserve_sample_staging(slot, total_bytes));
@@ -294,33 +316,39 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
   const auto* dev_history = reinterpret_cast<const int32_t*>(dev + args_bytes);
   const char* dev_bias = dev + args_bytes + history_bytes;
   auto* dev_out = reinterpret_cast<int32_t*>(dev + upload_bytes);
-  // Every row greedy with nothing to change its logits or report: the argmax alone, over
-  // many blocks.
-  bool argmax_only = rows <= 65535;  // its grid's y dimension holds the rows
-  for (size_t r = 0; r < num_rows && argmax_only; ++r) {
-    const cuda::SamplingRowArgs& a = args[r];
-    argmax_only = !cuda::sampling_modifies_row(a) && a.logprobs < 0;
-  }
+  cuda::SampleKernelArgs k;
+  k.out = dev_out;
+  k.logits = static_cast<float*>(logits.data);
+  k.rows = rows;
+  k.vocab = vocab;
+  k.row_args = reinterpret_cast<const cuda::SamplingRowArgs*>(dev);
+  k.penalty_tokens = dev_history;
+  k.penalty_output_counts = dev_history + num_history;
+  k.pending_ids = batch.pending.ids;
+  k.bias_tokens = reinterpret_cast<const int32_t*>(dev_bias);
+  k.bias_values = reinterpret_cast<const float*>(dev_bias + num_bias * sizeof(int32_t));
+  k.logprobs_out = any_logprobs ? reinterpret_cast<cuda::LogprobEntry*>(dev + upload_bytes + ids_bytes) : nullptr;
+  k.work = static_cast<float*>(sample_work_);
+  k.shared_select = sample_shared_select_;
+  void* split_workspace = dev + upload_bytes + ids_bytes + records_bytes;
   cudaError_t launched = cudaSuccess;
-  if (argmax_only) {
-    launched = cuda::launch_greedy_argmax(dev_out, static_cast<const float*>(logits.data), rows, vocab,
-                                          dev + upload_bytes + ids_bytes + records_bytes, num_sms_, stream_);
-  } else {
-    cuda::SampleKernelArgs k;
-    k.out = dev_out;
-    k.logits = static_cast<float*>(logits.data);
-    k.rows = rows;
-    k.vocab = vocab;
-    k.row_args = reinterpret_cast<const cuda::SamplingRowArgs*>(dev);
-    k.penalty_tokens = dev_history;
-    k.penalty_output_counts = dev_history + num_history;
-    k.pending_ids = batch.pending.ids;
-    k.bias_tokens = reinterpret_cast<const int32_t*>(dev_bias);
-    k.bias_values = reinterpret_cast<const float*>(dev_bias + num_bias * sizeof(int32_t));
-    k.logprobs_out = any_logprobs ? reinterpret_cast<cuda::LogprobEntry*>(dev + upload_bytes + ids_bytes) : nullptr;
-    k.work = static_cast<float*>(sample_work_);
-    k.shared_select = sample_shared_select_;
-    launched = cuda::launch_sample(k, stream_);
+  switch (sample_path(std::span(args, num_rows), vocab)) {
+    case SamplePath::kArgmax:
+      launched = cuda::launch_greedy_argmax(dev_out, k.logits, rows, vocab, split_workspace, num_sms_, stream_);
+      break;
+    case SamplePath::kSplit: {
+      cuda::SplitSampleCall call;
+      for (size_t r = 0; r < num_rows; ++r) {
+        const cuda::SamplingRowArgs& a = args[r];
+        call.bias_or_penalties |= a.bias_end > a.bias_begin || cuda::sampling_applies_penalty(a);
+        call.cuts |= sampling_cuts(a, vocab);
+      }
+      launched = cuda::launch_split_sample(k, call, split_workspace, num_sms_, stream_);
+      break;
+    }
+    case SamplePath::kPerRow:
+      launched = cuda::launch_sample(k, stream_);
+      break;
   }
   RETURN_IF_ERROR(check_launch(static_cast<int>(launched), "sample"));
   // The ids and the records after them come back in one copy.

@@ -300,6 +300,11 @@ __host__ __device__ inline bool sampling_has_penalty(const SamplingRowArgs& a) {
 __host__ __device__ inline bool sampling_applies_penalty(const SamplingRowArgs& a) {
   return (a.penalty_end > a.penalty_begin || a.pending_row >= 0) && sampling_has_penalty(a);
 }
+// Whether top-k cuts the row (top-p cuts it when top_p < 1): one definition for the kernels
+// and the host's dispatch.
+__host__ __device__ inline bool sampling_uses_top_k(const SamplingRowArgs& a, int64_t vocab) {
+  return a.top_k > 0 && a.top_k < vocab;
+}
 // Whether sampling the row changes its logits (bias, penalties, or probabilities for a
 // draw): a row that also wants log-probabilities of the raw row works on a copy.
 __host__ __device__ inline bool sampling_modifies_row(const SamplingRowArgs& a) {
@@ -327,15 +332,34 @@ struct SampleKernelArgs {
   // Selections among the logits near the maximum ranked in shared memory when they fit
   // (false: always the radix select and the row walk; the same tokens, for tests).
   bool shared_select = true;
+  // The split path's rows that need this kernel after all (launch_split_sample): rows with
+  // done[r] != 0 are sampled already, and the others' bias and penalties are applied.
+  const int32_t* done = nullptr;
+  bool bias_applied = false;
 };
 cudaError_t launch_sample(const SampleKernelArgs& args, cudaStream_t stream);
-// The same token for a call whose rows are all greedy without penalties (logits not
-// modified), the rows split over many blocks; workspace: argmax_workspace_bytes(rows).
-int64_t argmax_workspace_bytes(int64_t rows);
+// --- cuda_sampling_split.cu: rows split over many blocks ---------------------------------
+// The workspace launch_split_sample and launch_greedy_argmax need for `rows` rows.
+int64_t split_sample_workspace_bytes(int64_t rows);
+// What the host knows of a call's rows that saves launches: whether some row has a bias or
+// a penalty to apply, and whether some row cuts (top-k or top-p) and so may fall back to
+// launch_sample.
+struct SplitSampleCall {
+  bool bias_or_penalties = false;
+  bool cuts = false;
+};
+// launch_sample's tokens (no row may ask for log-probabilities), each row over many blocks;
+// rows whose top-k or top-p candidates are too many take launch_sample after it.
+cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleCall& call, void* workspace, int num_sms,
+                                cudaStream_t stream);
+// Calls of launch_split_sample so far, process-wide (tests check the dispatch with it).
+int64_t split_sample_launches();
+// The same token for a call whose rows are all greedy without a bias or penalties (logits
+// not modified): the argmax alone, the rows split over many blocks.
+cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab, void* workspace,
+                                 int num_sms, cudaStream_t stream);
 // ids[i] <- src[rows[i]] where 0 <= rows[i] < src_rows; other ids stay (Backend::select_tokens).
 cudaError_t launch_select_tokens(int32_t* ids, const int32_t* src, int64_t src_rows, const int32_t* rows, int64_t n,
                                  cudaStream_t stream);
-cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab, void* workspace,
-                                 int num_sms, cudaStream_t stream);
 
 }  // namespace bw::cuda

@@ -1,6 +1,6 @@
 // Token sampling on the device (Backend::sample): one thread block per logits row. (A call
-// whose rows are all greedy with nothing to modify or report takes the split argmax near
-// the end of this file instead: the same tokens, many blocks a row.)
+// whose rows need no top-k, top-p or log-probabilities takes cuda_sampling_split.cu
+// instead: the same tokens, many blocks a row.)
 //
 // The steps follow the host Sampler (runner/sampler.cc):
 //   0. for a row that reports log-probabilities, from the raw row: its maximum, the
@@ -43,10 +43,23 @@
 
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/cuda_sampling_common.cuh"
 
 namespace bw::cuda {
 
 namespace {
+
+using sampling::beats;
+using sampling::draw_target;
+using sampling::kMaxCandidates;
+using sampling::kNumFloors;
+using sampling::kNumGaps;
+using sampling::mass_floor;
+using sampling::order_key;
+using sampling::relative_prob;
+using sampling::to_fixed;
+using sampling::top_k_gap;
+using sampling::warp_best;
 
 constexpr int kThreads = 512;
 constexpr int kWarps = kThreads / 32;
@@ -55,57 +68,8 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kUnroll = 8;
 constexpr int64_t kTile = int64_t{kThreads} * kUnroll;
 constexpr int kBins = 256;
-constexpr int kNoBin = kBins;                     // a lane with nothing to add
-constexpr float kFixedScale = 17592186044416.0f;  // 2^44: probabilities <= 1 in fixed point
-constexpr int kSplitBits = 22;                    // 44-bit fixed point = two 22-bit halves
-// Prefilters that let the radix passes skip most of the row: top-k first counts the logits
-// within max - kTopKGaps[j], top-p first sums the mass at or above 2^(-4 (j + 1)); the
-// tightest bound that provably holds the kept set limits the candidates.
-constexpr int kNumGaps = 7;
-__constant__ float kTopKGaps[kNumGaps] = {0.5f, 1.0f, 2.0f, 4.0f, 8.0f, 16.0f, 32.0f};
-constexpr int kNumFloors = 6;
-__device__ __forceinline__ float mass_floor(int j) {
-  return __uint_as_float(static_cast<uint32_t>(127 - 4 * (j + 1)) << 23);
-}
-
-// Order-preserving unsigned key of a float (larger float, larger key; -0 and +0 equal, as
-// the host compares them, so their ties go by id).
-__device__ __forceinline__ uint32_t order_key(float x) {
-  const uint32_t bits = __float_as_uint(x == 0.0f ? 0.0f : x);
-  return (bits & 0x80000000u) != 0 ? ~bits : (bits | 0x80000000u);
-}
-
-__device__ __forceinline__ uint64_t to_fixed(float p) { return static_cast<uint64_t>(p * kFixedScale); }
-
-// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3").
-__device__ __forceinline__ uint4 philox(uint4 c, uint2 k) {
-#pragma unroll
-  for (int round = 0; round < 10; ++round) {
-    const uint32_t hi0 = __umulhi(0xD2511F53u, c.x);
-    const uint32_t lo0 = 0xD2511F53u * c.x;
-    const uint32_t hi1 = __umulhi(0xCD9E8D57u, c.z);
-    const uint32_t lo1 = 0xCD9E8D57u * c.z;
-    c = make_uint4(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
-    k.x += 0x9E3779B9u;
-    k.y += 0xBB67AE85u;
-  }
-  return c;
-}
-
-// (value, id) pairs: the larger value wins, then the lower id.
-__device__ __forceinline__ bool beats(float v, int64_t i, float best, int64_t best_id) {
-  return v > best || (v == best && i < best_id);
-}
-
-// The warp's best (value, id) by beats; every lane gets it.
-__device__ __forceinline__ void warp_best(float& v, int64_t& i) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-    const int64_t oi = __shfl_xor_sync(0xffffffffu, i, o);
-    if (beats(ov, oi, v, i)) v = ov, i = oi;
-  }
-}
+constexpr int kNoBin = kBins;   // a lane with nothing to add
+constexpr int kSplitBits = 22;  // 44-bit fixed point = two 22-bit halves
 
 // Rows that start on 16 bytes and hold a multiple of 4 logits (every vocabulary of the
 // supported models) are read as float4: four times the bytes in flight per load, which is
@@ -199,7 +163,7 @@ __device__ __forceinline__ void for_each_uniform(const float* x, int64_t vocab, 
 }
 
 // kth_largest ranks up to this many candidates in shared memory (beyond: radix select).
-constexpr int kMaxCandidates = 2 * kThreads;
+static_assert(kMaxCandidates == 2 * kThreads, "kth_largest's rank loops take two candidates a thread");
 
 struct Shared {
   uint64_t segment_mass[kThreads];
@@ -439,14 +403,14 @@ __device__ bool kth_largest(Shared& sh, const float* x, int64_t vocab, int64_t k
   for_each(x, vocab, [&](int64_t, float v) {
 #pragma unroll
     for (int j = 0; j < kNumGaps; ++j)
-      near[j] += v >= max_x - kTopKGaps[j] ? 1u : 0u;
+      near[j] += v >= max_x - top_k_gap(j) ? 1u : 0u;
   });
   float floor_x = -INFINITY;
   uint64_t num_near = 0;
   for (int j = 0; j < kNumGaps; ++j) {
     num_near = block_sum(sh, near[j]);
     if (num_near >= static_cast<uint64_t>(k)) {
-      floor_x = max_x - kTopKGaps[j];
+      floor_x = max_x - top_k_gap(j);
       break;
     }
   }
@@ -603,24 +567,6 @@ __device__ RawDistribution raw_distribution(Shared& sh, const float* x, int64_t 
   return d;
 }
 
-// A logit's probability relative to the top token's, zero under min-p: one definition for
-// the row pass (step 4) and the draws among shared candidates, so both give the same bits.
-__device__ __forceinline__ float relative_prob(float v, float max_logit, float inv_temperature, float min_p) {
-  const float p = expf((v - max_logit) * inv_temperature);
-  return !(p >= min_p) || !(p > 0.0f) ? 0.0f : p;
-}
-
-// The draw's position in [0, kept_total): u, a 53-bit uniform from Philox4x32-10 keyed by
-// the row's seed and counted by its step, times the kept total.
-__device__ uint64_t draw_target(const SamplingRowArgs& a, uint64_t kept_total) {
-  const uint4 r =
-      philox(make_uint4(static_cast<uint32_t>(a.step), static_cast<uint32_t>(a.step >> 32), 0x53414D50u, 0x4C452D31u),
-             make_uint2(static_cast<uint32_t>(a.seed), static_cast<uint32_t>(a.seed >> 32)));
-  const double u = static_cast<double>((static_cast<uint64_t>(r.x) << 21) | (r.y >> 11)) * 0x1.0p-53;  // [0, 1)
-  const uint64_t target = static_cast<uint64_t>(u * static_cast<double>(kept_total));
-  return target >= kept_total ? kept_total - 1 : target;  // (rounding)
-}
-
 // The draw of step 6 when every kept token is among the first n shared candidates (mass in
 // sh.candidate_mass, 0 for the others): the token where the kept mass, summed in id order,
 // passes the target. The same sums as the row walk, so the same token; -1 if none is kept.
@@ -653,14 +599,13 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleKernelArgs ar
   pdl_wait();
   __shared__ Shared sh;
   const int64_t row = blockIdx.x;
+  if (args.done != nullptr && args.done[row] != 0) return;  // (sampled by the split path)
   const int64_t vocab = args.vocab;
   const SamplingRowArgs a = args.row_args[row];
   const float* raw = args.logits + row * vocab;
   float* x = a.work_row >= 0 ? args.work + a.work_row * vocab : args.logits + row * vocab;
-  const int32_t* penalty_tokens = args.penalty_tokens;
-  const int32_t* penalty_output_counts = args.penalty_output_counts;
 
-  // 0. Log-probabilities of the raw row (before it changes), and the bias.
+  // 0. Log-probabilities of the raw row (before it changes).
   LogprobEntry* record = a.logprobs >= 0 ? args.logprobs_out + row * kLogprobsRecord : nullptr;
   RawDistribution dist;
   if (record != nullptr) {
@@ -671,40 +616,8 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleKernelArgs ar
     args.out[row] = static_cast<int32_t>(token);
     if (record != nullptr) record[0] = LogprobEntry{static_cast<int32_t>(token), dist.logprob(raw[token])};
   };
-  if (a.bias_end > a.bias_begin) {
-    for (int32_t j = a.bias_begin + static_cast<int32_t>(threadIdx.x); j < a.bias_end; j += kThreads)
-      x[args.bias_tokens[j]] += args.bias_values[j];
-    __syncthreads();
-  }
-
-  // 1. Penalties (the tokens are distinct, so each logit has one writer).
-  if (sampling_has_penalty(a)) {
-    const bool use_repetition = a.repetition_penalty != 1.0f;
-    const auto penalize = [&](float& logit, int32_t count) {
-      float v = logit;
-      if (use_repetition) v = v > 0.0f ? __fdiv_rn(v, a.repetition_penalty) : __fmul_rn(v, a.repetition_penalty);
-      if (count > 0) {
-        v = __fsub_rn(v, __fadd_rn(__fmul_rn(a.frequency_penalty, static_cast<float>(count)), a.presence_penalty));
-      }
-      logit = v;
-    };
-    // The newest output token, still on the device: one more occurrence of a listed token,
-    // or a token of its own.
-    int32_t pending = -1;
-    if (a.pending_row >= 0) {
-      pending = args.pending_ids[a.pending_row];
-      if (pending >= vocab) pending = -1;
-    }
-    bool listed = false;
-    for (int32_t j = a.penalty_begin + static_cast<int32_t>(threadIdx.x); j < a.penalty_end; j += kThreads) {
-      const int32_t token = penalty_tokens[j];
-      const bool is_pending = token == pending;
-      listed |= is_pending;
-      penalize(x[token], penalty_output_counts[j] + (is_pending ? 1 : 0));
-    }
-    if (__syncthreads_or(listed) == 0 && pending >= 0 && threadIdx.x == 0) penalize(x[pending], 1);
-    __syncthreads();
-  }
+  // 1. The bias and the penalties.
+  if (!args.bias_applied) sampling::apply_bias_and_penalties(args, a, x, vocab);
 
   // 2. The maximum and its lowest id (NaN never wins; 0 when nothing beats -inf): the raw
   // row's when nothing has changed it.
@@ -732,9 +645,9 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleKernelArgs ar
   int64_t cut_k = vocab;
   bool top_k_in_shared = false;
   const bool use_top_k =
-      a.top_k > 0 && a.top_k < vocab &&
+      sampling_uses_top_k(a, vocab) &&
       kth_largest(sh, x, vocab, a.top_k, max_logit, args.shared_select, &top_k_in_shared, &key_k, &cut_k);
-  const float min_p = a.min_p > 0.0f ? fminf(a.min_p, 1.0f) : 0.0f;
+  const float min_p = sampling::clamped_min_p(a);
   const bool use_top_p = a.top_p < 1.0f;
   if (use_top_k && top_k_in_shared && !use_top_p) {
     // Every kept token is among the candidates: draw there, without steps 4 to 6's passes.
@@ -923,91 +836,12 @@ __global__ void __launch_bounds__(kThreads, 2) sample_kernel(SampleKernelArgs ar
   }
 }
 
-// --- Greedy rows without penalties: the argmax alone, split over many blocks a row -----
-// sample_kernel reads a row with one block, at one SM's pace: ~30 us for a 152k-logit row
-// on an H200, a few percent of a small model's decode step. Here chunks of the row go to
-// separate blocks, each leaving its (max, lowest id) in the workspace, and one warp a row
-// picks the best of them: the same comparison (beats) from the same start (-inf, id 0), so
-// the same token as sample_kernel's greedy path (NaN never wins, 0 when nothing beats -inf).
-constexpr int kArgmaxThreads = 256;
-constexpr int kArgmaxMaxChunks = 64;
-constexpr int64_t kArgmaxMinChunk = 2048;  // values a block scans at least
-
-struct ArgmaxPartial {
-  float value;
-  int32_t id;
-};
-
-__global__ void __launch_bounds__(kArgmaxThreads)
-    argmax_chunk_kernel(ArgmaxPartial* partials, const float* logits, int64_t vocab, int64_t chunk) {
-  pdl_wait();
-  pdl_launch_dependents();
-  const int64_t row = blockIdx.y;
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
-  const int64_t end = begin + chunk < vocab ? begin + chunk : vocab;
-  const float* x = logits + row * vocab;
-  float best = -INFINITY;
-  int64_t best_id = 0;
-  constexpr int kUnrollArgmax = 8;
-  for (int64_t base = begin + threadIdx.x; base < end; base += int64_t{kArgmaxThreads} * kUnrollArgmax) {
-    float v[kUnrollArgmax];
-#pragma unroll
-    for (int u = 0; u < kUnrollArgmax; ++u) {
-      const int64_t i = base + int64_t{u} * kArgmaxThreads;
-      v[u] = i < end ? x[i] : -INFINITY;
-    }
-#pragma unroll
-    for (int u = 0; u < kUnrollArgmax; ++u) {
-      if (v[u] > best) best = v[u], best_id = base + int64_t{u} * kArgmaxThreads;  // ids rise with u
-    }
-  }
-  warp_best(best, best_id);
-  __shared__ ArgmaxPartial warps[kArgmaxThreads / 32];
-  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  if (lane == 0) warps[warp] = ArgmaxPartial{best, static_cast<int32_t>(best_id)};
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    ArgmaxPartial b = warps[0];
-    for (int w = 1; w < kArgmaxThreads / 32; ++w)
-      if (beats(warps[w].value, warps[w].id, b.value, b.id)) b = warps[w];
-    partials[row * gridDim.x + blockIdx.x] = b;
-  }
-}
-
-// One warp per row: the best of the row's chunks.
-__global__ void argmax_final_kernel(int32_t* out, const ArgmaxPartial* partials, int chunks) {
-  pdl_wait();
-  const int64_t row = blockIdx.x;
-  const int lane = static_cast<int>(threadIdx.x);
-  float best = -INFINITY;
-  int64_t best_id = 0;
-  for (int c = lane; c < chunks; c += 32) {
-    const ArgmaxPartial p = partials[row * chunks + c];
-    if (beats(p.value, p.id, best, best_id)) best = p.value, best_id = p.id;
-  }
-  warp_best(best, best_id);
-  if (lane == 0) out[row] = static_cast<int32_t>(best_id);
-}
-
-int argmax_chunks(int64_t rows, int64_t vocab, int num_sms) {
-  // About two blocks per SM in all, chunks of at least kArgmaxMinChunk values.
-  int64_t chunks = (2 * static_cast<int64_t>(num_sms) + rows - 1) / rows;
-  const int64_t by_len = (vocab + kArgmaxMinChunk - 1) / kArgmaxMinChunk;
-  if (chunks > by_len) chunks = by_len;
-  if (chunks > kArgmaxMaxChunks) chunks = kArgmaxMaxChunks;
-  return static_cast<int>(chunks < 1 ? 1 : chunks);
-}
-
 }  // namespace
 
 cudaError_t launch_sample(const SampleKernelArgs& args, cudaStream_t stream) {
   if (args.rows <= 0) return cudaSuccess;
   launch_kernel(sample_kernel, static_cast<unsigned>(args.rows), kThreads, 0, stream, args);
   return cudaGetLastError();
-}
-
-int64_t argmax_workspace_bytes(int64_t rows) {
-  return rows * kArgmaxMaxChunks * static_cast<int64_t>(sizeof(ArgmaxPartial));
 }
 
 namespace {
@@ -1029,19 +863,6 @@ cudaError_t launch_select_tokens(int32_t* ids, const int32_t* src, int64_t src_r
   if (n <= 0) return cudaSuccess;
   constexpr int kThreads = 128;
   launch_kernel(select_tokens_kernel, blocks_for(n, kThreads), kThreads, 0, stream, ids, src, src_rows, rows, n);
-  return cudaGetLastError();
-}
-
-cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab, void* workspace,
-                                 int num_sms, cudaStream_t stream) {
-  if (rows <= 0) return cudaSuccess;
-  const int chunks = argmax_chunks(rows, vocab, num_sms);
-  const int64_t chunk = (vocab + chunks - 1) / chunks;
-  auto* partials = static_cast<ArgmaxPartial*>(workspace);
-  launch_kernel(argmax_chunk_kernel, dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(rows)), kArgmaxThreads,
-                0, stream, partials, logits, vocab, chunk);
-  launch_kernel(argmax_final_kernel, static_cast<unsigned>(rows), 32, 0, stream, out,
-                static_cast<const ArgmaxPartial*>(partials), chunks);
   return cudaGetLastError();
 }
 

@@ -1,0 +1,674 @@
+// Sampling with each row split over many blocks, for calls in which no row asks for
+// log-probabilities.
+//
+// sample_kernel (cuda_sampling.cu) reads a row with one block, at one SM's pace: on an H200
+// ~30 us a pass over a 152k-logit row, and a draw takes three passes or more (~100-180 us
+// for one row, 8-14% of a 1.5B decode step). Here chunks of a row go to separate blocks:
+//   0. (calls with a bias or penalties) one block a row applies them, as sample_kernel does;
+//   1. split_max_kernel: each chunk's (maximum, lowest id);
+//   2. split_stats_kernel: each warp's mass (fixed point, relative to the row's maximum) of
+//      its contiguous part of the chunk, and for rows with a cut the chunk's prefilter
+//      counts (sample_kernel's: logits within each gap of the maximum for top-k, mass and
+//      count at or above each floor for top-p);
+//   3. split_gather_kernel (calls with a cut): the tightest prefilter bound that holds the
+//      kept set, as sample_kernel picks it; when at most kMaxCandidates logits pass it, the
+//      blocks append them to the row's candidate list;
+//   4. split_draw_kernel, one block a row: rows without a cut locate the draw's target among
+//      the parts' masses (in id order) and walk that one part; rows with a cut rank their
+//      candidates in shared memory (top-k by logit, then top-p by probability) and draw
+//      among the kept ones. Rows whose candidates did not fit (flat rows) are marked
+//      undone, and sample_kernel then samples just those.
+// Every sum is an integer and every other reduction a max under a total order, so each
+// token is sample_kernel's, bit for bit (CudaSamplingTest.SplitRowsSampleAsOneBlockARow).
+// Greedy calls without a bias or penalties take step 1 and a per-row pick of the best
+// chunk alone (launch_greedy_argmax).
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cfloat>
+#include <climits>
+#include <cstdint>
+
+#include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_kernels.h"
+#include "backend/cuda/cuda_sampling_common.cuh"
+
+namespace bw::cuda {
+
+namespace {
+
+using sampling::beats;
+using sampling::kMaxCandidates;
+using sampling::kNumFloors;
+using sampling::kNumGaps;
+using sampling::mass_floor;
+using sampling::relative_prob;
+using sampling::to_fixed;
+using sampling::top_k_gap;
+using sampling::warp_best;
+
+constexpr int kSplitThreads = 256;
+constexpr int kSplitWarps = kSplitThreads / 32;  // the parts of a chunk
+constexpr int kMaxChunks = 64;
+constexpr int64_t kMinChunk = 2048;  // values a block scans at least
+constexpr int kLoadsInFlight = 8;
+constexpr int32_t kNoFit = 0x7fffffff;  // a row's candidate count when they do not fit
+static_assert(kMaxChunks * kSplitWarps <= 2 * kSplitThreads, "step 4 scans two parts a thread");
+static_assert(kMaxCandidates % kSplitThreads == 0, "step 4 gives each thread the same number of candidates");
+
+std::atomic<int64_t> g_split_samples{0};
+
+struct ChunkMax {
+  float value;
+  int32_t id;
+};
+
+// A chunk's prefilter counts: for a top-k row, count[j] logits at or above max -
+// top_k_gap(j); for a top-p row, floor_mass[j] and count[j] of the probabilities at or
+// above mass_floor(j).
+struct ChunkStats {
+  uint64_t floor_mass[kNumFloors];
+  uint32_t count[kNumGaps];
+};
+
+// The workspace, [rows] of each (launch_split_sample lays it out).
+struct SplitWorkspace {
+  ChunkMax* partials;  // [kMaxChunks]: each chunk's (maximum, lowest id)
+  uint64_t* parts;     // [kMaxChunks * kSplitWarps]: each part's mass
+  ChunkStats* stats;   // [kMaxChunks]
+  int32_t* num_candidates;
+  int32_t* done;            // the row was sampled here (else sample_kernel samples it)
+  int32_t* candidate_ids;   // [kMaxCandidates]
+  float* candidate_logits;  // [kMaxCandidates]
+};
+
+// The chunks of a row: chunk c is [chunk * c, chunk * (c + 1)), part w of it [chunk * c +
+// part * w, ...) (both cut at the row's end).
+struct Chunking {
+  int chunks;
+  int64_t chunk;
+  int64_t part;
+};
+
+Chunking split_chunking(int64_t rows, int64_t vocab, int num_sms) {
+  // About two blocks per SM in all, chunks of at least kMinChunk values.
+  int64_t chunks = (2 * static_cast<int64_t>(num_sms) + rows - 1) / rows;
+  const int64_t by_len = (vocab + kMinChunk - 1) / kMinChunk;
+  if (chunks > by_len) chunks = by_len;
+  if (chunks > kMaxChunks) chunks = kMaxChunks;
+  if (chunks < 1) chunks = 1;
+  const int64_t chunk = (vocab + chunks - 1) / chunks;
+  return Chunking{static_cast<int>(chunks), chunk, (chunk + kSplitWarps - 1) / kSplitWarps};
+}
+
+// Which selection a row makes (sample_kernel's order: top-k first, then top-p over it).
+enum class Cut { kNone, kTopK, kTopP };
+__device__ __forceinline__ Cut row_cut(const SamplingRowArgs& a, int64_t vocab) {
+  if (sampling_uses_top_k(a, vocab)) return Cut::kTopK;
+  return a.top_p < 1.0f ? Cut::kTopP : Cut::kNone;
+}
+
+__device__ __forceinline__ int64_t chunk_end(const Chunking& ch, int64_t c, int64_t vocab) {
+  return min(vocab, (c + 1) * ch.chunk);
+}
+
+__global__ void __launch_bounds__(kSplitThreads)
+    split_max_kernel(ChunkMax* partials, int32_t* num_candidates, const float* logits, int64_t vocab, int64_t chunk) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t row = blockIdx.y;
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
+  const int64_t end = begin + chunk < vocab ? begin + chunk : vocab;
+  const float* x = logits + row * vocab;
+  if (num_candidates != nullptr && blockIdx.x == 0 && threadIdx.x == 0) num_candidates[row] = 0;
+  float best = -INFINITY;
+  int64_t best_id = 0;
+  for (int64_t base = begin + threadIdx.x; base < end; base += int64_t{kSplitThreads} * kLoadsInFlight) {
+    float v[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int64_t i = base + int64_t{u} * kSplitThreads;
+      v[u] = i < end ? x[i] : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      if (v[u] > best) best = v[u], best_id = base + int64_t{u} * kSplitThreads;  // ids rise with u
+    }
+  }
+  warp_best(best, best_id);
+  __shared__ ChunkMax warps[kSplitWarps];
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  if (lane == 0) warps[warp] = ChunkMax{best, static_cast<int32_t>(best_id)};
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    ChunkMax b = warps[0];
+    for (int w = 1; w < kSplitWarps; ++w)
+      if (beats(warps[w].value, warps[w].id, b.value, b.id)) b = warps[w];
+    partials[row * gridDim.x + blockIdx.x] = b;
+  }
+}
+
+// The row's (maximum, lowest id) from its chunks' (NaN never wins; id 0 when nothing beats
+// -inf, as sample_kernel's step 2); every lane of the calling warp gets it.
+__device__ __forceinline__ void row_max(const ChunkMax* partials, int chunks, float* value, int64_t* id) {
+  float best = -INFINITY;
+  int64_t best_id = 0;
+  for (int c = static_cast<int>(threadIdx.x % 32); c < chunks; c += 32) {
+    const ChunkMax p = partials[c];
+    if (beats(p.value, p.id, best, best_id)) best = p.value, best_id = p.id;
+  }
+  warp_best(best, best_id);
+  *value = best;
+  *id = best_id;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Greedy rows: one warp a row picks the best chunk.
+__global__ void argmax_final_kernel(int32_t* out, const ChunkMax* partials, int chunks) {
+  pdl_wait();
+  float best;
+  int64_t best_id;
+  row_max(partials + static_cast<int64_t>(blockIdx.x) * chunks, chunks, &best, &best_id);
+  if (threadIdx.x == 0) out[blockIdx.x] = static_cast<int32_t>(best_id);
+}
+
+__global__ void __launch_bounds__(kSplitThreads) split_modify_kernel(SampleKernelArgs args) {
+  pdl_wait();
+  const int64_t row = blockIdx.x;
+  const SamplingRowArgs a = args.row_args[row];
+  if (a.bias_end == a.bias_begin && !sampling_applies_penalty(a)) return;
+  sampling::apply_bias_and_penalties(args, a, args.logits + row * args.vocab, args.vocab);
+}
+
+__global__ void __launch_bounds__(kSplitThreads)
+    split_stats_kernel(SampleKernelArgs args, SplitWorkspace ws, Chunking ch) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t row = blockIdx.y;
+  const SamplingRowArgs a = args.row_args[row];
+  if (sampling_is_greedy(a.temperature)) return;
+  const int64_t vocab = args.vocab;
+  float max_logit;
+  int64_t max_id;
+  row_max(ws.partials + row * ch.chunks, ch.chunks, &max_logit, &max_id);
+  if (!isfinite(max_logit)) return;
+  const float inv_temperature = 1.0f / a.temperature;
+  const float min_p = sampling::clamped_min_p(a);
+  const Cut cut = row_cut(a, vocab);
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int64_t end_of_chunk = chunk_end(ch, blockIdx.x, vocab);
+  const int64_t begin = min(end_of_chunk, blockIdx.x * ch.chunk + warp * ch.part);
+  const int64_t end = min(end_of_chunk, begin + ch.part);
+  const float* x = args.logits + row * vocab;
+  uint64_t mass = 0;
+  uint64_t floor_mass[kNumFloors] = {};
+  uint32_t count[kNumGaps] = {};
+  for (int64_t base = begin + lane; base < end; base += 32 * kLoadsInFlight) {
+    float v[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int64_t i = base + int64_t{u} * 32;
+      v[u] = i < end ? x[i] : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const float p = relative_prob(v[u], max_logit, inv_temperature, min_p);
+      const uint64_t fixed = to_fixed(p);
+      mass += fixed;
+      if (cut == Cut::kTopK) {
+#pragma unroll
+        for (int j = 0; j < kNumGaps; ++j)
+          count[j] += v[u] >= max_logit - top_k_gap(j) ? 1u : 0u;
+      } else if (cut == Cut::kTopP) {
+#pragma unroll
+        for (int j = 0; j < kNumFloors; ++j) {
+          floor_mass[j] += p >= mass_floor(j) ? fixed : 0;
+          count[j] += p >= mass_floor(j) ? 1u : 0u;
+        }
+      }
+    }
+  }
+  mass = warp_sum(mass);
+  if (lane == 0) ws.parts[(row * ch.chunks + blockIdx.x) * kSplitWarps + warp] = mass;
+  if (cut == Cut::kNone) return;
+  __shared__ ChunkStats warps[kSplitWarps];
+#pragma unroll
+  for (int j = 0; j < kNumFloors; ++j)
+    floor_mass[j] = warp_sum(floor_mass[j]);
+#pragma unroll
+  for (int j = 0; j < kNumGaps; ++j)
+    count[j] = warp_sum(count[j]);
+  if (lane == 0) {
+#pragma unroll
+    for (int j = 0; j < kNumFloors; ++j)
+      warps[warp].floor_mass[j] = floor_mass[j];
+#pragma unroll
+    for (int j = 0; j < kNumGaps; ++j)
+      warps[warp].count[j] = count[j];
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    ChunkStats s = warps[0];
+    for (int w = 1; w < kSplitWarps; ++w) {
+      for (int j = 0; j < kNumFloors; ++j)
+        s.floor_mass[j] += warps[w].floor_mass[j];
+      for (int j = 0; j < kNumGaps; ++j)
+        s.count[j] += warps[w].count[j];
+    }
+    ws.stats[row * ch.chunks + blockIdx.x] = s;
+  }
+}
+
+__global__ void __launch_bounds__(kSplitThreads)
+    split_gather_kernel(SampleKernelArgs args, SplitWorkspace ws, Chunking ch) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t row = blockIdx.y;
+  const SamplingRowArgs a = args.row_args[row];
+  const int64_t vocab = args.vocab;
+  const Cut cut = row_cut(a, vocab);
+  if (sampling_is_greedy(a.temperature) || cut == Cut::kNone) return;
+  float max_logit;
+  int64_t max_id;
+  row_max(ws.partials + row * ch.chunks, ch.chunks, &max_logit, &max_id);
+  if (!isfinite(max_logit)) return;
+  const float inv_temperature = 1.0f / a.temperature;
+  const float min_p = sampling::clamped_min_p(a);
+  // The row's prefilter bound, as sample_kernel picks it (every block the same).
+  __shared__ float bound;
+  __shared__ bool fits;
+  if (threadIdx.x < 32) {
+    const int lane = static_cast<int>(threadIdx.x);
+    uint64_t floor_mass[kNumFloors] = {};
+    uint32_t count[kNumGaps] = {};
+    for (int c = lane; c < ch.chunks; c += 32) {
+      const ChunkStats& s = ws.stats[row * ch.chunks + c];
+      for (int j = 0; j < kNumFloors; ++j)
+        floor_mass[j] += s.floor_mass[j];
+      for (int j = 0; j < kNumGaps; ++j)
+        count[j] += s.count[j];
+    }
+    uint64_t total = 0;
+    for (int p = lane; p < ch.chunks * kSplitWarps; p += 32)
+      total += ws.parts[row * ch.chunks * kSplitWarps + p];
+    total = warp_sum(total);
+    for (int j = 0; j < kNumFloors; ++j)
+      floor_mass[j] = warp_sum(floor_mass[j]);
+    for (int j = 0; j < kNumGaps; ++j)
+      count[j] = warp_sum(count[j]);
+    if (lane == 0) {
+      bool found = false;
+      uint32_t num = 0;
+      if (cut == Cut::kTopK) {
+        for (int j = 0; j < kNumGaps && !found; ++j) {
+          if (count[j] >= static_cast<uint32_t>(a.top_k)) {
+            found = true;
+            bound = max_logit - top_k_gap(j);
+            num = count[j];
+          }
+        }
+      } else {
+        const double target = fmax(static_cast<double>(a.top_p) * static_cast<double>(total), 1.0);
+        for (int j = 0; j < kNumFloors && !found; ++j) {
+          if (static_cast<double>(floor_mass[j]) >= target) {
+            found = true;
+            bound = mass_floor(j);
+            num = count[j];
+          }
+        }
+      }
+      fits = found && num <= static_cast<uint32_t>(kMaxCandidates);
+    }
+  }
+  __syncthreads();
+  if (!fits) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) ws.num_candidates[row] = kNoFit;
+    return;
+  }
+  const float floor = bound;
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
+  const int64_t end = chunk_end(ch, blockIdx.x, vocab);
+  const float* x = args.logits + row * vocab;
+  for (int64_t base = begin + threadIdx.x; base < end; base += int64_t{kSplitThreads} * kLoadsInFlight) {
+    float v[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int64_t i = base + int64_t{u} * kSplitThreads;
+      v[u] = i < end ? x[i] : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const bool pass =
+          cut == Cut::kTopK ? v[u] >= floor : relative_prob(v[u], max_logit, inv_temperature, min_p) >= floor;
+      if (pass) {  // (past the chunk's end v is -inf: never)
+        const int slot = atomicAdd(&ws.num_candidates[row], 1);
+        if (slot < kMaxCandidates) {  // (always: the count said so)
+          ws.candidate_ids[row * kMaxCandidates + slot] = static_cast<int32_t>(base + int64_t{u} * kSplitThreads);
+          ws.candidate_logits[row * kMaxCandidates + slot] = v[u];
+        }
+      }
+    }
+  }
+}
+
+// Exclusive prefix sum of v over the block's threads in thread order; *total gets the sum.
+// warp_totals: kSplitWarps words of shared memory.
+__device__ uint64_t block_exclusive_scan(uint64_t v, uint64_t* warp_totals, uint64_t* total) {
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  uint64_t inclusive = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint64_t other = __shfl_up_sync(0xffffffffu, inclusive, o);
+    if (lane >= o) inclusive += other;
+  }
+  if (lane == 31) warp_totals[warp] = inclusive;
+  __syncthreads();
+  uint64_t before = 0;
+  uint64_t sum = 0;
+  for (int w = 0; w < kSplitWarps; ++w) {
+    before += w < warp ? warp_totals[w] : 0;
+    sum += warp_totals[w];
+  }
+  __syncthreads();  // (warp_totals reused by the next scan)
+  *total = sum;
+  return before + inclusive - v;
+}
+
+struct DrawShared {
+  uint64_t warp_totals[kSplitWarps];
+  int chosen_part;
+  uint64_t part_target;
+  int64_t token;
+  // The row's candidates as gathered (no particular order).
+  int32_t ids[kMaxCandidates];
+  float logits[kMaxCandidates];
+  // The ones top-k keeps (at their rank) or all of them: id, probability relative to the
+  // top token's (0 when min-p drops it), fixed-point mass (0 unless top-p keeps it).
+  int32_t kept_ids[kMaxCandidates];
+  float probs[kMaxCandidates];
+  uint64_t mass[kMaxCandidates];
+};
+
+// A row without a cut: the part that holds the draw's target (thread t sums parts 2t and
+// 2t + 1, in id order), then a walk of that part: thread t owns a contiguous segment, the
+// segments' masses locate the one whose thread walks it value by value.
+__device__ int64_t draw_from_parts(DrawShared& sh, const SampleKernelArgs& args, const SplitWorkspace& ws,
+                                   const Chunking& ch, int64_t row, float max_logit, int64_t max_id) {
+  const SamplingRowArgs& a = args.row_args[row];
+  const int parts = ch.chunks * kSplitWarps;
+  const uint64_t* row_parts = ws.parts + row * parts;
+  const int p0 = 2 * static_cast<int>(threadIdx.x);
+  const uint64_t m0 = p0 < parts ? row_parts[p0] : 0;
+  const uint64_t m1 = p0 + 1 < parts ? row_parts[p0 + 1] : 0;
+  if (threadIdx.x == 0) {
+    sh.chosen_part = -1;
+    sh.token = max_id;  // (kept if no walk finds the target: cannot happen, the total is > 0)
+  }
+  uint64_t kept_total;
+  const uint64_t before = block_exclusive_scan(m0 + m1, sh.warp_totals, &kept_total);
+  const uint64_t target = sampling::draw_target(a, kept_total);  // (kept_total > 0: the top token's)
+  if (before <= target && target - before < m0 + m1) {
+    const bool first = target - before < m0;
+    sh.chosen_part = first ? p0 : p0 + 1;
+    sh.part_target = target - before - (first ? 0 : m0);
+  }
+  __syncthreads();
+  const int part = sh.chosen_part;
+  if (part < 0) return max_id;
+  const int64_t vocab = args.vocab;
+  const int64_t c = part / kSplitWarps;
+  const int64_t end_of_chunk = chunk_end(ch, c, vocab);
+  const int64_t begin = min(end_of_chunk, c * ch.chunk + (part % kSplitWarps) * ch.part);
+  const int64_t end = min(end_of_chunk, begin + ch.part);
+  const int64_t segment = (end - begin + kSplitThreads - 1) / kSplitThreads;
+  const int64_t segment_begin = min(end, begin + static_cast<int64_t>(threadIdx.x) * segment);
+  const int64_t segment_end = min(end, segment_begin + segment);
+  const float* x = args.logits + row * vocab;
+  const float inv_temperature = 1.0f / a.temperature;
+  const float min_p = sampling::clamped_min_p(a);
+  const auto mass_at = [&](int64_t i) { return to_fixed(relative_prob(x[i], max_logit, inv_temperature, min_p)); };
+  uint64_t segment_mass = 0;
+  for (int64_t i = segment_begin; i < segment_end; ++i)
+    segment_mass += mass_at(i);
+  uint64_t part_total;
+  const uint64_t segment_before = block_exclusive_scan(segment_mass, sh.warp_totals, &part_total);
+  const uint64_t t = sh.part_target;
+  if (segment_before <= t && t - segment_before < segment_mass) {
+    uint64_t cumulative = segment_before;
+    for (int64_t i = segment_begin; i < segment_end; ++i) {
+      cumulative += mass_at(i);
+      if (cumulative > t) {
+        sh.token = i;
+        break;
+      }
+    }
+  }
+  __syncthreads();
+  return sh.token;
+}
+
+// A row with a cut whose n candidates are in shared memory: top-k keeps the k best logits
+// (rank by (logit, lower id)), min-p drops what it drops, top-p keeps each token whose
+// better tokens (probability, then lower id) have not reached top_p of the kept mass yet
+// (`row_total`: the row's whole mass for top-p alone; under top-k the kept candidates'
+// mass), then one draw among the kept ones in id order: sample_kernel's sets and token.
+// -1 when none is kept. Each thread owns candidates threadIdx.x + m * kSplitThreads and
+// compares them with every other in one sweep of shared memory.
+__device__ int64_t draw_from_candidates(DrawShared& sh, int n, const SamplingRowArgs& a, Cut cut, float max_logit,
+                                        uint64_t row_total) {
+  constexpr int kPerThread = kMaxCandidates / kSplitThreads;
+  const auto slot = [](int m) { return static_cast<int>(threadIdx.x) + m * kSplitThreads; };
+  const float inv_temperature = 1.0f / a.temperature;
+  const float min_p = sampling::clamped_min_p(a);
+  if (cut == Cut::kTopK) {
+    float v[kPerThread];
+    int32_t id[kPerThread];
+    int rank[kPerThread];
+#pragma unroll
+    for (int m = 0; m < kPerThread; ++m) {
+      v[m] = slot(m) < n ? sh.logits[slot(m)] : -INFINITY;
+      id[m] = slot(m) < n ? sh.ids[slot(m)] : INT32_MAX;
+      rank[m] = 0;
+    }
+    for (int o = 0; o < n; ++o) {
+      const float vo = sh.logits[o];
+      const int32_t io = sh.ids[o];
+#pragma unroll
+      for (int m = 0; m < kPerThread; ++m)
+        rank[m] += beats(vo, io, v[m], id[m]) ? 1 : 0;
+    }
+#pragma unroll
+    for (int m = 0; m < kPerThread; ++m) {
+      if (slot(m) < n && rank[m] < a.top_k) {  // ranks are unique: one writer a place
+        sh.kept_ids[rank[m]] = id[m];
+        sh.probs[rank[m]] = relative_prob(v[m], max_logit, inv_temperature, min_p);
+      }
+    }
+    n = min(n, a.top_k);
+  } else {
+    for (int c = threadIdx.x; c < n; c += kSplitThreads) {
+      sh.kept_ids[c] = sh.ids[c];
+      sh.probs[c] = relative_prob(sh.logits[c], max_logit, inv_temperature, min_p);
+    }
+  }
+  __syncthreads();
+  const bool use_top_p = a.top_p < 1.0f;
+  uint64_t total = row_total;
+  if (use_top_p && cut == Cut::kTopK) {
+    uint64_t local = 0;
+    for (int c = threadIdx.x; c < n; c += kSplitThreads)
+      local += to_fixed(sh.probs[c]);
+    block_exclusive_scan(local, sh.warp_totals, &total);
+  }
+  const double target = fmax(static_cast<double>(a.top_p) * static_cast<double>(total), 1.0);
+  float q[kPerThread];
+  int32_t id[kPerThread];
+  uint64_t acc[kPerThread];
+#pragma unroll
+  for (int m = 0; m < kPerThread; ++m) {
+    q[m] = slot(m) < n ? sh.probs[slot(m)] : 0.0f;
+    id[m] = slot(m) < n ? sh.kept_ids[slot(m)] : INT32_MAX;
+    acc[m] = 0;
+  }
+  if (use_top_p) {  // acc: the mass of the better tokens
+    for (int o = 0; o < n; ++o) {
+      const float po = sh.probs[o];
+      const int32_t io = sh.kept_ids[o];
+      const uint64_t fixed = to_fixed(po);
+#pragma unroll
+      for (int m = 0; m < kPerThread; ++m)
+        acc[m] += beats(po, io, q[m], id[m]) ? fixed : 0;
+    }
+  }
+  uint64_t local = 0;
+#pragma unroll
+  for (int m = 0; m < kPerThread; ++m) {
+    if (slot(m) < n) {
+      const uint64_t mass = !use_top_p || static_cast<double>(acc[m]) < target ? to_fixed(q[m]) : 0;
+      sh.mass[slot(m)] = mass;
+      local += mass;
+    }
+  }
+  if (threadIdx.x == 0) sh.token = -1;
+  uint64_t kept_total;
+  block_exclusive_scan(local, sh.warp_totals, &kept_total);  // (its barrier also publishes the masses)
+  if (kept_total == 0) return -1;
+  const uint64_t draw = sampling::draw_target(a, kept_total);
+#pragma unroll
+  for (int m = 0; m < kPerThread; ++m)
+    acc[m] = 0;  // now: the kept mass at lower ids
+  for (int o = 0; o < n; ++o) {
+    const uint64_t mass = sh.mass[o];
+    const int32_t io = sh.kept_ids[o];
+#pragma unroll
+    for (int m = 0; m < kPerThread; ++m)
+      acc[m] += io < id[m] ? mass : 0;
+  }
+#pragma unroll
+  for (int m = 0; m < kPerThread; ++m) {
+    if (slot(m) < n) {
+      const uint64_t mass = sh.mass[slot(m)];
+      if (mass > 0 && acc[m] <= draw && draw - acc[m] < mass) sh.token = id[m];
+    }
+  }
+  __syncthreads();
+  return sh.token;
+}
+
+__global__ void __launch_bounds__(kSplitThreads)
+    split_draw_kernel(SampleKernelArgs args, SplitWorkspace ws, Chunking ch) {
+  pdl_wait();
+  __shared__ DrawShared sh;
+  const int64_t row = blockIdx.x;
+  const SamplingRowArgs a = args.row_args[row];
+  float max_logit;
+  int64_t max_id;
+  row_max(ws.partials + row * ch.chunks, ch.chunks, &max_logit, &max_id);
+  const auto emit = [&](int64_t token) {
+    if (threadIdx.x == 0) {
+      args.out[row] = static_cast<int32_t>(token);
+      ws.done[row] = 1;
+    }
+  };
+  if (sampling_is_greedy(a.temperature) || !isfinite(max_logit)) return emit(max_id);
+  const Cut cut = row_cut(a, args.vocab);
+  if (cut == Cut::kNone) return emit(draw_from_parts(sh, args, ws, ch, row, max_logit, max_id));
+  const int n = ws.num_candidates[row];
+  if (n > kMaxCandidates) {  // kNoFit: sample_kernel takes the row
+    if (threadIdx.x == 0) ws.done[row] = 0;
+    return;
+  }
+  for (int c = threadIdx.x; c < n; c += kSplitThreads) {
+    sh.ids[c] = ws.candidate_ids[row * kMaxCandidates + c];
+    sh.logits[c] = ws.candidate_logits[row * kMaxCandidates + c];
+  }
+  uint64_t row_total = 0;
+  if (cut == Cut::kTopP) {
+    const int parts = ch.chunks * kSplitWarps;
+    uint64_t local = 0;
+    for (int p = threadIdx.x; p < parts; p += kSplitThreads)
+      local += ws.parts[row * parts + p];
+    block_exclusive_scan(local, sh.warp_totals, &row_total);  // (its barrier also publishes the candidates)
+  } else {
+    __syncthreads();
+  }
+  const int64_t token = draw_from_candidates(sh, n, a, cut, max_logit, row_total);
+  emit(token >= 0 ? token : max_id);
+}
+
+SplitWorkspace split_workspace(void* base, int64_t rows) {
+  SplitWorkspace ws;
+  char* p = static_cast<char*>(base);
+  const auto take = [&](int64_t bytes) {
+    char* at = p;
+    p += (bytes + 255) / 256 * 256;
+    return at;
+  };
+  ws.partials = reinterpret_cast<ChunkMax*>(take(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkMax))));
+  ws.parts =
+      reinterpret_cast<uint64_t*>(take(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))));
+  ws.stats = reinterpret_cast<ChunkStats*>(take(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))));
+  ws.num_candidates = reinterpret_cast<int32_t*>(take(rows * static_cast<int64_t>(sizeof(int32_t))));
+  ws.done = reinterpret_cast<int32_t*>(take(rows * static_cast<int64_t>(sizeof(int32_t))));
+  ws.candidate_ids = reinterpret_cast<int32_t*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(int32_t))));
+  ws.candidate_logits = reinterpret_cast<float*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(float))));
+  return ws;
+}
+
+}  // namespace
+
+int64_t split_sample_workspace_bytes(int64_t rows) {
+  const auto bytes = [](int64_t n) { return (n + 255) / 256 * 256; };
+  return bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkMax))) +
+         bytes(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))) +
+         bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))) + 2 * bytes(rows * 4) +
+         2 * bytes(rows * kMaxCandidates * 4);
+}
+
+cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab, void* workspace,
+                                 int num_sms, cudaStream_t stream) {
+  if (rows <= 0) return cudaSuccess;
+  const Chunking ch = split_chunking(rows, vocab, num_sms);
+  const SplitWorkspace ws = split_workspace(workspace, rows);
+  launch_kernel(split_max_kernel, dim3(static_cast<unsigned>(ch.chunks), static_cast<unsigned>(rows)), kSplitThreads, 0,
+                stream, ws.partials, static_cast<int32_t*>(nullptr), logits, vocab, ch.chunk);
+  launch_kernel(argmax_final_kernel, static_cast<unsigned>(rows), 32, 0, stream, out,
+                static_cast<const ChunkMax*>(ws.partials), ch.chunks);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleCall& call, void* workspace, int num_sms,
+                                cudaStream_t stream) {
+  if (args.rows <= 0) return cudaSuccess;
+  g_split_samples.fetch_add(1, std::memory_order_relaxed);
+  const Chunking ch = split_chunking(args.rows, args.vocab, num_sms);
+  const SplitWorkspace ws = split_workspace(workspace, args.rows);
+  const auto rows = static_cast<unsigned>(args.rows);
+  if (call.bias_or_penalties) launch_kernel(split_modify_kernel, rows, kSplitThreads, 0, stream, args);
+  const dim3 grid(static_cast<unsigned>(ch.chunks), rows);
+  launch_kernel(split_max_kernel, grid, kSplitThreads, 0, stream, ws.partials, ws.num_candidates,
+                static_cast<const float*>(args.logits), args.vocab, ch.chunk);
+  launch_kernel(split_stats_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
+  if (call.cuts) launch_kernel(split_gather_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
+  launch_kernel(split_draw_kernel, rows, kSplitThreads, 0, stream, args, ws, ch);
+  if (call.cuts) {
+    // The rows whose candidates did not fit, one block a row (the others return at once).
+    SampleKernelArgs rest = args;
+    rest.done = ws.done;
+    rest.bias_applied = true;
+    const cudaError_t err = launch_sample(rest, stream);
+    if (err != cudaSuccess) return err;
+  }
+  return cudaGetLastError();
+}
+
+int64_t split_sample_launches() { return g_split_samples.load(std::memory_order_relaxed); }
+
+}  // namespace bw::cuda
