@@ -541,6 +541,8 @@ TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
         if (mix == 4 || mix == 5) p.logit_bias = {{token(rng), 3.0f}, {token(rng), -2.0f}};
         if (mix == 2 || mix == 6) p.top_p = r % 3 == 0 ? 0.5f : r % 3 == 1 ? 0.9f : 0.99f;
         if (mix == 5 || mix == 6 || mix == 7) p.top_k = r % 3 == 0 ? 3 : r % 3 == 1 ? 40 : 2000;
+        // Log-probabilities (0, 5 or 20 top entries) on rows without a bias or penalties.
+        if (!p.has_penalty() && p.logit_bias.empty() && r % 4 < 2) p.logprobs = r % 3 == 0 ? 0 : r % 3 == 1 ? 5 : 20;
         std::vector<int32_t> history(r % 7);
         for (int32_t& t : history)
           t = token(rng);
@@ -548,22 +550,43 @@ TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
       }
       const DeviceSamplingBatch& batch = builder.batch();
       const int64_t before = cuda::split_sample_launches();
-      const auto sample_on = [&](CudaBackend& backend) {
+      const auto sample_on = [&](CudaBackend& backend, std::vector<DeviceTokenLogprob>* records) {
         std::vector<int32_t> tokens(rows, -7);
+        records->assign(rows * kLogprobsRecord, DeviceTokenLogprob{-9, 9.0f});
         auto buf = backend.allocate(logits.size() * sizeof(float));
         EXPECT_TRUE(buf.ok());
         EXPECT_TRUE(backend.copy_to_device(buf->data(), logits.data(), logits.size() * sizeof(float)).ok());
-        const Status s = backend.sample(tokens, buf->view(DType::kF32, {static_cast<int64_t>(rows), vocab}), batch);
+        const Status s =
+            backend.sample(tokens, buf->view(DType::kF32, {static_cast<int64_t>(rows), vocab}), batch, *records);
         EXPECT_TRUE(s.ok()) << s.to_string();
         return tokens;
       };
-      const std::vector<int32_t> split = sample_on(**split_backend);
+      std::vector<DeviceTokenLogprob> split_records, per_row_records;
+      const std::vector<int32_t> split = sample_on(**split_backend, &split_records);
       EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "the call did not take the split path";
-      const std::vector<int32_t> per_row = sample_on(**per_row_backend);
+      const std::vector<int32_t> per_row = sample_on(**per_row_backend, &per_row_records);
       EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "BW_CUDA_SAMPLE_SPLIT=0 took the split path";
       EXPECT_EQ(split, per_row);
+      // The records: the same tokens; log-probabilities up to the log-normaliser's rounding
+      // (its sum runs in another order).
+      int checked = 0;
+      for (size_t r = 0; r < rows; ++r) {
+        for (int j = 0; j <= std::max(batch.rows[r].logprobs, -1); ++j) {
+          const DeviceTokenLogprob& a = split_records[r * kLogprobsRecord + static_cast<size_t>(j)];
+          const DeviceTokenLogprob& b = per_row_records[r * kLogprobsRecord + static_cast<size_t>(j)];
+          ASSERT_EQ(a.token_id, b.token_id) << "row " << r << " entry " << j;
+          if (std::isfinite(b.logprob)) {
+            EXPECT_NEAR(a.logprob, b.logprob, 1e-4) << "row " << r << " entry " << j;
+          } else {
+            EXPECT_EQ(a.logprob, b.logprob) << "row " << r << " entry " << j;
+          }
+          ++checked;
+        }
+      }
+      EXPECT_GT(checked, 0);
       // The default dispatch: the same tokens whichever path it takes.
-      EXPECT_EQ(sample(logits, vocab, batch), per_row);
+      std::vector<DeviceTokenLogprob> default_records;
+      EXPECT_EQ(sample_on(*gpu_, &default_records), per_row);
       EXPECT_TRUE(any_penalty || rows == 1);
     }
   }

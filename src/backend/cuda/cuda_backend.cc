@@ -401,9 +401,9 @@ Status CudaBackend::init() {
   // call it can (tests, A/B runs).
   const char* split = std::getenv("BW_CUDA_SAMPLE_SPLIT");
   const std::string_view split_mode = split == nullptr ? "" : split;
-  sample_split_rows_with_cuts_ = split_mode == "0"     ? -1
-                                 : split_mode == "all" ? std::numeric_limits<int64_t>::max()
-                                                       : kSplitRowsWithCuts;
+  sample_split_rows_with_candidates_ = split_mode == "0"     ? -1
+                                       : split_mode == "all" ? std::numeric_limits<int64_t>::max()
+                                                             : kSplitRowsWithCandidates;
   cudaStream_t stream = nullptr;
   BW_CUDA_TRY(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   stream_ = stream;

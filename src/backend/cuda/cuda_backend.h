@@ -236,12 +236,13 @@ class CudaBackend final : public Backend {
   void* sample_work_ = nullptr;
   size_t sample_work_capacity_ = 0;
   bool sample_shared_select_ = true;  // BW_CUDA_SAMPLE_RADIX=1: false
-  // Calls of at most this many rows split them over many blocks even when some row cuts
-  // (top-k, top-p): one block a row then takes ~100 us, while with more rows it is
-  // parallel enough and the split's extra passes cost more than they save (docs/PERF.md,
-  // nineteenth session). Rows without a cut always split. -1: never split.
-  static constexpr int64_t kSplitRowsWithCuts = 16;
-  int64_t sample_split_rows_with_cuts_ = kSplitRowsWithCuts;
+  // Calls of at most this many rows split them over many blocks whatever they select: one
+  // block a row then takes ~100 us. With more rows, one block a row is parallel enough for
+  // draws from a cut set (top-k, top-p) and greedy top log-probabilities, and the split's
+  // extra passes cost as much as they save (docs/PERF.md, nineteenth session); other calls
+  // always split. -1: never.
+  static constexpr int64_t kSplitRowsWithCandidates = 16;
+  int64_t sample_split_rows_with_candidates_ = kSplitRowsWithCandidates;
   // staged_upload(): pinned slots (each with the event after its last copy).
   struct UploadSlot {
     void* host = nullptr;

@@ -131,28 +131,48 @@ Status check_bias(const DeviceSamplingBatch& batch, size_t rows, int64_t vocab) 
   return OkStatus();
 }
 
-// Whether the row draws from a cut set (top-k or top-p).
-bool sampling_cuts(const cuda::SamplingRowArgs& a, int64_t vocab) {
-  return !cuda::sampling_is_greedy(a.temperature) && (cuda::sampling_uses_top_k(a, vocab) || a.top_p < 1.0f);
+// Whether the row selects candidates near its maximum: a draw from a cut set (top-k or
+// top-p), or top log-probabilities.
+bool sampling_gathers(const cuda::SamplingRowArgs& a, int64_t vocab) {
+  const bool cuts = !cuda::sampling_is_greedy(a.temperature) && (cuda::sampling_uses_top_k(a, vocab) || a.top_p < 1.0f);
+  return cuts || a.logprobs > 0;
+}
+
+// Whether one block a row samples the row about as fast as the split path once a call has
+// more than kSplitRowsWithCandidates rows: a draw from a cut set, or a greedy row's top
+// log-probabilities (a draw with log-probabilities costs one block a row a copy of the row
+// and more passes: the split path is faster at any count).
+bool per_row_competes(const cuda::SamplingRowArgs& a, int64_t vocab) {
+  const bool draws = !cuda::sampling_is_greedy(a.temperature);
+  return draws ? cuda::sampling_uses_top_k(a, vocab) || a.top_p < 1.0f : a.logprobs > 0;
+}
+
+bool has_bias_or_penalties(const cuda::SamplingRowArgs& a) {
+  return a.bias_end > a.bias_begin || cuda::sampling_applies_penalty(a);
 }
 
 }  // namespace
 
 // Which kernels sample a call: the argmax alone when every row is greedy with nothing to
-// change its logits or report; else, unless some row reports log-probabilities, each row
-// split over many blocks (when some row cuts, only for calls of few rows:
-// kSplitRowsWithCuts); else one block a row.
+// change its logits or report; else each row split over many blocks (for calls of more than
+// kSplitRowsWithCandidates rows only when no row is one that one block a row samples about
+// as fast: per_row_competes), unless a row that reports log-probabilities also has a bias or
+// penalties (the split path modifies rows in place); else one block a row.
 CudaBackend::SamplePath CudaBackend::sample_path(std::span<const cuda::SamplingRowArgs> rows, int64_t vocab) const {
   if (rows.size() > 65535) return SamplePath::kPerRow;  // the split grids' y dimension holds the rows
-  if (std::any_of(rows.begin(), rows.end(), [](const cuda::SamplingRowArgs& a) { return a.logprobs >= 0; })) {
+  if (std::none_of(rows.begin(), rows.end(),
+                   [](const cuda::SamplingRowArgs& a) { return cuda::sampling_modifies_row(a) || a.logprobs >= 0; })) {
+    return SamplePath::kArgmax;
+  }
+  if (sample_split_rows_with_candidates_ < 0) return SamplePath::kPerRow;
+  if (std::any_of(rows.begin(), rows.end(),
+                  [](const cuda::SamplingRowArgs& a) { return a.logprobs >= 0 && has_bias_or_penalties(a); })) {
     return SamplePath::kPerRow;
   }
-  if (std::none_of(rows.begin(), rows.end(), cuda::sampling_modifies_row)) return SamplePath::kArgmax;
-  if (sample_split_rows_with_cuts_ < 0) return SamplePath::kPerRow;
-  const bool cuts =
-      std::any_of(rows.begin(), rows.end(), [&](const cuda::SamplingRowArgs& a) { return sampling_cuts(a, vocab); });
-  return !cuts || static_cast<int64_t>(rows.size()) <= sample_split_rows_with_cuts_ ? SamplePath::kSplit
-                                                                                    : SamplePath::kPerRow;
+  if (static_cast<int64_t>(rows.size()) <= sample_split_rows_with_candidates_) return SamplePath::kSplit;
+  const bool competes =
+      std::any_of(rows.begin(), rows.end(), [&](const cuda::SamplingRowArgs& a) { return per_row_competes(a, vocab); });
+  return competes ? SamplePath::kPerRow : SamplePath::kSplit;
 }
 
 Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const DeviceSamplingBatch& batch,
@@ -340,8 +360,12 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
       cuda::SplitSampleCall call;
       for (size_t r = 0; r < num_rows; ++r) {
         const cuda::SamplingRowArgs& a = args[r];
-        call.bias_or_penalties |= a.bias_end > a.bias_begin || cuda::sampling_applies_penalty(a);
-        call.cuts |= sampling_cuts(a, vocab);
+        const bool draws = !cuda::sampling_is_greedy(a.temperature);
+        call.bias_or_penalties |= has_bias_or_penalties(a);
+        call.near |= (draws && cuda::sampling_uses_top_k(a, vocab)) || a.logprobs > 0;
+        call.floors |= draws && !cuda::sampling_uses_top_k(a, vocab) && a.top_p < 1.0f;
+        call.logprobs |= a.logprobs >= 0;
+        call.gathers |= sampling_gathers(a, vocab);
       }
       launched = cuda::launch_split_sample(k, call, split_workspace, num_sms_, stream_);
       break;

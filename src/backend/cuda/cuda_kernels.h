@@ -341,15 +341,21 @@ cudaError_t launch_sample(const SampleKernelArgs& args, cudaStream_t stream);
 // --- cuda_sampling_split.cu: rows split over many blocks ---------------------------------
 // The workspace launch_split_sample and launch_greedy_argmax need for `rows` rows.
 int64_t split_sample_workspace_bytes(int64_t rows);
-// What the host knows of a call's rows that saves launches: whether some row has a bias or
-// a penalty to apply, and whether some row cuts (top-k or top-p) and so may fall back to
+// What the host knows of a call's rows that saves work: whether some row has a bias or a
+// penalty to apply; counts logits near its maximum (a top-k cut or top log-probabilities),
+// counts probability floors (a top-p cut), or reports log-probabilities; and whether some
+// row gathers candidates (any cut, or top log-probabilities) and so may fall back to
 // launch_sample.
 struct SplitSampleCall {
   bool bias_or_penalties = false;
-  bool cuts = false;
+  bool near = false;
+  bool floors = false;
+  bool logprobs = false;
+  bool gathers = false;
 };
-// launch_sample's tokens (no row may ask for log-probabilities), each row over many blocks;
-// rows whose top-k or top-p candidates are too many take launch_sample after it.
+// launch_sample's tokens and records, each row over many blocks; a row that reports
+// log-probabilities may not have a bias or penalties (its logits are modified in place).
+// Rows whose candidates are too many take launch_sample after it.
 cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleCall& call, void* workspace, int num_sms,
                                 cudaStream_t stream);
 // Calls of launch_split_sample so far, process-wide (tests check the dispatch with it).

@@ -1,26 +1,30 @@
-// Sampling with each row split over many blocks, for calls in which no row asks for
-// log-probabilities.
+// Backend::sample with each row split over many blocks (the host picks this path or
+// sample_kernel's one block a row: CudaBackend::sample_path).
 //
 // sample_kernel (cuda_sampling.cu) reads a row with one block, at one SM's pace: on an H200
 // ~30 us a pass over a 152k-logit row, and a draw takes three passes or more (~100-180 us
 // for one row, 8-14% of a 1.5B decode step). Here chunks of a row go to separate blocks:
-//   0. (calls with a bias or penalties) one block a row applies them, as sample_kernel does;
+//   0. (calls with a bias or penalties) one block a row applies them, as sample_kernel does
+//      (in place: a row that reports log-probabilities may have neither);
 //   1. split_max_kernel: each chunk's (maximum, lowest id);
 //   2. split_stats_kernel: each warp's mass (fixed point, relative to the row's maximum) of
-//      its contiguous part of the chunk, and for rows with a cut the chunk's prefilter
-//      counts (sample_kernel's: logits within each gap of the maximum for top-k, mass and
-//      count at or above each floor for top-p);
-//   3. split_gather_kernel (calls with a cut): the tightest prefilter bound that holds the
-//      kept set, as sample_kernel picks it; when at most kMaxCandidates logits pass it, the
-//      blocks append them to the row's candidate list;
-//   4. split_draw_kernel, one block a row: rows without a cut locate the draw's target among
-//      the parts' masses (in id order) and walk that one part; rows with a cut rank their
-//      candidates in shared memory (top-k by logit, then top-p by probability) and draw
-//      among the kept ones. Rows whose candidates did not fit (flat rows) are marked
-//      undone, and sample_kernel then samples just those.
-// Every sum is an integer and every other reduction a max under a total order, so each
-// token is sample_kernel's, bit for bit (CudaSamplingTest.SplitRowsSampleAsOneBlockARow).
-// Greedy calls without a bias or penalties take step 1 and a per-row pick of the best
+//      its contiguous part of the chunk, and the chunk's prefilter counts as sample_kernel
+//      makes them (logits within each gap of the maximum for top-k and the top
+//      log-probabilities, mass and count at or above each floor for top-p) and its sum of
+//      exp(logit - max) for the log-normaliser;
+//   3. split_gather_kernel (calls that select): the tightest prefilter bounds that hold the
+//      kept set and the top log-probabilities, as sample_kernel picks them; when at most
+//      kMaxCandidates logits pass each, the blocks append them to the row's lists;
+//   4. split_draw_kernel, one block a row: the top log-probabilities ranked in shared
+//      memory; rows without a cut locate the draw's target among the parts' masses (in id
+//      order) and walk that one part; rows with a cut rank their candidates (top-k by
+//      logit, then top-p by probability) and draw among the kept ones. Rows whose
+//      candidates did not fit (flat rows) are marked undone, and sample_kernel then
+//      samples just those.
+// Every sum of the draw is an integer and every other reduction a max under a total order,
+// so each token is sample_kernel's, bit for bit, and the records its own up to the
+// rounding of the log-normaliser (CudaSamplingTest.SplitRowsSampleAsOneBlockARow). Greedy
+// calls without a bias, penalties or records take step 1 and a per-row pick of the best
 // chunk alone (launch_greedy_argmax).
 #include <cuda_runtime.h>
 
@@ -63,12 +67,14 @@ struct ChunkMax {
   int32_t id;
 };
 
-// A chunk's prefilter counts: for a top-k row, count[j] logits at or above max -
-// top_k_gap(j); for a top-p row, floor_mass[j] and count[j] of the probabilities at or
-// above mass_floor(j).
+// A chunk's prefilter counts: near[j] logits at or above max - top_k_gap(j) (for top-k and
+// for the top log-probabilities); floor_mass[j] and floor_count[j] of the probabilities at
+// or above mass_floor(j) (top-p); and the sum of exp(logit - max) (the log-normaliser).
 struct ChunkStats {
   uint64_t floor_mass[kNumFloors];
-  uint32_t count[kNumGaps];
+  uint32_t floor_count[kNumFloors];
+  uint32_t near[kNumGaps];
+  double sum_exp;
 };
 
 // The workspace, [rows] of each (launch_split_sample lays it out).
@@ -80,6 +86,10 @@ struct SplitWorkspace {
   int32_t* done;            // the row was sampled here (else sample_kernel samples it)
   int32_t* candidate_ids;   // [kMaxCandidates]
   float* candidate_logits;  // [kMaxCandidates]
+  // The same for the top log-probabilities (the logits within a gap of the maximum).
+  int32_t* num_top;
+  int32_t* top_ids;   // [kMaxCandidates]
+  float* top_logits;  // [kMaxCandidates]
 };
 
 // The chunks of a row: chunk c is [chunk * c, chunk * (c + 1)), part w of it [chunk * c +
@@ -101,11 +111,26 @@ Chunking split_chunking(int64_t rows, int64_t vocab, int num_sms) {
   return Chunking{static_cast<int>(chunks), chunk, (chunk + kSplitWarps - 1) / kSplitWarps};
 }
 
-// Which selection a row makes (sample_kernel's order: top-k first, then top-p over it).
+// Which selection a row's draw makes (sample_kernel's order: top-k first, then top-p over
+// it); greedy rows make none.
 enum class Cut { kNone, kTopK, kTopP };
-__device__ __forceinline__ Cut row_cut(const SamplingRowArgs& a, int64_t vocab) {
-  if (sampling_uses_top_k(a, vocab)) return Cut::kTopK;
-  return a.top_p < 1.0f ? Cut::kTopP : Cut::kNone;
+// What the split path works out for a row.
+struct RowPlan {
+  bool draws;        // a temperature draw (else the argmax)
+  Cut cut;           // kNone unless draws
+  int top_logprobs;  // -1: no record; else the record's top entries
+  __device__ bool near() const { return cut == Cut::kTopK || top_logprobs > 0; }
+  __device__ bool gathers() const { return cut != Cut::kNone || top_logprobs > 0; }
+};
+__device__ __forceinline__ RowPlan row_plan(const SamplingRowArgs& a, int64_t vocab) {
+  RowPlan plan;
+  plan.draws = !sampling_is_greedy(a.temperature);
+  plan.cut = !plan.draws                     ? Cut::kNone
+             : sampling_uses_top_k(a, vocab) ? Cut::kTopK
+             : a.top_p < 1.0f                ? Cut::kTopP
+                                             : Cut::kNone;
+  plan.top_logprobs = a.logprobs;
+  return plan;
 }
 
 __device__ __forceinline__ int64_t chunk_end(const Chunking& ch, int64_t c, int64_t vocab) {
@@ -120,7 +145,10 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
   const int64_t end = begin + chunk < vocab ? begin + chunk : vocab;
   const float* x = logits + row * vocab;
-  if (num_candidates != nullptr && blockIdx.x == 0 && threadIdx.x == 0) num_candidates[row] = 0;
+  if (num_candidates != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
+    num_candidates[row] = 0;
+    num_candidates[gridDim.y + row] = 0;  // (num_top follows num_candidates)
+  }
   float best = -INFINITY;
   int64_t best_id = 0;
   for (int64_t base = begin + threadIdx.x; base < end; base += int64_t{kSplitThreads} * kLoadsInFlight) {
@@ -187,29 +215,68 @@ __global__ void __launch_bounds__(kSplitThreads) split_modify_kernel(SampleKerne
   sampling::apply_bias_and_penalties(args, a, args.logits + row * args.vocab, args.vocab);
 }
 
+// The block's total of each thread's counts (t, and its float sum of exp) into *out.
+__device__ void store_chunk_stats(ChunkStats t, float sum_exp, ChunkStats* out) {
+  __shared__ ChunkStats warps[kSplitWarps];
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+#pragma unroll
+  for (int j = 0; j < kNumFloors; ++j) {
+    t.floor_mass[j] = warp_sum(t.floor_mass[j]);
+    t.floor_count[j] = warp_sum(t.floor_count[j]);
+  }
+#pragma unroll
+  for (int j = 0; j < kNumGaps; ++j)
+    t.near[j] = warp_sum(t.near[j]);
+  t.sum_exp = warp_sum(static_cast<double>(sum_exp));
+  if (lane == 0) warps[warp] = t;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    ChunkStats sum = warps[0];
+    for (int w = 1; w < kSplitWarps; ++w) {
+      for (int j = 0; j < kNumFloors; ++j) {
+        sum.floor_mass[j] += warps[w].floor_mass[j];
+        sum.floor_count[j] += warps[w].floor_count[j];
+      }
+      for (int j = 0; j < kNumGaps; ++j)
+        sum.near[j] += warps[w].near[j];
+      sum.sum_exp += warps[w].sum_exp;
+    }
+    *out = sum;
+  }
+}
+
+// What split_stats_kernel counts besides the mass, for some row of the call (a kernel
+// compiled for each combination: the counters take registers, and a call of plain
+// temperature rows should not pay for them).
+constexpr int kCountNear = 1;    // top-k or top log-probabilities
+constexpr int kCountFloors = 2;  // top-p
+constexpr int kSumExp = 4;       // log-probabilities
+constexpr int kNumStatsKernels = 8;
+
+template <int kCounts>
 __global__ void __launch_bounds__(kSplitThreads)
     split_stats_kernel(SampleKernelArgs args, SplitWorkspace ws, Chunking ch) {
   pdl_wait();
   pdl_launch_dependents();
   const int64_t row = blockIdx.y;
   const SamplingRowArgs a = args.row_args[row];
-  if (sampling_is_greedy(a.temperature)) return;
   const int64_t vocab = args.vocab;
+  const RowPlan plan = row_plan(a, vocab);
+  if (!plan.draws && plan.top_logprobs < 0) return;
   float max_logit;
   int64_t max_id;
   row_max(ws.partials + row * ch.chunks, ch.chunks, &max_logit, &max_id);
   if (!isfinite(max_logit)) return;
-  const float inv_temperature = 1.0f / a.temperature;
+  const float inv_temperature = plan.draws ? 1.0f / a.temperature : 0.0f;
   const float min_p = sampling::clamped_min_p(a);
-  const Cut cut = row_cut(a, vocab);
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int64_t end_of_chunk = chunk_end(ch, blockIdx.x, vocab);
   const int64_t begin = min(end_of_chunk, blockIdx.x * ch.chunk + warp * ch.part);
   const int64_t end = min(end_of_chunk, begin + ch.part);
   const float* x = args.logits + row * vocab;
   uint64_t mass = 0;
-  uint64_t floor_mass[kNumFloors] = {};
-  uint32_t count[kNumGaps] = {};
+  ChunkStats t = {};  // this thread's
+  float sum_exp = 0.0f;
   for (int64_t base = begin + lane; base < end; base += 32 * kLoadsInFlight) {
     float v[kLoadsInFlight];
 #pragma unroll
@@ -219,50 +286,44 @@ __global__ void __launch_bounds__(kSplitThreads)
     }
 #pragma unroll
     for (int u = 0; u < kLoadsInFlight; ++u) {
-      const float p = relative_prob(v[u], max_logit, inv_temperature, min_p);
-      const uint64_t fixed = to_fixed(p);
-      mass += fixed;
-      if (cut == Cut::kTopK) {
+      if (plan.draws) {
+        const float p = relative_prob(v[u], max_logit, inv_temperature, min_p);
+        const uint64_t fixed = to_fixed(p);
+        mass += fixed;
+        if ((kCounts & kCountFloors) != 0 && plan.cut == Cut::kTopP) {
+#pragma unroll
+          for (int j = 0; j < kNumFloors; ++j) {
+            t.floor_mass[j] += p >= mass_floor(j) ? fixed : 0;
+            t.floor_count[j] += p >= mass_floor(j) ? 1u : 0u;
+          }
+        }
+      }
+      if ((kCounts & kCountNear) != 0 && plan.near()) {
 #pragma unroll
         for (int j = 0; j < kNumGaps; ++j)
-          count[j] += v[u] >= max_logit - top_k_gap(j) ? 1u : 0u;
-      } else if (cut == Cut::kTopP) {
-#pragma unroll
-        for (int j = 0; j < kNumFloors; ++j) {
-          floor_mass[j] += p >= mass_floor(j) ? fixed : 0;
-          count[j] += p >= mass_floor(j) ? 1u : 0u;
-        }
+          t.near[j] += v[u] >= max_logit - top_k_gap(j) ? 1u : 0u;
+      }
+      if ((kCounts & kSumExp) != 0 && plan.top_logprobs >= 0 && v[u] > -INFINITY) {
+        sum_exp += expf(v[u] - max_logit);  // (NaN: nothing)
       }
     }
   }
-  mass = warp_sum(mass);
-  if (lane == 0) ws.parts[(row * ch.chunks + blockIdx.x) * kSplitWarps + warp] = mass;
-  if (cut == Cut::kNone) return;
-  __shared__ ChunkStats warps[kSplitWarps];
-#pragma unroll
-  for (int j = 0; j < kNumFloors; ++j)
-    floor_mass[j] = warp_sum(floor_mass[j]);
-#pragma unroll
-  for (int j = 0; j < kNumGaps; ++j)
-    count[j] = warp_sum(count[j]);
-  if (lane == 0) {
-#pragma unroll
-    for (int j = 0; j < kNumFloors; ++j)
-      warps[warp].floor_mass[j] = floor_mass[j];
-#pragma unroll
-    for (int j = 0; j < kNumGaps; ++j)
-      warps[warp].count[j] = count[j];
+  if (plan.draws) {
+    mass = warp_sum(mass);
+    if (lane == 0) ws.parts[(row * ch.chunks + blockIdx.x) * kSplitWarps + warp] = mass;
   }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    ChunkStats s = warps[0];
-    for (int w = 1; w < kSplitWarps; ++w) {
-      for (int j = 0; j < kNumFloors; ++j)
-        s.floor_mass[j] += warps[w].floor_mass[j];
-      for (int j = 0; j < kNumGaps; ++j)
-        s.count[j] += warps[w].count[j];
-    }
-    ws.stats[row * ch.chunks + blockIdx.x] = s;
+  if constexpr (kCounts != 0) {
+    if (plan.gathers() || plan.top_logprobs >= 0)
+      store_chunk_stats(t, sum_exp, &ws.stats[row * ch.chunks + blockIdx.x]);
+  }
+}
+
+// Appends (id, logit) to a row's candidate list (the count said they fit).
+__device__ __forceinline__ void append_candidate(int32_t* count, int32_t* ids, float* logits, int64_t id, float v) {
+  const int slot = atomicAdd(count, 1);
+  if (slot < kMaxCandidates) {
+    ids[slot] = static_cast<int32_t>(id);
+    logits[slot] = v;
   }
 }
 
@@ -273,66 +334,77 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int64_t row = blockIdx.y;
   const SamplingRowArgs a = args.row_args[row];
   const int64_t vocab = args.vocab;
-  const Cut cut = row_cut(a, vocab);
-  if (sampling_is_greedy(a.temperature) || cut == Cut::kNone) return;
+  const RowPlan plan = row_plan(a, vocab);
+  if (!plan.gathers()) return;
   float max_logit;
   int64_t max_id;
   row_max(ws.partials + row * ch.chunks, ch.chunks, &max_logit, &max_id);
   if (!isfinite(max_logit)) return;
-  const float inv_temperature = 1.0f / a.temperature;
+  const float inv_temperature = plan.draws ? 1.0f / a.temperature : 0.0f;
   const float min_p = sampling::clamped_min_p(a);
-  // The row's prefilter bound, as sample_kernel picks it (every block the same).
-  __shared__ float bound;
+  // The row's prefilter bounds, as sample_kernel picks them (every block the same): for the
+  // draw's cut, and for the top log-probabilities (the tightest gap holding that many).
+  __shared__ float bound, top_bound;
   __shared__ bool fits;
   if (threadIdx.x < 32) {
     const int lane = static_cast<int>(threadIdx.x);
-    uint64_t floor_mass[kNumFloors] = {};
-    uint32_t count[kNumGaps] = {};
+    ChunkStats sum = {};
     for (int c = lane; c < ch.chunks; c += 32) {
       const ChunkStats& s = ws.stats[row * ch.chunks + c];
-      for (int j = 0; j < kNumFloors; ++j)
-        floor_mass[j] += s.floor_mass[j];
+      for (int j = 0; j < kNumFloors; ++j) {
+        sum.floor_mass[j] += s.floor_mass[j];
+        sum.floor_count[j] += s.floor_count[j];
+      }
       for (int j = 0; j < kNumGaps; ++j)
-        count[j] += s.count[j];
+        sum.near[j] += s.near[j];
     }
     uint64_t total = 0;
-    for (int p = lane; p < ch.chunks * kSplitWarps; p += 32)
-      total += ws.parts[row * ch.chunks * kSplitWarps + p];
+    if (plan.cut == Cut::kTopP) {
+      for (int p = lane; p < ch.chunks * kSplitWarps; p += 32)
+        total += ws.parts[row * ch.chunks * kSplitWarps + p];
+    }
     total = warp_sum(total);
-    for (int j = 0; j < kNumFloors; ++j)
-      floor_mass[j] = warp_sum(floor_mass[j]);
+    for (int j = 0; j < kNumFloors; ++j) {
+      sum.floor_mass[j] = warp_sum(sum.floor_mass[j]);
+      sum.floor_count[j] = warp_sum(sum.floor_count[j]);
+    }
     for (int j = 0; j < kNumGaps; ++j)
-      count[j] = warp_sum(count[j]);
+      sum.near[j] = warp_sum(sum.near[j]);
     if (lane == 0) {
-      bool found = false;
-      uint32_t num = 0;
-      if (cut == Cut::kTopK) {
-        for (int j = 0; j < kNumGaps && !found; ++j) {
-          if (count[j] >= static_cast<uint32_t>(a.top_k)) {
-            found = true;
-            bound = max_logit - top_k_gap(j);
-            num = count[j];
+      // The tightest gap with at least k logits: its bound, or false (none, or too many).
+      const auto near_bound = [&](int64_t k, float* out) {
+        for (int j = 0; j < kNumGaps; ++j) {
+          if (sum.near[j] >= static_cast<uint64_t>(k)) {
+            *out = max_logit - top_k_gap(j);
+            return sum.near[j] <= static_cast<uint32_t>(kMaxCandidates);
           }
         }
-      } else {
+        return false;
+      };
+      bool ok = true;
+      if (plan.cut == Cut::kTopK) ok = near_bound(a.top_k, &bound);
+      if (plan.cut == Cut::kTopP) {
         const double target = fmax(static_cast<double>(a.top_p) * static_cast<double>(total), 1.0);
-        for (int j = 0; j < kNumFloors && !found; ++j) {
-          if (static_cast<double>(floor_mass[j]) >= target) {
-            found = true;
+        ok = false;
+        for (int j = 0; j < kNumFloors; ++j) {
+          if (static_cast<double>(sum.floor_mass[j]) >= target) {
             bound = mass_floor(j);
-            num = count[j];
+            ok = sum.floor_count[j] <= static_cast<uint32_t>(kMaxCandidates);
+            break;
           }
         }
       }
-      fits = found && num <= static_cast<uint32_t>(kMaxCandidates);
+      if (plan.top_logprobs > 0) ok = ok && near_bound(plan.top_logprobs, &top_bound);
+      fits = ok;
     }
   }
   __syncthreads();
-  if (!fits) {
+  if (!fits) {  // sample_kernel takes the row
     if (blockIdx.x == 0 && threadIdx.x == 0) ws.num_candidates[row] = kNoFit;
     return;
   }
   const float floor = bound;
+  const float top_floor = plan.top_logprobs > 0 ? top_bound : INFINITY;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
   const int64_t end = chunk_end(ch, blockIdx.x, vocab);
   const float* x = args.logits + row * vocab;
@@ -344,15 +416,18 @@ __global__ void __launch_bounds__(kSplitThreads)
       v[u] = i < end ? x[i] : -INFINITY;
     }
 #pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u) {
-      const bool pass =
-          cut == Cut::kTopK ? v[u] >= floor : relative_prob(v[u], max_logit, inv_temperature, min_p) >= floor;
-      if (pass) {  // (past the chunk's end v is -inf: never)
-        const int slot = atomicAdd(&ws.num_candidates[row], 1);
-        if (slot < kMaxCandidates) {  // (always: the count said so)
-          ws.candidate_ids[row * kMaxCandidates + slot] = static_cast<int32_t>(base + int64_t{u} * kSplitThreads);
-          ws.candidate_logits[row * kMaxCandidates + slot] = v[u];
-        }
+    for (int u = 0; u < kLoadsInFlight; ++u) {  // (past the chunk's end v is -inf: never)
+      const int64_t i = base + int64_t{u} * kSplitThreads;
+      const bool pass = plan.cut == Cut::kTopK   ? v[u] >= floor
+                        : plan.cut == Cut::kTopP ? relative_prob(v[u], max_logit, inv_temperature, min_p) >= floor
+                                                 : false;
+      if (pass) {
+        append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
+                         ws.candidate_logits + row * kMaxCandidates, i, v[u]);
+      }
+      if (v[u] >= top_floor) {
+        append_candidate(&ws.num_top[row], ws.top_ids + row * kMaxCandidates, ws.top_logits + row * kMaxCandidates, i,
+                         v[u]);
       }
     }
   }
@@ -454,13 +529,42 @@ __device__ int64_t draw_from_parts(DrawShared& sh, const SampleKernelArgs& args,
   return sh.token;
 }
 
+// Ranks the first n of (ids, values) in shared memory by (value, lower id), 0 the best (a
+// strict order: every rank is unique), and calls fn(rank, id, value) for each. Each thread
+// owns candidates threadIdx.x + m * kSplitThreads and compares them with every other in one
+// sweep of shared memory.
+template <typename Fn>
+__device__ __forceinline__ void rank_candidates(const int32_t* ids, const float* values, int n, Fn&& fn) {
+  constexpr int kPerThread = kMaxCandidates / kSplitThreads;
+  const auto slot = [](int m) { return static_cast<int>(threadIdx.x) + m * kSplitThreads; };
+  float v[kPerThread];
+  int32_t id[kPerThread];
+  int rank[kPerThread];
+#pragma unroll
+  for (int m = 0; m < kPerThread; ++m) {
+    v[m] = slot(m) < n ? values[slot(m)] : -INFINITY;
+    id[m] = slot(m) < n ? ids[slot(m)] : INT32_MAX;
+    rank[m] = 0;
+  }
+  for (int o = 0; o < n; ++o) {
+    const float vo = values[o];
+    const int32_t io = ids[o];
+#pragma unroll
+    for (int m = 0; m < kPerThread; ++m)
+      rank[m] += beats(vo, io, v[m], id[m]) ? 1 : 0;
+  }
+#pragma unroll
+  for (int m = 0; m < kPerThread; ++m) {
+    if (slot(m) < n) fn(rank[m], id[m], v[m]);
+  }
+}
+
 // A row with a cut whose n candidates are in shared memory: top-k keeps the k best logits
 // (rank by (logit, lower id)), min-p drops what it drops, top-p keeps each token whose
 // better tokens (probability, then lower id) have not reached top_p of the kept mass yet
 // (`row_total`: the row's whole mass for top-p alone; under top-k the kept candidates'
 // mass), then one draw among the kept ones in id order: sample_kernel's sets and token.
-// -1 when none is kept. Each thread owns candidates threadIdx.x + m * kSplitThreads and
-// compares them with every other in one sweep of shared memory.
+// -1 when none is kept. (Threads own candidates as in rank_candidates.)
 __device__ int64_t draw_from_candidates(DrawShared& sh, int n, const SamplingRowArgs& a, Cut cut, float max_logit,
                                         uint64_t row_total) {
   constexpr int kPerThread = kMaxCandidates / kSplitThreads;
@@ -468,29 +572,12 @@ __device__ int64_t draw_from_candidates(DrawShared& sh, int n, const SamplingRow
   const float inv_temperature = 1.0f / a.temperature;
   const float min_p = sampling::clamped_min_p(a);
   if (cut == Cut::kTopK) {
-    float v[kPerThread];
-    int32_t id[kPerThread];
-    int rank[kPerThread];
-#pragma unroll
-    for (int m = 0; m < kPerThread; ++m) {
-      v[m] = slot(m) < n ? sh.logits[slot(m)] : -INFINITY;
-      id[m] = slot(m) < n ? sh.ids[slot(m)] : INT32_MAX;
-      rank[m] = 0;
-    }
-    for (int o = 0; o < n; ++o) {
-      const float vo = sh.logits[o];
-      const int32_t io = sh.ids[o];
-#pragma unroll
-      for (int m = 0; m < kPerThread; ++m)
-        rank[m] += beats(vo, io, v[m], id[m]) ? 1 : 0;
-    }
-#pragma unroll
-    for (int m = 0; m < kPerThread; ++m) {
-      if (slot(m) < n && rank[m] < a.top_k) {  // ranks are unique: one writer a place
-        sh.kept_ids[rank[m]] = id[m];
-        sh.probs[rank[m]] = relative_prob(v[m], max_logit, inv_temperature, min_p);
+    rank_candidates(sh.ids, sh.logits, n, [&](int rank, int32_t id, float v) {
+      if (rank < a.top_k) {  // (ranks are unique: one writer a place)
+        sh.kept_ids[rank] = id;
+        sh.probs[rank] = relative_prob(v, max_logit, inv_temperature, min_p);
       }
-    }
+    });
     n = min(n, a.top_k);
   } else {
     for (int c = threadIdx.x; c < n; c += kSplitThreads) {
@@ -562,35 +649,78 @@ __device__ int64_t draw_from_candidates(DrawShared& sh, int n, const SamplingRow
   return sh.token;
 }
 
+// The top log-probabilities (the best plan.top_logprobs of the row's top candidates) into
+// record[1...], and the log-normaliser for record[0]; sample_kernel's raw_distribution.
+__device__ double write_top_logprobs(DrawShared& sh, const SplitWorkspace& ws, const Chunking& ch, int64_t row, int top,
+                                     float max_logit, LogprobEntry* record) {
+  __shared__ double log_normaliser;
+  if (!isfinite(max_logit)) {
+    for (int j = threadIdx.x; j < top; j += kSplitThreads)
+      record[1 + j] = LogprobEntry{-1, 0.0f};
+    return 0.0;
+  }
+  if (threadIdx.x < 32) {
+    double sum = 0.0;
+    for (int c = static_cast<int>(threadIdx.x); c < ch.chunks; c += 32)
+      sum += ws.stats[row * ch.chunks + c].sum_exp;
+    sum = warp_sum(sum);
+    if (threadIdx.x == 0) log_normaliser = static_cast<double>(max_logit) + log(sum);
+  }
+  const int n = top > 0 ? ws.num_top[row] : 0;  // (>= top: the gather's count said so)
+  for (int c = threadIdx.x; c < n; c += kSplitThreads) {
+    sh.kept_ids[c] = ws.top_ids[row * kMaxCandidates + c];
+    sh.probs[c] = ws.top_logits[row * kMaxCandidates + c];
+  }
+  __syncthreads();
+  const double ln = log_normaliser;
+  rank_candidates(sh.kept_ids, sh.probs, n, [&](int rank, int32_t id, float v) {
+    if (rank < top) record[1 + rank] = LogprobEntry{id, static_cast<float>(static_cast<double>(v) - ln)};
+  });
+  __syncthreads();  // (the scratch arrays are the draw's next)
+  return ln;
+}
+
 __global__ void __launch_bounds__(kSplitThreads)
     split_draw_kernel(SampleKernelArgs args, SplitWorkspace ws, Chunking ch) {
   pdl_wait();
   __shared__ DrawShared sh;
   const int64_t row = blockIdx.x;
   const SamplingRowArgs a = args.row_args[row];
+  const RowPlan plan = row_plan(a, args.vocab);
   float max_logit;
   int64_t max_id;
   row_max(ws.partials + row * ch.chunks, ch.chunks, &max_logit, &max_id);
-  const auto emit = [&](int64_t token) {
-    if (threadIdx.x == 0) {
-      args.out[row] = static_cast<int32_t>(token);
-      ws.done[row] = 1;
-    }
-  };
-  if (sampling_is_greedy(a.temperature) || !isfinite(max_logit)) return emit(max_id);
-  const Cut cut = row_cut(a, args.vocab);
-  if (cut == Cut::kNone) return emit(draw_from_parts(sh, args, ws, ch, row, max_logit, max_id));
-  const int n = ws.num_candidates[row];
-  if (n > kMaxCandidates) {  // kNoFit: sample_kernel takes the row
-    if (threadIdx.x == 0) ws.done[row] = 0;
+  if (plan.gathers() && isfinite(max_logit) && ws.num_candidates[row] > kMaxCandidates) {
+    if (threadIdx.x == 0) ws.done[row] = 0;  // kNoFit: sample_kernel takes the row
     return;
   }
+  LogprobEntry* record = plan.top_logprobs >= 0 ? args.logprobs_out + row * kLogprobsRecord : nullptr;
+  double log_normaliser = 0.0;
+  if (record != nullptr) {
+    log_normaliser = write_top_logprobs(sh, ws, ch, row, plan.top_logprobs, max_logit, record);
+  }
+  const float* x = args.logits + row * args.vocab;  // (unmodified when the row has a record)
+  const auto emit = [&](int64_t token) {
+    if (threadIdx.x != 0) return;
+    args.out[row] = static_cast<int32_t>(token);
+    ws.done[row] = 1;
+    if (record != nullptr) {
+      const float v = x[token];
+      const float logprob = isfinite(max_logit) ? static_cast<float>(static_cast<double>(v) - log_normaliser)
+                            : v == max_logit    ? 0.0f
+                                                : -INFINITY;
+      record[0] = LogprobEntry{static_cast<int32_t>(token), logprob};
+    }
+  };
+  if (!plan.draws || !isfinite(max_logit)) return emit(max_id);
+  if (plan.cut == Cut::kNone) return emit(draw_from_parts(sh, args, ws, ch, row, max_logit, max_id));
+  const int n = ws.num_candidates[row];
   for (int c = threadIdx.x; c < n; c += kSplitThreads) {
     sh.ids[c] = ws.candidate_ids[row * kMaxCandidates + c];
     sh.logits[c] = ws.candidate_logits[row * kMaxCandidates + c];
   }
   uint64_t row_total = 0;
-  if (cut == Cut::kTopP) {
+  if (plan.cut == Cut::kTopP) {
     const int parts = ch.chunks * kSplitWarps;
     uint64_t local = 0;
     for (int p = threadIdx.x; p < parts; p += kSplitThreads)
@@ -599,7 +729,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   } else {
     __syncthreads();
   }
-  const int64_t token = draw_from_candidates(sh, n, a, cut, max_logit, row_total);
+  const int64_t token = draw_from_candidates(sh, n, a, plan.cut, max_logit, row_total);
   emit(token >= 0 ? token : max_id);
 }
 
@@ -615,10 +745,13 @@ SplitWorkspace split_workspace(void* base, int64_t rows) {
   ws.parts =
       reinterpret_cast<uint64_t*>(take(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))));
   ws.stats = reinterpret_cast<ChunkStats*>(take(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))));
-  ws.num_candidates = reinterpret_cast<int32_t*>(take(rows * static_cast<int64_t>(sizeof(int32_t))));
+  ws.num_candidates = reinterpret_cast<int32_t*>(take(2 * rows * static_cast<int64_t>(sizeof(int32_t))));
+  ws.num_top = ws.num_candidates + rows;  // (split_max_kernel clears both)
   ws.done = reinterpret_cast<int32_t*>(take(rows * static_cast<int64_t>(sizeof(int32_t))));
   ws.candidate_ids = reinterpret_cast<int32_t*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(int32_t))));
   ws.candidate_logits = reinterpret_cast<float*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(float))));
+  ws.top_ids = reinterpret_cast<int32_t*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(int32_t))));
+  ws.top_logits = reinterpret_cast<float*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(float))));
   return ws;
 }
 
@@ -628,8 +761,8 @@ int64_t split_sample_workspace_bytes(int64_t rows) {
   const auto bytes = [](int64_t n) { return (n + 255) / 256 * 256; };
   return bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkMax))) +
          bytes(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))) +
-         bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))) + 2 * bytes(rows * 4) +
-         2 * bytes(rows * kMaxCandidates * 4);
+         bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))) + bytes(2 * rows * 4) + bytes(rows * 4) +
+         4 * bytes(rows * kMaxCandidates * 4);
 }
 
 cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab, void* workspace,
@@ -655,10 +788,15 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
   const dim3 grid(static_cast<unsigned>(ch.chunks), rows);
   launch_kernel(split_max_kernel, grid, kSplitThreads, 0, stream, ws.partials, ws.num_candidates,
                 static_cast<const float*>(args.logits), args.vocab, ch.chunk);
-  launch_kernel(split_stats_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
-  if (call.cuts) launch_kernel(split_gather_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
+  using StatsKernel = void (*)(SampleKernelArgs, SplitWorkspace, Chunking);
+  constexpr StatsKernel kStatsKernels[kNumStatsKernels] = {
+      split_stats_kernel<0>, split_stats_kernel<1>, split_stats_kernel<2>, split_stats_kernel<3>,
+      split_stats_kernel<4>, split_stats_kernel<5>, split_stats_kernel<6>, split_stats_kernel<7>};
+  const int counts = (call.near ? kCountNear : 0) | (call.floors ? kCountFloors : 0) | (call.logprobs ? kSumExp : 0);
+  launch_kernel(kStatsKernels[counts], grid, kSplitThreads, 0, stream, args, ws, ch);
+  if (call.gathers) launch_kernel(split_gather_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
   launch_kernel(split_draw_kernel, rows, kSplitThreads, 0, stream, args, ws, ch);
-  if (call.cuts) {
+  if (call.gathers) {
     // The rows whose candidates did not fit, one block a row (the others return at once).
     SampleKernelArgs rest = args;
     rest.done = ws.done;
