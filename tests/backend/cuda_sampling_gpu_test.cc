@@ -484,13 +484,14 @@ TEST_F(CudaSamplingTest, SharedMemorySelectionsDrawAsTheRadixSelect) {
   }
 }
 
-// Calls in which no row asks for log-probabilities split each row over many blocks
-// (cuda_sampling_split.cu; rows whose top-k or top-p candidates do not fit in shared memory
-// fall back to one block a row); BW_CUDA_SAMPLE_SPLIT=0 samples them one block a row. Both
-// must give the same tokens: greedy and temperature rows, min-p, top-k, top-p and both, a
-// logit bias and penalties, on peaked (candidates fit), flat (they do not) and tied rows,
-// with -inf, NaN and rows with no finite logit, for one row, a few and more rows than the
-// SMs take two blocks of.
+// BW_CUDA_SAMPLE_SPLIT=all splits each row of a call over many blocks (cuda_sampling_split.cu;
+// rows whose top-k, top-p or top-logprob candidates do not fit in shared memory fall back
+// to one block a row); BW_CUDA_SAMPLE_SPLIT=0 samples them one block a row. Both must give
+// the same tokens and records: greedy and temperature rows, min-p, top-k, top-p and both,
+// a logit bias and penalties, 0 / 5 / 20 top log-probabilities, on peaked (candidates fit),
+// flat (they may not) and tied rows, with -inf, NaN and rows with no finite logit, for one
+// row, a few and more rows than the SMs take two blocks of. Rows that select must be seen
+// both sampled by the split path and left to one block a row.
 TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
   ASSERT_EQ(setenv("BW_CUDA_SAMPLE_SPLIT", "all", 1), 0);
   auto split_backend = CudaBackend::create({});
@@ -499,6 +500,7 @@ TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
   unsetenv("BW_CUDA_SAMPLE_SPLIT");
   ASSERT_TRUE(split_backend.ok()) << split_backend.status().to_string();
   ASSERT_TRUE(per_row_backend.ok()) << per_row_backend.status().to_string();
+  int selecting_split = 0, records_split = 0, left_to_one_block = 0;
   for (const int64_t vocab : {kQwenVocab, int64_t{3001}, int64_t{37}}) {
     for (const size_t rows : {size_t{1}, size_t{40}, size_t{300}}) {
       SCOPED_TRACE(testing::Message() << "vocab " << vocab << ", " << rows << " rows");
@@ -564,6 +566,16 @@ TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
       std::vector<DeviceTokenLogprob> split_records, per_row_records;
       const std::vector<int32_t> split = sample_on(**split_backend, &split_records);
       EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "the call did not take the split path";
+      auto done = (*split_backend)->last_split_rows_done();
+      ASSERT_TRUE(done.ok()) << done.status().to_string();
+      ASSERT_EQ(done->size(), rows);
+      for (size_t r = 0; r < rows; ++r) {
+        const DeviceSamplingRow& p = batch.rows[r];
+        const bool cut = p.temperature > 0.0f && ((p.top_k > 0 && p.top_k < vocab) || p.top_p < 1.0f);
+        if ((*done)[r] == 0) ++left_to_one_block;
+        if ((*done)[r] == 1 && cut) ++selecting_split;
+        if ((*done)[r] == 1 && p.logprobs > 0) ++records_split;
+      }
       const std::vector<int32_t> per_row = sample_on(**per_row_backend, &per_row_records);
       EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "BW_CUDA_SAMPLE_SPLIT=0 took the split path";
       EXPECT_EQ(split, per_row);
@@ -590,6 +602,9 @@ TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
       EXPECT_TRUE(any_penalty || rows == 1);
     }
   }
+  EXPECT_GT(selecting_split, 50);
+  EXPECT_GT(records_split, 50);
+  EXPECT_GT(left_to_one_block, 10);
 }
 
 // Overlapped steps: two sample_async calls outstanding give what sample() gives, and

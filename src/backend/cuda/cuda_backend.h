@@ -130,6 +130,10 @@ class CudaBackend final : public Backend {
   bool fuses_decoder_stack(const DecoderStack& stack) const override;
   Status decoder_stack(TensorView logits, const DecoderStack& stack) override;
 
+  // Testing aid: after a sample() call that took the split path, which of its rows that
+  // path sampled (1) and which it left to one block a row (0); empty after any other call.
+  Result<std::vector<int32_t>> last_split_rows_done();
+
   // Testing aid: forces every matmul through the GEMV kernel (true) or lets M decide.
   void set_force_gemv(bool force) { force_gemv_ = force; }
   // Testing aid: turns the fused decoder stack off (false), or on where the device runs it.
@@ -225,8 +229,9 @@ class CudaBackend final : public Backend {
     size_t ids_offset = 0;       // where the ids are, in both
     size_t logprobs_offset = 0;  // where the log-probability records are (0: none asked)
   };
-  // Makes `slot` hold `bytes`, once its last use is complete.
-  Status reserve_sample_staging(SampleStaging& slot, size_t bytes);
+  // Makes `slot` hold host_bytes of pinned memory and dev_bytes of device memory, once its
+  // last use is complete.
+  Status reserve_sample_staging(SampleStaging& slot, size_t host_bytes, size_t dev_bytes);
   enum class SamplePath { kArgmax, kSplit, kPerRow };
   SamplePath sample_path(std::span<const cuda::SamplingRowArgs> rows, int64_t vocab) const;
   SampleStaging sample_staging_[2];
@@ -235,7 +240,9 @@ class CudaBackend final : public Backend {
   // work on copies here ([rows, V] f32; grown as needed, in stream order).
   void* sample_work_ = nullptr;
   size_t sample_work_capacity_ = 0;
-  bool sample_shared_select_ = true;  // BW_CUDA_SAMPLE_RADIX=1: false
+  bool sample_shared_select_ = true;          // BW_CUDA_SAMPLE_RADIX=1: false
+  const int32_t* last_split_done_ = nullptr;  // the last call's done flags (split path), device
+  int64_t last_split_rows_ = 0;
   // Calls of at most this many rows split them over many blocks whatever they select: one
   // block a row then takes ~100 us. With more rows, one block a row is parallel enough for
   // draws from a cut set (top-k, top-p) and greedy top log-probabilities, and the split's

@@ -131,11 +131,17 @@ Status check_bias(const DeviceSamplingBatch& batch, size_t rows, int64_t vocab) 
   return OkStatus();
 }
 
-// Whether the row selects candidates near its maximum: a draw from a cut set (top-k or
-// top-p), or top log-probabilities.
+bool draws(const cuda::SamplingRowArgs& a) { return !cuda::sampling_is_greedy(a.temperature); }
+
+// A draw from a set that top-k or top-p cuts.
+bool draws_from_cut(const cuda::SamplingRowArgs& a, int64_t vocab) {
+  return draws(a) && (cuda::sampling_uses_top_k(a, vocab) || a.top_p < 1.0f);
+}
+
+// Whether the row selects candidates near its maximum: a draw from a cut set, or top
+// log-probabilities.
 bool sampling_gathers(const cuda::SamplingRowArgs& a, int64_t vocab) {
-  const bool cuts = !cuda::sampling_is_greedy(a.temperature) && (cuda::sampling_uses_top_k(a, vocab) || a.top_p < 1.0f);
-  return cuts || a.logprobs > 0;
+  return draws_from_cut(a, vocab) || a.logprobs > 0;
 }
 
 // Whether one block a row samples the row about as fast as the split path once a call has
@@ -143,8 +149,7 @@ bool sampling_gathers(const cuda::SamplingRowArgs& a, int64_t vocab) {
 // log-probabilities (a draw with log-probabilities costs one block a row a copy of the row
 // and more passes: the split path is faster at any count).
 bool per_row_competes(const cuda::SamplingRowArgs& a, int64_t vocab) {
-  const bool draws = !cuda::sampling_is_greedy(a.temperature);
-  return draws ? cuda::sampling_uses_top_k(a, vocab) || a.top_p < 1.0f : a.logprobs > 0;
+  return draws_from_cut(a, vocab) || (!draws(a) && a.logprobs > 0);
 }
 
 bool has_bias_or_penalties(const cuda::SamplingRowArgs& a) {
@@ -193,18 +198,18 @@ Status CudaBackend::sample(std::span<int32_t> tokens, TensorView logits, const D
   return wait_sampled(pending, tokens, logprobs);
 }
 
-Status CudaBackend::reserve_sample_staging(SampleStaging& slot, size_t bytes) {
+Status CudaBackend::reserve_sample_staging(SampleStaging& slot, size_t host_bytes, size_t dev_bytes) {
   if (slot.done == nullptr) BW_CUDA_TRY(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));
   // The slot's last sampling (two calls ago) must be done with its host memory.
   BW_CUDA_TRY(cudaEventSynchronize(slot.done));
-  if (slot.host_capacity < bytes) {
+  if (slot.host_capacity < host_bytes) {
     if (slot.host != nullptr) {
       const cudaError_t err = cudaFreeHost(slot.host);
       slot.host = nullptr;
       slot.host_capacity = 0;
       if (err != cudaSuccess) return fail(static_cast<int>(err), "cudaFreeHost", __FILE__, __LINE__);
     }
-    const size_t want = std::max(bytes, size_t{64} << 10);
+    const size_t want = std::max(host_bytes, size_t{64} << 10);
     const cudaError_t err = cudaHostAlloc(&slot.host, want, cudaHostAllocDefault);
     if (err != cudaSuccess) {
       slot.host = nullptr;
@@ -214,14 +219,14 @@ Status CudaBackend::reserve_sample_staging(SampleStaging& slot, size_t bytes) {
     }
     slot.host_capacity = want;
   }
-  if (slot.dev_capacity < bytes) {
+  if (slot.dev_capacity < dev_bytes) {
     if (slot.dev != nullptr) {
       const cudaError_t err = cudaFreeAsync(slot.dev, stream_);
       slot.dev = nullptr;
       slot.dev_capacity = 0;
       if (err != cudaSuccess) return fail(static_cast<int>(err), "cudaFreeAsync", __FILE__, __LINE__);
     }
-    const size_t want = std::max(bytes, slot.host_capacity);
+    const size_t want = std::max(dev_bytes, slot.host_capacity);
     const cudaError_t err = cudaMallocAsync(&slot.dev, want, stream_);
     if (err != cudaSuccess) {
       slot.dev = nullptr;
@@ -269,13 +274,12 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
   const size_t upload_bytes = args_bytes + history_bytes + bias_bytes;
   const size_t ids_bytes = align_up(num_rows * sizeof(int32_t));
   const size_t records_bytes = any_logprobs ? align_up(num_rows * kLogprobsRecord * sizeof(DeviceTokenLogprob)) : 0;
-  // Device only, after the ids and records: the split paths' per-chunk partials (the host
-  // copy's bytes there go unused).
-  const size_t total_bytes = upload_bytes + ids_bytes + records_bytes +
-                             align_up(static_cast<size_t>(cuda::split_sample_workspace_bytes(rows)));
+  // Device only, after the ids and records: the split paths' workspace.
+  const size_t host_bytes = upload_bytes + ids_bytes + records_bytes;
+  const size_t dev_bytes = host_bytes + align_up(static_cast<size_t>(cuda::split_sample_workspace_bytes(rows)));
   const int slot_index = next_sample_slot_;
   SampleStaging& slot = sample_staging_[slot_index];
-  RETURN_IF_ERROR(reserve_sample_staging(slot, total_bytes));
+  RETURN_IF_ERROR(reserve_sample_staging(slot, host_bytes, dev_bytes));
   next_sample_slot_ ^= 1;
 
   auto* host = static_cast<char*>(slot.host);
@@ -352,6 +356,7 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
   k.shared_select = sample_shared_select_;
   void* split_workspace = dev + upload_bytes + ids_bytes + records_bytes;
   cudaError_t launched = cudaSuccess;
+  last_split_done_ = nullptr;
   switch (sample_path(std::span(args, num_rows), vocab)) {
     case SamplePath::kArgmax:
       launched = cuda::launch_greedy_argmax(dev_out, k.logits, rows, vocab, split_workspace, num_sms_, stream_);
@@ -360,14 +365,16 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
       cuda::SplitSampleCall call;
       for (size_t r = 0; r < num_rows; ++r) {
         const cuda::SamplingRowArgs& a = args[r];
-        const bool draws = !cuda::sampling_is_greedy(a.temperature);
+        const bool top_k = draws(a) && cuda::sampling_uses_top_k(a, vocab);
         call.bias_or_penalties |= has_bias_or_penalties(a);
-        call.near |= (draws && cuda::sampling_uses_top_k(a, vocab)) || a.logprobs > 0;
-        call.floors |= draws && !cuda::sampling_uses_top_k(a, vocab) && a.top_p < 1.0f;
+        call.near |= top_k || a.logprobs > 0;
+        call.floors |= draws_from_cut(a, vocab) && !top_k;
         call.logprobs |= a.logprobs >= 0;
         call.gathers |= sampling_gathers(a, vocab);
       }
       launched = cuda::launch_split_sample(k, call, split_workspace, num_sms_, stream_);
+      last_split_done_ = cuda::split_sample_done_flags(split_workspace, rows);
+      last_split_rows_ = rows;
       break;
     }
     case SamplePath::kPerRow:
@@ -385,6 +392,15 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
   slot.logprobs_offset = any_logprobs ? upload_bytes + ids_bytes : 0;
   if (step_timing_ != nullptr) step_timing_->on_sample_enqueued(stream_);
   return AsyncSample{dev_out, rows, slot_index, any_logprobs};
+}
+
+Result<std::vector<int32_t>> CudaBackend::last_split_rows_done() {
+  std::vector<int32_t> done;
+  if (last_split_done_ == nullptr) return done;
+  done.resize(static_cast<size_t>(last_split_rows_));
+  BW_CUDA_TRY(cudaStreamSynchronize(stream_));
+  BW_CUDA_TRY(cudaMemcpy(done.data(), last_split_done_, done.size() * sizeof(int32_t), cudaMemcpyDeviceToHost));
+  return done;
 }
 
 Status CudaBackend::wait_sampled(const AsyncSample& sample, std::span<int32_t> tokens,

@@ -358,6 +358,9 @@ struct SplitSampleCall {
 // Rows whose candidates are too many take launch_sample after it.
 cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleCall& call, void* workspace, int num_sms,
                                 cudaStream_t stream);
+// Where launch_split_sample leaves, in `workspace`, which rows it sampled (1) and which it
+// left to launch_sample (0): [rows] int32, valid once the call's kernels have run.
+const int32_t* split_sample_done_flags(const void* workspace, int64_t rows);
 // Calls of launch_split_sample so far, process-wide (tests check the dispatch with it).
 int64_t split_sample_launches();
 // The same token for a call whose rows are all greedy without a bias or penalties (logits

@@ -137,6 +137,26 @@ __device__ __forceinline__ int64_t chunk_end(const Chunking& ch, int64_t c, int6
   return min(vocab, (c + 1) * ch.chunk);
 }
 
+// Calls fn(i, x[i]) for i = first, first + kStride, ... below end, in increasing order,
+// with kLoadsInFlight loads issued before their values are used (a block's or a warp's
+// threads pass consecutive firsts and stride by their count).
+template <int kStride, typename Fn>
+__device__ __forceinline__ void for_each_strided(const float* x, int64_t first, int64_t end, Fn&& fn) {
+  for (int64_t base = first; base < end; base += int64_t{kStride} * kLoadsInFlight) {
+    float v[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int64_t i = base + int64_t{u} * kStride;
+      v[u] = i < end ? x[i] : -INFINITY;
+    }
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int64_t i = base + int64_t{u} * kStride;
+      if (i < end) fn(i, v[u]);
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kSplitThreads)
     split_max_kernel(ChunkMax* partials, int32_t* num_candidates, const float* logits, int64_t vocab, int64_t chunk) {
   pdl_wait();
@@ -151,18 +171,9 @@ __global__ void __launch_bounds__(kSplitThreads)
   }
   float best = -INFINITY;
   int64_t best_id = 0;
-  for (int64_t base = begin + threadIdx.x; base < end; base += int64_t{kSplitThreads} * kLoadsInFlight) {
-    float v[kLoadsInFlight];
-#pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u) {
-      const int64_t i = base + int64_t{u} * kSplitThreads;
-      v[u] = i < end ? x[i] : -INFINITY;
-    }
-#pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u) {
-      if (v[u] > best) best = v[u], best_id = base + int64_t{u} * kSplitThreads;  // ids rise with u
-    }
-  }
+  for_each_strided<kSplitThreads>(x, begin + threadIdx.x, end, [&](int64_t i, float v) {
+    if (v > best) best = v, best_id = i;  // (ids rise)
+  });
   warp_best(best, best_id);
   __shared__ ChunkMax warps[kSplitWarps];
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -188,6 +199,22 @@ __device__ __forceinline__ void row_max(const ChunkMax* partials, int chunks, fl
   warp_best(best, best_id);
   *value = best;
   *id = best_id;
+}
+
+// What steps 2-4 start from: the row's parameters, its plan and its maximum (step 1's).
+struct RowStart {
+  SamplingRowArgs a;
+  RowPlan plan;
+  float max_logit;
+  int64_t max_id;
+};
+__device__ __forceinline__ RowStart row_start(const SampleKernelArgs& args, const SplitWorkspace& ws,
+                                              const Chunking& ch, int64_t row) {
+  RowStart r;
+  r.a = args.row_args[row];
+  r.plan = row_plan(r.a, args.vocab);
+  row_max(ws.partials + row * ch.chunks, ch.chunks, &r.max_logit, &r.max_id);
+  return r;
 }
 
 template <typename T>
@@ -259,14 +286,12 @@ __global__ void __launch_bounds__(kSplitThreads)
   pdl_wait();
   pdl_launch_dependents();
   const int64_t row = blockIdx.y;
-  const SamplingRowArgs a = args.row_args[row];
+  const RowStart r = row_start(args, ws, ch, row);
+  const SamplingRowArgs& a = r.a;
+  const RowPlan& plan = r.plan;
+  const float max_logit = r.max_logit;
+  if ((!plan.draws && plan.top_logprobs < 0) || !isfinite(max_logit)) return;
   const int64_t vocab = args.vocab;
-  const RowPlan plan = row_plan(a, vocab);
-  if (!plan.draws && plan.top_logprobs < 0) return;
-  float max_logit;
-  int64_t max_id;
-  row_max(ws.partials + row * ch.chunks, ch.chunks, &max_logit, &max_id);
-  if (!isfinite(max_logit)) return;
   const float inv_temperature = plan.draws ? 1.0f / a.temperature : 0.0f;
   const float min_p = sampling::clamped_min_p(a);
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -277,37 +302,28 @@ __global__ void __launch_bounds__(kSplitThreads)
   uint64_t mass = 0;
   ChunkStats t = {};  // this thread's
   float sum_exp = 0.0f;
-  for (int64_t base = begin + lane; base < end; base += 32 * kLoadsInFlight) {
-    float v[kLoadsInFlight];
+  for_each_strided<32>(x, begin + lane, end, [&](int64_t, float v) {
+    if (plan.draws) {
+      const float p = relative_prob(v, max_logit, inv_temperature, min_p);
+      const uint64_t fixed = to_fixed(p);
+      mass += fixed;
+      if ((kCounts & kCountFloors) != 0 && plan.cut == Cut::kTopP) {
 #pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u) {
-      const int64_t i = base + int64_t{u} * 32;
-      v[u] = i < end ? x[i] : -INFINITY;
-    }
-#pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u) {
-      if (plan.draws) {
-        const float p = relative_prob(v[u], max_logit, inv_temperature, min_p);
-        const uint64_t fixed = to_fixed(p);
-        mass += fixed;
-        if ((kCounts & kCountFloors) != 0 && plan.cut == Cut::kTopP) {
-#pragma unroll
-          for (int j = 0; j < kNumFloors; ++j) {
-            t.floor_mass[j] += p >= mass_floor(j) ? fixed : 0;
-            t.floor_count[j] += p >= mass_floor(j) ? 1u : 0u;
-          }
+        for (int j = 0; j < kNumFloors; ++j) {
+          t.floor_mass[j] += p >= mass_floor(j) ? fixed : 0;
+          t.floor_count[j] += p >= mass_floor(j) ? 1u : 0u;
         }
       }
-      if ((kCounts & kCountNear) != 0 && plan.near()) {
-#pragma unroll
-        for (int j = 0; j < kNumGaps; ++j)
-          t.near[j] += v[u] >= max_logit - top_k_gap(j) ? 1u : 0u;
-      }
-      if ((kCounts & kSumExp) != 0 && plan.top_logprobs >= 0 && v[u] > -INFINITY) {
-        sum_exp += expf(v[u] - max_logit);  // (NaN: nothing)
-      }
     }
-  }
+    if ((kCounts & kCountNear) != 0 && plan.near()) {
+#pragma unroll
+      for (int j = 0; j < kNumGaps; ++j)
+        t.near[j] += v >= max_logit - top_k_gap(j) ? 1u : 0u;
+    }
+    if ((kCounts & kSumExp) != 0 && plan.top_logprobs >= 0 && v > -INFINITY) {
+      sum_exp += expf(v - max_logit);  // (NaN: nothing)
+    }
+  });
   if (plan.draws) {
     mass = warp_sum(mass);
     if (lane == 0) ws.parts[(row * ch.chunks + blockIdx.x) * kSplitWarps + warp] = mass;
@@ -332,16 +348,11 @@ __global__ void __launch_bounds__(kSplitThreads)
   pdl_wait();
   pdl_launch_dependents();
   const int64_t row = blockIdx.y;
-  const SamplingRowArgs a = args.row_args[row];
+  const RowStart r = row_start(args, ws, ch, row);
+  if (!r.plan.gathers() || !isfinite(r.max_logit)) return;
   const int64_t vocab = args.vocab;
-  const RowPlan plan = row_plan(a, vocab);
-  if (!plan.gathers()) return;
-  float max_logit;
-  int64_t max_id;
-  row_max(ws.partials + row * ch.chunks, ch.chunks, &max_logit, &max_id);
-  if (!isfinite(max_logit)) return;
-  const float inv_temperature = plan.draws ? 1.0f / a.temperature : 0.0f;
-  const float min_p = sampling::clamped_min_p(a);
+  const float inv_temperature = r.plan.draws ? 1.0f / r.a.temperature : 0.0f;
+  const float min_p = sampling::clamped_min_p(r.a);
   // The row's prefilter bounds, as sample_kernel picks them (every block the same): for the
   // draw's cut, and for the top log-probabilities (the tightest gap holding that many).
   __shared__ float bound, top_bound;
@@ -359,7 +370,7 @@ __global__ void __launch_bounds__(kSplitThreads)
         sum.near[j] += s.near[j];
     }
     uint64_t total = 0;
-    if (plan.cut == Cut::kTopP) {
+    if (r.plan.cut == Cut::kTopP) {
       for (int p = lane; p < ch.chunks * kSplitWarps; p += 32)
         total += ws.parts[row * ch.chunks * kSplitWarps + p];
     }
@@ -375,16 +386,16 @@ __global__ void __launch_bounds__(kSplitThreads)
       const auto near_bound = [&](int64_t k, float* out) {
         for (int j = 0; j < kNumGaps; ++j) {
           if (sum.near[j] >= static_cast<uint64_t>(k)) {
-            *out = max_logit - top_k_gap(j);
+            *out = r.max_logit - top_k_gap(j);
             return sum.near[j] <= static_cast<uint32_t>(kMaxCandidates);
           }
         }
         return false;
       };
       bool ok = true;
-      if (plan.cut == Cut::kTopK) ok = near_bound(a.top_k, &bound);
-      if (plan.cut == Cut::kTopP) {
-        const double target = fmax(static_cast<double>(a.top_p) * static_cast<double>(total), 1.0);
+      if (r.plan.cut == Cut::kTopK) ok = near_bound(r.a.top_k, &bound);
+      if (r.plan.cut == Cut::kTopP) {
+        const double target = fmax(static_cast<double>(r.a.top_p) * static_cast<double>(total), 1.0);
         ok = false;
         for (int j = 0; j < kNumFloors; ++j) {
           if (static_cast<double>(sum.floor_mass[j]) >= target) {
@@ -394,7 +405,7 @@ __global__ void __launch_bounds__(kSplitThreads)
           }
         }
       }
-      if (plan.top_logprobs > 0) ok = ok && near_bound(plan.top_logprobs, &top_bound);
+      if (r.plan.top_logprobs > 0) ok = ok && near_bound(r.plan.top_logprobs, &top_bound);
       fits = ok;
     }
   }
@@ -404,33 +415,22 @@ __global__ void __launch_bounds__(kSplitThreads)
     return;
   }
   const float floor = bound;
-  const float top_floor = plan.top_logprobs > 0 ? top_bound : INFINITY;
+  const float top_floor = r.plan.top_logprobs > 0 ? top_bound : INFINITY;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
   const int64_t end = chunk_end(ch, blockIdx.x, vocab);
   const float* x = args.logits + row * vocab;
-  for (int64_t base = begin + threadIdx.x; base < end; base += int64_t{kSplitThreads} * kLoadsInFlight) {
-    float v[kLoadsInFlight];
-#pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u) {
-      const int64_t i = base + int64_t{u} * kSplitThreads;
-      v[u] = i < end ? x[i] : -INFINITY;
-    }
-#pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u) {  // (past the chunk's end v is -inf: never)
-      const int64_t i = base + int64_t{u} * kSplitThreads;
-      const bool pass = plan.cut == Cut::kTopK   ? v[u] >= floor
-                        : plan.cut == Cut::kTopP ? relative_prob(v[u], max_logit, inv_temperature, min_p) >= floor
+  for_each_strided<kSplitThreads>(x, begin + threadIdx.x, end, [&](int64_t i, float v) {
+    const bool pass = r.plan.cut == Cut::kTopK   ? v >= floor
+                      : r.plan.cut == Cut::kTopP ? relative_prob(v, r.max_logit, inv_temperature, min_p) >= floor
                                                  : false;
-      if (pass) {
-        append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
-                         ws.candidate_logits + row * kMaxCandidates, i, v[u]);
-      }
-      if (v[u] >= top_floor) {
-        append_candidate(&ws.num_top[row], ws.top_ids + row * kMaxCandidates, ws.top_logits + row * kMaxCandidates, i,
-                         v[u]);
-      }
+    if (pass) {
+      append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
+                       ws.candidate_logits + row * kMaxCandidates, i, v);
     }
-  }
+    if (v >= top_floor) {
+      append_candidate(&ws.num_top[row], ws.top_ids + row * kMaxCandidates, ws.top_logits + row * kMaxCandidates, i, v);
+    }
+  });
 }
 
 // Exclusive prefix sum of v over the block's threads in thread order; *total gets the sum.
@@ -685,11 +685,11 @@ __global__ void __launch_bounds__(kSplitThreads)
   pdl_wait();
   __shared__ DrawShared sh;
   const int64_t row = blockIdx.x;
-  const SamplingRowArgs a = args.row_args[row];
-  const RowPlan plan = row_plan(a, args.vocab);
-  float max_logit;
-  int64_t max_id;
-  row_max(ws.partials + row * ch.chunks, ch.chunks, &max_logit, &max_id);
+  const RowStart r = row_start(args, ws, ch, row);
+  const SamplingRowArgs& a = r.a;
+  const RowPlan& plan = r.plan;
+  const float max_logit = r.max_logit;
+  const int64_t max_id = r.max_id;
   if (plan.gathers() && isfinite(max_logit) && ws.num_candidates[row] > kMaxCandidates) {
     if (threadIdx.x == 0) ws.done[row] = 0;  // kNoFit: sample_kernel takes the row
     return;
@@ -805,6 +805,10 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
     if (err != cudaSuccess) return err;
   }
   return cudaGetLastError();
+}
+
+const int32_t* split_sample_done_flags(const void* workspace, int64_t rows) {
+  return split_workspace(const_cast<void*>(workspace), rows).done;
 }
 
 int64_t split_sample_launches() { return g_split_samples.load(std::memory_order_relaxed); }
