@@ -2,15 +2,17 @@
 // each batch size B, B random prompts of --input-len tokens are submitted at once and
 // each generates --output-len tokens (EOS ignored). Reported per B: prefill tokens/s
 // (B * input_len over the time until every request has its first token), decode tokens/s
-// (the remaining B * (output_len - 1) tokens over the rest of the run), time per output
-// token, and device memory in use (CUDA: total - free after the run). Each B first runs
+// (while all B decode: see run_batch), time per output token (each request's, averaged),
+// and device memory in use (CUDA: total - free after the run). Each B first runs
 // an untimed round of the same prompts' shape with up to 4 output tokens in the same
 // engine (see run_batch). Tokens are greedy unless --temperature (with --top-p, --top-k)
 // asks for sampled ones, each request seeded (--seed plus its index) so reruns draw alike.
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <string>
@@ -56,6 +58,7 @@ struct BatchResult {
   int32_t batch = 0;
   double prefill_seconds = 0.0;
   double total_seconds = 0.0;
+  double decode_seconds = 0.0;  // the stretch decode_tokens_per_second measures
   double prefill_tokens_per_second = 0.0;
   double decode_tokens_per_second = 0.0;
   double time_per_output_token_ms = 0.0;
@@ -84,6 +87,88 @@ double device_memory_used_gib(const Backend& backend) {
   return static_cast<double>(total_bytes - free_bytes) / static_cast<double>(uint64_t{1} << 30);
 }
 
+// The time (seconds from the round's start) of every token of a round's requests, recorded
+// as the engine hands them over (on its thread; the accessors after wait()).
+class TokenTimes {
+ public:
+  explicit TokenTimes(int32_t requests) : requests_(static_cast<size_t>(requests)) {}
+
+  // Request `index`'s event, `now` seconds after the round's start.
+  void record(int32_t index, double now, const EngineEvent& event) {
+    std::lock_guard lock(mutex_);
+    Request& r = requests_[static_cast<size_t>(index)];
+    if (!event.token_ids.empty()) {
+      if (r.tokens == 0) r.first = now;
+      r.last = now;
+      r.tokens += static_cast<int64_t>(event.token_ids.size());
+      tokens_.emplace_back(now, static_cast<int64_t>(event.token_ids.size()));
+    }
+    if (event.done) {
+      if (!event.error.ok() && error_.ok()) error_ = event.error;
+      ++num_done_;
+      done_.notify_all();
+    }
+  }
+  // Waits until every request is done; its error if one failed.
+  Status wait() {
+    std::unique_lock lock(mutex_);
+    if (!done_.wait_for(lock, std::chrono::minutes(10), [this] { return num_done_ == requests_.size(); })) {
+      return Unavailable("bench: no answer from the engine");
+    }
+    return error_;
+  }
+  double last_first_token() const {
+    double t = 0.0;
+    for (const Request& r : requests_)
+      t = std::max(t, r.first);
+    return t;
+  }
+  // The first moment a request had all its tokens.
+  double first_finish() const {
+    double t = last_token();
+    for (const Request& r : requests_)
+      t = std::min(t, r.last);
+    return t;
+  }
+  double last_token() const {
+    double t = 0.0;
+    for (const Request& r : requests_)
+      t = std::max(t, r.last);
+    return t;
+  }
+  // Tokens made in (from, to].
+  int64_t tokens_between(double from, double to) const {
+    int64_t n = 0;
+    for (const auto& [when, count] : tokens_)
+      n += when > from && when <= to ? count : 0;
+    return n;
+  }
+  // Each request's (last token - first token) / (tokens - 1), averaged (vLLM's TPOT).
+  double mean_time_per_output_token() const {
+    double sum = 0.0;
+    int n = 0;
+    for (const Request& r : requests_) {
+      if (r.tokens < 2) continue;
+      sum += (r.last - r.first) / static_cast<double>(r.tokens - 1);
+      ++n;
+    }
+    return n > 0 ? sum / n : 0.0;
+  }
+
+ private:
+  struct Request {
+    double first = 0.0;
+    double last = 0.0;
+    int64_t tokens = 0;
+  };
+  std::mutex mutex_;
+  std::condition_variable done_;
+  std::vector<Request> requests_;
+  std::vector<std::pair<double, int64_t>> tokens_;  // (time, tokens) of each event
+  size_t num_done_ = 0;
+  Status error_;
+};
+
 Result<BatchResult> run_batch(CausalLM& model, Backend& backend, const BenchOfflineArgs& args, DType kv_dtype,
                               int32_t batch, uint32_t seed) {
   const ModelConfig& mc = model.config();
@@ -102,11 +187,11 @@ Result<BatchResult> run_batch(CausalLM& model, Backend& backend, const BenchOffl
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::create(model, backend, nullptr, config, log));
 
   // Submits `batch` random prompts at once, each generating `output_len` tokens; returns
-  // when all are done: the seconds until every request had its first token, and in all.
+  // when all are done, with the time of every token (TokenTimes).
   std::mt19937 rng(seed);
   std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(mc.vocab_size - 1));
-  auto round = [&](int32_t output_len) -> Result<std::pair<double, double>> {
-    std::vector<std::unique_ptr<EventQueue>> queues;
+  auto round = [&](int32_t output_len) -> Result<std::shared_ptr<const TokenTimes>> {
+    auto times = std::make_shared<TokenTimes>(batch);
     const auto start = std::chrono::steady_clock::now();
     for (int32_t b = 0; b < batch; ++b) {
       GenerationRequest request;
@@ -120,41 +205,43 @@ Result<BatchResult> run_batch(CausalLM& model, Backend& backend, const BenchOffl
       request.sampling.top_k = args.top_k;
       request.sampling.seed = args.seed + static_cast<uint64_t>(b);
       request.detokenize = false;
-      queues.push_back(std::make_unique<EventQueue>());
-      ASSIGN_OR_RETURN(RequestId id, engine->submit(std::move(request), queues.back()->sink()));
+      EventSink sink = [times, b, start](const EngineEvent& event) {
+        times->record(b, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), event);
+      };
+      ASSIGN_OR_RETURN(RequestId id, engine->submit(std::move(request), std::move(sink)));
       (void)id;
     }
-    double first_token = 0.0;
-    for (auto& q : queues) {
-      for (;;) {
-        std::optional<EngineEvent> event = q->pop();
-        if (!event) return Unavailable("bench: no answer from the engine");
-        if (!event->done) continue;
-        if (!event->error.ok()) return event->error;
-        first_token = std::max(first_token, event->timings.first_token_seconds);
-        break;
-      }
-    }
-    return std::make_pair(first_token, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    RETURN_IF_ERROR(times->wait());
+    return std::shared_ptr<const TokenTimes>(times);
   };
   // Warm-up round in the same engine, untimed: what a server pays once per batch shape
   // (the decode graphs of this padded batch captured, cuBLASLt plans for its row counts,
   // kernels that only larger batches use loaded) stays out of the measured round. Without
   // it the first batch size of a process ran up to ~25% slower than the same size again.
   RETURN_IF_ERROR(round(std::min(args.output_len, 4)).status());
-  ASSIGN_OR_RETURN(const auto timed, round(args.output_len));
+  ASSIGN_OR_RETURN(const std::shared_ptr<const TokenTimes> round_times, round(args.output_len));
+  const TokenTimes& timed = *round_times;
 
   BatchResult r;
   r.batch = batch;
-  r.prefill_seconds = timed.first;
-  r.total_seconds = timed.second;
-  const double decode_seconds = r.total_seconds - r.prefill_seconds;
+  r.prefill_seconds = timed.last_first_token();
+  r.total_seconds = timed.last_token();
   r.prefill_tokens_per_second =
       r.prefill_seconds > 0 ? batch * static_cast<double>(args.input_len) / r.prefill_seconds : 0.0;
-  if (args.output_len > 1 && decode_seconds > 0) {
-    r.decode_tokens_per_second = batch * static_cast<double>(args.output_len - 1) / decode_seconds;
-    r.time_per_output_token_ms = 1e3 * decode_seconds / (args.output_len - 1);
+  // Decode: the tokens made while every request decodes, from the last first token to the
+  // first request's end (no prefill shares those steps, no request has left yet), over that
+  // stretch. Requests admitted early decode while later ones prefill, and early ones end
+  // first, so the run's other tokens come from smaller or mixed steps. When the output is
+  // too short for such a stretch (under two steps' worth), up to the last token instead.
+  double decode_end = timed.first_finish();
+  int64_t decode_tokens = timed.tokens_between(r.prefill_seconds, decode_end);
+  if (decode_tokens < 2 * static_cast<int64_t>(batch)) {
+    decode_end = r.total_seconds;
+    decode_tokens = timed.tokens_between(r.prefill_seconds, decode_end);
   }
+  r.decode_seconds = decode_end - r.prefill_seconds;
+  if (r.decode_seconds > 0) r.decode_tokens_per_second = static_cast<double>(decode_tokens) / r.decode_seconds;
+  r.time_per_output_token_ms = 1e3 * timed.mean_time_per_output_token();
   r.memory_used_gib = device_memory_used_gib(backend);
   return r;
 }
@@ -208,6 +295,7 @@ Status run_bench_offline(const BenchOfflineArgs& args) {
       j["runs"].push_back({{"batch", r.batch},
                            {"prefill_seconds", r.prefill_seconds},
                            {"total_seconds", r.total_seconds},
+                           {"decode_seconds", r.decode_seconds},
                            {"prefill_tokens_per_second", r.prefill_tokens_per_second},
                            {"decode_tokens_per_second", r.decode_tokens_per_second},
                            {"time_per_output_token_ms", r.time_per_output_token_ms},

@@ -37,6 +37,11 @@ TEST(BenchOfflineTest, ReportsEveryBatchSize) {
     EXPECT_GT(r["decode_tokens_per_second"].get<double>(), 0.0) << r.dump();
     EXPECT_GT(r["time_per_output_token_ms"].get<double>(), 0.0) << r.dump();
     EXPECT_GE(r["total_seconds"].get<double>(), r["prefill_seconds"].get<double>()) << r.dump();
+    // The decode stretch lies between the last first token and the last token.
+    EXPECT_GT(r["decode_seconds"].get<double>(), 0.0) << r.dump();
+    EXPECT_LE(r["decode_seconds"].get<double>(),
+              r["total_seconds"].get<double>() - r["prefill_seconds"].get<double>() + 1e-9)
+        << r.dump();
   }
 
   auto table = run("bench offline --model " + model + " --device cpu --threads 2 --input-len 4 --output-len 2");
