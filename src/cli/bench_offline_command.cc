@@ -117,25 +117,11 @@ class TokenTimes {
     }
     return error_;
   }
-  double last_first_token() const {
-    double t = 0.0;
-    for (const Request& r : requests_)
-      t = std::max(t, r.first);
-    return t;
-  }
+  // (requests_ holds at least one request: --batch sizes are positive.)
+  double last_first_token() const { return std::ranges::max(requests_, {}, &Request::first).first; }
+  double last_token() const { return std::ranges::max(requests_, {}, &Request::last).last; }
   // The first moment a request had all its tokens.
-  double first_finish() const {
-    double t = last_token();
-    for (const Request& r : requests_)
-      t = std::min(t, r.last);
-    return t;
-  }
-  double last_token() const {
-    double t = 0.0;
-    for (const Request& r : requests_)
-      t = std::max(t, r.last);
-    return t;
-  }
+  double first_finish() const { return std::ranges::min(requests_, {}, &Request::last).last; }
   // Tokens made in (from, to].
   int64_t tokens_between(double from, double to) const {
     int64_t n = 0;
