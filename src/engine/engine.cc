@@ -166,10 +166,10 @@ Engine::Engine(const ModelConfig& model_config, const Tokenizer* tokenizer, cons
     }
   }
   scheduler_ = std::make_unique<Scheduler>(config.scheduler, kv_config_, model_info_.eos_token_ids);
-  // Steps scheduled ahead sample on the device: requests that need the host Sampler (and
-  // n > 1 requests until their choices fork) wait for an ordinary step.
-  scheduler_->set_schedule_ahead_filter(
-      [](const Request& r) { return r.num_pending_forks == 0 && device_samplable(r.sampling); });
+  // Steps scheduled ahead sample on the device: requests that need the host Sampler wait
+  // for an ordinary step. (An n > 1 request forks its choices in a step that is not
+  // scheduled ahead of: Scheduler::can_schedule_ahead.)
+  scheduler_->set_schedule_ahead_filter([](const Request& r) { return device_samplable(r.sampling); });
   counters_.kv_block_size = config.kv_block_size;
   publish_stats();
 }
@@ -357,14 +357,15 @@ void Engine::step() {
   const bool device_sampling = prepare_device_sampling(output);
   if (device_sampling) device_batch = device_batch_.batch();
   if (device_sampling && host_rows_.empty() && config_.async_scheduling && runner_->can_launch(output)) {
-    Result<ModelRunner::PendingStep> launched = runner_->launch(output, device_batch);
+    Result<ModelRunner::PendingStep> launched = runner_->launch(output, device_batch, nullptr, choice_sources_);
     if (!launched.ok()) return fail_step(output, launched.status());
     in_flight_ = InFlight{std::move(output), std::move(*launched), start};
     return step_overlapped();
   }
   // (Every row for the host Sampler: the logits come back in one copy.)
   const bool sample_on_device = device_sampling && device_batch_.num_rows() > host_rows_.size();
-  Result<RunnerOutput> result = runner_->execute(output, sample_on_device ? &device_batch : nullptr, host_rows_);
+  Result<RunnerOutput> result = runner_->execute(output, sample_on_device ? &device_batch : nullptr, host_rows_,
+                                                 sample_on_device ? choice_sources_ : std::span<const int32_t>());
   if (!result.ok()) return fail_step(output, result.status());
   finish_step(output, *result, /*advanced=*/false, start);
 }
@@ -401,9 +402,9 @@ void Engine::step_overlapped() {
                           : Internal("a step scheduled ahead cannot be sampled on the device");
       DeviceSamplingBatch batch = device_batch_.batch();
       batch.pending = source.from;
-      Result<ModelRunner::PendingStep> launched = status.ok()
-                                                      ? runner_->launch(ahead, batch, any_pending ? &source : nullptr)
-                                                      : Result<ModelRunner::PendingStep>(status);
+      Result<ModelRunner::PendingStep> launched =
+          status.ok() ? runner_->launch(ahead, batch, any_pending ? &source : nullptr, choice_sources_)
+                      : Result<ModelRunner::PendingStep>(status);
       if (launched.ok()) {
         counters_.num_overlapped_steps += 1;
         in_flight_ = InFlight{std::move(ahead), std::move(*launched), start};
@@ -457,6 +458,8 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
   std::unordered_map<RequestId, SampledToken> details;
   std::vector<float> scratch;
   size_t next_host_row = 0;  // into logits.host_rows
+  const std::span<const int32_t> choices = logits.choice_sources;
+  size_t next_choice = 0;  // into choices
   for (size_t i = 0; i < logits.request_ids.size(); ++i) {
     const RequestId id = logits.request_ids[i];
     // Sampled on the device unless the runner gave this row's logits for the host Sampler.
@@ -467,13 +470,25 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
     const Request* request = scheduler_->find(id);
     if (request == nullptr) continue;
     if (!on_host) {
-      sampled.push_back(SampledTokens{id, {logits.sampled[i]}});
-      // (Records come back only for steps where some row asked for them.)
-      const int32_t num_top = logits.logprobs.empty() ? -1 : sequences_.at(id)->sampler.params().logprobs;
-      if (num_top >= 0) {
-        details.emplace(id, device_logprobs(logits.sampled[i], num_top,
-                                            std::span(logits.logprobs).subspan(i * kLogprobsRecord, kLogprobsRecord)));
-      }
+      SampledTokens tokens{id, {}};
+      const auto take = [&](size_t sample_row, RequestId choice_id) {
+        const int32_t token_id = logits.sampled[sample_row];
+        tokens.token_ids.push_back(token_id);
+        // (Records come back only for steps where some row asked for them.)
+        const int32_t num_top = logits.logprobs.empty() ? -1 : sequences_.at(choice_id)->sampler.params().logprobs;
+        if (num_top >= 0) {
+          const auto record = std::span(logits.logprobs).subspan(sample_row * kLogprobsRecord, kLogprobsRecord);
+          details.emplace(choice_id, device_logprobs(token_id, num_top, record));
+        }
+      };
+      take(i, id);
+      // Its other choices when its prompt ended here: rows after every sequence's.
+      const auto row = static_cast<int32_t>(i);
+      while (next_choice < choices.size() && choices[next_choice] < row)
+        ++next_choice;
+      for (RequestId c = 1; next_choice < choices.size() && choices[next_choice] == row; ++c, ++next_choice)
+        take(logits.request_ids.size() + next_choice, id + c);
+      sampled.push_back(std::move(tokens));
       continue;
     }
     SampledTokens tokens{id, {}};
@@ -511,15 +526,20 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
 bool Engine::prepare_device_sampling(const SchedulerOutput& output, std::span<const int32_t> pending_rows) {
   device_batch_.clear();
   host_rows_.clear();
+  choice_sources_.clear();
   if (!runner_->samples_on_device()) return false;
+  struct Fork {
+    const Request* request;
+    int32_t row;
+  };
+  std::vector<Fork> forks;
   int32_t row = 0;
   for (size_t i = 0; i < output.sequences.size(); ++i) {
     const ScheduledSequence& seq = output.sequences[i];
     if (!seq.sample) continue;
     const Request* request = scheduler_->find(seq.request_id);
     auto it = sequences_.find(seq.request_id);
-    if (request == nullptr || it == sequences_.end() || request->num_pending_forks > 0 ||
-        !device_samplable(it->second->sampler.params())) {
+    if (request == nullptr || it == sequences_.end() || !device_samplable(it->second->sampler.params())) {
       // The host Sampler takes this row; the device samples a greedy stand-in.
       host_rows_.push_back(row++);
       device_batch_.add_row(SamplingParams{}, 0, 0, {}, {});
@@ -528,7 +548,17 @@ bool Engine::prepare_device_sampling(const SchedulerOutput& output, std::span<co
     const SequenceState& state = *it->second;
     device_batch_.add_row(state.sampler.params(), state.seed, request->output_ids().size(), request->prompt_ids(),
                           request->output_ids(), pending_rows.empty() ? -1 : pending_rows[i]);
+    if (request->num_pending_forks > 0) forks.push_back({request, row});
     ++row;
+  }
+  // The other choices draw from the same logits, each with its sequence's params and seed
+  // (one output token history: none yet).
+  for (const Fork& fork : forks) {
+    for (int32_t c = 1; c <= fork.request->num_pending_forks; ++c) {
+      const SequenceState& state = *sequences_.at(fork.request->request_id + c);
+      device_batch_.add_row(state.sampler.params(), state.seed, 0, fork.request->prompt_ids(), {});
+      choice_sources_.push_back(fork.row);
+    }
   }
   return true;
 }

@@ -55,9 +55,9 @@ struct EngineConfig {
   // enqueued (input tokens still being sampled taken on the device from this step's
   // samples), and this step's outputs are handled while the next runs. Only where the
   // backend samples asynchronously (CUDA), for steps whose rows sample on the device
-  // (penalties, logit bias and logprobs included; not the first token of an n > 1
-  // request, which the host samples for each choice) and that schedule() would not have
-  // to preempt for; other steps run one after another (docs/ENGINE.md).
+  // (penalties, logit bias and logprobs included) and that schedule() would not have to
+  // preempt for, and not the step where an n > 1 request forks its choices; other steps
+  // run one after another (docs/ENGINE.md).
   bool async_scheduling = true;
   DType kv_dtype = DType::kF32;
   bool enable_prefix_caching = true;
@@ -118,9 +118,11 @@ class Engine final : public EngineClient {
   // Scheduler outputs for the sampled tokens, then events and counters for the step.
   void finish_step(const SchedulerOutput& output, RunnerOutput& logits, bool advanced, SteadyClock::time_point start);
   // Fills device_batch_ for this step's sampled rows (maybe none); false when the backend
-  // cannot sample. Rows that need the host Sampler (n > 1 before the fork) get
-  // a greedy stand-in there and are listed in host_rows_: the other rows still sample on
-  // the device, so a seeded request draws the same tokens whatever shares its steps.
+  // cannot sample. Rows that need the host Sampler get a greedy stand-in there and are
+  // listed in host_rows_: the other rows still sample on the device, so a seeded request
+  // draws the same tokens whatever shares its steps. An n > 1 request whose prompt ends
+  // here samples its first choice in its row and the others in rows after every
+  // sequence's (choice_sources_: the row each copies), each with its own seed.
   // pending_rows (one per sequence of a step scheduled ahead, or empty): the row of the
   // in-flight sample that holds each sequence's newest token.
   bool prepare_device_sampling(const SchedulerOutput& output, std::span<const int32_t> pending_rows = {});
@@ -142,6 +144,7 @@ class Engine final : public EngineClient {
   std::unique_ptr<ModelRunner> runner_;
   DeviceSamplingBatchBuilder device_batch_;
   std::vector<int32_t> host_rows_;        // the sampled rows device_batch_ left to the host Sampler
+  std::vector<int32_t> choice_sources_;   // ModelRunner::execute's choice_sources for device_batch_
   std::unique_ptr<Scheduler> scheduler_;  // loop thread only
 
   // A step launched on the device whose tokens are not back yet (async_scheduling).

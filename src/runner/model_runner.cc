@@ -30,13 +30,14 @@ Result<std::unique_ptr<ModelRunner>> ModelRunner::create(CausalLM& model, Backen
 }
 
 Status ModelRunner::finish(const TensorView& logits, const DeviceSamplingBatch* sampling,
-                           std::span<const int32_t> host_rows, RunnerOutput* result) {
-  if (sampling == nullptr || !backend_.supports_device_sampling())
+                           std::span<const int32_t> host_rows, std::span<const int32_t> choice_sources,
+                           RunnerOutput* result) {
+  if (sampling == nullptr || !backend_.supports_device_sampling()) {
+    if (!choice_sources.empty()) return InvalidArgument("runner: extra choices need device sampling");
     return read_logits(backend_, logits, &result->logits);
-  const int64_t rows = logits.dim(0), vocab = logits.dim(1);
-  if (sampling->rows.size() != static_cast<size_t>(rows)) {
-    return InvalidArgument("runner: {} sampling rows for {} logits rows", sampling->rows.size(), rows);
   }
+  const int64_t rows = logits.dim(0), vocab = logits.dim(1);
+  ASSIGN_OR_RETURN(TensorView sampled, sampled_logits(logits, *sampling, choice_sources));
   // Rows for the host Sampler: their logits (always f32) come back before sampling uses
   // them as scratch.
   const size_t row_bytes = static_cast<size_t>(vocab) * sizeof(float);
@@ -50,7 +51,40 @@ Status ModelRunner::finish(const TensorView& logits, const DeviceSamplingBatch* 
   result->host_rows.assign(host_rows.begin(), host_rows.end());
   result->sampled.resize(sampling->rows.size());
   if (wants_logprobs(*sampling)) result->logprobs.resize(sampling->rows.size() * kLogprobsRecord);
-  return backend_.sample(result->sampled, logits, *sampling, result->logprobs);
+  return backend_.sample(result->sampled, sampled, *sampling, result->logprobs);
+}
+
+Result<TensorView> ModelRunner::sampled_logits(const TensorView& logits, const DeviceSamplingBatch& sampling,
+                                               std::span<const int32_t> choice_sources) {
+  const int64_t rows = logits.dim(0), vocab = logits.dim(1);
+  const int64_t total = rows + static_cast<int64_t>(choice_sources.size());
+  if (sampling.rows.size() != static_cast<size_t>(total)) {
+    return InvalidArgument("runner: {} sampling rows for {} logits rows and {} extra choices", sampling.rows.size(),
+                           rows, choice_sources.size());
+  }
+  if (choice_sources.empty()) return logits;
+  for (size_t k = 0; k < choice_sources.size(); ++k) {
+    const int32_t source = choice_sources[k];
+    if (source < 0 || source >= rows || (k > 0 && source < choice_sources[k - 1]))
+      return InvalidArgument("runner: choice source {} out of order or outside {} rows", source, rows);
+  }
+  if (logits.dtype != DType::kF32) return InvalidArgument("runner: logits must be f32");
+  // A separate buffer: the decode graphs' logits have no room for more rows. The copies
+  // are stream-ordered after the forward pass, and a fork happens once per request.
+  const size_t row_bytes = static_cast<size_t>(vocab) * sizeof(float);
+  const size_t bytes = static_cast<size_t>(total) * row_bytes;
+  if (choices_buffer_.size() < bytes) {
+    ASSIGN_OR_RETURN(choices_buffer_, backend_.allocate(bytes));
+  }
+  TensorView out = choices_buffer_.view(DType::kF32, {total, vocab});
+  RETURN_IF_ERROR(backend_.copy_on_device(out.data, logits.data, static_cast<size_t>(rows) * row_bytes));
+  int64_t row = rows;
+  for (const int32_t source : choice_sources) {
+    RETURN_IF_ERROR(backend_.copy_on_device(out.slice_rows(row, row + 1).data,
+                                            logits.slice_rows(source, source + 1).data, row_bytes));
+    ++row;
+  }
+  return out;
 }
 
 bool ModelRunner::can_launch(const SchedulerOutput& output) const {
@@ -79,16 +113,17 @@ Result<TensorView> ModelRunner::forward(const SchedulerOutput& output, const Tok
 }
 
 Result<ModelRunner::PendingStep> ModelRunner::launch(const SchedulerOutput& output, const DeviceSamplingBatch& sampling,
-                                                     const TokenSource* source) {
+                                                     const TokenSource* source,
+                                                     std::span<const int32_t> choice_sources) {
   if (!can_launch(output)) return FailedPrecondition("runner: this step cannot be launched asynchronously");
   PendingStep step;
   step.output.vocab_size = model_.config().vocab_size;
   for (const ScheduledSequence& seq : output.sequences) {
     if (seq.sample) step.output.request_ids.push_back(seq.request_id);
   }
-  if (sampling.rows.size() != step.output.request_ids.size()) {
-    return InvalidArgument("runner: {} sampling rows for {} sampled sequences", sampling.rows.size(),
-                           step.output.request_ids.size());
+  if (sampling.rows.size() != step.output.request_ids.size() + choice_sources.size()) {
+    return InvalidArgument("runner: {} sampling rows for {} sampled sequences and {} extra choices",
+                           sampling.rows.size(), step.output.request_ids.size(), choice_sources.size());
   }
   if (source != nullptr && source->rows.size() != output.sequences.size()) {
     return InvalidArgument("runner: {} token source rows for {} sequences", source->rows.size(),
@@ -98,21 +133,23 @@ Result<ModelRunner::PendingStep> ModelRunner::launch(const SchedulerOutput& outp
   ASSIGN_OR_RETURN(TensorView logits, forward(output, source));
   // A step that samples nothing (a prompt chunk) has nothing to wait for.
   if (!sampling.rows.empty()) {
-    ASSIGN_OR_RETURN(step.sample, backend_.sample_async(logits, sampling));
+    ASSIGN_OR_RETURN(TensorView sampled, sampled_logits(logits, sampling, choice_sources));
+    ASSIGN_OR_RETURN(step.sample, backend_.sample_async(sampled, sampling));
+    step.output.choice_sources.assign(choice_sources.begin(), choice_sources.end());
   }
   return step;
 }
 
 Result<RunnerOutput> ModelRunner::wait(PendingStep step) {
   RunnerOutput& out = step.output;
-  out.sampled.resize(out.request_ids.size());
-  if (step.sample.logprobs) out.logprobs.resize(out.request_ids.size() * kLogprobsRecord);
+  out.sampled.resize(out.request_ids.size() + out.choice_sources.size());
+  if (step.sample.logprobs) out.logprobs.resize(out.sampled.size() * kLogprobsRecord);
   if (!out.sampled.empty()) RETURN_IF_ERROR(backend_.wait_sampled(step.sample, out.sampled, out.logprobs));
   return std::move(step.output);
 }
 
 Result<RunnerOutput> ModelRunner::execute(const SchedulerOutput& output, const DeviceSamplingBatch* sampling,
-                                          std::span<const int32_t> host_rows) {
+                                          std::span<const int32_t> host_rows, std::span<const int32_t> choice_sources) {
   RunnerOutput result;
   result.vocab_size = model_.config().vocab_size;
   if (!output.block_copies.empty()) RETURN_IF_ERROR(kv_cache_.copy_blocks(backend_, output.block_copies));
@@ -121,7 +158,8 @@ Result<RunnerOutput> ModelRunner::execute(const SchedulerOutput& output, const D
     if (seq.sample) result.request_ids.push_back(seq.request_id);
   }
   ASSIGN_OR_RETURN(TensorView logits, forward(output, nullptr));
-  RETURN_IF_ERROR(finish(logits, sampling, host_rows, &result));
+  RETURN_IF_ERROR(finish(logits, sampling, host_rows, choice_sources, &result));
+  result.choice_sources.assign(choice_sources.begin(), choice_sources.end());
   return result;
 }
 

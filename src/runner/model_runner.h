@@ -37,10 +37,16 @@ struct RunnerOutput {
   // Sampled on the host: [request_ids.size(), vocab_size]. Sampled on the device: the
   // rows listed in host_rows only ([host_rows.size(), vocab_size]), for the host Sampler.
   std::vector<float> logits;
-  std::vector<int32_t> sampled;    // [request_ids.size()] when sampled on the device
+  // Sampled on the device: one id per request row, then one per extra choice
+  // ([request_ids.size() + choice_sources.size()]).
+  std::vector<int32_t> sampled;
   std::vector<int32_t> host_rows;  // increasing indices into request_ids
-  // Sampled on the device with a row that asked for log-probabilities: [request_ids.size()
-  // * kLogprobsRecord] records (Backend::sample; only those rows' are written). Else empty.
+  // The extra choices sampled on the device (execute's choice_sources): extra row k
+  // (sampled[request_ids.size() + k]) drew from request row choice_sources[k]'s logits.
+  std::vector<int32_t> choice_sources;
+  // Sampled on the device with a row that asked for log-probabilities: one record of
+  // kLogprobsRecord entries per row of `sampled` (Backend::sample; only those rows' are
+  // written). Else empty.
   std::vector<DeviceTokenLogprob> logprobs;
 
   std::span<float> row(size_t i) {
@@ -56,16 +62,20 @@ class ModelRunner {
   // With `sampling` (one row per sequence with `sample` set, in order) and a backend that
   // samples on the device, returns the sampled tokens instead of the logits, and the logits
   // of `host_rows` (increasing row indices) besides.
+  // `choice_sources`: the later choices of n > 1 requests whose prompts end in this step
+  // draw from their prompt's logits too: `sampling` then has one more row for each, after
+  // the sequences' rows, and extra row k samples a copy of the logits of sequence row
+  // choice_sources[k] (non-decreasing).
   Result<RunnerOutput> execute(const SchedulerOutput& output, const DeviceSamplingBatch* sampling = nullptr,
-                               std::span<const int32_t> host_rows = {});
+                               std::span<const int32_t> host_rows = {}, std::span<const int32_t> choice_sources = {});
   bool samples_on_device() const { return backend_.supports_device_sampling(); }
 
   // Overlapped steps (the engine's async scheduling): launch() enqueues a step (replayed
   // from a decode graph or run eagerly) and its device sampling and returns before the ids
   // are back; wait() returns them. Only on a backend with asynchronous sampling
   // (can_launch); at most two launched steps may be outstanding, waited for in order.
-  // `sampling` has one row per sequence with `sample` set (none: nothing to wait for).
-  // `source` names the input tokens still on the device: per sequence, the row of the
+  // `sampling` has one row per sequence with `sample` set (none: nothing to wait for), then
+  // those of `choice_sources` as in execute(). `source` names the input tokens still on the device: per sequence, the row of the
   // previous launched step's ids that is its last token, or -1.
   struct PendingStep {
     RunnerOutput output;  // request_ids and vocab_size; sampled filled by wait()
@@ -73,7 +83,7 @@ class ModelRunner {
   };
   bool can_launch(const SchedulerOutput& output) const;
   Result<PendingStep> launch(const SchedulerOutput& output, const DeviceSamplingBatch& sampling,
-                             const TokenSource* source = nullptr);
+                             const TokenSource* source = nullptr, std::span<const int32_t> choice_sources = {});
   Result<RunnerOutput> wait(PendingStep step);
 
   const KvCacheStorage& kv_cache() const { return kv_cache_; }
@@ -91,14 +101,20 @@ class ModelRunner {
   // Reads the logits back, or samples them on the device when `sampling` is given (and
   // reads back the host_rows' logits first).
   Status finish(const TensorView& logits, const DeviceSamplingBatch* sampling, std::span<const int32_t> host_rows,
-                RunnerOutput* result);
+                std::span<const int32_t> choice_sources, RunnerOutput* result);
+  // The logits the sampling rows read: `logits` itself, or (with extra choices) a copy of
+  // it followed by a copy of row choice_sources[k] for each extra row k. Checks that
+  // `sampling` has a row for each.
+  Result<TensorView> sampled_logits(const TensorView& logits, const DeviceSamplingBatch& sampling,
+                                    std::span<const int32_t> choice_sources);
 
   CausalLM& model_;
   Backend& backend_;
   KvCacheStorage kv_cache_;
   std::unique_ptr<DecodeGraphs> graphs_;
   BatchInputs inputs_;
-  DeviceBuffer logits_buffer_;  // [rows, vocab], activation dtype
+  DeviceBuffer logits_buffer_;   // [rows, vocab] f32
+  DeviceBuffer choices_buffer_;  // [rows + extra choices, vocab] f32 (sampled_logits)
 };
 
 // Copies `rows` x vocab logits in the backend's activation dtype to f32 on the host.

@@ -139,14 +139,18 @@ TEST_F(EngineOverlapGpuTest, PromptChunksAndAdmissionsOverlapToo) {
   test::expect_chunks_overlap(*sync, *overlapped, mixed_requests(rng));
 }
 
-// Rows for the host Sampler (n > 1) and a row with logprobs beside seeded rows: the seeded
-// ones draw what they draw alone, and so does the one with logprobs.
-TEST_F(EngineOverlapGpuTest, SeededRowsDrawTheSameBesideHostSampledRows) {
+// An n = 3 request's choices (first tokens drawn from copies of the prompt's logits) draw
+// as single requests with seed + c; seeded rows beside it and beside a row with logprobs
+// draw what they draw alone.
+TEST_F(EngineOverlapGpuTest, SeededRowsAndChoicesDrawAsSingleRequests) {
   std::mt19937 rng(9);
   std::vector<GenerationRequest> seeded = mixed_requests(rng);
   seeded.resize(6);
-  auto engine = make_engine(true);
-  test::expect_seeded_draws_beside_host_rows(*engine, seeded, 700);
+  for (bool overlap : {false, true}) {
+    SCOPED_TRACE(overlap ? "overlapped" : "one step after another");
+    auto engine = make_engine(overlap);
+    test::expect_seeded_draws_beside_choices(*engine, seeded, 700);
+  }
 }
 
 // Logprobs and logit bias sample on the device: greedy requests get what the host Sampler

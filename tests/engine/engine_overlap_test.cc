@@ -178,10 +178,10 @@ TEST_F(EngineOverlapTest, PreemptionsBetweenOverlappedSteps) {
   EXPECT_EQ(stats.requests_failed, 0);
 }
 
-// Requests that need the host sampler (n > 1 until its choices fork) arriving while others
-// decode overlapped: they run in ordinary steps, and nothing fails or changes. (A request
-// with logprobs and a logit bias beside them samples on the device.)
-TEST_F(EngineOverlapTest, HostSampledRequestsRunInOrdinarySteps) {
+// An n > 1 request arriving while others decode overlapped: it may be admitted in a step
+// scheduled ahead, the step where its choices fork is not scheduled ahead of, and nothing
+// fails or changes. (A request with logprobs and a logit bias beside it.)
+TEST_F(EngineOverlapTest, ChoicesForkBetweenOverlappedSteps) {
   std::vector<GenerationRequest> requests = mixed_requests(8, vocab(), 6);
   for (GenerationRequest& r : requests)
     r.sampling.temperature = 0.0f;
@@ -219,14 +219,14 @@ TEST_F(EngineOverlapTest, LogprobsAndLogitBiasSampleOnTheDevice) {
   test::expect_logprobs_and_bias_on_device(*device_engine, *host_engine, mixed_requests(8, vocab(), 8));
 }
 
-// A step with rows for the host Sampler (n > 1 before its fork) still samples its other
-// rows on the device: a seeded request draws the same tokens whether or not such a request
-// shares its steps, and whether or not it asks for logprobs.
-TEST_F(EngineOverlapTest, SeededRowsDrawTheSameBesideHostSampledRows) {
+// An n > 1 request's choices draw their first tokens on the device (from copies of its
+// prompt's logits) as single requests with seed + c draw them, and seeded requests beside
+// it and beside one with logprobs draw what they draw alone.
+TEST_F(EngineOverlapTest, SeededRowsAndChoicesDrawAsSingleRequests) {
   for (bool overlap : {false, true}) {
     SCOPED_TRACE(overlap ? "overlapped" : "one step after another");
     auto engine = setup_.engine(overlap);
-    test::expect_seeded_draws_beside_host_rows(*engine, mixed_requests(6, vocab(), 7), 500);
+    test::expect_seeded_draws_beside_choices(*engine, mixed_requests(6, vocab(), 7), 500);
   }
 }
 

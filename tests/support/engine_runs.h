@@ -1,8 +1,8 @@
 // Helpers for engine tests that compare runs: submit a set of requests (some late, one
 // cancelled) and gather every completion; give requests penalties; check two runs produced
 // the same tokens, that penalties give the same tokens with overlapped steps, that seeded
-// requests draw the same tokens beside host-sampled ones, and that logprobs and logit bias
-// on the device match the host Sampler.
+// requests draw the same tokens beside n > 1 ones (whose choices draw as single requests),
+// and that logprobs and logit bias on the device match the host Sampler.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -146,34 +146,62 @@ inline void expect_chunks_overlap(EngineClient& plain, EngineClient& overlapped,
 }
 
 // Gives the requests seeds and a temperature, runs them alone, then beside a request with
-// logprobs (sampled on the device) and one with n = 2 (rows for the host sampler until it
-// forks): each must draw the same tokens, and so must the one with logprobs as its twin
-// without them.
-inline void expect_seeded_draws_beside_host_rows(EngineClient& engine, std::vector<GenerationRequest> seeded,
-                                                 uint64_t first_seed) {
+// logprobs and one with n = 3 and logprobs (its choices draw their first tokens from copies
+// of its prompt's logits, in rows after the step's other rows): each must draw the same
+// tokens as alone, the one with logprobs the same as its twin without, and choice c of the
+// n = 3 request what that request with n = 1 and seed + c draws, log-probabilities and top
+// tokens included.
+inline void expect_seeded_draws_beside_choices(EngineClient& engine, std::vector<GenerationRequest> seeded,
+                                               uint64_t first_seed) {
   ASSERT_GE(seeded.size(), 2u);
   for (size_t i = 0; i < seeded.size(); ++i) {
     seeded[i].sampling.temperature = 0.9f;
-    seeded[i].sampling.seed = first_seed + i;
+    seeded[i].sampling.seed = first_seed + 10 * i;
   }
   const std::vector<Completion> alone = run_all(engine, seeded);
   GenerationRequest with_logprobs = seeded.back();
   with_logprobs.sampling.logprobs = 1;
   with_logprobs.stop.max_tokens = 60;
-  GenerationRequest two_choices = seeded.front();
-  two_choices.n = 2;
-  std::vector<GenerationRequest> mixed = {with_logprobs, two_choices};
+  GenerationRequest three_choices = seeded.front();
+  three_choices.n = 3;
+  three_choices.sampling.logprobs = 2;
+  std::vector<GenerationRequest> mixed = {three_choices, with_logprobs};
   mixed.insert(mixed.end(), seeded.begin(), seeded.end());
   const std::vector<Completion> beside = run_all(engine, mixed);
   for (size_t i = 0; i < seeded.size(); ++i)
     EXPECT_EQ(beside[i + 2].choices[0].token_ids, alone[i].choices[0].token_ids) << "request " << i;
-  ASSERT_EQ(beside[0].choices.size(), 1u);
-  EXPECT_EQ(beside[0].choices[0].logprobs.size(), beside[0].choices[0].token_ids.size());
+  ASSERT_EQ(beside[1].choices.size(), 1u);
+  EXPECT_EQ(beside[1].choices[0].logprobs.size(), beside[1].choices[0].token_ids.size());
   const std::vector<int32_t>& twin = alone.back().choices[0].token_ids;
-  ASSERT_GE(beside[0].choices[0].token_ids.size(), twin.size());
-  EXPECT_TRUE(std::equal(twin.begin(), twin.end(), beside[0].choices[0].token_ids.begin()))
+  ASSERT_GE(beside[1].choices[0].token_ids.size(), twin.size());
+  EXPECT_TRUE(std::equal(twin.begin(), twin.end(), beside[1].choices[0].token_ids.begin()))
       << "a seeded request's tokens changed with logprobs";
-  EXPECT_EQ(beside[1].choices.size(), 2u);
+
+  std::vector<GenerationRequest> singles(3, three_choices);
+  for (size_t c = 0; c < singles.size(); ++c) {
+    singles[c].n = 1;
+    singles[c].sampling.seed = *three_choices.sampling.seed + c;
+  }
+  const std::vector<Completion> single = run_all(engine, singles);
+  ASSERT_EQ(beside[0].choices.size(), 3u);
+  std::vector<std::vector<int32_t>> completions;
+  for (size_t c = 0; c < 3; ++c) {
+    const Completion::Choice& got = beside[0].choices[c];
+    const Completion::Choice& want = single[c].choices.at(0);
+    EXPECT_EQ(got.token_ids, want.token_ids) << "choice " << c;
+    ASSERT_EQ(got.logprobs.size(), got.token_ids.size()) << "choice " << c;
+    ASSERT_EQ(want.logprobs.size(), got.logprobs.size()) << "choice " << c;
+    for (size_t t = 0; t < got.logprobs.size(); ++t) {
+      EXPECT_EQ(got.logprobs[t].token_id, want.logprobs[t].token_id) << "choice " << c << " token " << t;
+      EXPECT_NEAR(got.logprobs[t].logprob, want.logprobs[t].logprob, 1e-4) << "choice " << c << " token " << t;
+      ASSERT_EQ(got.logprobs[t].top.size(), 2u) << "choice " << c << " token " << t;
+      for (size_t j = 0; j < 2; ++j)
+        EXPECT_EQ(got.logprobs[t].top[j].token_id, want.logprobs[t].top[j].token_id);
+    }
+    completions.push_back(got.token_ids);
+  }
+  // (The three seeds draw three different completions: a test that could tell them apart.)
+  EXPECT_FALSE(completions[0] == completions[1] && completions[1] == completions[2]);
   EXPECT_EQ(engine.stats().requests_failed, 0);
 }
 
