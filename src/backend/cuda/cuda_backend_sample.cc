@@ -131,25 +131,13 @@ Status check_bias(const DeviceSamplingBatch& batch, size_t rows, int64_t vocab) 
   return OkStatus();
 }
 
-bool draws(const cuda::SamplingRowArgs& a) { return !cuda::sampling_is_greedy(a.temperature); }
-
-// A draw from a set that top-k or top-p cuts.
-bool draws_from_cut(const cuda::SamplingRowArgs& a, int64_t vocab) {
-  return draws(a) && (cuda::sampling_uses_top_k(a, vocab) || a.top_p < 1.0f);
-}
-
-// Whether the row selects candidates near its maximum: a draw from a cut set, or top
-// log-probabilities.
-bool sampling_gathers(const cuda::SamplingRowArgs& a, int64_t vocab) {
-  return draws_from_cut(a, vocab) || a.logprobs > 0;
-}
-
 // Whether one block a row samples the row about as fast as the split path once a call has
 // more than kSplitRowsWithCandidates rows: a draw from a cut set, or a greedy row's top
 // log-probabilities (a draw with log-probabilities costs one block a row a copy of the row
 // and more passes: the split path is faster at any count).
 bool per_row_competes(const cuda::SamplingRowArgs& a, int64_t vocab) {
-  return draws_from_cut(a, vocab) || (!draws(a) && a.logprobs > 0);
+  const cuda::SamplingRowPlan plan = cuda::sampling_row_plan(a, vocab);
+  return plan.cut != cuda::SamplingCut::kNone || (!plan.draws && plan.top_logprobs > 0);
 }
 
 bool has_bias_or_penalties(const cuda::SamplingRowArgs& a) {
@@ -365,12 +353,12 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
       cuda::SplitSampleCall call;
       for (size_t r = 0; r < num_rows; ++r) {
         const cuda::SamplingRowArgs& a = args[r];
-        const bool top_k = draws(a) && cuda::sampling_uses_top_k(a, vocab);
+        const cuda::SamplingRowPlan plan = cuda::sampling_row_plan(a, vocab);
         call.bias_or_penalties |= has_bias_or_penalties(a);
-        call.near |= top_k || a.logprobs > 0;
-        call.floors |= draws_from_cut(a, vocab) && !top_k;
-        call.logprobs |= a.logprobs >= 0;
-        call.gathers |= sampling_gathers(a, vocab);
+        call.near |= plan.near();
+        call.floors |= plan.cut == cuda::SamplingCut::kTopP;
+        call.logprobs |= plan.top_logprobs >= 0;
+        call.gathers |= plan.gathers();
       }
       launched = cuda::launch_split_sample(k, call, split_workspace, num_sms_, stream_);
       last_split_done_ = cuda::split_sample_done_flags(split_workspace, rows);

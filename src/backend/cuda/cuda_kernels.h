@@ -310,6 +310,30 @@ __host__ __device__ inline bool sampling_uses_top_k(const SamplingRowArgs& a, in
 __host__ __device__ inline bool sampling_modifies_row(const SamplingRowArgs& a) {
   return !sampling_is_greedy(a.temperature) || a.bias_end > a.bias_begin || sampling_applies_penalty(a);
 }
+// Which selection a row's draw makes (top-k first, then top-p over it, as sample_kernel
+// orders them); greedy rows make none.
+enum class SamplingCut { kNone, kTopK, kTopP };
+// What sampling a row selects: one definition for the split kernels and the host's choice
+// of kernels.
+struct SamplingRowPlan {
+  bool draws = false;                    // a temperature draw (else the argmax)
+  SamplingCut cut = SamplingCut::kNone;  // kNone unless draws
+  int top_logprobs = -1;                 // -1: no record; else the record's top entries
+  // The row counts the logits near its maximum (the top-k bound, top log-probabilities).
+  __host__ __device__ bool near() const { return cut == SamplingCut::kTopK || top_logprobs > 0; }
+  // The row gathers candidates near its maximum (a cut, or top log-probabilities).
+  __host__ __device__ bool gathers() const { return cut != SamplingCut::kNone || top_logprobs > 0; }
+};
+__host__ __device__ inline SamplingRowPlan sampling_row_plan(const SamplingRowArgs& a, int64_t vocab) {
+  SamplingRowPlan plan;
+  plan.draws = !sampling_is_greedy(a.temperature);
+  plan.cut = !plan.draws                     ? SamplingCut::kNone
+             : sampling_uses_top_k(a, vocab) ? SamplingCut::kTopK
+             : a.top_p < 1.0f                ? SamplingCut::kTopP
+                                             : SamplingCut::kNone;
+  plan.top_logprobs = a.logprobs;
+  return plan;
+}
 // out[r] <- the token sampled from row r of logits [rows, vocab] f32 (modified: bias,
 // penalties, then probabilities; in work[work_row] instead for a row with a work_row). One
 // thread block per row; penalty_tokens and bias_tokens are distinct per row and in [0,

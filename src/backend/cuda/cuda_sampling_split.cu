@@ -111,28 +111,6 @@ Chunking split_chunking(int64_t rows, int64_t vocab, int num_sms) {
   return Chunking{static_cast<int>(chunks), chunk, (chunk + kSplitWarps - 1) / kSplitWarps};
 }
 
-// Which selection a row's draw makes (sample_kernel's order: top-k first, then top-p over
-// it); greedy rows make none.
-enum class Cut { kNone, kTopK, kTopP };
-// What the split path works out for a row.
-struct RowPlan {
-  bool draws;        // a temperature draw (else the argmax)
-  Cut cut;           // kNone unless draws
-  int top_logprobs;  // -1: no record; else the record's top entries
-  __device__ bool near() const { return cut == Cut::kTopK || top_logprobs > 0; }
-  __device__ bool gathers() const { return cut != Cut::kNone || top_logprobs > 0; }
-};
-__device__ __forceinline__ RowPlan row_plan(const SamplingRowArgs& a, int64_t vocab) {
-  RowPlan plan;
-  plan.draws = !sampling_is_greedy(a.temperature);
-  plan.cut = !plan.draws                     ? Cut::kNone
-             : sampling_uses_top_k(a, vocab) ? Cut::kTopK
-             : a.top_p < 1.0f                ? Cut::kTopP
-                                             : Cut::kNone;
-  plan.top_logprobs = a.logprobs;
-  return plan;
-}
-
 __device__ __forceinline__ int64_t chunk_end(const Chunking& ch, int64_t c, int64_t vocab) {
   return min(vocab, (c + 1) * ch.chunk);
 }
@@ -204,7 +182,7 @@ __device__ __forceinline__ void row_max(const ChunkMax* partials, int chunks, fl
 // What steps 2-4 start from: the row's parameters, its plan and its maximum (step 1's).
 struct RowStart {
   SamplingRowArgs a;
-  RowPlan plan;
+  SamplingRowPlan plan;
   float max_logit;
   int64_t max_id;
 };
@@ -212,7 +190,7 @@ __device__ __forceinline__ RowStart row_start(const SampleKernelArgs& args, cons
                                               const Chunking& ch, int64_t row) {
   RowStart r;
   r.a = args.row_args[row];
-  r.plan = row_plan(r.a, args.vocab);
+  r.plan = sampling_row_plan(r.a, args.vocab);
   row_max(ws.partials + row * ch.chunks, ch.chunks, &r.max_logit, &r.max_id);
   return r;
 }
@@ -288,7 +266,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int64_t row = blockIdx.y;
   const RowStart r = row_start(args, ws, ch, row);
   const SamplingRowArgs& a = r.a;
-  const RowPlan& plan = r.plan;
+  const SamplingRowPlan& plan = r.plan;
   const float max_logit = r.max_logit;
   if ((!plan.draws && plan.top_logprobs < 0) || !isfinite(max_logit)) return;
   const int64_t vocab = args.vocab;
@@ -307,7 +285,7 @@ __global__ void __launch_bounds__(kSplitThreads)
       const float p = relative_prob(v, max_logit, inv_temperature, min_p);
       const uint64_t fixed = to_fixed(p);
       mass += fixed;
-      if ((kCounts & kCountFloors) != 0 && plan.cut == Cut::kTopP) {
+      if ((kCounts & kCountFloors) != 0 && plan.cut == SamplingCut::kTopP) {
 #pragma unroll
         for (int j = 0; j < kNumFloors; ++j) {
           t.floor_mass[j] += p >= mass_floor(j) ? fixed : 0;
@@ -370,7 +348,7 @@ __global__ void __launch_bounds__(kSplitThreads)
         sum.near[j] += s.near[j];
     }
     uint64_t total = 0;
-    if (r.plan.cut == Cut::kTopP) {
+    if (r.plan.cut == SamplingCut::kTopP) {
       for (int p = lane; p < ch.chunks * kSplitWarps; p += 32)
         total += ws.parts[row * ch.chunks * kSplitWarps + p];
     }
@@ -393,8 +371,8 @@ __global__ void __launch_bounds__(kSplitThreads)
         return false;
       };
       bool ok = true;
-      if (r.plan.cut == Cut::kTopK) ok = near_bound(r.a.top_k, &bound);
-      if (r.plan.cut == Cut::kTopP) {
+      if (r.plan.cut == SamplingCut::kTopK) ok = near_bound(r.a.top_k, &bound);
+      if (r.plan.cut == SamplingCut::kTopP) {
         const double target = fmax(static_cast<double>(r.a.top_p) * static_cast<double>(total), 1.0);
         ok = false;
         for (int j = 0; j < kNumFloors; ++j) {
@@ -420,9 +398,10 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int64_t end = chunk_end(ch, blockIdx.x, vocab);
   const float* x = args.logits + row * vocab;
   for_each_strided<kSplitThreads>(x, begin + threadIdx.x, end, [&](int64_t i, float v) {
-    const bool pass = r.plan.cut == Cut::kTopK   ? v >= floor
-                      : r.plan.cut == Cut::kTopP ? relative_prob(v, r.max_logit, inv_temperature, min_p) >= floor
-                                                 : false;
+    const bool pass = r.plan.cut == SamplingCut::kTopK ? v >= floor
+                      : r.plan.cut == SamplingCut::kTopP
+                          ? relative_prob(v, r.max_logit, inv_temperature, min_p) >= floor
+                          : false;
     if (pass) {
       append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
                        ws.candidate_logits + row * kMaxCandidates, i, v);
@@ -565,13 +544,13 @@ __device__ __forceinline__ void rank_candidates(const int32_t* ids, const float*
 // (`row_total`: the row's whole mass for top-p alone; under top-k the kept candidates'
 // mass), then one draw among the kept ones in id order: sample_kernel's sets and token.
 // -1 when none is kept. (Threads own candidates as in rank_candidates.)
-__device__ int64_t draw_from_candidates(DrawShared& sh, int n, const SamplingRowArgs& a, Cut cut, float max_logit,
-                                        uint64_t row_total) {
+__device__ int64_t draw_from_candidates(DrawShared& sh, int n, const SamplingRowArgs& a, SamplingCut cut,
+                                        float max_logit, uint64_t row_total) {
   constexpr int kPerThread = kMaxCandidates / kSplitThreads;
   const auto slot = [](int m) { return static_cast<int>(threadIdx.x) + m * kSplitThreads; };
   const float inv_temperature = 1.0f / a.temperature;
   const float min_p = sampling::clamped_min_p(a);
-  if (cut == Cut::kTopK) {
+  if (cut == SamplingCut::kTopK) {
     rank_candidates(sh.ids, sh.logits, n, [&](int rank, int32_t id, float v) {
       if (rank < a.top_k) {  // (ranks are unique: one writer a place)
         sh.kept_ids[rank] = id;
@@ -588,7 +567,7 @@ __device__ int64_t draw_from_candidates(DrawShared& sh, int n, const SamplingRow
   __syncthreads();
   const bool use_top_p = a.top_p < 1.0f;
   uint64_t total = row_total;
-  if (use_top_p && cut == Cut::kTopK) {
+  if (use_top_p && cut == SamplingCut::kTopK) {
     uint64_t local = 0;
     for (int c = threadIdx.x; c < n; c += kSplitThreads)
       local += to_fixed(sh.probs[c]);
@@ -687,7 +666,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int64_t row = blockIdx.x;
   const RowStart r = row_start(args, ws, ch, row);
   const SamplingRowArgs& a = r.a;
-  const RowPlan& plan = r.plan;
+  const SamplingRowPlan& plan = r.plan;
   const float max_logit = r.max_logit;
   const int64_t max_id = r.max_id;
   if (plan.gathers() && isfinite(max_logit) && ws.num_candidates[row] > kMaxCandidates) {
@@ -713,14 +692,14 @@ __global__ void __launch_bounds__(kSplitThreads)
     }
   };
   if (!plan.draws || !isfinite(max_logit)) return emit(max_id);
-  if (plan.cut == Cut::kNone) return emit(draw_from_parts(sh, args, ws, ch, row, max_logit, max_id));
+  if (plan.cut == SamplingCut::kNone) return emit(draw_from_parts(sh, args, ws, ch, row, max_logit, max_id));
   const int n = ws.num_candidates[row];
   for (int c = threadIdx.x; c < n; c += kSplitThreads) {
     sh.ids[c] = ws.candidate_ids[row * kMaxCandidates + c];
     sh.logits[c] = ws.candidate_logits[row * kMaxCandidates + c];
   }
   uint64_t row_total = 0;
-  if (plan.cut == Cut::kTopP) {
+  if (plan.cut == SamplingCut::kTopP) {
     const int parts = ch.chunks * kSplitWarps;
     uint64_t local = 0;
     for (int p = threadIdx.x; p < parts; p += kSplitThreads)
