@@ -607,6 +607,90 @@ TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
   EXPECT_GT(left_to_one_block, 10);
 }
 
+// Top-k rows whose k-th logit lies far below the maximum, between two of the prefilter's
+// gaps, with the bulk of the row inside the wider gap (a trained model's confident rows):
+// the split path refines the bound between the gaps (split_refine_kernel), so it samples
+// every such row itself, with one block a row's tokens. k = 5, 50 and 200 (the k-th logit
+// 6, ~20 and ~20 below the maximum), alone and with top-p, min-p and top log-probabilities;
+// 1 and 16 rows. (Without the refinement every such row falls back: the wider gap takes in
+// the bulk.)
+TEST_F(CudaSamplingTest, TopKBoundsRefineBetweenGaps) {
+  ASSERT_EQ(setenv("BW_CUDA_SAMPLE_SPLIT", "all", 1), 0);
+  auto split_backend = CudaBackend::create({});
+  ASSERT_EQ(setenv("BW_CUDA_SAMPLE_SPLIT", "0", 1), 0);
+  auto per_row_backend = CudaBackend::create({});
+  unsetenv("BW_CUDA_SAMPLE_SPLIT");
+  ASSERT_TRUE(split_backend.ok()) << split_backend.status().to_string();
+  ASSERT_TRUE(per_row_backend.ok()) << per_row_backend.status().to_string();
+  struct Spread {
+    int32_t k;
+    float top;   // the best raised logit (the bulk is N(0, 1))
+    float step;  // between raised logits; k + 10 of them
+  };
+  const Spread spreads[] = {{5, 10.0f, 1.5f}, {50, 28.0f, 0.4f}, {200, 25.0f, 0.1f}};
+  const int64_t vocab = kQwenVocab;
+  int sampled_rows = 0;
+  std::vector<int32_t> distinct;
+  for (const size_t rows : {size_t{1}, size_t{16}}) {
+    for (uint32_t round = 0; round < 3; ++round) {
+      SCOPED_TRACE(testing::Message() << rows << " rows, round " << round);
+      std::vector<float> logits = random_logits(rows, vocab, 300 + round, 1.0f);
+      std::mt19937 rng(400 + round);
+      std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(vocab - 1));
+      std::vector<DeviceSamplingRow> params;
+      for (size_t r = 0; r < rows; ++r) {
+        const Spread& spread = spreads[(r + round) % 3];
+        float* row = logits.data() + r * static_cast<size_t>(vocab);
+        for (int32_t j = 0; j < spread.k + 10; ++j)
+          row[token(rng)] = spread.top - spread.step * static_cast<float>(j);
+        const size_t mix = (r / 3 + round) % 4;  // top-k alone, with top-p, with min-p, with logprobs
+        DeviceSamplingRow p = random_row(0.6f + 0.4f * static_cast<float>(r % 3), spread.k, mix == 1 ? 0.9f : 1.0f,
+                                         mix == 2 ? 0.01f : 0.0f, 900 + r + 100 * round, r % 5);
+        // (Top log-probabilities on the rows whose top 5 lie within a gap that fits: their
+        // bound is not refined.)
+        if (mix == 3 && spread.k >= 50) p.logprobs = 5;
+        params.push_back(p);
+      }
+      const DeviceSamplingBatch batch = rows_only(params);
+      const auto sample_on = [&](CudaBackend& backend, std::vector<DeviceTokenLogprob>* records) {
+        std::vector<int32_t> tokens(rows, -7);
+        records->assign(rows * kLogprobsRecord, DeviceTokenLogprob{-9, 9.0f});
+        auto buf = backend.allocate(logits.size() * sizeof(float));
+        EXPECT_TRUE(buf.ok());
+        EXPECT_TRUE(backend.copy_to_device(buf->data(), logits.data(), logits.size() * sizeof(float)).ok());
+        const Status s =
+            backend.sample(tokens, buf->view(DType::kF32, {static_cast<int64_t>(rows), vocab}), batch, *records);
+        EXPECT_TRUE(s.ok()) << s.to_string();
+        return tokens;
+      };
+      std::vector<DeviceTokenLogprob> split_records, per_row_records;
+      const int64_t before = cuda::split_sample_launches();
+      const std::vector<int32_t> split = sample_on(**split_backend, &split_records);
+      EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "the call did not take the split path";
+      auto done = (*split_backend)->last_split_rows_done();
+      ASSERT_TRUE(done.ok()) << done.status().to_string();
+      for (size_t r = 0; r < rows; ++r) {
+        EXPECT_EQ((*done)[r], 1) << "row " << r << " (k = " << params[r].top_k << ") was left to one block a row";
+        sampled_rows += (*done)[r];
+      }
+      const std::vector<int32_t> per_row = sample_on(**per_row_backend, &per_row_records);
+      EXPECT_EQ(split, per_row);
+      for (size_t r = 0; r < rows; ++r) {
+        for (int j = 0; j <= params[r].logprobs; ++j) {
+          const size_t e = r * kLogprobsRecord + static_cast<size_t>(j);
+          EXPECT_EQ(split_records[e].token_id, per_row_records[e].token_id) << "row " << r << " entry " << j;
+          EXPECT_NEAR(split_records[e].logprob, per_row_records[e].logprob, 1e-4) << "row " << r << " entry " << j;
+        }
+      }
+      distinct.insert(distinct.end(), split.begin(), split.end());
+    }
+  }
+  EXPECT_EQ(sampled_rows, 3 * (1 + 16));
+  // (Draws, not the argmax every time: the rows keep many tokens.)
+  std::sort(distinct.begin(), distinct.end());
+  EXPECT_GT(std::unique(distinct.begin(), distinct.end()) - distinct.begin(), 20);
+}
+
 // Overlapped steps: two sample_async calls outstanding give what sample() gives, and
 // select_tokens copies the named rows of a pending sample into a step's ids on the device
 // (rows -1 or past the sample's rows leave the id as it was).

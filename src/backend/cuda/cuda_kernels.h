@@ -367,15 +367,16 @@ cudaError_t launch_sample(const SampleKernelArgs& args, cudaStream_t stream);
 int64_t split_sample_workspace_bytes(int64_t rows);
 // What the host knows of a call's rows that saves work: whether some row has a bias or a
 // penalty to apply; counts logits near its maximum (a top-k cut or top log-probabilities),
-// counts probability floors (a top-p cut), or reports log-probabilities; and whether some
-// row gathers candidates (any cut, or top log-probabilities) and so may fall back to
-// launch_sample.
+// counts probability floors (a top-p cut), or reports log-probabilities; whether some row
+// gathers candidates (any cut, or top log-probabilities) and so may fall back to
+// launch_sample; and whether some row cuts with top-k (whose bound may be refined).
 struct SplitSampleCall {
   bool bias_or_penalties = false;
   bool near = false;
   bool floors = false;
   bool logprobs = false;
   bool gathers = false;
+  bool top_k = false;
 };
 // launch_sample's tokens and records, each row over many blocks; a row that reports
 // log-probabilities may not have a bias or penalties (its logits are modified in place).
@@ -384,7 +385,7 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
                                 cudaStream_t stream);
 // Where launch_split_sample leaves, in `workspace`, which rows it sampled (1) and which it
 // left to launch_sample (0): [rows] int32, valid once the call's kernels have run.
-const int32_t* split_sample_done_flags(const void* workspace, int64_t rows);
+const int32_t* split_sample_done_flags(void* workspace, int64_t rows);
 // Calls of launch_split_sample so far, process-wide (tests check the dispatch with it).
 int64_t split_sample_launches();
 // The same token for a call whose rows are all greedy without a bias or penalties (logits

@@ -14,8 +14,14 @@
 //      exp(logit - max) for the log-normaliser;
 //   3. split_gather_kernel (calls that select): the tightest prefilter bounds that hold the
 //      kept set and the top log-probabilities, as sample_kernel picks them; when at most
-//      kMaxCandidates logits pass each, the blocks append them to the row's lists;
-//   4. split_draw_kernel, one block a row: the top log-probabilities ranked in shared
+//      kMaxCandidates logits pass each, the blocks append them to the row's lists. A top-k
+//      row whose tightest gap holding k logits takes in more than kMaxCandidates while the
+//      gap before it holds fewer than k (the k-th logit far below the maximum, the bulk of
+//      the row farther still: a trained model's confident rows) has its bound refined:
+//      each chunk counts the logits within kNumFineGaps steps between the two gaps;
+//   4. split_gather_refined_kernel (calls with a top-k row): for those rows, the tightest
+//      step holding k logits, and its candidates when they fit;
+//   5. split_draw_kernel, one block a row: the top log-probabilities ranked in shared
 //      memory; rows without a cut locate the draw's target among the parts' masses (in id
 //      order) and walk that one part; rows with a cut rank their candidates (top-k by
 //      logit, then top-p by probability) and draw among the kept ones. Rows whose
@@ -57,6 +63,7 @@ constexpr int kMaxChunks = 64;
 constexpr int64_t kMinChunk = 2048;  // values a block scans at least
 constexpr int kLoadsInFlight = 8;
 constexpr int32_t kNoFit = 0x7fffffff;  // a row's candidate count when they do not fit
+constexpr int kNumFineGaps = 16;        // a refined top-k bound's steps between two gaps
 static_assert(kMaxChunks * kSplitWarps <= 2 * kSplitThreads, "step 4 scans two parts a thread");
 static_assert(kMaxCandidates % kSplitThreads == 0, "step 4 gives each thread the same number of candidates");
 
@@ -82,7 +89,9 @@ struct SplitWorkspace {
   ChunkMax* partials;  // [kMaxChunks]: each chunk's (maximum, lowest id)
   uint64_t* parts;     // [kMaxChunks * kSplitWarps]: each part's mass
   ChunkStats* stats;   // [kMaxChunks]
+  uint32_t* fine;      // [kMaxChunks * kNumFineGaps]: each chunk's counts within the fine gaps
   int32_t* num_candidates;
+  int32_t* refined;         // a top-k bound refined within this gap (refined_gap), or -1
   int32_t* done;            // the row was sampled here (else sample_kernel samples it)
   int32_t* candidate_ids;   // [kMaxCandidates]
   float* candidate_logits;  // [kMaxCandidates]
@@ -145,7 +154,8 @@ __global__ void __launch_bounds__(kSplitThreads)
   const float* x = logits + row * vocab;
   if (num_candidates != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
     num_candidates[row] = 0;
-    num_candidates[gridDim.y + row] = 0;  // (num_top follows num_candidates)
+    num_candidates[gridDim.y + row] = 0;       // (num_top follows num_candidates,
+    num_candidates[2 * gridDim.y + row] = -1;  // then refined)
   }
   float best = -INFINITY;
   int64_t best_id = 0;
@@ -312,6 +322,84 @@ __global__ void __launch_bounds__(kSplitThreads)
   }
 }
 
+// The row's prefilter counts summed over its chunks; every lane of the calling warp gets
+// them.
+__device__ __forceinline__ ChunkStats sum_row_stats(const SplitWorkspace& ws, const Chunking& ch, int64_t row) {
+  ChunkStats sum = {};
+  for (int c = static_cast<int>(threadIdx.x % 32); c < ch.chunks; c += 32) {
+    const ChunkStats& s = ws.stats[row * ch.chunks + c];
+    for (int j = 0; j < kNumFloors; ++j) {
+      sum.floor_mass[j] += s.floor_mass[j];
+      sum.floor_count[j] += s.floor_count[j];
+    }
+    for (int j = 0; j < kNumGaps; ++j)
+      sum.near[j] += s.near[j];
+  }
+  for (int j = 0; j < kNumFloors; ++j) {
+    sum.floor_mass[j] = warp_sum(sum.floor_mass[j]);
+    sum.floor_count[j] = warp_sum(sum.floor_count[j]);
+  }
+  for (int j = 0; j < kNumGaps; ++j)
+    sum.near[j] = warp_sum(sum.near[j]);
+  return sum;
+}
+
+// The gap j whose top-k bound is refined: the tightest one holding k logits holds more than
+// kMaxCandidates, and the one before it (j - 1) fewer than k. -1: none (the bound fits, or
+// no gap holds k).
+__device__ __forceinline__ int refined_gap(const ChunkStats& sum, int64_t k) {
+  int gap = -1;
+  uint32_t count = 0;
+#pragma unroll
+  for (int j = kNumGaps - 1; j >= 0; --j) {  // (unrolled, so the counts stay in registers)
+    if (sum.near[j] >= static_cast<uint64_t>(k)) {
+      gap = j;
+      count = sum.near[j];
+    }
+  }
+  return gap > 0 && count > static_cast<uint32_t>(kMaxCandidates) ? gap : -1;
+}
+// Fine gap f of gap j (f = kNumFineGaps - 1 is gap j itself): exact in float, so every
+// kernel computes the same bound.
+__device__ __forceinline__ float fine_gap(int j, int f) {
+  const float below = top_k_gap(j - 1);  // top_k_gap(j) = 2 * below
+  return below + below * static_cast<float>(f + 1) / static_cast<float>(kNumFineGaps);
+}
+
+// Counts the logits of this block's chunk of the row within each fine gap of `gap` into
+// ws.fine (split_gather_refined_kernel sums the chunks').
+__device__ void count_fine_gaps(const SampleKernelArgs& args, const SplitWorkspace& ws, const Chunking& ch, int64_t row,
+                                float max_logit, int gap) {
+  float floors[kNumFineGaps];
+  uint32_t counts[kNumFineGaps];
+#pragma unroll
+  for (int f = 0; f < kNumFineGaps; ++f) {
+    floors[f] = max_logit - fine_gap(gap, f);
+    counts[f] = 0;
+  }
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
+  const int64_t end = chunk_end(ch, blockIdx.x, args.vocab);
+  for_each_strided<kSplitThreads>(args.logits + row * args.vocab, begin + threadIdx.x, end, [&](int64_t, float v) {
+#pragma unroll
+    for (int f = 0; f < kNumFineGaps; ++f)
+      counts[f] += v >= floors[f] ? 1u : 0u;
+  });
+  __shared__ uint32_t warps[kSplitWarps][kNumFineGaps];
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+#pragma unroll
+  for (int f = 0; f < kNumFineGaps; ++f) {
+    const uint32_t c = warp_sum(counts[f]);
+    if (lane == 0) warps[warp][f] = c;
+  }
+  __syncthreads();
+  if (threadIdx.x < kNumFineGaps) {
+    uint32_t total = 0;
+    for (int w = 0; w < kSplitWarps; ++w)
+      total += warps[w][threadIdx.x];
+    ws.fine[(row * ch.chunks + blockIdx.x) * kNumFineGaps + threadIdx.x] = total;
+  }
+}
+
 // Appends (id, logit) to a row's candidate list (the count said they fit).
 __device__ __forceinline__ void append_candidate(int32_t* count, int32_t* ids, float* logits, int64_t id, float v) {
   const int slot = atomicAdd(count, 1);
@@ -335,56 +423,57 @@ __global__ void __launch_bounds__(kSplitThreads)
   // draw's cut, and for the top log-probabilities (the tightest gap holding that many).
   __shared__ float bound, top_bound;
   __shared__ bool fits;
+  __shared__ int refine;  // >= 0: the top-k bound is refined within this gap (refined_gap)
   if (threadIdx.x < 32) {
     const int lane = static_cast<int>(threadIdx.x);
-    ChunkStats sum = {};
-    for (int c = lane; c < ch.chunks; c += 32) {
-      const ChunkStats& s = ws.stats[row * ch.chunks + c];
-      for (int j = 0; j < kNumFloors; ++j) {
-        sum.floor_mass[j] += s.floor_mass[j];
-        sum.floor_count[j] += s.floor_count[j];
-      }
-      for (int j = 0; j < kNumGaps; ++j)
-        sum.near[j] += s.near[j];
-    }
+    const ChunkStats sum = sum_row_stats(ws, ch, row);
     uint64_t total = 0;
     if (r.plan.cut == SamplingCut::kTopP) {
       for (int p = lane; p < ch.chunks * kSplitWarps; p += 32)
         total += ws.parts[row * ch.chunks * kSplitWarps + p];
     }
     total = warp_sum(total);
-    for (int j = 0; j < kNumFloors; ++j) {
-      sum.floor_mass[j] = warp_sum(sum.floor_mass[j]);
-      sum.floor_count[j] = warp_sum(sum.floor_count[j]);
-    }
-    for (int j = 0; j < kNumGaps; ++j)
-      sum.near[j] = warp_sum(sum.near[j]);
     if (lane == 0) {
       // The tightest gap with at least k logits: its bound, or false (none, or too many).
+      // (Loops unrolled without exits, so the counts stay in registers.)
       const auto near_bound = [&](int64_t k, float* out) {
-        for (int j = 0; j < kNumGaps; ++j) {
+        int tightest = -1;
+        uint32_t count = 0;
+#pragma unroll
+        for (int j = kNumGaps - 1; j >= 0; --j) {
           if (sum.near[j] >= static_cast<uint64_t>(k)) {
-            *out = r.max_logit - top_k_gap(j);
-            return sum.near[j] <= static_cast<uint32_t>(kMaxCandidates);
+            tightest = j;
+            count = sum.near[j];
           }
         }
-        return false;
+        if (tightest >= 0) *out = r.max_logit - top_k_gap(tightest);
+        return tightest >= 0 && count <= static_cast<uint32_t>(kMaxCandidates);
       };
       bool ok = true;
-      if (r.plan.cut == SamplingCut::kTopK) ok = near_bound(r.a.top_k, &bound);
+      int gap = -1;
+      if (r.plan.cut == SamplingCut::kTopK) {
+        gap = refined_gap(sum, r.a.top_k);
+        if (gap < 0) ok = near_bound(r.a.top_k, &bound);
+      }
       if (r.plan.cut == SamplingCut::kTopP) {
+        // The highest floor whose mass reaches top_p of the row's.
         const double target = fmax(static_cast<double>(r.a.top_p) * static_cast<double>(total), 1.0);
-        ok = false;
-        for (int j = 0; j < kNumFloors; ++j) {
+        int highest = -1;
+        uint32_t count = 0;
+#pragma unroll
+        for (int j = kNumFloors - 1; j >= 0; --j) {
           if (static_cast<double>(sum.floor_mass[j]) >= target) {
-            bound = mass_floor(j);
-            ok = sum.floor_count[j] <= static_cast<uint32_t>(kMaxCandidates);
-            break;
+            highest = j;
+            count = sum.floor_count[j];
           }
         }
+        if (highest >= 0) bound = mass_floor(highest);
+        ok = highest >= 0 && count <= static_cast<uint32_t>(kMaxCandidates);
       }
       if (r.plan.top_logprobs > 0) ok = ok && near_bound(r.plan.top_logprobs, &top_bound);
       fits = ok;
+      refine = gap;
+      if (blockIdx.x == 0) ws.refined[row] = ok ? gap : -1;
     }
   }
   __syncthreads();
@@ -392,7 +481,10 @@ __global__ void __launch_bounds__(kSplitThreads)
     if (blockIdx.x == 0 && threadIdx.x == 0) ws.num_candidates[row] = kNoFit;
     return;
   }
-  const float floor = bound;
+  // A refined top-k bound: the chunk's fine counts now, its candidates in
+  // split_gather_refined_kernel.
+  if (refine >= 0) count_fine_gaps(args, ws, ch, row, r.max_logit, refine);
+  const float floor = refine >= 0 ? INFINITY : bound;
   const float top_floor = r.plan.top_logprobs > 0 ? top_bound : INFINITY;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
   const int64_t end = chunk_end(ch, blockIdx.x, vocab);
@@ -408,6 +500,58 @@ __global__ void __launch_bounds__(kSplitThreads)
     }
     if (v >= top_floor) {
       append_candidate(&ws.num_top[row], ws.top_ids + row * kMaxCandidates, ws.top_logits + row * kMaxCandidates, i, v);
+    }
+  });
+}
+
+// Rows whose top-k bound split_gather_kernel refined: the tightest fine gap with at least
+// k logits (the last one, the gap itself, has them) and, when at most kMaxCandidates pass
+// it, the candidates within it.
+__global__ void __launch_bounds__(kSplitThreads)
+    split_gather_refined_kernel(SampleKernelArgs args, SplitWorkspace ws, Chunking ch) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t row = blockIdx.y;
+  const int gap = ws.refined[row];
+  if (gap < 0) return;
+  const RowStart r = row_start(args, ws, ch, row);
+  __shared__ float bound;
+  __shared__ bool fits;
+  if (threadIdx.x < 32) {
+    const int lane = static_cast<int>(threadIdx.x);
+    uint32_t fine[kNumFineGaps] = {};
+    for (int c = lane; c < ch.chunks; c += 32) {
+#pragma unroll
+      for (int f = 0; f < kNumFineGaps; ++f)
+        fine[f] += ws.fine[(row * ch.chunks + c) * kNumFineGaps + f];
+    }
+    int step = kNumFineGaps - 1;
+    uint32_t count = 0;
+#pragma unroll
+    for (int f = kNumFineGaps - 1; f >= 0; --f) {  // (unrolled, so the counts stay in registers)
+      fine[f] = warp_sum(fine[f]);
+      if (f == kNumFineGaps - 1 || fine[f] >= static_cast<uint64_t>(r.a.top_k)) {
+        step = f;
+        count = fine[f];
+      }
+    }
+    if (lane == 0) {
+      bound = r.max_logit - fine_gap(gap, step);
+      fits = count <= static_cast<uint32_t>(kMaxCandidates);
+    }
+  }
+  __syncthreads();
+  if (!fits) {  // sample_kernel takes the row
+    if (blockIdx.x == 0 && threadIdx.x == 0) ws.num_candidates[row] = kNoFit;
+    return;
+  }
+  const float floor = bound;
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
+  const int64_t end = chunk_end(ch, blockIdx.x, args.vocab);
+  for_each_strided<kSplitThreads>(args.logits + row * args.vocab, begin + threadIdx.x, end, [&](int64_t i, float v) {
+    if (v >= floor) {
+      append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
+                       ws.candidate_logits + row * kMaxCandidates, i, v);
     }
   });
 }
@@ -724,8 +868,11 @@ SplitWorkspace split_workspace(void* base, int64_t rows) {
   ws.parts =
       reinterpret_cast<uint64_t*>(take(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))));
   ws.stats = reinterpret_cast<ChunkStats*>(take(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))));
-  ws.num_candidates = reinterpret_cast<int32_t*>(take(2 * rows * static_cast<int64_t>(sizeof(int32_t))));
-  ws.num_top = ws.num_candidates + rows;  // (split_max_kernel clears both)
+  ws.fine =
+      reinterpret_cast<uint32_t*>(take(rows * kMaxChunks * kNumFineGaps * static_cast<int64_t>(sizeof(uint32_t))));
+  ws.num_candidates = reinterpret_cast<int32_t*>(take(3 * rows * static_cast<int64_t>(sizeof(int32_t))));
+  ws.num_top = ws.num_candidates + rows;  // (split_max_kernel clears all three)
+  ws.refined = ws.num_candidates + 2 * rows;
   ws.done = reinterpret_cast<int32_t*>(take(rows * static_cast<int64_t>(sizeof(int32_t))));
   ws.candidate_ids = reinterpret_cast<int32_t*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(int32_t))));
   ws.candidate_logits = reinterpret_cast<float*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(float))));
@@ -740,8 +887,9 @@ int64_t split_sample_workspace_bytes(int64_t rows) {
   const auto bytes = [](int64_t n) { return (n + 255) / 256 * 256; };
   return bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkMax))) +
          bytes(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))) +
-         bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))) + bytes(2 * rows * 4) + bytes(rows * 4) +
-         4 * bytes(rows * kMaxCandidates * 4);
+         bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))) +
+         bytes(rows * kMaxChunks * kNumFineGaps * static_cast<int64_t>(sizeof(uint32_t))) + bytes(3 * rows * 4) +
+         bytes(rows * 4) + 4 * bytes(rows * kMaxCandidates * 4);
 }
 
 cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab, void* workspace,
@@ -774,6 +922,7 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
   const int counts = (call.near ? kCountNear : 0) | (call.floors ? kCountFloors : 0) | (call.logprobs ? kSumExp : 0);
   launch_kernel(kStatsKernels[counts], grid, kSplitThreads, 0, stream, args, ws, ch);
   if (call.gathers) launch_kernel(split_gather_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
+  if (call.top_k) launch_kernel(split_gather_refined_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
   launch_kernel(split_draw_kernel, rows, kSplitThreads, 0, stream, args, ws, ch);
   if (call.gathers) {
     // The rows whose candidates did not fit, one block a row (the others return at once).
@@ -786,9 +935,7 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
   return cudaGetLastError();
 }
 
-const int32_t* split_sample_done_flags(const void* workspace, int64_t rows) {
-  return split_workspace(const_cast<void*>(workspace), rows).done;
-}
+const int32_t* split_sample_done_flags(void* workspace, int64_t rows) { return split_workspace(workspace, rows).done; }
 
 int64_t split_sample_launches() { return g_split_samples.load(std::memory_order_relaxed); }
 
