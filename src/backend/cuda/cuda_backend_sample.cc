@@ -132,12 +132,19 @@ Status check_bias(const DeviceSamplingBatch& batch, size_t rows, int64_t vocab) 
 }
 
 // Whether one block a row samples the row about as fast as the split path once a call has
-// more than kSplitRowsWithCandidates rows: a draw from a cut set, or a greedy row's top
-// log-probabilities (a draw with log-probabilities costs one block a row a copy of the row
-// and more passes: the split path is faster at any count).
-bool per_row_competes(const cuda::SamplingRowArgs& a, int64_t vocab) {
+// more than kSplitRowsWithCandidates rows: a draw from a top-p set, or from a top-k set in a
+// call of more than kSplitRowsWithTopK rows, or a greedy row's top log-probabilities (a draw
+// with log-probabilities costs one block a row a copy of the row and more passes: the split
+// path is faster at any count).
+// Calls of up to this many rows split their top-k draws: refined bounds let the split path
+// gather a top-k set that one block a row would select by radix passes (docs/PERF.md,
+// twentieth session: 64 rows 141-184 us against 259-307; at 256 rows it loses some rows).
+constexpr int64_t kSplitRowsWithTopK = 64;
+
+bool per_row_competes(const cuda::SamplingRowArgs& a, int64_t vocab, int64_t rows) {
   const cuda::SamplingRowPlan plan = cuda::sampling_row_plan(a, vocab);
-  return plan.cut != cuda::SamplingCut::kNone || (!plan.draws && plan.top_logprobs > 0);
+  return plan.cut == cuda::SamplingCut::kTopP || (plan.cut == cuda::SamplingCut::kTopK && rows > kSplitRowsWithTopK) ||
+         (!plan.draws && plan.top_logprobs > 0);
 }
 
 bool has_bias_or_penalties(const cuda::SamplingRowArgs& a) {
@@ -163,8 +170,9 @@ CudaBackend::SamplePath CudaBackend::sample_path(std::span<const cuda::SamplingR
     return SamplePath::kPerRow;
   }
   if (static_cast<int64_t>(rows.size()) <= sample_split_rows_with_candidates_) return SamplePath::kSplit;
-  const bool competes =
-      std::any_of(rows.begin(), rows.end(), [&](const cuda::SamplingRowArgs& a) { return per_row_competes(a, vocab); });
+  const auto num_rows = static_cast<int64_t>(rows.size());
+  const bool competes = std::any_of(
+      rows.begin(), rows.end(), [&](const cuda::SamplingRowArgs& a) { return per_row_competes(a, vocab, num_rows); });
   return competes ? SamplePath::kPerRow : SamplePath::kSplit;
 }
 
