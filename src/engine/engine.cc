@@ -551,8 +551,8 @@ bool Engine::prepare_device_sampling(const SchedulerOutput& output, std::span<co
     if (request->num_pending_forks > 0) forks.push_back({request, row});
     ++row;
   }
-  // The other choices draw from the same logits, each with its sequence's params and seed
-  // (one output token history: none yet).
+  // The other choices draw from copies of the same logits, each with its sequence's params
+  // and seed (and no output yet).
   for (const Fork& fork : forks) {
     for (int32_t c = 1; c <= fork.request->num_pending_forks; ++c) {
       const SequenceState& state = *sequences_.at(fork.request->request_id + c);

@@ -84,6 +84,41 @@ DeviceSamplingRow random_row(float temperature, int32_t top_k, float top_p, floa
   return r;
 }
 
+// The tokens (and records) `backend` samples from a copy of `logits` ([rows, vocab] on the
+// host) under `batch`.
+std::vector<int32_t> sample_copy(CudaBackend& backend, const std::vector<float>& logits, int64_t vocab,
+                                 const DeviceSamplingBatch& batch, std::vector<DeviceTokenLogprob>* records) {
+  const size_t rows = batch.rows.size();
+  std::vector<int32_t> tokens(rows, -7);
+  records->assign(rows * kLogprobsRecord, DeviceTokenLogprob{-9, 9.0f});
+  auto buf = backend.allocate(logits.size() * sizeof(float));
+  EXPECT_TRUE(buf.ok());
+  if (!buf.ok()) return tokens;
+  EXPECT_TRUE(backend.copy_to_device(buf->data(), logits.data(), logits.size() * sizeof(float)).ok());
+  const Status s = backend.sample(tokens, buf->view(DType::kF32, {static_cast<int64_t>(rows), vocab}), batch, *records);
+  EXPECT_TRUE(s.ok()) << s.to_string();
+  return tokens;
+}
+
+// Backends that split the rows of every call they can (BW_CUDA_SAMPLE_SPLIT=all) and of
+// none (=0).
+struct SplitAndPerRow {
+  std::unique_ptr<CudaBackend> split, per_row;
+  static Result<SplitAndPerRow> create() {
+    SplitAndPerRow out;
+    setenv("BW_CUDA_SAMPLE_SPLIT", "all", 1);
+    auto split = CudaBackend::create({});
+    setenv("BW_CUDA_SAMPLE_SPLIT", "0", 1);
+    auto per_row = CudaBackend::create({});
+    unsetenv("BW_CUDA_SAMPLE_SPLIT");
+    RETURN_IF_ERROR(split.status());
+    RETURN_IF_ERROR(per_row.status());
+    out.split = std::move(*split);
+    out.per_row = std::move(*per_row);
+    return out;
+  }
+};
+
 // The kept set and its renormalised probabilities under the definitions, in double:
 // temperature, then min-p (relative to the top token), top-k (by logit, ties by lower id),
 // top-p (the smallest best-first prefix reaching top_p of the kept mass). `allowed` widens
@@ -493,13 +528,10 @@ TEST_F(CudaSamplingTest, SharedMemorySelectionsDrawAsTheRadixSelect) {
 // row, a few and more rows than the SMs take two blocks of. Rows that select must be seen
 // both sampled by the split path and left to one block a row.
 TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
-  ASSERT_EQ(setenv("BW_CUDA_SAMPLE_SPLIT", "all", 1), 0);
-  auto split_backend = CudaBackend::create({});
-  ASSERT_EQ(setenv("BW_CUDA_SAMPLE_SPLIT", "0", 1), 0);
-  auto per_row_backend = CudaBackend::create({});
-  unsetenv("BW_CUDA_SAMPLE_SPLIT");
-  ASSERT_TRUE(split_backend.ok()) << split_backend.status().to_string();
-  ASSERT_TRUE(per_row_backend.ok()) << per_row_backend.status().to_string();
+  auto backends = SplitAndPerRow::create();
+  ASSERT_TRUE(backends.ok()) << backends.status().to_string();
+  CudaBackend& split_backend = *backends->split;
+  CudaBackend& per_row_backend = *backends->per_row;
   int selecting_split = 0, records_split = 0, left_to_one_block = 0;
   for (const int64_t vocab : {kQwenVocab, int64_t{3001}, int64_t{37}}) {
     for (const size_t rows : {size_t{1}, size_t{40}, size_t{300}}) {
@@ -553,20 +585,12 @@ TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
       const DeviceSamplingBatch& batch = builder.batch();
       const int64_t before = cuda::split_sample_launches();
       const auto sample_on = [&](CudaBackend& backend, std::vector<DeviceTokenLogprob>* records) {
-        std::vector<int32_t> tokens(rows, -7);
-        records->assign(rows * kLogprobsRecord, DeviceTokenLogprob{-9, 9.0f});
-        auto buf = backend.allocate(logits.size() * sizeof(float));
-        EXPECT_TRUE(buf.ok());
-        EXPECT_TRUE(backend.copy_to_device(buf->data(), logits.data(), logits.size() * sizeof(float)).ok());
-        const Status s =
-            backend.sample(tokens, buf->view(DType::kF32, {static_cast<int64_t>(rows), vocab}), batch, *records);
-        EXPECT_TRUE(s.ok()) << s.to_string();
-        return tokens;
+        return sample_copy(backend, logits, vocab, batch, records);
       };
       std::vector<DeviceTokenLogprob> split_records, per_row_records;
-      const std::vector<int32_t> split = sample_on(**split_backend, &split_records);
+      const std::vector<int32_t> split = sample_on(split_backend, &split_records);
       EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "the call did not take the split path";
-      auto done = (*split_backend)->last_split_rows_done();
+      auto done = split_backend.last_split_rows_done();
       ASSERT_TRUE(done.ok()) << done.status().to_string();
       ASSERT_EQ(done->size(), rows);
       for (size_t r = 0; r < rows; ++r) {
@@ -576,7 +600,7 @@ TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
         if ((*done)[r] == 1 && cut) ++selecting_split;
         if ((*done)[r] == 1 && p.logprobs > 0) ++records_split;
       }
-      const std::vector<int32_t> per_row = sample_on(**per_row_backend, &per_row_records);
+      const std::vector<int32_t> per_row = sample_on(per_row_backend, &per_row_records);
       EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "BW_CUDA_SAMPLE_SPLIT=0 took the split path";
       EXPECT_EQ(split, per_row);
       // The records: the same tokens; log-probabilities up to the log-normaliser's rounding
@@ -615,13 +639,10 @@ TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
 // 1 and 16 rows. (Without the refinement every such row falls back: the wider gap takes in
 // the bulk.)
 TEST_F(CudaSamplingTest, TopKBoundsRefineBetweenGaps) {
-  ASSERT_EQ(setenv("BW_CUDA_SAMPLE_SPLIT", "all", 1), 0);
-  auto split_backend = CudaBackend::create({});
-  ASSERT_EQ(setenv("BW_CUDA_SAMPLE_SPLIT", "0", 1), 0);
-  auto per_row_backend = CudaBackend::create({});
-  unsetenv("BW_CUDA_SAMPLE_SPLIT");
-  ASSERT_TRUE(split_backend.ok()) << split_backend.status().to_string();
-  ASSERT_TRUE(per_row_backend.ok()) << per_row_backend.status().to_string();
+  auto backends = SplitAndPerRow::create();
+  ASSERT_TRUE(backends.ok()) << backends.status().to_string();
+  CudaBackend& split_backend = *backends->split;
+  CudaBackend& per_row_backend = *backends->per_row;
   struct Spread {
     int32_t k;
     float top;   // the best raised logit (the bulk is N(0, 1))
@@ -653,27 +674,19 @@ TEST_F(CudaSamplingTest, TopKBoundsRefineBetweenGaps) {
       }
       const DeviceSamplingBatch batch = rows_only(params);
       const auto sample_on = [&](CudaBackend& backend, std::vector<DeviceTokenLogprob>* records) {
-        std::vector<int32_t> tokens(rows, -7);
-        records->assign(rows * kLogprobsRecord, DeviceTokenLogprob{-9, 9.0f});
-        auto buf = backend.allocate(logits.size() * sizeof(float));
-        EXPECT_TRUE(buf.ok());
-        EXPECT_TRUE(backend.copy_to_device(buf->data(), logits.data(), logits.size() * sizeof(float)).ok());
-        const Status s =
-            backend.sample(tokens, buf->view(DType::kF32, {static_cast<int64_t>(rows), vocab}), batch, *records);
-        EXPECT_TRUE(s.ok()) << s.to_string();
-        return tokens;
+        return sample_copy(backend, logits, vocab, batch, records);
       };
       std::vector<DeviceTokenLogprob> split_records, per_row_records;
       const int64_t before = cuda::split_sample_launches();
-      const std::vector<int32_t> split = sample_on(**split_backend, &split_records);
+      const std::vector<int32_t> split = sample_on(split_backend, &split_records);
       EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "the call did not take the split path";
-      auto done = (*split_backend)->last_split_rows_done();
+      auto done = split_backend.last_split_rows_done();
       ASSERT_TRUE(done.ok()) << done.status().to_string();
       for (size_t r = 0; r < rows; ++r) {
         EXPECT_EQ((*done)[r], 1) << "row " << r << " (k = " << params[r].top_k << ") was left to one block a row";
         sampled_rows += (*done)[r];
       }
-      const std::vector<int32_t> per_row = sample_on(**per_row_backend, &per_row_records);
+      const std::vector<int32_t> per_row = sample_on(per_row_backend, &per_row_records);
       EXPECT_EQ(split, per_row);
       for (size_t r = 0; r < rows; ++r) {
         for (int j = 0; j <= params[r].logprobs; ++j) {
