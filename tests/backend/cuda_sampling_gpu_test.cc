@@ -631,40 +631,57 @@ TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
   EXPECT_GT(left_to_one_block, 10);
 }
 
-// Top-k rows whose k-th logit lies far below the maximum, between two of the prefilter's
-// gaps, with the bulk of the row inside the wider gap (a trained model's confident rows):
-// the split path refines the bound between the gaps (split_refine_kernel), so it samples
-// every such row itself, with one block a row's tokens. k = 5, 50 and 200 (the k-th logit
-// 6, ~20 and ~20 below the maximum), alone and with top-p, min-p and top log-probabilities;
-// 1 and 16 rows. (Without the refinement every such row falls back: the wider gap takes in
-// the bulk.)
-TEST_F(CudaSamplingTest, TopKBoundsRefineBetweenGaps) {
+// Rows whose kept set ends between two of the prefilter's bounds, with more than 1,024
+// logits inside the looser one: top-k rows whose k-th logit lies far below the maximum
+// with the bulk of the row farther still (a trained model's confident rows), and top-p
+// rows whose kept set ends among 600 tokens of probability 2e-3 (relative to the best)
+// above 3,000 tail tokens of 2.6e-4, within one factor-16 floor. The split path refines
+// the bound between the two (split_gather_refined_kernel), so it samples every such row
+// itself, with one block a row's tokens and records. Top-k: k = 5, 50 and 200 (the k-th
+// logit 6, ~20 and ~20 below the maximum), alone and with top-p, min-p and top
+// log-probabilities; top-p 0.6 and 0.7 at temperature 1; 1 and 16 rows. (Without the
+// refinement every such row falls back: the looser bound takes in the bulk or the tail.)
+TEST_F(CudaSamplingTest, BoundsRefineBetweenGapsAndFloors) {
   auto backends = SplitAndPerRow::create();
   ASSERT_TRUE(backends.ok()) << backends.status().to_string();
   CudaBackend& split_backend = *backends->split;
   CudaBackend& per_row_backend = *backends->per_row;
   struct Spread {
-    int32_t k;
+    int32_t k;   // 0: a top-p row
     float top;   // the best raised logit (the bulk is N(0, 1))
     float step;  // between raised logits; k + 10 of them
   };
-  const Spread spreads[] = {{5, 10.0f, 1.5f}, {50, 28.0f, 0.4f}, {200, 25.0f, 0.1f}};
+  const Spread spreads[] = {{5, 10.0f, 1.5f}, {50, 28.0f, 0.4f}, {200, 25.0f, 0.1f}, {0, 0.0f, 0.0f}};
   const int64_t vocab = kQwenVocab;
   int sampled_rows = 0;
   std::vector<int32_t> distinct;
   for (const size_t rows : {size_t{1}, size_t{16}}) {
-    for (uint32_t round = 0; round < 3; ++round) {
+    for (uint32_t round = 0; round < 4; ++round) {
       SCOPED_TRACE(testing::Message() << rows << " rows, round " << round);
       std::vector<float> logits = random_logits(rows, vocab, 300 + round, 1.0f);
       std::mt19937 rng(400 + round);
       std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(vocab - 1));
+      std::uniform_real_distribution<float> jitter(-0.05f, 0.05f);
       std::vector<DeviceSamplingRow> params;
       for (size_t r = 0; r < rows; ++r) {
-        const Spread& spread = spreads[(r + round) % 3];
+        const Spread& spread = spreads[(r + round) % 4];
         float* row = logits.data() + r * static_cast<size_t>(vocab);
+        const size_t mix = (r / 4 + round) % 4;  // alone, with top-p (top-k rows), with min-p, with logprobs
+        if (spread.k == 0) {
+          for (int64_t i = 0; i < vocab; ++i)
+            row[i] -= 30.0f;  // (a bulk of no mass)
+          for (int j = 0; j < 3000; ++j)
+            row[token(rng)] = std::log(2.6e-4f) + 0.4f * jitter(rng);
+          for (int j = 0; j < 600; ++j)
+            row[token(rng)] = std::log(2e-3f) + jitter(rng);
+          row[token(rng)] = 0.0f;
+          DeviceSamplingRow p = random_row(1.0f, 0, r % 2 == 0 ? 0.6f : 0.7f, 0.0f, 900 + r + 100 * round, r % 5);
+          if (mix == 3) p.logprobs = 5;
+          params.push_back(p);
+          continue;
+        }
         for (int32_t j = 0; j < spread.k + 10; ++j)
           row[token(rng)] = spread.top - spread.step * static_cast<float>(j);
-        const size_t mix = (r / 3 + round) % 4;  // top-k alone, with top-p, with min-p, with logprobs
         DeviceSamplingRow p = random_row(0.6f + 0.4f * static_cast<float>(r % 3), spread.k, mix == 1 ? 0.9f : 1.0f,
                                          mix == 2 ? 0.01f : 0.0f, 900 + r + 100 * round, r % 5);
         // (Top log-probabilities on the rows whose top 5 lie within a gap that fits: their
@@ -683,7 +700,8 @@ TEST_F(CudaSamplingTest, TopKBoundsRefineBetweenGaps) {
       auto done = split_backend.last_split_rows_done();
       ASSERT_TRUE(done.ok()) << done.status().to_string();
       for (size_t r = 0; r < rows; ++r) {
-        EXPECT_EQ((*done)[r], 1) << "row " << r << " (k = " << params[r].top_k << ") was left to one block a row";
+        EXPECT_EQ((*done)[r], 1) << "row " << r << " (top-k " << params[r].top_k << ", top-p " << params[r].top_p
+                                 << ") was left to one block a row";
         sampled_rows += (*done)[r];
       }
       const std::vector<int32_t> per_row = sample_on(per_row_backend, &per_row_records);
@@ -698,7 +716,7 @@ TEST_F(CudaSamplingTest, TopKBoundsRefineBetweenGaps) {
       distinct.insert(distinct.end(), split.begin(), split.end());
     }
   }
-  EXPECT_EQ(sampled_rows, 3 * (1 + 16));
+  EXPECT_EQ(sampled_rows, 4 * (1 + 16));
   // (Draws, not the argmax every time: the rows keep many tokens.)
   std::sort(distinct.begin(), distinct.end());
   EXPECT_GT(std::unique(distinct.begin(), distinct.end()) - distinct.begin(), 20);
@@ -911,7 +929,8 @@ TEST_F(CudaSamplingTest, BadInputIsInvalidArgument) {
 // host Sampler needs first). "flat" rows are N(0, 2) logits, a worst case for top-p (its
 // set holds thousands of tokens); "peaked" rows add 10 to 20 random tokens; "sharp" rows
 // put 64 tokens 8 to 24 above the rest, as a trained model's rows are peaked (the
-// shared-memory selections take them). Printed; never fails on time.
+// shared-memory selections take them); "tail" rows keep ~550 tokens under top-p 0.7 among
+// 3,600 above the floor that holds them. Printed; never fails on time.
 TEST_F(CudaSamplingTest, PrintsSampleTimes) {
   constexpr int64_t kVocab = kQwenVocab;
   constexpr size_t kMaxRows = 256;
@@ -929,23 +948,38 @@ TEST_F(CudaSamplingTest, PrintsSampleTimes) {
     for (int j = 0; j < 64; ++j)
       sharp[r * kVocab + rng() % kVocab] += 24.0f - 0.25f * static_cast<float>(j);
   }
-  const TensorView pristine[] = {upload(flat, kVocab), upload(peaked, kVocab), upload(sharp, kVocab)};
-  const char* const kDists[] = {"flat", "peaked", "sharp"};
+  // Tail rows: the best token, 600 at 2e-3 of its probability and 3,000 at 2.6e-4 (the rest
+  // negligible): top-p 0.7 at temperature 1 keeps ~550 tokens, inside the floor that takes
+  // in the tail (the split path refines that bound).
+  std::vector<float> tail(flat.size());
+  for (size_t r = 0; r < kMaxRows; ++r) {
+    float* row = tail.data() + r * kVocab;
+    for (int64_t i = 0; i < kVocab; ++i)
+      row[i] = flat[r * kVocab + static_cast<size_t>(i)] - 30.0f;
+    for (int j = 0; j < 3000; ++j)
+      row[rng() % kVocab] = std::log(2.6e-4f);
+    for (int j = 0; j < 600; ++j)
+      row[rng() % kVocab] = std::log(2e-3f);
+    row[rng() % kVocab] = 0.0f;
+  }
+  const TensorView pristine[] = {upload(flat, kVocab), upload(peaked, kVocab), upload(sharp, kVocab),
+                                 upload(tail, kVocab)};
+  const char* const kDists[] = {"flat", "peaked", "sharp", "tail"};
   auto scratch = gpu_->allocate(flat.size() * sizeof(float));
   ASSERT_TRUE(scratch.ok());
   std::vector<float> host(flat.size());
   const char* const kModes[] = {"greedy", "top_p 0.9 temp 0.7", "temp 1.0, no cut", "top_k 50 top_p 0.95"};
   for (size_t rows : {size_t{1}, size_t{16}, size_t{64}, size_t{256}}) {
-    for (int dist = 0; dist < 3; ++dist) {
-      for (int mode = dist == 0 ? 0 : 1; mode < 4; ++mode) {
+    for (int dist = 0; dist < 4; ++dist) {
+      for (int mode = dist == 0 ? 0 : 1; mode < (dist == 3 ? 2 : 4); ++mode) {
         std::vector<DeviceSamplingRow> params(rows);
         for (size_t r = 0; r < rows; ++r) {
           switch (mode) {
             case 0:
               params[r] = DeviceSamplingRow{};
               break;
-            case 1:
-              params[r] = random_row(0.7f, 0, 0.9f, 0.0f, r, 0);
+            case 1:  // (tail rows: top-p 0.7 at temperature 1)
+              params[r] = dist == 3 ? random_row(1.0f, 0, 0.7f, 0.0f, r, 0) : random_row(0.7f, 0, 0.9f, 0.0f, r, 0);
               break;
             case 2:
               params[r] = random_row(1.0f, 0, 1.0f, 0.0f, r, 0);
@@ -967,7 +1001,8 @@ TEST_F(CudaSamplingTest, PrintsSampleTimes) {
         }
         std::sort(us.begin(), us.end());
         std::printf("[ sample   ] %3zu rows x %lld, %-6s %-20s median %8.1f us, min %8.1f us\n", rows,
-                    static_cast<long long>(kVocab), kDists[dist], kModes[mode], us[us.size() / 2], us[0]);
+                    static_cast<long long>(kVocab), kDists[dist], dist == 3 ? "top_p 0.7 temp 1.0" : kModes[mode],
+                    us[us.size() / 2], us[0]);
       }
     }
     std::vector<double> us;

@@ -367,7 +367,7 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
         call.floors |= plan.cut == cuda::SamplingCut::kTopP;
         call.logprobs |= plan.top_logprobs >= 0;
         call.gathers |= plan.gathers();
-        call.top_k |= plan.cut == cuda::SamplingCut::kTopK;
+        call.cuts |= plan.cut != cuda::SamplingCut::kNone;
       }
       launched = cuda::launch_split_sample(k, call, split_workspace, num_sms_, stream_);
       last_split_done_ = cuda::split_sample_done_flags(split_workspace, rows);

@@ -369,14 +369,14 @@ int64_t split_sample_workspace_bytes(int64_t rows);
 // penalty to apply; counts logits near its maximum (a top-k cut or top log-probabilities),
 // counts probability floors (a top-p cut), or reports log-probabilities; whether some row
 // gathers candidates (any cut, or top log-probabilities) and so may fall back to
-// launch_sample; and whether some row cuts with top-k (whose bound may be refined).
+// launch_sample; and whether some row draws from a cut set (whose bound may be refined).
 struct SplitSampleCall {
   bool bias_or_penalties = false;
   bool near = false;
   bool floors = false;
   bool logprobs = false;
   bool gathers = false;
-  bool top_k = false;
+  bool cuts = false;
 };
 // launch_sample's tokens and records, each row over many blocks; a row that reports
 // log-probabilities may not have a bias or penalties (its logits are modified in place).

@@ -14,13 +14,15 @@
 //      exp(logit - max) for the log-normaliser;
 //   3. split_gather_kernel (calls that select): the tightest prefilter bounds that hold the
 //      kept set and the top log-probabilities, as sample_kernel picks them; when at most
-//      kMaxCandidates logits pass each, the blocks append them to the row's lists. A top-k
-//      row whose tightest gap holding k logits takes in more than kMaxCandidates while the
-//      gap before it holds fewer than k (the k-th logit far below the maximum, the bulk of
-//      the row farther still: a trained model's confident rows) has its bound refined:
-//      each chunk counts the logits within kNumFineGaps steps between the two gaps;
-//   4. split_gather_refined_kernel (calls with a top-k row): for those rows, the tightest
-//      step holding k logits, and its candidates when they fit;
+//      kMaxCandidates logits pass each, the blocks append them to the row's lists. When the
+//      cut's bound takes in more than that while the bound before it does not hold the
+//      kept set (a top-k row's k-th logit far below the maximum with the bulk of the row
+//      farther still, as in a trained model's confident rows; a top-p row whose kept set
+//      ends within a floor's factor 16 of probability that many tail tokens share), the
+//      blocks count (and for top-p sum) the logits passing kNumFineSteps bounds between the
+//      two instead;
+//   4. split_gather_refined_kernel (calls that draw from a cut set): for those rows, the
+//      tightest of those bounds that holds the kept set, and its candidates when they fit;
 //   5. split_draw_kernel, one block a row: the top log-probabilities ranked in shared
 //      memory; rows without a cut locate the draw's target among the parts' masses (in id
 //      order) and walk that one part; rows with a cut rank their candidates (top-k by
@@ -63,7 +65,7 @@ constexpr int kMaxChunks = 64;
 constexpr int64_t kMinChunk = 2048;  // values a block scans at least
 constexpr int kLoadsInFlight = 8;
 constexpr int32_t kNoFit = 0x7fffffff;  // a row's candidate count when they do not fit
-constexpr int kNumFineGaps = 16;        // a refined top-k bound's steps between two gaps
+constexpr int kNumFineSteps = 16;       // a refined bound's steps between two prefilter bounds
 static_assert(kMaxChunks * kSplitWarps <= 2 * kSplitThreads, "step 4 scans two parts a thread");
 static_assert(kMaxCandidates % kSplitThreads == 0, "step 4 gives each thread the same number of candidates");
 
@@ -89,9 +91,12 @@ struct SplitWorkspace {
   ChunkMax* partials;  // [kMaxChunks]: each chunk's (maximum, lowest id)
   uint64_t* parts;     // [kMaxChunks * kSplitWarps]: each part's mass
   ChunkStats* stats;   // [kMaxChunks]
-  uint32_t* fine;      // [kMaxChunks * kNumFineGaps]: each chunk's counts within the fine gaps
+  // [kMaxChunks * kNumFineSteps]: each chunk's count (and, for top-p, mass) within each step
+  // of a refined bound.
+  uint32_t* fine_count;
+  uint64_t* fine_mass;
   int32_t* num_candidates;
-  int32_t* refined;         // a top-k bound refined within this gap (refined_gap), or -1
+  int32_t* refined;         // the prefilter bound refined below (refined_gap / _floor), or -1
   int32_t* done;            // the row was sampled here (else sample_kernel samples it)
   int32_t* candidate_ids;   // [kMaxCandidates]
   float* candidate_logits;  // [kMaxCandidates]
@@ -344,6 +349,12 @@ __device__ __forceinline__ ChunkStats sum_row_stats(const SplitWorkspace& ws, co
   return sum;
 }
 
+// Refined bounds. The prefilter's bounds are coarse (gaps a factor 2 apart, floors 16):
+// when the tightest one that holds a row's kept set takes in more than kMaxCandidates
+// logits while the one before it does not hold the set, split_gather_kernel counts (and
+// for top-p sums) the logits passing kNumFineSteps bounds between the two, and
+// split_gather_refined_kernel takes the tightest of those that holds the set.
+
 // The gap j whose top-k bound is refined: the tightest one holding k logits holds more than
 // kMaxCandidates, and the one before it (j - 1) fewer than k. -1: none (the bound fits, or
 // no gap holds k).
@@ -359,45 +370,87 @@ __device__ __forceinline__ int refined_gap(const ChunkStats& sum, int64_t k) {
   }
   return gap > 0 && count > static_cast<uint32_t>(kMaxCandidates) ? gap : -1;
 }
-// Fine gap f of gap j (f = kNumFineGaps - 1 is gap j itself): exact in float, so every
-// kernel computes the same bound.
+// Step f of gap j's refinement (f = kNumFineSteps - 1 is gap j itself): exact in float, so
+// every kernel computes the same bound.
 __device__ __forceinline__ float fine_gap(int j, int f) {
   const float below = top_k_gap(j - 1);  // top_k_gap(j) = 2 * below
-  return below + below * static_cast<float>(f + 1) / static_cast<float>(kNumFineGaps);
+  return below + below * static_cast<float>(f + 1) / static_cast<float>(kNumFineSteps);
+}
+// Step f of floor j's refinement: mass_floor(j - 1) * 2^(-(f + 1) / 4), so f =
+// kNumFineSteps - 1 is floor j itself (mass_floor(j) = mass_floor(j - 1) / 16).
+__device__ __forceinline__ float fine_floor(int j, int f) {
+  constexpr float kQuarterOctaves[4] = {1.0f, 0.840896415f, 0.707106781f, 0.594603558f};  // 2^(-q / 4)
+  static_assert(kNumFineSteps == 16, "four steps an octave, four octaves");
+  return ldexpf(mass_floor(j - 1) * kQuarterOctaves[(f + 1) % 4], -((f + 1) / 4));
+}
+// The bound a row's refined step f passes: a logit (top-k) or a relative probability
+// (top-p) at or above it.
+__device__ __forceinline__ float fine_bound(SamplingCut cut, int j, int f, float max_logit) {
+  return cut == SamplingCut::kTopK ? max_logit - fine_gap(j, f) : fine_floor(j, f);
 }
 
-// Counts the logits of this block's chunk of the row within each fine gap of `gap` into
-// ws.fine (split_gather_refined_kernel sums the chunks').
-__device__ void count_fine_gaps(const SampleKernelArgs& args, const SplitWorkspace& ws, const Chunking& ch, int64_t row,
-                                float max_logit, int gap) {
-  float floors[kNumFineGaps];
-  uint32_t counts[kNumFineGaps];
+// Counts the logits of this block's chunk of the row that pass each step of the refined
+// bound `j` (their probabilities' fixed-point mass too for top-p) into ws.fine_count /
+// ws.fine_mass (split_gather_refined_kernel sums the chunks').
+__device__ void count_fine_steps(const SampleKernelArgs& args, const SplitWorkspace& ws, const Chunking& ch,
+                                 int64_t row, const RowStart& r, int j) {
+  const bool top_p = r.plan.cut == SamplingCut::kTopP;
+  const float inv_temperature = 1.0f / r.a.temperature;
+  const float min_p = sampling::clamped_min_p(r.a);
+  float bounds[kNumFineSteps];
+  uint32_t counts[kNumFineSteps];
+  uint64_t masses[kNumFineSteps];
 #pragma unroll
-  for (int f = 0; f < kNumFineGaps; ++f) {
-    floors[f] = max_logit - fine_gap(gap, f);
+  for (int f = 0; f < kNumFineSteps; ++f) {
+    bounds[f] = fine_bound(r.plan.cut, j, f, r.max_logit);
     counts[f] = 0;
+    masses[f] = 0;
   }
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
   const int64_t end = chunk_end(ch, blockIdx.x, args.vocab);
   for_each_strided<kSplitThreads>(args.logits + row * args.vocab, begin + threadIdx.x, end, [&](int64_t, float v) {
+    const float p = top_p ? relative_prob(v, r.max_logit, inv_temperature, min_p) : 0.0f;
+    const float score = top_p ? p : v;
+    const uint64_t fixed = to_fixed(p);
 #pragma unroll
-    for (int f = 0; f < kNumFineGaps; ++f)
-      counts[f] += v >= floors[f] ? 1u : 0u;
+    for (int f = 0; f < kNumFineSteps; ++f) {
+      counts[f] += score >= bounds[f] ? 1u : 0u;
+      masses[f] += score >= bounds[f] ? fixed : 0;
+    }
   });
-  __shared__ uint32_t warps[kSplitWarps][kNumFineGaps];
+  __shared__ uint32_t warp_counts[kSplitWarps][kNumFineSteps];
+  __shared__ uint64_t warp_masses[kSplitWarps][kNumFineSteps];
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
 #pragma unroll
-  for (int f = 0; f < kNumFineGaps; ++f) {
+  for (int f = 0; f < kNumFineSteps; ++f) {
     const uint32_t c = warp_sum(counts[f]);
-    if (lane == 0) warps[warp][f] = c;
+    const uint64_t m = warp_sum(masses[f]);
+    if (lane == 0) warp_counts[warp][f] = c, warp_masses[warp][f] = m;
   }
   __syncthreads();
-  if (threadIdx.x < kNumFineGaps) {
-    uint32_t total = 0;
-    for (int w = 0; w < kSplitWarps; ++w)
-      total += warps[w][threadIdx.x];
-    ws.fine[(row * ch.chunks + blockIdx.x) * kNumFineGaps + threadIdx.x] = total;
+  if (threadIdx.x < kNumFineSteps) {
+    uint32_t count = 0;
+    uint64_t mass = 0;
+    for (int w = 0; w < kSplitWarps; ++w) {
+      count += warp_counts[w][threadIdx.x];
+      mass += warp_masses[w][threadIdx.x];
+    }
+    const int64_t at = (row * ch.chunks + blockIdx.x) * kNumFineSteps + threadIdx.x;
+    ws.fine_count[at] = count;
+    ws.fine_mass[at] = mass;
   }
+}
+
+// The row's mass (fixed point), summed over its parts by one warp; every lane gets it.
+__device__ __forceinline__ uint64_t row_mass(const SplitWorkspace& ws, const Chunking& ch, int64_t row) {
+  uint64_t total = 0;
+  for (int p = static_cast<int>(threadIdx.x % 32); p < ch.chunks * kSplitWarps; p += 32)
+    total += ws.parts[row * ch.chunks * kSplitWarps + p];
+  return warp_sum(total);
+}
+// The top-p target: top_p of the row's mass (at least 1), as sample_kernel compares it.
+__device__ __forceinline__ double top_p_target(const SamplingRowArgs& a, uint64_t total) {
+  return fmax(static_cast<double>(a.top_p) * static_cast<double>(total), 1.0);
 }
 
 // Appends (id, logit) to a row's candidate list (the count said they fit).
@@ -423,16 +476,11 @@ __global__ void __launch_bounds__(kSplitThreads)
   // draw's cut, and for the top log-probabilities (the tightest gap holding that many).
   __shared__ float bound, top_bound;
   __shared__ bool fits;
-  __shared__ int refine;  // >= 0: the top-k bound is refined within this gap (refined_gap)
+  __shared__ int refine;  // >= 0: the cut's bound is refined below this gap or floor
   if (threadIdx.x < 32) {
     const int lane = static_cast<int>(threadIdx.x);
     const ChunkStats sum = sum_row_stats(ws, ch, row);
-    uint64_t total = 0;
-    if (r.plan.cut == SamplingCut::kTopP) {
-      for (int p = lane; p < ch.chunks * kSplitWarps; p += 32)
-        total += ws.parts[row * ch.chunks * kSplitWarps + p];
-    }
-    total = warp_sum(total);
+    const uint64_t total = r.plan.cut == SamplingCut::kTopP ? row_mass(ws, ch, row) : 0;
     if (lane == 0) {
       // The tightest gap with at least k logits: its bound, or false (none, or too many).
       // (Loops unrolled without exits, so the counts stay in registers.)
@@ -456,19 +504,23 @@ __global__ void __launch_bounds__(kSplitThreads)
         if (gap < 0) ok = near_bound(r.a.top_k, &bound);
       }
       if (r.plan.cut == SamplingCut::kTopP) {
-        // The highest floor whose mass reaches top_p of the row's.
-        const double target = fmax(static_cast<double>(r.a.top_p) * static_cast<double>(total), 1.0);
+        // The highest floor whose mass reaches top_p of the row's. When it takes in too many,
+        // refined below the floor above it, unless that one too holds too many: every token
+        // above it is kept (a flat row's kept set, too large for any bound).
+        const double target = top_p_target(r.a, total);
         int highest = -1;
-        uint32_t count = 0;
+        uint32_t count = 0, count_above = 0;
 #pragma unroll
         for (int j = kNumFloors - 1; j >= 0; --j) {
           if (static_cast<double>(sum.floor_mass[j]) >= target) {
             highest = j;
             count = sum.floor_count[j];
+            count_above = j > 0 ? sum.floor_count[j > 0 ? j - 1 : 0] : 0;
           }
         }
         if (highest >= 0) bound = mass_floor(highest);
         ok = highest >= 0 && count <= static_cast<uint32_t>(kMaxCandidates);
+        if (!ok && highest > 0 && count_above <= static_cast<uint32_t>(kMaxCandidates)) ok = true, gap = highest;
       }
       if (r.plan.top_logprobs > 0) ok = ok && near_bound(r.plan.top_logprobs, &top_bound);
       fits = ok;
@@ -481,9 +533,8 @@ __global__ void __launch_bounds__(kSplitThreads)
     if (blockIdx.x == 0 && threadIdx.x == 0) ws.num_candidates[row] = kNoFit;
     return;
   }
-  // A refined top-k bound: the chunk's fine counts now, its candidates in
-  // split_gather_refined_kernel.
-  if (refine >= 0) count_fine_gaps(args, ws, ch, row, r.max_logit, refine);
+  // A refined bound: the chunk's counts now, its candidates in split_gather_refined_kernel.
+  if (refine >= 0) count_fine_steps(args, ws, ch, row, r, refine);
   const float floor = refine >= 0 ? INFINITY : bound;
   const float top_floor = r.plan.top_logprobs > 0 ? top_bound : INFINITY;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
@@ -504,39 +555,46 @@ __global__ void __launch_bounds__(kSplitThreads)
   });
 }
 
-// Rows whose top-k bound split_gather_kernel refined: the tightest fine gap with at least
-// k logits (the last one, the gap itself, has them) and, when at most kMaxCandidates pass
-// it, the candidates within it.
+// Rows whose bound split_gather_kernel refined: the tightest step that holds the kept set
+// (top-k: at least k logits; top-p: top_p of the row's mass; the last step, the coarse
+// bound itself, does) and, when at most kMaxCandidates logits pass it, those candidates.
 __global__ void __launch_bounds__(kSplitThreads)
     split_gather_refined_kernel(SampleKernelArgs args, SplitWorkspace ws, Chunking ch) {
   pdl_wait();
   pdl_launch_dependents();
   const int64_t row = blockIdx.y;
-  const int gap = ws.refined[row];
-  if (gap < 0) return;
+  const int j = ws.refined[row];
+  if (j < 0) return;
   const RowStart r = row_start(args, ws, ch, row);
+  const bool top_p = r.plan.cut == SamplingCut::kTopP;
   __shared__ float bound;
   __shared__ bool fits;
   if (threadIdx.x < 32) {
     const int lane = static_cast<int>(threadIdx.x);
-    uint32_t fine[kNumFineGaps] = {};
+    const double target = top_p ? top_p_target(r.a, row_mass(ws, ch, row)) : static_cast<double>(r.a.top_k);
+    uint32_t counts[kNumFineSteps] = {};
+    uint64_t masses[kNumFineSteps] = {};
     for (int c = lane; c < ch.chunks; c += 32) {
 #pragma unroll
-      for (int f = 0; f < kNumFineGaps; ++f)
-        fine[f] += ws.fine[(row * ch.chunks + c) * kNumFineGaps + f];
+      for (int f = 0; f < kNumFineSteps; ++f) {
+        counts[f] += ws.fine_count[(row * ch.chunks + c) * kNumFineSteps + f];
+        masses[f] += top_p ? ws.fine_mass[(row * ch.chunks + c) * kNumFineSteps + f] : 0;
+      }
     }
-    int step = kNumFineGaps - 1;
+    int step = kNumFineSteps - 1;
     uint32_t count = 0;
 #pragma unroll
-    for (int f = kNumFineGaps - 1; f >= 0; --f) {  // (unrolled, so the counts stay in registers)
-      fine[f] = warp_sum(fine[f]);
-      if (f == kNumFineGaps - 1 || fine[f] >= static_cast<uint64_t>(r.a.top_k)) {
+    for (int f = kNumFineSteps - 1; f >= 0; --f) {  // (unrolled, so the counts stay in registers)
+      counts[f] = warp_sum(counts[f]);
+      masses[f] = warp_sum(masses[f]);
+      const double held = top_p ? static_cast<double>(masses[f]) : static_cast<double>(counts[f]);
+      if (f == kNumFineSteps - 1 || held >= target) {
         step = f;
-        count = fine[f];
+        count = counts[f];
       }
     }
     if (lane == 0) {
-      bound = r.max_logit - fine_gap(gap, step);
+      bound = fine_bound(r.plan.cut, j, step, r.max_logit);
       fits = count <= static_cast<uint32_t>(kMaxCandidates);
     }
   }
@@ -546,10 +604,13 @@ __global__ void __launch_bounds__(kSplitThreads)
     return;
   }
   const float floor = bound;
+  const float inv_temperature = 1.0f / r.a.temperature;
+  const float min_p = sampling::clamped_min_p(r.a);
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
   const int64_t end = chunk_end(ch, blockIdx.x, args.vocab);
   for_each_strided<kSplitThreads>(args.logits + row * args.vocab, begin + threadIdx.x, end, [&](int64_t i, float v) {
-    if (v >= floor) {
+    const float score = top_p ? relative_prob(v, r.max_logit, inv_temperature, min_p) : v;
+    if (score >= floor) {
       append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
                        ws.candidate_logits + row * kMaxCandidates, i, v);
     }
@@ -868,8 +929,10 @@ SplitWorkspace split_workspace(void* base, int64_t rows) {
   ws.parts =
       reinterpret_cast<uint64_t*>(take(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))));
   ws.stats = reinterpret_cast<ChunkStats*>(take(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))));
-  ws.fine =
-      reinterpret_cast<uint32_t*>(take(rows * kMaxChunks * kNumFineGaps * static_cast<int64_t>(sizeof(uint32_t))));
+  ws.fine_count =
+      reinterpret_cast<uint32_t*>(take(rows * kMaxChunks * kNumFineSteps * static_cast<int64_t>(sizeof(uint32_t))));
+  ws.fine_mass =
+      reinterpret_cast<uint64_t*>(take(rows * kMaxChunks * kNumFineSteps * static_cast<int64_t>(sizeof(uint64_t))));
   ws.num_candidates = reinterpret_cast<int32_t*>(take(3 * rows * static_cast<int64_t>(sizeof(int32_t))));
   ws.num_top = ws.num_candidates + rows;  // (split_max_kernel clears all three)
   ws.refined = ws.num_candidates + 2 * rows;
@@ -888,7 +951,8 @@ int64_t split_sample_workspace_bytes(int64_t rows) {
   return bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkMax))) +
          bytes(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))) +
          bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))) +
-         bytes(rows * kMaxChunks * kNumFineGaps * static_cast<int64_t>(sizeof(uint32_t))) + bytes(3 * rows * 4) +
+         bytes(rows * kMaxChunks * kNumFineSteps * static_cast<int64_t>(sizeof(uint32_t))) +
+         bytes(rows * kMaxChunks * kNumFineSteps * static_cast<int64_t>(sizeof(uint64_t))) + bytes(3 * rows * 4) +
          bytes(rows * 4) + 4 * bytes(rows * kMaxCandidates * 4);
 }
 
@@ -922,7 +986,7 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
   const int counts = (call.near ? kCountNear : 0) | (call.floors ? kCountFloors : 0) | (call.logprobs ? kSumExp : 0);
   launch_kernel(kStatsKernels[counts], grid, kSplitThreads, 0, stream, args, ws, ch);
   if (call.gathers) launch_kernel(split_gather_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
-  if (call.top_k) launch_kernel(split_gather_refined_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
+  if (call.cuts) launch_kernel(split_gather_refined_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
   launch_kernel(split_draw_kernel, rows, kSplitThreads, 0, stream, args, ws, ch);
   if (call.gathers) {
     // The rows whose candidates did not fit, one block a row (the others return at once).
