@@ -75,8 +75,9 @@ class ModelRunner {
   // are back; wait() returns them. Only on a backend with asynchronous sampling
   // (can_launch); at most two launched steps may be outstanding, waited for in order.
   // `sampling` has one row per sequence with `sample` set (none: nothing to wait for), then
-  // those of `choice_sources` as in execute(). `source` names the input tokens still on the device: per sequence, the row of the
-  // previous launched step's ids that is its last token, or -1.
+  // those of `choice_sources` as in execute(). `source` names the input tokens still on the
+  // device: per sequence, the row of the previous launched step's ids that is its last
+  // token, or -1.
   struct PendingStep {
     RunnerOutput output;  // request_ids and vocab_size; sampled filled by wait()
     AsyncSample sample;
