@@ -131,16 +131,16 @@ Status check_bias(const DeviceSamplingBatch& batch, size_t rows, int64_t vocab) 
   return OkStatus();
 }
 
-// Whether one block a row samples the row about as fast as the split path once a call has
-// more than kSplitRowsWithCandidates rows: a draw from a top-p set, or from a top-k set in a
-// call of more than kSplitRowsWithTopK rows, or a greedy row's top log-probabilities (a draw
-// with log-probabilities costs one block a row a copy of the row and more passes: the split
-// path is faster at any count).
 // Calls of up to this many rows split their top-k draws: refined bounds let the split path
 // gather a top-k set that one block a row would select by radix passes (docs/PERF.md,
 // twentieth session: 64 rows 141-184 us against 259-307; at 256 rows it loses some rows).
 constexpr int64_t kSplitRowsWithTopK = 64;
 
+// Whether one block a row samples the row about as fast as the split path once a call has
+// more than kSplitRowsWithCandidates rows: a draw from a top-p set, or from a top-k set in a
+// call of more than kSplitRowsWithTopK rows, or a greedy row's top log-probabilities (a draw
+// with log-probabilities costs one block a row a copy of the row and more passes: the split
+// path is faster at any count).
 bool per_row_competes(const cuda::SamplingRowArgs& a, int64_t vocab, int64_t rows) {
   const cuda::SamplingRowPlan plan = cuda::sampling_row_plan(a, vocab);
   return plan.cut == cuda::SamplingCut::kTopP || (plan.cut == cuda::SamplingCut::kTopK && rows > kSplitRowsWithTopK) ||

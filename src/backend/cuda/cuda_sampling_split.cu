@@ -96,7 +96,7 @@ struct SplitWorkspace {
   uint32_t* fine_count;
   uint64_t* fine_mass;
   int32_t* num_candidates;
-  int32_t* refined;         // the prefilter bound refined below (refined_gap / _floor), or -1
+  int32_t* refined;         // the gap or floor a row's bound is refined below, or -1
   int32_t* done;            // the row was sampled here (else sample_kernel samples it)
   int32_t* candidate_ids;   // [kMaxCandidates]
   float* candidate_logits;  // [kMaxCandidates]
@@ -355,20 +355,18 @@ __device__ __forceinline__ ChunkStats sum_row_stats(const SplitWorkspace& ws, co
 // for top-p sums) the logits passing kNumFineSteps bounds between the two, and
 // split_gather_refined_kernel takes the tightest of those that holds the set.
 
-// The gap j whose top-k bound is refined: the tightest one holding k logits holds more than
-// kMaxCandidates, and the one before it (j - 1) fewer than k. -1: none (the bound fits, or
-// no gap holds k).
-__device__ __forceinline__ int refined_gap(const ChunkStats& sum, int64_t k) {
+// The tightest gap holding at least k logits (-1: none) and, in *count, how many it holds.
+__device__ __forceinline__ int tightest_gap(const ChunkStats& sum, int64_t k, uint32_t* count) {
   int gap = -1;
-  uint32_t count = 0;
+  *count = 0;
 #pragma unroll
-  for (int j = kNumGaps - 1; j >= 0; --j) {  // (unrolled, so the counts stay in registers)
+  for (int j = kNumGaps - 1; j >= 0; --j) {  // (unrolled without exits, so the counts stay in registers)
     if (sum.near[j] >= static_cast<uint64_t>(k)) {
       gap = j;
-      count = sum.near[j];
+      *count = sum.near[j];
     }
   }
-  return gap > 0 && count > static_cast<uint32_t>(kMaxCandidates) ? gap : -1;
+  return gap;
 }
 // Step f of gap j's refinement (f = kNumFineSteps - 1 is gap j itself): exact in float, so
 // every kernel computes the same bound.
@@ -483,25 +481,21 @@ __global__ void __launch_bounds__(kSplitThreads)
     const uint64_t total = r.plan.cut == SamplingCut::kTopP ? row_mass(ws, ch, row) : 0;
     if (lane == 0) {
       // The tightest gap with at least k logits: its bound, or false (none, or too many).
-      // (Loops unrolled without exits, so the counts stay in registers.)
       const auto near_bound = [&](int64_t k, float* out) {
-        int tightest = -1;
-        uint32_t count = 0;
-#pragma unroll
-        for (int j = kNumGaps - 1; j >= 0; --j) {
-          if (sum.near[j] >= static_cast<uint64_t>(k)) {
-            tightest = j;
-            count = sum.near[j];
-          }
-        }
-        if (tightest >= 0) *out = r.max_logit - top_k_gap(tightest);
-        return tightest >= 0 && count <= static_cast<uint32_t>(kMaxCandidates);
+        uint32_t count;
+        const int j = tightest_gap(sum, k, &count);
+        if (j >= 0) *out = r.max_logit - top_k_gap(j);
+        return j >= 0 && count <= static_cast<uint32_t>(kMaxCandidates);
       };
       bool ok = true;
       int gap = -1;
       if (r.plan.cut == SamplingCut::kTopK) {
-        gap = refined_gap(sum, r.a.top_k);
-        if (gap < 0) ok = near_bound(r.a.top_k, &bound);
+        uint32_t count;
+        const int j = tightest_gap(sum, r.a.top_k, &count);
+        if (j >= 0) bound = r.max_logit - top_k_gap(j);
+        ok = j >= 0 && count <= static_cast<uint32_t>(kMaxCandidates);
+        // Too many: refined below the gap before it (which holds fewer than k).
+        if (!ok && j > 0) ok = true, gap = j;
       }
       if (r.plan.cut == SamplingCut::kTopP) {
         // The highest floor whose mass reaches top_p of the row's. When it takes in too many,
@@ -515,7 +509,7 @@ __global__ void __launch_bounds__(kSplitThreads)
           if (static_cast<double>(sum.floor_mass[j]) >= target) {
             highest = j;
             count = sum.floor_count[j];
-            count_above = j > 0 ? sum.floor_count[j > 0 ? j - 1 : 0] : 0;
+            count_above = j > 0 ? sum.floor_count[j - 1] : 0;
           }
         }
         if (highest >= 0) bound = mass_floor(highest);
