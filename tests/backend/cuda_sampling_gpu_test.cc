@@ -636,12 +636,13 @@ TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
 // with the bulk of the row farther still (a trained model's confident rows), and top-p
 // rows whose kept set ends among 600 tokens of probability 2e-3 (relative to the best)
 // above 3,000 tail tokens of 2.6e-4, within one factor-16 floor. The split path refines
-// the bound between the two (split_gather_refined_kernel), so it samples every such row
-// itself, with one block a row's tokens and records. Top-k: k = 5, 50 and 200 (the k-th
-// logit 6, ~20 and ~20 below the maximum), alone and with top-p, min-p and top
-// log-probabilities; top-p 0.6 and 0.7 at temperature 1; 1 and 16 rows. (Without the
-// refinement every such row falls back: the looser bound takes in the bulk or the tail.)
-TEST_F(CudaSamplingTest, BoundsRefineBetweenGapsAndFloors) {
+// a top-k row's gap (split_gather_refined_kernel) and finds a top-p row's cut by its radix
+// select, so it samples every such row itself, with one block a row's tokens and records.
+// Top-k: k = 5, 50 and 200 (the k-th logit 6, ~20 and ~20 below the maximum), alone and
+// with top-p, min-p and top log-probabilities; top-p 0.6 and 0.7 at temperature 1; 1 and
+// 16 rows. (Without either every such row falls back: the looser bound takes in the bulk
+// or the tail.)
+TEST_F(CudaSamplingTest, KeptSetsEndingBetweenBoundsStaySplit) {
   auto backends = SplitAndPerRow::create();
   ASSERT_TRUE(backends.ok()) << backends.status().to_string();
   CudaBackend& split_backend = *backends->split;
@@ -720,6 +721,96 @@ TEST_F(CudaSamplingTest, BoundsRefineBetweenGapsAndFloors) {
   // (Draws, not the argmax every time: the rows keep many tokens.)
   std::sort(distinct.begin(), distinct.end());
   EXPECT_GT(std::unique(distinct.begin(), distinct.end()) - distinct.begin(), 20);
+}
+
+// Flat top-p rows, whose kept set (thousands of tokens) no prefilter bound holds: the split
+// path finds the cut by its radix select (split_gather_kernel's first level, a second one
+// when the first level's bin holds more than 1,024 tokens) and samples each row itself,
+// with one block a row's tokens and records. Rows: N(0, 1) at temperature 1 (top-p 0.5 /
+// 0.9 / 0.99, with min-p, with top log-probabilities), N(0, 0.05) at temperature 1.5 (every
+// token above the top floor, the top token's probability 1 in the bracket), and a cluster
+// of 3,000 tokens within 1e-4 of one logit where the cut falls (the first level's bin
+// holds too many). Rows whose cut falls among 3,000 exact ties (no level separates them)
+// are left to one block a row. 1 and 16 rows.
+TEST_F(CudaSamplingTest, FlatTopPRowsTakeTheRadixSelect) {
+  auto backends = SplitAndPerRow::create();
+  ASSERT_TRUE(backends.ok()) << backends.status().to_string();
+  CudaBackend& split_backend = *backends->split;
+  CudaBackend& per_row_backend = *backends->per_row;
+  const int64_t vocab = kQwenVocab;
+  int radix_rows = 0, tied_rows = 0;
+  std::vector<int32_t> distinct;
+  for (const size_t rows : {size_t{1}, size_t{16}}) {
+    for (uint32_t round = 0; round < 5; ++round) {
+      SCOPED_TRACE(testing::Message() << rows << " rows, round " << round);
+      std::vector<float> logits = random_logits(rows, vocab, 500 + round, 1.0f);
+      std::mt19937 rng(600 + round);
+      std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(vocab - 1));
+      std::uniform_real_distribution<float> jitter(-1e-4f, 1e-4f);
+      std::vector<DeviceSamplingRow> params;
+      std::vector<char> tied;
+      for (size_t r = 0; r < rows; ++r) {
+        float* row = logits.data() + r * static_cast<size_t>(vocab);
+        const size_t shape = (r + round) % 5;  // N(0, 1); N(0, 0.05); cluster; exact ties; N(0, 1) + records
+        const uint64_t seed = 700 + r + 100 * round;
+        DeviceSamplingRow p = random_row(1.0f, 0,
+                                         r % 3 == 0   ? 0.5f
+                                         : r % 3 == 1 ? 0.9f
+                                                      : 0.99f,
+                                         r % 4 == 3 ? 0.02f : 0.0f, seed, r % 7);
+        if (shape == 1) {
+          for (int64_t i = 0; i < vocab; ++i)
+            row[i] *= 0.05f;
+          p.temperature = 1.5f;
+        }
+        if (shape == 2 || shape == 3) {
+          // The top token, 500 at -1, 3,000 at -2 (jittered, or exact ties), the rest at
+          // -30: top-p 0.6 cuts inside the 3,000 (masses 1, 184, 406).
+          for (int64_t i = 0; i < vocab; ++i)
+            row[i] = -30.0f;
+          for (int j = 0; j < 3000; ++j)
+            row[token(rng)] = -2.0f + (shape == 2 ? jitter(rng) : 0.0f);
+          for (int j = 0; j < 500; ++j)
+            row[token(rng)] = -1.0f;
+          row[token(rng)] = 0.0f;
+          p.top_p = 0.6f;
+          p.min_p = 0.0f;
+        }
+        if (shape == 4) p.logprobs = 5;
+        params.push_back(p);
+        tied.push_back(shape == 3 ? 1 : 0);
+      }
+      const DeviceSamplingBatch batch = rows_only(params);
+      const auto sample_on = [&](CudaBackend& backend, std::vector<DeviceTokenLogprob>* records) {
+        return sample_copy(backend, logits, vocab, batch, records);
+      };
+      std::vector<DeviceTokenLogprob> split_records, per_row_records;
+      const int64_t before = cuda::split_sample_launches();
+      const std::vector<int32_t> split = sample_on(split_backend, &split_records);
+      EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "the call did not take the split path";
+      auto done = split_backend.last_split_rows_done();
+      ASSERT_TRUE(done.ok()) << done.status().to_string();
+      for (size_t r = 0; r < rows; ++r) {
+        EXPECT_EQ((*done)[r], tied[r] != 0 ? 0 : 1) << "row " << r << " (top-p " << params[r].top_p << ")";
+        radix_rows += tied[r] == 0 && (*done)[r] == 1 ? 1 : 0;
+        tied_rows += tied[r];
+      }
+      const std::vector<int32_t> per_row = sample_on(per_row_backend, &per_row_records);
+      EXPECT_EQ(split, per_row);
+      for (size_t r = 0; r < rows; ++r) {
+        for (int j = 0; j <= params[r].logprobs; ++j) {
+          const size_t e = r * kLogprobsRecord + static_cast<size_t>(j);
+          EXPECT_EQ(split_records[e].token_id, per_row_records[e].token_id) << "row " << r << " entry " << j;
+          EXPECT_NEAR(split_records[e].logprob, per_row_records[e].logprob, 1e-4) << "row " << r << " entry " << j;
+        }
+      }
+      distinct.insert(distinct.end(), split.begin(), split.end());
+    }
+  }
+  EXPECT_EQ(radix_rows + tied_rows, 5 * (1 + 16));
+  EXPECT_GT(tied_rows, 0);
+  std::sort(distinct.begin(), distinct.end());
+  EXPECT_GT(std::unique(distinct.begin(), distinct.end()) - distinct.begin(), 60);
 }
 
 // Overlapped steps: two sample_async calls outstanding give what sample() gives, and
@@ -950,7 +1041,7 @@ TEST_F(CudaSamplingTest, PrintsSampleTimes) {
   }
   // Tail rows: the best token, 600 at 2e-3 of its probability and 3,000 at 2.6e-4 (the rest
   // negligible): top-p 0.7 at temperature 1 keeps ~550 tokens, inside the floor that takes
-  // in the tail (the split path refines that bound).
+  // in the tail (the split path's radix select finds its cut).
   std::vector<float> tail(flat.size());
   for (size_t r = 0; r < kMaxRows; ++r) {
     float* row = tail.data() + r * kVocab;

@@ -14,21 +14,25 @@
 //      exp(logit - max) for the log-normaliser;
 //   3. split_gather_kernel (calls that select): the tightest prefilter bounds that hold the
 //      kept set and the top log-probabilities, as sample_kernel picks them; when at most
-//      kMaxCandidates logits pass each, the blocks append them to the row's lists. When the
-//      cut's bound takes in more than that while the bound before it does not hold the
-//      kept set (a top-k row's k-th logit far below the maximum with the bulk of the row
-//      farther still, as in a trained model's confident rows; a top-p row whose kept set
-//      ends within a floor's factor 16 of probability that many tail tokens share), the
-//      blocks count (and for top-p sum) the logits passing kNumFineSteps bounds between the
-//      two instead;
-//   4. split_gather_refined_kernel (calls that draw from a cut set): for those rows, the
-//      tightest of those bounds that holds the kept set, and its candidates when they fit;
-//   5. split_draw_kernel, one block a row: the top log-probabilities ranked in shared
+//      kMaxCandidates logits pass each, the blocks append them to the row's lists. When a
+//      top-k row's gap takes in more than that while the gap before it holds fewer than k
+//      logits (its k-th logit far below the maximum with the bulk of the row farther
+//      still, as in a trained model's confident rows), the blocks count the logits passing
+//      kNumFineSteps bounds between the two instead; when a top-p row's floor takes in
+//      more (a flat row: high temperature, uncertain text), they make the first histogram
+//      of a radix select for its cut (below);
+//   4. split_gather_refined_kernel (calls that draw from a cut set): for refined top-k
+//      rows, the tightest of those bounds that holds k logits, and its candidates when they
+//      fit; for radix rows, the histogram's bin that holds the cut, and its tokens when
+//      they fit, else the second level's histogram of that bin;
+//   5. split_radix_kernel (calls with top-p rows): the radix select's second level;
+//   6. split_draw_kernel, one block a row: the top log-probabilities ranked in shared
 //      memory; rows without a cut locate the draw's target among the parts' masses (in id
 //      order) and walk that one part; rows with a cut rank their candidates (top-k by
-//      logit, then top-p by probability) and draw among the kept ones. Rows whose
-//      candidates did not fit (flat rows) are marked undone, and sample_kernel then
-//      samples just those.
+//      logit, then top-p by probability) and draw among the kept ones; radix rows rank
+//      their bin's tokens for the cut and walk one part. Rows whose candidates did not fit
+//      (top-k beyond 1,024, a cut among more than 1,024 ties) are marked undone, and
+//      sample_kernel then samples just those.
 // Every sum of the draw is an integer and every other reduction a max under a total order,
 // so each token is sample_kernel's, bit for bit, and the records its own up to the
 // rounding of the log-normaliser (CudaSamplingTest.SplitRowsSampleAsOneBlockARow). Greedy
@@ -65,7 +69,13 @@ constexpr int kMaxChunks = 64;
 constexpr int64_t kMinChunk = 2048;  // values a block scans at least
 constexpr int kLoadsInFlight = 8;
 constexpr int32_t kNoFit = 0x7fffffff;  // a row's candidate count when they do not fit
-constexpr int kNumFineSteps = 16;       // a refined bound's steps between two prefilter bounds
+constexpr int kNumFineSteps = 16;       // a refined bound's steps between two gaps
+// The radix select of a flat top-p row: two levels of 2^kRadixBits bins each (see
+// "Radix select" below).
+constexpr int kRadixBits = 10;
+constexpr int kRadixBins = 1 << kRadixBits;
+constexpr int kRadixLevels = 2;
+static_assert(kRadixBins % kSplitThreads == 0, "a radix pick gives each thread the same number of bins");
 static_assert(kMaxChunks * kSplitWarps <= 2 * kSplitThreads, "step 4 scans two parts a thread");
 static_assert(kMaxCandidates % kSplitThreads == 0, "step 4 gives each thread the same number of candidates");
 
@@ -88,15 +98,18 @@ struct ChunkStats {
 
 // The workspace, [rows] of each (launch_split_sample lays it out).
 struct SplitWorkspace {
-  ChunkMax* partials;  // [kMaxChunks]: each chunk's (maximum, lowest id)
-  uint64_t* parts;     // [kMaxChunks * kSplitWarps]: each part's mass
-  ChunkStats* stats;   // [kMaxChunks]
-  // [kMaxChunks * kNumFineSteps]: each chunk's count (and, for top-p, mass) within each step
-  // of a refined bound.
-  uint32_t* fine_count;
-  uint64_t* fine_mass;
+  ChunkMax* partials;    // [kMaxChunks]: each chunk's (maximum, lowest id)
+  uint64_t* parts;       // [kMaxChunks * kSplitWarps]: each part's mass
+  ChunkStats* stats;     // [kMaxChunks]
+  uint32_t* fine_count;  // [kMaxChunks * kNumFineSteps]: each chunk's count within each step of a refined gap
   int32_t* num_candidates;
-  int32_t* refined;         // the gap or floor a row's bound is refined below, or -1
+  int32_t* refined;  // the gap a top-k row's bound is refined below, or -1
+  int32_t* radix;    // the floor a flat top-p row's radix select starts from, or -1
+  // [kRadixLevels * kRadixBins]: the radix select's histograms (count, mass) of each level.
+  uint32_t* radix_count;
+  uint64_t* radix_mass;
+  // [kMaxChunks * kSplitWarps]: each part's mass above the radix select's last bin.
+  uint64_t* kept_parts;
   int32_t* done;            // the row was sampled here (else sample_kernel samples it)
   int32_t* candidate_ids;   // [kMaxCandidates]
   float* candidate_logits;  // [kMaxCandidates]
@@ -149,8 +162,11 @@ __device__ __forceinline__ void for_each_strided(const float* x, int64_t first, 
   }
 }
 
+// Also clears the row's counters (num_candidates: non-null when the call gathers) and
+// radix histograms (radix_count, radix_mass: non-null when it has top-p rows).
 __global__ void __launch_bounds__(kSplitThreads)
-    split_max_kernel(ChunkMax* partials, int32_t* num_candidates, const float* logits, int64_t vocab, int64_t chunk) {
+    split_max_kernel(ChunkMax* partials, int32_t* num_candidates, uint32_t* radix_count, uint64_t* radix_mass,
+                     const float* logits, int64_t vocab, int64_t chunk) {
   pdl_wait();
   pdl_launch_dependents();
   const int64_t row = blockIdx.y;
@@ -160,7 +176,16 @@ __global__ void __launch_bounds__(kSplitThreads)
   if (num_candidates != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
     num_candidates[row] = 0;
     num_candidates[gridDim.y + row] = 0;       // (num_top follows num_candidates,
-    num_candidates[2 * gridDim.y + row] = -1;  // then refined)
+    num_candidates[2 * gridDim.y + row] = -1;  // then refined,
+    num_candidates[3 * gridDim.y + row] = -1;  // then radix)
+  }
+  if (radix_count != nullptr) {
+    const int64_t at = row * kRadixLevels * kRadixBins;
+    for (int b = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); b < kRadixLevels * kRadixBins;
+         b += static_cast<int>(gridDim.x * blockDim.x)) {
+      radix_count[at + b] = 0;
+      radix_mass[at + b] = 0;
+    }
   }
   float best = -INFINITY;
   int64_t best_id = 0;
@@ -216,6 +241,29 @@ __device__ __forceinline__ T warp_sum(T v) {
   for (int o = 16; o > 0; o >>= 1)
     v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
+}
+
+// Exclusive prefix sum of v over the block's threads in thread order; *total gets the sum.
+// warp_totals: kSplitWarps words of shared memory.
+__device__ uint64_t block_exclusive_scan(uint64_t v, uint64_t* warp_totals, uint64_t* total) {
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  uint64_t inclusive = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const uint64_t other = __shfl_up_sync(0xffffffffu, inclusive, o);
+    if (lane >= o) inclusive += other;
+  }
+  if (lane == 31) warp_totals[warp] = inclusive;
+  __syncthreads();
+  uint64_t before = 0;
+  uint64_t sum = 0;
+  for (int w = 0; w < kSplitWarps; ++w) {
+    before += w < warp ? warp_totals[w] : 0;
+    sum += warp_totals[w];
+  }
+  __syncthreads();  // (warp_totals reused by the next scan)
+  *total = sum;
+  return before + inclusive - v;
 }
 
 // Greedy rows: one warp a row picks the best chunk.
@@ -349,11 +397,12 @@ __device__ __forceinline__ ChunkStats sum_row_stats(const SplitWorkspace& ws, co
   return sum;
 }
 
-// Refined bounds. The prefilter's bounds are coarse (gaps a factor 2 apart, floors 16):
-// when the tightest one that holds a row's kept set takes in more than kMaxCandidates
-// logits while the one before it does not hold the set, split_gather_kernel counts (and
-// for top-p sums) the logits passing kNumFineSteps bounds between the two, and
-// split_gather_refined_kernel takes the tightest of those that holds the set.
+// Refined top-k bounds. The prefilter's gaps are coarse (a factor 2 apart): when the
+// tightest one that holds a row's k logits takes in more than kMaxCandidates while the one
+// before it holds fewer than k, split_gather_kernel counts the logits passing
+// kNumFineSteps bounds between the two, and split_gather_refined_kernel takes the tightest
+// of those that holds k. (Top-p rows whose floor takes in too many take the radix select
+// below.)
 
 // The tightest gap holding at least k logits (-1: none) and, in *count, how many it holds.
 __device__ __forceinline__ int tightest_gap(const ChunkStats& sum, int64_t k, uint32_t* count) {
@@ -374,68 +423,38 @@ __device__ __forceinline__ float fine_gap(int j, int f) {
   const float below = top_k_gap(j - 1);  // top_k_gap(j) = 2 * below
   return below + below * static_cast<float>(f + 1) / static_cast<float>(kNumFineSteps);
 }
-// Step f of floor j's refinement: mass_floor(j - 1) * 2^(-(f + 1) / 4), so f =
-// kNumFineSteps - 1 is floor j itself (mass_floor(j) = mass_floor(j - 1) / 16).
-__device__ __forceinline__ float fine_floor(int j, int f) {
-  constexpr float kQuarterOctaves[4] = {1.0f, 0.840896415f, 0.707106781f, 0.594603558f};  // 2^(-q / 4)
-  static_assert(kNumFineSteps == 16, "four steps an octave, four octaves");
-  return ldexpf(mass_floor(j - 1) * kQuarterOctaves[(f + 1) % 4], -((f + 1) / 4));
-}
-// The bound a row's refined step f passes: a logit (top-k) or a relative probability
-// (top-p) at or above it.
-__device__ __forceinline__ float fine_bound(SamplingCut cut, int j, int f, float max_logit) {
-  return cut == SamplingCut::kTopK ? max_logit - fine_gap(j, f) : fine_floor(j, f);
-}
 
 // Counts the logits of this block's chunk of the row that pass each step of the refined
-// bound `j` (their probabilities' fixed-point mass too for top-p) into ws.fine_count /
-// ws.fine_mass (split_gather_refined_kernel sums the chunks').
+// gap `j` into ws.fine_count (split_gather_refined_kernel sums the chunks').
 __device__ void count_fine_steps(const SampleKernelArgs& args, const SplitWorkspace& ws, const Chunking& ch,
                                  int64_t row, const RowStart& r, int j) {
-  const bool top_p = r.plan.cut == SamplingCut::kTopP;
-  const float inv_temperature = 1.0f / r.a.temperature;
-  const float min_p = sampling::clamped_min_p(r.a);
   float bounds[kNumFineSteps];
   uint32_t counts[kNumFineSteps];
-  uint64_t masses[kNumFineSteps];
 #pragma unroll
   for (int f = 0; f < kNumFineSteps; ++f) {
-    bounds[f] = fine_bound(r.plan.cut, j, f, r.max_logit);
+    bounds[f] = r.max_logit - fine_gap(j, f);
     counts[f] = 0;
-    masses[f] = 0;
   }
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
   const int64_t end = chunk_end(ch, blockIdx.x, args.vocab);
   for_each_strided<kSplitThreads>(args.logits + row * args.vocab, begin + threadIdx.x, end, [&](int64_t, float v) {
-    const float p = top_p ? relative_prob(v, r.max_logit, inv_temperature, min_p) : 0.0f;
-    const float score = top_p ? p : v;
-    const uint64_t fixed = to_fixed(p);
 #pragma unroll
-    for (int f = 0; f < kNumFineSteps; ++f) {
-      counts[f] += score >= bounds[f] ? 1u : 0u;
-      masses[f] += score >= bounds[f] ? fixed : 0;
-    }
+    for (int f = 0; f < kNumFineSteps; ++f)
+      counts[f] += v >= bounds[f] ? 1u : 0u;
   });
   __shared__ uint32_t warp_counts[kSplitWarps][kNumFineSteps];
-  __shared__ uint64_t warp_masses[kSplitWarps][kNumFineSteps];
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
 #pragma unroll
   for (int f = 0; f < kNumFineSteps; ++f) {
     const uint32_t c = warp_sum(counts[f]);
-    const uint64_t m = warp_sum(masses[f]);
-    if (lane == 0) warp_counts[warp][f] = c, warp_masses[warp][f] = m;
+    if (lane == 0) warp_counts[warp][f] = c;
   }
   __syncthreads();
   if (threadIdx.x < kNumFineSteps) {
     uint32_t count = 0;
-    uint64_t mass = 0;
-    for (int w = 0; w < kSplitWarps; ++w) {
+    for (int w = 0; w < kSplitWarps; ++w)
       count += warp_counts[w][threadIdx.x];
-      mass += warp_masses[w][threadIdx.x];
-    }
-    const int64_t at = (row * ch.chunks + blockIdx.x) * kNumFineSteps + threadIdx.x;
-    ws.fine_count[at] = count;
-    ws.fine_mass[at] = mass;
+    ws.fine_count[(row * ch.chunks + blockIdx.x) * kNumFineSteps + threadIdx.x] = count;
   }
 }
 
@@ -460,6 +479,191 @@ __device__ __forceinline__ void append_candidate(int32_t* count, int32_t* ids, f
   }
 }
 
+// Radix select. A flat top-p row (high temperature, uncertain text) keeps thousands of
+// tokens: even the bound before its tightest floor holds more than kMaxCandidates, so no
+// bound gathers its kept set. What the draw needs is less: the kept set's last token in the
+// order (probability, then lower id) — call it the cut — and each part's kept mass. The
+// cut's probability lies in [mass_floor(j), mass_floor(j - 1)), j the tightest floor
+// holding top_p of the mass (every token above that bracket is kept, none below it: the
+// floors' masses say so). A token of the bracket has a 20-bit key, its probability's bits
+// above those of mass_floor(j) (4 binades, the last 5 mantissa bits dropped), and two
+// levels of 1,024-bin histograms of count and mass over those keys find the bin that holds
+// the cut: the highest bin where the mass of the bins above it plus its own reaches the
+// target. split_gather_kernel makes the first level's histogram, split_gather_refined_kernel
+// picks its bin and, when that holds at most kMaxCandidates tokens, gathers them (else it
+// makes the second level's histogram of that bin), split_radix_kernel does the same for the
+// second level (more than kMaxCandidates tokens there share their probability to 2^-18:
+// sample_kernel takes the row). The gathering pass also sums each part's mass above the bin.
+// split_draw_kernel ranks the bin's tokens for the exact cut (each kept while the mass of
+// the better tokens, all those above the bin included, is below the target, as
+// sample_kernel keeps them), adds the kept ones to their parts' masses, and walks one part
+// for the draw. Every sum is an integer, so the kept set and the token are sample_kernel's.
+
+// The probabilities a row's radix select orders: [low, high) (high: infinite for the top
+// floor, whose bracket holds the top token's probability 1).
+struct RadixBracket {
+  float low, high;
+};
+__device__ __forceinline__ RadixBracket radix_bracket(int j) {
+  return RadixBracket{mass_floor(j), j > 0 ? mass_floor(j - 1) : INFINITY};
+}
+// A probability's key within the bracket (low <= p; order-preserving: the top floor's
+// p = 1, 2^25 above low, shares the highest key).
+__device__ __forceinline__ uint32_t radix_key(float p, float low) {
+  constexpr uint32_t kBracketBits = 25;  // 4 binades of 2^23 mantissas
+  const uint32_t offset = min(__float_as_uint(p) - __float_as_uint(low), (1u << kBracketBits) - 1);
+  return offset >> (kBracketBits - kRadixLevels * kRadixBits);
+}
+// The keys whose bits from `shift` up equal `value` (shift kRadixLevels * kRadixBits: all of
+// the bracket), with the mass of the tokens above them (those above the bracket included)
+// and how many they are.
+struct RadixBin {
+  int shift;
+  uint32_t value;
+  uint64_t above;
+  uint32_t count;
+};
+
+// The bin of `level`'s histogram (of the keys in `from`) that holds the cut: the highest
+// whose mass with the mass above it reaches `target`. Every thread gets it; count 0 when
+// none does (rounding; the row is left to sample_kernel).
+__device__ RadixBin radix_pick(const SplitWorkspace& ws, int64_t row, int level, const RadixBin& from, double target) {
+  constexpr int kPerThread = kRadixBins / kSplitThreads;
+  __shared__ uint64_t warp_totals[kSplitWarps];
+  __shared__ RadixBin picked;
+  const uint32_t* counts = ws.radix_count + (row * kRadixLevels + level) * kRadixBins;
+  const uint64_t* masses = ws.radix_mass + (row * kRadixLevels + level) * kRadixBins;
+  // Thread t holds bins [kRadixBins - kPerThread (t + 1), kRadixBins - kPerThread t): thread 0
+  // the highest.
+  const int first = kRadixBins - kPerThread * (static_cast<int>(threadIdx.x) + 1);
+  uint64_t mass[kPerThread];
+  uint64_t local = 0;
+#pragma unroll
+  for (int m = 0; m < kPerThread; ++m) {
+    mass[m] = masses[first + m];
+    local += mass[m];
+  }
+  if (threadIdx.x == 0) picked = RadixBin{from.shift - kRadixBits, 0, 0, 0};
+  uint64_t total;
+  uint64_t above = from.above + block_exclusive_scan(local, warp_totals, &total);  // (its barriers publish `picked`)
+  if (static_cast<double>(above) < target && static_cast<double>(above + local) >= target) {
+#pragma unroll
+    for (int m = kPerThread - 1; m >= 0; --m) {
+      if (static_cast<double>(above + mass[m]) >= target) {
+        picked.value = (from.value << kRadixBits) | static_cast<uint32_t>(first + m);
+        picked.above = above;
+        picked.count = counts[first + m];
+        break;
+      }
+      above += mass[m];
+    }
+  }
+  __syncthreads();
+  const RadixBin out = picked;
+  __syncthreads();  // (the next pick rewrites it)
+  return out;
+}
+
+// What a radix pass needs of the row: its probabilities and bracket.
+struct RadixRow {
+  float max_logit, inv_temperature, min_p;
+  RadixBracket bracket;
+  __device__ float prob(float v) const { return relative_prob(v, max_logit, inv_temperature, min_p); }
+};
+__device__ __forceinline__ RadixRow radix_row(const RowStart& r, int floor) {
+  return RadixRow{r.max_logit, 1.0f / r.a.temperature, sampling::clamped_min_p(r.a), radix_bracket(floor)};
+}
+
+// Adds the block's chunk of the row to `level`'s histogram of the keys in bin `in`.
+__device__ void radix_histogram(const SampleKernelArgs& args, const SplitWorkspace& ws, const Chunking& ch, int64_t row,
+                                const RadixRow& rr, int level, const RadixBin& in) {
+  __shared__ uint32_t counts[kRadixBins];
+  __shared__ uint64_t masses[kRadixBins];
+  for (int b = static_cast<int>(threadIdx.x); b < kRadixBins; b += kSplitThreads)
+    counts[b] = 0, masses[b] = 0;
+  __syncthreads();
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
+  const int64_t end = chunk_end(ch, blockIdx.x, args.vocab);
+  for_each_strided<kSplitThreads>(args.logits + row * args.vocab, begin + threadIdx.x, end, [&](int64_t, float v) {
+    const float p = rr.prob(v);
+    if (p < rr.bracket.low || p >= rr.bracket.high) return;
+    const uint32_t key = radix_key(p, rr.bracket.low);
+    if ((key >> in.shift) != in.value) return;
+    const int bin = static_cast<int>((key >> (in.shift - kRadixBits)) & (kRadixBins - 1));
+    atomicAdd(&counts[bin], 1u);
+    atomicAdd(reinterpret_cast<unsigned long long*>(&masses[bin]), static_cast<unsigned long long>(to_fixed(p)));
+  });
+  __syncthreads();
+  uint32_t* row_counts = ws.radix_count + (row * kRadixLevels + level) * kRadixBins;
+  uint64_t* row_masses = ws.radix_mass + (row * kRadixLevels + level) * kRadixBins;
+  for (int b = static_cast<int>(threadIdx.x); b < kRadixBins; b += kSplitThreads) {
+    if (counts[b] == 0) continue;
+    atomicAdd(&row_counts[b], counts[b]);
+    atomicAdd(reinterpret_cast<unsigned long long*>(&row_masses[b]), static_cast<unsigned long long>(masses[b]));
+  }
+}
+
+// Gathers the tokens of bin `bin` from the block's chunk as the row's candidates, and each
+// part's mass above the bin into ws.kept_parts (each warp walks its part).
+__device__ void radix_gather(const SampleKernelArgs& args, const SplitWorkspace& ws, const Chunking& ch, int64_t row,
+                             const RadixRow& rr, const RadixBin& bin) {
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int64_t end_of_chunk = chunk_end(ch, blockIdx.x, args.vocab);
+  const int64_t begin = min(end_of_chunk, blockIdx.x * ch.chunk + warp * ch.part);
+  const int64_t end = min(end_of_chunk, begin + ch.part);
+  uint64_t above = 0;
+  for_each_strided<32>(args.logits + row * args.vocab, begin + lane, end, [&](int64_t i, float v) {
+    const float p = rr.prob(v);
+    if (p >= rr.bracket.high) {
+      above += to_fixed(p);
+    } else if (p >= rr.bracket.low) {
+      const uint32_t key = radix_key(p, rr.bracket.low) >> bin.shift;
+      if (key > bin.value) above += to_fixed(p);
+      if (key == bin.value) {
+        append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
+                         ws.candidate_logits + row * kMaxCandidates, i, v);
+      }
+    }
+  });
+  above = warp_sum(above);
+  if (lane == 0) ws.kept_parts[(row * ch.chunks + blockIdx.x) * kSplitWarps + warp] = above;
+}
+
+// The radix select's step `level` (1 or 2) for a row that split_gather_kernel found flat:
+// the bins of the levels before it, then this level's histogram or, when the last bin
+// picked holds at most kMaxCandidates tokens, its gathering (nothing when an earlier
+// step gathered them).
+__device__ void radix_step(const SampleKernelArgs& args, const SplitWorkspace& ws, const Chunking& ch, int64_t row,
+                           int floor, int level) {
+  const RowStart r = row_start(args, ws, ch, row);
+  const RadixRow rr = radix_row(r, floor);
+  __shared__ double target;
+  __shared__ uint64_t above_bracket;
+  if (threadIdx.x < 32) {
+    const uint64_t total = row_mass(ws, ch, row);
+    const ChunkStats sum = sum_row_stats(ws, ch, row);
+    if (threadIdx.x == 0) {
+      target = top_p_target(r.a, total);
+      above_bracket = floor > 0 ? sum.floor_mass[floor - 1] : 0;
+    }
+  }
+  __syncthreads();
+  RadixBin bin{kRadixLevels * kRadixBits, 0, above_bracket, 0};
+  for (int l = 0; l < level; ++l) {
+    bin = radix_pick(ws, row, l, bin, target);
+    if (bin.count == 0) break;
+    if (bin.count <= static_cast<uint32_t>(kMaxCandidates)) {
+      if (l == level - 1) radix_gather(args, ws, ch, row, rr, bin);
+      return;
+    }
+  }
+  if (level < kRadixLevels && bin.count > 0) {
+    radix_histogram(args, ws, ch, row, rr, level, bin);
+  } else if (blockIdx.x == 0 && threadIdx.x == 0) {
+    ws.num_candidates[row] = kNoFit;  // sample_kernel takes the row
+  }
+}
+
 __global__ void __launch_bounds__(kSplitThreads)
     split_gather_kernel(SampleKernelArgs args, SplitWorkspace ws, Chunking ch) {
   pdl_wait();
@@ -474,7 +678,8 @@ __global__ void __launch_bounds__(kSplitThreads)
   // draw's cut, and for the top log-probabilities (the tightest gap holding that many).
   __shared__ float bound, top_bound;
   __shared__ bool fits;
-  __shared__ int refine;  // >= 0: the cut's bound is refined below this gap or floor
+  __shared__ int refine;  // >= 0: the top-k bound is refined below this gap
+  __shared__ int radix;   // >= 0: a flat top-p row's radix select starts from this floor
   if (threadIdx.x < 32) {
     const int lane = static_cast<int>(threadIdx.x);
     const ChunkStats sum = sum_row_stats(ws, ch, row);
@@ -488,7 +693,7 @@ __global__ void __launch_bounds__(kSplitThreads)
         return j >= 0 && count <= static_cast<uint32_t>(kMaxCandidates);
       };
       bool ok = true;
-      int gap = -1;
+      int gap = -1, flat = -1;
       if (r.plan.cut == SamplingCut::kTopK) {
         uint32_t count;
         const int j = tightest_gap(sum, r.a.top_k, &count);
@@ -499,27 +704,26 @@ __global__ void __launch_bounds__(kSplitThreads)
       }
       if (r.plan.cut == SamplingCut::kTopP) {
         // The highest floor whose mass reaches top_p of the row's. When it takes in too many,
-        // refined below the floor above it, unless that one too holds too many: every token
-        // above it is kept (a flat row's kept set, too large for any bound).
+        // the radix select finds the cut between it and the floor above it.
         const double target = top_p_target(r.a, total);
         int highest = -1;
-        uint32_t count = 0, count_above = 0;
+        uint32_t count = 0;
 #pragma unroll
         for (int j = kNumFloors - 1; j >= 0; --j) {
           if (static_cast<double>(sum.floor_mass[j]) >= target) {
             highest = j;
             count = sum.floor_count[j];
-            count_above = j > 0 ? sum.floor_count[j - 1] : 0;
           }
         }
         if (highest >= 0) bound = mass_floor(highest);
         ok = highest >= 0 && count <= static_cast<uint32_t>(kMaxCandidates);
-        if (!ok && highest > 0 && count_above <= static_cast<uint32_t>(kMaxCandidates)) ok = true, gap = highest;
+        if (!ok && highest >= 0) ok = true, flat = highest;
       }
       if (r.plan.top_logprobs > 0) ok = ok && near_bound(r.plan.top_logprobs, &top_bound);
       fits = ok;
       refine = gap;
-      if (blockIdx.x == 0) ws.refined[row] = ok ? gap : -1;
+      radix = ok ? flat : -1;
+      if (blockIdx.x == 0) ws.refined[row] = ok ? gap : -1, ws.radix[row] = ok ? flat : -1;
     }
   }
   __syncthreads();
@@ -529,7 +733,10 @@ __global__ void __launch_bounds__(kSplitThreads)
   }
   // A refined bound: the chunk's counts now, its candidates in split_gather_refined_kernel.
   if (refine >= 0) count_fine_steps(args, ws, ch, row, r, refine);
-  const float floor = refine >= 0 ? INFINITY : bound;
+  // A radix select: the first level's histogram now.
+  if (radix >= 0)
+    radix_histogram(args, ws, ch, row, radix_row(r, radix), 0, RadixBin{kRadixLevels * kRadixBits, 0, 0, 0});
+  const float floor = refine >= 0 || radix >= 0 ? INFINITY : bound;
   const float top_floor = r.plan.top_logprobs > 0 ? top_bound : INFINITY;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
   const int64_t end = chunk_end(ch, blockIdx.x, vocab);
@@ -549,46 +756,40 @@ __global__ void __launch_bounds__(kSplitThreads)
   });
 }
 
-// Rows whose bound split_gather_kernel refined: the tightest step that holds the kept set
-// (top-k: at least k logits; top-p: top_p of the row's mass; the last step, the coarse
-// bound itself, does) and, when at most kMaxCandidates logits pass it, those candidates.
+// Rows whose gap split_gather_kernel refined: the tightest step that holds at least k
+// logits (the last step, the gap itself, does) and, when at most kMaxCandidates logits pass
+// it, those candidates. Radix rows: the select's first step.
 __global__ void __launch_bounds__(kSplitThreads)
     split_gather_refined_kernel(SampleKernelArgs args, SplitWorkspace ws, Chunking ch) {
   pdl_wait();
   pdl_launch_dependents();
   const int64_t row = blockIdx.y;
+  if (const int floor = ws.radix[row]; floor >= 0) return radix_step(args, ws, ch, row, floor, 1);
   const int j = ws.refined[row];
   if (j < 0) return;
   const RowStart r = row_start(args, ws, ch, row);
-  const bool top_p = r.plan.cut == SamplingCut::kTopP;
   __shared__ float bound;
   __shared__ bool fits;
   if (threadIdx.x < 32) {
     const int lane = static_cast<int>(threadIdx.x);
-    const double target = top_p ? top_p_target(r.a, row_mass(ws, ch, row)) : static_cast<double>(r.a.top_k);
     uint32_t counts[kNumFineSteps] = {};
-    uint64_t masses[kNumFineSteps] = {};
     for (int c = lane; c < ch.chunks; c += 32) {
 #pragma unroll
-      for (int f = 0; f < kNumFineSteps; ++f) {
+      for (int f = 0; f < kNumFineSteps; ++f)
         counts[f] += ws.fine_count[(row * ch.chunks + c) * kNumFineSteps + f];
-        masses[f] += top_p ? ws.fine_mass[(row * ch.chunks + c) * kNumFineSteps + f] : 0;
-      }
     }
     int step = kNumFineSteps - 1;
     uint32_t count = 0;
 #pragma unroll
     for (int f = kNumFineSteps - 1; f >= 0; --f) {  // (unrolled, so the counts stay in registers)
       counts[f] = warp_sum(counts[f]);
-      masses[f] = warp_sum(masses[f]);
-      const double held = top_p ? static_cast<double>(masses[f]) : static_cast<double>(counts[f]);
-      if (f == kNumFineSteps - 1 || held >= target) {
+      if (f == kNumFineSteps - 1 || counts[f] >= static_cast<uint32_t>(r.a.top_k)) {
         step = f;
         count = counts[f];
       }
     }
     if (lane == 0) {
-      bound = fine_bound(r.plan.cut, j, step, r.max_logit);
+      bound = r.max_logit - fine_gap(j, step);
       fits = count <= static_cast<uint32_t>(kMaxCandidates);
     }
   }
@@ -598,40 +799,23 @@ __global__ void __launch_bounds__(kSplitThreads)
     return;
   }
   const float floor = bound;
-  const float inv_temperature = 1.0f / r.a.temperature;
-  const float min_p = sampling::clamped_min_p(r.a);
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
   const int64_t end = chunk_end(ch, blockIdx.x, args.vocab);
   for_each_strided<kSplitThreads>(args.logits + row * args.vocab, begin + threadIdx.x, end, [&](int64_t i, float v) {
-    const float score = top_p ? relative_prob(v, r.max_logit, inv_temperature, min_p) : v;
-    if (score >= floor) {
+    if (v >= floor) {
       append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
                        ws.candidate_logits + row * kMaxCandidates, i, v);
     }
   });
 }
 
-// Exclusive prefix sum of v over the block's threads in thread order; *total gets the sum.
-// warp_totals: kSplitWarps words of shared memory.
-__device__ uint64_t block_exclusive_scan(uint64_t v, uint64_t* warp_totals, uint64_t* total) {
-  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  uint64_t inclusive = v;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const uint64_t other = __shfl_up_sync(0xffffffffu, inclusive, o);
-    if (lane >= o) inclusive += other;
-  }
-  if (lane == 31) warp_totals[warp] = inclusive;
-  __syncthreads();
-  uint64_t before = 0;
-  uint64_t sum = 0;
-  for (int w = 0; w < kSplitWarps; ++w) {
-    before += w < warp ? warp_totals[w] : 0;
-    sum += warp_totals[w];
-  }
-  __syncthreads();  // (warp_totals reused by the next scan)
-  *total = sum;
-  return before + inclusive - v;
+// The radix select's second level (rows whose first level's bin held too many tokens).
+__global__ void __launch_bounds__(kSplitThreads)
+    split_radix_kernel(SampleKernelArgs args, SplitWorkspace ws, Chunking ch) {
+  pdl_wait();
+  pdl_launch_dependents();
+  const int64_t row = blockIdx.y;
+  if (const int floor = ws.radix[row]; floor >= 0) radix_step(args, ws, ch, row, floor, 2);
 }
 
 struct DrawShared {
@@ -647,16 +831,22 @@ struct DrawShared {
   int32_t kept_ids[kMaxCandidates];
   float probs[kMaxCandidates];
   uint64_t mass[kMaxCandidates];
+  // A radix-selected row's parts' kept masses, and its cut.
+  uint64_t part_mass[kMaxChunks * kSplitWarps];
+  float cut_prob;
+  int32_t cut_id;
 };
 
-// A row without a cut: the part that holds the draw's target (thread t sums parts 2t and
-// 2t + 1, in id order), then a walk of that part: thread t owns a contiguous segment, the
-// segments' masses locate the one whose thread walks it value by value.
-__device__ int64_t draw_from_parts(DrawShared& sh, const SampleKernelArgs& args, const SplitWorkspace& ws,
-                                   const Chunking& ch, int64_t row, float max_logit, int64_t max_id) {
+// The draw among the kept tokens in id order, given each part's kept mass (row_parts, in
+// id order) and each token's (kept_mass(i, p), p its probability relative to the top
+// token's): the part that holds the draw's target (thread t sums parts 2t and 2t + 1), then
+// a walk of that part: thread t owns a contiguous segment, the segments' masses locate the
+// one whose thread walks it value by value.
+template <typename KeptMass>
+__device__ int64_t draw_from_parts(DrawShared& sh, const SampleKernelArgs& args, const Chunking& ch, int64_t row,
+                                   const uint64_t* row_parts, float max_logit, int64_t max_id, KeptMass&& kept_mass) {
   const SamplingRowArgs& a = args.row_args[row];
   const int parts = ch.chunks * kSplitWarps;
-  const uint64_t* row_parts = ws.parts + row * parts;
   const int p0 = 2 * static_cast<int>(threadIdx.x);
   const uint64_t m0 = p0 < parts ? row_parts[p0] : 0;
   const uint64_t m1 = p0 + 1 < parts ? row_parts[p0 + 1] : 0;
@@ -686,7 +876,7 @@ __device__ int64_t draw_from_parts(DrawShared& sh, const SampleKernelArgs& args,
   const float* x = args.logits + row * vocab;
   const float inv_temperature = 1.0f / a.temperature;
   const float min_p = sampling::clamped_min_p(a);
-  const auto mass_at = [&](int64_t i) { return to_fixed(relative_prob(x[i], max_logit, inv_temperature, min_p)); };
+  const auto mass_at = [&](int64_t i) { return kept_mass(i, relative_prob(x[i], max_logit, inv_temperature, min_p)); };
   uint64_t segment_mass = 0;
   for (int64_t i = segment_begin; i < segment_end; ++i)
     segment_mass += mass_at(i);
@@ -705,6 +895,80 @@ __device__ int64_t draw_from_parts(DrawShared& sh, const SampleKernelArgs& args,
   }
   __syncthreads();
   return sh.token;
+}
+
+// A flat top-p row after its radix select (see "Radix select"): its candidates are the
+// tokens of the bin that holds the cut. Each is kept while the mass of the better ones
+// (those above the bin and the bin's better candidates) is below the target; the kept
+// ones join their parts' masses above the bin, and the draw walks one part with "kept:
+// beats or equals the cut (the worst kept candidate)".
+__device__ int64_t draw_radix(DrawShared& sh, const SampleKernelArgs& args, const SplitWorkspace& ws,
+                              const Chunking& ch, int64_t row, float max_logit, int64_t max_id) {
+  constexpr int kPerThread = kMaxCandidates / kSplitThreads;
+  const auto slot = [](int m) { return static_cast<int>(threadIdx.x) + m * kSplitThreads; };
+  const SamplingRowArgs& a = args.row_args[row];
+  const float inv_temperature = 1.0f / a.temperature;
+  const float min_p = sampling::clamped_min_p(a);
+  const int n = ws.num_candidates[row];  // (at most kMaxCandidates: the caller checked)
+  for (int c = threadIdx.x; c < n; c += kSplitThreads) {
+    sh.ids[c] = ws.candidate_ids[row * kMaxCandidates + c];
+    sh.probs[c] = relative_prob(ws.candidate_logits[row * kMaxCandidates + c], max_logit, inv_temperature, min_p);
+  }
+  const int parts = ch.chunks * kSplitWarps;
+  uint64_t local_total = 0, local_above = 0;
+  for (int p = threadIdx.x; p < parts; p += kSplitThreads) {
+    local_total += ws.parts[row * parts + p];
+    sh.part_mass[p] = ws.kept_parts[row * parts + p];
+    local_above += sh.part_mass[p];
+  }
+  uint64_t row_total, above;
+  block_exclusive_scan(local_total, sh.warp_totals, &row_total);  // (its barrier publishes the candidates)
+  block_exclusive_scan(local_above, sh.warp_totals, &above);
+  const double target = top_p_target(a, row_total);
+  float q[kPerThread];
+  int32_t id[kPerThread];
+  uint64_t better[kPerThread];
+  int rank[kPerThread];
+#pragma unroll
+  for (int m = 0; m < kPerThread; ++m) {
+    q[m] = slot(m) < n ? sh.probs[slot(m)] : 0.0f;
+    id[m] = slot(m) < n ? sh.ids[slot(m)] : INT32_MAX;
+    better[m] = above;
+    rank[m] = 0;
+  }
+  for (int o = 0; o < n; ++o) {
+    const float po = sh.probs[o];
+    const int32_t io = sh.ids[o];
+    const uint64_t fixed = to_fixed(po);
+#pragma unroll
+    for (int m = 0; m < kPerThread; ++m) {
+      const bool beaten = beats(po, io, q[m], id[m]);
+      better[m] += beaten ? fixed : 0;
+      rank[m] += beaten ? 1 : 0;
+    }
+  }
+  int kept_here = 0;
+#pragma unroll
+  for (int m = 0; m < kPerThread; ++m)
+    kept_here += slot(m) < n && static_cast<double>(better[m]) < target ? 1 : 0;
+  uint64_t kept;
+  block_exclusive_scan(static_cast<uint64_t>(kept_here), sh.warp_totals, &kept);
+  if (kept == 0) return -1;  // (cannot happen: the bin's best candidate is kept)
+#pragma unroll
+  for (int m = 0; m < kPerThread; ++m) {
+    if (slot(m) >= n || static_cast<double>(better[m]) >= target) continue;
+    const int64_t c = id[m] / ch.chunk;
+    const int64_t part = c * kSplitWarps + (id[m] - c * ch.chunk) / ch.part;
+    atomicAdd(reinterpret_cast<unsigned long long*>(&sh.part_mass[part]),
+              static_cast<unsigned long long>(to_fixed(q[m])));
+    if (rank[m] == static_cast<int>(kept) - 1) sh.cut_prob = q[m], sh.cut_id = id[m];  // (kept ones rank first)
+  }
+  __syncthreads();
+  const float cut_prob = sh.cut_prob;
+  const int32_t cut_id = sh.cut_id;
+  return draw_from_parts(sh, args, ch, row, sh.part_mass, max_logit, max_id, [&](int64_t i, float p) -> uint64_t {
+    return p > 0.0f && (p > cut_prob || (p == cut_prob && i <= cut_id)) ? to_fixed(p) : 0;
+  });
 }
 
 // Ranks the first n of (ids, values) in shared memory by (value, lower id), 0 the best (a
@@ -891,7 +1155,14 @@ __global__ void __launch_bounds__(kSplitThreads)
     }
   };
   if (!plan.draws || !isfinite(max_logit)) return emit(max_id);
-  if (plan.cut == SamplingCut::kNone) return emit(draw_from_parts(sh, args, ws, ch, row, max_logit, max_id));
+  if (plan.cut == SamplingCut::kNone) {
+    return emit(draw_from_parts(sh, args, ch, row, ws.parts + row * ch.chunks * kSplitWarps, max_logit, max_id,
+                                [](int64_t, float p) { return to_fixed(p); }));
+  }
+  if (ws.radix[row] >= 0) {
+    const int64_t token = draw_radix(sh, args, ws, ch, row, max_logit, max_id);
+    return emit(token >= 0 ? token : max_id);
+  }
   const int n = ws.num_candidates[row];
   for (int c = threadIdx.x; c < n; c += kSplitThreads) {
     sh.ids[c] = ws.candidate_ids[row * kMaxCandidates + c];
@@ -925,11 +1196,16 @@ SplitWorkspace split_workspace(void* base, int64_t rows) {
   ws.stats = reinterpret_cast<ChunkStats*>(take(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))));
   ws.fine_count =
       reinterpret_cast<uint32_t*>(take(rows * kMaxChunks * kNumFineSteps * static_cast<int64_t>(sizeof(uint32_t))));
-  ws.fine_mass =
-      reinterpret_cast<uint64_t*>(take(rows * kMaxChunks * kNumFineSteps * static_cast<int64_t>(sizeof(uint64_t))));
-  ws.num_candidates = reinterpret_cast<int32_t*>(take(3 * rows * static_cast<int64_t>(sizeof(int32_t))));
-  ws.num_top = ws.num_candidates + rows;  // (split_max_kernel clears all three)
+  ws.num_candidates = reinterpret_cast<int32_t*>(take(4 * rows * static_cast<int64_t>(sizeof(int32_t))));
+  ws.num_top = ws.num_candidates + rows;  // (split_max_kernel clears all four)
   ws.refined = ws.num_candidates + 2 * rows;
+  ws.radix = ws.num_candidates + 3 * rows;
+  ws.radix_count =
+      reinterpret_cast<uint32_t*>(take(rows * kRadixLevels * kRadixBins * static_cast<int64_t>(sizeof(uint32_t))));
+  ws.radix_mass =
+      reinterpret_cast<uint64_t*>(take(rows * kRadixLevels * kRadixBins * static_cast<int64_t>(sizeof(uint64_t))));
+  ws.kept_parts =
+      reinterpret_cast<uint64_t*>(take(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))));
   ws.done = reinterpret_cast<int32_t*>(take(rows * static_cast<int64_t>(sizeof(int32_t))));
   ws.candidate_ids = reinterpret_cast<int32_t*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(int32_t))));
   ws.candidate_logits = reinterpret_cast<float*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(float))));
@@ -945,9 +1221,9 @@ int64_t split_sample_workspace_bytes(int64_t rows) {
   return bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkMax))) +
          bytes(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))) +
          bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))) +
-         bytes(rows * kMaxChunks * kNumFineSteps * static_cast<int64_t>(sizeof(uint32_t))) +
-         bytes(rows * kMaxChunks * kNumFineSteps * static_cast<int64_t>(sizeof(uint64_t))) + bytes(3 * rows * 4) +
-         bytes(rows * 4) + 4 * bytes(rows * kMaxCandidates * 4);
+         bytes(rows * kMaxChunks * kNumFineSteps * static_cast<int64_t>(sizeof(uint32_t))) + bytes(4 * rows * 4) +
+         bytes(rows * kRadixLevels * kRadixBins * 4) + bytes(rows * kRadixLevels * kRadixBins * 8) +
+         bytes(rows * kMaxChunks * kSplitWarps * 8) + bytes(rows * 4) + 4 * bytes(rows * kMaxCandidates * 4);
 }
 
 cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab, void* workspace,
@@ -956,7 +1232,8 @@ cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows
   const Chunking ch = split_chunking(rows, vocab, num_sms);
   const SplitWorkspace ws = split_workspace(workspace, rows);
   launch_kernel(split_max_kernel, dim3(static_cast<unsigned>(ch.chunks), static_cast<unsigned>(rows)), kSplitThreads, 0,
-                stream, ws.partials, static_cast<int32_t*>(nullptr), logits, vocab, ch.chunk);
+                stream, ws.partials, static_cast<int32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
+                static_cast<uint64_t*>(nullptr), logits, vocab, ch.chunk);
   launch_kernel(argmax_final_kernel, static_cast<unsigned>(rows), 32, 0, stream, out,
                 static_cast<const ChunkMax*>(ws.partials), ch.chunks);
   return cudaGetLastError();
@@ -972,6 +1249,7 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
   if (call.bias_or_penalties) launch_kernel(split_modify_kernel, rows, kSplitThreads, 0, stream, args);
   const dim3 grid(static_cast<unsigned>(ch.chunks), rows);
   launch_kernel(split_max_kernel, grid, kSplitThreads, 0, stream, ws.partials, ws.num_candidates,
+                call.floors ? ws.radix_count : nullptr, call.floors ? ws.radix_mass : nullptr,
                 static_cast<const float*>(args.logits), args.vocab, ch.chunk);
   using StatsKernel = void (*)(SampleKernelArgs, SplitWorkspace, Chunking);
   constexpr StatsKernel kStatsKernels[kNumStatsKernels] = {
@@ -981,6 +1259,7 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
   launch_kernel(kStatsKernels[counts], grid, kSplitThreads, 0, stream, args, ws, ch);
   if (call.gathers) launch_kernel(split_gather_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
   if (call.cuts) launch_kernel(split_gather_refined_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
+  if (call.floors) launch_kernel(split_radix_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
   launch_kernel(split_draw_kernel, rows, kSplitThreads, 0, stream, args, ws, ch);
   if (call.gathers) {
     // The rows whose candidates did not fit, one block a row (the others return at once).
