@@ -117,6 +117,32 @@ struct SplitAndPerRow {
     out.per_row = std::move(*per_row);
     return out;
   }
+
+  // Samples copies of `logits` ([rows, vocab]) under `params` on both: the call must take
+  // the split path, and both must give the same tokens and records (log-probabilities up
+  // to the log-normaliser's rounding). Returns the tokens, and in *done the split path's
+  // flags (1: it sampled the row itself).
+  std::vector<int32_t> sample_both(const std::vector<float>& logits, int64_t vocab,
+                                   const std::vector<DeviceSamplingRow>& params, std::vector<int32_t>* done) const {
+    const DeviceSamplingBatch batch = rows_only(params);
+    std::vector<DeviceTokenLogprob> split_records, per_row_records;
+    const int64_t before = cuda::split_sample_launches();
+    const std::vector<int32_t> tokens = sample_copy(*split, logits, vocab, batch, &split_records);
+    EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "the call did not take the split path";
+    auto flags = split->last_split_rows_done();
+    EXPECT_TRUE(flags.ok()) << flags.status().to_string();
+    done->assign(params.size(), -1);
+    if (flags.ok() && flags->size() == params.size()) *done = *flags;
+    EXPECT_EQ(tokens, sample_copy(*per_row, logits, vocab, batch, &per_row_records));
+    for (size_t r = 0; r < params.size(); ++r) {
+      for (int j = 0; j <= params[r].logprobs; ++j) {
+        const size_t e = r * kLogprobsRecord + static_cast<size_t>(j);
+        EXPECT_EQ(split_records[e].token_id, per_row_records[e].token_id) << "row " << r << " entry " << j;
+        EXPECT_NEAR(split_records[e].logprob, per_row_records[e].logprob, 1e-4) << "row " << r << " entry " << j;
+      }
+    }
+    return tokens;
+  }
 };
 
 // The kept set and its renormalised probabilities under the definitions, in double:
@@ -645,8 +671,6 @@ TEST_F(CudaSamplingTest, SplitRowsSampleAsOneBlockARow) {
 TEST_F(CudaSamplingTest, KeptSetsEndingBetweenBoundsStaySplit) {
   auto backends = SplitAndPerRow::create();
   ASSERT_TRUE(backends.ok()) << backends.status().to_string();
-  CudaBackend& split_backend = *backends->split;
-  CudaBackend& per_row_backend = *backends->per_row;
   struct Spread {
     int32_t k;   // 0: a top-p row
     float top;   // the best raised logit (the bulk is N(0, 1))
@@ -690,29 +714,12 @@ TEST_F(CudaSamplingTest, KeptSetsEndingBetweenBoundsStaySplit) {
         if (mix == 3 && spread.k >= 50) p.logprobs = 5;
         params.push_back(p);
       }
-      const DeviceSamplingBatch batch = rows_only(params);
-      const auto sample_on = [&](CudaBackend& backend, std::vector<DeviceTokenLogprob>* records) {
-        return sample_copy(backend, logits, vocab, batch, records);
-      };
-      std::vector<DeviceTokenLogprob> split_records, per_row_records;
-      const int64_t before = cuda::split_sample_launches();
-      const std::vector<int32_t> split = sample_on(split_backend, &split_records);
-      EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "the call did not take the split path";
-      auto done = split_backend.last_split_rows_done();
-      ASSERT_TRUE(done.ok()) << done.status().to_string();
+      std::vector<int32_t> done;
+      const std::vector<int32_t> split = backends->sample_both(logits, vocab, params, &done);
       for (size_t r = 0; r < rows; ++r) {
-        EXPECT_EQ((*done)[r], 1) << "row " << r << " (top-k " << params[r].top_k << ", top-p " << params[r].top_p
-                                 << ") was left to one block a row";
-        sampled_rows += (*done)[r];
-      }
-      const std::vector<int32_t> per_row = sample_on(per_row_backend, &per_row_records);
-      EXPECT_EQ(split, per_row);
-      for (size_t r = 0; r < rows; ++r) {
-        for (int j = 0; j <= params[r].logprobs; ++j) {
-          const size_t e = r * kLogprobsRecord + static_cast<size_t>(j);
-          EXPECT_EQ(split_records[e].token_id, per_row_records[e].token_id) << "row " << r << " entry " << j;
-          EXPECT_NEAR(split_records[e].logprob, per_row_records[e].logprob, 1e-4) << "row " << r << " entry " << j;
-        }
+        EXPECT_EQ(done[r], 1) << "row " << r << " (top-k " << params[r].top_k << ", top-p " << params[r].top_p
+                              << ") was left to one block a row";
+        sampled_rows += done[r] == 1 ? 1 : 0;
       }
       distinct.insert(distinct.end(), split.begin(), split.end());
     }
@@ -735,8 +742,6 @@ TEST_F(CudaSamplingTest, KeptSetsEndingBetweenBoundsStaySplit) {
 TEST_F(CudaSamplingTest, FlatTopPRowsTakeTheRadixSelect) {
   auto backends = SplitAndPerRow::create();
   ASSERT_TRUE(backends.ok()) << backends.status().to_string();
-  CudaBackend& split_backend = *backends->split;
-  CudaBackend& per_row_backend = *backends->per_row;
   const int64_t vocab = kQwenVocab;
   int radix_rows = 0, tied_rows = 0;
   std::vector<int32_t> distinct;
@@ -780,29 +785,12 @@ TEST_F(CudaSamplingTest, FlatTopPRowsTakeTheRadixSelect) {
         params.push_back(p);
         tied.push_back(shape == 3 ? 1 : 0);
       }
-      const DeviceSamplingBatch batch = rows_only(params);
-      const auto sample_on = [&](CudaBackend& backend, std::vector<DeviceTokenLogprob>* records) {
-        return sample_copy(backend, logits, vocab, batch, records);
-      };
-      std::vector<DeviceTokenLogprob> split_records, per_row_records;
-      const int64_t before = cuda::split_sample_launches();
-      const std::vector<int32_t> split = sample_on(split_backend, &split_records);
-      EXPECT_EQ(cuda::split_sample_launches() - before, 1) << "the call did not take the split path";
-      auto done = split_backend.last_split_rows_done();
-      ASSERT_TRUE(done.ok()) << done.status().to_string();
+      std::vector<int32_t> done;
+      const std::vector<int32_t> split = backends->sample_both(logits, vocab, params, &done);
       for (size_t r = 0; r < rows; ++r) {
-        EXPECT_EQ((*done)[r], tied[r] != 0 ? 0 : 1) << "row " << r << " (top-p " << params[r].top_p << ")";
-        radix_rows += tied[r] == 0 && (*done)[r] == 1 ? 1 : 0;
+        EXPECT_EQ(done[r], tied[r] != 0 ? 0 : 1) << "row " << r << " (top-p " << params[r].top_p << ")";
+        radix_rows += tied[r] == 0 && done[r] == 1 ? 1 : 0;
         tied_rows += tied[r];
-      }
-      const std::vector<int32_t> per_row = sample_on(per_row_backend, &per_row_records);
-      EXPECT_EQ(split, per_row);
-      for (size_t r = 0; r < rows; ++r) {
-        for (int j = 0; j <= params[r].logprobs; ++j) {
-          const size_t e = r * kLogprobsRecord + static_cast<size_t>(j);
-          EXPECT_EQ(split_records[e].token_id, per_row_records[e].token_id) << "row " << r << " entry " << j;
-          EXPECT_NEAR(split_records[e].logprob, per_row_records[e].logprob, 1e-4) << "row " << r << " entry " << j;
-        }
       }
       distinct.insert(distinct.end(), split.begin(), split.end());
     }
