@@ -1009,7 +1009,9 @@ TEST_F(CudaSamplingTest, BadInputIsInvalidArgument) {
 // set holds thousands of tokens); "peaked" rows add 10 to 20 random tokens; "sharp" rows
 // put 64 tokens 8 to 24 above the rest, as a trained model's rows are peaked (the
 // shared-memory selections take them); "tail" rows keep ~550 tokens under top-p 0.7 among
-// 3,600 above the floor that holds them. Printed; never fails on time.
+// 3,600 above the floor that holds them. Printed; never fails on time. For a profiler:
+// BW_SAMPLE_TIMES_ROWS=N times calls of N rows only, BW_SAMPLE_TIMES_REPS=M each M times
+// (12 by default).
 TEST_F(CudaSamplingTest, PrintsSampleTimes) {
   constexpr int64_t kVocab = kQwenVocab;
   constexpr size_t kMaxRows = 256;
@@ -1048,7 +1050,11 @@ TEST_F(CudaSamplingTest, PrintsSampleTimes) {
   ASSERT_TRUE(scratch.ok());
   std::vector<float> host(flat.size());
   const char* const kModes[] = {"greedy", "top_p 0.9 temp 0.7", "temp 1.0, no cut", "top_k 50 top_p 0.95"};
+  const char* only_rows = std::getenv("BW_SAMPLE_TIMES_ROWS");
+  const char* reps_env = std::getenv("BW_SAMPLE_TIMES_REPS");
+  const int reps = reps_env != nullptr ? std::max(1, std::atoi(reps_env)) : 12;
   for (size_t rows : {size_t{1}, size_t{16}, size_t{64}, size_t{256}}) {
+    if (only_rows != nullptr && static_cast<size_t>(std::atoi(only_rows)) != rows) continue;
     for (int dist = 0; dist < 4; ++dist) {
       for (int mode = dist == 0 ? 0 : 1; mode < (dist == 3 ? 2 : 4); ++mode) {
         std::vector<DeviceSamplingRow> params(rows);
@@ -1071,7 +1077,7 @@ TEST_F(CudaSamplingTest, PrintsSampleTimes) {
         TensorView t = scratch->view(DType::kF32, {static_cast<int64_t>(rows), kVocab});
         std::vector<int32_t> tokens(rows);
         std::vector<double> us;
-        for (int it = 0; it < 12; ++it) {
+        for (int it = 0; it < reps; ++it) {
           ASSERT_TRUE(gpu_->copy_on_device(t.data, pristine[dist].data, rows * kVocab * sizeof(float)).ok());
           ASSERT_TRUE(gpu_->synchronize().ok());
           const auto start = std::chrono::steady_clock::now();
