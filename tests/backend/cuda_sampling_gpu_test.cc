@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -799,6 +800,49 @@ TEST_F(CudaSamplingTest, FlatTopPRowsTakeTheRadixSelect) {
   EXPECT_GT(tied_rows, 0);
   std::sort(distinct.begin(), distinct.end());
   EXPECT_GT(std::unique(distinct.begin(), distinct.end()) - distinct.begin(), 60);
+}
+
+// Sharp rows (64 tokens 8 to 24 above N(0, 2), PrintsSampleTimes' rows) under top-k 50,
+// and confident ones: every fourth row's best token raised to 48 (its 50th logit ~36 below
+// it, beyond the widest gap: the split path refines from 32 to 64 below the maximum), every
+// eighth to 100 (88 below: left to one block a row). The split path samples every other row
+// itself, with one block a row's tokens, at 64 and 256 rows (two chunks a row).
+TEST_F(CudaSamplingTest, ConfidentTopKRowsStaySplit) {
+  auto backends = SplitAndPerRow::create();
+  ASSERT_TRUE(backends.ok()) << backends.status().to_string();
+  const int64_t vocab = kQwenVocab;
+  int confident = 0;
+  for (const size_t rows : {size_t{64}, size_t{256}}) {
+    SCOPED_TRACE(testing::Message() << rows << " rows");
+    std::vector<float> logits = random_logits(rows, vocab, 71, 2.0f);
+    std::mt19937 rng(72);
+    rng.discard(rows * 20);
+    std::vector<char> beyond(rows, 0);
+    for (size_t r = 0; r < rows; ++r) {
+      float* row = logits.data() + r * static_cast<size_t>(vocab);
+      for (int j = 0; j < 64; ++j)
+        row[rng() % vocab] += 24.0f - 0.25f * static_cast<float>(j);
+      if (r % 4 == 3) {
+        float* best = std::max_element(row, row + vocab);
+        *best = r % 8 == 7 ? 100.0f : 48.0f;
+        beyond[r] = r % 8 == 7 ? 1 : 0;
+        confident += r % 8 == 3 ? 1 : 0;
+      }
+    }
+    std::vector<DeviceSamplingRow> params;
+    for (size_t r = 0; r < rows; ++r)
+      params.push_back(random_row(0.8f, 50, 0.95f, 0.0f, r, 0));
+    std::vector<int32_t> done;
+    backends->sample_both(logits, vocab, params, &done);
+    for (size_t r = 0; r < rows; ++r) {
+      const std::span<const float> x = row_of(logits, vocab, r);
+      std::vector<float> sorted(x.begin(), x.end());
+      std::nth_element(sorted.begin(), sorted.begin() + 49, sorted.end(), std::greater<>());
+      EXPECT_EQ(done[r], beyond[r] != 0 ? 0 : 1)
+          << "row " << r << ": max " << *std::max_element(x.begin(), x.end()) << ", 50th " << sorted[49];
+    }
+  }
+  EXPECT_GT(confident, 30);
 }
 
 // Overlapped steps: two sample_async calls outstanding give what sample() gives, and

@@ -103,7 +103,7 @@ struct SplitWorkspace {
   ChunkStats* stats;     // [kMaxChunks]
   uint32_t* fine_count;  // [kMaxChunks * kNumFineSteps]: each chunk's count within each step of a refined gap
   int32_t* num_candidates;
-  int32_t* refined;  // the gap a top-k row's bound is refined below, or -1
+  int32_t* refined;  // the gap a top-k row's bound is refined below (kNumGaps: beyond the widest), or -1
   int32_t* radix;    // the floor a flat top-p row's radix select starts from, or -1
   // [kRadixLevels * kRadixBins]: the radix select's histograms (count, mass) of each level.
   uint32_t* radix_count;
@@ -401,8 +401,9 @@ __device__ __forceinline__ ChunkStats sum_row_stats(const SplitWorkspace& ws, co
 // tightest one that holds a row's k logits takes in more than kMaxCandidates while the one
 // before it holds fewer than k, split_gather_kernel counts the logits passing
 // kNumFineSteps bounds between the two, and split_gather_refined_kernel takes the tightest
-// of those that holds k. (Top-p rows whose floor takes in too many take the radix select
-// below.)
+// of those that holds k. When even the widest gap holds fewer than k, the steps run from it
+// to twice it (gap index kNumGaps). (Top-p rows whose floor takes in too many take the
+// radix select below.)
 
 // The tightest gap holding at least k logits (-1: none) and, in *count, how many it holds.
 __device__ __forceinline__ int tightest_gap(const ChunkStats& sum, int64_t k, uint32_t* count) {
@@ -417,8 +418,8 @@ __device__ __forceinline__ int tightest_gap(const ChunkStats& sum, int64_t k, ui
   }
   return gap;
 }
-// Step f of gap j's refinement (f = kNumFineSteps - 1 is gap j itself): exact in float, so
-// every kernel computes the same bound.
+// Step f of gap j's refinement (f = kNumFineSteps - 1 is gap j itself, or twice the widest
+// gap for j = kNumGaps): exact in float, so every kernel computes the same bound.
 __device__ __forceinline__ float fine_gap(int j, int f) {
   const float below = top_k_gap(j - 1);  // top_k_gap(j) = 2 * below
   return below + below * static_cast<float>(f + 1) / static_cast<float>(kNumFineSteps);
@@ -699,8 +700,10 @@ __global__ void __launch_bounds__(kSplitThreads)
         const int j = tightest_gap(sum, r.a.top_k, &count);
         if (j >= 0) bound = r.max_logit - top_k_gap(j);
         ok = j >= 0 && count <= static_cast<uint32_t>(kMaxCandidates);
-        // Too many: refined below the gap before it (which holds fewer than k).
-        if (!ok && j > 0) ok = true, gap = j;
+        // Too many: refined below the gap before it (which holds fewer than k). None holds k
+        // (a confident row, its k-th logit more than the widest gap below the maximum):
+        // refined beyond the widest gap, up to twice it.
+        if (!ok && j != 0) ok = true, gap = j < 0 ? kNumGaps : j;
       }
       if (r.plan.cut == SamplingCut::kTopP) {
         // The highest floor whose mass reaches top_p of the row's. When it takes in too many,
@@ -757,8 +760,8 @@ __global__ void __launch_bounds__(kSplitThreads)
 }
 
 // Rows whose gap split_gather_kernel refined: the tightest step that holds at least k
-// logits (the last step, the gap itself, does) and, when at most kMaxCandidates logits pass
-// it, those candidates. Radix rows: the select's first step.
+// logits (the last step, the gap itself, does; beyond the widest gap none may) and, when at
+// most kMaxCandidates logits pass it, those candidates. Radix rows: the select's first step.
 __global__ void __launch_bounds__(kSplitThreads)
     split_gather_refined_kernel(SampleKernelArgs args, SplitWorkspace ws, Chunking ch) {
   pdl_wait();
@@ -790,7 +793,7 @@ __global__ void __launch_bounds__(kSplitThreads)
     }
     if (lane == 0) {
       bound = r.max_logit - fine_gap(j, step);
-      fits = count <= static_cast<uint32_t>(kMaxCandidates);
+      fits = count <= static_cast<uint32_t>(kMaxCandidates) && count >= static_cast<uint32_t>(r.a.top_k);
     }
   }
   __syncthreads();
