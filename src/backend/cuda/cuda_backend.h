@@ -246,8 +246,8 @@ class CudaBackend final : public Backend {
   // Calls of at most this many rows split them over many blocks whatever they select: one
   // block a row then takes ~100 us. With more rows, one block a row is parallel enough for
   // greedy top log-probabilities, and the split's extra passes cost as much as they save
-  // (docs/PERF.md, nineteenth session); draws from a top-k or top-p set split up to a larger
-  // count (cuda_backend_sample.cc: per_row_competes); other calls always split. -1: never.
+  // (docs/PERF.md, nineteenth session); draws from a top-k or top-p set split up to larger
+  // counts (cuda_backend_sample.cc: per_row_competes); other calls always split. -1: never.
   static constexpr int64_t kSplitRowsWithCandidates = 16;
   int64_t sample_split_rows_with_candidates_ = kSplitRowsWithCandidates;
   // staged_upload(): pinned slots (each with the event after its last copy).
