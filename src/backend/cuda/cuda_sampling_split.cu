@@ -31,8 +31,8 @@
 //      order) and walk that one part; rows with a cut rank their candidates (top-k by
 //      logit, then top-p by probability) and draw among the kept ones; radix rows rank
 //      their bin's tokens for the cut and walk one part. Rows whose candidates did not fit
-//      (top-k beyond 1,024, a cut among more than 1,024 ties) are marked undone, and
-//      sample_kernel then samples just those.
+//      (top-k beyond 1,024, a k-th logit more than 64 below the maximum, a cut among more
+//      than 1,024 ties) are marked undone, and sample_kernel then samples just those.
 // Every sum of the draw is an integer and every other reduction a max under a total order,
 // so each token is sample_kernel's, bit for bit, and the records its own up to the
 // rounding of the log-normaliser (CudaSamplingTest.SplitRowsSampleAsOneBlockARow). Greedy
