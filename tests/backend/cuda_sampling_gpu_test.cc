@@ -744,10 +744,11 @@ TEST_F(CudaSamplingTest, FlatTopPRowsTakeTheRadixSelect) {
   auto backends = SplitAndPerRow::create();
   ASSERT_TRUE(backends.ok()) << backends.status().to_string();
   const int64_t vocab = kQwenVocab;
-  int radix_rows = 0, tied_rows = 0;
+  int radix_rows = 0, tied_rows = 0, all_rows = 0;
   std::vector<int32_t> distinct;
-  for (const size_t rows : {size_t{1}, size_t{16}}) {
-    for (uint32_t round = 0; round < 5; ++round) {
+  for (const size_t rows : {size_t{1}, size_t{16}, size_t{256}}) {
+    for (uint32_t round = 0; round < (rows > 16 ? 2u : 5u); ++round) {
+      all_rows += static_cast<int>(rows);
       SCOPED_TRACE(testing::Message() << rows << " rows, round " << round);
       std::vector<float> logits = random_logits(rows, vocab, 500 + round, 1.0f);
       std::mt19937 rng(600 + round);
@@ -796,7 +797,7 @@ TEST_F(CudaSamplingTest, FlatTopPRowsTakeTheRadixSelect) {
       distinct.insert(distinct.end(), split.begin(), split.end());
     }
   }
-  EXPECT_EQ(radix_rows + tied_rows, 5 * (1 + 16));
+  EXPECT_EQ(radix_rows + tied_rows, all_rows);
   EXPECT_GT(tied_rows, 0);
   std::sort(distinct.begin(), distinct.end());
   EXPECT_GT(std::unique(distinct.begin(), distinct.end()) - distinct.begin(), 60);
@@ -843,6 +844,27 @@ TEST_F(CudaSamplingTest, ConfidentTopKRowsStaySplit) {
     }
   }
   EXPECT_GT(confident, 30);
+}
+
+// The default dispatch: calls of up to 256 rows that cut with top-p or top-k take the split
+// path (one block a row takes as long as its slowest row: PrintsSampleTimes' "mixed" rows),
+// larger ones one block a row.
+TEST_F(CudaSamplingTest, CallsOfUpTo256CuttingRowsSplit) {
+  if (std::getenv("BW_CUDA_SAMPLE_SPLIT") != nullptr) GTEST_SKIP() << "BW_CUDA_SAMPLE_SPLIT overrides the dispatch";
+  const int64_t vocab = 4096;
+  std::vector<DeviceTokenLogprob> records;
+  for (const size_t rows : {size_t{200}, size_t{256}, size_t{257}}) {
+    const std::vector<float> logits = random_logits(rows, vocab, 90 + static_cast<uint32_t>(rows), 1.0f);
+    for (const bool top_k : {false, true}) {
+      std::vector<DeviceSamplingRow> params;
+      for (size_t r = 0; r < rows; ++r)
+        params.push_back(random_row(0.8f, top_k ? 40 : 0, 0.9f, 0.0f, r, 0));
+      const int64_t before = cuda::split_sample_launches();
+      sample_copy(*gpu_, logits, vocab, rows_only(params), &records);
+      EXPECT_EQ(cuda::split_sample_launches() - before, rows <= 256 ? 1 : 0)
+          << rows << " rows, " << (top_k ? "top-k" : "top-p");
+    }
+  }
 }
 
 // Overlapped steps: two sample_async calls outstanding give what sample() gives, and
@@ -1048,12 +1070,13 @@ TEST_F(CudaSamplingTest, BadInputIsInvalidArgument) {
 }
 
 // Not a correctness test: the time of one sample() call (upload, kernel, read-back) for
-// 1, 64 and 256 rows of 151,936 logits, against copying those logits to the host (what the
+// 1, 16, 64, 128 and 256 rows of 151,936 logits, against copying those logits to the host (what the
 // host Sampler needs first). "flat" rows are N(0, 2) logits, a worst case for top-p (its
 // set holds thousands of tokens); "peaked" rows add 10 to 20 random tokens; "sharp" rows
 // put 64 tokens 8 to 24 above the rest, as a trained model's rows are peaked (the
 // shared-memory selections take them); "tail" rows keep ~550 tokens under top-p 0.7 among
-// 3,600 above the floor that holds them. Printed; never fails on time. For a profiler:
+// 3,600 above the floor that holds them; "mixed" rows are sharp but every 16th flat (what
+// decides between the two paths at many rows). Printed; never fails on time. For a profiler:
 // BW_SAMPLE_TIMES_ROWS=N times calls of N rows only, BW_SAMPLE_TIMES_REPS=M each M times
 // (12 by default).
 TEST_F(CudaSamplingTest, PrintsSampleTimes) {
@@ -1087,9 +1110,14 @@ TEST_F(CudaSamplingTest, PrintsSampleTimes) {
       row[rng() % kVocab] = std::log(2e-3f);
     row[rng() % kVocab] = 0.0f;
   }
+  // Mixed rows: sharp, every 16th flat (a batch where a few requests are uncertain).
+  std::vector<float> mixed = sharp;
+  for (size_t r = 0; r < kMaxRows; r += 16)
+    std::copy_n(flat.begin() + static_cast<std::ptrdiff_t>(r * kVocab), kVocab,
+                mixed.begin() + static_cast<std::ptrdiff_t>(r * kVocab));
   const TensorView pristine[] = {upload(flat, kVocab), upload(peaked, kVocab), upload(sharp, kVocab),
-                                 upload(tail, kVocab)};
-  const char* const kDists[] = {"flat", "peaked", "sharp", "tail"};
+                                 upload(tail, kVocab), upload(mixed, kVocab)};
+  const char* const kDists[] = {"flat", "peaked", "sharp", "tail", "mixed"};
   auto scratch = gpu_->allocate(flat.size() * sizeof(float));
   ASSERT_TRUE(scratch.ok());
   std::vector<float> host(flat.size());
@@ -1097,9 +1125,9 @@ TEST_F(CudaSamplingTest, PrintsSampleTimes) {
   const char* only_rows = std::getenv("BW_SAMPLE_TIMES_ROWS");
   const char* reps_env = std::getenv("BW_SAMPLE_TIMES_REPS");
   const int reps = reps_env != nullptr ? std::max(1, std::atoi(reps_env)) : 12;
-  for (size_t rows : {size_t{1}, size_t{16}, size_t{64}, size_t{256}}) {
+  for (size_t rows : {size_t{1}, size_t{16}, size_t{64}, size_t{128}, size_t{256}}) {
     if (only_rows != nullptr && static_cast<size_t>(std::atoi(only_rows)) != rows) continue;
-    for (int dist = 0; dist < 4; ++dist) {
+    for (int dist = 0; dist < 5; ++dist) {
       for (int mode = dist == 0 ? 0 : 1; mode < (dist == 3 ? 2 : 4); ++mode) {
         std::vector<DeviceSamplingRow> params(rows);
         for (size_t r = 0; r < rows; ++r) {

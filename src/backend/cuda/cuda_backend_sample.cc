@@ -131,25 +131,23 @@ Status check_bias(const DeviceSamplingBatch& batch, size_t rows, int64_t vocab) 
   return OkStatus();
 }
 
-// Calls of up to these many rows split their top-k and their top-p draws: refined bounds
-// and the radix select let the split path gather a top-k set, and cut a flat row's top-p
-// set, that one block a row selects by radix passes; and one block a row takes as long as
-// its slowest row, so one flat top-p row costs the whole call ~500-800 us there
-// (docs/PERF.md, twentieth and twenty-first sessions: 256 rows, top-k 382-472 us against
-// 468-496; 64 rows, top-p 110-197 against 110-630, peaked rows 149-179 against 146; at 256
-// rows the split path loses sharp top-p rows, 329 against 219).
-constexpr int64_t kSplitRowsWithTopK = 256;
-constexpr int64_t kSplitRowsWithTopP = 64;
+// Calls of up to this many rows split their top-k and top-p draws: refined bounds and the
+// radix select let the split path gather a top-k set, and cut a flat row's top-p set, that
+// one block a row selects by radix passes; and one block a row takes as long as its slowest
+// row, so one uncertain top-p row costs the whole call ~500-800 us there (docs/PERF.md,
+// twentieth to twenty-second sessions; 256 rows, top-k 402-490 us against 485-494; top-p
+// 390 against 735 when every 16th row is flat, 406-591 against 454-826 for flat, peaked or
+// tail rows; only calls of sharp top-p rows alone lose, 266 against 211).
+constexpr int64_t kSplitRowsWithCut = 256;
 
 // Whether one block a row samples the row about as fast as the split path once a call has
-// more than kSplitRowsWithCandidates rows: a draw from a top-k set in a call of more than
-// kSplitRowsWithTopK rows, or from a top-p set in one of more than kSplitRowsWithTopP, or a
-// greedy row's top log-probabilities (a draw with log-probabilities costs one block a row a
-// copy of the row and more passes: the split path is faster at any count).
+// more than kSplitRowsWithCandidates rows: a draw from a top-k or top-p set in a call of
+// more than kSplitRowsWithCut rows, or a greedy row's top log-probabilities (a draw with
+// log-probabilities costs one block a row a copy of the row and more passes: the split
+// path is faster at any count).
 bool per_row_competes(const cuda::SamplingRowArgs& a, int64_t vocab, int64_t rows) {
   const cuda::SamplingRowPlan plan = cuda::sampling_row_plan(a, vocab);
-  return (plan.cut == cuda::SamplingCut::kTopK && rows > kSplitRowsWithTopK) ||
-         (plan.cut == cuda::SamplingCut::kTopP && rows > kSplitRowsWithTopP) || (!plan.draws && plan.top_logprobs > 0);
+  return (plan.cut != cuda::SamplingCut::kNone && rows > kSplitRowsWithCut) || (!plan.draws && plan.top_logprobs > 0);
 }
 
 bool has_bias_or_penalties(const cuda::SamplingRowArgs& a) {

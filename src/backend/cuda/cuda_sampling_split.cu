@@ -68,6 +68,10 @@ constexpr int kSplitWarps = kSplitThreads / 32;  // the parts of a chunk
 constexpr int kMaxChunks = 64;
 constexpr int64_t kMinChunk = 2048;  // values a block scans at least
 constexpr int kLoadsInFlight = 8;
+// The gather kernel's blocks resident on an SM for calls of top-p rows (at most 64
+// registers a thread): a call's 2 x SMs blocks (split_chunking) then run in one wave, where
+// 3 a SM took two.
+constexpr int kGatherBlocksPerSm = 4;
 constexpr int32_t kNoFit = 0x7fffffff;  // a row's candidate count when they do not fit
 constexpr int kNumFineSteps = 16;       // a refined bound's steps between two gaps
 // The radix select of a flat top-p row: two levels of 2^kRadixBits bins each (see
@@ -87,10 +91,11 @@ struct ChunkMax {
 };
 
 // A chunk's prefilter counts: near[j] logits at or above max - top_k_gap(j) (for top-k and
-// for the top log-probabilities); floor_mass[j] and floor_count[j] of the probabilities at
-// or above mass_floor(j) (top-p); and the sum of exp(logit - max) (the log-normaliser).
+// for the top log-probabilities); floor_count[j] of the probabilities at or above
+// mass_floor(j) and floor_mass[j], their sum rounded down at every step (a lower bound:
+// floor_lower_bound) (top-p); and the sum of exp(logit - max) (the log-normaliser).
 struct ChunkStats {
-  uint64_t floor_mass[kNumFloors];
+  float floor_mass[kNumFloors];
   uint32_t floor_count[kNumFloors];
   uint32_t near[kNumGaps];
   double sum_exp;
@@ -104,10 +109,12 @@ struct SplitWorkspace {
   uint32_t* fine_count;  // [kMaxChunks * kNumFineSteps]: each chunk's count within each step of a refined gap
   int32_t* num_candidates;
   int32_t* refined;  // the gap a top-k row's bound is refined below (kNumGaps: beyond the widest), or -1
-  int32_t* radix;    // the floor a flat top-p row's radix select starts from, or -1
-  // [kRadixLevels * kRadixBins]: the radix select's histograms (count, mass) of each level.
+  int32_t* radix;    // a flat top-p row's radix bracket (radix_code), or -1
+  // [kRadixLevels * kRadixBins]: the radix select's histograms of each level: each bin's
+  // count and excess (radix_excess below).
   uint32_t* radix_count;
-  uint64_t* radix_mass;
+  uint32_t* radix_excess;
+  uint64_t* radix_above;  // [1]: the mass above the radix select's bracket
   // [kMaxChunks * kSplitWarps]: each part's mass above the radix select's last bin.
   uint64_t* kept_parts;
   int32_t* done;            // the row was sampled here (else sample_kernel samples it)
@@ -163,10 +170,11 @@ __device__ __forceinline__ void for_each_strided(const float* x, int64_t first, 
 }
 
 // Also clears the row's counters (num_candidates: non-null when the call gathers) and
-// radix histograms (radix_count, radix_mass: non-null when it has top-p rows).
+// radix select's sums (radix_count, radix_excess, radix_above: non-null when it has top-p
+// rows).
 __global__ void __launch_bounds__(kSplitThreads)
-    split_max_kernel(ChunkMax* partials, int32_t* num_candidates, uint32_t* radix_count, uint64_t* radix_mass,
-                     const float* logits, int64_t vocab, int64_t chunk) {
+    split_max_kernel(ChunkMax* partials, int32_t* num_candidates, uint32_t* radix_count, uint32_t* radix_excess,
+                     uint64_t* radix_above, const float* logits, int64_t vocab, int64_t chunk) {
   pdl_wait();
   pdl_launch_dependents();
   const int64_t row = blockIdx.y;
@@ -180,11 +188,12 @@ __global__ void __launch_bounds__(kSplitThreads)
     num_candidates[3 * gridDim.y + row] = -1;  // then radix)
   }
   if (radix_count != nullptr) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) radix_above[row] = 0;
     const int64_t at = row * kRadixLevels * kRadixBins;
     for (int b = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); b < kRadixLevels * kRadixBins;
          b += static_cast<int>(gridDim.x * blockDim.x)) {
       radix_count[at + b] = 0;
-      radix_mass[at + b] = 0;
+      radix_excess[at + b] = 0;
     }
   }
   float best = -INFINITY;
@@ -242,6 +251,13 @@ __device__ __forceinline__ T warp_sum(T v) {
     v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+// The same for a floor's mass, rounded down at every step (so the sum stays a lower bound).
+__device__ __forceinline__ float warp_sum_down(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    v = __fadd_rd(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
 
 // Exclusive prefix sum of v over the block's threads in thread order; *total gets the sum.
 // warp_totals: kSplitWarps words of shared memory.
@@ -289,7 +305,7 @@ __device__ void store_chunk_stats(ChunkStats t, float sum_exp, ChunkStats* out) 
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
 #pragma unroll
   for (int j = 0; j < kNumFloors; ++j) {
-    t.floor_mass[j] = warp_sum(t.floor_mass[j]);
+    t.floor_mass[j] = warp_sum_down(t.floor_mass[j]);
     t.floor_count[j] = warp_sum(t.floor_count[j]);
   }
 #pragma unroll
@@ -302,7 +318,7 @@ __device__ void store_chunk_stats(ChunkStats t, float sum_exp, ChunkStats* out) 
     ChunkStats sum = warps[0];
     for (int w = 1; w < kSplitWarps; ++w) {
       for (int j = 0; j < kNumFloors; ++j) {
-        sum.floor_mass[j] += warps[w].floor_mass[j];
+        sum.floor_mass[j] = __fadd_rd(sum.floor_mass[j], warps[w].floor_mass[j]);
         sum.floor_count[j] += warps[w].floor_count[j];
       }
       for (int j = 0; j < kNumGaps; ++j)
@@ -346,13 +362,13 @@ __global__ void __launch_bounds__(kSplitThreads)
   for_each_strided<32>(x, begin + lane, end, [&](int64_t, float v) {
     if (plan.draws) {
       const float p = relative_prob(v, max_logit, inv_temperature, min_p);
-      const uint64_t fixed = to_fixed(p);
-      mass += fixed;
+      mass += to_fixed(p);
       if ((kCounts & kCountFloors) != 0 && plan.cut == SamplingCut::kTopP) {
+        // (float sums rounded down: the 64-bit sums of the exact mass took half the pass's
+        // instructions at 256 rows, and a bound only has to be provably wide enough)
 #pragma unroll
         for (int j = 0; j < kNumFloors; ++j) {
-          t.floor_mass[j] += p >= mass_floor(j) ? fixed : 0;
-          t.floor_count[j] += p >= mass_floor(j) ? 1u : 0u;
+          if (p >= mass_floor(j)) t.floor_mass[j] = __fadd_rd(t.floor_mass[j], p), ++t.floor_count[j];
         }
       }
     }
@@ -382,19 +398,34 @@ __device__ __forceinline__ ChunkStats sum_row_stats(const SplitWorkspace& ws, co
   for (int c = static_cast<int>(threadIdx.x % 32); c < ch.chunks; c += 32) {
     const ChunkStats& s = ws.stats[row * ch.chunks + c];
     for (int j = 0; j < kNumFloors; ++j) {
-      sum.floor_mass[j] += s.floor_mass[j];
+      sum.floor_mass[j] = __fadd_rd(sum.floor_mass[j], s.floor_mass[j]);
       sum.floor_count[j] += s.floor_count[j];
     }
     for (int j = 0; j < kNumGaps; ++j)
       sum.near[j] += s.near[j];
   }
   for (int j = 0; j < kNumFloors; ++j) {
-    sum.floor_mass[j] = warp_sum(sum.floor_mass[j]);
+    sum.floor_mass[j] = warp_sum_down(sum.floor_mass[j]);
     sum.floor_count[j] = warp_sum(sum.floor_count[j]);
   }
   for (int j = 0; j < kNumGaps; ++j)
     sum.near[j] = warp_sum(sum.near[j]);
   return sum;
+}
+
+// A lower bound of floor j's fixed-point mass (the sum of to_fixed(p) over its count
+// tokens): each to_fixed truncates less than 1 below p * 2^44, and the float sum of the p
+// was rounded down. The top-p prefilter takes a floor whose bound reaches the target, so
+// the floor provably holds the kept set (it may be one floor wider than the exact masses
+// would pick, when a floor's mass lies within the rounding of the target).
+__device__ __forceinline__ double floor_lower_bound(const ChunkStats& sum, int j) {
+  return __dsub_rd(__dmul_rd(static_cast<double>(sum.floor_mass[j]), 0x1.0p44),
+                   static_cast<double>(sum.floor_count[j]));
+}
+// An upper bound of it: each rounding down lost less than 2^-23 of the sum it made, and a sum
+// took fewer than 2^13 of them (a thread's values, then the reductions).
+__device__ __forceinline__ double floor_upper_bound(const ChunkStats& sum, int j) {
+  return __dmul_ru(static_cast<double>(sum.floor_mass[j]), 0x1.0p44 * (1.0 + 0x1.0p-9));
 }
 
 // Refined top-k bounds. The prefilter's gaps are coarse (a factor 2 apart): when the
@@ -485,55 +516,97 @@ __device__ __forceinline__ void append_candidate(int32_t* count, int32_t* ids, f
 // bound gathers its kept set. What the draw needs is less: the kept set's last token in the
 // order (probability, then lower id) — call it the cut — and each part's kept mass. The
 // cut's probability lies in [mass_floor(j), mass_floor(j - 1)), j the tightest floor
-// holding top_p of the mass (every token above that bracket is kept, none below it: the
-// floors' masses say so). A token of the bracket has a 20-bit key, its probability's bits
-// above those of mass_floor(j) (4 binades, the last 5 mantissa bits dropped), and two
-// levels of 1,024-bin histograms of count and mass over those keys find the bin that holds
+// holding top_p of the mass (every token above that bracket is kept, none below it); the
+// floors' masses are rounded-down float sums, so the bracket runs from the tightest floor
+// whose lower bound reaches the target up to the floor above the tightest whose upper bound
+// does (the same bracket but for a target within ~1e-4 of a floor's mass, when it spans
+// two floors). A token of the bracket has a 20-bit key, its probability's bits above those
+// of mass_floor(j) (4 binades, the last 5 mantissa bits dropped; one more for a bracket of
+// two floors), and two levels of 1,024-bin histograms over those keys find the bin that holds
 // the cut: the highest bin where the mass of the bins above it plus its own reaches the
 // target. split_gather_kernel makes the first level's histogram, split_gather_refined_kernel
 // picks its bin and, when that holds at most kMaxCandidates tokens, gathers them (else it
 // makes the second level's histogram of that bin), split_radix_kernel does the same for the
 // second level (more than kMaxCandidates tokens there share their probability to 2^-18:
-// sample_kernel takes the row). The gathering pass also sums each part's mass above the bin.
-// split_draw_kernel ranks the bin's tokens for the exact cut (each kept while the mass of
-// the better tokens, all those above the bin included, is below the target, as
+// sample_kernel takes the row). The gathering pass also sums each part's exact mass above
+// the bin. split_draw_kernel ranks the bin's tokens for the exact cut (each kept while the
+// mass of the better tokens, all those above the bin included, is below the target, as
 // sample_kernel keeps them), adds the kept ones to their parts' masses, and walks one part
-// for the draw. Every sum is an integer, so the kept set and the token are sample_kernel's.
+// for the draw. Those sums are integers, so the kept set and the token are sample_kernel's.
+//
+// The pick itself only has to be right, not exact: a histogram bin holds a count and an
+// excess (the sum of its tokens' offsets above the bin's lowest probability, in units of
+// the float spacing there, the lowest bits dropped at the first level) — two 32-bit
+// shared-memory atomics a token, where an exact 64-bit mass took a compare-and-swap loop —
+// (the mass above the bracket is exact: the first level's pass sums it). The draw checks with the
+// exact sums that the cut lies in the bin (the mass above it is below the target, the mass
+// with it is not) and otherwise leaves the row to sample_kernel (a target within ~1e-6 of
+// a bin's edge).
 
-// The probabilities a row's radix select orders: [low, high) (high: infinite for the top
-// floor, whose bracket holds the top token's probability 1).
+// The probabilities a row's radix select orders: [low, high) (high: infinite when the
+// bracket reaches the top floor, whose bracket holds the top token's probability 1), and
+// how many low bits of a probability's offset above low its 20-bit key drops.
 struct RadixBracket {
   float low, high;
+  int key_drop;
 };
-__device__ __forceinline__ RadixBracket radix_bracket(int j) {
-  return RadixBracket{mass_floor(j), j > 0 ? mass_floor(j - 1) : INFINITY};
+// A flat row's bracket, as split_gather_kernel encodes it in ws.radix: the floor below
+// (whose rounded-down mass reaches the target) and the floor above, one floor apart unless
+// the rounding leaves a floor in between that may hold the target too (radix_code).
+__device__ __forceinline__ int radix_code(int low_floor, int high_floor) { return low_floor + 8 * (high_floor + 1); }
+__device__ __forceinline__ RadixBracket radix_bracket(int code) {
+  const int low_floor = code % 8, high_floor = code / 8 - 1;  // (-1: none above)
+  const int floors = low_floor - high_floor;                  // 4 binades each
+  const int bits = 23 + 2 + (32 - __clz(floors - 1));         // ceil(log2(4 binades x floors x 2^23))
+  return RadixBracket{mass_floor(low_floor), high_floor >= 0 ? mass_floor(high_floor) : INFINITY,
+                      bits - kRadixLevels * kRadixBits};
 }
-// A probability's key within the bracket (low <= p; order-preserving: the top floor's
-// p = 1, 2^25 above low, shares the highest key).
-__device__ __forceinline__ uint32_t radix_key(float p, float low) {
-  constexpr uint32_t kBracketBits = 25;  // 4 binades of 2^23 mantissas
-  const uint32_t offset = min(__float_as_uint(p) - __float_as_uint(low), (1u << kBracketBits) - 1);
-  return offset >> (kBracketBits - kRadixLevels * kRadixBits);
+// A probability's offset within the bracket (low <= p), in float spacings, at most
+// 2^(key bits + key_drop) - 1 (order-preserving: a top token's p = 1 above a bracket that
+// reaches it may lie at the limit, and shares the highest offset).
+__device__ __forceinline__ uint32_t radix_offset(float p, const RadixBracket& b) {
+  return min(__float_as_uint(p) - __float_as_uint(b.low), (1u << (kRadixLevels * kRadixBits + b.key_drop)) - 1);
 }
 // The keys whose bits from `shift` up equal `value` (shift kRadixLevels * kRadixBits: all of
-// the bracket), with the mass of the tokens above them (those above the bracket included)
-// and how many they are.
+// the bracket), with the mass of the tokens above them (those above the bracket included;
+// fixed point, approximate: see above) and how many they are.
 struct RadixBin {
   int shift;
   uint32_t value;
   uint64_t above;
   uint32_t count;
 };
+// A bin's tokens span 2^(shift + key_drop) offsets; its excess keeps their offsets' bits
+// below that, less the lowest radix_excess_drop (so that a row's 2^19 tokens add up within
+// 32 bits).
+constexpr int kExcessBits = 13;
+__device__ __forceinline__ int radix_excess_drop(const RadixBracket& b, int shift) {
+  return max(0, shift + b.key_drop - kExcessBits);
+}
+// The approximate mass (fixed point) of a bin of `count` tokens with excess `excess`.
+__device__ __forceinline__ uint64_t radix_bin_mass(const RadixBracket& b, int shift, uint32_t value, uint32_t count,
+                                                   uint32_t excess) {
+  if (count == 0) return 0;
+  const uint32_t first = __float_as_uint(b.low) + (value << (shift + b.key_drop));  // (in one binade)
+  const double lowest = __uint_as_float(first);
+  const double spacing = static_cast<double>(__uint_as_float(first + 1)) - lowest;
+  const double drop = static_cast<double>(1u << radix_excess_drop(b, shift));
+  const double mass = static_cast<double>(count) * lowest +
+                      spacing * (drop * static_cast<double>(excess) + 0.5 * (drop - 1.0) * static_cast<double>(count));
+  return static_cast<uint64_t>(mass * 0x1.0p44);
+}
 
 // The bin of `level`'s histogram (of the keys in `from`) that holds the cut: the highest
 // whose mass with the mass above it reaches `target`. Every thread gets it; count 0 when
 // none does (rounding; the row is left to sample_kernel).
-__device__ RadixBin radix_pick(const SplitWorkspace& ws, int64_t row, int level, const RadixBin& from, double target) {
+__device__ RadixBin radix_pick(const SplitWorkspace& ws, int64_t row, const RadixBracket& bracket, int level,
+                               const RadixBin& from, double target) {
   constexpr int kPerThread = kRadixBins / kSplitThreads;
   __shared__ uint64_t warp_totals[kSplitWarps];
   __shared__ RadixBin picked;
   const uint32_t* counts = ws.radix_count + (row * kRadixLevels + level) * kRadixBins;
-  const uint64_t* masses = ws.radix_mass + (row * kRadixLevels + level) * kRadixBins;
+  const uint32_t* excess = ws.radix_excess + (row * kRadixLevels + level) * kRadixBins;
+  const int shift = from.shift - kRadixBits;
   // Thread t holds bins [kRadixBins - kPerThread (t + 1), kRadixBins - kPerThread t): thread 0
   // the highest.
   const int first = kRadixBins - kPerThread * (static_cast<int>(threadIdx.x) + 1);
@@ -541,10 +614,11 @@ __device__ RadixBin radix_pick(const SplitWorkspace& ws, int64_t row, int level,
   uint64_t local = 0;
 #pragma unroll
   for (int m = 0; m < kPerThread; ++m) {
-    mass[m] = masses[first + m];
+    const uint32_t value = (from.value << kRadixBits) | static_cast<uint32_t>(first + m);
+    mass[m] = radix_bin_mass(bracket, shift, value, counts[first + m], excess[first + m]);
     local += mass[m];
   }
-  if (threadIdx.x == 0) picked = RadixBin{from.shift - kRadixBits, 0, 0, 0};
+  if (threadIdx.x == 0) picked = RadixBin{shift, 0, 0, 0};
   uint64_t total;
   uint64_t above = from.above + block_exclusive_scan(local, warp_totals, &total);  // (its barriers publish `picked`)
   if (static_cast<double>(above) < target && static_cast<double>(above + local) >= target) {
@@ -571,36 +645,48 @@ struct RadixRow {
   RadixBracket bracket;
   __device__ float prob(float v) const { return relative_prob(v, max_logit, inv_temperature, min_p); }
 };
-__device__ __forceinline__ RadixRow radix_row(const RowStart& r, int floor) {
-  return RadixRow{r.max_logit, 1.0f / r.a.temperature, sampling::clamped_min_p(r.a), radix_bracket(floor)};
+__device__ __forceinline__ RadixRow radix_row(const RowStart& r, int code) {
+  return RadixRow{r.max_logit, 1.0f / r.a.temperature, sampling::clamped_min_p(r.a), radix_bracket(code)};
 }
 
-// Adds the block's chunk of the row to `level`'s histogram of the keys in bin `in`.
+// Adds the block's chunk of the row to `level`'s histogram of the keys in bin `in` (and, at
+// the first level, its mass above the bracket to ws.radix_above).
 __device__ void radix_histogram(const SampleKernelArgs& args, const SplitWorkspace& ws, const Chunking& ch, int64_t row,
                                 const RadixRow& rr, int level, const RadixBin& in) {
   __shared__ uint32_t counts[kRadixBins];
-  __shared__ uint64_t masses[kRadixBins];
+  __shared__ uint32_t excess[kRadixBins];
   for (int b = static_cast<int>(threadIdx.x); b < kRadixBins; b += kSplitThreads)
-    counts[b] = 0, masses[b] = 0;
+    counts[b] = 0, excess[b] = 0;
   __syncthreads();
+  const int shift = in.shift - kRadixBits;  // this level's bins
+  const uint32_t in_bin = (1u << (shift + rr.bracket.key_drop)) - 1;
+  const int drop = radix_excess_drop(rr.bracket, shift);
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
   const int64_t end = chunk_end(ch, blockIdx.x, args.vocab);
+  uint64_t above = 0;
   for_each_strided<kSplitThreads>(args.logits + row * args.vocab, begin + threadIdx.x, end, [&](int64_t, float v) {
     const float p = rr.prob(v);
+    if (p >= rr.bracket.high && level == 0) above += to_fixed(p);
     if (p < rr.bracket.low || p >= rr.bracket.high) return;
-    const uint32_t key = radix_key(p, rr.bracket.low);
+    const uint32_t offset = radix_offset(p, rr.bracket);
+    const uint32_t key = offset >> rr.bracket.key_drop;
     if ((key >> in.shift) != in.value) return;
-    const int bin = static_cast<int>((key >> (in.shift - kRadixBits)) & (kRadixBins - 1));
+    const int bin = static_cast<int>((key >> shift) & (kRadixBins - 1));
     atomicAdd(&counts[bin], 1u);
-    atomicAdd(reinterpret_cast<unsigned long long*>(&masses[bin]), static_cast<unsigned long long>(to_fixed(p)));
+    atomicAdd(&excess[bin], (offset & in_bin) >> drop);
   });
+  if (level == 0) {
+    above = warp_sum(above);
+    if (threadIdx.x % 32 == 0 && above > 0)
+      atomicAdd(reinterpret_cast<unsigned long long*>(&ws.radix_above[row]), static_cast<unsigned long long>(above));
+  }
   __syncthreads();
   uint32_t* row_counts = ws.radix_count + (row * kRadixLevels + level) * kRadixBins;
-  uint64_t* row_masses = ws.radix_mass + (row * kRadixLevels + level) * kRadixBins;
+  uint32_t* row_excess = ws.radix_excess + (row * kRadixLevels + level) * kRadixBins;
   for (int b = static_cast<int>(threadIdx.x); b < kRadixBins; b += kSplitThreads) {
     if (counts[b] == 0) continue;
     atomicAdd(&row_counts[b], counts[b]);
-    atomicAdd(reinterpret_cast<unsigned long long*>(&row_masses[b]), static_cast<unsigned long long>(masses[b]));
+    atomicAdd(&row_excess[b], excess[b]);
   }
 }
 
@@ -618,7 +704,7 @@ __device__ void radix_gather(const SampleKernelArgs& args, const SplitWorkspace&
     if (p >= rr.bracket.high) {
       above += to_fixed(p);
     } else if (p >= rr.bracket.low) {
-      const uint32_t key = radix_key(p, rr.bracket.low) >> bin.shift;
+      const uint32_t key = (radix_offset(p, rr.bracket) >> rr.bracket.key_drop) >> bin.shift;
       if (key > bin.value) above += to_fixed(p);
       if (key == bin.value) {
         append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
@@ -635,23 +721,18 @@ __device__ void radix_gather(const SampleKernelArgs& args, const SplitWorkspace&
 // picked holds at most kMaxCandidates tokens, its gathering (nothing when an earlier
 // step gathered them).
 __device__ void radix_step(const SampleKernelArgs& args, const SplitWorkspace& ws, const Chunking& ch, int64_t row,
-                           int floor, int level) {
+                           int code, int level) {
   const RowStart r = row_start(args, ws, ch, row);
-  const RadixRow rr = radix_row(r, floor);
+  const RadixRow rr = radix_row(r, code);
   __shared__ double target;
-  __shared__ uint64_t above_bracket;
   if (threadIdx.x < 32) {
     const uint64_t total = row_mass(ws, ch, row);
-    const ChunkStats sum = sum_row_stats(ws, ch, row);
-    if (threadIdx.x == 0) {
-      target = top_p_target(r.a, total);
-      above_bracket = floor > 0 ? sum.floor_mass[floor - 1] : 0;
-    }
+    if (threadIdx.x == 0) target = top_p_target(r.a, total);
   }
   __syncthreads();
-  RadixBin bin{kRadixLevels * kRadixBits, 0, above_bracket, 0};
+  RadixBin bin{kRadixLevels * kRadixBits, 0, ws.radix_above[row], 0};
   for (int l = 0; l < level; ++l) {
-    bin = radix_pick(ws, row, l, bin, target);
+    bin = radix_pick(ws, row, rr.bracket, l, bin, target);
     if (bin.count == 0) break;
     if (bin.count <= static_cast<uint32_t>(kMaxCandidates)) {
       if (l == level - 1) radix_gather(args, ws, ch, row, rr, bin);
@@ -665,7 +746,11 @@ __device__ void radix_step(const SampleKernelArgs& args, const SplitWorkspace& w
   }
 }
 
-__global__ void __launch_bounds__(kSplitThreads)
+// kCounts as split_stats_kernel's: the top-k refinement is compiled in with kCountNear,
+// the radix select with kCountFloors (a call of top-p rows alone then runs at 64 registers,
+// kGatherBlocksPerSm blocks an SM, without spilling the refinement's counters).
+template <int kCounts>
+__global__ void __launch_bounds__(kSplitThreads, kCounts == kCountFloors ? kGatherBlocksPerSm : 1)
     split_gather_kernel(SampleKernelArgs args, SplitWorkspace ws, Chunking ch) {
   pdl_wait();
   pdl_launch_dependents();
@@ -680,7 +765,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   __shared__ float bound, top_bound;
   __shared__ bool fits;
   __shared__ int refine;  // >= 0: the top-k bound is refined below this gap
-  __shared__ int radix;   // >= 0: a flat top-p row's radix select starts from this floor
+  __shared__ int radix;   // >= 0: a flat top-p row's radix select, its bracket (radix_code)
   if (threadIdx.x < 32) {
     const int lane = static_cast<int>(threadIdx.x);
     const ChunkStats sum = sum_row_stats(ws, ch, row);
@@ -708,19 +793,22 @@ __global__ void __launch_bounds__(kSplitThreads)
       if (r.plan.cut == SamplingCut::kTopP) {
         // The highest floor whose mass reaches top_p of the row's. When it takes in too many,
         // the radix select finds the cut between it and the floor above it.
+        // The floors' masses are rounded: the cut lies at or above the highest floor whose
+        // lower bound reaches the target, below the highest whose upper bound does.
         const double target = top_p_target(r.a, total);
-        int highest = -1;
+        int highest = -1, may_hold = kNumFloors;
         uint32_t count = 0;
 #pragma unroll
         for (int j = kNumFloors - 1; j >= 0; --j) {
-          if (static_cast<double>(sum.floor_mass[j]) >= target) {
+          if (floor_lower_bound(sum, j) >= target) {
             highest = j;
             count = sum.floor_count[j];
           }
+          if (floor_upper_bound(sum, j) >= target) may_hold = j;
         }
         if (highest >= 0) bound = mass_floor(highest);
         ok = highest >= 0 && count <= static_cast<uint32_t>(kMaxCandidates);
-        if (!ok && highest >= 0) ok = true, flat = highest;
+        if (!ok && highest >= 0) ok = true, flat = radix_code(highest, min(may_hold, highest) - 1);
       }
       if (r.plan.top_logprobs > 0) ok = ok && near_bound(r.plan.top_logprobs, &top_bound);
       fits = ok;
@@ -735,10 +823,14 @@ __global__ void __launch_bounds__(kSplitThreads)
     return;
   }
   // A refined bound: the chunk's counts now, its candidates in split_gather_refined_kernel.
-  if (refine >= 0) count_fine_steps(args, ws, ch, row, r, refine);
+  if constexpr ((kCounts & kCountNear) != 0) {
+    if (refine >= 0) count_fine_steps(args, ws, ch, row, r, refine);
+  }
   // A radix select: the first level's histogram now.
-  if (radix >= 0)
-    radix_histogram(args, ws, ch, row, radix_row(r, radix), 0, RadixBin{kRadixLevels * kRadixBits, 0, 0, 0});
+  if constexpr ((kCounts & kCountFloors) != 0) {
+    if (radix >= 0)
+      radix_histogram(args, ws, ch, row, radix_row(r, radix), 0, RadixBin{kRadixLevels * kRadixBits, 0, 0, 0});
+  }
   const float floor = refine >= 0 || radix >= 0 ? INFINITY : bound;
   const float top_floor = r.plan.top_logprobs > 0 ? top_bound : INFINITY;
   const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
@@ -767,7 +859,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   pdl_wait();
   pdl_launch_dependents();
   const int64_t row = blockIdx.y;
-  if (const int floor = ws.radix[row]; floor >= 0) return radix_step(args, ws, ch, row, floor, 1);
+  if (const int code = ws.radix[row]; code >= 0) return radix_step(args, ws, ch, row, code, 1);
   const int j = ws.refined[row];
   if (j < 0) return;
   const RowStart r = row_start(args, ws, ch, row);
@@ -818,7 +910,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   pdl_wait();
   pdl_launch_dependents();
   const int64_t row = blockIdx.y;
-  if (const int floor = ws.radix[row]; floor >= 0) radix_step(args, ws, ch, row, floor, 2);
+  if (const int code = ws.radix[row]; code >= 0) radix_step(args, ws, ch, row, code, 2);
 }
 
 struct DrawShared {
@@ -838,6 +930,7 @@ struct DrawShared {
   uint64_t part_mass[kMaxChunks * kSplitWarps];
   float cut_prob;
   int32_t cut_id;
+  bool cut_short;  // a radix row's bin ran out before the target: the cut lies below it
 };
 
 // The draw among the kept tokens in id order, given each part's kept mass (row_parts, in
@@ -904,7 +997,8 @@ __device__ int64_t draw_from_parts(DrawShared& sh, const SampleKernelArgs& args,
 // tokens of the bin that holds the cut. Each is kept while the mass of the better ones
 // (those above the bin and the bin's better candidates) is below the target; the kept
 // ones join their parts' masses above the bin, and the draw walks one part with "kept:
-// beats or equals the cut (the worst kept candidate)".
+// beats or equals the cut (the worst kept candidate)". -1 (every thread) when the exact
+// masses show the cut outside the bin (the pick's approximate masses missed it).
 __device__ int64_t draw_radix(DrawShared& sh, const SampleKernelArgs& args, const SplitWorkspace& ws,
                               const Chunking& ch, int64_t row, float max_logit, int64_t max_id) {
   constexpr int kPerThread = kMaxCandidates / kSplitThreads;
@@ -956,17 +1050,23 @@ __device__ int64_t draw_radix(DrawShared& sh, const SampleKernelArgs& args, cons
     kept_here += slot(m) < n && static_cast<double>(better[m]) < target ? 1 : 0;
   uint64_t kept;
   block_exclusive_scan(static_cast<uint64_t>(kept_here), sh.warp_totals, &kept);
-  if (kept == 0) return -1;  // (cannot happen: the bin's best candidate is kept)
+  // The cut lies in the bin when the bin's best token is kept (kept > 0) and the token after
+  // its worst is not (checked with the cut below when every token is kept).
+  if (kept == 0) return -1;
 #pragma unroll
   for (int m = 0; m < kPerThread; ++m) {
     if (slot(m) >= n || static_cast<double>(better[m]) >= target) continue;
     const int64_t c = id[m] / ch.chunk;
     const int64_t part = c * kSplitWarps + (id[m] - c * ch.chunk) / ch.part;
-    atomicAdd(reinterpret_cast<unsigned long long*>(&sh.part_mass[part]),
-              static_cast<unsigned long long>(to_fixed(q[m])));
-    if (rank[m] == static_cast<int>(kept) - 1) sh.cut_prob = q[m], sh.cut_id = id[m];  // (kept ones rank first)
+    const uint64_t fixed = to_fixed(q[m]);
+    atomicAdd(reinterpret_cast<unsigned long long*>(&sh.part_mass[part]), static_cast<unsigned long long>(fixed));
+    if (rank[m] == static_cast<int>(kept) - 1) {  // (kept ones rank first)
+      sh.cut_prob = q[m], sh.cut_id = id[m];
+      sh.cut_short = kept == static_cast<uint64_t>(n) && static_cast<double>(better[m] + fixed) < target;
+    }
   }
   __syncthreads();
+  if (sh.cut_short) return -1;
   const float cut_prob = sh.cut_prob;
   const int32_t cut_id = sh.cut_id;
   return draw_from_parts(sh, args, ch, row, sh.part_mass, max_logit, max_id, [&](int64_t i, float p) -> uint64_t {
@@ -1164,7 +1264,11 @@ __global__ void __launch_bounds__(kSplitThreads)
   }
   if (ws.radix[row] >= 0) {
     const int64_t token = draw_radix(sh, args, ws, ch, row, max_logit, max_id);
-    return emit(token >= 0 ? token : max_id);
+    if (token < 0) {  // the pick missed the cut: sample_kernel takes the row
+      if (threadIdx.x == 0) ws.done[row] = 0;
+      return;
+    }
+    return emit(token);
   }
   const int n = ws.num_candidates[row];
   for (int c = threadIdx.x; c < n; c += kSplitThreads) {
@@ -1205,8 +1309,9 @@ SplitWorkspace split_workspace(void* base, int64_t rows) {
   ws.radix = ws.num_candidates + 3 * rows;
   ws.radix_count =
       reinterpret_cast<uint32_t*>(take(rows * kRadixLevels * kRadixBins * static_cast<int64_t>(sizeof(uint32_t))));
-  ws.radix_mass =
-      reinterpret_cast<uint64_t*>(take(rows * kRadixLevels * kRadixBins * static_cast<int64_t>(sizeof(uint64_t))));
+  ws.radix_excess =
+      reinterpret_cast<uint32_t*>(take(rows * kRadixLevels * kRadixBins * static_cast<int64_t>(sizeof(uint32_t))));
+  ws.radix_above = reinterpret_cast<uint64_t*>(take(rows * static_cast<int64_t>(sizeof(uint64_t))));
   ws.kept_parts =
       reinterpret_cast<uint64_t*>(take(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))));
   ws.done = reinterpret_cast<int32_t*>(take(rows * static_cast<int64_t>(sizeof(int32_t))));
@@ -1225,7 +1330,7 @@ int64_t split_sample_workspace_bytes(int64_t rows) {
          bytes(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))) +
          bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))) +
          bytes(rows * kMaxChunks * kNumFineSteps * static_cast<int64_t>(sizeof(uint32_t))) + bytes(4 * rows * 4) +
-         bytes(rows * kRadixLevels * kRadixBins * 4) + bytes(rows * kRadixLevels * kRadixBins * 8) +
+         bytes(rows * kRadixLevels * kRadixBins * 4) + bytes(rows * kRadixLevels * kRadixBins * 4) + bytes(rows * 8) +
          bytes(rows * kMaxChunks * kSplitWarps * 8) + bytes(rows * 4) + 4 * bytes(rows * kMaxCandidates * 4);
 }
 
@@ -1236,7 +1341,7 @@ cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows
   const SplitWorkspace ws = split_workspace(workspace, rows);
   launch_kernel(split_max_kernel, dim3(static_cast<unsigned>(ch.chunks), static_cast<unsigned>(rows)), kSplitThreads, 0,
                 stream, ws.partials, static_cast<int32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
-                static_cast<uint64_t*>(nullptr), logits, vocab, ch.chunk);
+                static_cast<uint32_t*>(nullptr), static_cast<uint64_t*>(nullptr), logits, vocab, ch.chunk);
   launch_kernel(argmax_final_kernel, static_cast<unsigned>(rows), 32, 0, stream, out,
                 static_cast<const ChunkMax*>(ws.partials), ch.chunks);
   return cudaGetLastError();
@@ -1252,15 +1357,17 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
   if (call.bias_or_penalties) launch_kernel(split_modify_kernel, rows, kSplitThreads, 0, stream, args);
   const dim3 grid(static_cast<unsigned>(ch.chunks), rows);
   launch_kernel(split_max_kernel, grid, kSplitThreads, 0, stream, ws.partials, ws.num_candidates,
-                call.floors ? ws.radix_count : nullptr, call.floors ? ws.radix_mass : nullptr,
-                static_cast<const float*>(args.logits), args.vocab, ch.chunk);
+                call.floors ? ws.radix_count : nullptr, call.floors ? ws.radix_excess : nullptr,
+                call.floors ? ws.radix_above : nullptr, static_cast<const float*>(args.logits), args.vocab, ch.chunk);
   using StatsKernel = void (*)(SampleKernelArgs, SplitWorkspace, Chunking);
   constexpr StatsKernel kStatsKernels[kNumStatsKernels] = {
       split_stats_kernel<0>, split_stats_kernel<1>, split_stats_kernel<2>, split_stats_kernel<3>,
       split_stats_kernel<4>, split_stats_kernel<5>, split_stats_kernel<6>, split_stats_kernel<7>};
   const int counts = (call.near ? kCountNear : 0) | (call.floors ? kCountFloors : 0) | (call.logprobs ? kSumExp : 0);
   launch_kernel(kStatsKernels[counts], grid, kSplitThreads, 0, stream, args, ws, ch);
-  if (call.gathers) launch_kernel(split_gather_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
+  constexpr StatsKernel kGatherKernels[] = {split_gather_kernel<0>, split_gather_kernel<1>, split_gather_kernel<2>,
+                                            split_gather_kernel<3>};
+  if (call.gathers) launch_kernel(kGatherKernels[counts & 3], grid, kSplitThreads, 0, stream, args, ws, ch);
   if (call.cuts) launch_kernel(split_gather_refined_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
   if (call.floors) launch_kernel(split_radix_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
   launch_kernel(split_draw_kernel, rows, kSplitThreads, 0, stream, args, ws, ch);
