@@ -10,10 +10,11 @@
 //   2. split_stats_kernel: each warp's mass (fixed point, relative to the row's maximum) of
 //      its contiguous part of the chunk, and the chunk's prefilter counts as sample_kernel
 //      makes them (logits within each gap of the maximum for top-k and the top
-//      log-probabilities, mass and count at or above each floor for top-p) and its sum of
-//      exp(logit - max) for the log-normaliser;
-//   3. split_gather_kernel (calls that select): the tightest prefilter bounds that hold the
-//      kept set and the top log-probabilities, as sample_kernel picks them; when at most
+//      log-probabilities, count and mass at or above each floor for top-p, the mass a
+//      rounded-down float sum) and its sum of exp(logit - max) for the log-normaliser;
+//   3. split_gather_kernel (calls that select): the tightest prefilter bounds that provably
+//      hold the kept set and the top log-probabilities, as sample_kernel picks them (a
+//      top-p floor may be one wider, by the rounding of its mass); when at most
 //      kMaxCandidates logits pass each, the blocks append them to the row's lists. When a
 //      top-k row's gap takes in more than that while the gap before it holds fewer than k
 //      logits (its k-th logit far below the maximum with the bulk of the row farther
@@ -534,14 +535,14 @@ __device__ __forceinline__ void append_candidate(int32_t* count, int32_t* ids, f
 // sample_kernel keeps them), adds the kept ones to their parts' masses, and walks one part
 // for the draw. Those sums are integers, so the kept set and the token are sample_kernel's.
 //
-// The pick itself only has to be right, not exact: a histogram bin holds a count and an
+// The pick itself only has to be right, not exact. A histogram bin holds a count and an
 // excess (the sum of its tokens' offsets above the bin's lowest probability, in units of
-// the float spacing there, the lowest bits dropped at the first level) — two 32-bit
-// shared-memory atomics a token, where an exact 64-bit mass took a compare-and-swap loop —
-// (the mass above the bracket is exact: the first level's pass sums it). The draw checks with the
-// exact sums that the cut lies in the bin (the mass above it is below the target, the mass
-// with it is not) and otherwise leaves the row to sample_kernel (a target within ~1e-6 of
-// a bin's edge).
+// the float spacing there, the lowest bits dropped at the first level): two 32-bit
+// shared-memory atomics a token, where an exact 64-bit mass took a compare-and-swap loop.
+// The mass above the bracket is exact (the first level's pass sums it). The draw checks with
+// the exact sums that the cut lies in the picked bin (the mass above it is below the target,
+// the mass with it is not) and otherwise leaves the row to sample_kernel (a target within
+// ~1e-6 of a bin's edge).
 
 // The probabilities a row's radix select orders: [low, high) (high: infinite when the
 // bracket reaches the top floor, whose bracket holds the top token's probability 1), and
