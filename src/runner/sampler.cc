@@ -258,6 +258,14 @@ float bucket_floor(size_t bucket) { return std::bit_cast<float>(static_cast<uint
 // The effective min-p: in [0, 1], so the top token always survives.
 float clamped_min_p(float min_p) { return min_p > 0.0f ? std::min(min_p, 1.0f) : 0.0f; }
 
+// frequency * count + presence with the product rounded before the sum, as the CUDA
+// sampler computes it (__fmul_rn, __fadd_rn): left alone, the compiler may fuse the two
+// into one FMA at some optimisation levels and not others (volatile keeps them apart).
+float occurrence_penalty(float frequency, int32_t count, float presence) {
+  const volatile float scaled = frequency * static_cast<float>(count);
+  return scaled + presence;
+}
+
 }  // namespace
 
 // One pass: per lane, the largest value and where it first occurs; then the lowest such
@@ -350,7 +358,7 @@ void Sampler::apply_penalties(std::span<float> logits, std::span<const int32_t> 
     if (slot.token_id < 0) continue;
     float& logit = logits[static_cast<size_t>(slot.token_id)];
     if (use_repetition) logit = logit > 0.0f ? logit / repetition : logit * repetition;
-    if (slot.output_count > 0) logit -= frequency * static_cast<float>(slot.output_count) + presence;
+    if (slot.output_count > 0) logit -= occurrence_penalty(frequency, slot.output_count, presence);
   }
 }
 
