@@ -554,11 +554,15 @@ struct RadixBracket {
 // A flat row's bracket, as split_gather_kernel encodes it in ws.radix: the floor below
 // (whose rounded-down mass reaches the target) and the floor above, one floor apart unless
 // the rounding leaves a floor in between that may hold the target too (radix_code).
-__device__ __forceinline__ int radix_code(int low_floor, int high_floor) { return low_floor + 8 * (high_floor + 1); }
+constexpr int kFloorCodes = 8;  // a floor's field in the code
+static_assert(kNumFloors <= kFloorCodes, "radix_code holds every floor");
+__device__ __forceinline__ int radix_code(int low_floor, int high_floor) {
+  return low_floor + kFloorCodes * (high_floor + 1);
+}
 __device__ __forceinline__ RadixBracket radix_bracket(int code) {
-  const int low_floor = code % 8, high_floor = code / 8 - 1;  // (-1: none above)
-  const int floors = low_floor - high_floor;                  // 4 binades each
-  const int bits = 23 + 2 + (32 - __clz(floors - 1));         // ceil(log2(4 binades x floors x 2^23))
+  const int low_floor = code % kFloorCodes, high_floor = code / kFloorCodes - 1;  // (-1: none above)
+  const int floors = low_floor - high_floor;                                      // 4 binades each
+  const int bits = 23 + 2 + (32 - __clz(floors - 1));  // ceil(log2(4 binades x floors x 2^23))
   return RadixBracket{mass_floor(low_floor), high_floor >= 0 ? mass_floor(high_floor) : INFINITY,
                       bits - kRadixLevels * kRadixBits};
 }
@@ -1360,15 +1364,18 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
   launch_kernel(split_max_kernel, grid, kSplitThreads, 0, stream, ws.partials, ws.num_candidates,
                 call.floors ? ws.radix_count : nullptr, call.floors ? ws.radix_excess : nullptr,
                 call.floors ? ws.radix_above : nullptr, static_cast<const float*>(args.logits), args.vocab, ch.chunk);
-  using StatsKernel = void (*)(SampleKernelArgs, SplitWorkspace, Chunking);
-  constexpr StatsKernel kStatsKernels[kNumStatsKernels] = {
+  using SplitKernel = void (*)(SampleKernelArgs, SplitWorkspace, Chunking);
+  constexpr SplitKernel kStatsKernels[kNumStatsKernels] = {
       split_stats_kernel<0>, split_stats_kernel<1>, split_stats_kernel<2>, split_stats_kernel<3>,
       split_stats_kernel<4>, split_stats_kernel<5>, split_stats_kernel<6>, split_stats_kernel<7>};
   const int counts = (call.near ? kCountNear : 0) | (call.floors ? kCountFloors : 0) | (call.logprobs ? kSumExp : 0);
   launch_kernel(kStatsKernels[counts], grid, kSplitThreads, 0, stream, args, ws, ch);
-  constexpr StatsKernel kGatherKernels[] = {split_gather_kernel<0>, split_gather_kernel<1>, split_gather_kernel<2>,
+  // (the gather kernel compiles its selections by the same bits: kCountNear, kCountFloors)
+  constexpr SplitKernel kGatherKernels[] = {split_gather_kernel<0>, split_gather_kernel<1>, split_gather_kernel<2>,
                                             split_gather_kernel<3>};
-  if (call.gathers) launch_kernel(kGatherKernels[counts & 3], grid, kSplitThreads, 0, stream, args, ws, ch);
+  if (call.gathers) {
+    launch_kernel(kGatherKernels[counts & (kCountNear | kCountFloors)], grid, kSplitThreads, 0, stream, args, ws, ch);
+  }
   if (call.cuts) launch_kernel(split_gather_refined_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
   if (call.floors) launch_kernel(split_radix_kernel, grid, kSplitThreads, 0, stream, args, ws, ch);
   launch_kernel(split_draw_kernel, rows, kSplitThreads, 0, stream, args, ws, ch);
