@@ -275,7 +275,7 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
   const size_t records_bytes = any_logprobs ? align_up(num_rows * kLogprobsRecord * sizeof(DeviceTokenLogprob)) : 0;
   // Device only, after the ids and records: the split paths' workspace.
   const size_t host_bytes = upload_bytes + ids_bytes + records_bytes;
-  const size_t dev_bytes = host_bytes + align_up(static_cast<size_t>(cuda::split_sample_workspace_bytes(rows)));
+  const size_t dev_bytes = host_bytes + align_up(static_cast<size_t>(cuda::split_sample_workspace_bytes(rows, vocab)));
   const int slot_index = next_sample_slot_;
   SampleStaging& slot = sample_staging_[slot_index];
   RETURN_IF_ERROR(reserve_sample_staging(slot, host_bytes, dev_bytes));
@@ -373,7 +373,7 @@ Result<AsyncSample> CudaBackend::sample_async(TensorView logits, const DeviceSam
         call.cuts |= plan.cut != cuda::SamplingCut::kNone;
       }
       launched = cuda::launch_split_sample(k, call, split_workspace, num_sms_, stream_);
-      last_split_done_ = cuda::split_sample_done_flags(split_workspace, rows);
+      last_split_done_ = cuda::split_sample_done_flags(split_workspace, rows, vocab);
       last_split_rows_ = rows;
       break;
     }

@@ -363,8 +363,9 @@ struct SampleKernelArgs {
 };
 cudaError_t launch_sample(const SampleKernelArgs& args, cudaStream_t stream);
 // --- cuda_sampling_split.cu: rows split over many blocks ---------------------------------
-// The workspace launch_split_sample and launch_greedy_argmax need for `rows` rows.
-int64_t split_sample_workspace_bytes(int64_t rows);
+// The workspace launch_split_sample and launch_greedy_argmax need for `rows` rows of `vocab`
+// logits.
+int64_t split_sample_workspace_bytes(int64_t rows, int64_t vocab);
 // What the host knows of a call's rows that saves work: whether some row has a bias or a
 // penalty to apply; counts logits near its maximum (a top-k cut or top log-probabilities),
 // counts probability floors (a top-p cut), or reports log-probabilities; whether some row
@@ -385,7 +386,7 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
                                 cudaStream_t stream);
 // Where launch_split_sample leaves, in `workspace`, which rows it sampled (1) and which it
 // left to launch_sample (0): [rows] int32, valid once the call's kernels have run.
-const int32_t* split_sample_done_flags(void* workspace, int64_t rows);
+const int32_t* split_sample_done_flags(void* workspace, int64_t rows, int64_t vocab);
 // Calls of launch_split_sample so far, process-wide (tests check the dispatch with it).
 int64_t split_sample_launches();
 // The same token for a call whose rows are all greedy without a bias or penalties (logits

@@ -6,7 +6,9 @@
 // for one row, 8-14% of a 1.5B decode step). Here chunks of a row go to separate blocks:
 //   0. (calls with a bias or penalties) one block a row applies them, as sample_kernel does
 //      (in place: a row that reports log-probabilities may have neither);
-//   1. split_max_kernel: each chunk's (maximum, lowest id);
+//   1. split_max_kernel: each chunk's (maximum, lowest id) and, in calls that select, each
+//      segment's maximum (kSegment: the passes of steps 3-5 skip the segments that hold no
+//      logit their bounds take in);
 //   2. split_stats_kernel: each warp's mass (fixed point, relative to the row's maximum) of
 //      its contiguous part of the chunk, and the chunk's prefilter counts as sample_kernel
 //      makes them (logits within each gap of the maximum for top-k and the top
@@ -69,6 +71,11 @@ constexpr int kSplitWarps = kSplitThreads / 32;  // the parts of a chunk
 constexpr int kMaxChunks = 64;
 constexpr int64_t kMinChunk = 2048;  // values a block scans at least
 constexpr int kLoadsInFlight = 8;
+// A segment: what a warp loads at once (kLoadsInFlight values a lane) from its part of a
+// chunk. split_max_kernel records each segment's maximum, and the passes after the stats
+// pass skip the segments that hold no logit their bounds take in: a sharp row (a trained
+// model's, most of its mass in a few tokens) is then read in full twice, not four times.
+constexpr int kSegment = 32 * kLoadsInFlight;
 // The gather kernel's blocks resident on an SM for calls of top-p rows (at most 64
 // registers a thread): a call's 2 x SMs blocks (split_chunking) then run in one wave, where
 // 3 a SM took two.
@@ -104,7 +111,10 @@ struct ChunkStats {
 
 // The workspace, [rows] of each (launch_split_sample lays it out).
 struct SplitWorkspace {
-  ChunkMax* partials;    // [kMaxChunks]: each chunk's (maximum, lowest id)
+  ChunkMax* partials;  // [kMaxChunks]: each chunk's (maximum, lowest id)
+  // [segment_stride(vocab)]: each segment's maximum (NaN ignored; -inf when none), chunk c's
+  // part w's segment s at (c * kSplitWarps + w) * Chunking::segments + s.
+  float* segment_max;
   uint64_t* parts;       // [kMaxChunks * kSplitWarps]: each part's mass
   ChunkStats* stats;     // [kMaxChunks]
   uint32_t* fine_count;  // [kMaxChunks * kNumFineSteps]: each chunk's count within each step of a refined gap
@@ -133,7 +143,14 @@ struct Chunking {
   int chunks;
   int64_t chunk;
   int64_t part;
+  int segments;  // a part's
 };
+
+// A row's room for its segments' maxima, for any chunking of a row of `vocab` logits (each
+// part's last segment may be short).
+__host__ __device__ int64_t segment_stride(int64_t vocab) {
+  return vocab / kSegment + 1 + int64_t{kMaxChunks} * (kSplitWarps + 1);
+}
 
 Chunking split_chunking(int64_t rows, int64_t vocab, int num_sms) {
   // About two blocks per SM in all, chunks of at least kMinChunk values.
@@ -143,11 +160,22 @@ Chunking split_chunking(int64_t rows, int64_t vocab, int num_sms) {
   if (chunks > kMaxChunks) chunks = kMaxChunks;
   if (chunks < 1) chunks = 1;
   const int64_t chunk = (vocab + chunks - 1) / chunks;
-  return Chunking{static_cast<int>(chunks), chunk, (chunk + kSplitWarps - 1) / kSplitWarps};
+  const int64_t part = (chunk + kSplitWarps - 1) / kSplitWarps;
+  return Chunking{static_cast<int>(chunks), chunk, part, static_cast<int>((part + kSegment - 1) / kSegment)};
 }
 
 __device__ __forceinline__ int64_t chunk_end(const Chunking& ch, int64_t c, int64_t vocab) {
   return min(vocab, (c + 1) * ch.chunk);
+}
+
+// Warp w's part of chunk c: [begin, end) (empty past the row's end).
+struct Part {
+  int64_t begin, end;
+};
+__device__ __forceinline__ Part part_of(const Chunking& ch, int64_t c, int w, int64_t vocab) {
+  const int64_t end_of_chunk = chunk_end(ch, c, vocab);
+  const int64_t begin = min(end_of_chunk, c * ch.chunk + w * ch.part);
+  return Part{begin, min(end_of_chunk, begin + ch.part)};
 }
 
 // Calls fn(i, x[i]) for i = first, first + kStride, ... below end, in increasing order,
@@ -170,17 +198,57 @@ __device__ __forceinline__ void for_each_strided(const float* x, int64_t first, 
   }
 }
 
-// Also clears the row's counters (num_candidates: non-null when the call gathers) and
-// radix select's sums (radix_count, radix_excess, radix_above: non-null when it has top-p
+// A bound on probabilities, for a segment's maximum: whether a logit at or below `max` may
+// have a probability of at least `floor` (relative_prob of max without min-p, which only
+// lowers it; expf, within 2 ulp, may put a lower logit's probability a few ulp above a
+// higher one's, hence the margin).
+__device__ __forceinline__ bool may_reach(float max, float max_logit, float inv_temperature, float floor) {
+  return expf((max - max_logit) * inv_temperature) >= floor * (1.0f - 0x1.0p-20f);
+}
+
+// Calls fn(i, x[i]) for each i of the calling warp's part of the row whose segment's maximum
+// passes keep(maximum) (the segments that fail hold no logit the caller counts), in
+// increasing order within each lane. Every lane of the warp calls it.
+template <typename Keep, typename Fn>
+__device__ __forceinline__ void for_each_kept_segment(const float* x, const float* segment_max, Part part, Keep&& keep,
+                                                      Fn&& fn) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const auto segments = static_cast<int>((part.end - part.begin + kSegment - 1) / kSegment);
+  for (int first = 0; first < segments; first += 32) {
+    // (the maxima of 32 segments at once, then the kept ones one by one)
+    const int s = first + lane;
+    uint32_t kept = __ballot_sync(0xffffffffu, s < segments && keep(segment_max[s]));
+    while (kept != 0) {
+      const int64_t base = part.begin + static_cast<int64_t>(first + __ffs(kept) - 1) * kSegment;
+      kept &= kept - 1;
+      for_each_strided<32>(x, base + lane, min(part.end, base + kSegment), fn);
+    }
+  }
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Each chunk's (maximum, lowest id) and, when segment_max is non-null, each segment's
+// maximum. Also clears the row's counters (num_candidates: non-null when the call gathers)
+// and radix select's sums (radix_count, radix_excess, radix_above: non-null when it has top-p
 // rows).
+// kBySegment: each warp reads its part's segments, last to first (the pass alone takes ~45
+// us at 256 rows on an H200 against ~55 striding); else the block strides through its chunk,
+// as calls that do not select take it: their sample() took 150-160 us at 256 rows this way
+// against 165-170 last to first and 180-190 first to last (probably what each order leaves
+// in L2 for the stats pass that follows; docs/PERF.md, twenty-third session).
+template <bool kBySegment>
 __global__ void __launch_bounds__(kSplitThreads)
-    split_max_kernel(ChunkMax* partials, int32_t* num_candidates, uint32_t* radix_count, uint32_t* radix_excess,
-                     uint64_t* radix_above, const float* logits, int64_t vocab, int64_t chunk) {
+    split_max_kernel(ChunkMax* partials, float* segment_max, int32_t* num_candidates, uint32_t* radix_count,
+                     uint32_t* radix_excess, uint64_t* radix_above, const float* logits, int64_t vocab, Chunking ch) {
   pdl_wait();
   pdl_launch_dependents();
   const int64_t row = blockIdx.y;
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * chunk;
-  const int64_t end = begin + chunk < vocab ? begin + chunk : vocab;
   const float* x = logits + row * vocab;
   if (num_candidates != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
     num_candidates[row] = 0;
@@ -197,14 +265,45 @@ __global__ void __launch_bounds__(kSplitThreads)
       radix_excess[at + b] = 0;
     }
   }
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   float best = -INFINITY;
   int64_t best_id = 0;
-  for_each_strided<kSplitThreads>(x, begin + threadIdx.x, end, [&](int64_t i, float v) {
-    if (v > best) best = v, best_id = i;  // (ids rise)
-  });
+  if constexpr (!kBySegment) {
+    const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
+    for_each_strided<kSplitThreads>(x, begin + threadIdx.x, chunk_end(ch, blockIdx.x, vocab), [&](int64_t i, float v) {
+      if (v > best) best = v, best_id = i;  // (ids rise)
+    });
+  }
+  const Part part = part_of(ch, blockIdx.x, warp, vocab);
+  float* segments = segment_max == nullptr ? nullptr
+                                           : segment_max + row * segment_stride(vocab) +
+                                                 (static_cast<int64_t>(blockIdx.x) * kSplitWarps + warp) * ch.segments;
+  for (auto s = kBySegment ? static_cast<int>((part.end - part.begin + kSegment - 1) / kSegment) - 1 : -1; s >= 0;
+       --s) {  // (uniform in the warp)
+    const int64_t base = part.begin + static_cast<int64_t>(s) * kSegment;
+    float v[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int64_t i = base + lane + int64_t{u} * 32;
+      v[u] = i < part.end ? x[i] : -INFINITY;
+    }
+    float m = -INFINITY;  // (fmaxf ignores NaN)
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u)
+      m = fmaxf(m, v[u]);
+    if (m > best || (m == best && m > -INFINITY)) {  // (the lane's ids fall: its first of the maximum)
+      best = m;
+#pragma unroll
+      for (int u = kLoadsInFlight - 1; u >= 0; --u)
+        if (v[u] == m) best_id = base + lane + int64_t{u} * 32;
+    }
+    if (segments != nullptr) {
+      m = warp_max(m);
+      if (lane == 0) segments[s] = m;
+    }
+  }
   warp_best(best, best_id);
   __shared__ ChunkMax warps[kSplitWarps];
-  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   if (lane == 0) warps[warp] = ChunkMax{best, static_cast<int32_t>(best_id)};
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -353,14 +452,12 @@ __global__ void __launch_bounds__(kSplitThreads)
   const float inv_temperature = plan.draws ? 1.0f / a.temperature : 0.0f;
   const float min_p = sampling::clamped_min_p(a);
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  const int64_t end_of_chunk = chunk_end(ch, blockIdx.x, vocab);
-  const int64_t begin = min(end_of_chunk, blockIdx.x * ch.chunk + warp * ch.part);
-  const int64_t end = min(end_of_chunk, begin + ch.part);
+  const Part part = part_of(ch, blockIdx.x, warp, vocab);
   const float* x = args.logits + row * vocab;
   uint64_t mass = 0;
   ChunkStats t = {};  // this thread's
   float sum_exp = 0.0f;
-  for_each_strided<32>(x, begin + lane, end, [&](int64_t, float v) {
+  for_each_strided<32>(x, part.begin + lane, part.end, [&](int64_t, float v) {
     if (plan.draws) {
       const float p = relative_prob(v, max_logit, inv_temperature, min_p);
       mass += to_fixed(p);
@@ -390,6 +487,14 @@ __global__ void __launch_bounds__(kSplitThreads)
     if (plan.gathers() || plan.top_logprobs >= 0)
       store_chunk_stats(t, sum_exp, &ws.stats[row * ch.chunks + blockIdx.x]);
   }
+}
+
+// The segment maxima of the calling warp's part of chunk blockIdx.x of the row.
+__device__ __forceinline__ const float* part_segments(const SplitWorkspace& ws, const Chunking& ch, int64_t row,
+                                                      int64_t vocab) {
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  return ws.segment_max + row * segment_stride(vocab) +
+         (static_cast<int64_t>(blockIdx.x) * kSplitWarps + warp) * ch.segments;
 }
 
 // The row's prefilter counts summed over its chunks; every lane of the calling warp gets
@@ -468,13 +573,15 @@ __device__ void count_fine_steps(const SampleKernelArgs& args, const SplitWorksp
     bounds[f] = r.max_logit - fine_gap(j, f);
     counts[f] = 0;
   }
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
-  const int64_t end = chunk_end(ch, blockIdx.x, args.vocab);
-  for_each_strided<kSplitThreads>(args.logits + row * args.vocab, begin + threadIdx.x, end, [&](int64_t, float v) {
+  const float widest = bounds[kNumFineSteps - 1];
+  for_each_kept_segment(
+      args.logits + row * args.vocab, part_segments(ws, ch, row, args.vocab),
+      part_of(ch, blockIdx.x, static_cast<int>(threadIdx.x) / 32, args.vocab), [&](float m) { return m >= widest; },
+      [&](int64_t, float v) {
 #pragma unroll
-    for (int f = 0; f < kNumFineSteps; ++f)
-      counts[f] += v >= bounds[f] ? 1u : 0u;
-  });
+        for (int f = 0; f < kNumFineSteps; ++f)
+          counts[f] += v >= bounds[f] ? 1u : 0u;
+      });
   __shared__ uint32_t warp_counts[kSplitWarps][kNumFineSteps];
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
 #pragma unroll
@@ -649,6 +756,8 @@ struct RadixRow {
   float max_logit, inv_temperature, min_p;
   RadixBracket bracket;
   __device__ float prob(float v) const { return relative_prob(v, max_logit, inv_temperature, min_p); }
+  // Whether a segment of maximum m may hold a token of the bracket or above it.
+  __device__ bool may_reach(float m) const { return bw::cuda::may_reach(m, max_logit, inv_temperature, bracket.low); }
 };
 __device__ __forceinline__ RadixRow radix_row(const RowStart& r, int code) {
   return RadixRow{r.max_logit, 1.0f / r.a.temperature, sampling::clamped_min_p(r.a), radix_bracket(code)};
@@ -666,20 +775,21 @@ __device__ void radix_histogram(const SampleKernelArgs& args, const SplitWorkspa
   const int shift = in.shift - kRadixBits;  // this level's bins
   const uint32_t in_bin = (1u << (shift + rr.bracket.key_drop)) - 1;
   const int drop = radix_excess_drop(rr.bracket, shift);
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
-  const int64_t end = chunk_end(ch, blockIdx.x, args.vocab);
   uint64_t above = 0;
-  for_each_strided<kSplitThreads>(args.logits + row * args.vocab, begin + threadIdx.x, end, [&](int64_t, float v) {
-    const float p = rr.prob(v);
-    if (p >= rr.bracket.high && level == 0) above += to_fixed(p);
-    if (p < rr.bracket.low || p >= rr.bracket.high) return;
-    const uint32_t offset = radix_offset(p, rr.bracket);
-    const uint32_t key = offset >> rr.bracket.key_drop;
-    if ((key >> in.shift) != in.value) return;
-    const int bin = static_cast<int>((key >> shift) & (kRadixBins - 1));
-    atomicAdd(&counts[bin], 1u);
-    atomicAdd(&excess[bin], (offset & in_bin) >> drop);
-  });
+  for_each_kept_segment(
+      args.logits + row * args.vocab, part_segments(ws, ch, row, args.vocab),
+      part_of(ch, blockIdx.x, static_cast<int>(threadIdx.x) / 32, args.vocab), [&](float m) { return rr.may_reach(m); },
+      [&](int64_t, float v) {
+        const float p = rr.prob(v);
+        if (p >= rr.bracket.high && level == 0) above += to_fixed(p);
+        if (p < rr.bracket.low || p >= rr.bracket.high) return;
+        const uint32_t offset = radix_offset(p, rr.bracket);
+        const uint32_t key = offset >> rr.bracket.key_drop;
+        if ((key >> in.shift) != in.value) return;
+        const int bin = static_cast<int>((key >> shift) & (kRadixBins - 1));
+        atomicAdd(&counts[bin], 1u);
+        atomicAdd(&excess[bin], (offset & in_bin) >> drop);
+      });
   if (level == 0) {
     above = warp_sum(above);
     if (threadIdx.x % 32 == 0 && above > 0)
@@ -700,23 +810,23 @@ __device__ void radix_histogram(const SampleKernelArgs& args, const SplitWorkspa
 __device__ void radix_gather(const SampleKernelArgs& args, const SplitWorkspace& ws, const Chunking& ch, int64_t row,
                              const RadixRow& rr, const RadixBin& bin) {
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
-  const int64_t end_of_chunk = chunk_end(ch, blockIdx.x, args.vocab);
-  const int64_t begin = min(end_of_chunk, blockIdx.x * ch.chunk + warp * ch.part);
-  const int64_t end = min(end_of_chunk, begin + ch.part);
   uint64_t above = 0;
-  for_each_strided<32>(args.logits + row * args.vocab, begin + lane, end, [&](int64_t i, float v) {
-    const float p = rr.prob(v);
-    if (p >= rr.bracket.high) {
-      above += to_fixed(p);
-    } else if (p >= rr.bracket.low) {
-      const uint32_t key = (radix_offset(p, rr.bracket) >> rr.bracket.key_drop) >> bin.shift;
-      if (key > bin.value) above += to_fixed(p);
-      if (key == bin.value) {
-        append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
-                         ws.candidate_logits + row * kMaxCandidates, i, v);
-      }
-    }
-  });
+  for_each_kept_segment(
+      args.logits + row * args.vocab, part_segments(ws, ch, row, args.vocab), part_of(ch, blockIdx.x, warp, args.vocab),
+      [&](float m) { return rr.may_reach(m); },
+      [&](int64_t i, float v) {
+        const float p = rr.prob(v);
+        if (p >= rr.bracket.high) {
+          above += to_fixed(p);
+        } else if (p >= rr.bracket.low) {
+          const uint32_t key = (radix_offset(p, rr.bracket) >> rr.bracket.key_drop) >> bin.shift;
+          if (key > bin.value) above += to_fixed(p);
+          if (key == bin.value) {
+            append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
+                             ws.candidate_logits + row * kMaxCandidates, i, v);
+          }
+        }
+      });
   above = warp_sum(above);
   if (lane == 0) ws.kept_parts[(row * ch.chunks + blockIdx.x) * kSplitWarps + warp] = above;
 }
@@ -836,24 +946,31 @@ __global__ void __launch_bounds__(kSplitThreads, kCounts == kCountFloors ? kGath
     if (radix >= 0)
       radix_histogram(args, ws, ch, row, radix_row(r, radix), 0, RadixBin{kRadixLevels * kRadixBits, 0, 0, 0});
   }
+  // (no pass when a refinement or the radix select takes the cut and the row reports no top
+  // log-probabilities)
   const float floor = refine >= 0 || radix >= 0 ? INFINITY : bound;
   const float top_floor = r.plan.top_logprobs > 0 ? top_bound : INFINITY;
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
-  const int64_t end = chunk_end(ch, blockIdx.x, vocab);
-  const float* x = args.logits + row * vocab;
-  for_each_strided<kSplitThreads>(x, begin + threadIdx.x, end, [&](int64_t i, float v) {
-    const bool pass = r.plan.cut == SamplingCut::kTopK ? v >= floor
-                      : r.plan.cut == SamplingCut::kTopP
-                          ? relative_prob(v, r.max_logit, inv_temperature, min_p) >= floor
-                          : false;
-    if (pass) {
-      append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
-                       ws.candidate_logits + row * kMaxCandidates, i, v);
-    }
-    if (v >= top_floor) {
-      append_candidate(&ws.num_top[row], ws.top_ids + row * kMaxCandidates, ws.top_logits + row * kMaxCandidates, i, v);
-    }
-  });
+  if (floor == INFINITY && top_floor == INFINITY) return;
+  const bool top_k = r.plan.cut == SamplingCut::kTopK, top_p = r.plan.cut == SamplingCut::kTopP;
+  const auto may_pass = [&](float m) {
+    return m >= top_floor || (top_k && m >= floor) ||
+           (top_p && floor != INFINITY && may_reach(m, r.max_logit, inv_temperature, floor));
+  };
+  for_each_kept_segment(args.logits + row * vocab, part_segments(ws, ch, row, vocab),
+                        part_of(ch, blockIdx.x, static_cast<int>(threadIdx.x) / 32, vocab), may_pass,
+                        [&](int64_t i, float v) {
+                          const bool pass = top_k   ? v >= floor
+                                            : top_p ? relative_prob(v, r.max_logit, inv_temperature, min_p) >= floor
+                                                    : false;
+                          if (pass) {
+                            append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
+                                             ws.candidate_logits + row * kMaxCandidates, i, v);
+                          }
+                          if (v >= top_floor) {
+                            append_candidate(&ws.num_top[row], ws.top_ids + row * kMaxCandidates,
+                                             ws.top_logits + row * kMaxCandidates, i, v);
+                          }
+                        });
 }
 
 // Rows whose gap split_gather_kernel refined: the tightest step that holds at least k
@@ -899,14 +1016,15 @@ __global__ void __launch_bounds__(kSplitThreads)
     return;
   }
   const float floor = bound;
-  const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
-  const int64_t end = chunk_end(ch, blockIdx.x, args.vocab);
-  for_each_strided<kSplitThreads>(args.logits + row * args.vocab, begin + threadIdx.x, end, [&](int64_t i, float v) {
-    if (v >= floor) {
-      append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
-                       ws.candidate_logits + row * kMaxCandidates, i, v);
-    }
-  });
+  for_each_kept_segment(
+      args.logits + row * args.vocab, part_segments(ws, ch, row, args.vocab),
+      part_of(ch, blockIdx.x, static_cast<int>(threadIdx.x) / 32, args.vocab), [&](float m) { return m >= floor; },
+      [&](int64_t i, float v) {
+        if (v >= floor) {
+          append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
+                           ws.candidate_logits + row * kMaxCandidates, i, v);
+        }
+      });
 }
 
 // The radix select's second level (rows whose first level's bin held too many tokens).
@@ -1294,15 +1412,19 @@ __global__ void __launch_bounds__(kSplitThreads)
   emit(token >= 0 ? token : max_id);
 }
 
-SplitWorkspace split_workspace(void* base, int64_t rows) {
+// The workspace's arrays from `base` on, for `rows` rows of `vocab` logits; *bytes (when
+// given) gets their size (split_sample_workspace_bytes lays it out from base 0).
+SplitWorkspace split_workspace(void* base, int64_t rows, int64_t vocab, int64_t* bytes = nullptr) {
   SplitWorkspace ws;
-  char* p = static_cast<char*>(base);
-  const auto take = [&](int64_t bytes) {
-    char* at = p;
-    p += (bytes + 255) / 256 * 256;
-    return at;
+  const auto start = reinterpret_cast<std::uintptr_t>(base);
+  std::uintptr_t at = start;
+  const auto take = [&](int64_t n) {
+    const std::uintptr_t p = at;
+    at += static_cast<std::uintptr_t>((n + 255) / 256 * 256);
+    return p;
   };
   ws.partials = reinterpret_cast<ChunkMax*>(take(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkMax))));
+  ws.segment_max = reinterpret_cast<float*>(take(rows * segment_stride(vocab) * static_cast<int64_t>(sizeof(float))));
   ws.parts =
       reinterpret_cast<uint64_t*>(take(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))));
   ws.stats = reinterpret_cast<ChunkStats*>(take(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))));
@@ -1324,29 +1446,27 @@ SplitWorkspace split_workspace(void* base, int64_t rows) {
   ws.candidate_logits = reinterpret_cast<float*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(float))));
   ws.top_ids = reinterpret_cast<int32_t*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(int32_t))));
   ws.top_logits = reinterpret_cast<float*>(take(rows * kMaxCandidates * static_cast<int64_t>(sizeof(float))));
+  if (bytes != nullptr) *bytes = static_cast<int64_t>(at - start);
   return ws;
 }
 
 }  // namespace
 
-int64_t split_sample_workspace_bytes(int64_t rows) {
-  const auto bytes = [](int64_t n) { return (n + 255) / 256 * 256; };
-  return bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkMax))) +
-         bytes(rows * kMaxChunks * kSplitWarps * static_cast<int64_t>(sizeof(uint64_t))) +
-         bytes(rows * kMaxChunks * static_cast<int64_t>(sizeof(ChunkStats))) +
-         bytes(rows * kMaxChunks * kNumFineSteps * static_cast<int64_t>(sizeof(uint32_t))) + bytes(4 * rows * 4) +
-         bytes(rows * kRadixLevels * kRadixBins * 4) + bytes(rows * kRadixLevels * kRadixBins * 4) + bytes(rows * 8) +
-         bytes(rows * kMaxChunks * kSplitWarps * 8) + bytes(rows * 4) + 4 * bytes(rows * kMaxCandidates * 4);
+int64_t split_sample_workspace_bytes(int64_t rows, int64_t vocab) {
+  int64_t bytes = 0;
+  split_workspace(nullptr, rows, vocab, &bytes);
+  return bytes;
 }
 
 cudaError_t launch_greedy_argmax(int32_t* out, const float* logits, int64_t rows, int64_t vocab, void* workspace,
                                  int num_sms, cudaStream_t stream) {
   if (rows <= 0) return cudaSuccess;
   const Chunking ch = split_chunking(rows, vocab, num_sms);
-  const SplitWorkspace ws = split_workspace(workspace, rows);
-  launch_kernel(split_max_kernel, dim3(static_cast<unsigned>(ch.chunks), static_cast<unsigned>(rows)), kSplitThreads, 0,
-                stream, ws.partials, static_cast<int32_t*>(nullptr), static_cast<uint32_t*>(nullptr),
-                static_cast<uint32_t*>(nullptr), static_cast<uint64_t*>(nullptr), logits, vocab, ch.chunk);
+  const SplitWorkspace ws = split_workspace(workspace, rows, vocab);
+  launch_kernel(split_max_kernel<true>, dim3(static_cast<unsigned>(ch.chunks), static_cast<unsigned>(rows)),
+                kSplitThreads, 0, stream, ws.partials, static_cast<float*>(nullptr), static_cast<int32_t*>(nullptr),
+                static_cast<uint32_t*>(nullptr), static_cast<uint32_t*>(nullptr), static_cast<uint64_t*>(nullptr),
+                logits, vocab, ch);
   launch_kernel(argmax_final_kernel, static_cast<unsigned>(rows), 32, 0, stream, out,
                 static_cast<const ChunkMax*>(ws.partials), ch.chunks);
   return cudaGetLastError();
@@ -1357,13 +1477,15 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
   if (args.rows <= 0) return cudaSuccess;
   g_split_samples.fetch_add(1, std::memory_order_relaxed);
   const Chunking ch = split_chunking(args.rows, args.vocab, num_sms);
-  const SplitWorkspace ws = split_workspace(workspace, args.rows);
+  if (int64_t{ch.chunks} * kSplitWarps * ch.segments > segment_stride(args.vocab)) return cudaErrorInvalidValue;
+  const SplitWorkspace ws = split_workspace(workspace, args.rows, args.vocab);
   const auto rows = static_cast<unsigned>(args.rows);
   if (call.bias_or_penalties) launch_kernel(split_modify_kernel, rows, kSplitThreads, 0, stream, args);
   const dim3 grid(static_cast<unsigned>(ch.chunks), rows);
-  launch_kernel(split_max_kernel, grid, kSplitThreads, 0, stream, ws.partials, ws.num_candidates,
+  launch_kernel(call.gathers ? split_max_kernel<true> : split_max_kernel<false>, grid, kSplitThreads, 0, stream,
+                ws.partials, call.gathers ? ws.segment_max : nullptr, ws.num_candidates,
                 call.floors ? ws.radix_count : nullptr, call.floors ? ws.radix_excess : nullptr,
-                call.floors ? ws.radix_above : nullptr, static_cast<const float*>(args.logits), args.vocab, ch.chunk);
+                call.floors ? ws.radix_above : nullptr, static_cast<const float*>(args.logits), args.vocab, ch);
   using SplitKernel = void (*)(SampleKernelArgs, SplitWorkspace, Chunking);
   constexpr SplitKernel kStatsKernels[kNumStatsKernels] = {
       split_stats_kernel<0>, split_stats_kernel<1>, split_stats_kernel<2>, split_stats_kernel<3>,
@@ -1390,7 +1512,9 @@ cudaError_t launch_split_sample(const SampleKernelArgs& args, const SplitSampleC
   return cudaGetLastError();
 }
 
-const int32_t* split_sample_done_flags(void* workspace, int64_t rows) { return split_workspace(workspace, rows).done; }
+const int32_t* split_sample_done_flags(void* workspace, int64_t rows, int64_t vocab) {
+  return split_workspace(workspace, rows, vocab).done;
+}
 
 int64_t split_sample_launches() { return g_split_samples.load(std::memory_order_relaxed); }
 
