@@ -135,9 +135,10 @@ Status check_bias(const DeviceSamplingBatch& batch, size_t rows, int64_t vocab) 
 // radix select let the split path gather a top-k set, and cut a flat row's top-p set, that
 // one block a row selects by radix passes; and one block a row takes as long as its slowest
 // row, so one uncertain top-p row costs the whole call ~500-800 us there (docs/PERF.md,
-// twentieth to twenty-second sessions; 256 rows, top-k 402-490 us against 485-494; top-p
-// 390 against 735 when every 16th row is flat, 406-591 against 454-826 for flat, peaked or
-// tail rows; only calls of sharp top-p rows alone lose, 266 against 211).
+// twentieth to twenty-third sessions; 256 rows, top-k 316-431 us against 463-506; top-p
+// 325-335 against 725-784 when every 16th row is flat, 195-541 against 208-840 for sharp,
+// peaked, flat or tail rows; at 128 rows only peaked top-p rows lose, 216-219 against
+// 178-180).
 constexpr int64_t kSplitRowsWithCut = 256;
 
 // Whether one block a row samples the row about as fast as the split path once a call has
