@@ -226,11 +226,10 @@ __device__ __forceinline__ void for_each_kept_segment(const float* x, const floa
   }
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1)
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
+// Where the segment maxima of the calling warp's part of chunk blockIdx.x of the row start.
+__device__ __forceinline__ int64_t part_segments_at(const Chunking& ch, int64_t row, int64_t vocab) {
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  return row * segment_stride(vocab) + (static_cast<int64_t>(blockIdx.x) * kSplitWarps + warp) * ch.segments;
 }
 
 // Each chunk's (maximum, lowest id) and, when segment_max is non-null, each segment's
@@ -268,39 +267,38 @@ __global__ void __launch_bounds__(kSplitThreads)
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   float best = -INFINITY;
   int64_t best_id = 0;
-  if constexpr (!kBySegment) {
+  if constexpr (kBySegment) {
+    const Part part = part_of(ch, blockIdx.x, warp, vocab);
+    float* segments = segment_max == nullptr ? nullptr : segment_max + part_segments_at(ch, row, vocab);
+    for (auto s = static_cast<int>((part.end - part.begin + kSegment - 1) / kSegment) - 1; s >= 0;
+         --s) {  // (uniform in the warp)
+      const int64_t base = part.begin + static_cast<int64_t>(s) * kSegment;
+      float v[kLoadsInFlight];
+#pragma unroll
+      for (int u = 0; u < kLoadsInFlight; ++u) {
+        const int64_t i = base + lane + int64_t{u} * 32;
+        v[u] = i < part.end ? x[i] : -INFINITY;
+      }
+      float m = -INFINITY;  // (fmaxf ignores NaN)
+#pragma unroll
+      for (int u = 0; u < kLoadsInFlight; ++u)
+        m = fmaxf(m, v[u]);
+      if (m > best || (m == best && m > -INFINITY)) {  // (the lane's ids fall: its first of the maximum)
+        best = m;
+#pragma unroll
+        for (int u = kLoadsInFlight - 1; u >= 0; --u)
+          if (v[u] == m) best_id = base + lane + int64_t{u} * 32;
+      }
+      if (segments != nullptr) {
+        m = warp_max(m);
+        if (lane == 0) segments[s] = m;
+      }
+    }
+  } else {
     const int64_t begin = static_cast<int64_t>(blockIdx.x) * ch.chunk;
     for_each_strided<kSplitThreads>(x, begin + threadIdx.x, chunk_end(ch, blockIdx.x, vocab), [&](int64_t i, float v) {
       if (v > best) best = v, best_id = i;  // (ids rise)
     });
-  }
-  const Part part = part_of(ch, blockIdx.x, warp, vocab);
-  float* segments = segment_max == nullptr ? nullptr
-                                           : segment_max + row * segment_stride(vocab) +
-                                                 (static_cast<int64_t>(blockIdx.x) * kSplitWarps + warp) * ch.segments;
-  for (auto s = kBySegment ? static_cast<int>((part.end - part.begin + kSegment - 1) / kSegment) - 1 : -1; s >= 0;
-       --s) {  // (uniform in the warp)
-    const int64_t base = part.begin + static_cast<int64_t>(s) * kSegment;
-    float v[kLoadsInFlight];
-#pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u) {
-      const int64_t i = base + lane + int64_t{u} * 32;
-      v[u] = i < part.end ? x[i] : -INFINITY;
-    }
-    float m = -INFINITY;  // (fmaxf ignores NaN)
-#pragma unroll
-    for (int u = 0; u < kLoadsInFlight; ++u)
-      m = fmaxf(m, v[u]);
-    if (m > best || (m == best && m > -INFINITY)) {  // (the lane's ids fall: its first of the maximum)
-      best = m;
-#pragma unroll
-      for (int u = kLoadsInFlight - 1; u >= 0; --u)
-        if (v[u] == m) best_id = base + lane + int64_t{u} * 32;
-    }
-    if (segments != nullptr) {
-      m = warp_max(m);
-      if (lane == 0) segments[s] = m;
-    }
   }
   warp_best(best, best_id);
   __shared__ ChunkMax warps[kSplitWarps];
@@ -489,12 +487,12 @@ __global__ void __launch_bounds__(kSplitThreads)
   }
 }
 
-// The segment maxima of the calling warp's part of chunk blockIdx.x of the row.
-__device__ __forceinline__ const float* part_segments(const SplitWorkspace& ws, const Chunking& ch, int64_t row,
-                                                      int64_t vocab) {
-  const int warp = static_cast<int>(threadIdx.x) / 32;
-  return ws.segment_max + row * segment_stride(vocab) +
-         (static_cast<int64_t>(blockIdx.x) * kSplitWarps + warp) * ch.segments;
+// for_each_kept_segment over the calling warp's part of chunk blockIdx.x of the row.
+template <typename Keep, typename Fn>
+__device__ __forceinline__ void for_each_kept_in_part(const SampleKernelArgs& args, const SplitWorkspace& ws,
+                                                      const Chunking& ch, int64_t row, Keep&& keep, Fn&& fn) {
+  for_each_kept_segment(args.logits + row * args.vocab, ws.segment_max + part_segments_at(ch, row, args.vocab),
+                        part_of(ch, blockIdx.x, static_cast<int>(threadIdx.x) / 32, args.vocab), keep, fn);
 }
 
 // The row's prefilter counts summed over its chunks; every lane of the calling warp gets
@@ -574,9 +572,8 @@ __device__ void count_fine_steps(const SampleKernelArgs& args, const SplitWorksp
     counts[f] = 0;
   }
   const float widest = bounds[kNumFineSteps - 1];
-  for_each_kept_segment(
-      args.logits + row * args.vocab, part_segments(ws, ch, row, args.vocab),
-      part_of(ch, blockIdx.x, static_cast<int>(threadIdx.x) / 32, args.vocab), [&](float m) { return m >= widest; },
+  for_each_kept_in_part(
+      args, ws, ch, row, [&](float m) { return m >= widest; },
       [&](int64_t, float v) {
 #pragma unroll
         for (int f = 0; f < kNumFineSteps; ++f)
@@ -776,9 +773,8 @@ __device__ void radix_histogram(const SampleKernelArgs& args, const SplitWorkspa
   const uint32_t in_bin = (1u << (shift + rr.bracket.key_drop)) - 1;
   const int drop = radix_excess_drop(rr.bracket, shift);
   uint64_t above = 0;
-  for_each_kept_segment(
-      args.logits + row * args.vocab, part_segments(ws, ch, row, args.vocab),
-      part_of(ch, blockIdx.x, static_cast<int>(threadIdx.x) / 32, args.vocab), [&](float m) { return rr.may_reach(m); },
+  for_each_kept_in_part(
+      args, ws, ch, row, [&](float m) { return rr.may_reach(m); },
       [&](int64_t, float v) {
         const float p = rr.prob(v);
         if (p >= rr.bracket.high && level == 0) above += to_fixed(p);
@@ -811,9 +807,8 @@ __device__ void radix_gather(const SampleKernelArgs& args, const SplitWorkspace&
                              const RadixRow& rr, const RadixBin& bin) {
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   uint64_t above = 0;
-  for_each_kept_segment(
-      args.logits + row * args.vocab, part_segments(ws, ch, row, args.vocab), part_of(ch, blockIdx.x, warp, args.vocab),
-      [&](float m) { return rr.may_reach(m); },
+  for_each_kept_in_part(
+      args, ws, ch, row, [&](float m) { return rr.may_reach(m); },
       [&](int64_t i, float v) {
         const float p = rr.prob(v);
         if (p >= rr.bracket.high) {
@@ -872,7 +867,6 @@ __global__ void __launch_bounds__(kSplitThreads, kCounts == kCountFloors ? kGath
   const int64_t row = blockIdx.y;
   const RowStart r = row_start(args, ws, ch, row);
   if (!r.plan.gathers() || !isfinite(r.max_logit)) return;
-  const int64_t vocab = args.vocab;
   const float inv_temperature = r.plan.draws ? 1.0f / r.a.temperature : 0.0f;
   const float min_p = sampling::clamped_min_p(r.a);
   // The row's prefilter bounds, as sample_kernel picks them (every block the same): for the
@@ -956,21 +950,18 @@ __global__ void __launch_bounds__(kSplitThreads, kCounts == kCountFloors ? kGath
     return m >= top_floor || (top_k && m >= floor) ||
            (top_p && floor != INFINITY && may_reach(m, r.max_logit, inv_temperature, floor));
   };
-  for_each_kept_segment(args.logits + row * vocab, part_segments(ws, ch, row, vocab),
-                        part_of(ch, blockIdx.x, static_cast<int>(threadIdx.x) / 32, vocab), may_pass,
-                        [&](int64_t i, float v) {
-                          const bool pass = top_k   ? v >= floor
-                                            : top_p ? relative_prob(v, r.max_logit, inv_temperature, min_p) >= floor
-                                                    : false;
-                          if (pass) {
-                            append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
-                                             ws.candidate_logits + row * kMaxCandidates, i, v);
-                          }
-                          if (v >= top_floor) {
-                            append_candidate(&ws.num_top[row], ws.top_ids + row * kMaxCandidates,
-                                             ws.top_logits + row * kMaxCandidates, i, v);
-                          }
-                        });
+  for_each_kept_in_part(args, ws, ch, row, may_pass, [&](int64_t i, float v) {
+    const bool pass = top_k   ? v >= floor
+                      : top_p ? relative_prob(v, r.max_logit, inv_temperature, min_p) >= floor
+                              : false;
+    if (pass) {
+      append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
+                       ws.candidate_logits + row * kMaxCandidates, i, v);
+    }
+    if (v >= top_floor) {
+      append_candidate(&ws.num_top[row], ws.top_ids + row * kMaxCandidates, ws.top_logits + row * kMaxCandidates, i, v);
+    }
+  });
 }
 
 // Rows whose gap split_gather_kernel refined: the tightest step that holds at least k
@@ -1016,9 +1007,8 @@ __global__ void __launch_bounds__(kSplitThreads)
     return;
   }
   const float floor = bound;
-  for_each_kept_segment(
-      args.logits + row * args.vocab, part_segments(ws, ch, row, args.vocab),
-      part_of(ch, blockIdx.x, static_cast<int>(threadIdx.x) / 32, args.vocab), [&](float m) { return m >= floor; },
+  for_each_kept_in_part(
+      args, ws, ch, row, [&](float m) { return m >= floor; },
       [&](int64_t i, float v) {
         if (v >= floor) {
           append_candidate(&ws.num_candidates[row], ws.candidate_ids + row * kMaxCandidates,
