@@ -152,6 +152,11 @@ __host__ __device__ int64_t segment_stride(int64_t vocab) {
   return vocab / kSegment + 1 + int64_t{kMaxChunks} * (kSplitWarps + 1);
 }
 
+// The segments (the last one may be short) of len consecutive logits.
+__host__ __device__ __forceinline__ int segments_in(int64_t len) {
+  return static_cast<int>((len + kSegment - 1) / kSegment);
+}
+
 Chunking split_chunking(int64_t rows, int64_t vocab, int num_sms) {
   // About two blocks per SM in all, chunks of at least kMinChunk values.
   int64_t chunks = (2 * static_cast<int64_t>(num_sms) + rows - 1) / rows;
@@ -161,7 +166,7 @@ Chunking split_chunking(int64_t rows, int64_t vocab, int num_sms) {
   if (chunks < 1) chunks = 1;
   const int64_t chunk = (vocab + chunks - 1) / chunks;
   const int64_t part = (chunk + kSplitWarps - 1) / kSplitWarps;
-  return Chunking{static_cast<int>(chunks), chunk, part, static_cast<int>((part + kSegment - 1) / kSegment)};
+  return Chunking{static_cast<int>(chunks), chunk, part, segments_in(part)};
 }
 
 __device__ __forceinline__ int64_t chunk_end(const Chunking& ch, int64_t c, int64_t vocab) {
@@ -213,7 +218,7 @@ template <typename Keep, typename Fn>
 __device__ __forceinline__ void for_each_kept_segment(const float* x, const float* segment_max, Part part, Keep&& keep,
                                                       Fn&& fn) {
   const int lane = static_cast<int>(threadIdx.x % 32);
-  const auto segments = static_cast<int>((part.end - part.begin + kSegment - 1) / kSegment);
+  const int segments = segments_in(part.end - part.begin);
   for (int first = 0; first < segments; first += 32) {
     // (the maxima of 32 segments at once, then the kept ones one by one)
     const int s = first + lane;
@@ -270,8 +275,7 @@ __global__ void __launch_bounds__(kSplitThreads)
   if constexpr (kBySegment) {
     const Part part = part_of(ch, blockIdx.x, warp, vocab);
     float* segments = segment_max == nullptr ? nullptr : segment_max + part_segments_at(ch, row, vocab);
-    for (auto s = static_cast<int>((part.end - part.begin + kSegment - 1) / kSegment) - 1; s >= 0;
-         --s) {  // (uniform in the warp)
+    for (int s = segments_in(part.end - part.begin) - 1; s >= 0; --s) {  // (uniform in the warp)
       const int64_t base = part.begin + static_cast<int64_t>(s) * kSegment;
       float v[kLoadsInFlight];
 #pragma unroll
@@ -948,7 +952,7 @@ __global__ void __launch_bounds__(kSplitThreads, kCounts == kCountFloors ? kGath
   const bool top_k = r.plan.cut == SamplingCut::kTopK, top_p = r.plan.cut == SamplingCut::kTopP;
   const auto may_pass = [&](float m) {
     return m >= top_floor || (top_k && m >= floor) ||
-           (top_p && floor != INFINITY && may_reach(m, r.max_logit, inv_temperature, floor));
+           (top_p && may_reach(m, r.max_logit, inv_temperature, floor));  // (false for an infinite floor)
   };
   for_each_kept_in_part(args, ws, ch, row, may_pass, [&](int64_t i, float v) {
     const bool pass = top_k   ? v >= floor
