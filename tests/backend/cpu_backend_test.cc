@@ -14,18 +14,6 @@
 #include "cpu_test_util.h"
 #include "support/test_support.h"
 
-// GCC defines __SANITIZE_ADDRESS__; clang says so through __has_feature.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define BW_TEST_UNDER_SANITIZER 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define BW_TEST_UNDER_SANITIZER 1
-#endif
-#endif
-#ifndef BW_TEST_UNDER_SANITIZER
-#define BW_TEST_UNDER_SANITIZER 0
-#endif
-
 namespace bw {
 namespace {
 

@@ -525,7 +525,8 @@ TEST(Sampler, TopPBoundaryAmongTies) {
       p.top_p = top_p;
       Sampler sampler(p, 0);
       int max_id = 0;
-      for (const int32_t id : draw_many(sampler, flat, 3000)) {
+      // (1,000 draws miss the top 5% of 4,500 kept ids with probability e^-51)
+      for (const int32_t id : draw_many(sampler, flat, test::kUnderSanitizer ? 1000 : 3000)) {
         ASSERT_LT(id, kept) << "n " << n << " top_p " << top_p;
         max_id = std::max(max_id, id);
       }
