@@ -5,8 +5,8 @@
 #   3. AddressSanitizer + UndefinedBehaviorSanitizer build (clang) and the `cpu` tests again;
 #   4. clang-tidy over the engine sources;
 #   5. the libFuzzer targets of the sanitizer build, each for a bounded time
-#      (BW_FUZZ_SECONDS, default 10: CI has 40 minutes on 2 cores, and a slow day's run of
-#      the other steps took 43).
+#      (BW_FUZZ_SECONDS, default 10: CI has 40 minutes on 2 cores; the other steps take
+#      ~28 of them on an ordinary day, ~37 on a slow one).
 # Set BW_TEST_STEPS to a subset (e.g. "build asan") to run fewer steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
