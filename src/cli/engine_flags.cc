@@ -22,6 +22,9 @@ void add_engine_flags(CLI::App& app, EngineFlags* f) {
       ->capture_default_str();
   app.add_flag("--enforce-eager", f->enforce_eager,
                "GPU backends: launch every op of every step from the host (no CUDA graphs for decode steps)");
+  app.add_flag("--lazy-graph-capture", f->lazy_graph_capture,
+               "GPU backends: record each decode step's CUDA graph at the first step of its batch size and context "
+               "length instead of at start-up (starts sooner; the first steps of a burst wait for recordings)");
   app.add_flag("--no-async-scheduling", f->no_async_scheduling,
                "GPU backends: wait for each decode step's tokens before scheduling the next (no overlap of the "
                "host's work with the device's)");
@@ -98,6 +101,7 @@ Result<EngineConfig> engine_config_from_flags(const EngineFlags& f, DType activa
     return InvalidArgument("--gpu-memory-utilization must be in (0, 1]");
   config.gpu_memory_utilization = f.gpu_memory_utilization;
   if (f.enforce_eager) config.max_graph_batch = 0;
+  config.lazy_graph_capture = f.lazy_graph_capture;
   config.async_scheduling = !f.no_async_scheduling;
   if (f.batch_window_ms < 0) return InvalidArgument("--batch-window-ms must be >= 0");
   config.batch_window = std::chrono::milliseconds(f.batch_window_ms);

@@ -20,6 +20,7 @@ struct EngineFlags {
   double kv_memory_fraction = 0.25;
   double gpu_memory_utilization = 0.90;
   bool enforce_eager = false;
+  bool lazy_graph_capture = false;
   bool no_async_scheduling = false;
   std::string kv_dtype = "auto";  // auto: the backend's activation dtype
   bool no_prefix_caching = false;

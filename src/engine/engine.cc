@@ -107,6 +107,34 @@ Result<int32_t> resolve_kv_num_blocks(const EngineConfig& config, const ModelCon
   return static_cast<int32_t>(std::clamp<uint64_t>(std::min(wanted, cap), 1, INT32_MAX));
 }
 
+namespace {
+
+// Records the runner's decode graphs before the first request; a failure (e.g. out of
+// memory) leaves every step eager, which is slower but serves.
+void capture_decode_graphs(ModelRunner& runner, Backend& backend, const Logger& log) {
+  const DecodeGraphs* graphs = runner.decode_graphs();
+  if (graphs == nullptr) return;
+  DeviceMemory before;
+  const bool on_device = !backend.is_host_memory() && backend.memory_info(&before.free_bytes, &before.total_bytes).ok();
+  const auto start = SteadyClock::now();
+  Result<int64_t> recorded = runner.capture_decode_graphs();
+  const double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
+  if (!recorded.ok()) {
+    log->warn("decode graphs off (every step runs eagerly): {}", recorded.status().message());
+    return;
+  }
+  DeviceMemory after;
+  std::string memory;
+  if (on_device && backend.memory_info(&after.free_bytes, &after.total_bytes).ok()) {
+    const uint64_t used = before.free_bytes - std::min(after.free_bytes, before.free_bytes);
+    memory = fmt::format(", {} MiB of device memory", used >> 20);
+  }
+  log->info("recorded {} decode graphs (batch sizes 1-{}, block tables of up to {} blocks) in {:.2f} s{}", *recorded,
+            graphs->sizes().empty() ? 0 : graphs->sizes().back(), graphs->max_width(), seconds, memory);
+}
+
+}  // namespace
+
 Result<std::unique_ptr<Engine>> Engine::create(CausalLM& model, Backend& backend, const Tokenizer* tokenizer,
                                                const EngineConfig& config_in, const Logger& logger) {
   EngineConfig config = config_in;
@@ -138,6 +166,7 @@ Result<std::unique_ptr<Engine>> Engine::create(CausalLM& model, Backend& backend
   ModelRunnerConfig runner_config{num_blocks, config.kv_block_size, config.kv_dtype, graph_batch,
                                   config.scheduler.max_model_len};
   ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, ModelRunner::create(model, backend, runner_config));
+  if (!config.lazy_graph_capture) capture_decode_graphs(*runner, backend, logger);
   auto engine = std::unique_ptr<Engine>(new Engine(mc, tokenizer, config, logger, std::move(runner)));
   engine->thread_ = std::thread([e = engine.get()] { e->loop(); });
   return engine;

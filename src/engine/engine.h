@@ -51,6 +51,9 @@ struct EngineConfig {
   // Decode-only steps of up to this many sequences replay CUDA graphs (when the backend has
   // them); 0 runs every step eagerly (--enforce-eager).
   int32_t max_graph_batch = 256;
+  // Record those graphs at each one's first step instead of in Engine::create (which then
+  // takes longer, but no step of a burst waits for a recording).
+  bool lazy_graph_capture = false;
   // Overlapped steps: while a step runs on the device, the next one is scheduled and
   // enqueued (input tokens still being sampled taken on the device from this step's
   // samples), and this step's outputs are handled while the next runs. Only where the

@@ -86,29 +86,19 @@ ForwardInput DecodeGraphs::layout(int32_t padded, int32_t width) const {
   return in;
 }
 
-Result<TensorView> DecodeGraphs::run(std::span<const ScheduledSequence> sequences,
-                                     std::span<const KvCacheLayer> kv_cache, const TokenSource* source) {
-  if (!accepts(sequences)) return FailedPrecondition("decode graphs: this step is not a decode-only batch");
-  if (source != nullptr && source->rows.size() != sequences.size()) {
-    return InvalidArgument("decode graphs: {} token source rows for {} sequences", source->rows.size(),
-                           sequences.size());
-  }
-  const auto b = static_cast<int32_t>(sequences.size());
-  const int32_t padded = padded_size(b);
-  int64_t max_blocks = 1;
-  for (const ScheduledSequence& seq : sequences)
-    max_blocks = std::max<int64_t>(max_blocks, (seq.start_pos + block_size_) / block_size_);
-  const int32_t width = width_for(max_blocks);
-  const int64_t vocab = model_.config().vocab_size;
+Status DecodeGraphs::ensure_buffers() {
+  if (inputs_.data() != nullptr) return OkStatus();
+  const uint64_t bytes = static_cast<uint64_t>(offsets_of(max_batch_, max_width_).total) * sizeof(int32_t);
+  ASSIGN_OR_RETURN(inputs_, backend_.allocate(bytes));
+  const auto vocab = static_cast<uint64_t>(model_.config().vocab_size);
+  ASSIGN_OR_RETURN(logits_, backend_.allocate(static_cast<uint64_t>(max_batch_) * vocab * sizeof(float)));
+  return OkStatus();
+}
 
-  if (inputs_.data() == nullptr) {
-    const uint64_t bytes = static_cast<uint64_t>(offsets_of(max_batch_, max_width_).total) * sizeof(int32_t);
-    ASSIGN_OR_RETURN(inputs_, backend_.allocate(bytes));
-    ASSIGN_OR_RETURN(
-        logits_, backend_.allocate(static_cast<uint64_t>(max_batch_) * static_cast<uint64_t>(vocab) * sizeof(float)));
-  }
-
+Status DecodeGraphs::upload_inputs(std::span<const ScheduledSequence> sequences, const TokenSource* source,
+                                   int32_t padded, int32_t width) {
   // Host copy of the packed inputs; padding rows write nothing and read key 0 of block 0.
+  const auto b = static_cast<int32_t>(sequences.size());
   const Offsets o = offsets_of(padded, width);
   host_.assign(static_cast<size_t>(o.total), 0);
   for (int32_t i = 0; i < padded; ++i) {
@@ -137,9 +127,68 @@ Result<TensorView> DecodeGraphs::run(std::span<const ScheduledSequence> sequence
     RETURN_IF_ERROR(backend_.select_tokens(TensorView(base + o.ids, DType::kI32, {padded}), source->from,
                                            TensorView(base + o.source_rows, DType::kI32, {padded})));
   }
+  return OkStatus();
+}
 
-  const TensorView all_logits = logits_.view(DType::kF32, {padded, vocab});
-  const TensorView logits = logits_.view(DType::kF32, {b, vocab});
+TensorView DecodeGraphs::padded_logits(int32_t padded) const {
+  return logits_.view(DType::kF32, {padded, model_.config().vocab_size});
+}
+
+Status DecodeGraphs::record(int32_t padded, int32_t width, std::span<const KvCacheLayer> kv_cache) {
+  const ForwardInput input = layout(padded, width);
+  const TensorView all_logits = padded_logits(padded);
+  const uint64_t epoch = model_.workspace_epoch();
+  ASSIGN_OR_RETURN(std::unique_ptr<CapturedGraph> graph,
+                   backend_.capture([&] { return model_.forward(input, kv_cache, all_logits); }));
+  ++captures_;
+  graphs_[std::make_pair(padded, width)] = Graph{std::move(graph), epoch};
+  return OkStatus();
+}
+
+Result<int64_t> DecodeGraphs::capture_all(std::span<const KvCacheLayer> kv_cache) {
+  if (!disabled_.ok() || max_batch_ <= 0 || !backend_.supports_graphs()) return int64_t{0};
+  RETURN_IF_ERROR(ensure_buffers());
+  std::vector<std::pair<int32_t, int32_t>> shapes;
+  for (int32_t width = kMinWidth; width <= max_width_; width *= 2) {
+    for (int32_t size : sizes_)
+      shapes.emplace_back(size, width);
+  }
+  // Every shape runs once before any is recorded: the backend's scratch buffers grow to
+  // what the most demanding shape needs first, so no recorded graph goes stale (a graph
+  // whose scratch moved is recorded again at its next step, which is what this avoids).
+  for (const auto& [padded, width] : shapes) {
+    RETURN_IF_ERROR(upload_inputs({}, nullptr, padded, width));
+    RETURN_IF_ERROR(model_.forward(layout(padded, width), kv_cache, padded_logits(padded)));
+  }
+  RETURN_IF_ERROR(backend_.synchronize());
+  for (const auto& [padded, width] : shapes) {
+    const Status recorded = record(padded, width, kv_cache);
+    if (!recorded.ok()) {
+      graphs_.clear();  // frees what the graphs recorded so far hold
+      disabled_ = recorded;
+      return recorded;
+    }
+  }
+  return static_cast<int64_t>(shapes.size());
+}
+
+Result<TensorView> DecodeGraphs::run(std::span<const ScheduledSequence> sequences,
+                                     std::span<const KvCacheLayer> kv_cache, const TokenSource* source) {
+  if (!accepts(sequences)) return FailedPrecondition("decode graphs: this step is not a decode-only batch");
+  if (source != nullptr && source->rows.size() != sequences.size()) {
+    return InvalidArgument("decode graphs: {} token source rows for {} sequences", source->rows.size(),
+                           sequences.size());
+  }
+  const auto b = static_cast<int32_t>(sequences.size());
+  const int32_t padded = padded_size(b);
+  int64_t max_blocks = 1;
+  for (const ScheduledSequence& seq : sequences)
+    max_blocks = std::max<int64_t>(max_blocks, (seq.start_pos + block_size_) / block_size_);
+  const int32_t width = width_for(max_blocks);
+  RETURN_IF_ERROR(ensure_buffers());
+  RETURN_IF_ERROR(upload_inputs(sequences, source, padded, width));
+
+  const TensorView logits = logits_.view(DType::kF32, {b, model_.config().vocab_size});
   const auto key = std::make_pair(padded, width);
   auto it = graphs_.find(key);
   if (it != graphs_.end() && it->second.model_epoch == model_.workspace_epoch()) {
@@ -153,17 +202,9 @@ Result<TensorView> DecodeGraphs::run(std::span<const ScheduledSequence> sequence
   if (it != graphs_.end()) graphs_.erase(it);
 
   // First step of this shape (or its buffers moved): run it, then record it.
-  const ForwardInput input = layout(padded, width);
-  RETURN_IF_ERROR(model_.forward(input, kv_cache, all_logits));
-  const uint64_t epoch = model_.workspace_epoch();
-  Result<std::unique_ptr<CapturedGraph>> graph =
-      backend_.capture([&] { return model_.forward(input, kv_cache, all_logits); });
-  if (!graph.ok()) {
-    disabled_ = graph.status();  // later steps run eagerly; this one already ran
-    return logits;
-  }
-  ++captures_;
-  graphs_[key] = Graph{std::move(*graph), epoch};
+  RETURN_IF_ERROR(model_.forward(layout(padded, width), kv_cache, padded_logits(padded)));
+  const Status recorded = record(padded, width, kv_cache);
+  if (!recorded.ok()) disabled_ = recorded;  // later steps run eagerly; this one already ran
   return logits;
 }
 

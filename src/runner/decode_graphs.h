@@ -5,10 +5,12 @@
 // padded to the next captured size P >= B (1, 2, 4, 8, 16, 24, 32, then steps of 16) with
 // rows that write no KV (slot -1) and attend to one key of block 0; its block tables are
 // padded to a power-of-two width W. The inputs of every (P, W) live at fixed addresses in
-// one device buffer, written with one copy per step. The first step of a (P, W) runs the
-// forward eagerly (which sizes every scratch buffer; its logits are this step's) and then
-// records it; later steps upload their inputs and replay. A graph is recorded again when
-// the model's workspace or the backend's scratch memory has moved since.
+// one device buffer, written with one copy per step. capture_all() records every (P, W) up
+// to the context length at start-up; otherwise (or for a graph gone stale) the first step
+// of a (P, W) runs the forward eagerly (which sizes every scratch buffer; its logits are
+// this step's) and then records it. Later steps upload their inputs and replay. A graph is
+// recorded again when the model's workspace or the backend's scratch memory has moved
+// since.
 //
 // Not thread-safe: driven by the runner.
 #pragma once
@@ -48,6 +50,15 @@ class DecodeGraphs {
   Result<TensorView> run(std::span<const ScheduledSequence> sequences, std::span<const KvCacheLayer> kv_cache,
                          const TokenSource* source = nullptr);
 
+  // Records the graph of every padded size at every block-table width up to max_model_len
+  // (vLLM and SGLang also record theirs at start-up): no step of a serving process then
+  // pays an eager forward and a recording, which otherwise fall on the first steps of each
+  // batch size and context length, i.e. on a burst of requests. Runs a forward pass of
+  // padding rows per shape (reading KV block 0, writing none). Returns the number of
+  // graphs; 0 where graphs are off. On failure (e.g. out of memory) drops what it recorded
+  // and disables the graphs: steps then run eagerly.
+  Result<int64_t> capture_all(std::span<const KvCacheLayer> kv_cache);
+
   // The padded batch size for b sequences (0 when b > max_batch).
   int32_t padded_size(int32_t b) const;
   int64_t num_graphs() const { return static_cast<int64_t>(graphs_.size()); }
@@ -55,6 +66,9 @@ class DecodeGraphs {
   int64_t num_captures() const { return captures_; }
   // Set when a capture failed: the steps run eagerly from then on.
   const Status& disabled() const { return disabled_; }
+  // The batch sizes recorded, smallest first, and the widest block table (in blocks).
+  std::span<const int32_t> sizes() const { return sizes_; }
+  int32_t max_width() const { return max_width_; }
 
  private:
   struct Graph {
@@ -66,6 +80,15 @@ class DecodeGraphs {
   // lengths, logits rows, block tables (then the source rows of TokenSource, not read by
   // the graph).
   ForwardInput layout(int32_t padded, int32_t width) const;
+  // Allocates the inputs and logits buffers for the largest shape (once).
+  Status ensure_buffers();
+  // Writes the step's inputs in the (padded, width) layout: `sequences` first, padding rows
+  // after; with `source`, takes the device-held tokens it names.
+  Status upload_inputs(std::span<const ScheduledSequence> sequences, const TokenSource* source, int32_t padded,
+                       int32_t width);
+  TensorView padded_logits(int32_t padded) const;  // [padded, vocab] f32
+  // Captures the (padded, width) forward; its scratch must already be sized.
+  Status record(int32_t padded, int32_t width, std::span<const KvCacheLayer> kv_cache);
 
   CausalLM& model_;
   Backend& backend_;

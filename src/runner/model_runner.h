@@ -88,6 +88,11 @@ class ModelRunner {
   Result<RunnerOutput> wait(PendingStep step);
 
   const KvCacheStorage& kv_cache() const { return kv_cache_; }
+  // Records every decode graph now (DecodeGraphs::capture_all); 0 when graphs are off.
+  Result<int64_t> capture_decode_graphs() {
+    if (graphs_ == nullptr) return int64_t{0};
+    return graphs_->capture_all(kv_cache_.layers());
+  }
   // Null when graphs are off.
   const DecodeGraphs* decode_graphs() const { return graphs_.get(); }
   CausalLM& model() { return model_; }

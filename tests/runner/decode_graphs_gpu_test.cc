@@ -1,11 +1,14 @@
 // DecodeGraphs on a real CUDA backend: decode steps replayed from CUDA graphs give the
 // logits of the same steps run eagerly, for batches that pad (3 -> 4, 6 -> 8, 13 -> 16) and
-// contexts that cross block-table widths. Skips without a CUDA device.
+// contexts that cross block-table widths, with the graphs recorded at each shape's first
+// step or all at start-up (capture_all: recorded from padding rows; the eager prefill
+// steps in between must not make them stale). Skips without a CUDA device.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 
 #include "backend/backend_factory.h"
 #include "model/causal_lm.h"
@@ -22,7 +25,10 @@ namespace {
 
 constexpr int32_t kBlock = 16;
 
-TEST(DecodeGraphsGpuTest, ReplaysMatchEagerSteps) {
+class DecodeGraphsGpuTest : public ::testing::TestWithParam<bool> {};
+
+TEST_P(DecodeGraphsGpuTest, ReplaysMatchEagerSteps) {
+  const bool at_start = GetParam();
   auto backend_or = create_backend("cuda", 0, DType::kF32);
   if (!backend_or.ok()) GTEST_SKIP() << "no CUDA device: " << backend_or.status().to_string();
   Backend& backend = **backend_or;
@@ -41,6 +47,13 @@ TEST(DecodeGraphsGpuTest, ReplaysMatchEagerSteps) {
   auto kv = KvCacheStorage::create(backend, (*model)->config(), 1024, kBlock, DType::kF32);
   ASSERT_TRUE(kv.ok());
   DecodeGraphs graphs(**model, backend, kBlock, 16, 512);
+  int64_t recorded = 0;
+  if (at_start) {
+    auto n = graphs.capture_all(kv->layers());
+    ASSERT_TRUE(n.ok()) << n.status().to_string();
+    recorded = *n;
+    EXPECT_EQ(recorded, 5 * 3);  // sizes 1, 2, 4, 8, 16; widths 8, 16, 32 (512 tokens)
+  }
   BatchInputs inputs;
   auto logits_buf = backend.allocate(static_cast<size_t>(16 * vocab) * sizeof(float));
   ASSERT_TRUE(logits_buf.ok());
@@ -97,9 +110,19 @@ TEST(DecodeGraphsGpuTest, ReplaysMatchEagerSteps) {
     }
   }
   EXPECT_TRUE(graphs.disabled().ok()) << graphs.disabled().to_string();
-  EXPECT_GE(graphs.num_captures(), 3);
-  EXPECT_GE(graphs.num_replays(), 100);
+  if (at_start) {
+    EXPECT_EQ(graphs.num_captures(), recorded) << "a step recorded its graph again";
+    EXPECT_EQ(graphs.num_replays(), 3 * 40);
+  } else {
+    EXPECT_GE(graphs.num_captures(), 3);
+    EXPECT_GE(graphs.num_replays(), 100);
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(Recording, DecodeGraphsGpuTest, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) {
+                           return std::string(info.param ? "AtStart" : "AtFirstStep");
+                         });
 
 }  // namespace
 }  // namespace bw

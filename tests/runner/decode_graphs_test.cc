@@ -35,19 +35,28 @@ class DecodeGraphsTest : public ::testing::Test {
     delete dir_;
   }
 
+  struct Generated {
+    std::vector<std::vector<int32_t>> tokens;
+    int64_t graphs_at_start = 0;  // recorded by Engine::create
+    int64_t captures = 0, replays = 0;
+  };
+
   // Greedy tokens of `prompts` (max_tokens[i] each), all submitted at once.
-  static std::vector<std::vector<int32_t>> generate(Backend& backend, int32_t max_graph_batch,
-                                                    const std::vector<std::vector<int32_t>>& prompts,
-                                                    const std::vector<int32_t>& max_tokens) {
+  static Generated generate(Backend& backend, int32_t max_graph_batch, const std::vector<std::vector<int32_t>>& prompts,
+                            const std::vector<int32_t>& max_tokens, bool lazy_graph_capture = false) {
+    Generated out;
     auto model = load_model(backend);
     EXPECT_TRUE(model.ok()) << model.status().to_string();
     EngineConfig config;
     config.scheduler.max_model_len = 256;
     config.scheduler.max_num_seqs = 32;
     config.max_graph_batch = max_graph_batch;
+    config.lazy_graph_capture = lazy_graph_capture;
     config.kv_num_blocks = 256;
     auto engine = Engine::create(**model, backend, nullptr, config, make_stderr_logger("graphs-test", "warn"));
     EXPECT_TRUE(engine.ok()) << engine.status().to_string();
+    const DecodeGraphs* graphs = (*engine)->runner_for_testing()->decode_graphs();
+    if (graphs != nullptr) out.graphs_at_start = graphs->num_captures();
     std::vector<std::unique_ptr<EventQueue>> queues;
     for (size_t i = 0; i < prompts.size(); ++i) {
       GenerationRequest r;
@@ -57,7 +66,6 @@ class DecodeGraphsTest : public ::testing::Test {
       queues.push_back(std::make_unique<EventQueue>());
       EXPECT_TRUE((*engine)->submit(std::move(r), queues.back()->sink()).ok());
     }
-    std::vector<std::vector<int32_t>> out;
     for (auto& q : queues) {
       Completion c;
       for (;;) {
@@ -68,7 +76,11 @@ class DecodeGraphsTest : public ::testing::Test {
         accumulate_event(*event, &c);
         if (event->done) break;
       }
-      out.push_back(c.choices.empty() ? std::vector<int32_t>{} : c.choices[0].token_ids);
+      out.tokens.push_back(c.choices.empty() ? std::vector<int32_t>{} : c.choices[0].token_ids);
+    }
+    if (graphs != nullptr) {
+      out.captures = graphs->num_captures();
+      out.replays = graphs->num_replays();
     }
     return out;
   }
@@ -88,33 +100,63 @@ class DecodeGraphsTest : public ::testing::Test {
 test::TempDir* DecodeGraphsTest::dir_ = nullptr;
 std::string* DecodeGraphsTest::path_ = nullptr;
 
-TEST_F(DecodeGraphsTest, ReplayedStepsMatchEagerStepsAcrossPaddedSizes) {
+// 13 greedy sequences finishing at different steps: batches of 13, 12, ... 1 pad to 16, 8,
+// 4, 2, 1; contexts grow past 8 blocks of 16 so the block-table width changes too.
+void make_staggered_prompts(std::vector<std::vector<int32_t>>* prompts, std::vector<int32_t>* max_tokens) {
   std::mt19937 rng(3);
   std::uniform_int_distribution<int32_t> token(3, 511);
-  std::vector<std::vector<int32_t>> prompts;
-  std::vector<int32_t> max_tokens;
-  // 13 sequences finishing at different steps: batches of 13, 12, ... 1 pad to 16, 8, 4, 2, 1;
-  // contexts grow past 8 blocks of 16 so the block-table width changes too.
   for (int i = 0; i < 13; ++i) {
     std::vector<int32_t> p(static_cast<size_t>(5 + 9 * i));
     for (auto& id : p)
       id = token(rng);
-    prompts.push_back(std::move(p));
-    max_tokens.push_back(6 + 11 * i);
+    prompts->push_back(std::move(p));
+    max_tokens->push_back(6 + 11 * i);
   }
+}
+
+// Graphs recorded at start-up (from padding rows only) and replayed with every step's
+// real inputs give the eager steps' tokens, and no step records a graph.
+TEST_F(DecodeGraphsTest, GraphsRecordedAtStartReplayEagerSteps) {
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int32_t> max_tokens;
+  make_staggered_prompts(&prompts, &max_tokens);
   CpuBackend eager_cpu(2);
-  const auto eager = generate(eager_cpu, 0, prompts, max_tokens);
+  const Generated eager = generate(eager_cpu, 0, prompts, max_tokens);
   CpuBackend cpu(2);
   RecordingBackend recording(cpu);
-  const auto graphed = generate(recording, 32, prompts, max_tokens);
-  ASSERT_EQ(eager.size(), graphed.size());
-  for (size_t i = 0; i < eager.size(); ++i) {
-    ASSERT_EQ(eager[i].size(), static_cast<size_t>(max_tokens[i]));
-    EXPECT_EQ(eager[i], graphed[i]) << "sequence " << i;
+  const Generated graphed = generate(recording, 32, prompts, max_tokens);
+  ASSERT_EQ(eager.tokens.size(), graphed.tokens.size());
+  for (size_t i = 0; i < eager.tokens.size(); ++i) {
+    ASSERT_EQ(eager.tokens[i].size(), static_cast<size_t>(max_tokens[i]));
+    EXPECT_EQ(eager.tokens[i], graphed.tokens[i]) << "sequence " << i;
   }
-  EXPECT_GE(recording.captures, 5);  // sizes 16, 8, 4, 2, 1 at least, and wider tables
-  EXPECT_GT(recording.replays, 50);
+  // Sizes 1, 2, 4, 8, 16, 24, 32 at widths 8 and 16 (256 tokens = 16 blocks of 16).
+  EXPECT_EQ(graphed.graphs_at_start, 14);
+  EXPECT_EQ(graphed.captures, 14) << "a step recorded a graph of its own";
+  EXPECT_EQ(recording.captures, 14);
+  EXPECT_GT(graphed.replays, 50);
   EXPECT_GT(recording.recorded_ops, 0);
+}
+
+// --lazy-graph-capture: each shape is recorded at its first step instead, same tokens.
+TEST_F(DecodeGraphsTest, LazyGraphsReplayEagerStepsAcrossPaddedSizes) {
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<int32_t> max_tokens;
+  make_staggered_prompts(&prompts, &max_tokens);
+  CpuBackend eager_cpu(2);
+  const Generated eager = generate(eager_cpu, 0, prompts, max_tokens);
+  CpuBackend cpu(2);
+  RecordingBackend recording(cpu);
+  const Generated graphed = generate(recording, 32, prompts, max_tokens, /*lazy_graph_capture=*/true);
+  ASSERT_EQ(eager.tokens.size(), graphed.tokens.size());
+  for (size_t i = 0; i < eager.tokens.size(); ++i) {
+    ASSERT_EQ(eager.tokens[i].size(), static_cast<size_t>(max_tokens[i]));
+    EXPECT_EQ(eager.tokens[i], graphed.tokens[i]) << "sequence " << i;
+  }
+  EXPECT_EQ(graphed.graphs_at_start, 0);
+  EXPECT_GE(graphed.captures, 5);  // sizes 16, 8, 4, 2, 1 at least, and wider tables
+  EXPECT_LT(graphed.captures, 14);
+  EXPECT_GT(graphed.replays, 50);
 }
 
 TEST_F(DecodeGraphsTest, PaddedSizesAndAcceptance) {
@@ -165,6 +207,56 @@ TEST_F(DecodeGraphsTest, AMovedWorkspaceIsRecapturedNotReplayed) {
   ASSERT_TRUE(graphs.run(batch, kv->layers()).ok());
   EXPECT_EQ(graphs.num_captures(), 2);
   EXPECT_EQ(graphs.num_replays(), 1);
+}
+
+// capture_all() records every (size, width) once; steps of any of them then replay, and a
+// moved workspace still sends a step back to recording its graph.
+TEST_F(DecodeGraphsTest, CaptureAllRecordsEveryShapeOnce) {
+  CpuBackend cpu(1);
+  RecordingBackend recording(cpu);
+  auto model = load_model(recording);
+  ASSERT_TRUE(model.ok()) << model.status().to_string();
+  const ModelConfig& mc = (*model)->config();
+  auto kv = KvCacheStorage::create(recording, mc, 8, 16, DType::kF32);
+  ASSERT_TRUE(kv.ok());
+  DecodeGraphs graphs(**model, recording, 16, 20, 300);  // sizes 1-24, 19 blocks: widths 8, 16, 32
+  auto recorded = graphs.capture_all(kv->layers());
+  ASSERT_TRUE(recorded.ok()) << recorded.status().to_string();
+  EXPECT_EQ(*recorded, 6 * 3);
+  EXPECT_EQ(graphs.num_graphs(), 18);
+  EXPECT_EQ(graphs.num_captures(), 18);
+  EXPECT_EQ(graphs.max_width(), 32);
+  ScheduledSequence seq{.request_id = 1, .start_pos = 0, .token_ids = {7}, .block_table = {3}, .sample = true};
+  for (int32_t b : {1, 3, 20}) {
+    for (int32_t pos : {0, 200}) {
+      std::vector<ScheduledSequence> batch(static_cast<size_t>(b), seq);
+      for (ScheduledSequence& s : batch) {
+        s.start_pos = pos;
+        s.block_table.assign(static_cast<size_t>(pos / 16 + 1), 3);
+      }
+      ASSERT_TRUE(graphs.run(batch, kv->layers()).ok());
+    }
+  }
+  EXPECT_EQ(graphs.num_captures(), 18);
+  EXPECT_EQ(graphs.num_replays(), 6);
+  ASSERT_TRUE((*model)->reserve(64, 64).ok());  // the workspace moves
+  ASSERT_TRUE(graphs.run(std::vector<ScheduledSequence>{seq}, kv->layers()).ok());
+  EXPECT_EQ(graphs.num_captures(), 19);
+  EXPECT_EQ(graphs.num_replays(), 6);
+}
+
+// Graphs off (a backend without them): nothing to record.
+TEST_F(DecodeGraphsTest, CaptureAllWithoutGraphsRecordsNothing) {
+  CpuBackend cpu(1);
+  auto model = load_model(cpu);
+  ASSERT_TRUE(model.ok()) << model.status().to_string();
+  auto kv = KvCacheStorage::create(cpu, (*model)->config(), 8, 16, DType::kF32);
+  ASSERT_TRUE(kv.ok());
+  DecodeGraphs graphs(**model, cpu, 16, 8, 64);
+  auto recorded = graphs.capture_all(kv->layers());
+  ASSERT_TRUE(recorded.ok()) << recorded.status().to_string();
+  EXPECT_EQ(*recorded, 0);
+  EXPECT_EQ(graphs.num_graphs(), 0);
 }
 
 }  // namespace

@@ -342,6 +342,7 @@ CudaBackend::~CudaBackend() {
   if (lt_workspace_ != nullptr) cudaFree(lt_workspace_);
   if (inv_freq_dev_ != nullptr) cudaFreeAsync(inv_freq_dev_, stream_);
   if (attn_ws_ != nullptr) cudaFreeAsync(attn_ws_, stream_);
+  if (attn_general_ws_ != nullptr) cudaFreeAsync(attn_general_ws_, stream_);
   if (attn_counters_ != nullptr) cudaFreeAsync(attn_counters_, stream_);
   for (void* p : {stack_layers_, stack_partials_, stack_counters_, sample_work_})
     if (p != nullptr) cudaFreeAsync(p, stream_);
@@ -542,9 +543,11 @@ Status CudaBackend::synchronize() {
 }
 
 Status CudaBackend::ensure_scratch(void** buf, size_t* capacity, size_t bytes) {
+  const bool in_graphs = std::find(graph_scratch_.begin(), graph_scratch_.end(), buf) != graph_scratch_.end();
+  if (capturing_ && !in_graphs) graph_scratch_.push_back(buf);
   if (*capacity >= bytes) return OkStatus();
   RETURN_IF_ERROR(not_while_capturing("growing a scratch buffer"));
-  ++scratch_epoch_;
+  if (in_graphs) ++scratch_epoch_;
   const size_t want = std::max(bytes, *capacity * 2);
   if (*buf != nullptr) BW_CUDA_TRY(cudaFreeAsync(*buf, stream_));
   *buf = nullptr;
@@ -979,10 +982,12 @@ Status CudaBackend::paged_attention(TensorView out, const TensorView& qkv, const
   const bool decode = meta.max_query_len == 1 && d.num_tokens == num_seqs && cuda::decode_attention_supported(a);
   const int splits = decode ? cuda::decode_attention_num_splits(a, num_sms_) : cuda::attention_num_splits(a, num_sms_);
   const int64_t ws_floats = cuda::attention_workspace_floats(a, splits);
+  void** ws_buf = decode ? &attn_ws_ : &attn_general_ws_;
   if (ws_floats > 0) {
-    RETURN_IF_ERROR(ensure_scratch(&attn_ws_, &attn_ws_capacity_, static_cast<size_t>(ws_floats) * sizeof(float)));
+    RETURN_IF_ERROR(ensure_scratch(ws_buf, decode ? &attn_ws_capacity_ : &attn_general_ws_capacity_,
+                                   static_cast<size_t>(ws_floats) * sizeof(float)));
   }
-  auto* ws = static_cast<float*>(attn_ws_);
+  auto* ws = static_cast<float*>(*ws_buf);
   if (!decode) return check_launch(cuda::launch_paged_attention(a, splits, ws, stream_), "paged_attention");
   if (splits > 1) {
     const auto bytes = static_cast<size_t>(cuda::decode_attention_counters(a, num_sms_)) * sizeof(int32_t);

@@ -190,8 +190,12 @@ class CudaBackend final : public Backend {
   Status sticky_;
   bool force_gemv_ = false;
   bool capturing_ = false;
-  // Bumped whenever scratch memory a graph may use is reallocated.
+  // Bumped whenever scratch memory a recorded graph uses is reallocated.
   uint64_t scratch_epoch_ = 0;
+  // The scratch buffers (ensure_scratch's `buf`) some capture has used: only their growth
+  // makes recorded graphs stale, so eager-only steps (prefill) cannot send every decode
+  // graph back to recording.
+  std::vector<void**> graph_scratch_;
   // Set when the environment has BW_CUDA_PROFILE=1: every op is bracketed by stream
   // syncs and timed; the per-op totals go to stderr when the backend is destroyed.
   std::unique_ptr<Profile> profile_;
@@ -201,9 +205,12 @@ class CudaBackend final : public Backend {
   std::vector<float> inv_freq_host_;
   void* inv_freq_dev_ = nullptr;
   size_t inv_freq_capacity_ = 0;
-  // paged_attention: split-KV partial results.
+  // paged_attention: split-KV partial results of the decode kernel, and of the general
+  // kernel (steps with queries of several tokens, which graphs do not record).
   void* attn_ws_ = nullptr;
   size_t attn_ws_capacity_ = 0;
+  void* attn_general_ws_ = nullptr;
+  size_t attn_general_ws_capacity_ = 0;
   // paged_attention (decode kernel): the splits' arrival counters, zeroed when allocated.
   void* attn_counters_ = nullptr;
   size_t attn_counters_capacity_ = 0;
