@@ -32,21 +32,40 @@ int32_t width_for(int64_t blocks) {
   return static_cast<int32_t>(std::bit_ceil(static_cast<uint64_t>(std::max<int64_t>(blocks, kMinWidth))));
 }
 
+// 1, 2, 4, 8, 16, 24, 32, 48, 64, ... up to the first size that holds max_batch.
+std::vector<int32_t> padded_sizes(int32_t max_batch) {
+  std::vector<int32_t> sizes;
+  for (int32_t s : {1, 2, 4, 8, 16, 24, 32}) {
+    sizes.push_back(s);
+    if (s >= max_batch) break;
+  }
+  while (sizes.back() < max_batch)
+    sizes.push_back(sizes.back() + 16);
+  return sizes;
+}
+
+int32_t max_width_for(int32_t block_size, int32_t max_model_len) {
+  const int64_t blocks = (static_cast<int64_t>(std::max(max_model_len, 1)) + block_size - 1) / block_size;
+  return width_for(blocks);
+}
+
 }  // namespace
 
 DecodeGraphs::DecodeGraphs(CausalLM& model, Backend& backend, int32_t block_size, int32_t max_batch,
                            int32_t max_model_len)
-    : model_(model), backend_(backend), block_size_(std::max(block_size, 1)) {
-  // 1, 2, 4, 8, 16, 24, 32, 48, 64, ... up to the first size that holds max_batch.
-  for (int32_t s : {1, 2, 4, 8, 16, 24, 32}) {
-    sizes_.push_back(s);
-    if (s >= max_batch) break;
-  }
-  while (sizes_.back() < max_batch)
-    sizes_.push_back(sizes_.back() + 16);
+    : model_(model),
+      backend_(backend),
+      block_size_(std::max(block_size, 1)),
+      max_width_(max_width_for(block_size_, max_model_len)),
+      sizes_(padded_sizes(max_batch)) {
   max_batch_ = max_batch > 0 ? sizes_.back() : 0;
-  const int64_t blocks = (static_cast<int64_t>(std::max(max_model_len, 1)) + block_size_ - 1) / block_size_;
-  max_width_ = width_for(blocks);
+}
+
+int64_t DecodeGraphs::num_shapes(int32_t block_size, int32_t max_batch, int32_t max_model_len) {
+  if (max_batch <= 0) return 0;
+  const int32_t max_width = max_width_for(std::max(block_size, 1), max_model_len);
+  const int64_t widths = std::countr_zero(static_cast<uint32_t>(max_width / kMinWidth)) + 1;
+  return static_cast<int64_t>(padded_sizes(max_batch).size()) * widths;
 }
 
 int32_t DecodeGraphs::padded_size(int32_t b) const {
@@ -148,28 +167,23 @@ Status DecodeGraphs::record(int32_t padded, int32_t width, std::span<const KvCac
 Result<int64_t> DecodeGraphs::capture_all(std::span<const KvCacheLayer> kv_cache) {
   if (!disabled_.ok() || max_batch_ <= 0 || !backend_.supports_graphs()) return int64_t{0};
   RETURN_IF_ERROR(ensure_buffers());
-  std::vector<std::pair<int32_t, int32_t>> shapes;
-  for (int32_t width = kMinWidth; width <= max_width_; width *= 2) {
-    for (int32_t size : sizes_)
-      shapes.emplace_back(size, width);
-  }
-  // Every shape runs once before any is recorded: the backend's scratch buffers grow to
-  // what the most demanding shape needs first, so no recorded graph goes stale (a graph
-  // whose scratch moved is recorded again at its next step, which is what this avoids).
-  for (const auto& [padded, width] : shapes) {
-    RETURN_IF_ERROR(upload_inputs({}, nullptr, padded, width));
-    RETURN_IF_ERROR(model_.forward(layout(padded, width), kv_cache, padded_logits(padded)));
-  }
-  RETURN_IF_ERROR(backend_.synchronize());
-  for (const auto& [padded, width] : shapes) {
-    const Status recorded = record(padded, width, kv_cache);
-    if (!recorded.ok()) {
-      graphs_.clear();  // frees what the graphs recorded so far hold
-      disabled_ = recorded;
-      return recorded;
+  int64_t recorded = 0;
+  // Widest tables and largest batches first: scratch buffers reach their size early.
+  for (int32_t width = max_width_; width >= kMinWidth; width /= 2) {
+    for (auto size = sizes_.rbegin(); size != sizes_.rend(); ++size) {
+      // As at a shape's first step: an eager forward sizes the scratch, then the recording.
+      Status status = upload_inputs({}, nullptr, *size, width);
+      if (status.ok()) status = model_.forward(layout(*size, width), kv_cache, padded_logits(*size));
+      if (status.ok()) status = record(*size, width, kv_cache);
+      if (!status.ok()) {
+        graphs_.clear();  // frees what the graphs recorded so far hold
+        disabled_ = status;
+        return status;
+      }
+      ++recorded;
     }
   }
-  return static_cast<int64_t>(shapes.size());
+  return recorded;
 }
 
 Result<TensorView> DecodeGraphs::run(std::span<const ScheduledSequence> sequences,

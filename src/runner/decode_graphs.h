@@ -59,6 +59,9 @@ class DecodeGraphs {
   // and disables the graphs: steps then run eagerly.
   Result<int64_t> capture_all(std::span<const KvCacheLayer> kv_cache);
 
+  // How many graphs capture_all() records for these arguments (the constructor's).
+  static int64_t num_shapes(int32_t block_size, int32_t max_batch, int32_t max_model_len);
+
   // The padded batch size for b sequences (0 when b > max_batch).
   int32_t padded_size(int32_t b) const;
   int64_t num_graphs() const { return static_cast<int64_t>(graphs_.size()); }

@@ -46,6 +46,9 @@ TEST_P(DecodeGraphsGpuTest, ReplaysMatchEagerSteps) {
   const int64_t vocab = (*model)->config().vocab_size;
   auto kv = KvCacheStorage::create(backend, (*model)->config(), 1024, kBlock, DType::kF32);
   ASSERT_TRUE(kv.ok());
+  // As Engine::create: the workspace is sized for the largest step (the prefill of all 13
+  // prompts at once) before any graph is recorded.
+  ASSERT_TRUE((*model)->reserve(2048, 16).ok());
   DecodeGraphs graphs(**model, backend, kBlock, 16, 512);
   int64_t recorded = 0;
   if (at_start) {

@@ -223,6 +223,9 @@ TEST_F(DecodeGraphsTest, CaptureAllRecordsEveryShapeOnce) {
   auto recorded = graphs.capture_all(kv->layers());
   ASSERT_TRUE(recorded.ok()) << recorded.status().to_string();
   EXPECT_EQ(*recorded, 6 * 3);
+  EXPECT_EQ(DecodeGraphs::num_shapes(16, 20, 300), 6 * 3);
+  EXPECT_EQ(DecodeGraphs::num_shapes(16, 256, 131072), 21 * 11);  // 1, 2, 4, ..., 32, 48, ..., 256; widths 8-8192
+  EXPECT_EQ(DecodeGraphs::num_shapes(16, 0, 4096), 0);
   EXPECT_EQ(graphs.num_graphs(), 18);
   EXPECT_EQ(graphs.num_captures(), 18);
   EXPECT_EQ(graphs.max_width(), 32);

@@ -346,6 +346,8 @@ CudaBackend::~CudaBackend() {
   if (attn_counters_ != nullptr) cudaFreeAsync(attn_counters_, stream_);
   for (void* p : {stack_layers_, stack_partials_, stack_counters_, sample_work_})
     if (p != nullptr) cudaFreeAsync(p, stream_);
+  for (void* p : retired_scratch_)
+    cudaFreeAsync(p, stream_);
   for (SampleStaging& slot : sample_staging_)
     if (slot.dev != nullptr) cudaFreeAsync(slot.dev, stream_);
   if (stream_ != nullptr) {
@@ -547,9 +549,14 @@ Status CudaBackend::ensure_scratch(void** buf, size_t* capacity, size_t bytes) {
   if (capturing_ && !in_graphs) graph_scratch_.push_back(buf);
   if (*capacity >= bytes) return OkStatus();
   RETURN_IF_ERROR(not_while_capturing("growing a scratch buffer"));
-  if (in_graphs) ++scratch_epoch_;
   const size_t want = std::max(bytes, *capacity * 2);
-  if (*buf != nullptr) BW_CUDA_TRY(cudaFreeAsync(*buf, stream_));
+  if (*buf != nullptr && in_graphs) {
+    // Recorded graphs keep the old buffer (large enough for them) until the backend goes:
+    // freeing it would make every one of them stale, to be recorded again one by one.
+    retired_scratch_.push_back(*buf);
+  } else if (*buf != nullptr) {
+    BW_CUDA_TRY(cudaFreeAsync(*buf, stream_));
+  }
   *buf = nullptr;
   *capacity = 0;
   BW_CUDA_TRY(cudaMallocAsync(buf, want, stream_));
@@ -574,7 +581,7 @@ class CudaBackend::Graph final : public CapturedGraph {
   Status replay() override {
     RETURN_IF_ERROR(backend_->sticky_);
     if (backend_->scratch_epoch_ != epoch_) {
-      return FailedPrecondition("cuda: the graph's scratch memory was reallocated since its capture");
+      return FailedPrecondition("cuda: the decoder stack's layer table changed since the graph's capture");
     }
     if (backend_->step_timing_ != nullptr) backend_->step_timing_->on_replay(backend_->stream_);
     return backend_->check_launch(static_cast<int>(cudaGraphLaunch(exec_, backend_->stream_)), "cudaGraphLaunch");

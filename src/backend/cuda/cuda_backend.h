@@ -80,7 +80,8 @@ class CudaBackend final : public Backend {
 
   // CUDA graphs through stream capture (off with BW_CUDA_PROFILE=1, whose syncs cannot be
   // captured). While capturing, scratch growth, host copies and syncs fail with
-  // FailedPrecondition; scratch reallocated later marks every earlier graph stale.
+  // FailedPrecondition. Scratch a graph recorded outlives its growth (retired_scratch_); a
+  // new decoder-stack layer table marks every earlier graph stale.
   bool supports_graphs() const override { return profile_ == nullptr; }
   Result<std::unique_ptr<CapturedGraph>> capture(const std::function<Status()>& body) override;
 
@@ -190,12 +191,13 @@ class CudaBackend final : public Backend {
   Status sticky_;
   bool force_gemv_ = false;
   bool capturing_ = false;
-  // Bumped whenever scratch memory a recorded graph uses is reallocated.
+  // Bumped when scratch contents recorded graphs read change (the decoder stack's table).
   uint64_t scratch_epoch_ = 0;
-  // The scratch buffers (ensure_scratch's `buf`) some capture has used: only their growth
-  // makes recorded graphs stale, so eager-only steps (prefill) cannot send every decode
-  // graph back to recording.
+  // The scratch buffers (ensure_scratch's `buf`) some capture has used. When one must grow,
+  // its old allocation moves to retired_scratch_ (freed with the backend) instead of being
+  // freed, so a larger eager step never makes the recorded graphs stale.
   std::vector<void**> graph_scratch_;
+  std::vector<void*> retired_scratch_;
   // Set when the environment has BW_CUDA_PROFILE=1: every op is bracketed by stream
   // syncs and timed; the per-op totals go to stderr when the backend is destroyed.
   std::unique_ptr<Profile> profile_;
