@@ -215,6 +215,21 @@ TEST_F(CudaMatmulTest, GemvAndCublasLtMatchTheCpu) {
   }
 }
 
+// Above 128 rows a cuBLASLt plan borrows the algorithm chosen for its bucket (M rounded up
+// to a multiple of 64): row counts on both sides of bucket edges, each bucket's own M
+// first and last, odd N and K among them (an algorithm cuBLASLt refuses for the borrowing
+// M falls back to the heuristic's own choice).
+TEST_F(CudaMatmulTest, BucketedCublasLtPlansMatchTheCpu) {
+  uint32_t seed = 300;
+  for (DType act : kActs) {
+    for (auto [n, k] : {std::pair<int64_t, int64_t>{256, 128}, {96, 1536}, {33, 37}}) {
+      for (int64_t m : {192, 129, 150, 191, 193, 255, 256, 1000, 2047, 2048}) {
+        run(act, act, m, n, k, /*with_bias=*/m % 2 == 1, seed++);
+      }
+    }
+  }
+}
+
 // The bias added over more rows than a grid's y dimension holds, and with a row length
 // that is not a whole number of 16-byte vectors.
 TEST_F(CudaMatmulTest, BiasOverManyRows) {
