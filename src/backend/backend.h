@@ -249,6 +249,12 @@ class Backend {
   // whose budget is the host's).
   virtual Status memory_info(uint64_t* free_bytes, uint64_t* total_bytes) const;
 
+  // Row counts (tokens per step, up to max_rows) whose first matmuls cost more than later
+  // ones, so that a server runs one step of each before it serves (ModelRunner::warm_up):
+  // the CUDA backend chooses a GEMM algorithm per bucket of row counts and loads each
+  // kernel at its first launch. Empty where first steps cost what later ones do (CPU).
+  virtual std::vector<int64_t> warm_up_rows(int64_t /*max_rows*/) const { return {}; }
+
   // --- Graphs (optional) ----------------------------------------------------------------
   // Whether capture() works now (CUDA graphs; off while profiling).
   virtual bool supports_graphs() const { return false; }

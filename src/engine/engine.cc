@@ -109,6 +109,18 @@ Result<int32_t> resolve_kv_num_blocks(const EngineConfig& config, const ModelCon
 
 namespace {
 
+// One step of each token count whose first step costs more on this backend (none on the
+// CPU), before the first request.
+Status warm_up(ModelRunner& runner, const Backend& backend, const SchedulerConfig& scheduler, const Logger& log) {
+  const std::vector<int64_t> rows = backend.warm_up_rows(scheduler.max_num_batched_tokens);
+  if (rows.empty()) return OkStatus();
+  const auto start = SteadyClock::now();
+  RETURN_IF_ERROR(runner.warm_up(rows, scheduler.max_model_len));
+  log->info("warmed up {} step sizes (1-{} tokens) in {:.2f} s", rows.size(), rows.back(),
+            seconds_between(start, SteadyClock::now()));
+  return OkStatus();
+}
+
 // Records the runner's decode graphs before the first request; a failure (e.g. out of
 // memory) leaves every step eager, which is slower but serves.
 void capture_decode_graphs(ModelRunner& runner, Backend& backend, const Logger& log) {
@@ -118,7 +130,7 @@ void capture_decode_graphs(ModelRunner& runner, Backend& backend, const Logger& 
   const bool on_device = !backend.is_host_memory() && backend.memory_info(&before.free_bytes, &before.total_bytes).ok();
   const auto start = SteadyClock::now();
   Result<int64_t> recorded = runner.capture_decode_graphs();
-  const double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
+  const double seconds = seconds_between(start, SteadyClock::now());
   if (!recorded.ok()) {
     log->warn("decode graphs off (every step runs eagerly): {}", recorded.status().message());
     return;
@@ -169,6 +181,7 @@ Result<std::unique_ptr<Engine>> Engine::create(CausalLM& model, Backend& backend
   ModelRunnerConfig runner_config{num_blocks, config.kv_block_size, config.kv_dtype, graph_batch,
                                   config.scheduler.max_model_len};
   ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, ModelRunner::create(model, backend, runner_config));
+  RETURN_IF_ERROR(warm_up(*runner, backend, config.scheduler, logger));
   if (!config.lazy_graph_capture) capture_decode_graphs(*runner, backend, logger);
   auto engine = std::unique_ptr<Engine>(new Engine(mc, tokenizer, config, logger, std::move(runner)));
   engine->thread_ = std::thread([e = engine.get()] { e->loop(); });

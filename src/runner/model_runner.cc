@@ -1,5 +1,7 @@
 #include "runner/model_runner.h"
 
+#include <algorithm>
+
 namespace bw {
 
 Status read_logits(Backend& backend, const TensorView& logits, std::vector<float>* out) {
@@ -87,6 +89,25 @@ Result<TensorView> ModelRunner::sampled_logits(const TensorView& logits, const D
   return out;
 }
 
+Status ModelRunner::warm_up(std::span<const int64_t> token_counts, int32_t max_len) {
+  if (max_len <= 0) return InvalidArgument("runner: warm-up sequences need max_len > 0");
+  const int64_t block = kv_cache_.block_size();
+  for (const int64_t count : token_counts) {
+    SchedulerOutput output;
+    for (int64_t done = 0; done < count; done += max_len) {
+      ScheduledSequence seq;
+      seq.request_id = static_cast<RequestId>(output.sequences.size());
+      seq.token_ids.assign(static_cast<size_t>(std::min<int64_t>(max_len, count - done)), 0);
+      seq.block_table.assign(static_cast<size_t>((static_cast<int64_t>(seq.token_ids.size()) + block - 1) / block), 0);
+      seq.sample = true;
+      output.sequences.push_back(std::move(seq));
+    }
+    output.num_tokens = static_cast<int32_t>(count);
+    RETURN_IF_ERROR(forward_eagerly(output, nullptr).status());
+  }
+  return backend_.synchronize();
+}
+
 bool ModelRunner::can_launch(const SchedulerOutput& output) const {
   return backend_.supports_async_sampling() && !output.empty();
 }
@@ -94,6 +115,10 @@ bool ModelRunner::can_launch(const SchedulerOutput& output) const {
 Result<TensorView> ModelRunner::forward(const SchedulerOutput& output, const TokenSource* source) {
   if (graphs_ != nullptr && graphs_->accepts(output.sequences))
     return graphs_->run(output.sequences, kv_cache_.layers(), source);
+  return forward_eagerly(output, source);
+}
+
+Result<TensorView> ModelRunner::forward_eagerly(const SchedulerOutput& output, const TokenSource* source) {
   const std::span<const int32_t> source_rows = source != nullptr ? source->rows : std::span<const int32_t>();
   RETURN_IF_ERROR(inputs_.build(backend_, output.sequences, static_cast<int32_t>(kv_cache_.block_size()),
                                 /*all_logits=*/false, source_rows));

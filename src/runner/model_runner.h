@@ -88,6 +88,12 @@ class ModelRunner {
   Result<RunnerOutput> wait(PendingStep step);
 
   const KvCacheStorage& kv_cache() const { return kv_cache_; }
+  // Runs one eager forward step of each of these token counts (Backend::warm_up_rows), so
+  // that the first steps of a surge do not pay the backend's first-use costs (decode graph
+  // replays are capture_decode_graphs' part). The dummy prompts (token 0, split into
+  // sequences of at most max_len tokens) write their K/V into KV block 0 only, which no
+  // sequence holds before the engine starts.
+  Status warm_up(std::span<const int64_t> token_counts, int32_t max_len);
   // Records every decode graph now (DecodeGraphs::capture_all); 0 when graphs are off.
   Result<int64_t> capture_decode_graphs() {
     if (graphs_ == nullptr) return int64_t{0};
@@ -104,6 +110,7 @@ class ModelRunner {
   // Enqueues the step's forward pass (a graph replay when the graphs take it); the logits
   // of its sampled sequences, in order.
   Result<TensorView> forward(const SchedulerOutput& output, const TokenSource* source);
+  Result<TensorView> forward_eagerly(const SchedulerOutput& output, const TokenSource* source);
   // Reads the logits back, or samples them on the device when `sampling` is given (and
   // reads back the host_rows' logits first).
   Status finish(const TensorView& logits, const DeviceSamplingBatch* sampling, std::span<const int32_t> host_rows,

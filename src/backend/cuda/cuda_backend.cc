@@ -235,7 +235,11 @@ struct CudaBackend::LtCache {
       destroy(&p);
   }
 
-  static int64_t bucket_of(int64_t m) { return m <= 128 ? m : (m + 63) / 64 * 64; }
+  static constexpr int64_t kExactRows = 128;
+  static constexpr int64_t kBucketRows = 64;
+  static int64_t bucket_of(int64_t m) {
+    return m <= kExactRows ? m : (m + kBucketRows - 1) / kBucketRows * kBucketRows;
+  }
 
   static void destroy(Plan* p) {
     if (p->op != nullptr) cublasLtMatmulDescDestroy(p->op);
@@ -751,6 +755,15 @@ Status CudaBackend::select_tokens(TensorView ids, const AsyncSample& from, const
   return check_launch(
       cuda::launch_select_tokens(ids.as<int32_t>(), from.ids, from.rows, rows.as<const int32_t>(), ids.dim(0), stream_),
       "select_tokens");
+}
+
+std::vector<int64_t> CudaBackend::warm_up_rows(int64_t max_rows) const {
+  std::vector<int64_t> rows;
+  for (int64_t m = 1; m <= max_rows; m = m < LtCache::kExactRows ? m + 1 : m + LtCache::kBucketRows)
+    rows.push_back(m);
+  // The last bucket's rows up to max_rows (the bucket's own M may lie above it).
+  if (!rows.empty() && LtCache::bucket_of(rows.back()) < LtCache::bucket_of(max_rows)) rows.push_back(max_rows);
+  return rows;
 }
 
 Status CudaBackend::matmul_lt(TensorView out, const TensorView& x, const TensorView& w, const TensorView& bias,

@@ -77,6 +77,9 @@ class CudaBackend final : public Backend {
   std::string device_name() const { return device_name_; }
   // Free and total device memory now (cudaMemGetInfo).
   Status memory_info(uint64_t* free_bytes, uint64_t* total_bytes) const override;
+  // 1-128 rows (decode batches and small mixed steps, a plan each) and one row count per
+  // cuBLASLt bucket above (LtCache).
+  std::vector<int64_t> warm_up_rows(int64_t max_rows) const override;
 
   // CUDA graphs through stream capture (off with BW_CUDA_PROFILE=1, whose syncs cannot be
   // captured). While capturing, scratch growth, host copies and syncs fail with
