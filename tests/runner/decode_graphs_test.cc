@@ -85,6 +85,8 @@ class DecodeGraphsTest : public ::testing::Test {
     return out;
   }
 
+  static Generated graphed_run_matches_eager(bool lazy_graph_capture, int64_t* backend_captures);
+
   // The suite's model (f32 weights) on `backend`.
   static Result<std::unique_ptr<CausalLM>> load_model(Backend& backend) {
     ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::open(*path_));
@@ -114,9 +116,11 @@ void make_staggered_prompts(std::vector<std::vector<int32_t>>* prompts, std::vec
   }
 }
 
-// Graphs recorded at start-up (from padding rows only) and replayed with every step's
-// real inputs give the eager steps' tokens, and no step records a graph.
-TEST_F(DecodeGraphsTest, GraphsRecordedAtStartReplayEagerSteps) {
+// The staggered prompts, greedy, run eagerly and with graphs on a recording backend
+// (recorded at start-up, or lazily at each shape's first step): the same tokens. Returns
+// the graphed run's counters and, in *backend_captures, the backend's count.
+DecodeGraphsTest::Generated DecodeGraphsTest::graphed_run_matches_eager(bool lazy_graph_capture,
+                                                                         int64_t* backend_captures) {
   std::vector<std::vector<int32_t>> prompts;
   std::vector<int32_t> max_tokens;
   make_staggered_prompts(&prompts, &max_tokens);
@@ -124,38 +128,37 @@ TEST_F(DecodeGraphsTest, GraphsRecordedAtStartReplayEagerSteps) {
   const Generated eager = generate(eager_cpu, 0, prompts, max_tokens);
   CpuBackend cpu(2);
   RecordingBackend recording(cpu);
-  const Generated graphed = generate(recording, 32, prompts, max_tokens);
-  ASSERT_EQ(eager.tokens.size(), graphed.tokens.size());
-  for (size_t i = 0; i < eager.tokens.size(); ++i) {
-    ASSERT_EQ(eager.tokens[i].size(), static_cast<size_t>(max_tokens[i]));
+  const Generated graphed = generate(recording, 32, prompts, max_tokens, lazy_graph_capture);
+  EXPECT_EQ(eager.tokens.size(), graphed.tokens.size());
+  for (size_t i = 0; i < eager.tokens.size() && i < graphed.tokens.size(); ++i) {
+    EXPECT_EQ(eager.tokens[i].size(), static_cast<size_t>(max_tokens[i]));
     EXPECT_EQ(eager.tokens[i], graphed.tokens[i]) << "sequence " << i;
   }
+  EXPECT_GT(recording.recorded_ops, 0);
+  *backend_captures = recording.captures;
+  return graphed;
+}
+
+// Graphs recorded at start-up (from padding rows only) and replayed with every step's
+// real inputs give the eager steps' tokens, and no step records a graph.
+TEST_F(DecodeGraphsTest, GraphsRecordedAtStartReplayEagerSteps) {
+  int64_t backend_captures = 0;
+  const Generated graphed = graphed_run_matches_eager(/*lazy_graph_capture=*/false, &backend_captures);
   // Sizes 1, 2, 4, 8, 16, 24, 32 at widths 8 and 16 (256 tokens = 16 blocks of 16).
   EXPECT_EQ(graphed.graphs_at_start, 14);
   EXPECT_EQ(graphed.captures, 14) << "a step recorded a graph of its own";
-  EXPECT_EQ(recording.captures, 14);
+  EXPECT_EQ(backend_captures, 14);
   EXPECT_GT(graphed.replays, 50);
-  EXPECT_GT(recording.recorded_ops, 0);
 }
 
 // --lazy-graph-capture: each shape is recorded at its first step instead, same tokens.
 TEST_F(DecodeGraphsTest, LazyGraphsReplayEagerStepsAcrossPaddedSizes) {
-  std::vector<std::vector<int32_t>> prompts;
-  std::vector<int32_t> max_tokens;
-  make_staggered_prompts(&prompts, &max_tokens);
-  CpuBackend eager_cpu(2);
-  const Generated eager = generate(eager_cpu, 0, prompts, max_tokens);
-  CpuBackend cpu(2);
-  RecordingBackend recording(cpu);
-  const Generated graphed = generate(recording, 32, prompts, max_tokens, /*lazy_graph_capture=*/true);
-  ASSERT_EQ(eager.tokens.size(), graphed.tokens.size());
-  for (size_t i = 0; i < eager.tokens.size(); ++i) {
-    ASSERT_EQ(eager.tokens[i].size(), static_cast<size_t>(max_tokens[i]));
-    EXPECT_EQ(eager.tokens[i], graphed.tokens[i]) << "sequence " << i;
-  }
+  int64_t backend_captures = 0;
+  const Generated graphed = graphed_run_matches_eager(/*lazy_graph_capture=*/true, &backend_captures);
   EXPECT_EQ(graphed.graphs_at_start, 0);
   EXPECT_GE(graphed.captures, 5);  // sizes 16, 8, 4, 2, 1 at least, and wider tables
   EXPECT_LT(graphed.captures, 14);
+  EXPECT_EQ(backend_captures, graphed.captures);
   EXPECT_GT(graphed.replays, 50);
 }
 
