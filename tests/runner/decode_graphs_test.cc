@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <functional>
+#include <optional>
 #include <random>
 
 #include "backend/cpu/cpu_backend.h"
@@ -87,6 +88,20 @@ class DecodeGraphsTest : public ::testing::Test {
 
   static Generated graphed_run_matches_eager(bool lazy_graph_capture, int64_t* backend_captures);
 
+  // The suite's model and a KV cache of 8 blocks of 16 on `backend`.
+  struct ModelAndCache {
+    std::unique_ptr<CausalLM> model;
+    std::optional<KvCacheStorage> kv;
+  };
+  static void load_with_cache(Backend& backend, ModelAndCache* out) {
+    auto model = load_model(backend);
+    ASSERT_TRUE(model.ok()) << model.status().to_string();
+    auto kv = KvCacheStorage::create(backend, (*model)->config(), 8, 16, DType::kF32);
+    ASSERT_TRUE(kv.ok()) << kv.status().to_string();
+    out->model = std::move(*model);
+    out->kv.emplace(std::move(*kv));
+  }
+
   // The suite's model (f32 weights) on `backend`.
   static Result<std::unique_ptr<CausalLM>> load_model(Backend& backend) {
     ASSIGN_OR_RETURN(Checkpoint ckpt, Checkpoint::open(*path_));
@@ -120,7 +135,7 @@ void make_staggered_prompts(std::vector<std::vector<int32_t>>* prompts, std::vec
 // (recorded at start-up, or lazily at each shape's first step): the same tokens. Returns
 // the graphed run's counters and, in *backend_captures, the backend's count.
 DecodeGraphsTest::Generated DecodeGraphsTest::graphed_run_matches_eager(bool lazy_graph_capture,
-                                                                         int64_t* backend_captures) {
+                                                                        int64_t* backend_captures) {
   std::vector<std::vector<int32_t>> prompts;
   std::vector<int32_t> max_tokens;
   make_staggered_prompts(&prompts, &max_tokens);
@@ -192,22 +207,19 @@ TEST_F(DecodeGraphsTest, PaddedSizesAndAcceptance) {
 TEST_F(DecodeGraphsTest, AMovedWorkspaceIsRecapturedNotReplayed) {
   CpuBackend cpu(1);
   RecordingBackend recording(cpu);
-  auto model = load_model(recording);
-  ASSERT_TRUE(model.ok()) << model.status().to_string();
-  const ModelConfig& mc = (*model)->config();
-  auto kv = KvCacheStorage::create(recording, mc, 8, 16, DType::kF32);
-  ASSERT_TRUE(kv.ok());
-  DecodeGraphs graphs(**model, recording, 16, 4, 128);
+  ModelAndCache m;
+  ASSERT_NO_FATAL_FAILURE(load_with_cache(recording, &m));
+  DecodeGraphs graphs(*m.model, recording, 16, 4, 128);
   ScheduledSequence seq{.request_id = 1, .start_pos = 0, .token_ids = {7}, .block_table = {3}, .sample = true};
   std::vector<ScheduledSequence> batch{seq};
-  ASSERT_TRUE(graphs.run(batch, kv->layers()).ok());
+  ASSERT_TRUE(graphs.run(batch, m.kv->layers()).ok());
   EXPECT_EQ(graphs.num_captures(), 1);
   batch[0].start_pos = 1;
-  ASSERT_TRUE(graphs.run(batch, kv->layers()).ok());
+  ASSERT_TRUE(graphs.run(batch, m.kv->layers()).ok());
   EXPECT_EQ(graphs.num_replays(), 1);
-  ASSERT_TRUE((*model)->reserve(64, 64).ok());  // the workspace moves
+  ASSERT_TRUE(m.model->reserve(64, 64).ok());  // the workspace moves
   batch[0].start_pos = 2;
-  ASSERT_TRUE(graphs.run(batch, kv->layers()).ok());
+  ASSERT_TRUE(graphs.run(batch, m.kv->layers()).ok());
   EXPECT_EQ(graphs.num_captures(), 2);
   EXPECT_EQ(graphs.num_replays(), 1);
 }
@@ -217,13 +229,10 @@ TEST_F(DecodeGraphsTest, AMovedWorkspaceIsRecapturedNotReplayed) {
 TEST_F(DecodeGraphsTest, CaptureAllRecordsEveryShapeOnce) {
   CpuBackend cpu(1);
   RecordingBackend recording(cpu);
-  auto model = load_model(recording);
-  ASSERT_TRUE(model.ok()) << model.status().to_string();
-  const ModelConfig& mc = (*model)->config();
-  auto kv = KvCacheStorage::create(recording, mc, 8, 16, DType::kF32);
-  ASSERT_TRUE(kv.ok());
-  DecodeGraphs graphs(**model, recording, 16, 20, 300);  // sizes 1-24, 19 blocks: widths 8, 16, 32
-  auto recorded = graphs.capture_all(kv->layers());
+  ModelAndCache m;
+  ASSERT_NO_FATAL_FAILURE(load_with_cache(recording, &m));
+  DecodeGraphs graphs(*m.model, recording, 16, 20, 300);  // sizes 1-24, 19 blocks: widths 8, 16, 32
+  auto recorded = graphs.capture_all(m.kv->layers());
   ASSERT_TRUE(recorded.ok()) << recorded.status().to_string();
   EXPECT_EQ(*recorded, 6 * 3);
   EXPECT_EQ(DecodeGraphs::num_shapes(16, 20, 300), 6 * 3);
@@ -240,13 +249,13 @@ TEST_F(DecodeGraphsTest, CaptureAllRecordsEveryShapeOnce) {
         s.start_pos = pos;
         s.block_table.assign(static_cast<size_t>(pos / 16 + 1), 3);
       }
-      ASSERT_TRUE(graphs.run(batch, kv->layers()).ok());
+      ASSERT_TRUE(graphs.run(batch, m.kv->layers()).ok());
     }
   }
   EXPECT_EQ(graphs.num_captures(), 18);
   EXPECT_EQ(graphs.num_replays(), 6);
-  ASSERT_TRUE((*model)->reserve(64, 64).ok());  // the workspace moves
-  ASSERT_TRUE(graphs.run(std::vector<ScheduledSequence>{seq}, kv->layers()).ok());
+  ASSERT_TRUE(m.model->reserve(64, 64).ok());  // the workspace moves
+  ASSERT_TRUE(graphs.run(std::vector<ScheduledSequence>{seq}, m.kv->layers()).ok());
   EXPECT_EQ(graphs.num_captures(), 19);
   EXPECT_EQ(graphs.num_replays(), 6);
 }
@@ -254,12 +263,10 @@ TEST_F(DecodeGraphsTest, CaptureAllRecordsEveryShapeOnce) {
 // Graphs off (a backend without them): nothing to record.
 TEST_F(DecodeGraphsTest, CaptureAllWithoutGraphsRecordsNothing) {
   CpuBackend cpu(1);
-  auto model = load_model(cpu);
-  ASSERT_TRUE(model.ok()) << model.status().to_string();
-  auto kv = KvCacheStorage::create(cpu, (*model)->config(), 8, 16, DType::kF32);
-  ASSERT_TRUE(kv.ok());
-  DecodeGraphs graphs(**model, cpu, 16, 8, 64);
-  auto recorded = graphs.capture_all(kv->layers());
+  ModelAndCache m;
+  ASSERT_NO_FATAL_FAILURE(load_with_cache(cpu, &m));
+  DecodeGraphs graphs(*m.model, cpu, 16, 8, 64);
+  auto recorded = graphs.capture_all(m.kv->layers());
   ASSERT_TRUE(recorded.ok()) << recorded.status().to_string();
   EXPECT_EQ(*recorded, 0);
   EXPECT_EQ(graphs.num_graphs(), 0);
