@@ -168,9 +168,11 @@ Result<BatchResult> run_batch(CausalLM& model, Backend& backend, const BenchOffl
   config.kv_dtype = kv_dtype;
   config.enable_prefix_caching = false;
   if (args.enforce_eager) config.max_graph_batch = 0;
-  // The warm-up round below records the graphs this batch replays; recording every size
-  // up to it at start-up as well would only lengthen the run.
+  // The warm-up round below records the graphs this batch replays and warms its step
+  // sizes; recording every size up to it and warming every GEMM bucket at start-up as well
+  // would only lengthen the run.
   config.lazy_graph_capture = true;
+  config.warm_up = false;
   config.async_scheduling = !args.no_async_scheduling;
   Logger log = make_stderr_logger("bench", "warn");
   ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::create(model, backend, nullptr, config, log));

@@ -181,7 +181,7 @@ Result<std::unique_ptr<Engine>> Engine::create(CausalLM& model, Backend& backend
   ModelRunnerConfig runner_config{num_blocks, config.kv_block_size, config.kv_dtype, graph_batch,
                                   config.scheduler.max_model_len};
   ASSIGN_OR_RETURN(std::unique_ptr<ModelRunner> runner, ModelRunner::create(model, backend, runner_config));
-  RETURN_IF_ERROR(warm_up(*runner, backend, config.scheduler, logger));
+  if (config.warm_up) RETURN_IF_ERROR(warm_up(*runner, backend, config.scheduler, logger));
   if (!config.lazy_graph_capture) capture_decode_graphs(*runner, backend, logger);
   auto engine = std::unique_ptr<Engine>(new Engine(mc, tokenizer, config, logger, std::move(runner)));
   engine->thread_ = std::thread([e = engine.get()] { e->loop(); });

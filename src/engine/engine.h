@@ -54,6 +54,9 @@ struct EngineConfig {
   // Record those graphs at each one's first step instead of in Engine::create (which then
   // takes longer, but no step of a burst waits for a recording).
   bool lazy_graph_capture = false;
+  // On backends whose first step of a size costs more (Backend::warm_up_rows: CUDA), run
+  // one step of each such size in Engine::create (ModelRunner::warm_up).
+  bool warm_up = true;
   // Overlapped steps: while a step runs on the device, the next one is scheduled and
   // enqueued (input tokens still being sampled taken on the device from this step's
   // samples), and this step's outputs are handled while the next runs. Only where the
