@@ -1,7 +1,12 @@
 #include "model/random_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <iterator>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "backend/rope.h"
 #include "io/gguf.h"
@@ -126,6 +131,59 @@ uint32_t gguf_file_type(DType dtype) {
   }
 }
 
+// The per-token arrays of a GGUF tokenizer, padded to `vocab` entries as llama.cpp's
+// converter pads a vocabulary with more rows than tokens (Qwen2-7B: 152,064 rows): tokens
+// "[PAD<id>]" of type UNUSED (llama.cpp's 5) with score 0.
+Result<GgufValue> padded_token_array(const std::string& key, const GgufArray& items, size_t vocab) {
+  if (const auto* strings = items.get<std::string>(); strings != nullptr && key == "tokenizer.ggml.tokens") {
+    std::vector<std::string> out = *strings;
+    for (size_t id = out.size(); id < vocab; ++id)
+      out.push_back(fmt::format("[PAD{}]", id));
+    return GgufValue(std::move(out));
+  }
+  if (const auto* types = items.get<int32_t>(); types != nullptr && key == "tokenizer.ggml.token_type") {
+    std::vector<int32_t> out = *types;
+    out.resize(vocab, 5);
+    return GgufValue(std::move(out));
+  }
+  if (const auto* scores = items.get<float>(); scores != nullptr && key == "tokenizer.ggml.scores") {
+    std::vector<float> out = *scores;
+    out.resize(vocab, 0.0f);
+    return GgufValue(std::move(out));
+  }
+  return InvalidArgument("{}: cannot pad a {} to {} tokens", key, GgufValue(items).describe(), vocab);
+}
+
+// Copies the tokenizer.* keys of the GGUF file `path` into `writer`, padding the per-token
+// arrays when the model's vocabulary has more rows than the tokenizer has tokens.
+Status copy_tokenizer(const std::string& path, int64_t vocab_size, GgufWriter* writer) {
+  ASSIGN_OR_RETURN(GgufFile tok, GgufFile::open(path));
+  const GgufValue* tokens = tok.find("tokenizer.ggml.tokens");
+  const size_t n = tokens != nullptr && tokens->as_array() != nullptr ? tokens->as_array()->size() : 0;
+  const auto vocab = static_cast<size_t>(vocab_size);
+  if (n > vocab) {
+    return InvalidArgument("{}: the tokenizer has {} tokens but the model's vocabulary is only {}", path, n,
+                           vocab_size);
+  }
+  static constexpr std::string_view kPerToken[] = {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+                                                   "tokenizer.ggml.scores"};
+  bool any = false;
+  for (const GgufKeyValue& kv : tok.metadata()) {
+    if (!kv.key.starts_with("tokenizer.")) continue;
+    any = true;
+    const GgufArray* items = kv.value.as_array();
+    const bool per_token = std::find(std::begin(kPerToken), std::end(kPerToken), kv.key) != std::end(kPerToken);
+    if (per_token && items != nullptr && items->size() == n && n < vocab) {
+      ASSIGN_OR_RETURN(GgufValue padded, padded_token_array(kv.key, *items, vocab));
+      writer->set(kv.key, std::move(padded));
+    } else {
+      writer->set(kv.key, kv.value);
+    }
+  }
+  if (!any) return InvalidArgument("{}: has no tokenizer.* keys to copy", path);
+  return OkStatus();
+}
+
 Status write_gguf(const ModelConfig& c, const RandomModelOptions& o, const std::vector<TensorPlan>& plan,
                   ThreadPool& pool) {
   GgufWriter writer;
@@ -149,23 +207,7 @@ Status write_gguf(const ModelConfig& c, const RandomModelOptions& o, const std::
     writer.set(a + ".rope.scaling.type", "linear");
     writer.set(a + ".rope.scaling.factor", c.rope.scaling.factor);
   }
-  if (!o.tokenizer_from.empty()) {
-    ASSIGN_OR_RETURN(GgufFile tok, GgufFile::open(o.tokenizer_from));
-    bool any = false;
-    for (const GgufKeyValue& kv : tok.metadata()) {
-      if (!kv.key.starts_with("tokenizer.")) continue;
-      writer.set(kv.key, kv.value);
-      any = true;
-    }
-    if (!any) return InvalidArgument("{}: has no tokenizer.* keys to copy", o.tokenizer_from);
-    if (const GgufValue* tokens = tok.find("tokenizer.ggml.tokens"); tokens != nullptr && tokens->as_array()) {
-      const size_t n = tokens->as_array()->size();
-      if (static_cast<int64_t>(n) != c.vocab_size) {
-        return InvalidArgument("{}: the tokenizer has {} tokens but the model's vocabulary is {}", o.tokenizer_from, n,
-                               c.vocab_size);
-      }
-    }
-  }
+  if (!o.tokenizer_from.empty()) RETURN_IF_ERROR(copy_tokenizer(o.tokenizer_from, c.vocab_size, &writer));
 
   // Tensor data must outlive write(): keep each encoded tensor.
   std::vector<std::vector<uint8_t>> storage;

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -125,12 +126,53 @@ TEST(RandomModelTest, TokenizerFromIsCopiedAndChecked) {
     ++copied;
   }
   EXPECT_GE(copied, 5);
-  // A tokenizer whose size disagrees with the model is refused.
+  // A tokenizer with more tokens than the model's vocabulary is refused.
   auto qwen = find_model_preset("tiny-qwen2");
-  qwen->vocab_size = 1000;
+  qwen->vocab_size = 500;
   o.out_path = tmp.file("bad.gguf");
   auto bad = write_random_model(*qwen, o, pool);
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+}
+
+// A model vocabulary with more rows than the tokenizer has tokens (DeepSeek-R1-Distill-
+// Qwen-7B: 152,064 rows, 151,936 tokens in the GGUF vocabulary) gets the tokenizer padded
+// as llama.cpp's converter pads it: "[PAD<id>]" tokens of type UNUSED, score 0.
+TEST(RandomModelTest, TokenizerFromIsPaddedToTheVocabulary) {
+  BW_TESTDATA_OR_SKIP(vocab, "models/stories260K.gguf");  // 512 tokens
+  test::TempDir tmp;
+  auto config = find_model_preset("tiny-llama");
+  ASSERT_TRUE(config.ok());
+  config->vocab_size = 520;
+  ThreadPool pool(2);
+  RandomModelOptions o;
+  o.format = RandomModelOptions::Format::kGguf;
+  o.out_path = tmp.file("padded.gguf");
+  o.tokenizer_from = vocab.string();
+  ASSERT_TRUE(write_random_model(*config, o, pool).ok());
+  auto out = GgufFile::open(o.out_path);
+  auto src = GgufFile::open(vocab.string());
+  ASSERT_TRUE(out.ok() && src.ok());
+  for (const char* key : {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores"}) {
+    const GgufValue* was = src->find(key);
+    const GgufValue* now = out->find(key);
+    ASSERT_TRUE(was != nullptr && now != nullptr && now->as_array() != nullptr) << key;
+    EXPECT_EQ(now->as_array()->size(), 520u) << key;
+  }
+  const auto* tokens = out->find("tokenizer.ggml.tokens")->as_array()->get<std::string>();
+  const auto* src_tokens = src->find("tokenizer.ggml.tokens")->as_array()->get<std::string>();
+  ASSERT_TRUE(tokens != nullptr && src_tokens != nullptr);
+  EXPECT_TRUE(std::equal(src_tokens->begin(), src_tokens->end(), tokens->begin()));
+  EXPECT_EQ((*tokens)[512], "[PAD512]");
+  EXPECT_EQ((*tokens)[519], "[PAD519]");
+  const auto* types = out->find("tokenizer.ggml.token_type")->as_array()->get<int32_t>();
+  ASSERT_NE(types, nullptr);
+  EXPECT_EQ((*types)[519], 5);  // UNUSED
+  EXPECT_EQ((*types)[3], (*src->find("tokenizer.ggml.token_type")->as_array()->get<int32_t>())[3]);
+  const auto* scores = out->find("tokenizer.ggml.scores")->as_array()->get<float>();
+  ASSERT_NE(scores, nullptr);
+  EXPECT_EQ((*scores)[515], 0.0f);
+  // Keys that are not per token are copied as they are.
+  EXPECT_TRUE(*out->find("tokenizer.ggml.model") == *src->find("tokenizer.ggml.model"));
 }
 
 TEST(CheckpointTest, WrongShapeOrMissingTensorNamesIt) {
