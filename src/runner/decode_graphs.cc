@@ -168,13 +168,16 @@ Result<int64_t> DecodeGraphs::capture_all(std::span<const KvCacheLayer> kv_cache
   if (!disabled_.ok() || max_batch_ <= 0 || !backend_.supports_graphs()) return int64_t{0};
   RETURN_IF_ERROR(ensure_buffers());
   int64_t recorded = 0;
-  // Widest tables and largest batches first: scratch buffers reach their size early.
+  // Widest tables first (scratch buffers reach their size early), and batch 1 first at
+  // each width: a device's first single-sequence step may set up state that makes the
+  // graphs recorded before it stale (CUDA: the fused decoder stack's layer table, uploaded
+  // at its first use), so it comes before any recording.
   for (int32_t width = max_width_; width >= kMinWidth; width /= 2) {
-    for (auto size = sizes_.rbegin(); size != sizes_.rend(); ++size) {
+    for (const int32_t size : sizes_) {
       // As at a shape's first step: an eager forward sizes the scratch, then the recording.
-      Status status = upload_inputs({}, nullptr, *size, width);
-      if (status.ok()) status = model_.forward(layout(*size, width), kv_cache, padded_logits(*size));
-      if (status.ok()) status = record(*size, width, kv_cache);
+      Status status = upload_inputs({}, nullptr, size, width);
+      if (status.ok()) status = model_.forward(layout(size, width), kv_cache, padded_logits(size));
+      if (status.ok()) status = record(size, width, kv_cache);
       if (!status.ok()) {
         graphs_.clear();  // frees what the graphs recorded so far hold
         disabled_ = status;

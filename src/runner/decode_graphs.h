@@ -9,8 +9,8 @@
 // to the context length at start-up; otherwise (or for a graph gone stale) the first step
 // of a (P, W) runs the forward eagerly (which sizes every scratch buffer; its logits are
 // this step's) and then records it. Later steps upload their inputs and replay. A graph is
-// recorded again when the model's workspace or the backend's scratch memory has moved
-// since.
+// recorded again when the model's workspace has moved since, or when the backend reports
+// it stale (CapturedGraph::replay: FailedPrecondition).
 //
 // Not thread-safe: driven by the runner.
 #pragma once
