@@ -14,7 +14,12 @@ DEV=${DEV:-cuda}
 start() {  # port, log, args...
   local port=$1 log=$2; shift 2
   $BW serve --port $port "$@" > $log 2>&1 &
-  for i in $(seq 1 120); do grep -q "serving" $log && return 0; sleep 0.5; done
+  local pid=$!
+  for i in $(seq 1 120); do
+    grep -q "serving" $log && return 0
+    kill -0 $pid 2>/dev/null || break  # exited at start: no point waiting
+    sleep 0.5
+  done
   echo "server did not come up:"; tail -5 $log; return 1
 }
 req='{"prompt":"Once upon a time","max_tokens":40,"temperature":0}'
