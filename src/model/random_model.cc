@@ -131,22 +131,22 @@ uint32_t gguf_file_type(DType dtype) {
   }
 }
 
-// The per-token arrays of a GGUF tokenizer, padded to `vocab` entries as llama.cpp's
+// A per-token array of a GGUF tokenizer padded to `vocab` entries, as llama.cpp's
 // converter pads a vocabulary with more rows than tokens (Qwen2-7B: 152,064 rows): tokens
-// "[PAD<id>]" of type UNUSED (llama.cpp's 5) with score 0.
+// (strings) "[PAD<id>]", token types (int32) UNUSED (llama.cpp's 5), scores (float) 0.
 Result<GgufValue> padded_token_array(const std::string& key, const GgufArray& items, size_t vocab) {
-  if (const auto* strings = items.get<std::string>(); strings != nullptr && key == "tokenizer.ggml.tokens") {
+  if (const auto* strings = items.get<std::string>()) {
     std::vector<std::string> out = *strings;
     for (size_t id = out.size(); id < vocab; ++id)
       out.push_back(fmt::format("[PAD{}]", id));
     return GgufValue(std::move(out));
   }
-  if (const auto* types = items.get<int32_t>(); types != nullptr && key == "tokenizer.ggml.token_type") {
+  if (const auto* types = items.get<int32_t>()) {
     std::vector<int32_t> out = *types;
     out.resize(vocab, 5);
     return GgufValue(std::move(out));
   }
-  if (const auto* scores = items.get<float>(); scores != nullptr && key == "tokenizer.ggml.scores") {
+  if (const auto* scores = items.get<float>()) {
     std::vector<float> out = *scores;
     out.resize(vocab, 0.0f);
     return GgufValue(std::move(out));

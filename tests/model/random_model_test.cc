@@ -103,18 +103,23 @@ TEST(RandomModelTest, SameSeedSameWeightsAndBf16IsHalfTheSize) {
   }
 }
 
+// A random GGUF model of `config` at `path` with the tokenizer.* keys of `vocab`.
+Status write_gguf_with_tokenizer(const ModelConfig& config, const std::string& vocab, const std::string& path) {
+  ThreadPool pool(2);
+  RandomModelOptions o;
+  o.format = RandomModelOptions::Format::kGguf;
+  o.out_path = path;
+  o.tokenizer_from = vocab;
+  return write_random_model(config, o, pool).status();
+}
+
 TEST(RandomModelTest, TokenizerFromIsCopiedAndChecked) {
   BW_TESTDATA_OR_SKIP(vocab, "models/stories260K.gguf");  // 512 tokens, like tiny-llama
   test::TempDir tmp;
   auto config = find_model_preset("tiny-llama");
   ASSERT_TRUE(config.ok());
-  ThreadPool pool(2);
-  RandomModelOptions o;
-  o.format = RandomModelOptions::Format::kGguf;
-  o.out_path = tmp.file("m.gguf");
-  o.tokenizer_from = vocab.string();
-  ASSERT_TRUE(write_random_model(*config, o, pool).ok());
-  auto out = GgufFile::open(o.out_path);
+  ASSERT_TRUE(write_gguf_with_tokenizer(*config, vocab.string(), tmp.file("m.gguf")).ok());
+  auto out = GgufFile::open(tmp.file("m.gguf"));
   auto src = GgufFile::open(vocab.string());
   ASSERT_TRUE(out.ok() && src.ok());
   int copied = 0;
@@ -129,9 +134,8 @@ TEST(RandomModelTest, TokenizerFromIsCopiedAndChecked) {
   // A tokenizer with more tokens than the model's vocabulary is refused.
   auto qwen = find_model_preset("tiny-qwen2");
   qwen->vocab_size = 500;
-  o.out_path = tmp.file("bad.gguf");
-  auto bad = write_random_model(*qwen, o, pool);
-  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(write_gguf_with_tokenizer(*qwen, vocab.string(), tmp.file("bad.gguf")).code(),
+            StatusCode::kInvalidArgument);
 }
 
 // A model vocabulary with more rows than the tokenizer has tokens (DeepSeek-R1-Distill-
@@ -143,13 +147,8 @@ TEST(RandomModelTest, TokenizerFromIsPaddedToTheVocabulary) {
   auto config = find_model_preset("tiny-llama");
   ASSERT_TRUE(config.ok());
   config->vocab_size = 520;
-  ThreadPool pool(2);
-  RandomModelOptions o;
-  o.format = RandomModelOptions::Format::kGguf;
-  o.out_path = tmp.file("padded.gguf");
-  o.tokenizer_from = vocab.string();
-  ASSERT_TRUE(write_random_model(*config, o, pool).ok());
-  auto out = GgufFile::open(o.out_path);
+  ASSERT_TRUE(write_gguf_with_tokenizer(*config, vocab.string(), tmp.file("padded.gguf")).ok());
+  auto out = GgufFile::open(tmp.file("padded.gguf"));
   auto src = GgufFile::open(vocab.string());
   ASSERT_TRUE(out.ok() && src.ok());
   for (const char* key : {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores"}) {
