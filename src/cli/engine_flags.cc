@@ -37,6 +37,10 @@ void add_engine_flags(CLI::App& app, EngineFlags* f) {
   app.add_option("--batch-window-ms", f->batch_window_ms,
                  "When idle, wait this long for more requests before the first step")
       ->capture_default_str();
+  app.add_option("--log-slow-steps", f->log_slow_steps_ms,
+                 "Log (warning) each engine step whose tokens came at least this many ms after the previous step's, "
+                 "with its rows and prompt tokens; 0 = off")
+      ->capture_default_str();
   app.add_option("--engine-seed", f->seed, "Seed for requests that give none")->capture_default_str();
   // Hidden (empty group): a testing aid that slows every engine step.
   app.add_option("--debug-step-delay-ms", f->debug_step_delay_ms)->group("");
@@ -105,6 +109,8 @@ Result<EngineConfig> engine_config_from_flags(const EngineFlags& f, DType activa
   config.async_scheduling = !f.no_async_scheduling;
   if (f.batch_window_ms < 0) return InvalidArgument("--batch-window-ms must be >= 0");
   config.batch_window = std::chrono::milliseconds(f.batch_window_ms);
+  if (f.log_slow_steps_ms < 0) return InvalidArgument("--log-slow-steps must be >= 0");
+  config.log_slow_steps = std::chrono::milliseconds(f.log_slow_steps_ms);
   config.seed = f.seed;
   if (f.debug_step_delay_ms < 0) return InvalidArgument("--debug-step-delay-ms must be >= 0");
   config.debug_step_delay = std::chrono::milliseconds(f.debug_step_delay_ms);

@@ -26,6 +26,7 @@ struct EngineFlags {
   bool no_prefix_caching = false;
   bool no_chunked_prefill = false;
   int64_t batch_window_ms = 0;
+  int64_t log_slow_steps_ms = 0;
   uint64_t seed = 0;
   int64_t debug_step_delay_ms = 0;
 };

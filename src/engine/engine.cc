@@ -564,8 +564,28 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
       histogram_bucket(output.sequences.size(), counters_.batch_size_histogram.size()))] += 1;
   // Overlapped steps share wall time: count each stretch once.
   const auto now = SteadyClock::now();
-  counters_.busy_seconds += seconds_between(std::max(start, last_step_end_), now);
+  const double step_seconds = seconds_between(std::max(start, last_step_end_), now);
+  counters_.busy_seconds += step_seconds;
   last_step_end_ = now;
+  if (config_.log_slow_steps.count() > 0 && step_seconds * 1e3 >= static_cast<double>(config_.log_slow_steps.count()))
+    log_slow_step(output, step_seconds, advanced);
+}
+
+void Engine::log_slow_step(const SchedulerOutput& output, double seconds, bool overlapped) const {
+  int32_t decoding = 0, prompt_chunks = 0, prompt_tokens = 0, longest_context = 0;
+  for (const ScheduledSequence& seq : output.sequences) {
+    const auto tokens = static_cast<int32_t>(seq.token_ids.size());
+    longest_context = std::max(longest_context, seq.start_pos + tokens);
+    if (tokens == 1) {  // (decoding, or a prompt's last token after a cached prefix)
+      ++decoding;
+    } else {
+      ++prompt_chunks;
+      prompt_tokens += tokens;
+    }
+  }
+  logger_->warn("slow step: {:.1f} ms, {} rows ({} of one token, {} prompt chunks of {} tokens), longest context {}{}",
+                seconds * 1e3, output.sequences.size(), decoding, prompt_chunks, prompt_tokens, longest_context,
+                overlapped ? ", overlapped" : "");
 }
 
 bool Engine::prepare_device_sampling(const SchedulerOutput& output, std::span<const int32_t> pending_rows) {

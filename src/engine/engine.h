@@ -68,6 +68,9 @@ struct EngineConfig {
   DType kv_dtype = DType::kF32;
   bool enable_prefix_caching = true;
   std::chrono::milliseconds batch_window{0};
+  // Log each step whose tokens came this long or longer after the previous step's (or after
+  // it was scheduled, when the engine was idle), with what it computed; 0 logs none.
+  std::chrono::milliseconds log_slow_steps{0};
   int32_t max_pending_requests = 0;  // accepted but not done; 0 = unlimited
   uint64_t seed = 0;                 // draws the seeds of requests that set none
   // Testing aid: sleep this long after every step, so tests can act on a request while it
@@ -123,6 +126,7 @@ class Engine final : public EngineClient {
   void fail_step(const SchedulerOutput& output, const Status& status);
   // Scheduler outputs for the sampled tokens, then events and counters for the step.
   void finish_step(const SchedulerOutput& output, RunnerOutput& logits, bool advanced, SteadyClock::time_point start);
+  void log_slow_step(const SchedulerOutput& output, double seconds, bool overlapped) const;
   // Fills device_batch_ for this step's sampled rows (maybe none); false when the backend
   // cannot sample. Rows that need the host Sampler get a greedy stand-in there and are
   // listed in host_rows_: the other rows still sample on the device, so a seeded request

@@ -11,7 +11,10 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <sstream>
 #include <thread>
+
+#include <spdlog/sinks/ostream_sink.h>
 
 #include "backend/cpu/cpu_backend.h"
 #include "engine/engine.h"
@@ -50,15 +53,18 @@ struct OverlapRig {
   }
 
   std::unique_ptr<Engine> engine(bool overlap, std::chrono::milliseconds step_delay = {},
-                                 int32_t max_batched_tokens = 2048, int32_t kv_blocks = 256) {
+                                 int32_t max_batched_tokens = 2048, int32_t kv_blocks = 256,
+                                 std::chrono::milliseconds log_slow_steps = {}, Logger logger = nullptr) {
     EngineConfig config;
+    config.log_slow_steps = log_slow_steps;
     config.debug_step_delay = step_delay;
     config.scheduler.max_num_batched_tokens = max_batched_tokens;
     config.scheduler.max_model_len = 128;
     config.scheduler.max_num_seqs = 16;
     config.kv_num_blocks = kv_blocks;
     config.async_scheduling = overlap;
-    auto e = Engine::create(*model, backend, tokenizer.get(), config, make_stderr_logger("overlap-test", "warn"));
+    if (logger == nullptr) logger = make_stderr_logger("overlap-test", "warn");
+    auto e = Engine::create(*model, backend, tokenizer.get(), config, logger);
     EXPECT_TRUE(e.ok()) << e.status().to_string();
     return e.ok() ? std::move(*e) : nullptr;
   }
@@ -128,6 +134,37 @@ TEST_F(EngineOverlapTest, SameTokensWithAndWithoutOverlap) {
   EXPECT_GT(stats.num_overlapped_steps, overlapped_before);
   EXPECT_EQ(stats.kv_used_blocks, 0);
   EXPECT_EQ(stats.requests_failed, 0);
+}
+
+// --log-slow-steps: with overlapped steps a step's tokens come at least the host's delay
+// after the previous step's, so every step but the first is logged with what it computed;
+// a threshold above the delay logs nothing.
+TEST_F(EngineOverlapTest, SlowStepsAreLoggedWithWhatTheyComputed) {
+  const auto run_logged = [&](std::chrono::milliseconds threshold) {
+    std::ostringstream log;
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+    auto logger = std::make_shared<spdlog::logger>("slow-steps", sink);
+    auto engine = setup_.engine(true, 25ms, 2048, 256, threshold, logger);
+    GenerationRequest r;
+    r.prompt_ids = {5, 6, 7, 8, 9, 10, 11};
+    r.stop.max_tokens = 6;
+    r.stop.ignore_eos = true;
+    r.detokenize = false;
+    const std::vector<Completion> done = run_all(*engine, {r});
+    EXPECT_EQ(done.at(0).choices.at(0).token_ids.size(), 6U);
+    engine->shutdown();
+    return log.str();
+  };
+  const std::string logged = run_logged(20ms);
+  size_t lines = 0;
+  for (size_t at = logged.find("slow step: "); at != std::string::npos; at = logged.find("slow step: ", at + 1))
+    ++lines;
+  EXPECT_GE(lines, 4U) << logged;
+  // The decode steps: one row of one token, after the 7-token prompt.
+  EXPECT_NE(logged.find("1 rows (1 of one token, 0 prompt chunks of 0 tokens), longest context 8, overlapped"),
+            std::string::npos)
+      << logged;
+  EXPECT_EQ(run_logged(10s).find("slow step"), std::string::npos);
 }
 
 // Penalty rows overlap too: the step scheduled ahead samples before the host has its newest

@@ -306,12 +306,17 @@ struct CudaBackend::LtCache {
     Plan p;
     p.ok = describe(key, &p);
     if (p.ok) {
+      // (An M that is itself a bucket's edge takes the bucket's algorithm too: one heuristic
+      // call for both.)
+      const int64_t m = std::get<0>(key);
       std::optional<cublasLtMatmulAlgo_t> algo;
-      if (bucket_of(std::get<0>(key)) != std::get<0>(key)) {
+      if (m <= kExactRows) {
+        algo = heuristic(p);
+      } else {
         algo = bucket_algo(key);
-        p.borrowed = algo.has_value();
+        p.borrowed = algo.has_value() && bucket_of(m) != m;
+        if (!algo && bucket_of(m) != m) algo = heuristic(p);  // none for the bucket's M: this M's
       }
-      if (!algo) algo = heuristic(p);
       p.ok = algo.has_value();
       if (p.ok) p.algo = *algo;
     }
@@ -427,6 +432,13 @@ CudaBackend::CudaBackend(const CudaBackendOptions& options) : options_(options) 
   if (env != nullptr && std::string(env) == "1") profile_ = std::make_unique<Profile>();
   const char* timing = std::getenv("BW_CUDA_STEP_TIMING");
   if (timing != nullptr && std::string(timing) == "1") step_timing_ = std::make_unique<CudaStepTiming>();
+  const char* first_use = std::getenv("BW_CUDA_LOG_FIRST_USE");
+  log_first_use_ = first_use != nullptr && std::string(first_use) == "1";
+}
+
+void CudaBackend::log_first_use(const std::string& what, std::chrono::steady_clock::time_point since) const {
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - since).count();
+  std::fprintf(stderr, "cuda first use: %s (%.2f ms)\n", what.c_str(), ms);
 }
 
 CudaBackend::~CudaBackend() {
@@ -614,12 +626,14 @@ Status CudaBackend::staged_upload(void* device_dst, const void* host_src, size_t
     slot.host = nullptr;
     slot.capacity = 0;
     const size_t want = std::max(bytes, size_t{256} << 10);
+    const auto since = std::chrono::steady_clock::now();
     if (cudaHostAlloc(&slot.host, want, cudaHostAllocDefault) != cudaSuccess) {
       slot.host = nullptr;
       cudaGetLastError();  // no pinned memory to spare: copy from pageable memory
       return copy(device_dst, host_src, bytes, cudaMemcpyHostToDevice, "copy_to_device");
     }
     slot.capacity = want;
+    if (log_first_use_) log_first_use(fmt::format("upload staging grown to {} bytes", want), since);
   }
   std::memcpy(slot.host, host_src, bytes);
   BW_CUDA_TRY(cudaMemcpyAsync(device_dst, slot.host, bytes, cudaMemcpyHostToDevice, stream_));
@@ -659,8 +673,10 @@ Status CudaBackend::ensure_scratch(void** buf, size_t* capacity, size_t bytes) {
   }
   *buf = nullptr;
   *capacity = 0;
+  const auto since = std::chrono::steady_clock::now();
   BW_CUDA_TRY(cudaMallocAsync(buf, want, stream_));
   *capacity = want;
+  if (log_first_use_) log_first_use(fmt::format("scratch buffer grown to {} bytes", want), since);
   return OkStatus();
 }
 
@@ -774,7 +790,12 @@ Status CudaBackend::matmul_lt(TensorView out, const TensorView& x, const TensorV
   // the plain GEMM for the QKV shapes on an H200.
   const bool has_bias = !bias.empty();
   if (x.dtype != w.dtype) return OkStatus();
+  const auto since = std::chrono::steady_clock::now();
+  const size_t num_plans = lt_cache_->plans.size();
   LtCache::Plan& p = lt_cache_->get({m, n, k, static_cast<int>(x.dtype), static_cast<int>(out.dtype)});
+  if (log_first_use_ && lt_cache_->plans.size() != num_plans)
+    log_first_use(fmt::format("cuBLASLt plan M={} N={} K={}{}", m, n, k, p.borrowed ? " (bucket's algorithm)" : ""),
+                  since);
   if (!p.ok) return OkStatus();  // no cuBLASLt algorithm: the caller falls back to GEMV
   // accumulate: out = x @ w^T + out (C and D the same matrix, which cuBLASLt allows).
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;

@@ -9,12 +9,15 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <span>
 #include <string_view>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/cuda_kernels.h"
@@ -210,6 +213,7 @@ Status CudaBackend::reserve_sample_staging(SampleStaging& slot, size_t host_byte
       if (err != cudaSuccess) return fail(static_cast<int>(err), "cudaFreeHost", __FILE__, __LINE__);
     }
     const size_t want = std::max(host_bytes, size_t{64} << 10);
+    const auto since = std::chrono::steady_clock::now();
     const cudaError_t err = cudaHostAlloc(&slot.host, want, cudaHostAllocDefault);
     if (err != cudaSuccess) {
       slot.host = nullptr;
@@ -218,6 +222,7 @@ Status CudaBackend::reserve_sample_staging(SampleStaging& slot, size_t host_byte
                                cudaGetErrorString(err));
     }
     slot.host_capacity = want;
+    if (log_first_use_) log_first_use(fmt::format("sample staging grown to {} bytes", want), since);
   }
   if (slot.dev_capacity < dev_bytes) {
     if (slot.dev != nullptr) {
