@@ -3,7 +3,11 @@
 // on (one sequence of 2,048 tokens, empty prior context, Hq/Hkv 12/2 and 28/4), plus a
 // chunked case (512 new queries after 1,536 cached). Never pass/fail on time.
 //
-//   build/bench/bw_cuda_attention_bench [device]
+//   build/bench/bw_cuda_attention_bench [device] [long]
+//
+// `long` times long prompts instead: a chunk of 2,048 queries after 14,336 cached tokens
+// (the last full chunk of a 16k prompt under --max-batched-tokens 2048) and one sequence of
+// 8,192 tokens, on both head shapes.
 //
 // Per case it prints the median of 20 timed runs after 3 warm-ups of
 //   - kernel: the prefill launcher on a stream of the bench's own, timed with cudaEvents
@@ -219,7 +223,11 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf("device: %s\n", (*gpu)->device_name().c_str());
-  for (const Case& c : {Case{12, 2, 2048, 0}, Case{28, 4, 2048, 0}, Case{12, 2, 512, 1536}, Case{28, 4, 512, 1536}})
+  const bool long_prompts = argc > 2 && std::strcmp(argv[2], "long") == 0;
+  const std::vector<Case> cases =
+      long_prompts ? std::vector<Case>{{12, 2, 2048, 14336}, {28, 4, 2048, 14336}, {12, 2, 8192, 0}, {28, 4, 8192, 0}}
+                   : std::vector<Case>{{12, 2, 2048, 0}, {28, 4, 2048, 0}, {12, 2, 512, 1536}, {28, 4, 512, 1536}};
+  for (const Case& c : cases)
     run_case(**gpu, c);
   return 0;
 }

@@ -5,6 +5,8 @@
 #include <fstream>
 #include <sstream>
 
+#include <fmt/format.h>
+
 namespace bw {
 
 namespace {
@@ -569,6 +571,11 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
   last_step_end_ = now;
   if (config_.log_slow_steps.count() > 0 && step_seconds * 1e3 >= static_cast<double>(config_.log_slow_steps.count()))
     log_slow_step(output, step_seconds, advanced);
+  // A step that samples nothing (a prompt chunk) is not waited for: its GPU time shows in
+  // the next step that samples.
+  const bool waited = std::any_of(output.sequences.begin(), output.sequences.end(),
+                                  [](const ScheduledSequence& seq) { return seq.sample; });
+  steps_not_waited_for_ = waited ? 0 : steps_not_waited_for_ + 1;
 }
 
 void Engine::log_slow_step(const SchedulerOutput& output, double seconds, bool overlapped) const {
@@ -583,9 +590,15 @@ void Engine::log_slow_step(const SchedulerOutput& output, double seconds, bool o
       prompt_tokens += tokens;
     }
   }
-  logger_->warn("slow step: {:.1f} ms, {} rows ({} of one token, {} prompt chunks of {} tokens), longest context {}{}",
-                seconds * 1e3, output.sequences.size(), decoding, prompt_chunks, prompt_tokens, longest_context,
-                overlapped ? ", overlapped" : "");
+  const std::string earlier =
+      steps_not_waited_for_ == 0
+          ? ""
+          : fmt::format(", after {} prompt-chunk step(s) not waited for (their GPU time counts here)",
+                        steps_not_waited_for_);
+  logger_->warn(
+      "slow step: {:.1f} ms, {} rows ({} of one token, {} prompt chunks of {} tokens), longest context {}{}{}",
+      seconds * 1e3, output.sequences.size(), decoding, prompt_chunks, prompt_tokens, longest_context,
+      overlapped ? ", overlapped" : "", earlier);
 }
 
 bool Engine::prepare_device_sampling(const SchedulerOutput& output, std::span<const int32_t> pending_rows) {

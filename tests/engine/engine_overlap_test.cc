@@ -137,14 +137,15 @@ TEST_F(EngineOverlapTest, SameTokensWithAndWithoutOverlap) {
 }
 
 // --log-slow-steps: with overlapped steps a step's tokens come at least the host's delay
-// after the previous step's, so every step but the first is logged with what it computed;
-// a threshold above the delay logs nothing.
+// after the previous step's, so every step but the first is logged with what it computed
+// (the prompt in two chunks of 4 and 3 tokens: the first samples nothing and is not waited
+// for); a threshold above the delay logs nothing.
 TEST_F(EngineOverlapTest, SlowStepsAreLoggedWithWhatTheyComputed) {
   const auto run_logged = [&](std::chrono::milliseconds threshold) {
     std::ostringstream log;
     auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
     auto logger = std::make_shared<spdlog::logger>("slow-steps", sink);
-    auto engine = setup_.engine(true, 25ms, 2048, 256, threshold, logger);
+    auto engine = setup_.engine(true, 25ms, /*max_batched_tokens=*/4, 256, threshold, logger);
     GenerationRequest r;
     r.prompt_ids = {5, 6, 7, 8, 9, 10, 11};
     r.stop.max_tokens = 6;
@@ -160,6 +161,10 @@ TEST_F(EngineOverlapTest, SlowStepsAreLoggedWithWhatTheyComputed) {
   for (size_t at = logged.find("slow step: "); at != std::string::npos; at = logged.find("slow step: ", at + 1))
     ++lines;
   EXPECT_GE(lines, 4U) << logged;
+  EXPECT_NE(logged.find("1 rows (0 of one token, 1 prompt chunks of 3 tokens), longest context 7, overlapped, after 1 "
+                        "prompt-chunk step(s) not waited for"),
+            std::string::npos)
+      << logged;
   // The decode steps: one row of one token, after the 7-token prompt.
   EXPECT_NE(logged.find("1 rows (1 of one token, 0 prompt chunks of 0 tokens), longest context 8, overlapped"),
             std::string::npos)

@@ -226,6 +226,7 @@ struct CudaBackend::LtCache {
   size_t workspace_bytes = 0;
   std::map<Key, Plan> plans;
   std::map<Key, std::optional<cublasLtMatmulAlgo_t>> bucket_algos;  // nullopt: the heuristic found none
+  mutable int64_t heuristic_calls = 0;                              // for BW_CUDA_LOG_FIRST_USE
 
   LtCache(cublasLtHandle_t handle, size_t workspace) : lt(handle), workspace_bytes(workspace) {}
   LtCache(const LtCache&) = delete;
@@ -269,6 +270,7 @@ struct CudaBackend::LtCache {
   }
 
   std::optional<cublasLtMatmulAlgo_t> heuristic(const Plan& p) const {
+    ++heuristic_calls;
     cublasLtMatmulPreference_t pref = nullptr;
     bool ok = cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS;
     ok = ok && cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_bytes,
@@ -791,11 +793,11 @@ Status CudaBackend::matmul_lt(TensorView out, const TensorView& x, const TensorV
   const bool has_bias = !bias.empty();
   if (x.dtype != w.dtype) return OkStatus();
   const auto since = std::chrono::steady_clock::now();
-  const size_t num_plans = lt_cache_->plans.size();
+  const int64_t heuristic_calls = lt_cache_->heuristic_calls;
   LtCache::Plan& p = lt_cache_->get({m, n, k, static_cast<int>(x.dtype), static_cast<int>(out.dtype)});
-  if (log_first_use_ && lt_cache_->plans.size() != num_plans)
-    log_first_use(fmt::format("cuBLASLt plan M={} N={} K={}{}", m, n, k, p.borrowed ? " (bucket's algorithm)" : ""),
-                  since);
+  // (A plan that borrows its bucket's algorithm costs only its descriptors: ~10 us.)
+  if (log_first_use_ && lt_cache_->heuristic_calls != heuristic_calls)
+    log_first_use(fmt::format("cuBLASLt heuristic for M={} N={} K={}", m, n, k), since);
   if (!p.ok) return OkStatus();  // no cuBLASLt algorithm: the caller falls back to GEMV
   // accumulate: out = x @ w^T + out (C and D the same matrix, which cuBLASLt allows).
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
@@ -806,7 +808,10 @@ Status CudaBackend::matmul_lt(TensorView out, const TensorView& x, const TensorV
   cublasStatus_t st = launch();
   if (st != CUBLAS_STATUS_SUCCESS && p.borrowed) {
     // The bucket's algorithm does not take this M (cuBLASLt checks before it launches).
+    const auto refused = std::chrono::steady_clock::now();
     lt_cache_->unborrow(&p);
+    if (log_first_use_)
+      log_first_use(fmt::format("cuBLASLt heuristic for M={} N={} K={} (refused the bucket's)", m, n, k), refused);
     if (!p.ok) return OkStatus();
     st = launch();
   }
