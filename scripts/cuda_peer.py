@@ -1,5 +1,6 @@
 # Same-run peer numbers: D2D copy bandwidth, bf16 GEMM peak, SDPA prefill attention,
 # transformers generate (random-weight Qwen2 with DeepSeek-R1-Distill-Qwen-1.5B shapes).
+# `python3 scripts/cuda_peer.py long`: only SDPA on bw_cuda_attention_bench's long shapes.
 import time, torch
 torch.manual_seed(0)
 dev = "cuda"
@@ -11,6 +12,26 @@ def bench(fn, iters=20):
     for _ in range(iters):
         s.record(); fn(); e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e))
     ts.sort(); return ts[len(ts)//2] / 1e3
+import sys
+if sys.argv[1:] == ["long"]:
+    # bw_cuda_attention_bench's `long` shapes only: one sequence of 8,192 tokens, and a chunk
+    # of 2,048 queries after 14,336 cached (bottom-right causal mask, K/V repeated).
+    import torch.nn.functional as F
+    from torch.nn.attention.bias import causal_lower_right
+    for hq, hkv in [(12, 2), (28, 4)]:
+        T = 8192
+        q = torch.randn(1, hq, T, 128, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(1, hkv, T, 128, device=dev, dtype=torch.bfloat16); v = torch.randn_like(k)
+        t = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+        print(f"sdpa causal T={T} hq={hq} hkv={hkv} d=128: {t * 1e6:.0f} us ({4 * T * T / 2 * hq * 128 / t / 1e12:.0f} TFLOP/s)")
+        L, C = 2048, 14336
+        q = torch.randn(1, hq, L, 128, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(1, hq, L + C, 128, device=dev, dtype=torch.bfloat16); v = torch.randn_like(k)
+        mask = causal_lower_right(L, L + C)
+        t = bench(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        pairs = L * C + L * (L + 1) / 2
+        print(f"sdpa chunk {L} after {C} hq={hq} hkv={hkv} d=128: {t * 1e6:.0f} us ({4 * pairs * hq * 128 / t / 1e12:.0f} TFLOP/s)")
+    sys.exit(0)
 a = torch.randn(1 << 30, device=dev, dtype=torch.bfloat16)  # 2 GiB
 b = torch.empty_like(a)
 t = bench(lambda: b.copy_(a))
