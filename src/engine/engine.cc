@@ -571,10 +571,12 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
   last_step_end_ = now;
   if (config_.log_slow_steps.count() > 0 && step_seconds * 1e3 >= static_cast<double>(config_.log_slow_steps.count()))
     log_slow_step(output, step_seconds, advanced);
-  // A step that samples nothing (a prompt chunk) is not waited for: its GPU time shows in
-  // the next step that samples.
-  const bool waited = std::any_of(output.sequences.begin(), output.sequences.end(),
-                                  [](const ScheduledSequence& seq) { return seq.sample; });
+  // On a backend that runs asynchronously (one that samples on the device), a step that
+  // samples nothing (a prompt chunk) is not waited for: its device time shows in the next
+  // step that samples.
+  const bool waited =
+      !runner_->samples_on_device() || std::any_of(output.sequences.begin(), output.sequences.end(),
+                                                   [](const ScheduledSequence& seq) { return seq.sample; });
   steps_not_waited_for_ = waited ? 0 : steps_not_waited_for_ + 1;
 }
 
@@ -593,7 +595,7 @@ void Engine::log_slow_step(const SchedulerOutput& output, double seconds, bool o
   const std::string earlier =
       steps_not_waited_for_ == 0
           ? ""
-          : fmt::format(", after {} prompt-chunk step(s) not waited for (their GPU time counts here)",
+          : fmt::format(", after {} prompt-chunk step(s) not waited for (their device time counts here)",
                         steps_not_waited_for_);
   logger_->warn(
       "slow step: {:.1f} ms, {} rows ({} of one token, {} prompt chunks of {} tokens), longest context {}{}{}",

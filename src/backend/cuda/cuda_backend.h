@@ -207,9 +207,9 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Profile> profile_;
   // BW_CUDA_STEP_TIMING=1: the GPU's idle time between decode steps (cuda_step_timing.h).
   std::unique_ptr<CudaStepTiming> step_timing_;
-  // BW_CUDA_LOG_FIRST_USE=1: each first-use cost of a serving step (a new cuBLASLt plan, a
-  // scratch or staging buffer grown) goes to stderr with its host time, to find what makes
-  // the first steps of some size slower than later ones.
+  // BW_CUDA_LOG_FIRST_USE=1: each first-use cost of a serving step (a cuBLASLt heuristic
+  // call, a scratch or staging buffer grown) goes to stderr with its host time, to find what
+  // makes the first steps of some size slower than later ones.
   bool log_first_use_ = false;
   void log_first_use(const std::string& what, std::chrono::steady_clock::time_point since) const;
   // rope_write_kv: the inverse frequencies last uploaded.
