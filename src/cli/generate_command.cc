@@ -77,7 +77,9 @@ Status run_generate(const GenerateArgs& args, int* exit_code) {
   if (args.chat && !args.prompts_file.empty()) return InvalidArgument("--chat works with --prompt only");
   if (args.chat && args.prompt.empty()) return InvalidArgument("--chat needs --prompt TEXT");
   ASSIGN_OR_RETURN(std::optional<DType> weight_dtype, parse_weight_dtype(args.weight_dtype));
-  RETURN_IF_ERROR(kv_dtype_from_flag(args.engine.kv_dtype, DType::kF32).status());  // before the slow load
+  // Every engine flag is checked before the slow load, also where one prompt runs without
+  // the engine.
+  RETURN_IF_ERROR(engine_config_from_flags(args.engine, DType::kF32).status());
   if (args.max_tokens < 0) return InvalidArgument("--max-tokens must be >= 0");
   if (args.temperature < 0) return InvalidArgument("--temperature must be >= 0");
 

@@ -70,6 +70,10 @@ TEST(CliTest, BadInputGivesAClearErrorAndNonZeroExit) {
   EXPECT_NE(kv.exit_code, 0);
   EXPECT_NE(kv.output.find("--kv-dtype must be auto, f32, f16 or bf16"), std::string::npos) << kv.output;
   EXPECT_EQ(run("generate --model " + out + " --prompt-ids 1,2 --max-tokens 2 --kv-dtype auto").exit_code, 0);
+  auto slow = run("generate --model " + out + " --prompt-ids 1,2 --log-slow-steps -1");
+  EXPECT_NE(slow.exit_code, 0);
+  EXPECT_NE(slow.output.find("--log-slow-steps must be >= 0"), std::string::npos) << slow.output;
+  EXPECT_EQ(run("generate --model " + out + " --prompt-ids 1,2 --max-tokens 2 --log-slow-steps 1").exit_code, 0);
   auto preset = run("make-model --preset no-such-model --out " + tmp.file("x"));
   EXPECT_NE(preset.exit_code, 0);
   EXPECT_NE(preset.output.find("deepseek-r1-distill-qwen-7b"), std::string::npos) << preset.output;
