@@ -569,15 +569,17 @@ void Engine::finish_step(const SchedulerOutput& output, RunnerOutput& logits, bo
   const double step_seconds = seconds_between(std::max(start, last_step_end_), now);
   counters_.busy_seconds += step_seconds;
   last_step_end_ = now;
-  if (config_.log_slow_steps.count() > 0 && step_seconds * 1e3 >= static_cast<double>(config_.log_slow_steps.count()))
-    log_slow_step(output, step_seconds, advanced);
-  // On a backend that runs asynchronously (one that samples on the device), a step that
-  // samples nothing (a prompt chunk) is not waited for: its device time shows in the next
-  // step that samples.
-  const bool waited =
-      !runner_->samples_on_device() || std::any_of(output.sequences.begin(), output.sequences.end(),
-                                                   [](const ScheduledSequence& seq) { return seq.sample; });
-  steps_not_waited_for_ = waited ? 0 : steps_not_waited_for_ + 1;
+  if (config_.log_slow_steps.count() > 0) {
+    if (step_seconds * 1e3 >= static_cast<double>(config_.log_slow_steps.count()))
+      log_slow_step(output, step_seconds, advanced);
+    // On a backend that runs asynchronously (one that samples on the device), a step that
+    // samples nothing (a prompt chunk) is not waited for: its device time shows in the next
+    // step that samples.
+    const bool waited =
+        !runner_->samples_on_device() || std::any_of(output.sequences.begin(), output.sequences.end(),
+                                                     [](const ScheduledSequence& seq) { return seq.sample; });
+    steps_not_waited_for_ = waited ? 0 : steps_not_waited_for_ + 1;
+  }
 }
 
 void Engine::log_slow_step(const SchedulerOutput& output, double seconds, bool overlapped) const {

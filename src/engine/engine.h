@@ -165,7 +165,7 @@ class Engine final : public EngineClient {
   };
   std::optional<InFlight> in_flight_;  // loop thread only
   SteadyClock::time_point last_step_end_;
-  int32_t steps_not_waited_for_ = 0;  // steps since the last that sampled (--log-slow-steps)
+  int32_t steps_not_waited_for_ = 0;  // steps since the last that sampled (kept with --log-slow-steps)
 
   // Inbox (any thread).
   std::mutex inbox_mutex_;

@@ -628,7 +628,7 @@ Status CudaBackend::staged_upload(void* device_dst, const void* host_src, size_t
     slot.host = nullptr;
     slot.capacity = 0;
     const size_t want = std::max(bytes, size_t{256} << 10);
-    const auto since = std::chrono::steady_clock::now();
+    const auto since = first_use_start();
     if (cudaHostAlloc(&slot.host, want, cudaHostAllocDefault) != cudaSuccess) {
       slot.host = nullptr;
       cudaGetLastError();  // no pinned memory to spare: copy from pageable memory
@@ -675,7 +675,7 @@ Status CudaBackend::ensure_scratch(void** buf, size_t* capacity, size_t bytes) {
   }
   *buf = nullptr;
   *capacity = 0;
-  const auto since = std::chrono::steady_clock::now();
+  const auto since = first_use_start();
   BW_CUDA_TRY(cudaMallocAsync(buf, want, stream_));
   *capacity = want;
   if (log_first_use_) log_first_use(fmt::format("scratch buffer grown to {} bytes", want), since);
@@ -792,7 +792,7 @@ Status CudaBackend::matmul_lt(TensorView out, const TensorView& x, const TensorV
   // the plain GEMM for the QKV shapes on an H200.
   const bool has_bias = !bias.empty();
   if (x.dtype != w.dtype) return OkStatus();
-  const auto since = std::chrono::steady_clock::now();
+  const auto since = first_use_start();
   const int64_t heuristic_calls = lt_cache_->heuristic_calls;
   LtCache::Plan& p = lt_cache_->get({m, n, k, static_cast<int>(x.dtype), static_cast<int>(out.dtype)});
   // (A plan that borrows its bucket's algorithm costs only its descriptors: ~10 us.)
@@ -808,7 +808,7 @@ Status CudaBackend::matmul_lt(TensorView out, const TensorView& x, const TensorV
   cublasStatus_t st = launch();
   if (st != CUBLAS_STATUS_SUCCESS && p.borrowed) {
     // The bucket's algorithm does not take this M (cuBLASLt checks before it launches).
-    const auto refused = std::chrono::steady_clock::now();
+    const auto refused = first_use_start();
     lt_cache_->unborrow(&p);
     if (log_first_use_)
       log_first_use(fmt::format("cuBLASLt heuristic for M={} N={} K={} (refused the bucket's)", m, n, k), refused);

@@ -211,6 +211,11 @@ class CudaBackend final : public Backend {
   // call, a scratch or staging buffer grown) goes to stderr with its host time, to find what
   // makes the first steps of some size slower than later ones.
   bool log_first_use_ = false;
+  // When the cost being logged began (only read with BW_CUDA_LOG_FIRST_USE: no clock read
+  // on a step's path otherwise).
+  std::chrono::steady_clock::time_point first_use_start() const {
+    return log_first_use_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
+  }
   void log_first_use(const std::string& what, std::chrono::steady_clock::time_point since) const;
   // rope_write_kv: the inverse frequencies last uploaded.
   std::vector<float> inv_freq_host_;

@@ -213,7 +213,7 @@ Status CudaBackend::reserve_sample_staging(SampleStaging& slot, size_t host_byte
       if (err != cudaSuccess) return fail(static_cast<int>(err), "cudaFreeHost", __FILE__, __LINE__);
     }
     const size_t want = std::max(host_bytes, size_t{64} << 10);
-    const auto since = std::chrono::steady_clock::now();
+    const auto since = first_use_start();
     const cudaError_t err = cudaHostAlloc(&slot.host, want, cudaHostAllocDefault);
     if (err != cudaSuccess) {
       slot.host = nullptr;
