@@ -7,7 +7,8 @@
 //
 // `long` times long prompts instead: a chunk of 2,048 queries after 14,336 cached tokens
 // (the last full chunk of a 16k prompt under --max-batched-tokens 2048) and one sequence of
-// 8,192 tokens, on both head shapes.
+// 8,192 tokens, on both head shapes. BW_BENCH_CASE=N runs only the N-th case (from 0), e.g.
+// to profile one kernel launch with Nsight Compute.
 //
 // Per case it prints the median of 20 timed runs after 3 warm-ups of
 //   - kernel: the prefill launcher on a stream of the bench's own, timed with cudaEvents
@@ -227,7 +228,8 @@ int main(int argc, char** argv) {
   const std::vector<Case> cases =
       long_prompts ? std::vector<Case>{{12, 2, 2048, 14336}, {28, 4, 2048, 14336}, {12, 2, 8192, 0}, {28, 4, 8192, 0}}
                    : std::vector<Case>{{12, 2, 2048, 0}, {28, 4, 2048, 0}, {12, 2, 512, 1536}, {28, 4, 512, 1536}};
-  for (const Case& c : cases)
-    run_case(**gpu, c);
+  const char* only = std::getenv("BW_BENCH_CASE");
+  for (size_t i = 0; i < cases.size(); ++i)
+    if (only == nullptr || std::atoi(only) == static_cast<int>(i)) run_case(**gpu, cases[i]);
   return 0;
 }
