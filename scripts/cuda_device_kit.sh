@@ -5,17 +5,27 @@
 # shared libraries those binaries load that the device machine lacks: it has the CUDA
 # libraries but no Debian -dev packages). Then, from the device tool:
 #   run(command="bash scripts/cuda_device_run.sh all", carry=[".carry/cuda"])
-# Usage: scripts/cuda_device_kit.sh [--trace | --pack BUILD NAME]; BW_CUDA_ARCHS (default
-# 90) picks the architectures, BW_CUDA_BUILD (default build-cuda) the build folder.
+# Usage: scripts/cuda_device_kit.sh [--trace | --pack BUILD NAME | --pack-attn BUILD NAME];
+# BW_CUDA_ARCHS (default 90) picks the architectures, BW_CUDA_BUILD (default build-cuda)
+# the build folder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # --pack BUILD NAME only packs BUILD/src/breakwater as .carry/NAME/bw.tgz (another build's
-# binary for the run script's ab mode, e.g. main's as NAME base) and exits.
+# binary for the run script's ab mode, e.g. main's as NAME base) and exits; --pack-attn
+# BUILD NAME the same for BUILD/bench/bw_cuda_attention_bench as .carry/NAME/attn.tgz (the
+# attn mode). Such a folder needs no lib/: the kit's serves every binary.
 if [ "${1:-}" = "--pack" ]; then
   [ $# -eq 3 ] && [ -x "$2/src/breakwater" ] || { echo "usage: $0 --pack BUILD NAME (BUILD/src/breakwater)" >&2; exit 2; }
   mkdir -p ".carry/$3" && tar czf ".carry/$3/bw.tgz" -C "$2/src" breakwater
   echo "packed $2/src/breakwater as .carry/$3/bw.tgz"
+  exit 0
+fi
+if [ "${1:-}" = "--pack-attn" ]; then
+  [ $# -eq 3 ] && [ -x "$2/bench/bw_cuda_attention_bench" ] ||
+    { echo "usage: $0 --pack-attn BUILD NAME (BUILD/bench/bw_cuda_attention_bench)" >&2; exit 2; }
+  mkdir -p ".carry/$3" && tar czf ".carry/$3/attn.tgz" -C "$2/bench" bw_cuda_attention_bench
+  echo "packed $2/bench/bw_cuda_attention_bench as .carry/$3/attn.tgz"
   exit 0
 fi
 TRACE=0

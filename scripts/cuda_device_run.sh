@@ -10,7 +10,8 @@
 # Usage: bash scripts/cuda_device_run.sh [MODE] with MODE tests, bench, profile, long
 # (single-stream decode by context length, each path), ab (single stream by context, the
 # kit's breakwater against each .carry/*/bw.tgz's), trace (the trace build's cycle counts
-# of the fused decoder stack, at 512 and 32,768 tokens) or all (default: tests and bench);
+# of the fused decoder stack, at 512 and 32,768 tokens), attn (prefill attention kernel
+# times against other builds' and SDPA) or all (default: tests and bench);
 # BW_PEER_GENERATE=0 skips the slow transformers `generate` peer.
 set -u
 C=$PWD/.carry/cuda
@@ -95,6 +96,32 @@ if [ "$MODE" = ab ]; then
         done
       done
     done
+  done
+fi
+if [ "$MODE" = attn ]; then
+  # Prefill attention kernel times, the kit's bench against other builds' (every
+  # .carry/*/attn.tgz: one bw_cuda_attention_bench, made by cuda_device_kit.sh --pack-attn
+  # BUILD NAME) and SDPA, alternating in one run, on the short and the long shapes; the
+  # wgmma kernel's line of each. ATTN_ENVS runs the kit's bench under each setting too
+  # (e.g. "X=0 BW_CUDA_PREFILL_TMA=0"; X=0 stands for none), ATTN_ROUNDS sets the rounds
+  # (default 2).
+  BENCHES="$C/bin/bw_cuda_attention_bench"
+  for tgz in $PWD/.carry/*/attn.tgz; do
+    [ -f "$tgz" ] || continue
+    (cd "$(dirname "$tgz")" && tar xzf attn.tgz) && BENCHES="$BENCHES $(dirname "$tgz")/bw_cuda_attention_bench"
+  done
+  wgmma_only() { grep -o "T=.*wgmma [0-9.]* us ([0-9]* TFLOP/s)" | sed 's/ d=128 bs=16: kernel 64 rows.*wgmma/:/'; }
+  for round in $(seq ${ATTN_ROUNDS:-2}); do
+    for b in $BENCHES; do
+      envs=X=0
+      [ "$b" = "$C/bin/bw_cuda_attention_bench" ] && envs=${ATTN_ENVS:-X=0}
+      for e in $envs; do
+        echo "== $(basename "$(dirname "$(dirname "$b")")")/$(basename "$(dirname "$b")") $e"
+        env $e timeout 60 $b | wgmma_only; env $e timeout 60 $b 0 long | wgmma_only
+      done
+    done
+    echo "== SDPA"; PYTHONUNBUFFERED=1 timeout 120 python3 scripts/cuda_peer.py attention 2>&1 | grep "^sdpa"
+    PYTHONUNBUFFERED=1 timeout 120 python3 scripts/cuda_peer.py long 2>&1 | grep "^sdpa"
   done
 fi
 if [ "$MODE" = trace ] && [ ! -x $C/bin/breakwater_trace ]; then

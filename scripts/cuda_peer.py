@@ -1,6 +1,7 @@
 # Same-run peer numbers: D2D copy bandwidth, bf16 GEMM peak, SDPA prefill attention,
 # transformers generate (random-weight Qwen2 with DeepSeek-R1-Distill-Qwen-1.5B shapes).
-# `python3 scripts/cuda_peer.py long`: only SDPA on bw_cuda_attention_bench's long shapes.
+# `python3 scripts/cuda_peer.py long`: only SDPA on bw_cuda_attention_bench's long shapes;
+# `attention`: only SDPA on its default shapes.
 import time, torch
 torch.manual_seed(0)
 dev = "cuda"
@@ -12,7 +13,28 @@ def bench(fn, iters=20):
     for _ in range(iters):
         s.record(); fn(); e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e))
     ts.sort(); return ts[len(ts)//2] / 1e3
+def sdpa_prefill():
+    # bw_cuda_attention_bench's default shapes: T = 2,048 causal, and a chunk of 512 after 1,536.
+    import torch.nn.functional as F
+    for hq, hkv in [(12, 2), (28, 4)]:
+        q = torch.randn(1, hq, 2048, 128, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(1, hkv, 2048, 128, device=dev, dtype=torch.bfloat16); v = torch.randn_like(k)
+        t = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+        print(f"sdpa causal T=2048 hq={hq} hkv={hkv} d=128: {t * 1e6:.0f} us ({4 * 2048 * 2048 / 2 * hq * 128 / t / 1e12:.0f} TFLOP/s)")
+        # The chunked-prefill case of bw_cuda_attention_bench: 512 new queries after 1,536 cached
+        # (bottom-right causal mask; SDPA takes no GQA with an explicit mask, so K/V repeated).
+        try:
+            from torch.nn.attention.bias import causal_lower_right
+            kr = k.repeat_interleave(hq // hkv, dim=1); vr = v.repeat_interleave(hq // hkv, dim=1)
+            q2 = q[:, :, 1536:].contiguous(); mask = causal_lower_right(512, 2048)
+            t = bench(lambda: F.scaled_dot_product_attention(q2, kr, vr, attn_mask=mask))
+            print(f"sdpa chunk 512 after 1536 hq={hq} hkv={hkv} d=128: {t * 1e6:.0f} us")
+        except Exception as ex:  # noqa
+            print("chunked sdpa failed:", ex)
 import sys
+if sys.argv[1:] == ["attention"]:
+    sdpa_prefill()
+    sys.exit(0)
 if sys.argv[1:] == ["long"]:
     # bw_cuda_attention_bench's `long` shapes only: one sequence of 8,192 tokens, and a chunk
     # of 2,048 queries after 14,336 cached (bottom-right causal mask, K/V repeated).
@@ -43,22 +65,8 @@ print(f"bf16 gemm 8192^3: {2 * 8192**3 / t / 1e12:.0f} TFLOP/s")
 x = torch.randn(2048, 3584, device=dev, dtype=torch.bfloat16); w = torch.randn(18944 * 2, 3584, device=dev, dtype=torch.bfloat16)
 t = bench(lambda: x @ w.t())
 print(f"bf16 gemm 2048x37888x3584 (7B gate_up): {2 * 2048 * 37888 * 3584 / t / 1e12:.0f} TFLOP/s")
+sdpa_prefill()
 import torch.nn.functional as F
-for hq, hkv in [(12, 2), (28, 4)]:
-    q = torch.randn(1, hq, 2048, 128, device=dev, dtype=torch.bfloat16)
-    k = torch.randn(1, hkv, 2048, 128, device=dev, dtype=torch.bfloat16); v = torch.randn_like(k)
-    t = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
-    print(f"sdpa causal T=2048 hq={hq} hkv={hkv} d=128: {t * 1e6:.0f} us ({4 * 2048 * 2048 / 2 * hq * 128 / t / 1e12:.0f} TFLOP/s)")
-    # The chunked-prefill case of bw_cuda_attention_bench: 512 new queries after 1,536 cached
-    # (bottom-right causal mask; SDPA takes no GQA with an explicit mask, so K/V repeated).
-    try:
-        from torch.nn.attention.bias import causal_lower_right
-        kr = k.repeat_interleave(hq // hkv, dim=1); vr = v.repeat_interleave(hq // hkv, dim=1)
-        q2 = q[:, :, 1536:].contiguous(); mask = causal_lower_right(512, 2048)
-        t = bench(lambda: F.scaled_dot_product_attention(q2, kr, vr, attn_mask=mask))
-        print(f"sdpa chunk 512 after 1536 hq={hq} hkv={hkv} d=128: {t * 1e6:.0f} us")
-    except Exception as ex:  # noqa
-        print("chunked sdpa failed:", ex)
 # Decode attention (one query per sequence, every sequence `ctx` long) over contiguous K/V,
 # the cases of bw_cuda_decode_ops_bench's sweep (which reads a paged cache): with
 # enable_gqa, and with K/V repeated to every query head beforehand (repeat not timed).
