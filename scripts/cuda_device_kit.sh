@@ -15,19 +15,17 @@ cd "$(dirname "$0")/.."
 # binary for the run script's ab mode, e.g. main's as NAME base) and exits; --pack-attn
 # BUILD NAME the same for BUILD/bench/bw_cuda_attention_bench as .carry/NAME/attn.tgz (the
 # attn mode). Such a folder needs no lib/: the kit's serves every binary.
-if [ "${1:-}" = "--pack" ]; then
-  [ $# -eq 3 ] && [ -x "$2/src/breakwater" ] || { echo "usage: $0 --pack BUILD NAME (BUILD/src/breakwater)" >&2; exit 2; }
-  mkdir -p ".carry/$3" && tar czf ".carry/$3/bw.tgz" -C "$2/src" breakwater
-  echo "packed $2/src/breakwater as .carry/$3/bw.tgz"
+pack() {  # BUILD NAME PATH-IN-BUILD TGZ
+  [ -x "$1/$3" ] || { echo "usage: $0 --pack|--pack-attn BUILD NAME (needs $1/$3)" >&2; exit 2; }
+  mkdir -p ".carry/$2" && tar czf ".carry/$2/$4" -C "$(dirname "$1/$3")" "$(basename "$3")"
+  echo "packed $1/$3 as .carry/$2/$4"
   exit 0
-fi
-if [ "${1:-}" = "--pack-attn" ]; then
-  [ $# -eq 3 ] && [ -x "$2/bench/bw_cuda_attention_bench" ] ||
-    { echo "usage: $0 --pack-attn BUILD NAME (BUILD/bench/bw_cuda_attention_bench)" >&2; exit 2; }
-  mkdir -p ".carry/$3" && tar czf ".carry/$3/attn.tgz" -C "$2/bench" bw_cuda_attention_bench
-  echo "packed $2/bench/bw_cuda_attention_bench as .carry/$3/attn.tgz"
-  exit 0
-fi
+}
+case "${1:-}" in
+  --pack) [ $# -eq 3 ] && pack "$2" "$3" src/breakwater bw.tgz ;;&
+  --pack-attn) [ $# -eq 3 ] && pack "$2" "$3" bench/bw_cuda_attention_bench attn.tgz ;;&
+  --pack | --pack-attn) echo "usage: $0 $1 BUILD NAME" >&2; exit 2 ;;
+esac
 TRACE=0
 [ "${1:-}" = "--trace" ] && TRACE=1
 BUILD=${BW_CUDA_BUILD:-build-cuda}

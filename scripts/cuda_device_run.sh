@@ -26,6 +26,14 @@ BW=$C/bin/breakwater
 M=/tmp/q15; M7=/tmp/q7
 make_model() { [ -d "$1" ] || $BW make-model --preset "$2" --out "$1" --dtype bf16 > /dev/null 2>&1; }
 make_models() { make_model $M deepseek-r1-distill-qwen-1.5b; make_model $M7 deepseek-r1-distill-qwen-7b; }
+# Other builds' binaries carried beside the kit: unpacks every .carry/*/TGZ (a tar of one
+# binary NAME, made by cuda_device_kit.sh --pack / --pack-attn) and prints their paths.
+unpack_others() {
+  for tgz in $PWD/.carry/*/"$1"; do
+    [ -f "$tgz" ] || continue
+    (cd "$(dirname "$tgz")" && tar xzf "$1") && echo "$(dirname "$tgz")/$2"
+  done
+}
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader
 ldd $C/bin/bw_gpu_tests | grep "not found"
 if [ "$MODE" = tests ] || [ "$MODE" = all ]; then
@@ -72,11 +80,7 @@ if [ "$MODE" = ab ]; then
   # a tar of one breakwater, e.g. main's as .carry/base, made by cuda_device_kit.sh --pack
   # BUILD NAME; carry those folders too), alternating in one run: a kernel's speed moves a
   # few percent between runs and with code generation alone, so A/B numbers come from one run.
-  BINS="$BW"
-  for tgz in $PWD/.carry/*/bw.tgz; do
-    [ -f "$tgz" ] || continue
-    (cd "$(dirname "$tgz")" && tar xzf bw.tgz) && BINS="$BINS $(dirname "$tgz")/breakwater"
-  done
+  BINS="$BW $(unpack_others bw.tgz breakwater)"
   # AB_LENS (default "512 8192 16384 32768") and AB_LENS7 ("512 8192 32768") pick the
   # contexts of the 1.5B and the 7B (empty: none); AB_ENVS runs each binary under each of
   # these settings too (e.g. "X=0 BW_CUDA_STACK_FLAT=0"; X=0 stands for none); AB_ROUNDS
@@ -105,11 +109,7 @@ if [ "$MODE" = attn ]; then
   # wgmma kernel's line of each. ATTN_ENVS runs the kit's bench under each setting too
   # (e.g. "X=0 BW_CUDA_PREFILL_TMA=0"; X=0 stands for none), ATTN_ROUNDS sets the rounds
   # (default 2).
-  BENCHES="$C/bin/bw_cuda_attention_bench"
-  for tgz in $PWD/.carry/*/attn.tgz; do
-    [ -f "$tgz" ] || continue
-    (cd "$(dirname "$tgz")" && tar xzf attn.tgz) && BENCHES="$BENCHES $(dirname "$tgz")/bw_cuda_attention_bench"
-  done
+  BENCHES="$C/bin/bw_cuda_attention_bench $(unpack_others attn.tgz bw_cuda_attention_bench)"
   wgmma_only() { grep -o "T=.*wgmma [0-9.]* us ([0-9]* TFLOP/s)" | sed 's/ d=128 bs=16: kernel 64 rows.*wgmma/:/'; }
   for round in $(seq ${ATTN_ROUNDS:-2}); do
     for b in $BENCHES; do
