@@ -229,7 +229,8 @@ int main(int argc, char** argv) {
       long_prompts ? std::vector<Case>{{12, 2, 2048, 14336}, {28, 4, 2048, 14336}, {12, 2, 8192, 0}, {28, 4, 8192, 0}}
                    : std::vector<Case>{{12, 2, 2048, 0}, {28, 4, 2048, 0}, {12, 2, 512, 1536}, {28, 4, 512, 1536}};
   const char* only = std::getenv("BW_BENCH_CASE");
+  const int only_case = only != nullptr ? std::atoi(only) : -1;
   for (size_t i = 0; i < cases.size(); ++i)
-    if (only == nullptr || std::atoi(only) == static_cast<int>(i)) run_case(**gpu, cases[i]);
+    if (only_case < 0 || only_case == static_cast<int>(i)) run_case(**gpu, cases[i]);
   return 0;
 }

@@ -109,12 +109,13 @@ if [ "$MODE" = attn ]; then
   # wgmma kernel's line of each. ATTN_ENVS runs the kit's bench under each setting too
   # (e.g. "X=0 BW_CUDA_PREFILL_TMA=0"; X=0 stands for none), ATTN_ROUNDS sets the rounds
   # (default 2).
-  BENCHES="$C/bin/bw_cuda_attention_bench $(unpack_others attn.tgz bw_cuda_attention_bench)"
+  KIT_BENCH=$C/bin/bw_cuda_attention_bench
+  BENCHES="$KIT_BENCH $(unpack_others attn.tgz bw_cuda_attention_bench)"
   wgmma_only() { grep -o "T=.*wgmma [0-9.]* us ([0-9]* TFLOP/s)" | sed 's/ d=128 bs=16: kernel 64 rows.*wgmma/:/'; }
   for round in $(seq ${ATTN_ROUNDS:-2}); do
     for b in $BENCHES; do
       envs=X=0
-      [ "$b" = "$C/bin/bw_cuda_attention_bench" ] && envs=${ATTN_ENVS:-X=0}
+      [ "$b" = "$KIT_BENCH" ] && envs=${ATTN_ENVS:-X=0}
       for e in $envs; do
         echo "== $(basename "$(dirname "$(dirname "$b")")")/$(basename "$(dirname "$b")") $e"
         env $e timeout 60 $b | wgmma_only; env $e timeout 60 $b 0 long | wgmma_only
