@@ -5,25 +5,32 @@
 // A CTA owns 128 query rows of one sequence and one query head and is warp-specialised
 // (FlashAttention-3's structure): warpgroup 2 is a producer that gathers 128-key K/V tiles
 // of the paged cache with cp.async (each row's block looked up in the block table) into a
-// ring of two stages, announcing each stage on a "full" mbarrier as its copies land and
+// ring of three stages, announcing each stage on a "full" mbarrier as its copies land and
 // reusing it once both consumers released it on an "empty" mbarrier; warpgroups 0 and 1
-// are consumers of 64 rows each that never wait for each other, so one's softmax overlaps
-// the other's tensor-core work, and each K/V tile is read from L2 once for 128 rows.
+// are consumers of 64 rows each, and each K/V tile is read from L2 once for 128 rows.
 // setmaxnreg moves registers from the producer (56) to the consumers (224).
 //
-// Per tile a consumer computes S = Q K^T with 8 wgmma m64n128k16 reading both Q and K from
-// shared memory (K-major descriptors), the online softmax on the accumulators in registers
-// (online_softmax_step; same fragment layout as mma.sync), then O += P V with 8 wgmma
+// A consumer computes S = Q K^T with 8 wgmma m64n128k16 reading both Q and K from shared
+// memory (K-major descriptors), the online softmax on the accumulators in registers
+// (online_softmax_exps; same fragment layout as mma.sync), then O += P V with 8 wgmma
 // m64n{D}k16, P in registers and V through an MN-major (transposed) descriptor. All tiles
-// use the canonical 128-byte-swizzle layout (sw128). A warpgroup only computes the tiles
-// its last row sees (causal); the producer loads up to the CTA's last row.
+// use the canonical 128-byte-swizzle layout (sw128). The GEMMs are pipelined as in
+// FlashAttention-3: S_n = Q K_n^T and O += P_{n-1} V_{n-1} are issued together and the
+// softmax of S_n runs while the tensor cores finish P_{n-1} V_{n-1} (hence the third
+// stage: tile n-1 stays in use while tile n is consumed and n+1 lands); and the two
+// warpgroups take turns issuing (pingpong, on two named barriers), so one's softmax runs
+// beside the other's GEMMs. Both warpgroups walk every tile the CTA's last row sees (the
+// first one's last tile may be all masked) so their turns pair up.
 //
-// Measured on an H200 against the 64-row mma.sync kernel and single-warpgroup wgmma
-// variants (docs/PERF.md): one warpgroup per CTA with Q in registers 113 us at T = 2,048
-// with 28/4 heads, + Q from shared memory and three stages 108, + a producer warpgroup
-// and two consumers 91 (64-key tiles) and 87 (128-key tiles, two or three stages alike).
-// Loading Q's A fragments into registers once before the tile loop let ptxas clobber them
-// across iterations at head_dim 64 (wrong results); Q is read from shared memory instead.
+// Measured on an H200 (docs/PERF.md): one warpgroup per CTA with Q in registers 113 us at
+// T = 2,048 with 28/4 heads, + Q from shared memory and three stages 108, + a producer
+// warpgroup and two free-running consumers 91 (64-key tiles) and 87 (128-key tiles); the
+// pipelined GEMMs with turns and three stages 85 (and 990-997 against 1,027-1,033 us on one
+// 8,192-token prompt). The overlap without the turns, or with two stages, was 20-50%
+// slower; so was a producer whose copy loop is not unrolled (7-8%: its issue rate is on the
+// critical path). Loading Q's A fragments into registers once before the tile loop let
+// ptxas clobber them across iterations at head_dim 64 (wrong results); Q is read from
+// shared memory instead.
 //
 // Built only into sm_90a code (wgmma is not part of sm_90's portable PTX); elsewhere the
 // kernel body is empty and prefill_attention_wgmma_available() reports false, so the
@@ -41,7 +48,7 @@ using bf16 = __nv_bfloat16;
 
 constexpr int kRows = 128;         // query rows per CTA: two consumer warpgroups of 64
 constexpr int kN = 128;            // keys per K/V tile
-constexpr int kStages = 2;         // K/V tiles in the ring
+constexpr int kStages = 3;         // K/V tiles in the ring
 constexpr int kThreads = 3 * 128;  // consumer warpgroups 0 and 1, producer warpgroup 2
 
 template <int D>
@@ -62,6 +69,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_wgmma_kernel(At
   static_assert(kLookups * 4 == kN && kLookups <= 32, "the producer's warps copy every row of a tile");
   constexpr uint32_t kHalfBytes = kN * 128;  // one 64-column half of a K/V tile
   constexpr uint32_t kQHalfBytes = kRows * 128;
+  // Named barriers of the consumers' turns (0 is __syncthreads, 1 and 2 the warpgroups'):
+  // warpgroup w waits at kTurnBarrier + w.
+  constexpr int kTurnBarrier = 3;
   extern __shared__ unsigned char smem_raw[];
   // wgmma's swizzle is a function of address bits, so tiles start on 1,024-byte boundaries.
   const uint32_t raw_addr = smem_addr(smem_raw);
@@ -165,6 +175,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_wgmma_kernel(At
         });
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
+    // Warpgroup 0 takes the first turn. (Warpgroup 1's last turn leaves one arrival at
+    // warpgroup 0's barrier when the CTA exits; nothing waits for it.)
+    if (warp >= 4) named_barrier_arrive(kTurnBarrier, 256);
     for_each_query_tile([&](int q_begin, int q_len, int ctx, const int32_t*, int m0, int n_keys, int n_tiles) {
       // Consumer warpgroup wg: rows wg_row0.. (64), its own Q rows loaded by its threads.
       const int wg = warp / 4, wtid = tid % 128;
@@ -178,7 +191,6 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_wgmma_kernel(At
       warpgroup_barrier(1 + wg);
       const uint32_t q_addr = smem_addr(sq) + wg * 64 * 128;
 
-      const int wg_tiles = wg_row0 < q_len ? (ctx + min(wg_row0 + 64, q_len) + kN - 1) / kN : 0;
       const int wrow = wg_row0 + (warp % 4) * 16;
       const int warp_first_lim = min(ctx + wrow, n_keys - 1);
       const int lim0 = min(ctx + wrow + g, n_keys - 1);
@@ -189,44 +201,76 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_wgmma_kernel(At
         o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
       float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.0f, 0.0f};
 
-      for (int n = 0; n < n_tiles; ++n, ++it) {
-        const int stage = it % kStages;
-        mbar_wait(full_bar(stage), (it / kStages) & 1);
-        if (n < wg_tiles) {
+      const int it0 = it;
+      it += n_tiles;
+      auto stage_of = [&](int n) { return (it0 + n) % kStages; };
+      auto parity_of = [&](int n) { return static_cast<uint32_t>(((it0 + n) / kStages) & 1); };
+      auto release = [&](uint32_t bar) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bar);
+      };
+      float sc[kN / 8][4];
+      uint32_t pf[kN / 16][4];
+      float corr[2];
+      auto issue_s = [&](int n) {  // S = Q K_n^T
+        const uint32_t tk = smem_addr(sk + stage_of(n) * kN * D);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+          const uint32_t k_off = (kk % 4) * 32;
+          wgmma_m64n128k16_ss(sc, sw128_desc(q_addr + (kk / 4) * kQHalfBytes + k_off, 16, 1024),
+                              sw128_desc(tk + (kk / 4) * kHalfBytes + k_off, 16, 1024), kk > 0);
+        }
+        wgmma_commit();
+      };
+      auto issue_pv = [&](int n) {  // O += P V_n
+        const uint32_t tv = smem_addr(sv + stage_of(n) * kN * D);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kN / 16; ++kk) {
+          if constexpr (D == 128) {
+            wgmma_m64n128k16_rs_mn(o, pf[kk], sw128_desc(tv + kk * 16 * 128, kHalfBytes, 1024), 1);
+          } else {
+            wgmma_m64n64k16_rs_mn(o, pf[kk], sw128_desc(tv + kk * 16 * 128, kHalfBytes, 1024), 1);
+          }
+        }
+        wgmma_commit();
+      };
+      auto softmax = [&](int n) {
+        const int k0 = n * kN;
+        online_softmax_exps<kN>(sc, m_r, l_r, corr, k0 + kN - 1 > warp_first_lim, k0, lim0, lim1, scale_log2, t4);
+      };
+      if (n_tiles > 0) {
+        mbar_wait(full_bar(stage_of(0)), parity_of(0));
+        fence_proxy_async();
+        named_barrier_sync(kTurnBarrier + wg, 256);
+        issue_s(0);
+        named_barrier_arrive(kTurnBarrier + 1 - wg, 256);
+        wgmma_wait<0>();
+        fence_accumulators(sc);
+        softmax(0);
+        pack_probabilities<kN>(sc, pf);
+        for (int n = 1; n < n_tiles; ++n) {
+          mbar_wait(full_bar(stage_of(n)), parity_of(n));
           fence_proxy_async();
-          const uint32_t tk = smem_addr(sk + stage * kN * D);
-          const uint32_t tv = smem_addr(sv + stage * kN * D);
-          float sc[kN / 8][4];
-          wgmma_fence();
-#pragma unroll
-          for (int kk = 0; kk < D / 16; ++kk) {
-            const uint32_t k_off = (kk % 4) * 32;
-            wgmma_m64n128k16_ss(sc, sw128_desc(q_addr + (kk / 4) * kQHalfBytes + k_off, 16, 1024),
-                                sw128_desc(tk + (kk / 4) * kHalfBytes + k_off, 16, 1024), kk > 0);
-          }
-          wgmma_commit();
-          wgmma_wait<0>();
+          named_barrier_sync(kTurnBarrier + wg, 256);
+          issue_s(n);
+          issue_pv(n - 1);
+          named_barrier_arrive(kTurnBarrier + 1 - wg, 256);
+          wgmma_wait<1>();  // S_n is done; P_{n-1} V_{n-1} may still run
           fence_accumulators(sc);
-          const int k0 = n * kN;
-          uint32_t pf[kN / 16][4];
-          float corr[2];
-          online_softmax_step<kN>(sc, pf, m_r, l_r, corr, k0 + kN - 1 > warp_first_lim, k0, lim0, lim1, scale_log2, t4);
-          rescale_rows(o, corr);
-          wgmma_fence();
-#pragma unroll
-          for (int kk = 0; kk < kN / 16; ++kk) {
-            if constexpr (D == 128) {
-              wgmma_m64n128k16_rs_mn(o, pf[kk], sw128_desc(tv + kk * 16 * 128, kHalfBytes, 1024), 1);
-            } else {
-              wgmma_m64n64k16_rs_mn(o, pf[kk], sw128_desc(tv + kk * 16 * 128, kHalfBytes, 1024), 1);
-            }
-          }
-          wgmma_commit();
+          softmax(n);
           wgmma_wait<0>();
           fence_accumulators(o);
+          fence_fragments(pf);
+          release(empty_bar(stage_of(n - 1)));
+          rescale_rows(o, corr);
+          pack_probabilities<kN>(sc, pf);
         }
-        __syncwarp();
-        if (lane == 0) mbar_arrive(empty_bar(stage));
+        issue_pv(n_tiles - 1);
+        wgmma_wait<0>();
+        fence_accumulators(o);
+        release(empty_bar(stage_of(n_tiles - 1)));
       }
 
       // Every warp of the warpgroup is done reading its Q rows; stage O there and store.

@@ -82,15 +82,16 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 // the raw scores in the accumulator layout (sc[j][0..1]: row g, keys 8j + 2 t4 + {0, 1};
 // sc[j][2..3]: row g + 8), keys k0 + ... past a row's limit (lim0 for row g, lim1 for row
 // g + 8) are masked when need_mask. Raises the running maxima m (log2 domain, scaled),
-// writes P as bf16 A fragments (pf[kk]: keys 16 kk.., the layout mma.sync's and wgmma's A
-// operands share), updates the partial sums l and returns in corr the factors the rows'
-// output accumulators must be scaled by (rescale_rows). Every row must have seen a key
-// before (or in) this step, so the maxima stay finite (a row whose keys are all masked
-// here keeps its max: its P is 0).
+// leaves the probabilities P in sc (f32), updates the partial sums l and returns in corr
+// the factors the rows' output accumulators must be scaled by (rescale_rows). Every row
+// must have seen a key before (or in) this step, so the maxima stay finite (a row whose
+// keys are all masked here keeps its max: its P is 0). Apart from packing P
+// (pack_probabilities), so a kernel can pack it once the GEMM reading the previous P is
+// done.
 template <int kKeys>
-__device__ __forceinline__ void online_softmax_step(float (&sc)[kKeys / 8][4], uint32_t (&pf)[kKeys / 16][4],
-                                                    float (&m)[2], float (&l)[2], float (&corr)[2], bool need_mask,
-                                                    int k0, int lim0, int lim1, float scale_log2, int t4) {
+__device__ __forceinline__ void online_softmax_exps(float (&sc)[kKeys / 8][4], float (&m)[2], float (&l)[2],
+                                                    float (&corr)[2], bool need_mask, int k0, int lim0, int lim1,
+                                                    float scale_log2, int t4) {
   float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
   for (int j = 0; j < kKeys / 8; ++j) {
@@ -118,17 +119,35 @@ __device__ __forceinline__ void online_softmax_step(float (&sc)[kKeys / 8][4], u
   float sum0 = 0.0f, sum1 = 0.0f;
 #pragma unroll
   for (int j = 0; j < kKeys / 8; ++j) {
-    const float p00 = fast_exp2(fmaf(sc[j][0], scale_log2, -new0));
-    const float p01 = fast_exp2(fmaf(sc[j][1], scale_log2, -new0));
-    const float p10 = fast_exp2(fmaf(sc[j][2], scale_log2, -new1));
-    const float p11 = fast_exp2(fmaf(sc[j][3], scale_log2, -new1));
-    sum0 += p00 + p01;
-    sum1 += p10 + p11;
-    pf[j / 2][(j % 2) * 2] = pack_bf16(p00, p01);
-    pf[j / 2][(j % 2) * 2 + 1] = pack_bf16(p10, p11);
+    sc[j][0] = fast_exp2(fmaf(sc[j][0], scale_log2, -new0));
+    sc[j][1] = fast_exp2(fmaf(sc[j][1], scale_log2, -new0));
+    sc[j][2] = fast_exp2(fmaf(sc[j][2], scale_log2, -new1));
+    sc[j][3] = fast_exp2(fmaf(sc[j][3], scale_log2, -new1));
+    sum0 += sc[j][0] + sc[j][1];
+    sum1 += sc[j][2] + sc[j][3];
   }
   l[0] = l[0] * corr[0] + sum0;
   l[1] = l[1] * corr[1] + sum1;
+}
+
+// The probabilities online_softmax_exps left in sc as bf16 A fragments (pf[kk]: keys
+// 16 kk.., the layout mma.sync's and wgmma's A operands share).
+template <int kKeys>
+__device__ __forceinline__ void pack_probabilities(const float (&sc)[kKeys / 8][4], uint32_t (&pf)[kKeys / 16][4]) {
+#pragma unroll
+  for (int j = 0; j < kKeys / 8; ++j) {
+    pf[j / 2][(j % 2) * 2] = pack_bf16(sc[j][0], sc[j][1]);
+    pf[j / 2][(j % 2) * 2 + 1] = pack_bf16(sc[j][2], sc[j][3]);
+  }
+}
+
+// Both: P packed into pf as soon as it is computed.
+template <int kKeys>
+__device__ __forceinline__ void online_softmax_step(float (&sc)[kKeys / 8][4], uint32_t (&pf)[kKeys / 16][4],
+                                                    float (&m)[2], float (&l)[2], float (&corr)[2], bool need_mask,
+                                                    int k0, int lim0, int lim1, float scale_log2, int t4) {
+  online_softmax_exps<kKeys>(sc, m, l, corr, need_mask, k0, lim0, lim1, scale_log2, t4);
+  pack_probabilities<kKeys>(sc, pf);
 }
 
 // Scales the output accumulators of rows g and g + 8 by corr (skipped when no row of the

@@ -47,6 +47,16 @@ __device__ __forceinline__ void fence_accumulators(float (&d)[kTiles][4]) {
     for (int e = 0; e < 4; ++e)
       asm volatile("" : "+f"(d[j][e])::"memory");
 }
+// The same for A fragments an in-flight wgmma reads: keeps them live (unchanged) up to
+// the wait that retires it, so the compiler does not reuse their registers sooner.
+template <int kTiles>
+__device__ __forceinline__ void fence_fragments(uint32_t (&a)[kTiles][4]) {
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      asm volatile("" : "+r"(a[j][e])::"memory");
+}
 // d[64 x N] (+)= a[64 x 16] (registers, one m16 tile per warp) * B[16 x N] (shared memory,
 // desc_b, MN-major: the V tile of P V). accumulate = 0 overwrites d.
 __device__ __forceinline__ void wgmma_m64n64k16_rs_mn(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc_b,
@@ -134,6 +144,13 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
 }
 // Barrier among the 128 threads of one warpgroup (ids 1 and 2; 0 is __syncthreads).
 __device__ __forceinline__ void warpgroup_barrier(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
+// A named barrier two warpgroups meet at: one waits (sync) for the other's arrival.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 #endif  // BW_WGMMA
 
 }  // namespace bw::cuda
