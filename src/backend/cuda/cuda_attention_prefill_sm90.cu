@@ -25,7 +25,7 @@
 // Measured on an H200 (docs/PERF.md): one warpgroup per CTA with Q in registers 113 us at
 // T = 2,048 with 28/4 heads, + Q from shared memory and three stages 108, + a producer
 // warpgroup and two free-running consumers 91 (64-key tiles) and 87 (128-key tiles); the
-// pipelined GEMMs with turns and three stages 85 (and 990-997 against 1,027-1,033 us on one
+// pipelined GEMMs with turns and three stages 84-86 (and 990-999 against 1,025-1,035 us on one
 // 8,192-token prompt). The overlap without the turns, or with two stages, was 20-50%
 // slower; so was a producer whose copy loop is not unrolled (7-8%: its issue rate is on the
 // critical path). Loading Q's A fragments into registers once before the tile loop let
