@@ -1,7 +1,8 @@
 // The tensor-core prefill attention kernel (cuda_attention_prefill.cu) through
 // CudaBackend::paged_attention, against the CPU reference on fresh random inputs: ragged
 // batches mixing prefill chunks of 1..1000 queries with and without prior context and
-// decode rows, block sizes 1 / 16 / 64 with shuffled (non-contiguous) block ids,
+// decode rows, block sizes 1 / 16 / 64 (and 8 to 256 with NaN in every cache slot outside
+// the keys) with shuffled (non-contiguous) block ids,
 // sequences ending on a block boundary, GQA 12/2, 28/4, 8/8, 32/8, head_dim 64 and 128.
 // Each run asserts that the dispatch really took the prefill kernel (its launch counter)
 // or, for decode-only / f32 / f16-cache batches, that it did not; both kernel variants
@@ -49,13 +50,30 @@ class CudaPrefillAttentionTest : public test::CudaOpTest {
   // values. expect_prefill: whether the dispatch must take the prefill kernel.
   // variant > 0: the launcher directly with that variant (on the legacy stream, after
   // the backend's uploads are done), instead of the backend's dispatch.
+  // nan_past_keys: every cache slot outside the sequences' keys holds NaN (a kernel that
+  // reads one into a sum poisons the output).
   void check(const AttnCase& c, DType act, DType cache_dt, Batch& b, int max_query_hint, bool expect_prefill,
-             uint32_t seed, int variant = 0) {
+             uint32_t seed, int variant = 0, bool nan_past_keys = false) {
     AttentionParams p{c.hq, c.hkv, c.d, 1.0f / std::sqrt(static_cast<float>(c.d))};
     const int64_t width = static_cast<int64_t>(c.hq + 2 * c.hkv) * c.d;
-    const int64_t cache_elems = static_cast<int64_t>(b.num_blocks) * b.block_size * c.hkv * c.d;
-    Stored kc(test::random_floats(static_cast<size_t>(cache_elems), seed, -2, 2), cache_dt);
-    Stored vc(test::random_floats(static_cast<size_t>(cache_elems), seed + 1), cache_dt);
+    const int64_t slot_elems = static_cast<int64_t>(c.hkv) * c.d;
+    const int64_t cache_elems = static_cast<int64_t>(b.num_blocks) * b.block_size * slot_elems;
+    std::vector<float> kf = test::random_floats(static_cast<size_t>(cache_elems), seed, -2, 2);
+    std::vector<float> vf = test::random_floats(static_cast<size_t>(cache_elems), seed + 1);
+    if (nan_past_keys) {
+      std::vector<bool> used(static_cast<size_t>(b.num_blocks) * b.block_size, false);
+      for (size_t s = 0; s < b.seqs.size(); ++s)
+        for (int pos = 0; pos < b.seqs[s].kv_len; ++pos)
+          used[static_cast<size_t>(b.block_tables[s * b.table_width + pos / b.block_size]) * b.block_size +
+               pos % b.block_size] = true;
+      for (size_t slot = 0; slot < used.size(); ++slot) {
+        if (used[slot]) continue;
+        std::fill_n(kf.begin() + static_cast<int64_t>(slot) * slot_elems, slot_elems, NAN);
+        std::fill_n(vf.begin() + static_cast<int64_t>(slot) * slot_elems, slot_elems, NAN);
+      }
+    }
+    Stored kc(kf, cache_dt);
+    Stored vc(vf, cache_dt);
     const std::vector<float> qkv =
         Stored(test::random_floats(static_cast<size_t>(b.num_tokens * width), seed + 2, -2, 2), act).values;
     const Shape cs{b.num_blocks, b.block_size, c.hkv, c.d};
@@ -174,6 +192,19 @@ TEST_F(CudaPrefillAttentionTest, LongChunksMatchTheCpu) {
   Batch chunk({{700, 1500}, {300, 300}}, 16, seed++);
   for (int variant : variants())
     check(AttnCase{12, 2, 128}, DType::kBF16, DType::kBF16, chunk, chunk.max_query_len, true, seed, variant);
+}
+
+// On Hopper, K/V tiles wholly inside the keys arrive as tensor-map boxes (one per block,
+// or per 128-row piece of a larger block; block sizes that are not a power of two >= 8
+// take the gather), the rest through the gather that zero-fills rows past the keys: every
+// cache slot outside the keys holds NaN here, which no output may see.
+TEST_F(CudaPrefillAttentionTest, EveryBlockSizeWithNaNsPastTheKeys) {
+  uint32_t seed = 1100;
+  for (int bs : {8, 24, 32, 128, 256}) {
+    Batch b({{300, 700}, {129, 129}, {5, 260}, {256, 256}}, bs, seed++);
+    check(AttnCase{12, 2, 128}, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed++, 0, true);
+    check(AttnCase{8, 8, 64}, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed++, 0, true);
+  }
 }
 
 TEST_F(CudaPrefillAttentionTest, UnknownVariantIsRejected) {

@@ -3,10 +3,15 @@
 // kernel for sm_80/89, for other GPUs and as the fallback).
 //
 // A CTA owns 128 query rows of one sequence and one query head and is warp-specialised
-// (FlashAttention-3's structure): warpgroup 2 is a producer that gathers 128-key K/V tiles
-// of the paged cache with cp.async (each row's block looked up in the block table) into a
-// ring of three stages, announcing each stage on a "full" mbarrier as its copies land and
-// reusing it once both consumers released it on an "empty" mbarrier; warpgroups 0 and 1
+// (FlashAttention-3's structure): warpgroup 2 is a producer that loads 128-key K/V tiles
+// of the paged cache into a ring of three stages: a tile wholly inside the keys as
+// tensor-map (TMA) boxes, one per cache block (lane j of its first warp copies box j, so
+// its issue slots and registers go to the consumers' work), the tile with the sequence's
+// end, tiles with a bad block id and caches of other block sizes with a cp.async gather
+// (each row's block looked up in the block table; rows past the keys zero-filled, since
+// a V row of NaNs times P = 0 would still poison O). Each stage is announced on a "full"
+// mbarrier as its copies land and reused once both consumers released it on an "empty"
+// mbarrier; warpgroups 0 and 1
 // are consumers of 64 rows each, and each K/V tile is read from L2 once for 128 rows.
 // setmaxnreg moves registers from the producer (56) to the consumers (224).
 //
@@ -25,8 +30,8 @@
 // Measured on an H200 (docs/PERF.md): one warpgroup per CTA with Q in registers 113 us at
 // T = 2,048 with 28/4 heads, + Q from shared memory and three stages 108, + a producer
 // warpgroup and two free-running consumers 91 (64-key tiles) and 87 (128-key tiles); the
-// pipelined GEMMs with turns and three stages 84-86 (and 990-999 against 1,025-1,035 us on one
-// 8,192-token prompt). The overlap without the turns, or with two stages, was 20-50%
+// pipelined GEMMs with turns and three stages 84-86 (and 990-999 against 1,025-1,035 us
+// on one 8,192-token prompt). The overlap without the turns, or with two stages, was 20-50%
 // slower; so was a producer whose copy loop is not unrolled (7-8%: its issue rate is on the
 // critical path). Loading Q's A fragments into registers once before the tile loop let
 // ptxas clobber them across iterations at head_dim 64 (wrong results); Q is read from
@@ -39,6 +44,13 @@
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_mma.cuh"
 #include "backend/cuda/cuda_wgmma.cuh"
+
+#include <cuda.h>  // CUtensorMap (the encoder comes through the runtime's driver entry point)
+#include <cudaTypedefs.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <vector>
 
 namespace bw::cuda {
 
@@ -56,8 +68,13 @@ constexpr int smem_bytes() {  // Q, kStages x (K, V), alignment slack, 2 x kStag
   return (kRows + 2 * kStages * kN) * D * static_cast<int>(sizeof(bf16)) + 1024 + 2 * kStages * 8;
 }
 
+// box_rows > 0: K/V tiles that lie wholly inside the keys arrive as tensor-map boxes of
+// box_rows cache rows x 64 columns (k_map / v_map: [rows][Hkv][D], one box per cache block
+// or per 128-row piece of one); 0: every tile through the cp.async gather.
 template <int D>
-__global__ void __launch_bounds__(kThreads, 1) prefill_attention_wgmma_kernel(AttentionArgs a) {
+__global__ void __launch_bounds__(kThreads, 1)
+    prefill_attention_wgmma_kernel(AttentionArgs a, const __grid_constant__ CUtensorMap k_map,
+                                   const __grid_constant__ CUtensorMap v_map, int box_rows) {
 #ifdef BW_WGMMA
   pdl_wait();
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
@@ -141,38 +158,68 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_wgmma_kernel(At
     // Registers move from the producer warpgroup (address arithmetic only) to the
     // consumers (O, S and P in registers): 2 x 128 x 224 + 128 x 56 = 64,512 of 65,536.
     asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
-    for_each_query_tile(
-        [&](int /*q_begin*/, int /*q_len*/, int /*ctx*/, const int32_t* table, int /*m0*/, int n_keys, int n_tiles) {
-          const int ptid = tid - 256, pwarp = ptid / 32;
-          const int my_row = pwarp * kWarpRows + lane % kWarpRows + kRowsPerPass * (lane / kWarpRows);
-          for (int n = 0; n < n_tiles; ++n, ++it) {
-            const int stage = it % kStages;
-            if (it >= kStages) mbar_wait(empty_bar(stage), (it / kStages - 1) & 1);
-            const int p = n * kN + my_row;
-            int64_t my_off = -1;
-            if (lane < kLookups && p < n_keys) {
-              const int32_t block = table[p / bs];
-              if (block < 0 || block >= a.num_blocks) {
-                report_error(a.error_flag, kBadBlockId);
-              } else {
-                my_off = block * block_stride + static_cast<int64_t>(p % bs) * a.num_kv_heads * D;
+    for_each_query_tile([&](int /*q_begin*/, int /*q_len*/, int /*ctx*/, const int32_t* table, int /*m0*/, int n_keys,
+                            int n_tiles) {
+      const int ptid = tid - 256, pwarp = ptid / 32;
+      const int my_row = pwarp * kWarpRows + lane % kWarpRows + kRowsPerPass * (lane / kWarpRows);
+      const int boxes = box_rows > 0 ? kN / box_rows : 0;  // <= 32: box_rows >= 8
+      for (int n = 0; n < n_tiles; ++n, ++it) {
+        const int stage = it % kStages;
+        // A tile wholly inside the keys whose blocks are all valid comes as boxes, lane
+        // j of warp 0 copying box j of K and of V; every producer warp looks the blocks
+        // up itself (a few cached loads) so all four agree without a barrier.
+        const int k_begin = n * kN;
+        bool boxed = boxes > 0 && k_begin + kN <= n_keys;
+        int32_t box_block = 0;
+        if (boxed && lane < boxes) box_block = table[(k_begin + lane * box_rows) / bs];
+        boxed =
+            __all_sync(0xffffffffu, !boxed || lane >= boxes || (box_block >= 0 && box_block < a.num_blocks)) && boxed;
+        if (it >= kStages) mbar_wait(empty_bar(stage), (it / kStages - 1) & 1);
+        if (boxed) {
+          if (pwarp == 0) {
+            constexpr uint32_t kHalves = D / 64;
+            const uint32_t box_bytes = static_cast<uint32_t>(box_rows) * 128;
+            mbar_arrive_expect_tx(full_bar(stage), lane < boxes ? 2 * kHalves * box_bytes : 0);
+            if (lane < boxes) {
+              const int row = box_block * bs + (k_begin + lane * box_rows) % bs;
+              const uint32_t dk = smem_addr(sk + stage * kN * D) + lane * box_bytes;
+              const uint32_t dv = smem_addr(sv + stage * kN * D) + lane * box_bytes;
+#pragma unroll
+              for (uint32_t h = 0; h < kHalves; ++h) {
+                tma_load_3d(dk + h * kHalfBytes, &k_map, static_cast<int>(h) * 64, kv_head, row, full_bar(stage));
+                tma_load_3d(dv + h * kHalfBytes, &v_map, static_cast<int>(h) * 64, kv_head, row, full_bar(stage));
               }
             }
-            bf16* dk = sk + stage * kN * D;
-            bf16* dv = sv + stage * kN * D;
-            const int c = ptid % kChunks;
-#pragma unroll
-            for (int j = 0; j < kPasses; ++j) {
-              const int r = ptid / kChunks + j * kRowsPerPass;
-              const int64_t off = __shfl_sync(0xffffffffu, my_off, j * kWarpRows + lane / kChunks);
-              const bool ok = off >= 0;
-              const int64_t src = ok ? off + c * 8 : 0;
-              cp_async16(smem_addr(dk + sw128<kN>(r, c)), kc + src, ok);
-              cp_async16(smem_addr(dv + sw128<kN>(r, c)), vc + src, ok);
-            }
-            mbar_arrive_on_cp_async(full_bar(stage));
+          } else {
+            mbar_arrive(full_bar(stage));
           }
-        });
+          continue;
+        }
+        const int p = n * kN + my_row;
+        int64_t my_off = -1;
+        if (lane < kLookups && p < n_keys) {
+          const int32_t block = table[p / bs];
+          if (block < 0 || block >= a.num_blocks) {
+            report_error(a.error_flag, kBadBlockId);
+          } else {
+            my_off = block * block_stride + static_cast<int64_t>(p % bs) * a.num_kv_heads * D;
+          }
+        }
+        bf16* dk = sk + stage * kN * D;
+        bf16* dv = sv + stage * kN * D;
+        const int c = ptid % kChunks;
+#pragma unroll 8  // fully unrolled, the producer spills at 56 registers beside the boxes' code
+        for (int j = 0; j < kPasses; ++j) {
+          const int r = ptid / kChunks + j * kRowsPerPass;
+          const int64_t off = __shfl_sync(0xffffffffu, my_off, j * kWarpRows + lane / kChunks);
+          const bool ok = off >= 0;
+          const int64_t src = ok ? off + c * 8 : 0;
+          cp_async16(smem_addr(dk + sw128<kN>(r, c)), kc + src, ok);
+          cp_async16(smem_addr(dv + sw128<kN>(r, c)), vc + src, ok);
+        }
+        mbar_arrive_on_cp_async(full_bar(stage));
+      }
+    });
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
     // Warpgroup 0 takes the first turn. (Warpgroup 1's last turn leaves one arrival at
@@ -283,6 +330,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_attention_wgmma_kernel(At
   }
 #else
   (void)a;
+  (void)k_map;
+  (void)v_map;
+  (void)box_rows;
 #endif  // BW_WGMMA
 }
 
@@ -294,13 +344,84 @@ __global__ void wgmma_probe_kernel(int* built) {
 #endif
 }
 
+// The tensor map of one cache ([num_blocks * block_size][Hkv][D] bf16) with boxes of
+// box_rows x 64 columns in the 128-byte swizzle the K/V tiles use; maps are kept per
+// cache and shape (a model has two caches per layer), so a launch encodes none after the
+// first step. False when the driver has no encoder or rejects the shape.
+bool cache_tensor_map(const void* cache, int64_t num_blocks, int block_size, int num_kv_heads, int head_dim,
+                      int box_rows, CUtensorMap* map) {
+  struct Entry {
+    const void* cache;
+    int64_t num_blocks;
+    int block_size, num_kv_heads, head_dim;
+    CUtensorMap map;
+  };
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr) return false;
+  thread_local std::vector<Entry> maps;
+  for (const Entry& e : maps) {
+    if (e.cache == cache && e.num_blocks == num_blocks && e.block_size == block_size &&
+        e.num_kv_heads == num_kv_heads && e.head_dim == head_dim) {
+      *map = e.map;
+      return true;
+    }
+  }
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(num_kv_heads),
+                              static_cast<cuuint64_t>(num_blocks) * static_cast<cuuint64_t>(block_size)};
+  const cuuint64_t strides[2] = {static_cast<cuuint64_t>(head_dim) * sizeof(bf16),
+                                 static_cast<cuuint64_t>(num_kv_heads) * head_dim * sizeof(bf16)};
+  const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  Entry e{cache, num_blocks, block_size, num_kv_heads, head_dim, {}};
+  if (encode(&e.map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(cache), dims, strides, box, element_strides,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+    return false;
+  }
+  if (maps.size() >= 256) maps.erase(maps.begin());
+  maps.push_back(e);
+  *map = e.map;
+  return true;
+}
+
+// Rows per tensor-map box for this cache, or 0 to gather every tile with cp.async: the
+// block size must be a power of two of at least 8 (a box per block, or per 128-row piece
+// of a larger block, starts on a 1,024-byte boundary of the tile); BW_CUDA_PREFILL_TMA=0
+// turns the boxes off.
+int box_rows_for(const AttentionArgs& args) {
+  static const bool enabled = [] {
+    const char* e = std::getenv("BW_CUDA_PREFILL_TMA");
+    return e == nullptr || std::strcmp(e, "0") != 0;
+  }();
+  const int bs = args.block_size;
+  if (!enabled || bs < 8 || (bs & (bs - 1)) != 0) return 0;
+  return bs < kN ? bs : kN;
+}
+
 template <int D>
 cudaError_t launch_for(const AttentionArgs& args, int max_query_len, cudaStream_t stream) {
   const cudaError_t attr = cudaFuncSetAttribute(prefill_attention_wgmma_kernel<D>,
                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<D>());
   if (attr != cudaSuccess) return attr;
+  CUtensorMap k_map{}, v_map{};
+  int box_rows = box_rows_for(args);
+  if (box_rows > 0 &&
+      (!cache_tensor_map(args.k_cache, args.num_blocks, args.block_size, args.num_kv_heads, D, box_rows, &k_map) ||
+       !cache_tensor_map(args.v_cache, args.num_blocks, args.block_size, args.num_kv_heads, D, box_rows, &v_map))) {
+    box_rows = 0;
+  }
   launch_kernel(prefill_attention_wgmma_kernel<D>, prefill_grid(args, max_query_len, kRows), kThreads, smem_bytes<D>(),
-                stream, args);
+                stream, args, k_map, v_map, box_rows);
   return cudaGetLastError();
 }
 
