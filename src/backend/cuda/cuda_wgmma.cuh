@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define BW_WGMMA 1
@@ -38,24 +39,29 @@ __device__ __forceinline__ void wgmma_wait() {
 // Shared-memory writes of the generic proxy (cp.async, st.shared) made visible to wgmma's
 // operand reads (the async proxy).
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-// Keeps the compiler from moving accesses of accumulator registers across the wait.
+// Keeps the compiler from moving accesses of accumulator registers (float) across the
+// wait, or from reusing the registers of A fragments (uint32_t) an in-flight wgmma reads
+// before the wait that retires it.
+template <typename T, int kTiles>
+__device__ __forceinline__ void fence_registers(T (&d)[kTiles][4]) {
+#pragma unroll
+  for (int j = 0; j < kTiles; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if constexpr (std::is_same_v<T, float>) {
+        asm volatile("" : "+f"(d[j][e])::"memory");
+      } else {
+        asm volatile("" : "+r"(d[j][e])::"memory");
+      }
+    }
+}
 template <int kTiles>
 __device__ __forceinline__ void fence_accumulators(float (&d)[kTiles][4]) {
-#pragma unroll
-  for (int j = 0; j < kTiles; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      asm volatile("" : "+f"(d[j][e])::"memory");
+  fence_registers(d);
 }
-// The same for A fragments an in-flight wgmma reads: keeps them live (unchanged) up to
-// the wait that retires it, so the compiler does not reuse their registers sooner.
 template <int kTiles>
 __device__ __forceinline__ void fence_fragments(uint32_t (&a)[kTiles][4]) {
-#pragma unroll
-  for (int j = 0; j < kTiles; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      asm volatile("" : "+r"(a[j][e])::"memory");
+  fence_registers(a);
 }
 // d[64 x N] (+)= a[64 x 16] (registers, one m16 tile per warp) * B[16 x N] (shared memory,
 // desc_b, MN-major: the V tile of P V). accumulate = 0 overwrites d.
