@@ -11,7 +11,8 @@
 # (single-stream decode by context length, each path), ab (single stream by context, the
 # kit's breakwater against each .carry/*/bw.tgz's), trace (the trace build's cycle counts
 # of the fused decoder stack, at 512 and 32,768 tokens), attn (prefill attention kernel
-# times against other builds' and SDPA) or all (default: tests and bench);
+# times against other builds' and SDPA), attn-profile (that kernel under Nsight Compute,
+# with its SASS) or all (default: tests and bench);
 # BW_PEER_GENERATE=0 skips the slow transformers `generate` peer.
 set -u
 C=$PWD/.carry/cuda
@@ -124,6 +125,23 @@ if [ "$MODE" = attn ]; then
     echo "== SDPA"; PYTHONUNBUFFERED=1 timeout 120 python3 scripts/cuda_peer.py attention 2>&1 | grep "^sdpa"
     PYTHONUNBUFFERED=1 timeout 120 python3 scripts/cuda_peer.py long 2>&1 | grep "^sdpa"
   done
+fi
+if [ "$MODE" = attn-profile ]; then
+  # The wgmma prefill kernel under Nsight Compute on one long-prompt case (ATTN_CASE,
+  # default 3: 8,192 tokens, 28/4 heads): the summary sections and the SASS with each
+  # instruction's stall samples ($OUT/attn_source.csv), and the kernel's SASS
+  # ($OUT/attn.sass).
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null)
+  cuobjdump -sass -fun prefill_attention_wgmma_kernel $C/bin/bw_cuda_attention_bench > $OUT/attn.sass 2>&1 ||
+    /usr/local/cuda/bin/cuobjdump -sass $C/bin/bw_cuda_attention_bench > $OUT/attn.sass 2>&1
+  BW_BENCH_CASE=${ATTN_CASE:-3} timeout 300 $NCU -k regex:prefill_attention_wgmma -s 2 -c 1 --import-source yes \
+    --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section SourceCounters \
+    --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis -o $OUT/attn -f \
+    $C/bin/bw_cuda_attention_bench 0 long > $OUT/ncu_run.log 2>&1
+  echo "ncu rc $?"; tail -3 $OUT/ncu_run.log
+  timeout 120 $NCU -i $OUT/attn.ncu-rep --page details 2>&1 | grep -vE "^\s*$|----" | head -150
+  timeout 120 $NCU -i $OUT/attn.ncu-rep --page source --print-source sass --csv > $OUT/attn_source.csv 2>&1
+  echo "source page rc $?: $(wc -l < $OUT/attn_source.csv) lines"
 fi
 if [ "$MODE" = trace ] && [ ! -x $C/bin/breakwater_trace ]; then
   echo "no bin/breakwater_trace in the kit: make it with scripts/cuda_device_kit.sh --trace"
