@@ -8,7 +8,8 @@
 // `long` times long prompts instead: a chunk of 2,048 queries after 14,336 cached tokens
 // (the last full chunk of a 16k prompt under --max-batched-tokens 2048) and one sequence of
 // 8,192 tokens, on both head shapes. BW_BENCH_CASE=N runs only the N-th case (from 0), e.g.
-// to profile one kernel launch with Nsight Compute.
+// to profile one kernel launch with Nsight Compute; BW_BENCH_BLOCK_SIZE=N sets the cache
+// block size (default 16).
 //
 // Per case it prints the median of 20 timed runs after 3 warm-ups of
 //   - kernel: the prefill launcher on a stream of the bench's own, timed with cudaEvents
@@ -46,7 +47,16 @@ using bw::TensorView;
 
 constexpr int kWarmups = 3;
 constexpr int kRuns = 20;
-constexpr int kBlockSize = 16;
+// The cache's block size: 16 (vLLM's default and the engine's) unless BW_BENCH_BLOCK_SIZE
+// names another.
+int cache_block_size() {
+  static const int bs = [] {
+    const char* e = std::getenv("BW_BENCH_BLOCK_SIZE");
+    const int v = e != nullptr ? std::atoi(e) : 0;
+    return v > 0 ? v : 16;
+  }();
+  return bs;
+}
 constexpr int kHeadDim = 128;
 
 uint16_t to_bf16(float f) {
@@ -107,11 +117,12 @@ double time_host(CudaBackend& gpu, Fn&& fn) {
 
 void run_case(CudaBackend& gpu, const Case& c) {
   std::vector<DeviceBuffer> keep;
+  const int block_size = cache_block_size();
   const int kv_len = c.ctx + c.q_len;
   const int64_t width = static_cast<int64_t>(c.hq + 2 * c.hkv) * kHeadDim;
-  const int num_blocks = (kv_len + kBlockSize - 1) / kBlockSize;
+  const int num_blocks = (kv_len + block_size - 1) / block_size;
   const auto qkv_h = random_bf16(static_cast<size_t>(c.q_len * width), 1);
-  const size_t cache_elems = static_cast<size_t>(num_blocks) * kBlockSize * c.hkv * kHeadDim;
+  const size_t cache_elems = static_cast<size_t>(num_blocks) * block_size * c.hkv * kHeadDim;
   const auto k_h = random_bf16(cache_elems, 2);
   const auto v_h = random_bf16(cache_elems, 3);
   std::vector<int32_t> table(static_cast<size_t>(num_blocks));
@@ -120,7 +131,7 @@ void run_case(CudaBackend& gpu, const Case& c) {
   std::vector<int32_t> qs = {0, c.q_len}, kv = {kv_len};
 
   const TensorView qkv = TensorView(upload(gpu, qkv_h.data(), qkv_h.size() * 2, &keep), DType::kBF16, {c.q_len, width});
-  const bw::Shape cs{num_blocks, kBlockSize, c.hkv, kHeadDim};
+  const bw::Shape cs{num_blocks, block_size, c.hkv, kHeadDim};
   KvCacheLayer cache{TensorView(upload(gpu, k_h.data(), k_h.size() * 2, &keep), DType::kBF16, cs),
                      TensorView(upload(gpu, v_h.data(), v_h.size() * 2, &keep), DType::kBF16, cs)};
   std::vector<uint16_t> zeros(static_cast<size_t>(c.q_len) * c.hq * kHeadDim);
@@ -149,7 +160,7 @@ void run_case(CudaBackend& gpu, const Case& c) {
   a.v_cache = cache.v.data;
   a.cache_type = bw::cuda::ElemType::kBF16;
   a.num_blocks = num_blocks;
-  a.block_size = kBlockSize;
+  a.block_size = block_size;
   a.query_start = meta.query_start.as<const int32_t>();
   a.kv_lens = meta.kv_lens.as<const int32_t>();
   a.block_tables = meta.block_tables.as<const int32_t>();
@@ -205,7 +216,7 @@ void run_case(CudaBackend& gpu, const Case& c) {
   const double flops = 4.0 * pairs * c.hq * kHeadDim;
   auto tflops = [&](double us) { return flops / (us * 1e-6) / 1e12; };
   std::printf("prefill attention T=%d ctx=%d hq=%d hkv=%d d=%d bs=%d: kernel", c.q_len, c.ctx, c.hq, c.hkv, kHeadDim,
-              kBlockSize);
+              cache_block_size());
   for (int v = 0; v < kNumVariants; ++v)
     std::printf("%s %s %.1f us (%.0f TFLOP/s)", v == 0 ? "" : ",", kNames[v], kernel_us[v], tflops(kernel_us[v]));
   const int picked = bw::cuda::prefill_attention_variant(a, wgmma);

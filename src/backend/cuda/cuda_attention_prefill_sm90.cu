@@ -50,6 +50,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace bw::cuda {
@@ -283,10 +284,34 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         wgmma_commit();
       };
-      auto softmax = [&](int n) {
+      // may_mask: std::true_type for the tiles that may cross a row's causal limit.
+      auto softmax = [&](int n, auto may_mask) {
         const int k0 = n * kN;
-        online_softmax_exps<kN>(sc, m_r, l_r, corr, k0 + kN - 1 > warp_first_lim, k0, lim0, lim1, scale_log2, t4);
+        online_softmax_exps<kN, decltype(may_mask)::value>(sc, m_r, l_r, corr, k0 + kN - 1 > warp_first_lim, k0, lim0,
+                                                           lim1, scale_log2, t4);
       };
+      // One step of the pipelined loop: S_n and P_{n-1} V_{n-1} issued on the warpgroup's
+      // turn, the softmax of S_n while P V runs.
+      auto step = [&](int n, auto may_mask) {
+        mbar_wait(full_bar(stage_of(n)), parity_of(n));
+        fence_proxy_async();
+        named_barrier_sync(kTurnBarrier + wg, 256);
+        issue_s(n);
+        issue_pv(n - 1);
+        named_barrier_arrive(kTurnBarrier + 1 - wg, 256);
+        wgmma_wait<1>();  // S_n is done; P_{n-1} V_{n-1} may still run
+        fence_accumulators(sc);
+        softmax(n, may_mask);
+        wgmma_wait<0>();
+        fence_accumulators(o);
+        fence_fragments(pf);
+        release(empty_bar(stage_of(n - 1)));
+        rescale_rows(o, corr);
+        pack_probabilities<kN>(sc, pf);
+      };
+      // The tiles below every row's causal limit of the warpgroup (a wgmma needs all four
+      // warps on one path) run without the mask's compares in a loop of their own.
+      const int n_unmasked = min((min(ctx + wg_row0, n_keys - 1) + 1) / kN, n_tiles);
       if (n_tiles > 0) {
         mbar_wait(full_bar(stage_of(0)), parity_of(0));
         fence_proxy_async();
@@ -295,25 +320,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         named_barrier_arrive(kTurnBarrier + 1 - wg, 256);
         wgmma_wait<0>();
         fence_accumulators(sc);
-        softmax(0);
+        softmax(0, std::true_type{});
         pack_probabilities<kN>(sc, pf);
-        for (int n = 1; n < n_tiles; ++n) {
-          mbar_wait(full_bar(stage_of(n)), parity_of(n));
-          fence_proxy_async();
-          named_barrier_sync(kTurnBarrier + wg, 256);
-          issue_s(n);
-          issue_pv(n - 1);
-          named_barrier_arrive(kTurnBarrier + 1 - wg, 256);
-          wgmma_wait<1>();  // S_n is done; P_{n-1} V_{n-1} may still run
-          fence_accumulators(sc);
-          softmax(n);
-          wgmma_wait<0>();
-          fence_accumulators(o);
-          fence_fragments(pf);
-          release(empty_bar(stage_of(n - 1)));
-          rescale_rows(o, corr);
-          pack_probabilities<kN>(sc, pf);
-        }
+        int n = 1;
+        for (; n < n_unmasked; ++n) step(n, std::false_type{});
+        for (; n < n_tiles; ++n) step(n, std::true_type{});
         issue_pv(n_tiles - 1);
         wgmma_wait<0>();
         fence_accumulators(o);

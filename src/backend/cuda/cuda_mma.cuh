@@ -81,14 +81,16 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 // The online-softmax update of one m16 tile of a warp for kKeys scores per row: sc holds
 // the raw scores in the accumulator layout (sc[j][0..1]: row g, keys 8j + 2 t4 + {0, 1};
 // sc[j][2..3]: row g + 8), keys k0 + ... past a row's limit (lim0 for row g, lim1 for row
-// g + 8) are masked when need_mask. Raises the running maxima m (log2 domain, scaled),
+// g + 8) are masked when need_mask (and kMayMask: a kernel that knows a tile needs no
+// mask passes false, since the compiler turns the runtime test into a compare and select
+// per score that every tile pays for). Raises the running maxima m (log2 domain, scaled),
 // leaves the probabilities P in sc (f32), updates the partial sums l and returns in corr
 // the factors the rows' output accumulators must be scaled by (rescale_rows). Every row
 // must have seen a key before (or in) this step, so the maxima stay finite (a row whose
 // keys are all masked here keeps its max: its P is 0). Apart from packing P
 // (pack_probabilities), so a kernel can pack it once the GEMM reading the previous P is
 // done.
-template <int kKeys>
+template <int kKeys, bool kMayMask = true>
 __device__ __forceinline__ void online_softmax_exps(float (&sc)[kKeys / 8][4], float (&m)[2], float (&l)[2],
                                                     float (&corr)[2], bool need_mask, int k0, int lim0, int lim1,
                                                     float scale_log2, int t4) {
@@ -97,7 +99,7 @@ __device__ __forceinline__ void online_softmax_exps(float (&sc)[kKeys / 8][4], f
   for (int j = 0; j < kKeys / 8; ++j) {
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      if (need_mask) {
+      if (kMayMask && need_mask) {
         const int key = k0 + j * 8 + t4 * 2 + e;
         if (key > lim0) sc[j][e] = -INFINITY;
         if (key > lim1) sc[j][2 + e] = -INFINITY;
