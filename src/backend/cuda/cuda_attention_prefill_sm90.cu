@@ -323,8 +323,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         softmax(0, std::true_type{});
         pack_probabilities<kN>(sc, pf);
         int n = 1;
-        for (; n < n_unmasked; ++n) step(n, std::false_type{});
-        for (; n < n_tiles; ++n) step(n, std::true_type{});
+        for (; n < n_unmasked; ++n)
+          step(n, std::false_type{});
+        for (; n < n_tiles; ++n)
+          step(n, std::true_type{});
         issue_pv(n_tiles - 1);
         wgmma_wait<0>();
         fence_accumulators(o);
