@@ -9,7 +9,8 @@
 // (the last full chunk of a 16k prompt under --max-batched-tokens 2048) and one sequence of
 // 8,192 tokens, on both head shapes. BW_BENCH_CASE=N runs only the N-th case (from 0), e.g.
 // to profile one kernel launch with Nsight Compute; BW_BENCH_BLOCK_SIZE=N sets the cache
-// block size (default 16).
+// block size (default 16), BW_BENCH_CONSECUTIVE=1 numbers the blocks in order (default:
+// shuffled).
 //
 // Per case it prints the median of 20 timed runs after 3 warm-ups of
 //   - kernel: the prefill launcher on a stream of the bench's own, timed with cudaEvents
@@ -127,7 +128,11 @@ void run_case(CudaBackend& gpu, const Case& c) {
   const auto v_h = random_bf16(cache_elems, 3);
   std::vector<int32_t> table(static_cast<size_t>(num_blocks));
   std::iota(table.begin(), table.end(), 0);
-  std::shuffle(table.begin(), table.end(), std::mt19937(4));
+  // Shuffled (every block apart from its neighbours, the copies' worst case) unless
+  // BW_BENCH_CONSECUTIVE=1 (as a fresh pool hands them out).
+  static const bool consecutive =
+      std::getenv("BW_BENCH_CONSECUTIVE") != nullptr && std::strcmp(std::getenv("BW_BENCH_CONSECUTIVE"), "1") == 0;
+  if (!consecutive) std::shuffle(table.begin(), table.end(), std::mt19937(4));
   std::vector<int32_t> qs = {0, c.q_len}, kv = {kv_len};
 
   const TensorView qkv = TensorView(upload(gpu, qkv_h.data(), qkv_h.size() * 2, &keep), DType::kBF16, {c.q_len, width});

@@ -2,7 +2,8 @@
 // CudaBackend::paged_attention, against the CPU reference on fresh random inputs: ragged
 // batches mixing prefill chunks of 1..1000 queries with and without prior context and
 // decode rows, block sizes 1 / 16 / 64 (and 8 to 256 with NaN in every cache slot outside
-// the keys) with shuffled (non-contiguous) block ids,
+// the keys) with shuffled (non-contiguous) block ids (and consecutive ones, whole or in
+// broken runs),
 // sequences ending on a block boundary, GQA 12/2, 28/4, 8/8, 32/8, head_dim 64 and 128.
 // Each run asserts that the dispatch really took the prefill kernel (its launch counter)
 // or, for decode-only / f32 / f16-cache batches, that it did not; both kernel variants
@@ -204,6 +205,20 @@ TEST_F(CudaPrefillAttentionTest, EveryBlockSizeWithNaNsPastTheKeys) {
     Batch b({{300, 700}, {129, 129}, {5, 260}, {256, 256}}, bs, seed++);
     check(AttnCase{12, 2, 128}, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed++, 0, true);
     check(AttnCase{8, 8, 64}, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed++, 0, true);
+  }
+}
+
+// Consecutive blocks make one tensor-map box of a whole 128-key tile (on Hopper); runs
+// broken every eleventh block mix whole-tile boxes with per-block ones in one sequence.
+// NaN outside the keys: a box that starts on the wrong row shows.
+TEST_F(CudaPrefillAttentionTest, ConsecutiveBlocksMatchTheCpu) {
+  uint32_t seed = 1300;
+  for (test::BlockIds order : {test::BlockIds::kConsecutive, test::BlockIds::kMostlyConsecutive}) {
+    for (int bs : {16, 32, 64}) {
+      Batch b({{700, 1300}, {260, 260}, {3, 400}}, bs, seed++, order);
+      check(AttnCase{28, 4, 128}, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed++, 0, true);
+      check(AttnCase{8, 8, 64}, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed++, 0, true);
+    }
   }
 }
 

@@ -41,7 +41,12 @@ struct SeqSpec {
   int kv_len;
 };
 
-// A batch layout as the model runner builds it, with shuffled block ids.
+// How AttentionBatch numbers the cache blocks: shuffled (no two neighbours consecutive, as
+// after much churn), consecutive (as a fresh pool hands them out), or consecutive with every
+// eleventh id swapped with the next (runs broken here and there).
+enum class BlockIds { kShuffled, kConsecutive, kMostlyConsecutive };
+
+// A batch layout as the model runner builds it, with shuffled block ids (or see BlockIds).
 struct AttentionBatch {
   int block_size = 0;
   int num_blocks = 0;
@@ -51,7 +56,8 @@ struct AttentionBatch {
   std::vector<SeqSpec> seqs;
   std::vector<int32_t> query_start, kv_lens, block_tables, positions, slot_mapping;
 
-  AttentionBatch(std::vector<SeqSpec> specs, int bs, uint32_t seed) : block_size(bs), seqs(std::move(specs)) {
+  AttentionBatch(std::vector<SeqSpec> specs, int bs, uint32_t seed, BlockIds order = BlockIds::kShuffled)
+      : block_size(bs), seqs(std::move(specs)) {
     for (const SeqSpec& s : seqs) {
       table_width = std::max(table_width, (s.kv_len + bs - 1) / bs);
       max_query_len = std::max(max_query_len, s.q_len);
@@ -60,7 +66,11 @@ struct AttentionBatch {
     std::vector<int32_t> ids(static_cast<size_t>(num_blocks));
     std::iota(ids.begin(), ids.end(), 0);
     std::mt19937 rng(seed);
-    std::shuffle(ids.begin(), ids.end(), rng);
+    if (order == BlockIds::kShuffled) std::shuffle(ids.begin(), ids.end(), rng);
+    if (order == BlockIds::kMostlyConsecutive) {
+      for (size_t i = 10; i + 1 < ids.size(); i += 11)
+        std::swap(ids[i], ids[i + 1]);
+    }
     query_start.push_back(0);
     size_t next = 0;
     for (size_t s = 0; s < seqs.size(); ++s) {

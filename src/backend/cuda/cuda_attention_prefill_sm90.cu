@@ -6,13 +6,14 @@
 // (FlashAttention-3's structure): warpgroup 2 is a producer that loads 128-key K/V tiles
 // of the paged cache into a ring of three stages: a tile wholly inside the keys as
 // tensor-map (TMA) boxes, one per cache block (lane j of its first warp copies box j, so
-// its issue slots and registers go to the consumers' work), the tile with the sequence's
-// end, tiles with a bad block id and caches of other block sizes with a cp.async gather
-// (each row's block looked up in the block table; rows past the keys zero-filled, since
-// a V row of NaNs times P = 0 would still poison O). Each stage is announced on a "full"
-// mbarrier as its copies land and reused once both consumers released it on an "empty"
-// mbarrier; warpgroups 0 and 1
-// are consumers of 64 rows each, and each K/V tile is read from L2 once for 128 rows.
+// its issue slots and registers go to the consumers' work) or one for the whole tile when
+// its blocks are consecutive in the cache; the tile with the sequence's end, tiles with a
+// bad block id and caches of other block sizes with a cp.async gather (each row's block
+// looked up in the block table; rows past the keys zero-filled, since a V row of NaNs
+// times P = 0 would still poison O). Each stage is announced on a "full" mbarrier as its
+// copies land and reused once both consumers released it on an "empty" mbarrier;
+// warpgroups 0 and 1 are consumers of 64 rows each, and each K/V tile is read from L2
+// once for 128 rows.
 // setmaxnreg moves registers from the producer (56) to the consumers (224).
 //
 // A consumer computes S = Q K^T with 8 wgmma m64n128k16 reading both Q and K from shared
@@ -71,11 +72,15 @@ constexpr int smem_bytes() {  // Q, kStages x (K, V), alignment slack, 2 x kStag
 
 // box_rows > 0: K/V tiles that lie wholly inside the keys arrive as tensor-map boxes of
 // box_rows cache rows x 64 columns (k_map / v_map: [rows][Hkv][D], one box per cache block
-// or per 128-row piece of one); 0: every tile through the cp.async gather.
+// or per 128-row piece of one), or, when the tile's blocks are consecutive in the cache,
+// as one box of kN rows (k_tile_map / v_tile_map: the same tensors, kN-row boxes); 0:
+// every tile through the cp.async gather.
 template <int D>
 __global__ void __launch_bounds__(kThreads, 1)
     prefill_attention_wgmma_kernel(AttentionArgs a, const __grid_constant__ CUtensorMap k_map,
-                                   const __grid_constant__ CUtensorMap v_map, int box_rows) {
+                                   const __grid_constant__ CUtensorMap v_map,
+                                   const __grid_constant__ CUtensorMap k_tile_map,
+                                   const __grid_constant__ CUtensorMap v_tile_map, int box_rows) {
 #ifdef BW_WGMMA
   pdl_wait();
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
@@ -175,21 +180,37 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (boxed && lane < boxes) box_block = table[(k_begin + lane * box_rows) / bs];
         boxed =
             __all_sync(0xffffffffu, !boxed || lane >= boxes || (box_block >= 0 && box_block < a.num_blocks)) && boxed;
+        // Blocks that follow each other in the cache (as a long prompt's usually do: the
+        // pool hands out its free blocks in order) make one box of the whole tile: at block
+        // size 16 the tile's 32 small copies cost 13-16% of the kernel's time (docs/PERF.md).
+        const int row = box_block * bs + (k_begin + lane * box_rows) % bs;
+        const int row0 = __shfl_sync(0xffffffffu, row, 0);
+        const bool whole = __all_sync(0xffffffffu, lane >= boxes || row == row0 + lane * box_rows);
         if (it >= kStages) mbar_wait(empty_bar(stage), (it / kStages - 1) & 1);
         if (boxed) {
           if (pwarp == 0) {
-            constexpr uint32_t kHalves = D / 64;
-            const uint32_t box_bytes = static_cast<uint32_t>(box_rows) * 128;
-            mbar_arrive_expect_tx(full_bar(stage), lane < boxes ? 2 * kHalves * box_bytes : 0);
-            if (lane < boxes) {
-              const int row = box_block * bs + (k_begin + lane * box_rows) % bs;
-              const uint32_t dk = smem_addr(sk + stage * kN * D) + lane * box_bytes;
-              const uint32_t dv = smem_addr(sv + stage * kN * D) + lane * box_bytes;
+            // Lane j < n_boxes copies box j of K and of V (from maps of rows-row boxes).
+            // Two calls with the maps' fixed addresses rather than one with a chosen
+            // pointer: the tensor copy wants its map's address uniform, and the per-block
+            // path measured 4-6% slower with a selected one.
+            auto copy_boxes = [&](const CUtensorMap* km, const CUtensorMap* vm, int n_boxes, int rows) {
+              constexpr uint32_t kHalves = D / 64;
+              const uint32_t box_bytes = static_cast<uint32_t>(rows) * 128;
+              mbar_arrive_expect_tx(full_bar(stage), lane < n_boxes ? 2 * kHalves * box_bytes : 0);
+              if (lane < n_boxes) {
+                const uint32_t dk = smem_addr(sk + stage * kN * D) + lane * box_bytes;
+                const uint32_t dv = smem_addr(sv + stage * kN * D) + lane * box_bytes;
 #pragma unroll
-              for (uint32_t h = 0; h < kHalves; ++h) {
-                tma_load_3d(dk + h * kHalfBytes, &k_map, static_cast<int>(h) * 64, kv_head, row, full_bar(stage));
-                tma_load_3d(dv + h * kHalfBytes, &v_map, static_cast<int>(h) * 64, kv_head, row, full_bar(stage));
+                for (uint32_t h = 0; h < kHalves; ++h) {
+                  tma_load_3d(dk + h * kHalfBytes, km, static_cast<int>(h) * 64, kv_head, row, full_bar(stage));
+                  tma_load_3d(dv + h * kHalfBytes, vm, static_cast<int>(h) * 64, kv_head, row, full_bar(stage));
+                }
               }
+            };
+            if (whole) {
+              copy_boxes(&k_tile_map, &v_tile_map, 1, kN);
+            } else {
+              copy_boxes(&k_map, &v_map, boxes, box_rows);
             }
           } else {
             mbar_arrive(full_bar(stage));
@@ -345,6 +366,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   (void)a;
   (void)k_map;
   (void)v_map;
+  (void)k_tile_map;
+  (void)v_tile_map;
   (void)box_rows;
 #endif  // BW_WGMMA
 }
@@ -359,14 +382,14 @@ __global__ void wgmma_probe_kernel(int* built) {
 
 // The tensor map of one cache ([num_blocks * block_size][Hkv][D] bf16) with boxes of
 // box_rows x 64 columns in the 128-byte swizzle the K/V tiles use; maps are kept per
-// cache and shape (a model has two caches per layer), so a launch encodes none after the
-// first step. False when the driver has no encoder or rejects the shape.
+// cache, shape and box (a model has two caches per layer, each with two boxes), so a
+// launch encodes none after the first step. False when the driver has no encoder or rejects the shape.
 bool cache_tensor_map(const void* cache, int64_t num_blocks, int block_size, int num_kv_heads, int head_dim,
                       int box_rows, CUtensorMap* map) {
   struct Entry {
     const void* cache;
     int64_t num_blocks;
-    int block_size, num_kv_heads, head_dim;
+    int block_size, num_kv_heads, head_dim, box_rows;
     CUtensorMap map;
   };
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
@@ -384,7 +407,7 @@ bool cache_tensor_map(const void* cache, int64_t num_blocks, int block_size, int
   thread_local std::vector<Entry> maps;
   for (const Entry& e : maps) {
     if (e.cache == cache && e.num_blocks == num_blocks && e.block_size == block_size &&
-        e.num_kv_heads == num_kv_heads && e.head_dim == head_dim) {
+        e.num_kv_heads == num_kv_heads && e.head_dim == head_dim && e.box_rows == box_rows) {
       *map = e.map;
       return true;
     }
@@ -395,13 +418,13 @@ bool cache_tensor_map(const void* cache, int64_t num_blocks, int block_size, int
                                  static_cast<cuuint64_t>(num_kv_heads) * head_dim * sizeof(bf16)};
   const cuuint32_t box[3] = {64, 1, static_cast<cuuint32_t>(box_rows)};
   const cuuint32_t element_strides[3] = {1, 1, 1};
-  Entry e{cache, num_blocks, block_size, num_kv_heads, head_dim, {}};
+  Entry e{cache, num_blocks, block_size, num_kv_heads, head_dim, box_rows, {}};
   if (encode(&e.map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void*>(cache), dims, strides, box, element_strides,
              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
     return false;
   }
-  if (maps.size() >= 256) maps.erase(maps.begin());
+  if (maps.size() >= 512) maps.erase(maps.begin());
   maps.push_back(e);
   *map = e.map;
   return true;
@@ -426,15 +449,15 @@ cudaError_t launch_for(const AttentionArgs& args, int max_query_len, cudaStream_
   const cudaError_t attr = cudaFuncSetAttribute(prefill_attention_wgmma_kernel<D>,
                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<D>());
   if (attr != cudaSuccess) return attr;
-  CUtensorMap k_map{}, v_map{};
+  CUtensorMap k_map{}, v_map{}, k_tile_map{}, v_tile_map{};
   int box_rows = box_rows_for(args);
-  if (box_rows > 0 &&
-      (!cache_tensor_map(args.k_cache, args.num_blocks, args.block_size, args.num_kv_heads, D, box_rows, &k_map) ||
-       !cache_tensor_map(args.v_cache, args.num_blocks, args.block_size, args.num_kv_heads, D, box_rows, &v_map))) {
-    box_rows = 0;
-  }
+  auto maps = [&](int rows, CUtensorMap* k, CUtensorMap* v) {
+    return cache_tensor_map(args.k_cache, args.num_blocks, args.block_size, args.num_kv_heads, D, rows, k) &&
+           cache_tensor_map(args.v_cache, args.num_blocks, args.block_size, args.num_kv_heads, D, rows, v);
+  };
+  if (box_rows > 0 && (!maps(box_rows, &k_map, &v_map) || !maps(kN, &k_tile_map, &v_tile_map))) box_rows = 0;
   launch_kernel(prefill_attention_wgmma_kernel<D>, prefill_grid(args, max_query_len, kRows), kThreads, smem_bytes<D>(),
-                stream, args, k_map, v_map, box_rows);
+                stream, args, k_map, v_map, k_tile_map, v_tile_map, box_rows);
   return cudaGetLastError();
 }
 
