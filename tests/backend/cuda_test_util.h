@@ -41,7 +41,7 @@ struct SeqSpec {
   int kv_len;
 };
 
-// How AttentionBatch numbers the cache blocks: shuffled (no two neighbours consecutive, as
+// How AttentionBatch numbers the cache blocks: shuffled (neighbours rarely consecutive, as
 // after much churn), consecutive (as a fresh pool hands them out), or consecutive with every
 // eleventh id swapped with the next (runs broken here and there).
 enum class BlockIds { kShuffled, kConsecutive, kMostlyConsecutive };

@@ -182,17 +182,17 @@ __global__ void __launch_bounds__(kThreads, 1)
             __all_sync(0xffffffffu, !boxed || lane >= boxes || (box_block >= 0 && box_block < a.num_blocks)) && boxed;
         // Blocks that follow each other in the cache (as a long prompt's usually do: the
         // pool hands out its free blocks in order) make one box of the whole tile: at block
-        // size 16 the tile's 32 small copies cost 13-16% of the kernel's time (docs/PERF.md).
+        // size 16 a tile's 32 small copies cost 11-14% of the kernel's time (docs/PERF.md).
         const int row = box_block * bs + (k_begin + lane * box_rows) % bs;
         const int row0 = __shfl_sync(0xffffffffu, row, 0);
         const bool whole = __all_sync(0xffffffffu, lane >= boxes || row == row0 + lane * box_rows);
         if (it >= kStages) mbar_wait(empty_bar(stage), (it / kStages - 1) & 1);
         if (boxed) {
           if (pwarp == 0) {
-            // Lane j < n_boxes copies box j of K and of V (from maps of rows-row boxes).
-            // Two calls with the maps' fixed addresses rather than one with a chosen
-            // pointer: the tensor copy wants its map's address uniform, and the per-block
-            // path measured 4-6% slower with a selected one.
+            // Lane j < n_boxes copies box j of K and of V, each box `rows` cache rows
+            // (the maps' box height). Called with each pair of maps' fixed addresses
+            // rather than with a chosen pointer: the tensor copy wants its map's address
+            // uniform, and the per-block path measured 4-6% slower with a chosen one.
             auto copy_boxes = [&](const CUtensorMap* km, const CUtensorMap* vm, int n_boxes, int rows) {
               constexpr uint32_t kHalves = D / 64;
               const uint32_t box_bytes = static_cast<uint32_t>(rows) * 128;
@@ -383,7 +383,8 @@ __global__ void wgmma_probe_kernel(int* built) {
 // The tensor map of one cache ([num_blocks * block_size][Hkv][D] bf16) with boxes of
 // box_rows x 64 columns in the 128-byte swizzle the K/V tiles use; maps are kept per
 // cache, shape and box (a model has two caches per layer, each with two boxes), so a
-// launch encodes none after the first step. False when the driver has no encoder or rejects the shape.
+// launch encodes none after the first step. False when the driver has no encoder or
+// rejects the shape.
 bool cache_tensor_map(const void* cache, int64_t num_blocks, int block_size, int num_kv_heads, int head_dim,
                       int box_rows, CUtensorMap* map) {
   struct Entry {
