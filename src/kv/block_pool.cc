@@ -1,5 +1,6 @@
 #include "kv/block_pool.h"
 
+#include <algorithm>
 #include <cassert>
 
 namespace bw {
@@ -66,6 +67,11 @@ std::optional<std::vector<int32_t>> BlockPool::allocate(int n) {
     ref_counts_[id] = 1;
     ids.push_back(id);
   }
+  // Which blocks are taken stays the queue's (least recently freed first); their order in
+  // the caller's table is ascending: a request frees its blocks tail first, so a later
+  // allocation of them would otherwise run backwards, and a 128-key tile of consecutive
+  // blocks is one tensor copy on Hopper instead of one per block (docs/PERF.md).
+  std::sort(ids.begin(), ids.end());
   return ids;
 }
 

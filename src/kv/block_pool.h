@@ -6,7 +6,9 @@
 // Blocks with ref count 0 live in a free queue ordered least to most recently freed (an
 // intrusive doubly linked list over block ids, so a block leaves it from anywhere in O(1)):
 // - allocate() takes blocks from the head; a cached block taken there is evicted (its hash
-//   forgotten) because it is about to be overwritten with new content;
+//   forgotten) because it is about to be overwritten with new content; it returns them in
+//   ascending id order, so the blocks of a freed request (released tail first) come back
+//   as the consecutive runs the GPU's prefill attention copies in one piece;
 // - release() appends blocks whose ref count drops to 0 to the tail, in the given order;
 // - touch() takes a reference, reviving a cached block from the middle of the queue when
 //   a prefix hit finds it before it is evicted.
@@ -43,7 +45,8 @@ class BlockPool {
   int64_t num_evictions() const { return num_evictions_; }
 
   // Takes `n` blocks from the head of the free queue, each with ref count 1, evicting the
-  // cached ones. nullopt (and nothing changes) when fewer than `n` blocks are free.
+  // cached ones; returned in ascending id order. nullopt (and nothing changes) when fewer
+  // than `n` blocks are free.
   std::optional<std::vector<int32_t>> allocate(int n);
   // Takes one more reference on each block; a free (ref 0) block leaves the free queue
   // with its hash intact.

@@ -32,7 +32,25 @@ TEST(BlockPoolTest, ReleaseAppendsToTheTailInOrder) {
   EXPECT_EQ(pool.free_block_ids(), (Ids{3, 1, 0}));
   pool.release(Ids{2});
   EXPECT_EQ(pool.free_block_ids(), (Ids{3, 1, 0, 2}));
-  EXPECT_EQ(pool.allocate(4), (Ids{3, 1, 0, 2}));
+  EXPECT_EQ(pool.allocate(2), (Ids{1, 3}));  // the head two, in ascending order
+  EXPECT_EQ(pool.free_block_ids(), (Ids{0, 2}));
+  EXPECT_TRUE(pool.check_invariants().ok());
+}
+
+// The queue picks which blocks are taken; they come back in ascending order, so a request's
+// blocks freed tail first (as KvCacheManager frees them) return as one consecutive run.
+TEST(BlockPoolTest, AllocateReturnsAscendingIds) {
+  BlockPool pool(10, 16);
+  ASSERT_EQ(pool.allocate(8), (Ids{0, 1, 2, 3, 4, 5, 6, 7}));
+  pool.release(Ids{7, 6, 5, 4, 3, 2, 1, 0});
+  EXPECT_EQ(pool.free_block_ids(), (Ids{8, 9, 7, 6, 5, 4, 3, 2, 1, 0}));
+  ASSERT_EQ(pool.allocate(2), (Ids{8, 9}));
+  EXPECT_EQ(pool.allocate(8), (Ids{0, 1, 2, 3, 4, 5, 6, 7}));
+  pool.release(Ids{5, 4});
+  pool.release(Ids{9, 8});
+  pool.release(Ids{1, 0});
+  EXPECT_EQ(pool.allocate(3), (Ids{4, 5, 9}));  // the three least recently freed
+  EXPECT_EQ(pool.free_block_ids(), (Ids{8, 1, 0}));
   EXPECT_TRUE(pool.check_invariants().ok());
 }
 

@@ -244,7 +244,7 @@ TEST_F(KvCacheManagerTest, EvictsTheLeastRecentlyFreedTailFirst) {
   EXPECT_EQ(m_.pool().free_block_ids(), (Ids{3, 4, 5, 6, 7, 2, 1, 0}));
   // B takes 6 blocks of unrelated content: 3..7 and the uncached 2.
   Seq b{2, iota_tokens(24, 5000)};
-  ASSERT_EQ(m_.allocate_slots(b.view(), 24), (Ids{3, 4, 5, 6, 7, 2}));
+  ASSERT_EQ(m_.allocate_slots(b.view(), 24), (Ids{2, 3, 4, 5, 6, 7}));
   EXPECT_EQ(m_.stats().num_evictions, 0);
   // C needs one block: A's tail block 1 is evicted, its head block 0 stays cached.
   Seq c{3, iota_tokens(3, 7000)};
@@ -436,8 +436,8 @@ TEST(KvCacheManagerConfigTest, PrefixCachingOff) {
   ASSERT_TRUE(m.allocate_slots(b, 9));
   b.num_computed_tokens = 9;
   m.commit_computed(b);
-  EXPECT_EQ(table(m, 2), (Ids{3, 2, 1}));
-  EXPECT_EQ(m.fork(2, 3), (std::vector<BlockCopy>{{1, 0}}));
+  EXPECT_EQ(table(m, 2), (Ids{1, 2, 3}));  // the queue's head three (3, 2, 1), ascending
+  EXPECT_EQ(m.fork(2, 3), (std::vector<BlockCopy>{{3, 0}}));
   EXPECT_TRUE(m.check_invariants().ok()) << m.check_invariants().to_string();
   m.free(2);
   m.free(3);
