@@ -34,6 +34,7 @@
 #include <cuda_runtime_api.h>
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/cuda_env.h"
 #include "backend/cuda/cuda_kernels.h"
 
 namespace {
@@ -52,8 +53,7 @@ constexpr int kRuns = 20;
 // names another.
 int cache_block_size() {
   static const int bs = [] {
-    const char* e = std::getenv("BW_BENCH_BLOCK_SIZE");
-    const int v = e != nullptr ? std::atoi(e) : 0;
+    const int v = bw::cuda::env_int("BW_BENCH_BLOCK_SIZE", 16);
     return v > 0 ? v : 16;
   }();
   return bs;
@@ -130,8 +130,7 @@ void run_case(CudaBackend& gpu, const Case& c) {
   std::iota(table.begin(), table.end(), 0);
   // Shuffled (every block apart from its neighbours, the copies' worst case) unless
   // BW_BENCH_CONSECUTIVE=1 (as a fresh pool hands them out).
-  static const bool consecutive =
-      std::getenv("BW_BENCH_CONSECUTIVE") != nullptr && std::strcmp(std::getenv("BW_BENCH_CONSECUTIVE"), "1") == 0;
+  static const bool consecutive = bw::cuda::env_int("BW_BENCH_CONSECUTIVE", 0) == 1;
   if (!consecutive) std::shuffle(table.begin(), table.end(), std::mt19937(4));
   std::vector<int32_t> qs = {0, c.q_len}, kv = {kv_len};
 
@@ -221,7 +220,7 @@ void run_case(CudaBackend& gpu, const Case& c) {
   const double flops = 4.0 * pairs * c.hq * kHeadDim;
   auto tflops = [&](double us) { return flops / (us * 1e-6) / 1e12; };
   std::printf("prefill attention T=%d ctx=%d hq=%d hkv=%d d=%d bs=%d: kernel", c.q_len, c.ctx, c.hq, c.hkv, kHeadDim,
-              cache_block_size());
+              block_size);
   for (int v = 0; v < kNumVariants; ++v)
     std::printf("%s %s %.1f us (%.0f TFLOP/s)", v == 0 ? "" : ",", kNames[v], kernel_us[v], tflops(kernel_us[v]));
   const int picked = bw::cuda::prefill_attention_variant(a, wgmma);
@@ -244,8 +243,7 @@ int main(int argc, char** argv) {
   const std::vector<Case> cases =
       long_prompts ? std::vector<Case>{{12, 2, 2048, 14336}, {28, 4, 2048, 14336}, {12, 2, 8192, 0}, {28, 4, 8192, 0}}
                    : std::vector<Case>{{12, 2, 2048, 0}, {28, 4, 2048, 0}, {12, 2, 512, 1536}, {28, 4, 512, 1536}};
-  const char* only = std::getenv("BW_BENCH_CASE");
-  const int only_case = only != nullptr ? std::atoi(only) : -1;
+  const int only_case = bw::cuda::env_int("BW_BENCH_CASE", -1);
   for (size_t i = 0; i < cases.size(); ++i)
     if (only_case < 0 || only_case == static_cast<int>(i)) run_case(**gpu, cases[i]);
   return 0;

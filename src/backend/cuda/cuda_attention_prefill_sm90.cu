@@ -43,14 +43,13 @@
 // dispatch never picks it. Same contract and error reporting as the mma.sync kernel.
 #include "backend/cuda/cuda_attention_prefill_tiles.cuh"
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_env.h"
 #include "backend/cuda/cuda_mma.cuh"
 #include "backend/cuda/cuda_wgmma.cuh"
 
 #include <cuda.h>  // CUtensorMap (the encoder comes through the runtime's driver entry point)
 #include <cudaTypedefs.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -230,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         bf16* dk = sk + stage * kN * D;
         bf16* dv = sv + stage * kN * D;
         const int c = ptid % kChunks;
-#pragma unroll 8  // fully unrolled, the producer spills at 56 registers beside the boxes' code
+#pragma unroll 8  // not all 16 passes at D = 128: so unrolled the producer spills beside the boxes' code
         for (int j = 0; j < kPasses; ++j) {
           const int r = ptid / kChunks + j * kRowsPerPass;
           const int64_t off = __shfl_sync(0xffffffffu, my_off, j * kWarpRows + lane / kChunks);
@@ -436,10 +435,7 @@ bool cache_tensor_map(const void* cache, int64_t num_blocks, int block_size, int
 // of a larger block, starts on a 1,024-byte boundary of the tile); BW_CUDA_PREFILL_TMA=0
 // turns the boxes off.
 int box_rows_for(const AttentionArgs& args) {
-  static const bool enabled = [] {
-    const char* e = std::getenv("BW_CUDA_PREFILL_TMA");
-    return e == nullptr || std::strcmp(e, "0") != 0;
-  }();
+  static const bool enabled = env_switch_on("BW_CUDA_PREFILL_TMA");
   const int bs = args.block_size;
   if (!enabled || bs < 8 || (bs & (bs - 1)) != 0) return 0;
   return bs < kN ? bs : kN;

@@ -15,6 +15,7 @@
 #include <tuple>
 #include <utility>
 
+#include "backend/cuda/cuda_env.h"
 #include "backend/cuda/cuda_kernels.h"
 #include "backend/cuda/cuda_step_timing.h"
 #include "backend/rope.h"
@@ -505,12 +506,10 @@ Status CudaBackend::init() {
   device_name_ = prop.name;
   num_sms_ = prop.multiProcessorCount;
   // BW_CUDA_WGMMA=0 keeps the mma.sync prefill attention on Hopper too (for A/B runs).
-  const char* wgmma = std::getenv("BW_CUDA_WGMMA");
   const bool hopper_kernels = cuda::prefill_attention_wgmma_available();  // also the decoder stack's condition
-  wgmma_prefill_ = (wgmma == nullptr || std::string_view(wgmma) != "0") && hopper_kernels;
+  wgmma_prefill_ = cuda::env_switch_on("BW_CUDA_WGMMA") && hopper_kernels;
   // BW_CUDA_STACK=0 runs batch-1 decode steps op by op (A/B runs).
-  const char* stack = std::getenv("BW_CUDA_STACK");
-  decoder_stack_ = (stack == nullptr || std::string_view(stack) != "0") && hopper_kernels;
+  decoder_stack_ = cuda::env_switch_on("BW_CUDA_STACK") && hopper_kernels;
   // BW_CUDA_SAMPLE_RADIX=1 keeps sampling's selections off shared memory (tests, A/B runs).
   const char* radix = std::getenv("BW_CUDA_SAMPLE_RADIX");
   sample_shared_select_ = radix == nullptr || std::string_view(radix) != "1";
@@ -865,10 +864,7 @@ namespace {
 
 // BW_CUDA_FUSE=0 in the environment runs the separate ops instead (for A/B runs).
 bool fusion_enabled() {
-  static const bool enabled = [] {
-    const char* env = std::getenv("BW_CUDA_FUSE");
-    return env == nullptr || std::string_view(env) != "0";
-  }();
+  static const bool enabled = cuda::env_switch_on("BW_CUDA_FUSE");
   return enabled;
 }
 

@@ -72,6 +72,7 @@
 #include "backend/cuda/cuda_decoder_stack_attention.cuh"
 #include "backend/cuda/cuda_decoder_stack_consumer.cuh"
 #include "backend/cuda/cuda_decoder_stack_tc_page.cuh"
+#include "backend/cuda/cuda_env.h"
 
 namespace bw::cuda {
 
@@ -418,13 +419,6 @@ __global__ void __launch_bounds__(kThreads, 1) decoder_stack_kernel(DecoderStack
 
 std::atomic<int64_t> g_launches{0};
 
-// The integer in environment variable `name`, or `unset` when it is not set (the plan's
-// measurement switches and test aids).
-int env_int(const char* name, int unset) {
-  const char* env = std::getenv(name);
-  return env != nullptr ? std::atoi(env) : unset;
-}
-
 // Tiles of keys an attention item walks at most in a step: the table's width bounds every
 // kv_len of the step (a graph's width is a power of two of blocks, so up to twice the
 // longest context it replays).
@@ -527,7 +521,6 @@ cudaError_t launch_for(const DecoderStackArgs& a, const Plan& p, int num_sms, cu
 
 using decoder_stack::aligned16;
 using decoder_stack::counters_per_layer;
-using decoder_stack::env_int;
 using decoder_stack::g_launches;
 using decoder_stack::kConsumerThreads;
 using decoder_stack::kMaxGroup;

@@ -2,9 +2,9 @@
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
-#include <string_view>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_env.h"
 
 namespace bw::cuda {
 
@@ -129,8 +129,7 @@ bool vectorizable(int64_t n, const void* a, const void* b = nullptr) {
 
 bool pdl_enabled() {
   static const bool enabled = [] {
-    const char* env = std::getenv("BW_CUDA_PDL");
-    if (env != nullptr && std::string_view(env) == "0") return false;
+    if (!env_switch_on("BW_CUDA_PDL")) return false;
     int device = 0, major = 0;
     if (cudaGetDevice(&device) != cudaSuccess ||
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {

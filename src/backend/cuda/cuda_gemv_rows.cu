@@ -33,10 +33,10 @@
 // warp" above reads "units per owner" in the code (an owner: a warp or a warp pair).
 #include <atomic>
 #include <cstdlib>
-#include <string_view>
 #include <type_traits>
 
 #include "backend/cuda/cuda_common.cuh"
+#include "backend/cuda/cuda_env.h"
 #include "backend/cuda/cuda_gemv_chunk.cuh"
 #include "backend/cuda/cuda_kernels.h"
 
@@ -246,10 +246,7 @@ std::atomic<int64_t> g_fused_launches{0};
 
 // BW_GEMV_ROWS=0 in the environment leaves M = 1 to the multi-row kernel (for A/B runs).
 bool rows_kernel_enabled() {
-  static const bool enabled = [] {
-    const char* env = std::getenv("BW_GEMV_ROWS");
-    return env == nullptr || std::string_view(env) != "0";
-  }();
+  static const bool enabled = env_switch_on("BW_GEMV_ROWS");
   return enabled;
 }
 
