@@ -12,7 +12,8 @@
 # kit's breakwater against each .carry/*/bw.tgz's), trace (the trace build's cycle counts
 # of the fused decoder stack, at 512 and 32,768 tokens), attn (prefill attention kernel
 # times against other builds' and SDPA), attn-profile (that kernel under Nsight Compute,
-# with its SASS) or all (default: tests and bench);
+# with its SASS), blocks (decode and prefill by KV block size) or all (default: tests and
+# bench);
 # BW_PEER_GENERATE=0 skips the slow transformers `generate` peer.
 set -u
 C=$PWD/.carry/cuda
@@ -73,6 +74,24 @@ if [ "$MODE" = long ]; then
   for m in $M $M7; do
     for L in 512 8192 16384 24576 32768; do
       one $m $L X=default; one $m $L BW_CUDA_STACK_MAX_TILES=0; one $m $L BW_CUDA_STACK=0
+    done
+  done
+fi
+if [ "$MODE" = blocks ]; then
+  # The KV block size (BLOCK_SIZES, default "16 32 64"): single-stream and batched decode of
+  # the 1.5B, and prefill of the 7B from 2,048 to 32,768 tokens (fresh cache: consecutive
+  # blocks), each size in turn, BLOCK_ROUNDS rounds (default 1).
+  make_models
+  one() { local bs=$1; shift; echo "bs=$bs $*: $(timeout 120 $BW bench offline --device cuda --kv-block-size $bs "$@" 2>&1 | tail -1)"; }
+  for round in $(seq ${BLOCK_ROUNDS:-1}); do
+    for bs in ${BLOCK_SIZES:-16 32 64}; do
+      one $bs --model $M --input-len 512 --output-len 128 --batch 1
+      one $bs --model $M --input-len 8192 --output-len 32 --batch 1
+      one $bs --model $M --input-len 512 --output-len 128 --batch 64
+      one $bs --model $M --input-len 512 --output-len 128 --batch 256
+      one $bs --model $M7 --input-len 512 --output-len 64 --batch 1
+      for L in 2048 8192 32768; do one $bs --model $M7 --input-len $L --output-len 1 --batch 1 --max-batched-tokens 8192; done
+      one $bs --model $M7 --input-len 32768 --output-len 1 --batch 1
     done
   done
 fi

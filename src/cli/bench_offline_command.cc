@@ -41,6 +41,7 @@ struct BenchOfflineArgs {
   int threads = 0;
   std::string weight_dtype = "auto";
   std::string kv_dtype = "bf16";
+  int32_t kv_block_size = 16;
   int32_t input_len = 512;
   int32_t output_len = 128;
   std::string batches = "1";
@@ -162,8 +163,8 @@ Result<BatchResult> run_batch(CausalLM& model, Backend& backend, const BenchOffl
   config.scheduler.max_num_seqs = batch;
   config.scheduler.max_num_batched_tokens = std::max(args.max_batched_tokens, batch);
   config.scheduler.max_model_len = args.input_len + args.output_len;
-  config.kv_block_size = 16;
-  const int64_t blocks_per_seq = (config.scheduler.max_model_len + 15) / 16;
+  config.kv_block_size = args.kv_block_size;
+  const int64_t blocks_per_seq = (config.scheduler.max_model_len + args.kv_block_size - 1) / args.kv_block_size;
   config.kv_num_blocks = static_cast<int32_t>(blocks_per_seq * batch + 16);
   config.kv_dtype = kv_dtype;
   config.enable_prefix_caching = false;
@@ -243,6 +244,7 @@ Status run_bench_offline(const BenchOfflineArgs& args) {
   ASSIGN_OR_RETURN(std::optional<DType> weight_dtype, parse_weight_dtype(args.weight_dtype));
   auto kv_dtype = dtype_from_name(args.kv_dtype);
   if (!kv_dtype || !is_float(*kv_dtype)) return InvalidArgument("--kv-dtype must be f32, f16 or bf16");
+  if (args.kv_block_size <= 0) return InvalidArgument("--kv-block-size must be > 0");
   ASSIGN_OR_RETURN(Checkpoint checkpoint, Checkpoint::open(args.model));
   SamplingParams sampling;
   sampling.temperature = args.temperature;
@@ -274,6 +276,7 @@ Status run_bench_offline(const BenchOfflineArgs& args) {
                                 {"device", backend->name()},
                                 {"activation_dtype", std::string(dtype_name(backend->activation_dtype()))},
                                 {"kv_dtype", args.kv_dtype},
+                                {"kv_block_size", args.kv_block_size},
                                 {"input_len", args.input_len},
                                 {"output_len", args.output_len},
                                 {"temperature", args.temperature},
@@ -320,6 +323,7 @@ void add_bench_offline(CLI::App& bench, CommandRunner* runner) {
   app->add_option("--threads", args->threads, "CPU threads (0: all)")->capture_default_str();
   app->add_option("--dtype", args->weight_dtype, "Weight dtype in memory: auto, f32, f16, bf16")->capture_default_str();
   app->add_option("--kv-dtype", args->kv_dtype, "KV cache dtype: f32, f16, bf16")->capture_default_str();
+  app->add_option("--kv-block-size", args->kv_block_size, "Tokens per KV cache block")->capture_default_str();
   app->add_option("--input-len", args->input_len, "Prompt tokens per request")->capture_default_str();
   app->add_option("--output-len", args->output_len, "Generated tokens per request")->capture_default_str();
   app->add_option("--batch", args->batches, "Batch sizes, e.g. 1,8,32")->capture_default_str();

@@ -21,14 +21,16 @@ TEST(BenchOfflineTest, ReportsEveryBatchSize) {
   const std::string model = tmp.file("tiny");
   auto made = run("make-model --preset tiny-llama --dtype f32 --out " + model);
   ASSERT_EQ(made.exit_code, 0) << made.output;
-  auto bench = run("bench offline --model " + model +
-                   " --device cpu --threads 2 --kv-dtype f32 --input-len 12 --output-len 5 --batch 1,3 --json");
+  auto bench = run(
+      "bench offline --model " + model +
+      " --device cpu --threads 2 --kv-dtype f32 --kv-block-size 4 --input-len 12 --output-len 5 --batch 1,3 --json");
   ASSERT_EQ(bench.exit_code, 0) << bench.output;
   auto j = nlohmann::json::parse(bench.output, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << bench.output;
   EXPECT_EQ(j["device"], "cpu");
   EXPECT_EQ(j["input_len"], 12);
   EXPECT_EQ(j["output_len"], 5);
+  EXPECT_EQ(j["kv_block_size"], 4);
   ASSERT_EQ(j["runs"].size(), 2u);
   EXPECT_EQ(j["runs"][0]["batch"], 1);
   EXPECT_EQ(j["runs"][1]["batch"], 3);
@@ -51,6 +53,9 @@ TEST(BenchOfflineTest, ReportsEveryBatchSize) {
   auto bad = run("bench offline --model " + model + " --batch 2,x");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.output.find("--batch"), std::string::npos) << bad.output;
+  auto bad_block = run("bench offline --model " + model + " --kv-block-size 0");
+  EXPECT_NE(bad_block.exit_code, 0);
+  EXPECT_NE(bad_block.output.find("--kv-block-size"), std::string::npos) << bad_block.output;
 
   // Sampled tokens: the report says so, and bad parameters are refused before loading.
   auto sampled = run("bench offline --model " + model +
