@@ -14,7 +14,9 @@
 //
 // Per case it prints the median of 20 timed runs after 3 warm-ups of
 //   - kernel: the prefill launcher on a stream of the bench's own, timed with cudaEvents
-//     (kernel time only), for each variant (64 or 128 query rows per CTA);
+//     (kernel time only), for each variant (64 or 128 query rows per CTA, wgmma on Hopper:
+//     with the backend's key pieces where its plan splits, "in N key pieces", the combine
+//     kernel included; BW_CUDA_PREFILL_SPLITS=N forces N);
 //   - backend: CudaBackend::paged_attention between two synchronize() calls, host-timed
 //     (includes the checks, the launch and the sync round trip; the variant it picks);
 //   - general: the same call with the max_query_len hint 0, which keeps the general
@@ -184,12 +186,27 @@ void run_case(CudaBackend& gpu, const Case& c) {
   constexpr const char* kNames[] = {"64 rows", "128 rows", "wgmma"};
   const bool wgmma = bw::cuda::prefill_attention_wgmma_available();
   const int kNumVariants = wgmma ? 3 : 2;
+  // The wgmma kernel cuts each query tile's keys into the pieces the backend would
+  // (BW_CUDA_PREFILL_SPLITS=N forces N, as in the backend).
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  const int forced_splits = bw::cuda::env_int("BW_CUDA_PREFILL_SPLITS", 0);
+  const int splits = forced_splits > 0 ? forced_splits : bw::cuda::prefill_kv_splits(c.hq, 1, c.q_len, kv_len, sms);
+  float* ws = nullptr;
+  if (splits > 1 &&
+      cudaMalloc(reinterpret_cast<void**>(&ws),
+                 static_cast<size_t>(bw::cuda::attention_workspace_floats(a, splits)) * sizeof(float)) != cudaSuccess) {
+    std::fprintf(stderr, "workspace allocation failed\n");
+    std::exit(1);
+  }
   double kernel_us[3] = {};
   for (int v = 0; v < kNumVariants; ++v) {
     std::vector<double> us;
+    const bool wgmma_variant = kVariants[v] == bw::cuda::kPrefillVariantWgmma;
     for (int i = 0; i < kWarmups + kRuns; ++i) {
       cudaEventRecord(e0, stream);
-      const cudaError_t err = bw::cuda::launch_paged_attention_prefill(a, c.q_len, kVariants[v], stream);
+      const cudaError_t err =
+          bw::cuda::launch_paged_attention_prefill(a, c.q_len, kVariants[v], stream, wgmma_variant ? splits : 1, ws);
       cudaEventRecord(e1, stream);
       if (err != cudaSuccess || cudaEventSynchronize(e1) != cudaSuccess) {
         std::fprintf(stderr, "launch failed: %s\n", cudaGetErrorString(err));
@@ -204,6 +221,7 @@ void run_case(CudaBackend& gpu, const Case& c) {
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   cudaStreamDestroy(stream);
+  cudaFree(ws);
 
   const double backend_us = time_host(gpu, [&] {
     if (!gpu.paged_attention(out, qkv, p, meta, cache).ok()) std::exit(1);
@@ -221,8 +239,10 @@ void run_case(CudaBackend& gpu, const Case& c) {
   auto tflops = [&](double us) { return flops / (us * 1e-6) / 1e12; };
   std::printf("prefill attention T=%d ctx=%d hq=%d hkv=%d d=%d bs=%d: kernel", c.q_len, c.ctx, c.hq, c.hkv, kHeadDim,
               block_size);
-  for (int v = 0; v < kNumVariants; ++v)
+  for (int v = 0; v < kNumVariants; ++v) {
     std::printf("%s %s %.1f us (%.0f TFLOP/s)", v == 0 ? "" : ",", kNames[v], kernel_us[v], tflops(kernel_us[v]));
+    if (kVariants[v] == bw::cuda::kPrefillVariantWgmma && splits > 1) std::printf(" in %d key pieces", splits);
+  }
   const int picked = bw::cuda::prefill_attention_variant(a, wgmma);
   std::printf("; backend %.1f us (%.0f TFLOP/s, %s); general kernel %.1f us (%.1f TFLOP/s)\n", backend_us,
               tflops(backend_us), picked >= 1 && picked <= kNumVariants ? kNames[picked - 1] : "?", general_us,

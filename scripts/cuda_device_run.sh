@@ -131,7 +131,7 @@ if [ "$MODE" = attn ]; then
   # (default 2).
   KIT_BENCH=$C/bin/bw_cuda_attention_bench
   BENCHES="$KIT_BENCH $(unpack_others attn.tgz bw_cuda_attention_bench)"
-  wgmma_only() { grep -o "T=.*wgmma [0-9.]* us ([0-9]* TFLOP/s)" | sed 's/ d=128 bs=16: kernel 64 rows.*wgmma/:/'; }
+  wgmma_only() { grep -o "T=.*wgmma [0-9.]* us ([0-9]* TFLOP/s)[ a-z0-9]*" | sed 's/ d=128 bs=[0-9]*: kernel 64 rows.*wgmma/:/'; }
   for round in $(seq ${ATTN_ROUNDS:-2}); do
     for b in $BENCHES; do
       envs=X=0

@@ -1,14 +1,14 @@
-// The tensor-core prefill attention kernel (cuda_attention_prefill.cu) through
-// CudaBackend::paged_attention, against the CPU reference on fresh random inputs: ragged
-// batches mixing prefill chunks of 1..1000 queries with and without prior context and
-// decode rows, block sizes 1 / 16 / 64 (and 8 to 256 with NaN in every cache slot outside
-// the keys) with shuffled (non-contiguous) block ids (and consecutive ones, whole or in
-// broken runs),
-// sequences ending on a block boundary, GQA 12/2, 28/4, 8/8, 32/8, head_dim 64 and 128.
-// Each run asserts that the dispatch really took the prefill kernel (its launch counter)
-// or, for decode-only / f32 / f16-cache batches, that it did not; both kernel variants
-// (64 or 128 query rows per CTA) are also run directly. Outputs are poisoned with NaN
-// first; bf16 tolerance. Skips when no CUDA device is present.
+// The tensor-core prefill attention kernels (cuda_attention_prefill.cu and, on Hopper,
+// cuda_attention_prefill_sm90.cu) through CudaBackend::paged_attention, against the CPU
+// reference on fresh random inputs: ragged batches mixing prefill chunks of 1..1000
+// queries with and without prior context and decode rows, block sizes 1 / 16 / 64 (and 8
+// to 256 with NaN in every cache slot outside the keys) with shuffled (non-contiguous)
+// block ids (and consecutive ones, whole or in broken runs), sequences ending on a block
+// boundary, GQA 12/2, 28/4, 8/8, 32/8, head_dim 64 and 128, and the Hopper kernel with
+// each query tile's keys cut into pieces (split-KV). Each run asserts that the dispatch
+// really took the prefill kernel (its launch counter) or, for decode-only / f32 /
+// f16-cache batches, that it did not; every kernel variant is also run directly. Outputs
+// are poisoned with NaN first; bf16 tolerance. Skips when no CUDA device is present.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -52,9 +52,10 @@ class CudaPrefillAttentionTest : public test::CudaOpTest {
   // variant > 0: the launcher directly with that variant (on the legacy stream, after
   // the backend's uploads are done), instead of the backend's dispatch.
   // nan_past_keys: every cache slot outside the sequences' keys holds NaN (a kernel that
-  // reads one into a sum poisons the output).
+  // reads one into a sum poisons the output). kv_splits > 1 (with a variant): the launcher
+  // cuts each query tile's keys into that many pieces, merged from a workspace.
   void check(const AttnCase& c, DType act, DType cache_dt, Batch& b, int max_query_hint, bool expect_prefill,
-             uint32_t seed, int variant = 0, bool nan_past_keys = false) {
+             uint32_t seed, int variant = 0, bool nan_past_keys = false, int kv_splits = 1) {
     AttentionParams p{c.hq, c.hkv, c.d, 1.0f / std::sqrt(static_cast<float>(c.d))};
     const int64_t width = static_cast<int64_t>(c.hq + 2 * c.hkv) * c.d;
     const int64_t slot_elems = static_cast<int64_t>(c.hkv) * c.d;
@@ -87,8 +88,18 @@ class CudaPrefillAttentionTest : public test::CudaOpTest {
       ASSERT_TRUE(gpu_->synchronize().ok());
       const cuda::AttentionArgs a = launcher_args(out, qkv_view, p, meta, gc, b);
       ASSERT_TRUE(cuda::prefill_attention_supported(a));
-      ASSERT_EQ(cuda::launch_paged_attention_prefill(a, max_query_hint, variant, nullptr), cudaSuccess);
-      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      float* ws = nullptr;
+      if (kv_splits > 1) {
+        const auto bytes = static_cast<size_t>(cuda::attention_workspace_floats(a, kv_splits)) * sizeof(float);
+        ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&ws), bytes), cudaSuccess);
+        ASSERT_EQ(cudaMemset(ws, 0xff, bytes), cudaSuccess);  // NaN: every partial must be written
+      }
+      const cudaError_t launched =
+          cuda::launch_paged_attention_prefill(a, max_query_hint, variant, nullptr, kv_splits, ws);
+      const cudaError_t synced = cudaDeviceSynchronize();
+      if (ws != nullptr) cudaFree(ws);
+      ASSERT_EQ(launched, cudaSuccess);
+      ASSERT_EQ(synced, cudaSuccess);
     } else {
       const Status st = gpu_->paged_attention(out, qkv_view, p, meta, gc);
       ASSERT_TRUE(st.ok()) << st.to_string();
@@ -96,7 +107,8 @@ class CudaPrefillAttentionTest : public test::CudaOpTest {
     const std::string what = "hq" + std::to_string(c.hq) + " hkv" + std::to_string(c.hkv) + " d" + std::to_string(c.d) +
                              " act " + test::dtype_str(act) + " cache " + test::dtype_str(cache_dt) + " bs" +
                              std::to_string(b.block_size) + " tokens " + std::to_string(b.num_tokens) + " hint " +
-                             std::to_string(max_query_hint) + " variant " + std::to_string(variant);
+                             std::to_string(max_query_hint) + " variant " + std::to_string(variant) + " splits " +
+                             std::to_string(kv_splits);
     EXPECT_EQ(cuda::prefill_attention_launches() - launches, expect_prefill ? 1 : 0) << what;
     std::vector<float> ref(static_cast<size_t>(b.num_tokens * c.hq * c.d)), qc = qkv;
     Stored kc2 = kc, vc2 = vc;
@@ -222,12 +234,47 @@ TEST_F(CudaPrefillAttentionTest, ConsecutiveBlocksMatchTheCpu) {
   }
 }
 
+// The wgmma kernel with each query tile's keys cut into pieces (Hopper): ragged batches
+// whose short tiles leave pieces empty, chunks after long contexts, NaN in every cache
+// slot outside the keys and in the workspace before the launch; the combine kernel
+// merges the pieces' f32 partials.
+TEST_F(CudaPrefillAttentionTest, KeyPiecesMatchTheCpu) {
+  if (!cuda::prefill_attention_wgmma_available()) GTEST_SKIP() << "needs the wgmma kernel (Hopper, sm_90a code)";
+  uint32_t seed = 1500;
+  for (int splits : {2, 3, 5}) {
+    Batch b(ragged_specs(), 16, seed++);
+    check(AttnCase{12, 2, 128}, DType::kBF16, DType::kBF16, b, b.max_query_len, true, seed++,
+          cuda::kPrefillVariantWgmma, false, splits);
+    Batch chunk({{300, 2300}, {129, 129}, {16, 1000}}, 16, seed++);
+    check(AttnCase{28, 4, 128}, DType::kBF16, DType::kBF16, chunk, chunk.max_query_len, true, seed++,
+          cuda::kPrefillVariantWgmma, true, splits);
+    check(AttnCase{8, 8, 64}, DType::kBF16, DType::kBF16, chunk, chunk.max_query_len, true, seed++,
+          cuda::kPrefillVariantWgmma, true, splits);
+  }
+}
+
+// Through the backend: a chunk after a long context makes a grid of a few CTAs, which the
+// plan splits.
+TEST_F(CudaPrefillAttentionTest, TheBackendSplitsAChunkAfterALongContext) {
+  if (!cuda::prefill_attention_wgmma_available()) GTEST_SKIP() << "needs the wgmma kernel (Hopper, sm_90a code)";
+  int sms = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  ASSERT_GT(cuda::prefill_kv_splits(4, 1, 256, 3000, sms), 1);
+  Batch b({{256, 3000}}, 16, 1600);
+  check(AttnCase{4, 2, 128}, DType::kBF16, DType::kBF16, b, b.max_query_len, true, 1601, 0, true);
+}
+
 TEST_F(CudaPrefillAttentionTest, UnknownVariantIsRejected) {
   cuda::AttentionArgs a;
   a.num_tokens = 16;
   a.num_seqs = 1;
   EXPECT_EQ(cuda::launch_paged_attention_prefill(a, 16, 0, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(cuda::launch_paged_attention_prefill(a, 16, 4, nullptr), cudaErrorInvalidValue);
+  // Key pieces: the wgmma kernel only, with a workspace.
+  EXPECT_EQ(cuda::launch_paged_attention_prefill(a, 16, cuda::kPrefillVariant64Rows, nullptr, 2, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::launch_paged_attention_prefill(a, 16, cuda::kPrefillVariantWgmma, nullptr, 2, nullptr),
+            cudaErrorInvalidValue);
 }
 
 TEST_F(CudaPrefillAttentionTest, UnderstatedQueryHintStillCoversEveryRow) {

@@ -260,11 +260,14 @@ int prefill_attention_variant(const AttentionArgs& /*args*/, bool wgmma_availabl
 }
 
 cudaError_t launch_paged_attention_prefill(const AttentionArgs& args, int max_query_len, int variant,
-                                           cudaStream_t stream) {
+                                           cudaStream_t stream, int kv_splits, float* workspace) {
   if (variant < kPrefillVariant64Rows || variant > kPrefillVariantWgmma) return cudaErrorInvalidValue;
+  if (kv_splits != 1 && variant != kPrefillVariantWgmma) return cudaErrorInvalidValue;
   if (args.num_tokens == 0 || args.num_seqs <= 0 || max_query_len <= 0) return cudaSuccess;
   g_launches.fetch_add(1, std::memory_order_relaxed);
-  if (variant == kPrefillVariantWgmma) return launch_paged_attention_prefill_wgmma(args, max_query_len, stream);
+  if (variant == kPrefillVariantWgmma) {
+    return launch_paged_attention_prefill_wgmma(args, max_query_len, kv_splits, workspace, stream);
+  }
   return args.head_dim == 64 ? launch_variant<64>(args, max_query_len, variant, stream)
                              : launch_variant<128>(args, max_query_len, variant, stream);
 }

@@ -41,6 +41,7 @@
 // Built only into sm_90a code (wgmma is not part of sm_90's portable PTX); elsewhere the
 // kernel body is empty and prefill_attention_wgmma_available() reports false, so the
 // dispatch never picks it. Same contract and error reporting as the mma.sync kernel.
+#include "backend/cuda/cuda_attention_merge.cuh"
 #include "backend/cuda/cuda_attention_prefill_tiles.cuh"
 #include "backend/cuda/cuda_common.cuh"
 #include "backend/cuda/cuda_env.h"
@@ -69,6 +70,38 @@ constexpr int smem_bytes() {  // Q, kStages x (K, V), alignment slack, 2 x kStag
   return (kRows + 2 * kStages * kN) * D * static_cast<int>(sizeof(bf16)) + 1024 + 2 * kStages * 8;
 }
 
+// One warp's 16 query rows (row0.. of the sequence) of a key piece as the split-KV
+// partials launch_attention_combine merges (cuda_attention_merge.cuh's layout): the
+// unnormalised O in f32, the running max (natural log domain, as the combine reads it)
+// and the row sum; rows past the sequence skipped. o, m, l: the warp's mma-layout state
+// (row g in o[j][0..1], m[0], l[0]; row g + 8 in o[j][2..3], m[1], l[1]; l per thread).
+template <int D>
+__device__ __forceinline__ void store_split_partials(const AttentionArgs& a, float* ws, int split, int splits,
+                                                     int q_begin, int q_len, int row0, const float (&o)[D / 8][4],
+                                                     const float (&m)[2], const float (&l)[2], int lane) {
+  constexpr float kLn2 = 0.6931471805599453f;
+  const int g = lane / 4, t4 = lane % 4;
+  const int head = static_cast<int>(blockIdx.x);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = l[half];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int r = row0 + g + 8 * half;
+    if (r >= q_len) continue;
+    const int64_t t = q_begin + r;
+    float* out = split_output(a, ws, t, head, split, splits);
+#pragma unroll
+    for (int j = 0; j < D / 8; ++j)
+      *reinterpret_cast<float2*>(out + j * 8 + t4 * 2) = make_float2(o[j][2 * half], o[j][2 * half + 1]);
+    if (t4 == 0) {
+      float* ml = split_max_sum(a, ws, t, head, split, splits);
+      ml[0] = m[half] * kLn2;  // -inf for an empty piece
+      ml[1] = sum;
+    }
+  }
+}
+
 // box_rows > 0: K/V tiles that lie wholly inside the keys arrive as tensor-map boxes of
 // box_rows cache rows x 64 columns (k_map / v_map: [rows][Hkv][D], one box per cache block
 // or per 128-row piece of one), or, when the tile's blocks are consecutive in the cache,
@@ -79,7 +112,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefill_attention_wgmma_kernel(AttentionArgs a, const __grid_constant__ CUtensorMap k_map,
                                    const __grid_constant__ CUtensorMap v_map,
                                    const __grid_constant__ CUtensorMap k_tile_map,
-                                   const __grid_constant__ CUtensorMap v_tile_map, int box_rows) {
+                                   const __grid_constant__ CUtensorMap v_tile_map, int box_rows, int kv_splits,
+                                   float* ws) {
 #ifdef BW_WGMMA
   pdl_wait();
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
@@ -132,8 +166,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
   // Every query tile of the grid's share: fn(q_begin, q_len, ctx, table, m0, n_keys,
-  // n_tiles). The producer and the consumers walk the same tiles in the same order, each
-  // in its own copy of the loop (setmaxnreg needs the two roles' code apart).
+  // n_lo, n_hi), the CTA's piece of the tile's keys being K/V tiles [n_lo, n_hi) (all of
+  // them unless kv_splits > 1: then blockIdx.z % kv_splits picks the piece). The producer
+  // and the consumers walk the same tiles in the same order, each in its own copy of the
+  // loop (setmaxnreg needs the two roles' code apart).
+  const int split = static_cast<int>(blockIdx.z) % kv_splits;
+  const int z_slot = static_cast<int>(blockIdx.z) / kv_splits, z_slots = static_cast<int>(gridDim.z) / kv_splits;
   auto for_each_query_tile = [&](auto&& fn) {
     for (int s = static_cast<int>(blockIdx.y); s < a.num_seqs; s += static_cast<int>(gridDim.y)) {
       const int q_begin = a.query_start[s];
@@ -148,12 +186,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int ctx = kv_len - q_len;
       const int32_t* table = a.block_tables + static_cast<int64_t>(s) * a.table_width;
       const int num_q_tiles = (q_len + kRows - 1) / kRows;
-      // Heaviest (last) query tiles first: blockIdx.z = 0 takes the last tile.
-      for (int mt = static_cast<int>(gridDim.z) - 1 - static_cast<int>(blockIdx.z); mt < num_q_tiles;
-           mt += static_cast<int>(gridDim.z)) {
+      // Heaviest (last) query tiles first: z slot 0 takes the last tile.
+      for (int mt = z_slots - 1 - z_slot; mt < num_q_tiles; mt += z_slots) {
         const int m0 = mt * kRows;
         const int n_keys = ctx + min(m0 + kRows, q_len);  // keys the CTA's last row sees
-        fn(q_begin, q_len, ctx, table, m0, n_keys, (n_keys + kN - 1) / kN);
+        const int n_tiles = (n_keys + kN - 1) / kN;
+        const int last_start = (ctx + m0) / kN;
+        fn(q_begin, q_len, ctx, table, m0, n_keys, prefill_split_first_tile(split, kv_splits, n_tiles, last_start),
+           prefill_split_first_tile(split + 1, kv_splits, n_tiles, last_start));
       }
     }
   };
@@ -164,11 +204,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     // consumers (O, S and P in registers): 2 x 128 x 224 + 128 x 56 = 64,512 of 65,536.
     asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
     for_each_query_tile([&](int /*q_begin*/, int /*q_len*/, int /*ctx*/, const int32_t* table, int /*m0*/, int n_keys,
-                            int n_tiles) {
+                            int n_lo, int n_hi) {
       const int ptid = tid - 256, pwarp = ptid / 32;
       const int my_row = pwarp * kWarpRows + lane % kWarpRows + kRowsPerPass * (lane / kWarpRows);
       const int boxes = box_rows > 0 ? kN / box_rows : 0;  // <= 32: box_rows >= 8
-      for (int n = 0; n < n_tiles; ++n, ++it) {
+      for (int n = n_lo; n < n_hi; ++n, ++it) {
         const int stage = it % kStages;
         // A tile wholly inside the keys whose blocks are all valid comes as boxes, lane
         // j of warp 0 copying box j of K and of V; every producer warp looks the blocks
@@ -246,7 +286,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Warpgroup 0 takes the first turn. (Warpgroup 1's last turn leaves one arrival at
     // warpgroup 0's barrier when the CTA exits; nothing waits for it.)
     if (warp >= 4) named_barrier_arrive(kTurnBarrier, 256);
-    for_each_query_tile([&](int q_begin, int q_len, int ctx, const int32_t*, int m0, int n_keys, int n_tiles) {
+    for_each_query_tile([&](int q_begin, int q_len, int ctx, const int32_t*, int m0, int n_keys, int n_lo, int n_hi) {
       // Consumer warpgroup wg: rows wg_row0.. (64), its own Q rows loaded by its threads.
       const int wg = warp / 4, wtid = tid % 128;
       const int g = lane / 4, t4 = lane % 4;
@@ -269,8 +309,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
       float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0.0f, 0.0f};
 
-      const int it0 = it;
-      it += n_tiles;
+      const int it0 = it - n_lo;  // tile n went through the ring as the CTA's (it0 + n)-th
+      it += n_hi - n_lo;
       auto stage_of = [&](int n) { return (it0 + n) % kStages; };
       auto parity_of = [&](int n) { return static_cast<uint32_t>(((it0 + n) / kStages) & 1); };
       auto release = [&](uint32_t bar) {
@@ -331,33 +371,38 @@ __global__ void __launch_bounds__(kThreads, 1)
       };
       // The tiles below every row's causal limit of the warpgroup (a wgmma needs all four
       // warps on one path) run without the mask's compares in a loop of their own.
-      const int n_unmasked = min((min(ctx + wg_row0, n_keys - 1) + 1) / kN, n_tiles);
-      if (n_tiles > 0) {
-        mbar_wait(full_bar(stage_of(0)), parity_of(0));
+      const int n_unmasked = min((min(ctx + wg_row0, n_keys - 1) + 1) / kN, n_hi);
+      if (n_hi > n_lo) {
+        mbar_wait(full_bar(stage_of(n_lo)), parity_of(n_lo));
         fence_proxy_async();
         named_barrier_sync(kTurnBarrier + wg, 256);
-        issue_s(0);
+        issue_s(n_lo);
         named_barrier_arrive(kTurnBarrier + 1 - wg, 256);
         wgmma_wait<0>();
         fence_accumulators(sc);
-        softmax(0, std::true_type{});
+        softmax(n_lo, std::true_type{});
         pack_probabilities<kN>(sc, pf);
-        int n = 1;
+        int n = n_lo + 1;
         for (; n < n_unmasked; ++n)
           step(n, std::false_type{});
-        for (; n < n_tiles; ++n)
+        for (; n < n_hi; ++n)
           step(n, std::true_type{});
-        issue_pv(n_tiles - 1);
+        issue_pv(n_hi - 1);
         wgmma_wait<0>();
         fence_accumulators(o);
-        release(empty_bar(stage_of(n_tiles - 1)));
+        release(empty_bar(stage_of(n_hi - 1)));
       }
 
-      // Every warp of the warpgroup is done reading its Q rows; stage O there and store.
+      // Every warp of the warpgroup is done reading its Q rows; stage O there and store
+      // (or store this piece's partials: an empty piece's are O = 0, max -inf, sum 0).
       warpgroup_barrier(1 + wg);
-      stage_output_rows<D>(sq, q_dst, warp * 16, o, l_r, lane);
-      __syncwarp();
-      store_output_rows(h, seq, sq, q_dst, m0, warp * 16, 16, lane);
+      if (kv_splits > 1) {
+        store_split_partials<D>(a, ws, split, kv_splits, q_begin, q_len, m0 + warp * 16, o, m_r, l_r, lane);
+      } else {
+        stage_output_rows<D>(sq, q_dst, warp * 16, o, l_r, lane);
+        __syncwarp();
+        store_output_rows(h, seq, sq, q_dst, m0, warp * 16, 16, lane);
+      }
       warpgroup_barrier(1 + wg);  // the warpgroup's Q rows are reloaded for its next query tile
     });
   }
@@ -368,6 +413,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   (void)k_tile_map;
   (void)v_tile_map;
   (void)box_rows;
+  (void)kv_splits;
+  (void)ws;
 #endif  // BW_WGMMA
 }
 
@@ -442,7 +489,7 @@ int box_rows_for(const AttentionArgs& args) {
 }
 
 template <int D>
-cudaError_t launch_for(const AttentionArgs& args, int max_query_len, cudaStream_t stream) {
+cudaError_t launch_for(const AttentionArgs& args, int max_query_len, int kv_splits, float* ws, cudaStream_t stream) {
   const cudaError_t attr = cudaFuncSetAttribute(prefill_attention_wgmma_kernel<D>,
                                                 cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<D>());
   if (attr != cudaSuccess) return attr;
@@ -453,8 +500,11 @@ cudaError_t launch_for(const AttentionArgs& args, int max_query_len, cudaStream_
            cache_tensor_map(args.v_cache, args.num_blocks, args.block_size, args.num_kv_heads, D, rows, v);
   };
   if (box_rows > 0 && (!maps(box_rows, &k_map, &v_map) || !maps(kN, &k_tile_map, &v_tile_map))) box_rows = 0;
-  launch_kernel(prefill_attention_wgmma_kernel<D>, prefill_grid(args, max_query_len, kRows), kThreads, smem_bytes<D>(),
-                stream, args, k_map, v_map, k_tile_map, v_tile_map, box_rows);
+  dim3 grid = prefill_grid(args, max_query_len, kRows);
+  grid.z = min(grid.z, 65535u / kv_splits) * kv_splits;  // the pieces of a query tile side by side
+  launch_kernel(prefill_attention_wgmma_kernel<D>, grid, kThreads, smem_bytes<D>(), stream, args, k_map, v_map,
+                k_tile_map, v_tile_map, box_rows, kv_splits, ws);
+  if (kv_splits > 1) return launch_attention_combine(args, kv_splits, ws, stream);
   return cudaGetLastError();
 }
 
@@ -483,9 +533,11 @@ bool prefill_attention_wgmma_available() {
   return ok && built == 1;
 }
 
-cudaError_t launch_paged_attention_prefill_wgmma(const AttentionArgs& args, int max_query_len, cudaStream_t stream) {
-  return args.head_dim == 64 ? launch_for<64>(args, max_query_len, stream)
-                             : launch_for<128>(args, max_query_len, stream);
+cudaError_t launch_paged_attention_prefill_wgmma(const AttentionArgs& args, int max_query_len, int kv_splits,
+                                                 float* workspace, cudaStream_t stream) {
+  if (kv_splits < 1 || kv_splits > 64 || (kv_splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
+  return args.head_dim == 64 ? launch_for<64>(args, max_query_len, kv_splits, workspace, stream)
+                             : launch_for<128>(args, max_query_len, kv_splits, workspace, stream);
 }
 
 }  // namespace bw::cuda

@@ -1036,6 +1036,26 @@ Status CudaBackend::upload_inv_freq(const RopeParams& rope) {
   return OkStatus();
 }
 
+namespace {
+
+// Key pieces per query tile of the wgmma prefill kernel: the plan (cuda::prefill_kv_splits)
+// for the batch's shape, kept for its other layers, which ask the same;
+// BW_CUDA_PREFILL_SPLITS=N forces N (A/B runs; 1 never splits).
+int prefill_splits_for(const cuda::AttentionArgs& a, int max_query_len, int num_sms) {
+  static const int forced = cuda::env_int("BW_CUDA_PREFILL_SPLITS", 0);
+  if (forced > 0) return std::min(forced, 64);
+  thread_local std::tuple<int, int, int, int, int> last_shape{-1, -1, -1, -1, -1};
+  thread_local int last_splits = 1;
+  const std::tuple<int, int, int, int, int> shape{a.num_heads, a.num_seqs, max_query_len, a.max_kv_len, num_sms};
+  if (shape != last_shape) {
+    last_shape = shape;
+    last_splits = cuda::prefill_kv_splits(a.num_heads, a.num_seqs, max_query_len, a.max_kv_len, num_sms);
+  }
+  return last_splits;
+}
+
+}  // namespace
+
 Status CudaBackend::paged_attention(TensorView out, const TensorView& qkv, const AttentionParams& attn,
                                     const AttentionMetadata& meta, const KvCacheLayer& cache) {
   ProfiledOp prof(this, [&] { return fmt::format("paged_attention m{}", rows_bucket(qkv.shape.rows())); });
@@ -1086,8 +1106,17 @@ Status CudaBackend::paged_attention(TensorView out, const TensorView& qkv, const
   a.max_kv_len = meta.max_kv_len;
   a.error_flag = error_flag_;
   if (meta.max_query_len >= cuda::kPrefillAttentionMinQueryLen && cuda::prefill_attention_supported(a)) {
-    return check_launch(cuda::launch_paged_attention_prefill(
-                            a, meta.max_query_len, cuda::prefill_attention_variant(a, wgmma_prefill_), stream_),
+    const int variant = cuda::prefill_attention_variant(a, wgmma_prefill_);
+    int splits = variant == cuda::kPrefillVariantWgmma ? prefill_splits_for(a, meta.max_query_len, num_sms_) : 1;
+    if (splits > 1) {
+      const auto bytes = static_cast<size_t>(cuda::attention_workspace_floats(a, splits)) * sizeof(float);
+      if (!ensure_scratch(&attn_general_ws_, &attn_general_ws_capacity_, bytes).ok()) {
+        cudaGetLastError();  // out of memory for the partials: one pass instead
+        splits = 1;
+      }
+    }
+    return check_launch(cuda::launch_paged_attention_prefill(a, meta.max_query_len, variant, stream_, splits,
+                                                             static_cast<float*>(attn_general_ws_)),
                         "paged_attention");
   }
   const bool decode = meta.max_query_len == 1 && d.num_tokens == num_seqs && cuda::decode_attention_supported(a);

@@ -222,7 +222,8 @@ class CudaBackend final : public Backend {
   void* inv_freq_dev_ = nullptr;
   size_t inv_freq_capacity_ = 0;
   // paged_attention: split-KV partial results of the decode kernel, and of the general
-  // kernel (steps with queries of several tokens, which graphs do not record).
+  // kernel and the wgmma prefill kernel (steps with queries of several tokens, which graphs
+  // do not record).
   void* attn_ws_ = nullptr;
   size_t attn_ws_capacity_ = 0;
   void* attn_general_ws_ = nullptr;

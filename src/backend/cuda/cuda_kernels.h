@@ -133,10 +133,30 @@ bool prefill_attention_supported(const AttentionArgs& args);
 // holds sm_90a code). Launches a probe kernel and synchronises: call once, at start-up.
 bool prefill_attention_wgmma_available();
 int prefill_attention_variant(const AttentionArgs& args, bool wgmma_available);
+// kv_splits > 1 (the wgmma variant only; others return cudaErrorInvalidValue): each query
+// tile's keys are cut into that many pieces, each a CTA of its own writing f32 partials to
+// `workspace` (attention_workspace_floats(args, kv_splits) floats), merged by
+// launch_attention_combine.
 cudaError_t launch_paged_attention_prefill(const AttentionArgs& args, int max_query_len, int variant,
-                                           cudaStream_t stream);
+                                           cudaStream_t stream, int kv_splits = 1, float* workspace = nullptr);
 // The wgmma kernel itself (launch_paged_attention_prefill's kPrefillVariantWgmma).
-cudaError_t launch_paged_attention_prefill_wgmma(const AttentionArgs& args, int max_query_len, cudaStream_t stream);
+cudaError_t launch_paged_attention_prefill_wgmma(const AttentionArgs& args, int max_query_len, int kv_splits,
+                                                 float* workspace, cudaStream_t stream);
+// The wgmma kernel's key splits for a batch (cuda_prefill_split_plan.cc): 1, or up to 4
+// where splitting each query tile's keys evens out the last wave of a grid of few waves by
+// more than the partials and the combine cost. Host code; max_kv_len bounds every
+// sequence's keys, max_query_len its queries.
+int prefill_kv_splits(int num_heads, int num_seqs, int max_query_len, int max_kv_len, int num_sms);
+// The first of the 128-key tiles that piece `split` of `splits` takes of a query tile
+// with n_tiles tiles (split == splits: n_tiles), so piece s takes [first(s), first(s + 1)).
+// Every piece starts at or before last_start, the last tile whose first key every row of
+// the query tile sees, so each row meets a key in its piece's first tile (pieces may be
+// empty).
+__host__ __device__ inline int prefill_split_first_tile(int split, int splits, int n_tiles, int last_start) {
+  if (split >= splits) return n_tiles;
+  const int first = split * n_tiles / splits;
+  return first < last_start ? first : last_start;
+}
 // Launches of the prefill kernel so far (process-wide; tests check the dispatch with it).
 int64_t prefill_attention_launches();
 // The backend takes the prefill kernel for batches with max_query_len at least this.
