@@ -28,6 +28,12 @@
 // beside the other's GEMMs. Both warpgroups walk every tile the CTA's last row sees (the
 // first one's last tile may be all masked) so their turns pair up.
 //
+// With kv_splits > 1 a query tile's keys are cut into pieces, side by side in the grid's
+// z dimension, each CTA walking one piece and writing f32 partials (unnormalised O, max,
+// sum) that launch_attention_combine merges: a grid of a few waves, e.g. a chunk of a long
+// prompt on a model with few heads, otherwise leaves most SMs idle in its last wave
+// (cuda_prefill_split_plan.cc decides; 14-15% on such chunks of the 1.5B shape).
+//
 // Measured on an H200 (docs/PERF.md): one warpgroup per CTA with Q in registers 113 us at
 // T = 2,048 with 28/4 heads, + Q from shared memory and three stages 108, + a producer
 // warpgroup and two free-running consumers 91 (64-key tiles) and 87 (128-key tiles); the
